@@ -1,0 +1,25 @@
+//! Schema migrations applied to every tenant database.
+//!
+//! Every tenant database holds every table; the feature gate, not the schema, decides
+//! what a tenant's API exposes. Migrations are append-only: a released migration is
+//! never edited, a change is a new file.
+
+pub use sea_orm_migration::prelude::*;
+
+mod m20261123_000001_create_products;
+mod m20261123_000002_create_patients;
+mod m20261123_000003_create_materials;
+
+/// Builds and upgrades a tenant database to the current schema.
+pub struct Migrator;
+
+#[async_trait::async_trait]
+impl MigratorTrait for Migrator {
+    fn migrations() -> Vec<Box<dyn MigrationTrait>> {
+        vec![
+            Box::new(m20261123_000001_create_products::Migration),
+            Box::new(m20261123_000002_create_patients::Migration),
+            Box::new(m20261123_000003_create_materials::Migration),
+        ]
+    }
+}

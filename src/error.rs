@@ -1,0 +1,163 @@
+//! The service's one error type and its JSON shape.
+//!
+//! Every error leaves as `{"error": {"code": "...", "message": "..."}}` with a stable
+//! code. Internal details (database errors, paths, URLs) are logged with the tenant
+//! id and never sent to the client.
+
+use axum::{
+    Json,
+    http::{HeaderValue, StatusCode, header},
+    response::{IntoResponse, Response},
+};
+use serde_json::json;
+
+use crate::tenant::{Feature, TenantId};
+
+/// `Result` with the service's error type as the default.
+pub type Result<T, E = AppError> = std::result::Result<T, E>;
+
+/// Everything a request can fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    #[error("no tenant given: use the subdomain, the X-Tenant-ID header or ?tenant_id=")]
+    TenantRequired,
+    #[error("{0}")]
+    InvalidTenantId(String),
+    #[error(
+        "the request names two different tenants ({first} by {first_source}, {second} by {second_source})"
+    )]
+    TenantConflict {
+        first: String,
+        first_source: &'static str,
+        second: String,
+        second_source: &'static str,
+    },
+    #[error("tenant '{0}' does not exist")]
+    TenantNotFound(String),
+    #[error("tenant '{0}' is suspended")]
+    TenantInactive(TenantId),
+    #[error("this tenant does not have the '{0}' feature")]
+    FeatureNotEnabled(Feature),
+    /// The tenant's database cannot be reached now; the detail is for the log only.
+    #[error("this tenant's database is temporarily unavailable; retry later")]
+    TenantUnavailable { retry_after_secs: u64 },
+    #[error("{message}")]
+    Validation {
+        field: Option<String>,
+        message: String,
+    },
+    #[error("{0}")]
+    NotFound(String),
+    #[error("a valid admin token is required")]
+    Unauthorized,
+    #[error("{0}")]
+    Forbidden(String),
+    #[error("method not allowed")]
+    MethodNotAllowed,
+    /// A failure the client cannot fix; `detail` goes to the log, never to the client.
+    #[error("internal error")]
+    Internal { detail: String },
+}
+
+impl AppError {
+    /// A 422 that names the offending field.
+    pub fn validation(field: impl Into<String>, message: impl Into<String>) -> Self {
+        Self::Validation {
+            field: Some(field.into()),
+            message: message.into(),
+        }
+    }
+
+    /// An internal error whose detail is logged and hidden from the client.
+    pub fn internal(detail: impl std::fmt::Display) -> Self {
+        Self::Internal {
+            detail: detail.to_string(),
+        }
+    }
+
+    pub fn status_code(&self) -> StatusCode {
+        match self {
+            Self::TenantRequired | Self::InvalidTenantId(_) | Self::TenantConflict { .. } => {
+                StatusCode::BAD_REQUEST
+            }
+            Self::TenantNotFound(_) | Self::NotFound(_) => StatusCode::NOT_FOUND,
+            Self::TenantInactive(_) | Self::FeatureNotEnabled(_) | Self::Forbidden(_) => {
+                StatusCode::FORBIDDEN
+            }
+            Self::TenantUnavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Validation { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+            Self::Unauthorized => StatusCode::UNAUTHORIZED,
+            Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            Self::Internal { .. } => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// The stable, documented error code.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::TenantRequired => "tenant_required",
+            Self::InvalidTenantId(_) => "invalid_tenant_id",
+            Self::TenantConflict { .. } => "tenant_conflict",
+            Self::TenantNotFound(_) => "tenant_not_found",
+            Self::TenantInactive(_) => "tenant_inactive",
+            Self::FeatureNotEnabled(_) => "feature_not_enabled",
+            Self::TenantUnavailable { .. } => "tenant_unavailable",
+            Self::Validation { .. } => "validation_failed",
+            Self::NotFound(_) => "not_found",
+            Self::Unauthorized => "unauthorized",
+            Self::Forbidden(_) => "forbidden",
+            Self::MethodNotAllowed => "method_not_allowed",
+            Self::Internal { .. } => "internal_error",
+        }
+    }
+}
+
+impl IntoResponse for AppError {
+    fn into_response(self) -> Response {
+        if let Self::Internal { detail } = &self {
+            // The span of the request carries the tenant id.
+            tracing::error!(error = %detail, "request failed");
+        }
+        let mut body = json!({ "error": { "code": self.code(), "message": self.to_string() } });
+        if let Self::Validation {
+            field: Some(field), ..
+        } = &self
+        {
+            body["error"]["field"] = json!(field);
+        }
+        let mut response = (self.status_code(), Json(body)).into_response();
+        match &self {
+            Self::TenantUnavailable {
+                retry_after_secs, ..
+            } => {
+                response
+                    .headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from(*retry_after_secs));
+            }
+            Self::Unauthorized => {
+                response
+                    .headers_mut()
+                    .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            }
+            _ => {}
+        }
+        response
+    }
+}
+
+impl From<sea_orm::DbErr> for AppError {
+    fn from(err: sea_orm::DbErr) -> Self {
+        use sea_orm::DbErr;
+        match err {
+            // A pool that cannot hand out a connection means the tenant's database is
+            // down or saturated: the client may retry, and other tenants are unaffected.
+            DbErr::ConnectionAcquire(_) | DbErr::Conn(_) => {
+                tracing::warn!(error = %crate::db::redact_error(&err), "tenant database unavailable");
+                Self::TenantUnavailable {
+                    retry_after_secs: 1,
+                }
+            }
+            other => Self::internal(crate::db::redact_error(&other)),
+        }
+    }
+}

@@ -1,0 +1,146 @@
+//! Request extractors that answer with the service's JSON errors: bodies, query
+//! strings and path ids that fail to parse become 422 `validation_failed` naming
+//! the field, and [`TenantDb`] hands a handler its tenant's pool.
+
+use axum::{
+    body::Bytes,
+    extract::{FromRequest, FromRequestParts, Request},
+    http::{header, request::Parts},
+};
+use sea_orm::DatabaseConnection;
+use serde::de::DeserializeOwned;
+
+use crate::{error::AppError, identify::TenantContext, startup::AppState};
+
+/// Largest JSON body accepted.
+const MAX_BODY_BYTES: usize = 256 * 1024;
+
+/// `Json<T>` with the service's error shape.
+pub struct ApiJson<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
+    type Rejection = AppError;
+
+    async fn from_request(request: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let is_json = request
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|ct| {
+                let mime = ct.split(';').next().unwrap_or("").trim();
+                mime.eq_ignore_ascii_case("application/json")
+            });
+        if !is_json {
+            return Err(AppError::validation(
+                "body",
+                "expected a JSON body with Content-Type: application/json",
+            ));
+        }
+        let bytes = Bytes::from_request(request, state)
+            .await
+            .map_err(|_| AppError::validation("body", "the body could not be read"))?;
+        if bytes.len() > MAX_BODY_BYTES {
+            return Err(AppError::validation("body", "the body is too large"));
+        }
+        let mut de = serde_json::Deserializer::from_slice(&bytes);
+        serde_path_to_error::deserialize(&mut de)
+            .map(ApiJson)
+            .map_err(|e| serde_error(e.path().to_string(), e.inner()))
+    }
+}
+
+/// `Query<T>` with the service's error shape; unknown parameters (such as
+/// `tenant_id`) are left to their own readers.
+pub struct ApiQuery<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for ApiQuery<T> {
+    type Rejection = AppError;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        let query = parts.uri.query().unwrap_or("");
+        let de = serde_urlencoded::Deserializer::new(form_urlencoded::parse(query.as_bytes()));
+        serde_path_to_error::deserialize(de)
+            .map(ApiQuery)
+            .map_err(|e| serde_error(e.path().to_string(), e.inner()))
+    }
+}
+
+/// Builds a 422 from a serde error: the path if serde gave one, else the field
+/// named in a "missing field `x`" message.
+fn serde_error(path: String, inner: &impl std::fmt::Display) -> AppError {
+    let message = inner.to_string();
+    let field = if path != "." && !path.is_empty() {
+        path
+    } else {
+        message
+            .split('`')
+            .nth(1)
+            .map(str::to_string)
+            .unwrap_or_else(|| "body".to_string())
+    };
+    let message = message
+        .split(" at line ")
+        .next()
+        .unwrap_or(&message)
+        .to_string();
+    AppError::Validation {
+        message: format!("{field}: {message}"),
+        field: Some(field),
+    }
+}
+
+/// A path segment that must be a UUID.
+pub struct IdPath(pub uuid::Uuid);
+
+impl<S: Send + Sync> FromRequestParts<S> for IdPath {
+    type Rejection = AppError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let axum::extract::Path(raw) =
+            axum::extract::Path::<String>::from_request_parts(parts, state)
+                .await
+                .map_err(|_| AppError::validation("id", "the path needs an id"))?;
+        uuid::Uuid::parse_str(&raw)
+            .map(IdPath)
+            .map_err(|_| AppError::validation("id", "id must be a UUID"))
+    }
+}
+
+/// The identified tenant's pool, opened on first use.
+pub struct TenantDb(pub DatabaseConnection);
+
+impl FromRequestParts<AppState> for TenantDb {
+    type Rejection = AppError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        let ctx = TenantContext::from_request_parts(parts, state).await?;
+        state.registry.pool(&ctx.config).await.map(TenantDb)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn missing_field_is_named() {
+        let err = serde_json::from_str::<serde_json::Value>("{}")
+            .map(|_| ())
+            .err();
+        assert!(err.is_none());
+        #[derive(serde::Deserialize, Debug)]
+        #[allow(dead_code)]
+        struct Body {
+            name: String,
+        }
+        let mut de = serde_json::Deserializer::from_slice(b"{}");
+        let e = serde_path_to_error::deserialize::<_, Body>(&mut de).unwrap_err();
+        match serde_error(e.path().to_string(), e.inner()) {
+            AppError::Validation { field, .. } => assert_eq!(field.as_deref(), Some("name")),
+            other => panic!("{other:?}"),
+        }
+    }
+}

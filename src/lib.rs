@@ -1,0 +1,23 @@
+//! tenant-router: a database-per-tenant HTTP service.
+//!
+//! A request is identified as belonging to a tenant ([`identify`]), routed to that
+//! tenant's lazily built connection pool ([`tenant::TenantRegistry`]), and allowed
+//! only the features the tenant has ([`feature_gate`]).
+
+pub mod admin;
+pub mod db;
+pub mod entities;
+pub mod error;
+pub mod extract;
+pub mod feature_gate;
+pub mod identify;
+pub mod routes;
+pub mod secret;
+pub mod settings;
+pub mod startup;
+pub mod telemetry;
+pub mod tenant;
+
+pub use error::{AppError, Result};
+pub use settings::Settings;
+pub use startup::{AppState, Application, StartupError};

@@ -1,0 +1,11 @@
+//! `/api/dental/…`: routes of the dental domain, each behind its feature.
+
+mod patients;
+
+use axum::Router;
+
+use crate::startup::AppState;
+
+pub fn router() -> Router<AppState> {
+    Router::new().merge(patients::router())
+}

@@ -1,0 +1,117 @@
+//! `/api/dental/patients` (feature `patient_management`).
+
+use axum::{Json, Router, http::StatusCode, routing::get};
+use chrono::{NaiveDate, Utc};
+use sea_orm::{ActiveModelTrait, ActiveValue::Set, EntityTrait, QueryOrder, QuerySelect};
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    entities::patient::{self, Entity as Patient},
+    error::{AppError, Result},
+    extract::{ApiJson, ApiQuery, IdPath, TenantDb},
+    feature_gate::gate,
+    routes::{
+        pagination::{Page, PageQuery},
+        validate::{optional_email, optional_text, required_text},
+    },
+    startup::AppState,
+    tenant::Feature,
+};
+
+pub fn router() -> Router<AppState> {
+    gate(
+        Router::new()
+            .route("/api/dental/patients", get(list).post(create))
+            .route("/api/dental/patients/{id}", get(show)),
+        Feature::PatientManagement,
+    )
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PatientInput {
+    name: String,
+    date_of_birth: Option<NaiveDate>,
+    phone: Option<String>,
+    email: Option<String>,
+    notes: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+struct PatientView {
+    id: uuid::Uuid,
+    name: String,
+    date_of_birth: Option<NaiveDate>,
+    phone: Option<String>,
+    email: Option<String>,
+    notes: Option<String>,
+    created_at: chrono::DateTime<Utc>,
+    updated_at: chrono::DateTime<Utc>,
+}
+
+impl From<patient::Model> for PatientView {
+    fn from(m: patient::Model) -> Self {
+        Self {
+            id: m.id,
+            name: m.name,
+            date_of_birth: m.date_of_birth,
+            phone: m.phone,
+            email: m.email,
+            notes: m.notes,
+            created_at: m.created_at,
+            updated_at: m.updated_at,
+        }
+    }
+}
+
+async fn list(
+    ApiQuery(query): ApiQuery<PageQuery>,
+    TenantDb(db): TenantDb,
+) -> Result<Json<Page<PatientView>>> {
+    let page = query.checked()?;
+    let rows = Patient::find()
+        .order_by_desc(patient::Column::CreatedAt)
+        .order_by_desc(patient::Column::Id)
+        .limit(page.fetch())
+        .offset(page.offset)
+        .all(&db)
+        .await?;
+    Ok(Json(Page::from_rows(rows, page, PatientView::from)))
+}
+
+async fn create(
+    TenantDb(db): TenantDb,
+    ApiJson(input): ApiJson<PatientInput>,
+) -> Result<(StatusCode, Json<PatientView>)> {
+    let name = required_text("name", &input.name, 200)?;
+    if let Some(dob) = input.date_of_birth
+        && dob > Utc::now().date_naive()
+    {
+        return Err(AppError::validation(
+            "date_of_birth",
+            "date_of_birth is in the future",
+        ));
+    }
+    let now = Utc::now();
+    let model = patient::ActiveModel {
+        id: Set(uuid::Uuid::new_v4()),
+        name: Set(name),
+        date_of_birth: Set(input.date_of_birth),
+        phone: Set(optional_text("phone", input.phone.as_deref(), 50)?),
+        email: Set(optional_email("email", input.email.as_deref())?),
+        notes: Set(optional_text("notes", input.notes.as_deref(), 5000)?),
+        created_at: Set(now),
+        updated_at: Set(now),
+    }
+    .insert(&db)
+    .await?;
+    Ok((StatusCode::CREATED, Json(model.into())))
+}
+
+async fn show(IdPath(id): IdPath, TenantDb(db): TenantDb) -> Result<Json<PatientView>> {
+    let model = Patient::find_by_id(id)
+        .one(&db)
+        .await?
+        .ok_or_else(|| AppError::NotFound("no patient with that id".into()))?;
+    Ok(Json(model.into()))
+}

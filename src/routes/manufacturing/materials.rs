@@ -1,0 +1,104 @@
+//! `/api/manufacturing/materials` (feature `material_management`).
+
+use axum::{Json, Router, http::StatusCode, routing::get};
+use chrono::Utc;
+use sea_orm::{ActiveModelTrait, ActiveValue::Set, EntityTrait, QueryOrder, QuerySelect};
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    entities::material::{self, Entity as Material},
+    error::{AppError, Result},
+    extract::{ApiJson, ApiQuery, IdPath, TenantDb},
+    feature_gate::gate,
+    routes::{
+        pagination::{Page, PageQuery},
+        validate::{non_negative, required_text},
+    },
+    startup::AppState,
+    tenant::Feature,
+};
+
+pub fn router() -> Router<AppState> {
+    gate(
+        Router::new()
+            .route("/api/manufacturing/materials", get(list).post(create))
+            .route("/api/manufacturing/materials/{id}", get(show)),
+        Feature::MaterialManagement,
+    )
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MaterialInput {
+    name: String,
+    unit: String,
+    #[serde(default)]
+    stock: f64,
+}
+
+#[derive(Debug, Serialize)]
+struct MaterialView {
+    id: uuid::Uuid,
+    name: String,
+    unit: String,
+    stock: f64,
+    created_at: chrono::DateTime<Utc>,
+    updated_at: chrono::DateTime<Utc>,
+}
+
+impl From<material::Model> for MaterialView {
+    fn from(m: material::Model) -> Self {
+        Self {
+            id: m.id,
+            name: m.name,
+            unit: m.unit,
+            stock: m.stock,
+            created_at: m.created_at,
+            updated_at: m.updated_at,
+        }
+    }
+}
+
+async fn list(
+    ApiQuery(query): ApiQuery<PageQuery>,
+    TenantDb(db): TenantDb,
+) -> Result<Json<Page<MaterialView>>> {
+    let page = query.checked()?;
+    let rows = Material::find()
+        .order_by_desc(material::Column::CreatedAt)
+        .order_by_desc(material::Column::Id)
+        .limit(page.fetch())
+        .offset(page.offset)
+        .all(&db)
+        .await?;
+    Ok(Json(Page::from_rows(rows, page, MaterialView::from)))
+}
+
+async fn create(
+    TenantDb(db): TenantDb,
+    ApiJson(input): ApiJson<MaterialInput>,
+) -> Result<(StatusCode, Json<MaterialView>)> {
+    let name = required_text("name", &input.name, 200)?;
+    let unit = required_text("unit", &input.unit, 20)?;
+    let stock = non_negative("stock", input.stock)?;
+    let now = Utc::now();
+    let model = material::ActiveModel {
+        id: Set(uuid::Uuid::new_v4()),
+        name: Set(name),
+        unit: Set(unit),
+        stock: Set(stock),
+        created_at: Set(now),
+        updated_at: Set(now),
+    }
+    .insert(&db)
+    .await?;
+    Ok((StatusCode::CREATED, Json(model.into())))
+}
+
+async fn show(IdPath(id): IdPath, TenantDb(db): TenantDb) -> Result<Json<MaterialView>> {
+    let model = Material::find_by_id(id)
+        .one(&db)
+        .await?
+        .ok_or_else(|| AppError::NotFound("no material with that id".into()))?;
+    Ok(Json(model.into()))
+}

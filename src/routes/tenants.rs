@@ -1,0 +1,136 @@
+//! Tenant information: the operator's view (admin token) and the public branding.
+//! No answer here ever holds a database URL or any part of one.
+
+use std::time::Instant;
+
+use axum::{
+    Json, Router,
+    extract::{Path, State},
+    routing::get,
+};
+use serde::Serialize;
+use serde_json::{Value, json};
+
+use crate::{
+    error::{AppError, Result},
+    startup::AppState,
+    tenant::{
+        Branding, ContactInfo, Domain, FeatureSet, PoolOverrides, PoolStats, TenantConfig,
+        TenantId, TenantSource,
+    },
+};
+
+/// Routes that need the admin token (the caller adds the layer).
+pub fn admin_router() -> Router<AppState> {
+    Router::new()
+        .route("/api/tenants", get(list))
+        .route("/api/tenants/{id}/config", get(config))
+        .route("/api/tenants/{id}/health", get(health))
+        .route("/api/admin/pools", get(pools))
+}
+
+/// Routes anyone may call.
+pub fn public_router() -> Router<AppState> {
+    Router::new().route("/api/tenants/{id}/branding", get(branding))
+}
+
+/// A tenant as an operator sees it: everything but the database URL.
+#[derive(Debug, Serialize)]
+struct TenantView<'a> {
+    id: &'a TenantId,
+    domain: Domain,
+    subdomain: &'a str,
+    features: FeatureSet,
+    branding: &'a Branding,
+    gst_number: &'a Option<String>,
+    contact_info: &'a ContactInfo,
+    is_active: bool,
+    pool: PoolOverrides,
+    source: TenantSource,
+    pool_open: bool,
+}
+
+impl<'a> TenantView<'a> {
+    fn new(t: &'a TenantConfig, pool_open: bool) -> Self {
+        Self {
+            id: &t.id,
+            domain: t.domain,
+            subdomain: &t.subdomain,
+            features: t.features,
+            branding: &t.branding,
+            gst_number: &t.gst_number,
+            contact_info: &t.contact_info,
+            is_active: t.is_active,
+            pool: t.pool,
+            source: t.source,
+            pool_open,
+        }
+    }
+}
+
+/// The tenant named in the path: a malformed id is refused before any lookup.
+fn tenant_from_path(state: &AppState, raw: &str) -> Result<std::sync::Arc<TenantConfig>> {
+    let id = TenantId::parse(raw).map_err(|m| AppError::InvalidTenantId(format!("path: {m}")))?;
+    state
+        .registry
+        .get(id.as_str())
+        .ok_or_else(|| AppError::TenantNotFound(id.to_string()))
+}
+
+async fn list(State(state): State<AppState>) -> Json<Value> {
+    let tenants = state.registry.list();
+    let views: Vec<_> = tenants
+        .iter()
+        .map(|t| TenantView::new(t, state.registry.is_open(&t.id)))
+        .collect();
+    Json(json!({ "tenants": views }))
+}
+
+async fn config(State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<Value>> {
+    let tenant = tenant_from_path(&state, &id)?;
+    let view = TenantView::new(&tenant, state.registry.is_open(&tenant.id));
+    Ok(Json(json!(view)))
+}
+
+/// Pings the tenant's database (opening its pool if needed) and reports the
+/// round-trip time.
+async fn health(State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<Value>> {
+    let tenant = tenant_from_path(&state, &id)?;
+    let started = Instant::now();
+    let db = state.registry.pool(&tenant).await?;
+    db.ping().await?;
+    let round_trip_ms = started.elapsed().as_secs_f64() * 1000.0;
+    Ok(Json(json!({
+        "tenant_id": tenant.id,
+        "status": "ok",
+        "is_active": tenant.is_active,
+        "round_trip_ms": (round_trip_ms * 1000.0).round() / 1000.0,
+    })))
+}
+
+#[derive(Serialize)]
+struct PoolsView {
+    #[serde(flatten)]
+    stats: PoolStats,
+    open: Vec<TenantId>,
+}
+
+async fn pools(State(state): State<AppState>) -> Json<Value> {
+    Json(json!(PoolsView {
+        stats: state.registry.stats(),
+        open: state.registry.open_pools(),
+    }))
+}
+
+/// Public branding and contact details, for a tenant's login page.
+async fn branding(State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<Value>> {
+    let tenant = tenant_from_path(&state, &id)?;
+    if !tenant.is_active {
+        return Err(AppError::TenantInactive(tenant.id.clone()));
+    }
+    Ok(Json(json!({
+        "tenant_id": tenant.id,
+        "branding": tenant.branding,
+        "contact_info": tenant.contact_info,
+    })))
+}

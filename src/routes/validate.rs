@@ -1,0 +1,117 @@
+//! Field checks shared by the routes; each failure is a 422 naming the field.
+
+use crate::error::{AppError, Result};
+
+/// A required text field: trimmed, not empty, at most `max` characters, no control
+/// characters.
+pub fn required_text(field: &str, value: &str, max: usize) -> Result<String> {
+    let value = value.trim();
+    if value.is_empty() {
+        return Err(AppError::validation(
+            field,
+            format!("{field} must not be empty"),
+        ));
+    }
+    optional_text(field, Some(value), max).map(|v| v.unwrap_or_default())
+}
+
+/// An optional text field; empty becomes `None`.
+pub fn optional_text(field: &str, value: Option<&str>, max: usize) -> Result<Option<String>> {
+    let Some(value) = value.map(str::trim).filter(|v| !v.is_empty()) else {
+        return Ok(None);
+    };
+    if value.chars().count() > max {
+        return Err(AppError::validation(
+            field,
+            format!("{field} must be at most {max} characters"),
+        ));
+    }
+    if value
+        .chars()
+        .any(|c| c.is_control() && c != '\n' && c != '\t')
+    {
+        return Err(AppError::validation(
+            field,
+            format!("{field} must not hold control characters"),
+        ));
+    }
+    Ok(Some(value.to_string()))
+}
+
+/// A money amount with at most two decimals, not negative, as minor units.
+pub fn money_to_cents(field: &str, amount: f64) -> Result<i64> {
+    if !amount.is_finite() || amount < 0.0 {
+        return Err(AppError::validation(
+            field,
+            format!("{field} must be a number not below 0"),
+        ));
+    }
+    if amount > 1e13 {
+        return Err(AppError::validation(field, format!("{field} is too large")));
+    }
+    let cents = (amount * 100.0).round();
+    if (cents - amount * 100.0).abs() > 1e-6 {
+        return Err(AppError::validation(
+            field,
+            format!("{field} must have at most two decimals"),
+        ));
+    }
+    Ok(cents as i64)
+}
+
+/// Minor units back to the amount clients send and read.
+pub fn cents_to_money(cents: i64) -> f64 {
+    cents as f64 / 100.0
+}
+
+/// A quantity that must be a finite number not below zero.
+pub fn non_negative(field: &str, value: f64) -> Result<f64> {
+    if value.is_finite() && (0.0..=1e15).contains(&value) {
+        Ok(value)
+    } else {
+        Err(AppError::validation(
+            field,
+            format!("{field} must be a number not below 0"),
+        ))
+    }
+}
+
+/// A loose e-mail check: something@host.tld.
+pub fn optional_email(field: &str, value: Option<&str>) -> Result<Option<String>> {
+    let value = optional_text(field, value, 254)?;
+    if let Some(v) = &value {
+        let ok = v.split_once('@').is_some_and(|(l, h)| {
+            !l.is_empty() && h.contains('.') && !h.contains('@') && !v.contains(' ')
+        });
+        if !ok {
+            return Err(AppError::validation(
+                field,
+                format!("{field} is not an e-mail address"),
+            ));
+        }
+    }
+    Ok(value)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn money_keeps_cents_exact() {
+        assert_eq!(money_to_cents("price", 19.99).unwrap(), 1999);
+        assert_eq!(money_to_cents("price", 0.0).unwrap(), 0);
+        assert_eq!(cents_to_money(1999), 19.99);
+        assert!(money_to_cents("price", 1.001).is_err());
+        assert!(money_to_cents("price", -1.0).is_err());
+        assert!(money_to_cents("price", f64::NAN).is_err());
+    }
+
+    #[test]
+    fn text_is_trimmed_and_bounded() {
+        assert_eq!(required_text("name", "  x ", 5).unwrap(), "x");
+        assert!(required_text("name", "   ", 5).is_err());
+        assert!(required_text("name", "abcdef", 5).is_err());
+        assert!(required_text("name", "a\u{0}b", 5).is_err());
+    }
+}

@@ -1,0 +1,280 @@
+//! Service settings: defaults, then an optional settings file, then the environment.
+//!
+//! The environment names are flat and documented in the README (`PORT`,
+//! `MULTI_TENANT_ENABLED`, ...). Only those names are read, so an unrelated variable
+//! in the environment can never change the service.
+
+use std::{collections::HashMap, path::PathBuf, time::Duration};
+
+use config::{Config, Environment, File, FileFormat};
+use serde::Deserialize;
+
+use crate::secret::Secret;
+
+/// Environment variables the service reads; each maps to the lowercase field below.
+pub const ENV_KEYS: &[&str] = &[
+    "HOST",
+    "PORT",
+    "MULTI_TENANT_ENABLED",
+    "TENANTS_FILE",
+    "TENANT_CONFIGS",
+    "DATABASE_URL",
+    "BASE_DOMAIN",
+    "ADMIN_TOKEN",
+    "LOG_LEVEL",
+    "POOL_IDLE_TIMEOUT_SECS",
+    "MAX_OPEN_POOLS",
+    "DEFAULT_MAX_CONNECTIONS",
+    "POOL_CONNECT_TIMEOUT_SECS",
+    "POOL_ACQUIRE_TIMEOUT_SECS",
+    "AUTO_MIGRATE",
+    "IDENTIFY_BY_SUBDOMAIN",
+    "IDENTIFY_BY_HEADER",
+    "IDENTIFY_BY_QUERY",
+    "IGNORED_SUBDOMAINS",
+];
+
+/// The variable naming an optional settings file (TOML, same keys in lowercase);
+/// empty turns the file off.
+pub const SETTINGS_FILE_ENV: &str = "SETTINGS_FILE";
+const DEFAULT_SETTINGS_FILE: &str = "settings.toml";
+const DEFAULT_TENANTS_FILE: &str = "tenants.toml";
+
+/// Everything the service can be told at start-up.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Settings {
+    pub host: String,
+    pub port: u16,
+    pub multi_tenant_enabled: bool,
+    /// `None`: `tenants.toml`, which may be missing when `TENANT_CONFIGS` is set.
+    pub tenants_file: Option<PathBuf>,
+    pub tenant_configs: Option<Secret>,
+    /// Single-tenant mode's database.
+    pub database_url: Secret,
+    pub base_domain: String,
+    pub admin_token: Option<Secret>,
+    pub log_level: String,
+    pub pool_idle_timeout_secs: u64,
+    pub max_open_pools: u64,
+    pub default_max_connections: u32,
+    pub pool_connect_timeout_secs: u64,
+    pub pool_acquire_timeout_secs: u64,
+    pub auto_migrate: bool,
+    pub identify_by_subdomain: bool,
+    pub identify_by_header: bool,
+    pub identify_by_query: bool,
+    /// Subdomain labels that never name a tenant (`www`), comma-separated.
+    pub ignored_subdomains: String,
+}
+
+impl Settings {
+    /// Reads the process environment (only [`ENV_KEYS`] and `SETTINGS_FILE`).
+    pub fn from_env() -> Result<Self, String> {
+        let env: HashMap<String, String> = std::env::vars()
+            .filter(|(k, _)| k == SETTINGS_FILE_ENV || ENV_KEYS.contains(&k.as_str()))
+            .collect();
+        Self::from_map(&env)
+    }
+
+    /// Builds settings from an explicit environment map: defaults, then the settings
+    /// file (`SETTINGS_FILE`, default `settings.toml` if present), then `env`.
+    pub fn from_map(env: &HashMap<String, String>) -> Result<Self, String> {
+        // An empty SETTINGS_FILE turns the settings file off.
+        let file = match env.get(SETTINGS_FILE_ENV) {
+            Some(path) if path.is_empty() => None,
+            Some(path) => Some((path.clone(), true)),
+            None => Some((DEFAULT_SETTINGS_FILE.to_string(), false)),
+        };
+        let known: config::Map<String, String> = env
+            .iter()
+            .filter(|(k, _)| ENV_KEYS.contains(&k.as_str()))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        let config = Config::builder()
+            .set_default("host", "127.0.0.1")
+            .and_then(|b| b.set_default("port", 8000))
+            .and_then(|b| b.set_default("multi_tenant_enabled", true))
+            .and_then(|b| b.set_default("database_url", "sqlite://data/app.db?mode=rwc"))
+            .and_then(|b| b.set_default("base_domain", "localhost"))
+            .and_then(|b| b.set_default("log_level", "info"))
+            .and_then(|b| b.set_default("pool_idle_timeout_secs", 300))
+            .and_then(|b| b.set_default("max_open_pools", 100))
+            .and_then(|b| b.set_default("default_max_connections", 5))
+            .and_then(|b| b.set_default("pool_connect_timeout_secs", 5))
+            .and_then(|b| b.set_default("pool_acquire_timeout_secs", 5))
+            .and_then(|b| b.set_default("auto_migrate", true))
+            .and_then(|b| b.set_default("identify_by_subdomain", true))
+            .and_then(|b| b.set_default("identify_by_header", true))
+            .and_then(|b| b.set_default("identify_by_query", true))
+            .and_then(|b| b.set_default("ignored_subdomains", "www"))
+            .map_err(|e| e.to_string())?
+            .add_source(
+                file.map(|(path, required)| File::new(&path, FileFormat::Toml).required(required))
+                    .into_iter()
+                    .collect::<Vec<_>>(),
+            )
+            .add_source(Environment::default().source(Some(known)))
+            .build()
+            .map_err(|e| format!("settings: {e}"))?;
+        let settings: Settings = config
+            .try_deserialize()
+            .map_err(|e| format!("settings: {e}"))?;
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        if self.max_open_pools == 0 {
+            return Err("settings: MAX_OPEN_POOLS must be at least 1".into());
+        }
+        if self.pool_idle_timeout_secs == 0 {
+            return Err("settings: POOL_IDLE_TIMEOUT_SECS must be at least 1".into());
+        }
+        if !(1..=1000).contains(&self.default_max_connections) {
+            return Err("settings: DEFAULT_MAX_CONNECTIONS must be within 1..=1000".into());
+        }
+        if self.base_domain.is_empty()
+            || !self
+                .base_domain
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+        {
+            return Err("settings: BASE_DOMAIN must be a host name such as example.com".into());
+        }
+        if !self.multi_tenant_enabled {
+            crate::tenant::check_database_url(self.database_url.expose())
+                .map_err(|m| format!("settings: DATABASE_URL {m}"))?;
+        }
+        if let Some(token) = &self.admin_token
+            && token.expose().len() < 16
+        {
+            return Err("settings: ADMIN_TOKEN must be at least 16 characters".into());
+        }
+        Ok(())
+    }
+
+    /// The tenants file to read, and whether its absence is an error.
+    pub fn tenants_file(&self) -> (PathBuf, bool) {
+        match &self.tenants_file {
+            Some(path) => (path.clone(), true),
+            None => (
+                PathBuf::from(DEFAULT_TENANTS_FILE),
+                self.tenant_configs.is_none(),
+            ),
+        }
+    }
+
+    pub fn identification(&self) -> IdentifySettings {
+        IdentifySettings {
+            by_subdomain: self.identify_by_subdomain,
+            by_header: self.identify_by_header,
+            by_query: self.identify_by_query,
+            base_domain: self.base_domain.to_ascii_lowercase(),
+            ignored_subdomains: self
+                .ignored_subdomains
+                .split(',')
+                .map(|s| s.trim().to_ascii_lowercase())
+                .filter(|s| !s.is_empty())
+                .collect(),
+        }
+    }
+
+    pub fn pools(&self) -> PoolSettings {
+        PoolSettings {
+            idle_timeout: Duration::from_secs(self.pool_idle_timeout_secs),
+            max_open_pools: self.max_open_pools,
+            default_max_connections: self.default_max_connections,
+            connect_timeout: Duration::from_secs(self.pool_connect_timeout_secs.max(1)),
+            acquire_timeout: Duration::from_secs(self.pool_acquire_timeout_secs.max(1)),
+            auto_migrate: self.auto_migrate,
+        }
+    }
+}
+
+/// Which request parts may name the tenant, and the base domain for subdomains.
+#[derive(Debug, Clone)]
+pub struct IdentifySettings {
+    pub by_subdomain: bool,
+    pub by_header: bool,
+    pub by_query: bool,
+    pub base_domain: String,
+    pub ignored_subdomains: Vec<String>,
+}
+
+/// Bounds on the tenant pools the registry keeps open.
+#[derive(Debug, Clone)]
+pub struct PoolSettings {
+    pub idle_timeout: Duration,
+    pub max_open_pools: u64,
+    pub default_max_connections: u32,
+    pub connect_timeout: Duration,
+    pub acquire_timeout: Duration,
+    pub auto_migrate: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        let mut map: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        // Keep a developer's own settings.toml out of the unit tests.
+        map.entry(SETTINGS_FILE_ENV.into())
+            .or_insert_with(String::new);
+        map
+    }
+
+    #[test]
+    fn defaults_are_the_documented_ones() {
+        let s = Settings::from_map(&env(&[])).unwrap();
+        assert_eq!(s.host, "127.0.0.1");
+        assert_eq!(s.port, 8000);
+        assert!(s.multi_tenant_enabled);
+        assert_eq!(s.base_domain, "localhost");
+        assert_eq!(s.tenants_file(), (PathBuf::from("tenants.toml"), true));
+    }
+
+    #[test]
+    fn environment_overrides_defaults() {
+        let s = Settings::from_map(&env(&[
+            ("PORT", "9001"),
+            ("MULTI_TENANT_ENABLED", "false"),
+            ("MAX_OPEN_POOLS", "2"),
+            ("TENANT_CONFIGS", "{}"),
+            ("ADMIN_TOKEN", "0123456789abcdef0123"),
+        ]))
+        .unwrap();
+        assert_eq!(s.port, 9001);
+        assert!(!s.multi_tenant_enabled);
+        assert_eq!(s.max_open_pools, 2);
+        assert!(
+            !s.tenants_file().1,
+            "default file optional with TENANT_CONFIGS"
+        );
+        assert_eq!(s.admin_token.unwrap().expose(), "0123456789abcdef0123");
+    }
+
+    #[test]
+    fn settings_file_sits_between_defaults_and_environment() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("settings.toml");
+        std::fs::write(&path, "port = 7000\nbase_domain = \"example.com\"\n").unwrap();
+        let path = path.to_str().unwrap();
+        let s = Settings::from_map(&env(&[(SETTINGS_FILE_ENV, path), ("PORT", "7100")])).unwrap();
+        assert_eq!(s.port, 7100);
+        assert_eq!(s.base_domain, "example.com");
+    }
+
+    #[test]
+    fn bad_values_are_refused_with_the_name() {
+        let err = Settings::from_map(&env(&[("PORT", "eighty")])).unwrap_err();
+        assert!(err.contains("port"), "{err}");
+        let err = Settings::from_map(&env(&[("MAX_OPEN_POOLS", "0")])).unwrap_err();
+        assert!(err.contains("MAX_OPEN_POOLS"), "{err}");
+        let err = Settings::from_map(&env(&[("ADMIN_TOKEN", "short")])).unwrap_err();
+        assert!(err.contains("ADMIN_TOKEN"), "{err}");
+    }
+}

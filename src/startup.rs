@@ -1,0 +1,150 @@
+//! Building the application from settings and serving it.
+
+use std::{fmt, future::Future, net::SocketAddr, sync::Arc};
+
+use axum::Router;
+use tokio::net::TcpListener;
+
+use crate::{
+    admin,
+    secret::Secret,
+    settings::{IdentifySettings, Settings},
+    tenant::{
+        Branding, ConfigError, ContactInfo, Domain, FeatureSet, PoolOverrides, TenantConfig,
+        TenantId, TenantRegistry, TenantSource, load_tenants,
+    },
+};
+
+/// What every handler and middleware can read.
+#[derive(Clone)]
+pub struct AppState {
+    pub registry: TenantRegistry,
+    pub identify: Arc<IdentifySettings>,
+    /// `Some` in single-tenant mode: the one tenant every request is served as.
+    pub single_tenant: Option<Arc<TenantConfig>>,
+    pub admin_token: Arc<Secret>,
+}
+
+/// Why the service could not start.
+#[derive(Debug)]
+pub enum StartupError {
+    Settings(String),
+    Tenants(Vec<ConfigError>),
+    Bind(std::io::Error),
+}
+
+impl fmt::Display for StartupError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Settings(m) => write!(f, "invalid settings: {m}"),
+            Self::Tenants(errors) => {
+                write!(f, "invalid tenant configuration:")?;
+                for e in errors {
+                    write!(f, "\n  {e}")?;
+                }
+                Ok(())
+            }
+            Self::Bind(e) => write!(f, "cannot listen: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for StartupError {}
+
+/// A built, bound application, ready to serve.
+pub struct Application {
+    listener: TcpListener,
+    router: Router,
+    state: AppState,
+}
+
+impl Application {
+    /// Loads tenants, builds the registry (opening no pool) and binds the listener.
+    pub async fn build(settings: Settings) -> Result<Self, StartupError> {
+        let (tenants, single_tenant) = if settings.multi_tenant_enabled {
+            let (file, required) = settings.tenants_file();
+            let env = settings.tenant_configs.as_ref().map(|s| s.expose());
+            let tenants =
+                load_tenants(Some(&file), required, env).map_err(StartupError::Tenants)?;
+            if tenants.is_empty() {
+                tracing::warn!("no tenants are configured; every tenant request will be refused");
+            }
+            (tenants, None)
+        } else {
+            let single = single_tenant_config(&settings);
+            (vec![single.clone()], Some(Arc::new(single)))
+        };
+        tracing::info!(
+            tenants = tenants.len(),
+            multi_tenant = settings.multi_tenant_enabled,
+            "tenant registry loaded"
+        );
+
+        let admin_token = match &settings.admin_token {
+            Some(token) => token.clone(),
+            None => {
+                let token = admin::generate_token();
+                // Logged once, on purpose: it is the only way the operator learns it.
+                tracing::warn!("ADMIN_TOKEN is not set; the admin token for this run is {token}");
+                Secret::new(token)
+            }
+        };
+
+        let state = AppState {
+            registry: TenantRegistry::new(tenants, settings.pools()),
+            identify: Arc::new(settings.identification()),
+            single_tenant,
+            admin_token: Arc::new(admin_token),
+        };
+        let listener = TcpListener::bind((settings.host.as_str(), settings.port))
+            .await
+            .map_err(StartupError::Bind)?;
+        let router = crate::routes::router(state.clone());
+        Ok(Self {
+            listener,
+            router,
+            state,
+        })
+    }
+
+    /// The address actually bound (the port is chosen by the OS when `PORT=0`).
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    pub fn state(&self) -> &AppState {
+        &self.state
+    }
+
+    /// Serves until `shutdown` completes, then lets in-flight requests finish and
+    /// closes every tenant pool.
+    pub async fn run_until(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<()> {
+        let registry = self.state.registry.clone();
+        axum::serve(self.listener, self.router)
+            .with_graceful_shutdown(shutdown)
+            .await?;
+        registry.close_all().await;
+        Ok(())
+    }
+}
+
+fn single_tenant_config(settings: &Settings) -> TenantConfig {
+    let id = TenantId::parse("default").unwrap_or_else(|_| unreachable!("'default' is a valid id"));
+    TenantConfig {
+        subdomain: id.default_subdomain(),
+        id,
+        database_url: settings.database_url.clone(),
+        domain: Domain::Default,
+        explicit_features: None,
+        features: FeatureSet::all(),
+        branding: Branding::default(),
+        gst_number: None,
+        contact_info: ContactInfo::default(),
+        is_active: true,
+        pool: PoolOverrides::default(),
+        source: TenantSource::SingleTenant,
+    }
+}

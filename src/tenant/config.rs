@@ -1,0 +1,604 @@
+//! Loading and validating tenant configuration from `tenants.toml` and the
+//! `TENANT_CONFIGS` environment variable.
+//!
+//! Each entry is deserialized on its own so that an error names its tenant, and
+//! validated into a [`TenantConfig`] before anything uses it: a bad entry never
+//! reaches a file name or a connection string.
+
+use std::{collections::HashMap, fmt, path::Path};
+
+use serde::{Deserialize, Serialize};
+
+use super::{Domain, Feature, FeatureSet, TenantId};
+use crate::secret::Secret;
+
+/// Where a tenant's configuration came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TenantSource {
+    /// The tenants file (`TENANTS_FILE`, default `tenants.toml`).
+    File,
+    /// The `TENANT_CONFIGS` environment variable.
+    Env,
+    /// Single-tenant mode's one implicit tenant, served from `DATABASE_URL`.
+    SingleTenant,
+}
+
+/// Public look of a tenant: shown on its login page.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Branding {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub company_name: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub primary_color: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub secondary_color: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub logo_url: Option<String>,
+}
+
+/// How to reach the tenant's business.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ContactInfo {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub phone: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub email: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub address: Option<String>,
+}
+
+/// Per-tenant pool settings that override the service-wide defaults.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+pub struct PoolOverrides {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_connections: Option<u32>,
+}
+
+/// One tenant, validated. `database_url` is a [`Secret`]; every other field is safe
+/// to show to an operator.
+#[derive(Debug, Clone)]
+pub struct TenantConfig {
+    pub id: TenantId,
+    pub database_url: Secret,
+    pub domain: Domain,
+    pub subdomain: String,
+    /// Features as written in the configuration, if any (else the domain preset).
+    pub explicit_features: Option<Vec<Feature>>,
+    pub features: FeatureSet,
+    pub branding: Branding,
+    pub gst_number: Option<String>,
+    pub contact_info: ContactInfo,
+    pub is_active: bool,
+    pub pool: PoolOverrides,
+    pub source: TenantSource,
+}
+
+/// An entry as written, before validation.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTenant {
+    database_url: Option<String>,
+    domain: Option<String>,
+    subdomain: Option<String>,
+    features: Option<Vec<String>>,
+    #[serde(default)]
+    branding: Branding,
+    gst_number: Option<String>,
+    #[serde(default)]
+    contact_info: ContactInfo,
+    is_active: Option<bool>,
+    max_connections: Option<u32>,
+}
+
+/// Why a configuration was refused: names the tenant (where there is one) and the
+/// field. Never holds a database URL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub tenant: Option<String>,
+    pub field: String,
+    pub message: String,
+}
+
+impl ConfigError {
+    fn new(tenant: Option<&str>, field: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            tenant: tenant.map(printable),
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.tenant {
+            Some(t) => write!(f, "tenant '{t}': field '{}': {}", self.field, self.message),
+            None => write!(f, "field '{}': {}", self.field, self.message),
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// Shows an untrusted name without control characters or unbounded length.
+fn printable(raw: &str) -> String {
+    let mut out: String = raw
+        .chars()
+        .take(64)
+        .map(|c| if c.is_control() { '?' } else { c })
+        .collect();
+    if raw.chars().count() > 64 {
+        out.push('…');
+    }
+    out
+}
+
+/// Parses the text of a tenants file: a `[tenants.<id>]` table per tenant.
+pub fn parse_tenants_toml(text: &str) -> Result<Vec<TenantConfig>, Vec<ConfigError>> {
+    let doc: toml::Table = toml::from_str(text).map_err(|e| {
+        vec![ConfigError::new(
+            None,
+            "tenants",
+            format!("not valid TOML: {e}"),
+        )]
+    })?;
+    if let Some(key) = doc.keys().find(|k| k.as_str() != "tenants") {
+        return Err(vec![ConfigError::new(
+            None,
+            key.as_str(),
+            "unknown top-level key (tenants go under [tenants.<id>])",
+        )]);
+    }
+    let Some(tenants) = doc.get("tenants") else {
+        return Ok(Vec::new());
+    };
+    let Some(tenants) = tenants.as_table() else {
+        return Err(vec![ConfigError::new(
+            None,
+            "tenants",
+            "must be a table of tenants keyed by id",
+        )]);
+    };
+    validate_entries(
+        tenants.iter().map(|(id, value)| {
+            let raw = serde_path_to_error::deserialize::<_, RawTenant>(value.clone());
+            (id.as_str(), raw.map_err(path_error))
+        }),
+        TenantSource::File,
+    )
+}
+
+/// Parses `TENANT_CONFIGS`: a JSON object keyed by tenant id, with the file's fields.
+pub fn parse_tenants_json(text: &str) -> Result<Vec<TenantConfig>, Vec<ConfigError>> {
+    let map: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_str(text).map_err(|e| {
+            vec![ConfigError::new(
+                None,
+                "TENANT_CONFIGS",
+                format!("must be a JSON object keyed by tenant id: {e}"),
+            )]
+        })?;
+    validate_entries(
+        map.iter().map(|(id, value)| {
+            let raw = serde_path_to_error::deserialize::<_, RawTenant>(value);
+            (id.as_str(), raw.map_err(path_error))
+        }),
+        TenantSource::Env,
+    )
+}
+
+/// Turns a deserialization error into (field, message) without echoing values.
+fn path_error<E: fmt::Display>(err: serde_path_to_error::Error<E>) -> (String, String) {
+    let path = err.path().to_string();
+    let field = if path == "." {
+        "entry".to_string()
+    } else {
+        path
+    };
+    (field, err.inner().to_string())
+}
+
+fn validate_entries<'a>(
+    entries: impl Iterator<Item = (&'a str, Result<RawTenant, (String, String)>)>,
+    source: TenantSource,
+) -> Result<Vec<TenantConfig>, Vec<ConfigError>> {
+    let mut ok = Vec::new();
+    let mut errors = Vec::new();
+    for (id, raw) in entries {
+        match raw {
+            Err((field, message)) => errors.push(ConfigError::new(Some(id), field, message)),
+            Ok(raw) => match validate(id, raw, source) {
+                Ok(config) => ok.push(config),
+                Err(mut e) => errors.append(&mut e),
+            },
+        }
+    }
+    if errors.is_empty() {
+        Ok(ok)
+    } else {
+        Err(errors)
+    }
+}
+
+fn validate(
+    id: &str,
+    raw: RawTenant,
+    source: TenantSource,
+) -> Result<TenantConfig, Vec<ConfigError>> {
+    let mut errors = Vec::new();
+    let mut err =
+        |field: &str, message: String| errors.push(ConfigError::new(Some(id), field, message));
+
+    let tenant_id = TenantId::parse(id).map_err(|m| err("id", m)).ok();
+
+    let database_url = match raw.database_url {
+        None => {
+            err("database_url", "is required".into());
+            None
+        }
+        Some(url) => match check_database_url(&url) {
+            Ok(()) => Some(Secret::new(url)),
+            Err(m) => {
+                err("database_url", m);
+                None
+            }
+        },
+    };
+
+    let domain = match raw.domain.as_deref() {
+        None => Some(Domain::Default),
+        Some(d) => Domain::parse(d).or_else(|| {
+            err(
+                "domain",
+                format!(
+                    "unknown domain '{}' (expected dental, manufacturing or default)",
+                    printable(d)
+                ),
+            );
+            None
+        }),
+    };
+
+    let explicit_features = raw.features.map(|names| {
+        names
+            .iter()
+            .filter_map(|name| {
+                Feature::parse(name).or_else(|| {
+                    err(
+                        "features",
+                        format!(
+                            "unknown feature '{}' (known: {})",
+                            printable(name),
+                            Feature::ALL.map(Feature::as_str).join(", ")
+                        ),
+                    );
+                    None
+                })
+            })
+            .collect::<Vec<_>>()
+    });
+
+    let subdomain = match (&raw.subdomain, &tenant_id) {
+        (Some(label), _) => Some(label.clone()),
+        (None, Some(tid)) => Some(tid.default_subdomain()),
+        (None, None) => None,
+    };
+    if let Some(label) = &subdomain
+        && let Err(m) = check_dns_label(label)
+    {
+        let hint = if raw.subdomain.is_none() {
+            " (derived from the id; set `subdomain`)"
+        } else {
+            ""
+        };
+        err("subdomain", format!("{m}{hint}"));
+    }
+
+    for (field, value) in [
+        ("branding.primary_color", &raw.branding.primary_color),
+        ("branding.secondary_color", &raw.branding.secondary_color),
+    ] {
+        if let Some(colour) = value
+            && !is_hex_colour(colour)
+        {
+            err(
+                field,
+                format!(
+                    "'{}' is not a colour like #2E86AB or #fff",
+                    printable(colour)
+                ),
+            );
+        }
+    }
+    for (field, value) in [
+        ("branding.company_name", &raw.branding.company_name),
+        ("branding.logo_url", &raw.branding.logo_url),
+        ("gst_number", &raw.gst_number),
+        ("contact_info.phone", &raw.contact_info.phone),
+        ("contact_info.email", &raw.contact_info.email),
+        ("contact_info.address", &raw.contact_info.address),
+    ] {
+        if let Some(text) = value
+            && (text.len() > 500 || text.chars().any(char::is_control))
+        {
+            err(
+                field,
+                "must be at most 500 characters with no control characters".into(),
+            );
+        }
+    }
+    if let Some(email) = &raw.contact_info.email
+        && !looks_like_email(email)
+    {
+        err(
+            "contact_info.email",
+            format!("'{}' is not an e-mail address", printable(email)),
+        );
+    }
+    if let Some(n) = raw.max_connections
+        && !(1..=1000).contains(&n)
+    {
+        err("max_connections", format!("{n} is outside 1..=1000"));
+    }
+
+    match (tenant_id, database_url, domain, subdomain) {
+        (Some(id), Some(database_url), Some(domain), Some(subdomain)) if errors.is_empty() => {
+            let features = FeatureSet::for_tenant(domain, explicit_features.as_deref());
+            Ok(TenantConfig {
+                id,
+                database_url,
+                domain,
+                subdomain,
+                explicit_features,
+                features,
+                branding: raw.branding,
+                gst_number: raw.gst_number,
+                contact_info: raw.contact_info,
+                is_active: raw.is_active.unwrap_or(true),
+                pool: PoolOverrides {
+                    max_connections: raw.max_connections,
+                },
+                source,
+            })
+        }
+        _ => Err(errors),
+    }
+}
+
+/// Accepts the schemes the router can serve; the message names only the scheme.
+pub(crate) fn check_database_url(url: &str) -> Result<(), String> {
+    let scheme = url
+        .split_once("://")
+        .map(|(s, _)| s)
+        .or_else(|| url.split_once(':').map(|(s, _)| s));
+    match scheme {
+        Some("sqlite" | "postgres" | "postgresql") => {}
+        Some(s) if s.len() <= 20 && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'+') => {
+            return Err(format!(
+                "unsupported scheme '{s}' (use sqlite:// or postgres://)"
+            ));
+        }
+        _ => return Err("is not a URL (use sqlite:// or postgres://)".into()),
+    }
+    if url.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err("must not contain spaces or control characters".into());
+    }
+    Ok(())
+}
+
+fn check_dns_label(label: &str) -> Result<(), String> {
+    let valid = !label.is_empty()
+        && label.len() <= 63
+        && label
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !label.starts_with('-')
+        && !label.ends_with('-');
+    if valid {
+        Ok(())
+    } else {
+        Err(format!(
+            "'{}' is not a DNS label (lowercase letters, digits and inner '-', at most 63)",
+            printable(label)
+        ))
+    }
+}
+
+fn is_hex_colour(s: &str) -> bool {
+    s.strip_prefix('#')
+        .is_some_and(|hex| matches!(hex.len(), 3 | 6) && hex.bytes().all(|b| b.is_ascii_hexdigit()))
+}
+
+fn looks_like_email(s: &str) -> bool {
+    s.split_once('@')
+        .is_some_and(|(local, host)| !local.is_empty() && host.contains('.') && !host.contains('@'))
+}
+
+/// Reads the tenants file (if given or present) and `TENANT_CONFIGS`, lets env
+/// entries replace file entries with the same id, and checks that no two tenants
+/// share a subdomain.
+pub fn load_tenants(
+    file: Option<&Path>,
+    file_required: bool,
+    env_json: Option<&str>,
+) -> Result<Vec<TenantConfig>, Vec<ConfigError>> {
+    let mut errors = Vec::new();
+    let mut by_id: HashMap<TenantId, TenantConfig> = HashMap::new();
+
+    if let Some(path) = file {
+        match std::fs::read_to_string(path) {
+            Ok(text) => match parse_tenants_toml(&text) {
+                Ok(list) => by_id.extend(list.into_iter().map(|t| (t.id.clone(), t))),
+                Err(mut e) => errors.append(&mut e),
+            },
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !file_required => {}
+            Err(e) => errors.push(ConfigError::new(
+                None,
+                "TENANTS_FILE",
+                format!("cannot read {}: {e}", path.display()),
+            )),
+        }
+    }
+    if let Some(json) = env_json {
+        match parse_tenants_json(json) {
+            Ok(list) => by_id.extend(list.into_iter().map(|t| (t.id.clone(), t))),
+            Err(mut e) => errors.append(&mut e),
+        }
+    }
+
+    let mut tenants: Vec<TenantConfig> = by_id.into_values().collect();
+    tenants.sort_by(|a, b| a.id.cmp(&b.id));
+    let mut labels: HashMap<&str, &TenantId> = HashMap::new();
+    for t in &tenants {
+        if let Some(other) = labels.insert(&t.subdomain, &t.id) {
+            errors.push(ConfigError::new(
+                Some(t.id.as_str()),
+                "subdomain",
+                format!(
+                    "'{}' is already the subdomain of tenant '{other}'",
+                    t.subdomain
+                ),
+            ));
+        }
+    }
+    if errors.is_empty() {
+        Ok(tenants)
+    } else {
+        Err(errors)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn one_error(toml: &str) -> ConfigError {
+        let errs = parse_tenants_toml(toml).expect_err("should be refused");
+        assert_eq!(errs.len(), 1, "{errs:?}");
+        errs.into_iter().next().unwrap()
+    }
+
+    #[test]
+    fn parses_a_full_entry() {
+        let list = parse_tenants_toml(
+            r##"
+            [tenants.dental_clinic_abc]
+            database_url = "sqlite://data/a.db?mode=rwc"
+            domain = "dental"
+            gst_number = "GST1"
+            branding = { company_name = "ABC", primary_color = "#2E86AB" }
+            contact_info = { phone = "+91-1", email = "info@abc.com" }
+            "##,
+        )
+        .unwrap();
+        let t = &list[0];
+        assert_eq!(t.id.as_str(), "dental_clinic_abc");
+        assert_eq!(t.subdomain, "dental-clinic-abc");
+        assert_eq!(t.domain, Domain::Dental);
+        assert!(t.features.contains(Feature::PatientManagement));
+        assert!(t.is_active);
+        assert_eq!(t.source, TenantSource::File);
+    }
+
+    #[test]
+    fn names_tenant_and_field_for_each_kind_of_bad_entry() {
+        let cases = [
+            ("[tenants.Bad]\ndatabase_url='sqlite://x.db'", "Bad", "id"),
+            (
+                "[tenants.a]\ndatabase_url='sqlite://x.db'\ndomain='retail'",
+                "a",
+                "domain",
+            ),
+            (
+                "[tenants.a]\ndatabase_url='sqlite://x.db'\nfeatures=['teleport']",
+                "a",
+                "features",
+            ),
+            (
+                "[tenants.a]\ndatabase_url='mysql://u:p@h/db'",
+                "a",
+                "database_url",
+            ),
+            ("[tenants.a]\ndomain='dental'", "a", "database_url"),
+            (
+                "[tenants.a]\ndatabase_url='sqlite://x.db'\nbranding={primary_color='blue'}",
+                "a",
+                "branding.primary_color",
+            ),
+            (
+                "[tenants.a]\ndatabase_url='sqlite://x.db'\nis_active='yes'",
+                "a",
+                "is_active",
+            ),
+            (
+                "[tenants.a]\ndatabase_url='sqlite://x.db'\ncolour='x'",
+                "a",
+                "colour",
+            ),
+        ];
+        for (text, tenant, field) in cases {
+            let e = one_error(text);
+            assert_eq!(e.tenant.as_deref(), Some(tenant), "{text}");
+            assert_eq!(e.field, field, "{text}: {e}");
+        }
+    }
+
+    #[test]
+    fn unsupported_scheme_message_does_not_echo_the_url() {
+        let e = one_error("[tenants.a]\ndatabase_url='mysql://user:hunter2@h/db'");
+        assert!(e.message.contains("mysql"));
+        assert!(!e.to_string().contains("hunter2"));
+    }
+
+    #[test]
+    fn explicit_features_replace_the_preset() {
+        let list = parse_tenants_toml(
+            "[tenants.a]\ndatabase_url='sqlite://x.db'\ndomain='dental'\nfeatures=['bom_management']",
+        )
+        .unwrap();
+        assert!(list[0].features.contains(Feature::BomManagement));
+        assert!(!list[0].features.contains(Feature::PatientManagement));
+    }
+
+    #[test]
+    fn env_entry_replaces_file_entry_with_the_same_id() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tenants.toml");
+        std::fs::write(
+            &path,
+            "[tenants.a]\ndatabase_url='sqlite://a.db'\ndomain='dental'\n",
+        )
+        .unwrap();
+        let env = r#"{"a": {"database_url": "sqlite://b.db", "domain": "manufacturing"},
+                      "c": {"database_url": "sqlite://c.db"}}"#;
+        let list = load_tenants(Some(&path), true, Some(env)).unwrap();
+        assert_eq!(list.len(), 2);
+        assert_eq!(list[0].domain, Domain::Manufacturing);
+        assert_eq!(list[0].source, TenantSource::Env);
+        assert_eq!(list[0].database_url.expose(), "sqlite://b.db");
+    }
+
+    #[test]
+    fn duplicate_subdomain_is_refused() {
+        let env = r#"{"a_b": {"database_url": "sqlite://1.db"},
+                      "x": {"database_url": "sqlite://2.db", "subdomain": "a-b"}}"#;
+        let errs = load_tenants(None, false, Some(env)).unwrap_err();
+        assert_eq!(errs.len(), 1);
+        assert_eq!(errs[0].field, "subdomain");
+    }
+
+    #[test]
+    fn missing_default_file_is_fine_but_a_named_one_is_not() {
+        let missing = Path::new("/nonexistent/tenants.toml");
+        assert!(
+            load_tenants(Some(missing), false, Some("{}"))
+                .unwrap()
+                .is_empty()
+        );
+        let errs = load_tenants(Some(missing), true, None).unwrap_err();
+        assert_eq!(errs[0].field, "TENANTS_FILE");
+    }
+}
