@@ -1,1 +1,347 @@
-fn main() {}
+//! Routing benchmark: what tenant routing costs per request, and how much HTTP
+//! throughput the routed service keeps against the same handler on one fixed pool.
+//!
+//! Run: `cargo bench --bench routing` (knobs: BENCH_SECONDS, BENCH_CONCURRENCY,
+//! BENCH_TENANTS, BENCH_ROUNDS). It prints its figures; it asserts nothing.
+
+use std::{
+    collections::HashMap,
+    hint::black_box,
+    path::Path,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use axum::http::Request;
+use tenant_router::{
+    Application, Settings,
+    identify::identify_tenant,
+    settings::IdentifySettings,
+    tenant::{TenantRegistry, parse_tenants_toml},
+};
+
+fn env_or(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn tenants_toml(n: u64, dir: &Path) -> String {
+    let pool = std::env::var("BENCH_TENANT_MAX_CONNECTIONS")
+        .map(|n| format!("max_connections = {n}\n"))
+        .unwrap_or_default();
+    (0..n)
+        .map(|i| {
+            format!(
+                "[tenants.tenant_{i:04}]\ndatabase_url = \"sqlite://{}/tenant_{i:04}.db\"\n{pool}",
+                dir.display()
+            )
+        })
+        .collect()
+}
+
+fn settings(env: &[(&str, String)]) -> Settings {
+    let mut map: HashMap<String, String> = HashMap::from([
+        ("PORT".into(), "0".into()),
+        ("SETTINGS_FILE".into(), String::new()),
+        ("ADMIN_TOKEN".into(), "bench-admin-token-0123456789".into()),
+    ]);
+    // Pool sizing knobs apply to both sides alike.
+    for key in ["DEFAULT_MAX_CONNECTIONS", "POOL_IDLE_TIMEOUT_SECS"] {
+        if let Ok(value) = std::env::var(key) {
+            map.insert(key.into(), value);
+        }
+    }
+    map.extend(env.iter().map(|(k, v)| (k.to_string(), v.clone())));
+    Settings::from_map(&map).expect("bench settings")
+}
+
+/// Nanoseconds per call of `f`, over enough calls to take about half a second.
+fn time_per_call(mut f: impl FnMut()) -> f64 {
+    for _ in 0..10_000 {
+        f();
+    }
+    let mut iterations = 10_000u64;
+    loop {
+        let started = Instant::now();
+        for _ in 0..iterations {
+            f();
+        }
+        let elapsed = started.elapsed();
+        if elapsed > Duration::from_millis(500) {
+            return elapsed.as_nanos() as f64 / iterations as f64;
+        }
+        iterations *= 4;
+    }
+}
+
+async fn routing_cost(tenants: u64) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let configs = parse_tenants_toml(&tenants_toml(tenants, dir.path())).expect("tenants");
+    let registry = TenantRegistry::new(configs, settings(&[]).pools());
+    let identify = IdentifySettings {
+        by_subdomain: true,
+        by_header: true,
+        by_query: true,
+        base_domain: "localhost".into(),
+        ignored_subdomains: vec!["www".into()],
+    };
+    let probe = format!("tenant_{:04}", tenants / 2);
+    let by_header = Request::builder()
+        .uri("/api/products")
+        .header("host", "127.0.0.1:8000")
+        .header("x-tenant-id", probe.as_str())
+        .body(())
+        .expect("request");
+    let by_host = Request::builder()
+        .uri("/api/products")
+        .header(
+            "host",
+            format!("{}.localhost:8000", probe.replace('_', "-")),
+        )
+        .body(())
+        .expect("request");
+    let by_query = Request::builder()
+        .uri(format!("/api/products?limit=20&tenant_id={probe}"))
+        .header("host", "127.0.0.1:8000")
+        .body(())
+        .expect("request");
+
+    let route = |req: &Request<()>| {
+        let (id, _) = identify_tenant(req.headers(), req.uri(), &identify, |l| {
+            registry.by_subdomain(l)
+        })
+        .expect("identified");
+        let config = registry.get(id.as_str()).expect("registered");
+        black_box(config.is_active);
+    };
+    println!("\n== Identification and registry lookup ({tenants} tenants), per request");
+    for (name, req) in [
+        ("X-Tenant-ID header", &by_header),
+        ("subdomain", &by_host),
+        ("?tenant_id", &by_query),
+    ] {
+        let ns = time_per_call(|| route(black_box(req)));
+        println!("  {name:<22} {:>8.3} µs", ns / 1000.0);
+    }
+
+    // The warm pool lookup that follows identification on every request.
+    let config = registry.get(&probe).expect("registered");
+    registry.pool(&config).await.expect("pool opens");
+    let rounds = 200_000u32;
+    let started = Instant::now();
+    for _ in 0..rounds {
+        black_box(registry.pool(&config).await.expect("warm pool"));
+    }
+    let ns = started.elapsed().as_nanos() as f64 / rounds as f64;
+    println!("  {:<22} {:>8.3} µs", "warm pool lookup", ns / 1000.0);
+}
+
+/// Requests per second of GET /api/products from `concurrency` workers for
+/// `seconds`; `tenants` empty means no identification (single-pool service).
+async fn throughput(
+    address: &str,
+    tenants: &[String],
+    concurrency: u64,
+    seconds: u64,
+) -> (f64, u64) {
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(concurrency as usize)
+        .build()
+        .expect("client");
+    let stop = Arc::new(AtomicBool::new(false));
+    let done = Arc::new(AtomicU64::new(0));
+    let errors = Arc::new(AtomicU64::new(0));
+    let url = format!("{address}/api/products?limit=10");
+    let tenants: Arc<Vec<String>> = Arc::new(tenants.to_vec());
+    let workers: Vec<_> = (0..concurrency)
+        .map(|w| {
+            let (client, stop, done, errors, url, tenants) = (
+                client.clone(),
+                stop.clone(),
+                done.clone(),
+                errors.clone(),
+                url.clone(),
+                tenants.clone(),
+            );
+            tokio::spawn(async move {
+                let mut i = w as usize;
+                while !stop.load(Ordering::Relaxed) {
+                    let mut request = client.get(&url);
+                    if !tenants.is_empty() {
+                        request = request.header("X-Tenant-ID", &tenants[i % tenants.len()]);
+                        i += concurrency as usize;
+                    }
+                    match request.send().await {
+                        Ok(r) if r.status() == 200 => {
+                            let _ = r.bytes().await;
+                            done.fetch_add(1, Ordering::Relaxed);
+                        }
+                        _ => {
+                            errors.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                }
+            })
+        })
+        .collect();
+    let started = Instant::now();
+    tokio::time::sleep(Duration::from_secs(seconds)).await;
+    stop.store(true, Ordering::Relaxed);
+    let elapsed = started.elapsed();
+    for w in workers {
+        let _ = w.await;
+    }
+    (
+        done.load(Ordering::Relaxed) as f64 / elapsed.as_secs_f64(),
+        errors.load(Ordering::Relaxed),
+    )
+}
+
+async fn seed(address: &str, tenant: Option<&str>, products: usize) {
+    let client = reqwest::Client::new();
+    for n in 0..products {
+        let mut request = client
+            .post(format!("{address}/api/products"))
+            .json(&serde_json::json!({ "name": format!("Product {n}"), "price": 10.0 + n as f64 }));
+        if let Some(t) = tenant {
+            request = request.header("X-Tenant-ID", t);
+        }
+        let status = request.send().await.expect("seed").status();
+        assert_eq!(status, 201, "seeding");
+    }
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+async fn start(settings: Settings) -> String {
+    let app = Application::build(settings).await.expect("app builds");
+    let address = format!("http://{}", app.local_addr().expect("addr"));
+    tokio::spawn(app.run_until(std::future::pending()));
+    address
+}
+
+async fn routed_app(dir: &Path, tenants: u64) -> String {
+    let tenants_file = dir.join("tenants.toml");
+    std::fs::write(&tenants_file, tenants_toml(tenants, &dir.join("data"))).expect("write");
+    start(settings(&[
+        ("TENANTS_FILE", tenants_file.display().to_string()),
+        ("MAX_OPEN_POOLS", tenants.to_string()),
+    ]))
+    .await
+}
+
+/// Three services with the same handler: routed over `tenants` tenants, routed
+/// with one tenant (the routing layer alone), and single-tenant mode (one fixed
+/// pool). Rounds are interleaved so that drift on the machine hits all alike.
+async fn http_comparison(tenants: u64, concurrency: u64, seconds: u64, rounds: u64) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    std::fs::create_dir_all(dir.path().join("many")).expect("dir");
+    std::fs::create_dir_all(dir.path().join("one")).expect("dir");
+    let many_addr = routed_app(&dir.path().join("many"), tenants).await;
+    let one_addr = routed_app(&dir.path().join("one"), 1).await;
+    let single_addr = start(settings(&[
+        ("MULTI_TENANT_ENABLED", "false".into()),
+        (
+            "DATABASE_URL",
+            format!("sqlite://{}/single.db", dir.path().display()),
+        ),
+    ]))
+    .await;
+
+    let ids: Vec<String> = (0..tenants).map(|i| format!("tenant_{i:04}")).collect();
+    for id in &ids {
+        seed(&many_addr, Some(id), 10).await;
+    }
+    let one = vec!["tenant_0000".to_string()];
+    seed(&one_addr, Some(&one[0]), 10).await;
+    seed(&single_addr, None, 10).await;
+
+    println!(
+        "\n== HTTP throughput, GET /api/products?limit=10 ({concurrency} connections, \
+         {seconds} s x {rounds} rounds each, interleaved)"
+    );
+    let targets: [(&str, &str, &[String]); 3] = [
+        ("routed, many tenants", &many_addr, &ids),
+        ("routed, one tenant", &one_addr, &one),
+        ("single pool", &single_addr, &[]),
+    ];
+    // BENCH_PROFILE=N: load only target N (0, 1 or 2) for a profiler, then stop.
+    if let Some(n) = std::env::var("BENCH_PROFILE")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+    {
+        let (name, address, ids) = targets[n.min(2)];
+        let (rate, _) = throughput(address, ids, concurrency, seconds).await;
+        println!("  profile run, {name}: {rate:.0} req/s");
+        return;
+    }
+    let mut rates: Vec<Vec<f64>> = vec![Vec::new(); targets.len()];
+    let mut failed = 0;
+    for (_, address, ids) in &targets {
+        throughput(address, ids, concurrency, 1).await;
+    }
+    for round in 1..=rounds {
+        let mut line = format!("  round {round}:");
+        for (i, (name, address, ids)) in targets.iter().enumerate() {
+            let (rate, errors) = throughput(address, ids, concurrency, seconds).await;
+            failed += errors;
+            rates[i].push(rate);
+            line.push_str(&format!("  {name} {rate:>7.0}"));
+        }
+        println!("{line}  req/s");
+    }
+    let medians: Vec<f64> = rates.into_iter().map(median).collect();
+    let single = medians[2];
+    println!(
+        "  median req/s: {tenants} tenants {:.0}, one tenant {:.0}, single pool {single:.0}",
+        medians[0], medians[1]
+    );
+    println!(
+        "  routed over {tenants} tenants / single pool: {:.1}% (goal: at least 95%)",
+        100.0 * medians[0] / single
+    );
+    println!(
+        "  routed with one tenant / single pool: {:.1}% (the routing layer alone)",
+        100.0 * medians[1] / single
+    );
+    println!("  failed requests: {failed}");
+    println!("  threads in this process: {}", process_threads());
+}
+
+/// The thread count of this process (sqlx runs one thread per SQLite connection).
+fn process_threads() -> String {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Threads:"))
+                .map(|l| l[8..].trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown".into())
+}
+
+fn main() {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let tenants = env_or("BENCH_TENANTS", 100);
+    runtime.block_on(async {
+        routing_cost(tenants).await;
+        http_comparison(
+            tenants,
+            env_or("BENCH_CONCURRENCY", 32),
+            env_or("BENCH_SECONDS", 5),
+            env_or("BENCH_ROUNDS", 3),
+        )
+        .await;
+    });
+}

@@ -27,6 +27,9 @@ pub async fn open_pool(
         .idle_timeout(settings.idle_timeout)
         // Statement logging would put tenant data in the log.
         .sqlx_logging(false)
+        // A ping before every checkout costs a round trip per request; ping only a
+        // connection that sat idle long enough to have been dropped by a server.
+        .test_before_acquire_if_idle_for(std::time::Duration::from_secs(30))
         .map_sqlx_sqlite_opts(|o| {
             o.journal_mode(sea_orm::sqlx::sqlite::SqliteJournalMode::Wal)
                 .busy_timeout(std::time::Duration::from_secs(5))

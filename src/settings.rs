@@ -222,8 +222,7 @@ mod tests {
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
         // Keep a developer's own settings.toml out of the unit tests.
-        map.entry(SETTINGS_FILE_ENV.into())
-            .or_insert_with(String::new);
+        map.entry(SETTINGS_FILE_ENV.into()).or_default();
         map
     }
 

@@ -8,14 +8,35 @@ use tracing::Instrument;
 use tracing_subscriber::EnvFilter;
 
 /// Installs the global subscriber. `level` is an `EnvFilter` directive such as
-/// `info` or `tenant_router=debug,info`.
+/// `info` or `tenant_router=debug,info`. Every line passes through
+/// [`RedactingStdout`], so a URL with credentials that a dependency puts in a span
+/// field (sea-orm's `connect` span holds the whole connection string) is scrubbed.
 pub fn init(level: &str) {
     let filter = EnvFilter::try_new(level).unwrap_or_else(|_| EnvFilter::new("info"));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_target(false)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
+        .with_writer(|| RedactingStdout)
         .try_init();
+}
+
+/// Standard output with credentials removed from every line (see [`crate::db::redact`]).
+/// The fmt layer writes each event with one `write_all` of the whole line, so a URL
+/// is never split across two writes.
+pub struct RedactingStdout;
+
+impl std::io::Write for RedactingStdout {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let text = String::from_utf8_lossy(buf);
+        let clean = crate::db::redact(&text);
+        std::io::stdout().lock().write_all(clean.as_bytes())?;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        std::io::stdout().flush()
+    }
 }
 
 /// Opens the request's span (method, path, and an empty `tenant_id` that tenant

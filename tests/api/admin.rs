@@ -1,0 +1,129 @@
+//! Operator routes (admin token) and public branding; no database URL ever shows.
+
+use reqwest::Method;
+use serde_json::Value;
+
+use crate::helpers::{assert_error, spawn_app};
+
+#[tokio::test]
+async fn tenant_routes_need_the_admin_token() {
+    let app = spawn_app().await;
+    for path in [
+        "/api/tenants",
+        "/api/tenants/demo/config",
+        "/api/tenants/demo/health",
+        "/api/admin/pools",
+    ] {
+        let none = app.request(Method::GET, path).send().await.unwrap();
+        assert_error(none, 401, "unauthorized").await;
+        let wrong = app
+            .request(Method::GET, path)
+            .bearer_auth("test-admin-token-0123456780")
+            .send()
+            .await
+            .unwrap();
+        assert_error(wrong, 401, "unauthorized").await;
+    }
+}
+
+#[tokio::test]
+async fn the_tenant_list_shows_everything_but_the_database_url() {
+    let app = spawn_app().await;
+    let response = app.admin(Method::GET, "/api/tenants").send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    let text = response.text().await.unwrap();
+    let body: Value = serde_json::from_str(&text).unwrap();
+    let ids: Vec<&str> = body["tenants"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["acme_manufacturing", "demo", "dental_clinic_abc"]);
+    assert!(!text.contains("database_url"), "{text}");
+    assert!(!text.contains("sqlite"), "{text}");
+    assert!(!text.contains(".db"), "{text}");
+
+    let config = app
+        .admin(Method::GET, "/api/tenants/dental_clinic_abc/config")
+        .send()
+        .await
+        .unwrap();
+    let text = config.text().await.unwrap();
+    let body: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(body["domain"], "dental");
+    assert_eq!(body["subdomain"], "dental-clinic-abc");
+    assert!(
+        body["features"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|f| f == "patient_management")
+    );
+    assert!(!text.contains("sqlite") && !text.contains(".db"), "{text}");
+}
+
+#[tokio::test]
+async fn path_ids_are_validated_and_unknown_ones_are_not_found() {
+    let app = spawn_app().await;
+    let invalid = app
+        .admin(Method::GET, "/api/tenants/Bad%20Id/config")
+        .send()
+        .await
+        .unwrap();
+    assert_error(invalid, 400, "invalid_tenant_id").await;
+    let unknown = app
+        .admin(Method::GET, "/api/tenants/nobody/config")
+        .send()
+        .await
+        .unwrap();
+    assert_error(unknown, 404, "tenant_not_found").await;
+    let branding = app
+        .request(Method::GET, "/api/tenants/nobody/branding")
+        .send()
+        .await
+        .unwrap();
+    assert_error(branding, 404, "tenant_not_found").await;
+    assert!(app.data_files().is_empty());
+}
+
+#[tokio::test]
+async fn branding_is_public() {
+    let app = spawn_app().await;
+    let response = app
+        .request(Method::GET, "/api/tenants/demo/branding")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["branding"]["company_name"], "demo Ltd");
+    assert_eq!(body["branding"]["primary_color"], "#2E86AB");
+    assert_eq!(body["contact_info"]["email"], "info@demo.example");
+}
+
+#[tokio::test]
+async fn tenant_health_pings_its_database() {
+    let app = spawn_app().await;
+    let response = app
+        .admin(Method::GET, "/api/tenants/demo/health")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["status"], "ok");
+    assert!(body["round_trip_ms"].as_f64().unwrap() >= 0.0);
+    assert_eq!(app.pool_stats().await["pools_open"], 1);
+}
+
+#[tokio::test]
+async fn service_health_needs_nothing() {
+    let app = spawn_app().await;
+    let response = app.request(Method::GET, "/health").send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(
+        response.json::<Value>().await.unwrap(),
+        serde_json::json!({ "status": "ok" })
+    );
+}

@@ -1,0 +1,192 @@
+//! `spawn_app()` and a small client: one fresh app and data directory per test.
+
+use std::{collections::HashMap, path::PathBuf};
+
+use reqwest::{Method, RequestBuilder, Response};
+use serde_json::Value;
+use tempfile::TempDir;
+use tenant_router::{Application, Settings};
+
+pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789";
+
+/// One tenant of a test's `tenants.toml`.
+pub struct Tenant {
+    pub id: String,
+    pub domain: &'static str,
+    /// Extra TOML lines for the entry (`is_active = false`, `features = [...]`).
+    pub extra: String,
+}
+
+impl Tenant {
+    pub fn new(id: &str, domain: &'static str) -> Self {
+        Self {
+            id: id.to_string(),
+            domain,
+            extra: String::new(),
+        }
+    }
+
+    pub fn with(mut self, line: &str) -> Self {
+        self.extra.push_str(line);
+        self.extra.push('\n');
+        self
+    }
+}
+
+/// What a test's app is started with.
+pub struct AppSpec {
+    pub tenants: Vec<Tenant>,
+    pub env: Vec<(String, String)>,
+}
+
+impl AppSpec {
+    pub fn new(tenants: Vec<Tenant>) -> Self {
+        Self {
+            tenants,
+            env: Vec::new(),
+        }
+    }
+
+    pub fn env(mut self, key: &str, value: &str) -> Self {
+        self.env.push((key.to_string(), value.to_string()));
+        self
+    }
+}
+
+pub struct TestApp {
+    pub address: String,
+    pub client: reqwest::Client,
+    pub dir: TempDir,
+}
+
+/// The standard three tenants: a dental clinic, a manufacturer and a demo.
+pub fn standard_tenants() -> Vec<Tenant> {
+    vec![
+        Tenant::new("dental_clinic_abc", "dental"),
+        Tenant::new("acme_manufacturing", "manufacturing"),
+        Tenant::new("demo", "default"),
+    ]
+}
+
+pub async fn spawn_app() -> TestApp {
+    spawn_app_with(AppSpec::new(standard_tenants())).await
+}
+
+/// The TOML entry of `tenant`, with its SQLite file under `data_dir`.
+pub fn tenant_toml(tenant: &Tenant, data_dir: &std::path::Path) -> String {
+    format!(
+        "[tenants.{id}]\ndatabase_url = \"sqlite://{dir}/{id}.db\"\ndomain = \"{domain}\"\n\
+         branding = {{ company_name = \"{id} Ltd\", primary_color = \"#2E86AB\" }}\n\
+         contact_info = {{ email = \"info@{id}.example\" }}\n{extra}\n",
+        id = tenant.id,
+        dir = data_dir.display(),
+        domain = tenant.domain,
+        extra = tenant.extra,
+    )
+}
+
+pub async fn spawn_app_with(spec: AppSpec) -> TestApp {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let data_dir = dir.path().join("data");
+    let tenants_file = dir.path().join("tenants.toml");
+    let toml: String = spec
+        .tenants
+        .iter()
+        .map(|t| tenant_toml(t, &data_dir))
+        .collect();
+    std::fs::write(&tenants_file, toml).expect("write tenants.toml");
+
+    let mut env: HashMap<String, String> = HashMap::from([
+        ("PORT".into(), "0".into()),
+        ("SETTINGS_FILE".into(), String::new()),
+        ("ADMIN_TOKEN".into(), ADMIN_TOKEN.into()),
+        ("TENANTS_FILE".into(), tenants_file.display().to_string()),
+        (
+            "DATABASE_URL".into(),
+            format!("sqlite://{}/single.db", data_dir.display()),
+        ),
+    ]);
+    env.extend(spec.env);
+    let settings = Settings::from_map(&env).expect("settings");
+    let app = Application::build(settings).await.expect("app builds");
+    let address = format!("http://{}", app.local_addr().expect("bound"));
+    tokio::spawn(app.run_until(std::future::pending()));
+    TestApp {
+        address,
+        client: reqwest::Client::new(),
+        dir,
+    }
+}
+
+impl TestApp {
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    /// Files under the data directory (empty if it does not exist).
+    pub fn data_files(&self) -> Vec<String> {
+        match std::fs::read_dir(self.data_dir()) {
+            Ok(entries) => entries
+                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect(),
+            Err(_) => Vec::new(),
+        }
+    }
+
+    pub fn request(&self, method: Method, path: &str) -> RequestBuilder {
+        self.client
+            .request(method, format!("{}{}", self.address, path))
+    }
+
+    /// A request identified by the `X-Tenant-ID` header.
+    pub fn as_tenant(&self, method: Method, tenant: &str, path: &str) -> RequestBuilder {
+        self.request(method, path).header("X-Tenant-ID", tenant)
+    }
+
+    pub fn admin(&self, method: Method, path: &str) -> RequestBuilder {
+        self.request(method, path).bearer_auth(ADMIN_TOKEN)
+    }
+
+    pub async fn create_product(&self, tenant: &str, name: &str, price: f64) -> Value {
+        let response = self
+            .as_tenant(Method::POST, tenant, "/api/products")
+            .json(&serde_json::json!({ "name": name, "price": price }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 201, "create product for {tenant}");
+        response.json().await.unwrap()
+    }
+
+    /// Names of the products a request (however identified) lists.
+    pub async fn product_names(&self, request: RequestBuilder) -> Vec<String> {
+        let response = request.send().await.unwrap();
+        assert_eq!(response.status(), 200);
+        let body: Value = response.json().await.unwrap();
+        body["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["name"].as_str().unwrap().to_string())
+            .collect()
+    }
+
+    pub async fn pool_stats(&self) -> Value {
+        let response = self
+            .admin(Method::GET, "/api/admin/pools")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        response.json().await.unwrap()
+    }
+}
+
+/// Asserts the documented error shape and returns the body.
+pub async fn assert_error(response: Response, status: u16, code: &str) -> Value {
+    assert_eq!(response.status(), status, "status for expected {code}");
+    let body: Value = response.json().await.expect("JSON error body");
+    assert_eq!(body["error"]["code"], code, "{body}");
+    assert!(body["error"]["message"].is_string(), "{body}");
+    body
+}

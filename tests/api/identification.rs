@@ -1,0 +1,207 @@
+//! The identification matrix: each source alone, agreement, conflict, absence,
+//! malformed ids (which never touch the disk), unknown and suspended tenants.
+
+use reqwest::{Method, header::HeaderValue};
+
+use crate::helpers::{AppSpec, Tenant, assert_error, spawn_app, spawn_app_with, standard_tenants};
+
+#[tokio::test]
+async fn each_source_identifies_the_tenant_and_the_response_names_it() {
+    let app = spawn_app().await;
+    let requests = [
+        app.as_tenant(Method::GET, "demo", "/api/products"),
+        app.request(Method::GET, "/api/products?tenant_id=demo"),
+        app.request(Method::GET, "/api/products")
+            .header("Host", "demo.localhost"),
+        app.request(Method::GET, "/api/products")
+            .header("Host", "DEMO.LOCALHOST:8000"),
+    ];
+    for request in requests {
+        let response = request.send().await.unwrap();
+        assert_eq!(response.status(), 200);
+        assert_eq!(response.headers()["x-tenant-id"], "demo");
+    }
+}
+
+#[tokio::test]
+async fn tenant_scoped_errors_also_carry_the_tenant_header() {
+    let app = spawn_app().await;
+    let response = app
+        .as_tenant(
+            Method::GET,
+            "demo",
+            "/api/products/6f1c1a55-35c2-4d29-9a8e-3d1a3f0f7a11",
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.headers()["x-tenant-id"], "demo");
+    assert_error(response, 404, "not_found").await;
+}
+
+#[tokio::test]
+async fn no_identification_is_tenant_required() {
+    let app = spawn_app().await;
+    let response = app
+        .request(Method::GET, "/api/products")
+        .send()
+        .await
+        .unwrap();
+    assert_error(response, 400, "tenant_required").await;
+    let bare_base = app
+        .request(Method::GET, "/api/products")
+        .header("Host", "localhost");
+    assert_error(bare_base.send().await.unwrap(), 400, "tenant_required").await;
+}
+
+#[tokio::test]
+async fn sources_that_disagree_are_a_conflict_and_sources_that_agree_are_fine() {
+    let app = spawn_app().await;
+    let conflicts = [
+        app.as_tenant(
+            Method::GET,
+            "demo",
+            "/api/products?tenant_id=acme_manufacturing",
+        ),
+        app.as_tenant(Method::GET, "demo", "/api/products")
+            .header("Host", "acme-manufacturing.localhost"),
+        app.request(Method::GET, "/api/products?tenant_id=demo")
+            .header("Host", "acme-manufacturing.localhost"),
+    ];
+    for request in conflicts {
+        assert_error(request.send().await.unwrap(), 400, "tenant_conflict").await;
+    }
+    let agree = app
+        .as_tenant(Method::GET, "demo", "/api/products?tenant_id=demo")
+        .header("Host", "demo.localhost");
+    assert_eq!(agree.send().await.unwrap().status(), 200);
+}
+
+#[tokio::test]
+async fn malformed_ids_are_refused_before_anything_touches_the_disk() {
+    let app = spawn_app().await;
+    let too_long = "a".repeat(64);
+    let header_values: Vec<HeaderValue> = [
+        "../etc",
+        "a;drop table x",
+        "Demo",
+        "DEMO",
+        "",
+        too_long.as_str(),
+        "demo/../../etc/passwd",
+        "demo%00",
+    ]
+    .iter()
+    .map(|v| HeaderValue::from_str(v).unwrap())
+    .chain([HeaderValue::from_bytes("caf\u{e9}".as_bytes()).unwrap()])
+    .collect();
+    for value in header_values {
+        let response = app
+            .request(Method::GET, "/api/products")
+            .header("X-Tenant-ID", value.clone())
+            .send()
+            .await
+            .unwrap();
+        assert_error(response, 400, "invalid_tenant_id").await;
+    }
+    let queries = [
+        "..%2Fetc",
+        "a%3Bdrop%20table%20x",
+        "Demo",
+        "",
+        "caf%C3%A9",
+        &"b".repeat(64),
+    ];
+    for q in queries {
+        let response = app
+            .request(Method::GET, &format!("/api/products?tenant_id={q}"))
+            .send()
+            .await
+            .unwrap();
+        assert_error(response, 400, "invalid_tenant_id").await;
+    }
+    let hosts = ["a.b.localhost", "bad_label.localhost"];
+    for host in hosts {
+        let response = app
+            .request(Method::GET, "/api/products")
+            .header("Host", host)
+            .send()
+            .await
+            .unwrap();
+        assert_error(response, 400, "invalid_tenant_id").await;
+    }
+    assert!(
+        app.data_files().is_empty(),
+        "files created: {:?}",
+        app.data_files()
+    );
+    assert_eq!(app.pool_stats().await["pools_built"], 0);
+}
+
+#[tokio::test]
+async fn unknown_tenants_are_not_found() {
+    let app = spawn_app().await;
+    let unknown = [
+        app.as_tenant(Method::GET, "nobody", "/api/products"),
+        app.request(Method::GET, "/api/products?tenant_id=nobody"),
+        app.request(Method::GET, "/api/products")
+            .header("Host", "nobody.localhost"),
+    ];
+    for request in unknown {
+        assert_error(request.send().await.unwrap(), 404, "tenant_not_found").await;
+    }
+    assert!(app.data_files().is_empty());
+}
+
+#[tokio::test]
+async fn a_suspended_tenant_is_refused() {
+    let mut tenants = standard_tenants();
+    tenants.push(Tenant::new("closed_clinic", "dental").with("is_active = false"));
+    let app = spawn_app_with(AppSpec::new(tenants)).await;
+    let response = app
+        .as_tenant(Method::GET, "closed_clinic", "/api/products")
+        .send()
+        .await
+        .unwrap();
+    assert_error(response, 403, "tenant_inactive").await;
+    assert!(app.data_files().is_empty());
+}
+
+#[tokio::test]
+async fn a_switched_off_source_is_ignored() {
+    let app =
+        spawn_app_with(AppSpec::new(standard_tenants()).env("IDENTIFY_BY_QUERY", "false")).await;
+    let response = app
+        .request(Method::GET, "/api/products?tenant_id=demo")
+        .send()
+        .await
+        .unwrap();
+    assert_error(response, 400, "tenant_required").await;
+    let header = app
+        .as_tenant(Method::GET, "demo", "/api/products")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(header.status(), 200);
+}
+
+#[tokio::test]
+async fn a_custom_subdomain_and_base_domain_route_to_the_tenant() {
+    let tenants = vec![Tenant::new("dental_clinic_abc", "dental").with("subdomain = \"abc\"")];
+    let app = spawn_app_with(AppSpec::new(tenants).env("BASE_DOMAIN", "example.com")).await;
+    let response = app
+        .request(Method::GET, "/api/products")
+        .header("Host", "abc.example.com")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["x-tenant-id"], "dental_clinic_abc");
+    let www = app
+        .request(Method::GET, "/api/products")
+        .header("Host", "www.example.com")
+        .send()
+        .await
+        .unwrap();
+    assert_error(www, 400, "tenant_required").await;
+}

@@ -1,0 +1,15 @@
+//! Black-box tests: the real application on port 0, real SQLite files in a temp
+//! directory per test, and the real binary where the behaviour is about a process.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod admin;
+mod feature_gate;
+mod helpers;
+mod identification;
+mod isolation;
+mod pools;
+mod process;
+mod products;
+mod settings;
+mod single_tenant;

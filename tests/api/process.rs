@@ -1,0 +1,303 @@
+//! The real binary: start-up refusal of bad configuration, secrets kept out of
+//! responses and logs, and shutdown on SIGTERM.
+
+use std::{
+    io::{BufRead, BufReader, Read},
+    path::Path,
+    process::{Child, Command, Stdio},
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use reqwest::Method;
+
+const BIN: &str = env!("CARGO_BIN_EXE_tenant-router");
+const ADMIN: &str = "process-admin-token-0123456789";
+
+fn command(cwd: &Path, envs: &[(&str, &str)]) -> Command {
+    let mut cmd = Command::new(BIN);
+    cmd.current_dir(cwd)
+        .env_clear()
+        .env("PORT", "0")
+        .env("ADMIN_TOKEN", ADMIN)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    for (k, v) in envs {
+        cmd.env(k, v);
+    }
+    cmd
+}
+
+/// Runs the binary expecting it to refuse to start; returns its stderr.
+fn refused_start(tenants_toml: &str) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("tenants.toml"), tenants_toml).unwrap();
+    let output = command(dir.path(), &[]).output().unwrap();
+    assert_eq!(output.status.code(), Some(2), "should exit 2");
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+#[test]
+fn each_kind_of_invalid_entry_stops_start_up_naming_tenant_and_field() {
+    let cases = [
+        (
+            "[tenants.Bad_Id]\ndatabase_url = 'sqlite://a.db'",
+            "Bad_Id",
+            "id",
+        ),
+        (
+            "[tenants.a]\ndatabase_url = 'sqlite://a.db'\ndomain = 'retail'",
+            "a",
+            "domain",
+        ),
+        (
+            "[tenants.a]\ndatabase_url = 'sqlite://a.db'\nfeatures = ['teleport']",
+            "a",
+            "features",
+        ),
+        (
+            "[tenants.a]\ndatabase_url = 'mysql://u:Pw0rdX@h/db'",
+            "a",
+            "database_url",
+        ),
+        (
+            "[tenants.a]\ndatabase_url = 'sqlite://a.db'\nbranding = { primary_color = 'red' }",
+            "a",
+            "branding.primary_color",
+        ),
+        (
+            "[tenants.a_b]\ndatabase_url = 'sqlite://a.db'\n[tenants.c]\ndatabase_url = 'sqlite://c.db'\nsubdomain = 'a-b'",
+            "c",
+            "subdomain",
+        ),
+    ];
+    for (toml, tenant, field) in cases {
+        let stderr = refused_start(toml);
+        let expected = format!("tenant '{tenant}': field '{field}'");
+        assert!(
+            stderr.contains(&expected),
+            "want {expected:?} in:\n{stderr}"
+        );
+        assert!(!stderr.contains("Pw0rdX"), "password leaked:\n{stderr}");
+    }
+}
+
+#[test]
+fn a_missing_tenants_file_is_refused_unless_tenant_configs_is_set() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = command(dir.path(), &[]).output().unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("TENANTS_FILE"));
+
+    let json = format!(
+        r#"{{"solo": {{"database_url": "sqlite://{}/solo.db"}}}}"#,
+        dir.path().display()
+    );
+    let mut server = Server::start(command(dir.path(), &[("TENANT_CONFIGS", &json)]));
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let status = rt.block_on(async {
+        reqwest::Client::new()
+            .get(format!("{}/api/products", server.address))
+            .header("X-Tenant-ID", "solo")
+            .send()
+            .await
+            .unwrap()
+            .status()
+    });
+    assert_eq!(status, 200);
+    server.stop();
+}
+
+/// A running binary whose output is collected.
+struct Server {
+    child: Child,
+    address: String,
+    log: Arc<Mutex<String>>,
+}
+
+impl Server {
+    fn start(mut cmd: Command) -> Self {
+        let mut child = cmd.spawn().unwrap();
+        let log = Arc::new(Mutex::new(String::new()));
+        let stderr = child.stderr.take().unwrap();
+        let err_log = log.clone();
+        std::thread::spawn(move || {
+            let mut text = String::new();
+            let _ = BufReader::new(stderr).read_to_string(&mut text);
+            err_log.lock().unwrap().push_str(&text);
+        });
+        let mut stdout = BufReader::new(child.stdout.take().unwrap());
+        let mut address = None;
+        let mut line = String::new();
+        while address.is_none() {
+            line.clear();
+            if stdout.read_line(&mut line).unwrap() == 0 {
+                panic!("server exited before listening: {}", log.lock().unwrap());
+            }
+            log.lock().unwrap().push_str(&line);
+            if let Some(pos) = line.find("addr=") {
+                address = Some(format!("http://{}", line[pos + 5..].trim()));
+            }
+        }
+        let out_log = log.clone();
+        std::thread::spawn(move || {
+            let mut rest = String::new();
+            let _ = stdout.read_to_string(&mut rest);
+            out_log.lock().unwrap().push_str(&rest);
+        });
+        Self {
+            child,
+            address: address.unwrap(),
+            log,
+        }
+    }
+
+    /// Sends SIGTERM and waits; returns whether the process exited successfully.
+    fn stop(&mut self) -> bool {
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status();
+        for _ in 0..100 {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                std::thread::sleep(Duration::from_millis(100));
+                return status.success();
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        false
+    }
+
+    fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+    }
+}
+
+#[test]
+fn no_response_and_no_log_line_holds_a_database_password() {
+    const PASSWORD: &str = "Sup3r-Secret-Pw";
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("tenants.toml"),
+        format!(
+            "[tenants.demo]\ndatabase_url = 'sqlite://{}/demo.db'\n\
+             [tenants.pg_tenant]\ndatabase_url = 'postgres://app:{PASSWORD}@127.0.0.1:1/tenant_db'\n",
+            dir.path().display()
+        ),
+    )
+    .unwrap();
+    let mut server = Server::start(command(
+        dir.path(),
+        &[
+            ("LOG_LEVEL", "trace"),
+            ("POOL_CONNECT_TIMEOUT_SECS", "1"),
+            ("POOL_ACQUIRE_TIMEOUT_SECS", "1"),
+        ],
+    ));
+
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let bodies = rt.block_on(async {
+        let client = reqwest::Client::new();
+        let requests = [
+            (Method::GET, "/api/tenants", None),
+            (Method::GET, "/api/tenants/pg_tenant/config", None),
+            (Method::GET, "/api/tenants/pg_tenant/health", None),
+            (Method::GET, "/api/tenants/pg_tenant/branding", None),
+            (Method::GET, "/api/products", Some("pg_tenant")),
+            (Method::POST, "/api/products", Some("pg_tenant")),
+            (Method::GET, "/api/products", Some("demo")),
+        ];
+        let mut bodies = Vec::new();
+        for (method, path, tenant) in requests {
+            let mut request = client
+                .request(method, format!("{}{path}", server.address))
+                .bearer_auth(ADMIN)
+                .json(&serde_json::json!({ "name": "x", "price": 1 }));
+            if let Some(t) = tenant {
+                request = request.header("X-Tenant-ID", t);
+            }
+            let response = request.send().await.unwrap();
+            let status = response.status().as_u16();
+            bodies.push((path, tenant, status, response.text().await.unwrap()));
+        }
+        bodies
+    });
+    assert!(server.stop(), "SIGTERM should end the server cleanly");
+    let log = server.log();
+
+    for (path, _, _, body) in &bodies {
+        assert!(
+            !body.contains(PASSWORD),
+            "{path} leaked the password: {body}"
+        );
+        assert!(
+            !body.contains("127.0.0.1:1"),
+            "{path} leaked the database host: {body}"
+        );
+    }
+    let pg_products = bodies
+        .iter()
+        .find(|b| b.0 == "/api/products" && b.1 == Some("pg_tenant"))
+        .unwrap();
+    assert_eq!(
+        pg_products.2, 503,
+        "unreachable database is 503: {}",
+        pg_products.3
+    );
+    assert!(pg_products.3.contains("tenant_unavailable"));
+    assert!(!log.contains(PASSWORD), "log leaked the password:\n{log}");
+    assert!(
+        log.contains("opening tenant pool failed"),
+        "the failure is logged:\n{log}"
+    );
+
+    // Every log line written inside a tenant request names the tenant.
+    for line in log
+        .lines()
+        .filter(|l| l.contains("request{") && l.contains("/api/products"))
+    {
+        assert!(
+            line.contains("tenant_id="),
+            "line without tenant id: {line}"
+        );
+    }
+}
+
+#[test]
+fn sigterm_closes_the_server_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("tenants.toml"),
+        format!(
+            "[tenants.demo]\ndatabase_url = 'sqlite://{}/demo.db'\n",
+            dir.path().display()
+        ),
+    )
+    .unwrap();
+    let mut server = Server::start(command(dir.path(), &[]));
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let status = rt.block_on(async {
+        reqwest::Client::new()
+            .get(format!("{}/api/products", server.address))
+            .header("X-Tenant-ID", "demo")
+            .send()
+            .await
+            .unwrap()
+            .status()
+    });
+    assert_eq!(status, 200);
+    assert!(server.stop());
+    assert!(
+        server.log().contains("tenant pool closed"),
+        "{}",
+        server.log()
+    );
+}
