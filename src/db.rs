@@ -1,22 +1,26 @@
 //! Opening a tenant database: URL preparation, pool options, migrations, and the
 //! scrubbing of credentials from any database error before it is logged.
 
-use std::path::Path;
+use std::{path::Path, time::Duration};
 
 use migration::{Migrator, MigratorTrait};
-use sea_orm::{ConnectOptions, Database, DatabaseConnection, DbErr};
+use sea_orm::{
+    ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbBackend, DbErr, RuntimeErr,
+    Statement,
+};
 
-use crate::settings::PoolSettings;
+use crate::{settings::PoolSettings, tenant::TenantConfig};
 
-/// Opens a pool on `url` with at most `max_connections`, and applies pending
-/// migrations when the settings say so. A SQLite file that does not exist yet is
-/// created, with its directory.
+/// Opens a pool for `tenant` with at most `max_connections`, bounded by the connect
+/// timeout, and applies pending migrations when the settings say so. A SQLite file
+/// that does not exist yet is created, with its directory; a schema-mode tenant's
+/// connections are pinned to its schema.
 pub async fn open_pool(
-    url: &str,
+    tenant: &TenantConfig,
     max_connections: u32,
     settings: &PoolSettings,
 ) -> Result<DatabaseConnection, DbErr> {
-    let url = prepare_url(url)?;
+    let url = prepare_url(tenant.database_url.expose())?;
     let mut options = ConnectOptions::new(url);
     options
         .max_connections(max_connections)
@@ -29,22 +33,187 @@ pub async fn open_pool(
         .sqlx_logging(false)
         // A ping before every checkout costs a round trip per request; ping only a
         // connection that sat idle long enough to have been dropped by a server.
-        .test_before_acquire_if_idle_for(std::time::Duration::from_secs(30))
+        .test_before_acquire_if_idle_for(Duration::from_secs(30))
         .map_sqlx_sqlite_opts(|o| {
             o.journal_mode(sea_orm::sqlx::sqlite::SqliteJournalMode::Wal)
-                .busy_timeout(std::time::Duration::from_secs(5))
+                .busy_timeout(Duration::from_secs(5))
                 .foreign_keys(true)
         });
-    let db = Database::connect(options).await?;
+    if let Some(schema) = tenant.schema_name() {
+        // Only the tenant's schema: no fallback to `public`, where a database-mode
+        // tenant sharing this database keeps its tables.
+        options.set_schema_search_path(quote_ident(&schema));
+    }
+    let db = tokio::time::timeout(settings.connect_timeout, Database::connect(options))
+        .await
+        .map_err(|_| DbErr::Custom("connecting to the tenant database timed out".into()))??;
     if settings.auto_migrate {
         Migrator::up(&db, None).await?;
     }
     Ok(db)
 }
 
+/// Creates what the tenant's data needs when it is missing: the SQLite file's
+/// directory, the PostgreSQL database (database mode) or schema (schema mode). Safe
+/// to run twice, and concurrently. Names come from validated configuration and are
+/// quoted, never spliced from raw input.
+pub async fn ensure_tenant_storage(
+    tenant: &TenantConfig,
+    settings: &PoolSettings,
+) -> Result<(), DbErr> {
+    let url = tenant.database_url.expose();
+    if !url.starts_with("postgres") {
+        prepare_url(url)?;
+        return Ok(());
+    }
+    match tenant.schema_name() {
+        Some(schema) => {
+            let db = connect_one(url, settings).await?;
+            let result = db
+                .execute_unprepared(&format!(
+                    "CREATE SCHEMA IF NOT EXISTS {}",
+                    quote_ident(&schema)
+                ))
+                .await;
+            let _ = db.close().await;
+            result.map(|_| ())
+        }
+        None => create_database_if_missing(url, settings).await,
+    }
+}
+
+/// Creates the tenant's storage if needed, then migrates it: the step provisioning
+/// runs for a new tenant. Safe to run twice.
+pub async fn create_tenant_database(
+    tenant: &TenantConfig,
+    settings: &PoolSettings,
+) -> Result<(), DbErr> {
+    ensure_tenant_storage(tenant, settings).await?;
+    let mut migrating = settings.clone();
+    migrating.auto_migrate = true;
+    let db = open_pool(tenant, 1, &migrating).await?;
+    db.close().await
+}
+
+async fn create_database_if_missing(url: &str, settings: &PoolSettings) -> Result<(), DbErr> {
+    let mut parsed =
+        url::Url::parse(url).map_err(|_| DbErr::Custom("invalid database URL".into()))?;
+    let name = parsed.path().trim_start_matches('/').to_string();
+    // The maintenance database every PostgreSQL server has.
+    parsed.set_path("/postgres");
+    let admin = connect_one(parsed.as_str(), settings).await?;
+    let result = async {
+        for attempt in 0..5 {
+            let exists = admin
+                .query_one_raw(Statement::from_sql_and_values(
+                    DbBackend::Postgres,
+                    "SELECT 1 FROM pg_database WHERE datname = $1",
+                    [name.clone().into()],
+                ))
+                .await?
+                .is_some();
+            if exists {
+                return Ok(());
+            }
+            match admin
+                .execute_unprepared(&format!("CREATE DATABASE {}", quote_ident(&name)))
+                .await
+            {
+                Ok(_) => return Ok(()),
+                // Another replica or request created it first.
+                Err(e) if sql_state(&e).as_deref() == Some("42P04") => return Ok(()),
+                // "source database is being accessed by other users": a concurrent
+                // CREATE DATABASE holds the template; try again shortly.
+                Err(e) if sql_state(&e).as_deref() == Some("55006") && attempt < 4 => {
+                    tokio::time::sleep(Duration::from_millis(100 << attempt)).await;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+    .await;
+    let _ = admin.close().await;
+    result
+}
+
+/// One short-lived connection, for administrative statements.
+async fn connect_one(url: &str, settings: &PoolSettings) -> Result<DatabaseConnection, DbErr> {
+    let mut options = ConnectOptions::new(url.to_string());
+    options
+        .max_connections(1)
+        .min_connections(0)
+        .connect_timeout(settings.connect_timeout)
+        .acquire_timeout(settings.connect_timeout)
+        .sqlx_logging(false);
+    tokio::time::timeout(settings.connect_timeout, Database::connect(options))
+        .await
+        .map_err(|_| DbErr::Custom("connecting to the database server timed out".into()))?
+}
+
+/// Quotes a PostgreSQL identifier (`"` doubled), for names that were validated but
+/// may hold `-`.
+pub fn quote_ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+/// The SQLSTATE of a database error, if the error came from the server.
+pub fn sql_state(err: &DbErr) -> Option<String> {
+    sqlx_error(err).and_then(|e| match e {
+        sea_orm::sqlx::Error::Database(db) => db.code().map(|c| c.into_owned()),
+        _ => None,
+    })
+}
+
+fn sqlx_error(err: &DbErr) -> Option<&sea_orm::sqlx::Error> {
+    match err {
+        DbErr::Conn(RuntimeErr::SqlxError(e))
+        | DbErr::Exec(RuntimeErr::SqlxError(e))
+        | DbErr::Query(RuntimeErr::SqlxError(e)) => Some(e.as_ref()),
+        _ => None,
+    }
+}
+
+/// Whether `err` means the tenant's database cannot be used right now (down,
+/// unreachable, gone, out of connections, locked), as opposed to a bug or bad data.
+/// Such errors are a 503 the client may retry, and feed the tenant's circuit breaker.
+pub fn is_unavailable(err: &DbErr) -> bool {
+    use sea_orm::sqlx::Error as E;
+    match err {
+        DbErr::ConnectionAcquire(_) | DbErr::Conn(_) => true,
+        DbErr::Custom(m) => m.contains("timed out"),
+        _ => match sqlx_error(err) {
+            Some(
+                E::Io(_)
+                | E::Tls(_)
+                | E::PoolTimedOut
+                | E::PoolClosed
+                | E::WorkerCrashed
+                | E::Protocol(_),
+            ) => true,
+            Some(E::Database(db)) => db.code().is_some_and(|code| {
+                // 08: connection exception; 57P: operator intervention (shutdown,
+                // terminated); 53300: too many connections; 3D000: no such database;
+                // 3F000: no such schema; SQLite 5/6: busy/locked.
+                code.starts_with("08")
+                    || code.starts_with("57P")
+                    || code == "53300"
+                    || code == "3D000"
+                    || code == "3F000"
+                    || code == "5"
+                    || code == "6"
+            }),
+            _ => false,
+        },
+    }
+}
+
 /// For SQLite, creates the parent directory and asks for the file to be created
 /// (`mode=rwc`) unless the URL chose a mode itself.
 fn prepare_url(url: &str) -> Result<String, DbErr> {
+    if let Some(rest) = url.strip_prefix("postgresql://") {
+        return Ok(format!("postgres://{rest}"));
+    }
     let Some(rest) = url.strip_prefix("sqlite:") else {
         return Ok(url.to_string());
     };
@@ -154,5 +323,12 @@ mod tests {
         assert_eq!(prepare_url(&ro).unwrap(), ro);
         let pg = "postgres://u:p@h/db";
         assert_eq!(prepare_url(pg).unwrap(), pg);
+        assert_eq!(prepare_url("postgresql://u:p@h/db").unwrap(), pg);
+    }
+
+    #[test]
+    fn identifiers_are_quoted() {
+        assert_eq!(quote_ident("tenant_acme-mfg"), "\"tenant_acme-mfg\"");
+        assert_eq!(quote_ident("a\"b"), "\"a\"\"b\"");
     }
 }

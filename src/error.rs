@@ -13,6 +13,11 @@ use serde_json::json;
 
 use crate::tenant::{Feature, TenantId};
 
+/// Put on a 503 `tenant_unavailable` response so that tenant resolution can tell the
+/// registry that the tenant's database failed.
+#[derive(Debug, Clone, Copy)]
+pub struct TenantUnavailableMark;
+
 /// `Result` with the service's error type as the default.
 pub type Result<T, E = AppError> = std::result::Result<T, E>;
 
@@ -40,7 +45,12 @@ pub enum AppError {
     FeatureNotEnabled(Feature),
     /// The tenant's database cannot be reached now; the detail is for the log only.
     #[error("this tenant's database is temporarily unavailable; retry later")]
-    TenantUnavailable { retry_after_secs: u64 },
+    TenantUnavailable {
+        retry_after_secs: u64,
+        /// A query failed on an open pool (rather than the pool failing to open):
+        /// the registry is told, so that it can close the pool and pause attempts.
+        during_query: bool,
+    },
     #[error("{message}")]
     Validation {
         field: Option<String>,
@@ -128,11 +138,15 @@ impl IntoResponse for AppError {
         let mut response = (self.status_code(), Json(body)).into_response();
         match &self {
             Self::TenantUnavailable {
-                retry_after_secs, ..
+                retry_after_secs,
+                during_query,
             } => {
                 response
                     .headers_mut()
                     .insert(header::RETRY_AFTER, HeaderValue::from(*retry_after_secs));
+                if *during_query {
+                    response.extensions_mut().insert(TenantUnavailableMark);
+                }
             }
             Self::Unauthorized => {
                 response
@@ -147,17 +161,16 @@ impl IntoResponse for AppError {
 
 impl From<sea_orm::DbErr> for AppError {
     fn from(err: sea_orm::DbErr) -> Self {
-        use sea_orm::DbErr;
-        match err {
-            // A pool that cannot hand out a connection means the tenant's database is
-            // down or saturated: the client may retry, and other tenants are unaffected.
-            DbErr::ConnectionAcquire(_) | DbErr::Conn(_) => {
-                tracing::warn!(error = %crate::db::redact_error(&err), "tenant database unavailable");
-                Self::TenantUnavailable {
-                    retry_after_secs: 1,
-                }
+        // A database that is down, gone or saturated is the client's to retry, and
+        // the tenant's alone: the resolve_tenant middleware reports it to the registry.
+        if crate::db::is_unavailable(&err) {
+            tracing::warn!(error = %crate::db::redact_error(&err), "tenant database unavailable");
+            Self::TenantUnavailable {
+                retry_after_secs: 1,
+                during_query: true,
             }
-            other => Self::internal(crate::db::redact_error(&other)),
+        } else {
+            Self::internal(crate::db::redact_error(&err))
         }
     }
 }

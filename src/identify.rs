@@ -15,7 +15,7 @@ use axum::{
 };
 
 use crate::{
-    error::AppError,
+    error::{AppError, TenantUnavailableMark},
     settings::IdentifySettings,
     startup::AppState,
     tenant::{TenantConfig, TenantId},
@@ -177,8 +177,16 @@ pub async fn resolve_tenant(
             Ok(config) => {
                 tracing::Span::current().record("tenant_id", config.id.as_str());
                 let header_value = HeaderValue::from_str(config.id.as_str()).ok();
+                let id = config.id.clone();
                 request.extensions_mut().insert(TenantContext { config });
                 let mut response = next.run(request).await;
+                if response
+                    .extensions()
+                    .get::<TenantUnavailableMark>()
+                    .is_some()
+                {
+                    state.registry.report_unavailable(&id).await;
+                }
                 if let Some(value) = header_value {
                     response.headers_mut().insert(TENANT_HEADER.clone(), value);
                 }

@@ -28,6 +28,9 @@ pub const ENV_KEYS: &[&str] = &[
     "POOL_CONNECT_TIMEOUT_SECS",
     "POOL_ACQUIRE_TIMEOUT_SECS",
     "AUTO_MIGRATE",
+    "AUTO_CREATE_DATABASES",
+    "MAX_TOTAL_CONNECTIONS",
+    "BREAKER_COOLDOWN_SECS",
     "IDENTIFY_BY_SUBDOMAIN",
     "IDENTIFY_BY_HEADER",
     "IDENTIFY_BY_QUERY",
@@ -60,6 +63,13 @@ pub struct Settings {
     pub pool_connect_timeout_secs: u64,
     pub pool_acquire_timeout_secs: u64,
     pub auto_migrate: bool,
+    /// Create a missing PostgreSQL database or schema when a tenant's pool opens.
+    pub auto_create_databases: bool,
+    /// Bound on the connections all tenant pools hold together; 0: no bound beyond
+    /// `MAX_OPEN_POOLS` × pool size.
+    pub max_total_connections: u32,
+    /// First pause after a tenant's database failed; doubles per failure, to 60 s.
+    pub breaker_cooldown_secs: u64,
     pub identify_by_subdomain: bool,
     pub identify_by_header: bool,
     pub identify_by_query: bool,
@@ -103,6 +113,9 @@ impl Settings {
             .and_then(|b| b.set_default("pool_connect_timeout_secs", 5))
             .and_then(|b| b.set_default("pool_acquire_timeout_secs", 5))
             .and_then(|b| b.set_default("auto_migrate", true))
+            .and_then(|b| b.set_default("auto_create_databases", false))
+            .and_then(|b| b.set_default("max_total_connections", 0))
+            .and_then(|b| b.set_default("breaker_cooldown_secs", 2))
             .and_then(|b| b.set_default("identify_by_subdomain", true))
             .and_then(|b| b.set_default("identify_by_header", true))
             .and_then(|b| b.set_default("identify_by_query", true))
@@ -187,6 +200,10 @@ impl Settings {
             connect_timeout: Duration::from_secs(self.pool_connect_timeout_secs.max(1)),
             acquire_timeout: Duration::from_secs(self.pool_acquire_timeout_secs.max(1)),
             auto_migrate: self.auto_migrate,
+            auto_create_databases: self.auto_create_databases,
+            max_total_connections: (self.max_total_connections > 0)
+                .then_some(self.max_total_connections),
+            breaker_cooldown: Duration::from_secs(self.breaker_cooldown_secs.max(1)),
         }
     }
 }
@@ -210,6 +227,9 @@ pub struct PoolSettings {
     pub connect_timeout: Duration,
     pub acquire_timeout: Duration,
     pub auto_migrate: bool,
+    pub auto_create_databases: bool,
+    pub max_total_connections: Option<u32>,
+    pub breaker_cooldown: Duration,
 }
 
 #[cfg(test)]

@@ -10,8 +10,8 @@ use crate::{
     secret::Secret,
     settings::{IdentifySettings, Settings},
     tenant::{
-        Branding, ConfigError, ContactInfo, Domain, FeatureSet, PoolOverrides, TenantConfig,
-        TenantId, TenantRegistry, TenantSource, load_tenants,
+        Branding, ConfigError, ContactInfo, Domain, FeatureSet, Isolation, PoolOverrides,
+        TenantConfig, TenantId, TenantRegistry, TenantSource, load_tenants,
     },
 };
 
@@ -145,6 +145,7 @@ fn single_tenant_config(settings: &Settings) -> TenantConfig {
         contact_info: ContactInfo::default(),
         is_active: true,
         pool: PoolOverrides::default(),
+        isolation: Isolation::Database,
         source: TenantSource::SingleTenant,
     }
 }

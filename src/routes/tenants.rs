@@ -15,8 +15,8 @@ use crate::{
     error::{AppError, Result},
     startup::AppState,
     tenant::{
-        Branding, ContactInfo, Domain, FeatureSet, PoolOverrides, PoolStats, TenantConfig,
-        TenantId, TenantSource,
+        Branding, ContactInfo, Domain, FeatureSet, Isolation, PoolOverrides, PoolStats,
+        TenantConfig, TenantId, TenantSource,
     },
 };
 
@@ -46,6 +46,7 @@ struct TenantView<'a> {
     contact_info: &'a ContactInfo,
     is_active: bool,
     pool: PoolOverrides,
+    isolation: Isolation,
     source: TenantSource,
     pool_open: bool,
 }
@@ -62,6 +63,7 @@ impl<'a> TenantView<'a> {
             contact_info: &t.contact_info,
             is_active: t.is_active,
             pool: t.pool,
+            isolation: t.isolation,
             source: t.source,
             pool_open,
         }

@@ -50,6 +50,33 @@ pub struct ContactInfo {
     pub address: Option<String>,
 }
 
+/// Where a PostgreSQL tenant's tables live.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Isolation {
+    /// The tenant's own database (the one its URL names). The default, and the only
+    /// mode for SQLite.
+    #[default]
+    Database,
+    /// Schema `tenant_<id>` of the shared database its URL names; every connection of
+    /// its pool has `search_path` set to that schema alone.
+    Schema,
+}
+
+impl Isolation {
+    fn parse(name: &str) -> Option<Self> {
+        match name {
+            "database" => Some(Self::Database),
+            "schema" => Some(Self::Schema),
+            _ => None,
+        }
+    }
+}
+
+/// Longest tenant id in schema mode: `tenant_` + id must fit PostgreSQL's 63-byte
+/// identifiers, which it would otherwise truncate silently (two tenants could meet).
+pub const MAX_SCHEMA_TENANT_ID_LEN: usize = 63 - "tenant_".len();
+
 /// Per-tenant pool settings that override the service-wide defaults.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
 pub struct PoolOverrides {
@@ -73,7 +100,15 @@ pub struct TenantConfig {
     pub contact_info: ContactInfo,
     pub is_active: bool,
     pub pool: PoolOverrides,
+    pub isolation: Isolation,
     pub source: TenantSource,
+}
+
+impl TenantConfig {
+    /// The PostgreSQL schema of a schema-mode tenant.
+    pub fn schema_name(&self) -> Option<String> {
+        (self.isolation == Isolation::Schema).then(|| format!("tenant_{}", self.id))
+    }
 }
 
 /// An entry as written, before validation.
@@ -91,6 +126,7 @@ struct RawTenant {
     contact_info: ContactInfo,
     is_active: Option<bool>,
     max_connections: Option<u32>,
+    isolation: Option<String>,
 }
 
 /// Why a configuration was refused: names the tenant (where there is one) and the
@@ -343,9 +379,41 @@ fn validate(
     {
         err("max_connections", format!("{n} is outside 1..=1000"));
     }
+    let is_postgres = database_url
+        .as_ref()
+        .is_some_and(|u| u.expose().starts_with("postgres"));
+    let isolation = match raw.isolation.as_deref() {
+        None => Some(Isolation::Database),
+        Some(name) => Isolation::parse(name).or_else(|| {
+            err(
+                "isolation",
+                format!(
+                    "unknown isolation '{}' (expected database or schema)",
+                    printable(name)
+                ),
+            );
+            None
+        }),
+    };
+    if isolation == Some(Isolation::Schema) {
+        if database_url.is_some() && !is_postgres {
+            err(
+                "isolation",
+                "schema isolation needs a postgres:// database_url".into(),
+            );
+        }
+        if id.len() > MAX_SCHEMA_TENANT_ID_LEN {
+            err(
+                "isolation",
+                format!("schema isolation allows ids of at most {MAX_SCHEMA_TENANT_ID_LEN} bytes"),
+            );
+        }
+    }
 
-    match (tenant_id, database_url, domain, subdomain) {
-        (Some(id), Some(database_url), Some(domain), Some(subdomain)) if errors.is_empty() => {
+    match (tenant_id, database_url, domain, subdomain, isolation) {
+        (Some(id), Some(database_url), Some(domain), Some(subdomain), Some(isolation))
+            if errors.is_empty() =>
+        {
             let features = FeatureSet::for_tenant(domain, explicit_features.as_deref());
             Ok(TenantConfig {
                 id,
@@ -361,6 +429,7 @@ fn validate(
                 pool: PoolOverrides {
                     max_connections: raw.max_connections,
                 },
+                isolation,
                 source,
             })
         }
@@ -385,6 +454,22 @@ pub(crate) fn check_database_url(url: &str) -> Result<(), String> {
     }
     if url.chars().any(|c| c.is_whitespace() || c.is_control()) {
         return Err("must not contain spaces or control characters".into());
+    }
+    if matches!(scheme, Some("postgres" | "postgresql")) {
+        let parsed =
+            url::Url::parse(url).map_err(|_| "is not a valid postgres:// URL".to_string())?;
+        if parsed.host_str().is_none_or(str::is_empty) {
+            return Err("names no host".into());
+        }
+        let name = parsed.path().trim_start_matches('/');
+        let plain = !name.is_empty()
+            && name.len() <= 63
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+        if !plain {
+            return Err("must name a database of letters, digits, '_' and '-' (at most 63)".into());
+        }
     }
     Ok(())
 }
@@ -543,6 +628,37 @@ mod tests {
             let e = one_error(text);
             assert_eq!(e.tenant.as_deref(), Some(tenant), "{text}");
             assert_eq!(e.field, field, "{text}: {e}");
+        }
+    }
+
+    #[test]
+    fn schema_isolation_needs_postgres_and_a_short_id() {
+        let e = one_error("[tenants.a]\ndatabase_url='sqlite://x.db'\nisolation='schema'");
+        assert_eq!(e.field, "isolation");
+        let e = one_error("[tenants.a]\ndatabase_url='postgres://u:p@h/db'\nisolation='shared'");
+        assert_eq!(e.field, "isolation");
+        let long = "a".repeat(57);
+        let e = one_error(&format!(
+            "[tenants.{long}]\ndatabase_url='postgres://u:p@h/db'\nisolation='schema'"
+        ));
+        assert_eq!(e.field, "isolation");
+        let ok = parse_tenants_toml(
+            "[tenants.a]\ndatabase_url='postgres://u:p@h/db?sslmode=require'\nisolation='schema'",
+        )
+        .unwrap();
+        assert_eq!(ok[0].schema_name().as_deref(), Some("tenant_a"));
+    }
+
+    #[test]
+    fn postgres_database_names_must_be_plain() {
+        for url in [
+            "postgres://u:p@h/",
+            "postgres://u:p@h/a%22b",
+            "postgres://u:p@h/a;b",
+            "postgres:///db",
+        ] {
+            let e = one_error(&format!("[tenants.a]\ndatabase_url='{url}'"));
+            assert_eq!(e.field, "database_url", "{url}");
         }
     }
 

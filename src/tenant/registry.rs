@@ -5,22 +5,34 @@
 //! holds the lock only to clone an `Arc`. Pools live in a moka cache: built on first
 //! use (single flight), closed when idle past the timeout or when the number of open
 //! pools passes `MAX_OPEN_POOLS` (least recently used first).
+//!
+//! Two guards keep one tenant's trouble its own:
+//! - a global connection budget (`MAX_TOTAL_CONNECTIONS`): a pool reserves its size
+//!   before it opens and gives it back only once closed, so the pools together never
+//!   hold more connections than the servers allow; when the budget is short, the
+//!   least recently used idle pools are closed to make room;
+//! - a circuit breaker per tenant: after its database fails, requests get a fast 503
+//!   for a pause (doubling per failure) instead of piling up connection attempts.
 
 use std::{
     collections::HashMap,
     sync::{
-        Arc, RwLock, Weak,
-        atomic::{AtomicU64, Ordering},
+        Arc, Mutex, RwLock, Weak,
+        atomic::{AtomicBool, AtomicU64, Ordering},
     },
     time::{Duration, Instant},
 };
 
 use moka::{future::Cache, notification::RemovalCause, policy::EvictionPolicy};
-use sea_orm::DatabaseConnection;
+use sea_orm::{DatabaseConnection, DbErr};
 use serde::Serialize;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::{TenantConfig, TenantId};
 use crate::{db, error::AppError, settings::PoolSettings};
+
+/// Longest pause of a tripped breaker.
+const MAX_COOLDOWN: Duration = Duration::from_secs(60);
 
 /// Configurations by id and by subdomain label; replaced as a whole.
 #[derive(Default)]
@@ -46,6 +58,8 @@ struct Counters {
     open: AtomicU64,
     failures: AtomicU64,
     closed: AtomicU64,
+    short_circuited: AtomicU64,
+    budget_timeouts: AtomicU64,
 }
 
 /// A snapshot of the pool counters.
@@ -55,17 +69,60 @@ pub struct PoolStats {
     pub pools_built: u64,
     /// Pools open now.
     pub pools_open: u64,
-    /// Pools closed since start-up (idle, capacity or removal).
+    /// Pools closed since start-up (idle, capacity, budget or failure).
     pub pools_closed: u64,
     /// Attempts to open a pool that failed.
     pub pool_failures: u64,
+    /// Requests answered 503 at once because the tenant's breaker was open.
+    pub short_circuited: u64,
+    /// Requests that waited for the connection budget past their deadline.
+    pub budget_timeouts: u64,
+    /// Connections reserved by open pools, and the budget (0: unbounded).
+    pub connections_reserved: u64,
+    pub connections_budget: u64,
+}
+
+/// An open pool and the share of the connection budget it holds until dropped,
+/// which the eviction listener does only after the pool has closed.
+struct TenantPool {
+    db: DatabaseConnection,
+    max_connections: u32,
+    /// Milliseconds since the registry started, at the last request.
+    last_used: AtomicU64,
+    _budget: Option<OwnedSemaphorePermit>,
+}
+
+impl TenantPool {
+    /// Connections checked out now.
+    fn in_use(&self) -> u32 {
+        use sea_orm::DatabaseConnectionType as T;
+        match &self.db.inner {
+            T::SqlxPostgresPoolConnection(_) => {
+                let pool = self.db.get_postgres_connection_pool();
+                pool.size().saturating_sub(pool.num_idle() as u32)
+            }
+            T::SqlxSqlitePoolConnection(_) => {
+                let pool = self.db.get_sqlite_connection_pool();
+                pool.size().saturating_sub(pool.num_idle() as u32)
+            }
+            _ => 0,
+        }
+    }
+}
+
+struct Breaker {
+    failures: u32,
+    open_until: Instant,
 }
 
 struct Inner {
     table: RwLock<Arc<TenantTable>>,
-    pools: Cache<TenantId, DatabaseConnection>,
+    pools: Cache<TenantId, Arc<TenantPool>>,
     counters: Arc<Counters>,
     settings: PoolSettings,
+    budget: Option<Arc<Semaphore>>,
+    breakers: Mutex<HashMap<TenantId, Breaker>>,
+    started: Instant,
 }
 
 /// Shared handle to the registry; cheap to clone.
@@ -85,13 +142,14 @@ impl TenantRegistry {
             .eviction_policy(EvictionPolicy::lru())
             .time_to_idle(settings.idle_timeout)
             .async_eviction_listener(
-                move |tenant: Arc<TenantId>, db: DatabaseConnection, cause: RemovalCause| {
+                move |tenant: Arc<TenantId>, pool: Arc<TenantPool>, cause: RemovalCause| {
                     let counters = listener_counters.clone();
                     Box::pin(async move {
                         counters.open.fetch_sub(1, Ordering::Relaxed);
                         counters.closed.fetch_add(1, Ordering::Relaxed);
-                        // Waits for in-flight queries to hand their connections back.
-                        if let Err(e) = db.close_by_ref().await {
+                        // Waits for in-flight queries to hand their connections back;
+                        // the budget share is returned when `pool` drops after this.
+                        if let Err(e) = pool.db.close_by_ref().await {
                             tracing::warn!(tenant_id = %tenant, error = %db::redact_error(&e), "closing pool failed");
                         }
                         tracing::info!(tenant_id = %tenant, reason = ?cause, "tenant pool closed");
@@ -99,11 +157,17 @@ impl TenantRegistry {
                 },
             )
             .build();
+        let budget = settings
+            .max_total_connections
+            .map(|n| Arc::new(Semaphore::new(n as usize)));
         let inner = Arc::new(Inner {
             table: RwLock::new(Arc::new(TenantTable::new(tenants))),
             pools,
             counters,
             settings,
+            budget,
+            breakers: Mutex::new(HashMap::new()),
+            started: Instant::now(),
         });
         spawn_janitor(Arc::downgrade(&inner));
         Self { inner }
@@ -134,37 +198,44 @@ impl TenantRegistry {
         all
     }
 
+    fn now_ms(&self) -> u64 {
+        self.inner.started.elapsed().as_millis() as u64
+    }
+
     /// The tenant's pool, opening it on first use. Concurrent first calls open one
-    /// pool; a failure is not cached, so the next request tries again.
+    /// pool; a failure is not cached, but trips the tenant's breaker.
     pub async fn pool(&self, tenant: &TenantConfig) -> Result<DatabaseConnection, AppError> {
-        if let Some(db) = self.inner.pools.get(&tenant.id).await {
-            return Ok(db);
+        if let Some(pool) = self.inner.pools.get(&tenant.id).await {
+            pool.last_used.store(self.now_ms(), Ordering::Relaxed);
+            return Ok(pool.db.clone());
         }
-        let max_connections = tenant
-            .pool
-            .max_connections
-            .unwrap_or(self.inner.settings.default_max_connections);
+        self.check_breaker(&tenant.id)?;
         let started = Instant::now();
-        let opened_here = std::sync::atomic::AtomicBool::new(false);
+        let opened_here = AtomicBool::new(false);
         let result = self
             .inner
             .pools
             .try_get_with(tenant.id.clone(), async {
-                let db = db::open_pool(
-                    tenant.database_url.expose(),
-                    max_connections,
-                    &self.inner.settings,
-                )
-                .await?;
-                self.inner.counters.built.fetch_add(1, Ordering::Relaxed);
-                self.inner.counters.open.fetch_add(1, Ordering::Relaxed);
-                opened_here.store(true, Ordering::Relaxed);
-                Ok::<_, sea_orm::DbErr>(db)
+                match self.open(tenant).await {
+                    Ok(pool) => {
+                        opened_here.store(true, Ordering::Relaxed);
+                        Ok(Arc::new(pool))
+                    }
+                    // Runs once per attempt, however many requests wait on it.
+                    Err(OpenError::Db(err)) => {
+                        tracing::warn!(error = %db::redact_error(&err), "opening tenant pool failed");
+                        Err(OpenError::Failed {
+                            retry_after_secs: self.trip_breaker(&tenant.id),
+                        })
+                    }
+                    Err(other) => Err(other),
+                }
             })
             .await;
         match result {
-            Ok(db) => {
+            Ok(pool) => {
                 if opened_here.load(Ordering::Relaxed) {
+                    self.reset_breaker(&tenant.id);
                     tracing::info!(
                         elapsed_ms = started.elapsed().as_millis() as u64,
                         "tenant pool opened"
@@ -172,16 +243,175 @@ impl TenantRegistry {
                     // Enforce MAX_OPEN_POOLS now rather than at the next housekeeping.
                     self.inner.pools.run_pending_tasks().await;
                 }
-                Ok(db)
+                Ok(pool.db.clone())
             }
-            Err(e) => {
-                self.inner.counters.failures.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(error = %db::redact_error(&e), "opening tenant pool failed");
-                Err(AppError::TenantUnavailable {
-                    retry_after_secs: 1,
-                })
+            Err(e) => Err(AppError::TenantUnavailable {
+                retry_after_secs: match e.as_ref() {
+                    OpenError::Failed { retry_after_secs } => *retry_after_secs,
+                    OpenError::Budget | OpenError::Db(_) => 1,
+                },
+                during_query: false,
+            }),
+        }
+    }
+
+    /// Reserves budget, creates missing storage if asked to, and opens the pool.
+    async fn open(&self, tenant: &TenantConfig) -> Result<TenantPool, OpenError> {
+        let settings = &self.inner.settings;
+        let mut max_connections = tenant
+            .pool
+            .max_connections
+            .unwrap_or(settings.default_max_connections);
+        if let Some(total) = settings.max_total_connections {
+            max_connections = max_connections.min(total);
+        }
+        let budget = self.reserve(max_connections).await?;
+        if settings.auto_create_databases {
+            db::ensure_tenant_storage(tenant, settings)
+                .await
+                .map_err(OpenError::Db)?;
+        }
+        let db = db::open_pool(tenant, max_connections, settings)
+            .await
+            .map_err(OpenError::Db)?;
+        self.inner.counters.built.fetch_add(1, Ordering::Relaxed);
+        self.inner.counters.open.fetch_add(1, Ordering::Relaxed);
+        Ok(TenantPool {
+            db,
+            max_connections,
+            last_used: AtomicU64::new(self.now_ms()),
+            _budget: budget,
+        })
+    }
+
+    /// Takes `n` connections from the global budget, closing idle pools (least
+    /// recently used first) to make room, and waiting up to the acquire timeout.
+    async fn reserve(&self, n: u32) -> Result<Option<OwnedSemaphorePermit>, OpenError> {
+        let Some(budget) = &self.inner.budget else {
+            return Ok(None);
+        };
+        let deadline = Instant::now() + self.inner.settings.acquire_timeout;
+        loop {
+            if let Ok(permit) = budget.clone().try_acquire_many_owned(n) {
+                return Ok(Some(permit));
+            }
+            self.close_idle_pools(n as usize).await;
+            let wait = deadline
+                .saturating_duration_since(Instant::now())
+                .min(Duration::from_millis(50));
+            if wait.is_zero() {
+                self.inner
+                    .counters
+                    .budget_timeouts
+                    .fetch_add(1, Ordering::Relaxed);
+                return Err(OpenError::Budget);
+            }
+            if let Ok(Ok(permit)) =
+                tokio::time::timeout(wait, budget.clone().acquire_many_owned(n)).await
+            {
+                return Ok(Some(permit));
             }
         }
+    }
+
+    /// Closes idle pools, least recently used first, until about `wanted`
+    /// connections of budget are on their way back.
+    async fn close_idle_pools(&self, wanted: usize) {
+        let mut idle: Vec<(u64, Arc<TenantId>, u32)> = self
+            .inner
+            .pools
+            .iter()
+            .filter(|(_, pool)| pool.in_use() == 0)
+            .map(|(id, pool)| {
+                (
+                    pool.last_used.load(Ordering::Relaxed),
+                    id,
+                    pool.max_connections,
+                )
+            })
+            .collect();
+        if idle.is_empty() {
+            return;
+        }
+        idle.sort_by_key(|(last_used, _, _)| *last_used);
+        let available = self
+            .inner
+            .budget
+            .as_ref()
+            .map_or(0, |b| b.available_permits());
+        let mut freed = available;
+        for (_, id, size) in idle {
+            if freed >= wanted {
+                break;
+            }
+            self.inner.pools.invalidate(id.as_ref()).await;
+            freed += size as usize;
+        }
+        self.inner.pools.run_pending_tasks().await;
+    }
+
+    fn breakers(&self) -> std::sync::MutexGuard<'_, HashMap<TenantId, Breaker>> {
+        self.inner
+            .breakers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A fast 503 while the tenant's breaker is open.
+    fn check_breaker(&self, id: &TenantId) -> Result<(), AppError> {
+        let now = Instant::now();
+        if let Some(b) = self.breakers().get(id)
+            && b.open_until > now
+        {
+            self.inner
+                .counters
+                .short_circuited
+                .fetch_add(1, Ordering::Relaxed);
+            let left = b.open_until - now;
+            return Err(AppError::TenantUnavailable {
+                retry_after_secs: left.as_secs_f64().ceil().max(1.0) as u64,
+                during_query: false,
+            });
+        }
+        Ok(())
+    }
+
+    /// Records a failure of the tenant's database; returns the pause in seconds.
+    fn trip_breaker(&self, id: &TenantId) -> u64 {
+        self.inner.counters.failures.fetch_add(1, Ordering::Relaxed);
+        let base = self.inner.settings.breaker_cooldown;
+        let mut breakers = self.breakers();
+        let breaker = breakers.entry(id.clone()).or_insert(Breaker {
+            failures: 0,
+            open_until: Instant::now(),
+        });
+        breaker.failures = breaker.failures.saturating_add(1);
+        let pause = base
+            .saturating_mul(1 << breaker.failures.saturating_sub(1).min(16))
+            .min(MAX_COOLDOWN);
+        breaker.open_until = Instant::now() + pause;
+        tracing::warn!(tenant_id = %id, pause_secs = pause.as_secs(), "tenant database failing; pausing attempts");
+        pause.as_secs().max(1)
+    }
+
+    fn reset_breaker(&self, id: &TenantId) {
+        if self.breakers().remove(id).is_some() {
+            tracing::info!(tenant_id = %id, "tenant database recovered");
+        }
+    }
+
+    /// Called when a request of `tenant` failed because its database was unusable.
+    /// Unless its pool is merely busy (every connection checked out), the pool is
+    /// closed and the breaker trips, so that the next requests fail fast and a later
+    /// one reconnects from scratch.
+    pub async fn report_unavailable(&self, tenant: &TenantId) {
+        if let Some(pool) = self.inner.pools.get(tenant).await
+            && pool.in_use() >= pool.max_connections
+        {
+            return;
+        }
+        self.trip_breaker(tenant);
+        self.inner.pools.invalidate(tenant).await;
     }
 
     /// Whether the tenant has an open pool now.
@@ -196,14 +426,28 @@ impl TenantRegistry {
         ids
     }
 
-    /// Counters of pools built, open, closed and failed.
+    /// Counters of pools built, open, closed and failed, and the budget in use.
     pub fn stats(&self) -> PoolStats {
         let c = &self.inner.counters;
+        let (reserved, budget) = match (
+            &self.inner.budget,
+            self.inner.settings.max_total_connections,
+        ) {
+            (Some(sem), Some(total)) => (
+                u64::from(total) - sem.available_permits() as u64,
+                u64::from(total),
+            ),
+            _ => (0, 0),
+        };
         PoolStats {
             pools_built: c.built.load(Ordering::Relaxed),
             pools_open: c.open.load(Ordering::Relaxed),
             pools_closed: c.closed.load(Ordering::Relaxed),
             pool_failures: c.failures.load(Ordering::Relaxed),
+            short_circuited: c.short_circuited.load(Ordering::Relaxed),
+            budget_timeouts: c.budget_timeouts.load(Ordering::Relaxed),
+            connections_reserved: reserved,
+            connections_budget: budget,
         }
     }
 
@@ -217,6 +461,17 @@ impl TenantRegistry {
         self.inner.pools.invalidate_all();
         self.inner.pools.run_pending_tasks().await;
     }
+}
+
+/// Why a pool did not open.
+#[derive(Debug)]
+enum OpenError {
+    /// The connection budget stayed exhausted past the deadline.
+    Budget,
+    /// The database refused or failed.
+    Db(DbErr),
+    /// The attempt failed and the breaker tripped for this long.
+    Failed { retry_after_secs: u64 },
 }
 
 /// Moka evicts only while the cache is used; this task makes idle pools close on
