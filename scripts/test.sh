@@ -55,9 +55,15 @@ start_cluster() {
   as_postgres "$bin/initdb" -D "$PG_DIR/data" -U router --pwfile="$PG_DIR/pwfile" \
     --auth-local=trust --auth-host=scram-sha-256 -E UTF8 >"$PG_DIR/initdb.log" 2>&1 \
     || { cat "$PG_DIR/initdb.log" >&2; exit 1; }
+  # A self-signed certificate, so that the suite can check that sslmode passes through.
+  command -v openssl >/dev/null || { $([ "$(id -u)" = 0 ] || echo sudo) apt-get install -y -qq openssl >/dev/null; }
+  openssl req -new -x509 -days 2 -nodes -subj "/CN=127.0.0.1" \
+    -keyout "$PG_DIR/server.key" -out "$PG_DIR/server.crt" >/dev/null 2>&1
+  chmod 600 "$PG_DIR/server.key"
+  [ "$(id -u)" = 0 ] && chown postgres: "$PG_DIR/server.key" "$PG_DIR/server.crt"
   # max_connections is generous: many tests run at once, each with its own tenants.
   as_postgres "$bin/pg_ctl" -D "$PG_DIR/data" -l "$PG_DIR/server.log" -w -t 60 start \
-    -o "-c listen_addresses=127.0.0.1 -p $port -k $PG_DIR -c max_connections=400 -c fsync=off -c synchronous_commit=off -c full_page_writes=off" >/dev/null \
+    -o "-c listen_addresses=127.0.0.1 -p $port -k $PG_DIR -c max_connections=400 -c ssl=on -c ssl_cert_file=$PG_DIR/server.crt -c ssl_key_file=$PG_DIR/server.key -c fsync=off -c synchronous_commit=off -c full_page_writes=off" >/dev/null \
     || { cat "$PG_DIR/server.log" >&2; exit 1; }
   PG_BIN=$bin
   export TEST_DATABASE_URL="postgres://router:${password}@127.0.0.1:${port}/postgres"

@@ -3,11 +3,12 @@
 use reqwest::Method;
 use serde_json::json;
 
-use crate::helpers::{AppSpec, Tenant, assert_error, spawn_app, spawn_app_with, standard_tenants};
+use crate::helpers::{
+    AppSpec, Backend, Tenant, assert_error, spawn_app_on, spawn_app_with, standard_tenants,
+};
 
-#[tokio::test]
-async fn a_dental_tenant_is_refused_manufacturing_routes() {
-    let app = spawn_app().await;
+async fn a_dental_tenant_is_refused_manufacturing_routes(backend: Backend) {
+    let app = spawn_app_on(backend).await;
     for method in [Method::GET, Method::POST] {
         let response = app
             .as_tenant(method, "dental_clinic_abc", "/api/manufacturing/materials")
@@ -25,9 +26,8 @@ async fn a_dental_tenant_is_refused_manufacturing_routes() {
     }
 }
 
-#[tokio::test]
-async fn a_manufacturing_tenant_uses_materials_and_is_refused_patients() {
-    let app = spawn_app().await;
+async fn a_manufacturing_tenant_uses_materials_and_is_refused_patients(backend: Backend) {
+    let app = spawn_app_on(backend).await;
     let created = app
         .as_tenant(
             Method::POST,
@@ -72,9 +72,10 @@ async fn a_manufacturing_tenant_uses_materials_and_is_refused_patients() {
     assert_error(patients, 403, "feature_not_enabled").await;
 }
 
-#[tokio::test]
-async fn a_dental_tenant_keeps_patients_and_the_default_tenant_only_common_features() {
-    let app = spawn_app().await;
+async fn a_dental_tenant_keeps_patients_and_the_default_tenant_only_common_features(
+    backend: Backend,
+) {
+    let app = spawn_app_on(backend).await;
     let patient = app
         .as_tenant(Method::POST, "dental_clinic_abc", "/api/dental/patients")
         .json(&json!({ "name": "Asha Rao", "date_of_birth": "1990-04-01", "email": "asha@example.com" }))
@@ -107,11 +108,10 @@ async fn a_dental_tenant_keeps_patients_and_the_default_tenant_only_common_featu
     assert_eq!(products.status(), 200);
 }
 
-#[tokio::test]
-async fn an_explicit_feature_list_replaces_the_domain_preset() {
+async fn an_explicit_feature_list_replaces_the_domain_preset(backend: Backend) {
     let mut tenants = standard_tenants();
     tenants.push(Tenant::new("hybrid", "dental").with("features = [\"material_management\"]"));
-    let app = spawn_app_with(AppSpec::new(tenants)).await;
+    let app = spawn_app_with(AppSpec::new(tenants).on(backend)).await;
     let materials = app
         .as_tenant(Method::GET, "hybrid", "/api/manufacturing/materials")
         .send()
@@ -131,3 +131,10 @@ async fn an_explicit_feature_list_replaces_the_domain_preset() {
         .unwrap();
     assert_eq!(products.status(), 200, "common features stay");
 }
+
+crate::on_every_backend!(
+    a_dental_tenant_is_refused_manufacturing_routes,
+    a_manufacturing_tenant_uses_materials_and_is_refused_patients,
+    a_dental_tenant_keeps_patients_and_the_default_tenant_only_common_features,
+    an_explicit_feature_list_replaces_the_domain_preset,
+);

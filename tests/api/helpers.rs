@@ -33,10 +33,40 @@ impl Tenant {
     }
 }
 
+/// Where a test's tenants keep their data.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// A SQLite file per tenant under the test's temp directory.
+    Sqlite,
+    /// A PostgreSQL database per tenant on the test server.
+    PgDatabase,
+    /// A schema per tenant in one PostgreSQL database of the test's own.
+    PgSchema,
+}
+
+/// Generates, for each named `async fn(Backend)`, a test per backend.
+#[macro_export]
+macro_rules! on_every_backend {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $( #[tokio::test] async fn $name() { super::$name($crate::helpers::Backend::Sqlite).await } )*
+        }
+        mod pg_database {
+            $( #[tokio::test] async fn $name() { super::$name($crate::helpers::Backend::PgDatabase).await } )*
+        }
+        mod pg_schema {
+            $( #[tokio::test] async fn $name() { super::$name($crate::helpers::Backend::PgSchema).await } )*
+        }
+    };
+}
+
 /// What a test's app is started with.
 pub struct AppSpec {
     pub tenants: Vec<Tenant>,
     pub env: Vec<(String, String)>,
+    pub backend: Backend,
+    /// A whole tenants file, written instead of `tenants`' entries.
+    pub raw_toml: Option<String>,
 }
 
 impl AppSpec {
@@ -44,7 +74,21 @@ impl AppSpec {
         Self {
             tenants,
             env: Vec::new(),
+            backend: Backend::Sqlite,
+            raw_toml: None,
         }
+    }
+
+    /// Tenants given as the text of a tenants file.
+    pub fn from_toml(text: &str) -> Self {
+        let mut spec = Self::new(Vec::new());
+        spec.raw_toml = Some(text.to_string());
+        spec
+    }
+
+    pub fn on(mut self, backend: Backend) -> Self {
+        self.backend = backend;
+        self
     }
 
     pub fn env(mut self, key: &str, value: &str) -> Self {
@@ -72,14 +116,63 @@ pub async fn spawn_app() -> TestApp {
     spawn_app_with(AppSpec::new(standard_tenants())).await
 }
 
-/// The TOML entry of `tenant`, with its SQLite file under `data_dir`.
-pub fn tenant_toml(tenant: &Tenant, data_dir: &std::path::Path) -> String {
+pub async fn spawn_app_on(backend: Backend) -> TestApp {
+    spawn_app_with(AppSpec::new(standard_tenants()).on(backend)).await
+}
+
+/// Where the tenants of one app keep their data.
+pub enum Storage {
+    Sqlite(PathBuf),
+    /// Database names get this prefix, so that tests never share one.
+    PgDatabase {
+        server: String,
+        prefix: String,
+    },
+    /// The one database all schema-mode tenants share.
+    PgSchema {
+        database_url: String,
+    },
+}
+
+impl Storage {
+    pub async fn new(backend: Backend, data_dir: PathBuf) -> Self {
+        match backend {
+            Backend::Sqlite => Storage::Sqlite(data_dir),
+            Backend::PgDatabase => Storage::PgDatabase {
+                server: crate::pg::server_url(),
+                prefix: crate::pg::unique_name("trt"),
+            },
+            Backend::PgSchema => Storage::PgSchema {
+                database_url: crate::pg::fresh_database("trs").await,
+            },
+        }
+    }
+
+    /// The `database_url` (and `isolation`) lines of a tenant's entry.
+    pub fn url_lines(&self, id: &str) -> String {
+        match self {
+            Storage::Sqlite(dir) => {
+                format!("database_url = \"sqlite://{}/{id}.db\"\n", dir.display())
+            }
+            Storage::PgDatabase { server, prefix } => format!(
+                "database_url = \"{}\"\n",
+                crate::pg::url_with_database(server, &format!("{prefix}_{id}"))
+            ),
+            Storage::PgSchema { database_url } => {
+                format!("database_url = \"{database_url}\"\nisolation = \"schema\"\n")
+            }
+        }
+    }
+}
+
+/// The TOML entry of `tenant`.
+pub fn tenant_toml(tenant: &Tenant, storage: &Storage) -> String {
     format!(
-        "[tenants.{id}]\ndatabase_url = \"sqlite://{dir}/{id}.db\"\ndomain = \"{domain}\"\n\
+        "[tenants.{id}]\n{url}domain = \"{domain}\"\n\
          branding = {{ company_name = \"{id} Ltd\", primary_color = \"#2E86AB\" }}\n\
          contact_info = {{ email = \"info@{id}.example\" }}\n{extra}\n",
         id = tenant.id,
-        dir = data_dir.display(),
+        url = storage.url_lines(&tenant.id),
         domain = tenant.domain,
         extra = tenant.extra,
     )
@@ -89,11 +182,15 @@ pub async fn spawn_app_with(spec: AppSpec) -> TestApp {
     let dir = tempfile::tempdir().expect("temp dir");
     let data_dir = dir.path().join("data");
     let tenants_file = dir.path().join("tenants.toml");
-    let toml: String = spec
-        .tenants
-        .iter()
-        .map(|t| tenant_toml(t, &data_dir))
-        .collect();
+    let storage = Storage::new(spec.backend, data_dir.clone()).await;
+    let toml: String = match &spec.raw_toml {
+        Some(text) => text.clone(),
+        None => spec
+            .tenants
+            .iter()
+            .map(|t| tenant_toml(t, &storage))
+            .collect(),
+    };
     std::fs::write(&tenants_file, toml).expect("write tenants.toml");
 
     let mut env: HashMap<String, String> = HashMap::from([
@@ -106,6 +203,9 @@ pub async fn spawn_app_with(spec: AppSpec) -> TestApp {
             format!("sqlite://{}/single.db", data_dir.display()),
         ),
     ]);
+    if spec.backend != Backend::Sqlite {
+        env.insert("AUTO_CREATE_DATABASES".into(), "true".into());
+    }
     env.extend(spec.env);
     let settings = Settings::from_map(&env).expect("settings");
     let app = Application::build(settings).await.expect("app builds");

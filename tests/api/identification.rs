@@ -3,11 +3,12 @@
 
 use reqwest::{Method, header::HeaderValue};
 
-use crate::helpers::{AppSpec, Tenant, assert_error, spawn_app, spawn_app_with, standard_tenants};
+use crate::helpers::{
+    AppSpec, Backend, Tenant, assert_error, spawn_app_on, spawn_app_with, standard_tenants,
+};
 
-#[tokio::test]
-async fn each_source_identifies_the_tenant_and_the_response_names_it() {
-    let app = spawn_app().await;
+async fn each_source_identifies_the_tenant_and_the_response_names_it(backend: Backend) {
+    let app = spawn_app_on(backend).await;
     let requests = [
         app.as_tenant(Method::GET, "demo", "/api/products"),
         app.request(Method::GET, "/api/products?tenant_id=demo"),
@@ -23,9 +24,8 @@ async fn each_source_identifies_the_tenant_and_the_response_names_it() {
     }
 }
 
-#[tokio::test]
-async fn tenant_scoped_errors_also_carry_the_tenant_header() {
-    let app = spawn_app().await;
+async fn tenant_scoped_errors_also_carry_the_tenant_header(backend: Backend) {
+    let app = spawn_app_on(backend).await;
     let response = app
         .as_tenant(
             Method::GET,
@@ -39,9 +39,8 @@ async fn tenant_scoped_errors_also_carry_the_tenant_header() {
     assert_error(response, 404, "not_found").await;
 }
 
-#[tokio::test]
-async fn no_identification_is_tenant_required() {
-    let app = spawn_app().await;
+async fn no_identification_is_tenant_required(backend: Backend) {
+    let app = spawn_app_on(backend).await;
     let response = app
         .request(Method::GET, "/api/products")
         .send()
@@ -54,9 +53,8 @@ async fn no_identification_is_tenant_required() {
     assert_error(bare_base.send().await.unwrap(), 400, "tenant_required").await;
 }
 
-#[tokio::test]
-async fn sources_that_disagree_are_a_conflict_and_sources_that_agree_are_fine() {
-    let app = spawn_app().await;
+async fn sources_that_disagree_are_a_conflict_and_sources_that_agree_are_fine(backend: Backend) {
+    let app = spawn_app_on(backend).await;
     let conflicts = [
         app.as_tenant(
             Method::GET,
@@ -77,9 +75,8 @@ async fn sources_that_disagree_are_a_conflict_and_sources_that_agree_are_fine() 
     assert_eq!(agree.send().await.unwrap().status(), 200);
 }
 
-#[tokio::test]
-async fn malformed_ids_are_refused_before_anything_touches_the_disk() {
-    let app = spawn_app().await;
+async fn malformed_ids_are_refused_before_anything_touches_the_disk(backend: Backend) {
+    let app = spawn_app_on(backend).await;
     let too_long = "a".repeat(64);
     let header_values: Vec<HeaderValue> = [
         "../etc",
@@ -138,9 +135,8 @@ async fn malformed_ids_are_refused_before_anything_touches_the_disk() {
     assert_eq!(app.pool_stats().await["pools_built"], 0);
 }
 
-#[tokio::test]
-async fn unknown_tenants_are_not_found() {
-    let app = spawn_app().await;
+async fn unknown_tenants_are_not_found(backend: Backend) {
+    let app = spawn_app_on(backend).await;
     let unknown = [
         app.as_tenant(Method::GET, "nobody", "/api/products"),
         app.request(Method::GET, "/api/products?tenant_id=nobody"),
@@ -153,11 +149,10 @@ async fn unknown_tenants_are_not_found() {
     assert!(app.data_files().is_empty());
 }
 
-#[tokio::test]
-async fn a_suspended_tenant_is_refused() {
+async fn a_suspended_tenant_is_refused(backend: Backend) {
     let mut tenants = standard_tenants();
     tenants.push(Tenant::new("closed_clinic", "dental").with("is_active = false"));
-    let app = spawn_app_with(AppSpec::new(tenants)).await;
+    let app = spawn_app_with(AppSpec::new(tenants).on(backend)).await;
     let response = app
         .as_tenant(Method::GET, "closed_clinic", "/api/products")
         .send()
@@ -167,10 +162,13 @@ async fn a_suspended_tenant_is_refused() {
     assert!(app.data_files().is_empty());
 }
 
-#[tokio::test]
-async fn a_switched_off_source_is_ignored() {
-    let app =
-        spawn_app_with(AppSpec::new(standard_tenants()).env("IDENTIFY_BY_QUERY", "false")).await;
+async fn a_switched_off_source_is_ignored(backend: Backend) {
+    let app = spawn_app_with(
+        AppSpec::new(standard_tenants())
+            .env("IDENTIFY_BY_QUERY", "false")
+            .on(backend),
+    )
+    .await;
     let response = app
         .request(Method::GET, "/api/products?tenant_id=demo")
         .send()
@@ -185,10 +183,14 @@ async fn a_switched_off_source_is_ignored() {
     assert_eq!(header.status(), 200);
 }
 
-#[tokio::test]
-async fn a_custom_subdomain_and_base_domain_route_to_the_tenant() {
+async fn a_custom_subdomain_and_base_domain_route_to_the_tenant(backend: Backend) {
     let tenants = vec![Tenant::new("dental_clinic_abc", "dental").with("subdomain = \"abc\"")];
-    let app = spawn_app_with(AppSpec::new(tenants).env("BASE_DOMAIN", "example.com")).await;
+    let app = spawn_app_with(
+        AppSpec::new(tenants)
+            .env("BASE_DOMAIN", "example.com")
+            .on(backend),
+    )
+    .await;
     let response = app
         .request(Method::GET, "/api/products")
         .header("Host", "abc.example.com")
@@ -205,3 +207,15 @@ async fn a_custom_subdomain_and_base_domain_route_to_the_tenant() {
         .unwrap();
     assert_error(www, 400, "tenant_required").await;
 }
+
+crate::on_every_backend!(
+    each_source_identifies_the_tenant_and_the_response_names_it,
+    tenant_scoped_errors_also_carry_the_tenant_header,
+    no_identification_is_tenant_required,
+    sources_that_disagree_are_a_conflict_and_sources_that_agree_are_fine,
+    malformed_ids_are_refused_before_anything_touches_the_disk,
+    unknown_tenants_are_not_found,
+    a_suspended_tenant_is_refused,
+    a_switched_off_source_is_ignored,
+    a_custom_subdomain_and_base_domain_route_to_the_tenant,
+);

@@ -2,11 +2,10 @@
 
 use reqwest::Method;
 
-use crate::helpers::{AppSpec, Tenant, spawn_app, spawn_app_with};
+use crate::helpers::{AppSpec, Backend, Tenant, spawn_app_on, spawn_app_with};
 
-#[tokio::test]
-async fn a_product_of_one_tenant_is_invisible_to_the_others_by_every_method() {
-    let app = spawn_app().await;
+async fn a_product_of_one_tenant_is_invisible_to_the_others_by_every_method(backend: Backend) {
+    let app = spawn_app_on(backend).await;
     app.create_product("dental_clinic_abc", "Dental floss", 3.5)
         .await;
 
@@ -36,12 +35,13 @@ async fn a_product_of_one_tenant_is_invisible_to_the_others_by_every_method() {
     }
 }
 
-#[tokio::test]
-async fn twenty_tenants_writing_and_reading_concurrently_each_see_exactly_their_own_rows() {
+async fn twenty_tenants_writing_and_reading_concurrently_each_see_exactly_their_own_rows(
+    backend: Backend,
+) {
     let ids: Vec<String> = (0..20).map(|i| format!("tenant_{i:02}")).collect();
-    let app = spawn_app_with(AppSpec::new(
-        ids.iter().map(|id| Tenant::new(id, "default")).collect(),
-    ))
+    let app = spawn_app_with(
+        AppSpec::new(ids.iter().map(|id| Tenant::new(id, "default")).collect()).on(backend),
+    )
     .await;
 
     let work = ids.iter().map(|id| {
@@ -63,3 +63,8 @@ async fn twenty_tenants_writing_and_reading_concurrently_each_see_exactly_their_
 
     assert_eq!(app.pool_stats().await["pools_built"], 20);
 }
+
+crate::on_every_backend!(
+    a_product_of_one_tenant_is_invisible_to_the_others_by_every_method,
+    twenty_tenants_writing_and_reading_concurrently_each_see_exactly_their_own_rows,
+);
