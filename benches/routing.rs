@@ -5,30 +5,20 @@
 //! BENCH_TENANTS, BENCH_ROUNDS). It prints its figures; it asserts nothing.
 
 use std::{
-    collections::HashMap,
     hint::black_box,
     path::Path,
-    sync::{
-        Arc,
-        atomic::{AtomicBool, AtomicU64, Ordering},
-    },
     time::{Duration, Instant},
 };
 
+mod common;
+
 use axum::http::Request;
+use common::{env_or, median, process_threads, seed, settings, start, throughput};
 use tenant_router::{
-    Application, Settings,
     identify::identify_tenant,
     settings::IdentifySettings,
     tenant::{TenantRegistry, parse_tenants_toml},
 };
-
-fn env_or(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 fn tenants_toml(n: u64, dir: &Path) -> String {
     let pool = std::env::var("BENCH_TENANT_MAX_CONNECTIONS")
@@ -42,22 +32,6 @@ fn tenants_toml(n: u64, dir: &Path) -> String {
             )
         })
         .collect()
-}
-
-fn settings(env: &[(&str, String)]) -> Settings {
-    let mut map: HashMap<String, String> = HashMap::from([
-        ("PORT".into(), "0".into()),
-        ("SETTINGS_FILE".into(), String::new()),
-        ("ADMIN_TOKEN".into(), "bench-admin-token-0123456789".into()),
-    ]);
-    // Pool sizing knobs apply to both sides alike.
-    for key in ["DEFAULT_MAX_CONNECTIONS", "POOL_IDLE_TIMEOUT_SECS"] {
-        if let Ok(value) = std::env::var(key) {
-            map.insert(key.into(), value);
-        }
-    }
-    map.extend(env.iter().map(|(k, v)| (k.to_string(), v.clone())));
-    Settings::from_map(&map).expect("bench settings")
 }
 
 /// Nanoseconds per call of `f`, over enough calls to take about half a second.
@@ -139,93 +113,6 @@ async fn routing_cost(tenants: u64) {
     }
     let ns = started.elapsed().as_nanos() as f64 / rounds as f64;
     println!("  {:<22} {:>8.3} µs", "warm pool lookup", ns / 1000.0);
-}
-
-/// Requests per second of GET /api/products from `concurrency` workers for
-/// `seconds`; `tenants` empty means no identification (single-pool service).
-async fn throughput(
-    address: &str,
-    tenants: &[String],
-    concurrency: u64,
-    seconds: u64,
-) -> (f64, u64) {
-    let client = reqwest::Client::builder()
-        .pool_max_idle_per_host(concurrency as usize)
-        .build()
-        .expect("client");
-    let stop = Arc::new(AtomicBool::new(false));
-    let done = Arc::new(AtomicU64::new(0));
-    let errors = Arc::new(AtomicU64::new(0));
-    let url = format!("{address}/api/products?limit=10");
-    let tenants: Arc<Vec<String>> = Arc::new(tenants.to_vec());
-    let workers: Vec<_> = (0..concurrency)
-        .map(|w| {
-            let (client, stop, done, errors, url, tenants) = (
-                client.clone(),
-                stop.clone(),
-                done.clone(),
-                errors.clone(),
-                url.clone(),
-                tenants.clone(),
-            );
-            tokio::spawn(async move {
-                let mut i = w as usize;
-                while !stop.load(Ordering::Relaxed) {
-                    let mut request = client.get(&url);
-                    if !tenants.is_empty() {
-                        request = request.header("X-Tenant-ID", &tenants[i % tenants.len()]);
-                        i += concurrency as usize;
-                    }
-                    match request.send().await {
-                        Ok(r) if r.status() == 200 => {
-                            let _ = r.bytes().await;
-                            done.fetch_add(1, Ordering::Relaxed);
-                        }
-                        _ => {
-                            errors.fetch_add(1, Ordering::Relaxed);
-                        }
-                    }
-                }
-            })
-        })
-        .collect();
-    let started = Instant::now();
-    tokio::time::sleep(Duration::from_secs(seconds)).await;
-    stop.store(true, Ordering::Relaxed);
-    let elapsed = started.elapsed();
-    for w in workers {
-        let _ = w.await;
-    }
-    (
-        done.load(Ordering::Relaxed) as f64 / elapsed.as_secs_f64(),
-        errors.load(Ordering::Relaxed),
-    )
-}
-
-async fn seed(address: &str, tenant: Option<&str>, products: usize) {
-    let client = reqwest::Client::new();
-    for n in 0..products {
-        let mut request = client
-            .post(format!("{address}/api/products"))
-            .json(&serde_json::json!({ "name": format!("Product {n}"), "price": 10.0 + n as f64 }));
-        if let Some(t) = tenant {
-            request = request.header("X-Tenant-ID", t);
-        }
-        let status = request.send().await.expect("seed").status();
-        assert_eq!(status, 201, "seeding");
-    }
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    v[v.len() / 2]
-}
-
-async fn start(settings: Settings) -> String {
-    let app = Application::build(settings).await.expect("app builds");
-    let address = format!("http://{}", app.local_addr().expect("addr"));
-    tokio::spawn(app.run_until(std::future::pending()));
-    address
 }
 
 async fn routed_app(dir: &Path, tenants: u64) -> String {
@@ -314,18 +201,6 @@ async fn http_comparison(tenants: u64, concurrency: u64, seconds: u64, rounds: u
     );
     println!("  failed requests: {failed}");
     println!("  threads in this process: {}", process_threads());
-}
-
-/// The thread count of this process (sqlx runs one thread per SQLite connection).
-fn process_threads() -> String {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("Threads:"))
-                .map(|l| l[8..].trim().to_string())
-        })
-        .unwrap_or_else(|| "unknown".into())
 }
 
 fn main() {

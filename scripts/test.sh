@@ -3,84 +3,19 @@
 # files and a real PostgreSQL server.
 #
 # PostgreSQL: if TEST_DATABASE_URL is set, that server is used (it must allow
-# CREATE DATABASE). Otherwise this script installs PostgreSQL from Debian's packages
-# when it is missing, starts a throwaway cluster on 127.0.0.1 under a temporary
-# directory, runs the tests, and removes the cluster.
+# CREATE DATABASE, and have ssl on for the TLS test). Otherwise this script installs
+# PostgreSQL from Debian's packages when it is missing, starts a throwaway cluster on
+# 127.0.0.1 under a temporary directory, runs the tests, and removes the cluster.
 #
 # Extra arguments go to `cargo test` (for example a test name filter).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-
-log() { printf '[test.sh] %s\n' "$*" >&2; }
-
-as_postgres() {
-  if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi
-}
-
-find_pg_bin() {
-  local dir
-  for dir in /usr/lib/postgresql/*/bin; do
-    [ -x "$dir/initdb" ] && { echo "$dir"; return 0; }
-  done
-  return 1
-}
-
-install_postgres() {
-  log "PostgreSQL not found: installing it from Debian's packages"
-  local sudo=""
-  [ "$(id -u)" = 0 ] || sudo="sudo"
-  $sudo apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq postgresql >/dev/null
-}
-
-free_port() {
-  local port
-  for port in $(seq $((20000 + RANDOM % 20000)) 65000); do
-    if ! (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then echo "$port"; return 0; fi
-  done
-  return 1
-}
-
-start_cluster() {
-  local bin
-  bin=$(find_pg_bin) || { install_postgres; bin=$(find_pg_bin); }
-  PG_DIR=$(mktemp -d /tmp/tenant-router-pg.XXXXXX)
-  chmod 755 "$PG_DIR"
-  [ "$(id -u)" = 0 ] && chown postgres: "$PG_DIR"
-  local port password
-  port=$(free_port)
-  password="tr-$(od -An -N12 -tx1 /dev/urandom | tr -d ' \n')"
-  printf '%s\n' "$password" > "$PG_DIR/pwfile"
-  [ "$(id -u)" = 0 ] && chown postgres: "$PG_DIR/pwfile"
-  as_postgres "$bin/initdb" -D "$PG_DIR/data" -U router --pwfile="$PG_DIR/pwfile" \
-    --auth-local=trust --auth-host=scram-sha-256 -E UTF8 >"$PG_DIR/initdb.log" 2>&1 \
-    || { cat "$PG_DIR/initdb.log" >&2; exit 1; }
-  # A self-signed certificate, so that the suite can check that sslmode passes through.
-  command -v openssl >/dev/null || { $([ "$(id -u)" = 0 ] || echo sudo) apt-get install -y -qq openssl >/dev/null; }
-  openssl req -new -x509 -days 2 -nodes -subj "/CN=127.0.0.1" \
-    -keyout "$PG_DIR/server.key" -out "$PG_DIR/server.crt" >/dev/null 2>&1
-  chmod 600 "$PG_DIR/server.key"
-  [ "$(id -u)" = 0 ] && chown postgres: "$PG_DIR/server.key" "$PG_DIR/server.crt"
-  # max_connections is generous: many tests run at once, each with its own tenants.
-  as_postgres "$bin/pg_ctl" -D "$PG_DIR/data" -l "$PG_DIR/server.log" -w -t 60 start \
-    -o "-c listen_addresses=127.0.0.1 -p $port -k $PG_DIR -c max_connections=400 -c ssl=on -c ssl_cert_file=$PG_DIR/server.crt -c ssl_key_file=$PG_DIR/server.key -c fsync=off -c synchronous_commit=off -c full_page_writes=off" >/dev/null \
-    || { cat "$PG_DIR/server.log" >&2; exit 1; }
-  PG_BIN=$bin
-  export TEST_DATABASE_URL="postgres://router:${password}@127.0.0.1:${port}/postgres"
-  log "PostgreSQL $("$bin/postgres" --version | awk '{print $3}') started on 127.0.0.1:$port (data in $PG_DIR)"
-}
-
-stop_cluster() {
-  if [ -n "${PG_DIR:-}" ]; then
-    as_postgres "$PG_BIN/pg_ctl" -D "$PG_DIR/data" -m immediate stop >/dev/null 2>&1 || true
-    rm -rf "$PG_DIR"
-    log "PostgreSQL stopped and removed"
-  fi
-}
+. scripts/lib/pg.sh
 
 if [ -z "${TEST_DATABASE_URL:-}" ]; then
   trap stop_cluster EXIT
   start_cluster
+  export TEST_DATABASE_URL="$PG_URL"
 else
   log "using the PostgreSQL server in TEST_DATABASE_URL"
 fi

@@ -1,0 +1,76 @@
+# Shell functions shared by scripts/test.sh and scripts/bench.sh: a throwaway
+# PostgreSQL cluster on 127.0.0.1 under a temporary directory, installed from
+# Debian's packages when missing. Source it, then `start_cluster` (sets PG_URL) and
+# `stop_cluster`. PG_MAX_CONNECTIONS sets the server's max_connections.
+
+log() { printf '[pg] %s\n' "$*" >&2; }
+
+is_root() { [ "$(id -u)" = 0 ]; }
+
+as_postgres() {
+  if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi
+}
+
+find_pg_bin() {
+  local dir
+  for dir in /usr/lib/postgresql/*/bin; do
+    [ -x "$dir/initdb" ] && { echo "$dir"; return 0; }
+  done
+  return 1
+}
+
+install_postgres() {
+  log "PostgreSQL not found: installing it from Debian's packages"
+  local sudo=""
+  [ "$(id -u)" = 0 ] || sudo="sudo"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq postgresql >/dev/null
+}
+
+free_port() {
+  local port
+  for port in $(seq $((20000 + RANDOM % 20000)) 65000); do
+    if ! (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then echo "$port"; return 0; fi
+  done
+  return 1
+}
+
+start_cluster() {
+  local bin
+  bin=$(find_pg_bin) || { install_postgres; bin=$(find_pg_bin); }
+  PG_DIR=$(mktemp -d /tmp/tenant-router-pg.XXXXXX)
+  chmod 755 "$PG_DIR"
+  if is_root; then chown postgres: "$PG_DIR"; fi
+  local port password
+  port=$(free_port)
+  password="tr-$(od -An -N12 -tx1 /dev/urandom | tr -d ' \n')"
+  printf '%s\n' "$password" > "$PG_DIR/pwfile"
+  if is_root; then chown postgres: "$PG_DIR/pwfile"; fi
+  as_postgres "$bin/initdb" -D "$PG_DIR/data" -U router --pwfile="$PG_DIR/pwfile" \
+    --auth-local=trust --auth-host=scram-sha-256 -E UTF8 >"$PG_DIR/initdb.log" 2>&1 \
+    || { cat "$PG_DIR/initdb.log" >&2; exit 1; }
+  # A self-signed certificate, so that the suite can check that sslmode passes through.
+  if ! command -v openssl >/dev/null; then
+    if is_root; then apt-get install -y -qq openssl >/dev/null; else sudo apt-get install -y -qq openssl >/dev/null; fi
+  fi
+  openssl req -new -x509 -days 2 -nodes -subj "/CN=127.0.0.1" \
+    -keyout "$PG_DIR/server.key" -out "$PG_DIR/server.crt" >/dev/null 2>&1
+  chmod 600 "$PG_DIR/server.key"
+  if is_root; then chown postgres: "$PG_DIR/server.key" "$PG_DIR/server.crt"; fi
+  # max_connections is generous: tests run at once, each with tenants of its own.
+  as_postgres "$bin/pg_ctl" -D "$PG_DIR/data" -l "$PG_DIR/server.log" -w -t 60 start \
+    -o "-c listen_addresses=127.0.0.1 -p $port -k $PG_DIR -c max_connections=${PG_MAX_CONNECTIONS:-400} -c ssl=on -c ssl_cert_file=$PG_DIR/server.crt -c ssl_key_file=$PG_DIR/server.key -c fsync=off -c synchronous_commit=off -c full_page_writes=off" >/dev/null \
+    || { cat "$PG_DIR/server.log" >&2; exit 1; }
+  PG_BIN=$bin
+  PG_URL="postgres://router:${password}@127.0.0.1:${port}/postgres"
+  log "PostgreSQL $("$bin/postgres" --version | awk '{print $3}') started on 127.0.0.1:$port (data in $PG_DIR)"
+}
+
+stop_cluster() {
+  if [ -n "${PG_DIR:-}" ]; then
+    as_postgres "$PG_BIN/pg_ctl" -D "$PG_DIR/data" -m immediate stop >/dev/null 2>&1 || true
+    rm -rf "$PG_DIR"
+    log "PostgreSQL stopped and removed"
+  fi
+}
+
