@@ -13,7 +13,9 @@ mod common;
 
 use std::{path::Path, time::Instant};
 
-use common::{env_or, median, quantile, rss_mib, seed, settings, start, throughput};
+use common::{
+    env_or, median, quantile, rss_mib, seed, settings, start, start_stoppable, throughput,
+};
 use futures::StreamExt;
 use sea_orm::{ConnectionTrait, Database};
 use tenant_router::{
@@ -21,10 +23,20 @@ use tenant_router::{
     tenant::{TenantConfig, TenantRegistry, parse_tenants_toml},
 };
 
+/// `server` with its database replaced by `name`, and BENCH_PG_SSLMODE (if set) as
+/// its `sslmode`.
 fn with_database(server: &str, name: &str) -> String {
     let mut url = url::Url::parse(server).expect("BENCH_DATABASE_URL");
     url.set_path(&format!("/{name}"));
+    if let Ok(mode) = std::env::var("BENCH_PG_SSLMODE") {
+        url.query_pairs_mut().append_pair("sslmode", &mode);
+    }
     url.to_string()
+}
+
+/// Whether BENCH_PHASES (default: all) names `phase` (memory, cold, throughput).
+fn phase(name: &str) -> bool {
+    std::env::var("BENCH_PHASES").map_or(true, |p| p.split(',').any(|x| x.trim() == name))
 }
 
 async fn create_database(server: &str, name: &str) -> String {
@@ -76,11 +88,12 @@ fn write_tenants(dir: &Path, name: &str, toml: &str) -> String {
 /// First-request latency of each tenant of `toml` (storage already provisioned).
 async fn cold_latency(label: &str, dir: &Path, toml: &str, ids: &[String]) {
     let file = write_tenants(dir, &format!("cold-{}.toml", ids.len()), toml);
-    let address = start(settings(&[
+    let running = start_stoppable(settings(&[
         ("TENANTS_FILE", file),
         ("MAX_OPEN_POOLS", "2000".into()),
     ]))
     .await;
+    let address = running.address.clone();
     let client = reqwest::Client::new();
     let mut samples = Vec::with_capacity(ids.len());
     for id in ids {
@@ -95,6 +108,8 @@ async fn cold_latency(label: &str, dir: &Path, toml: &str, ids: &[String]) {
         assert_eq!(status, 200, "cold request of {id}");
         samples.push(started.elapsed());
     }
+    // Give the server's connections back before the next phase.
+    running.stop().await;
     println!(
         "  {label:<34} p50 {:>7.1} ms   p99 {:>7.1} ms   ({} tenants)",
         quantile(&mut samples, 0.5).as_secs_f64() * 1000.0,
@@ -105,14 +120,15 @@ async fn cold_latency(label: &str, dir: &Path, toml: &str, ids: &[String]) {
 
 /// Resident memory added by registering `tenants`, then by opening the pools of
 /// those whose id starts with `open_prefix` (their storage is provisioned).
-async fn memory(label: &str, tenants: Vec<TenantConfig>, open_prefix: &str) {
+async fn memory(label: &str, toml: &str, open_prefix: &str) {
+    let before = rss_mib();
+    let tenants = parse_tenants_toml(toml).expect("tenants");
     let ids: Vec<_> = tenants
         .iter()
         .filter(|t| t.id.as_str().starts_with(open_prefix))
         .map(|t| t.id.clone())
         .collect();
     let open = ids.len();
-    let before = rss_mib();
     let registry = TenantRegistry::new(tenants, {
         let mut p = settings(&[]).pools();
         p.max_open_pools = 20_000;
@@ -183,18 +199,21 @@ fn main() {
             started.elapsed().as_secs_f64()
         );
 
+        if phase("memory") {
         println!("\n== Memory of the router: 10,000 registered tenants, 1,000 open pools");
         let mut many = sqlite_toml.clone();
         many.push_str(&toml_for("idle", 9000, "", |i| {
             format!("database_url = \"sqlite://{}/idle_{i:05}.db\"\n", sqlite_dir.display())
         }));
-        memory("SQLite (a thread per connection)", parse_tenants_toml(&many).expect("tenants"), "lite_").await;
+        memory("SQLite (a thread per connection)", &many, "lite_").await;
         let mut many = schema_toml.clone();
         many.push_str(&toml_for("idlepg", 10_000 - schema_tenants.min(10_000), "", |_| {
             format!("database_url = \"{shared}\"\nisolation = \"schema\"\n")
         }));
-        memory("PostgreSQL, schema mode", parse_tenants_toml(&many).expect("tenants"), "sch_").await;
+        memory("PostgreSQL, schema mode", &many, "sch_").await;
+        }
 
+        if phase("cold") {
         println!("\n== Cold-tenant latency: the first request to a tenant whose pool is not open");
         let sqlite_ids: Vec<String> = (0..200).map(|i| format!("lite_{i:05}")).collect();
         cold_latency("SQLite", dir.path(), &sqlite_toml, &sqlite_ids).await;
@@ -202,6 +221,10 @@ fn main() {
         cold_latency("PostgreSQL, schema mode", dir.path(), &schema_toml, &schema_ids).await;
         let db_ids: Vec<String> = (0..database_tenants).map(|i| format!("dbt_{i:05}")).collect();
         cold_latency("PostgreSQL, database mode", dir.path(), &db_toml, &db_ids).await;
+        }
+        if !phase("throughput") {
+            return;
+        }
 
         println!(
             "\n== HTTP throughput on PostgreSQL, GET /api/products?limit=10 ({concurrency} connections, \

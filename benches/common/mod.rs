@@ -155,3 +155,37 @@ pub fn rss_mib() -> f64 {
         })
         .map_or(0.0, |kb| kb / 1024.0)
 }
+
+/// A service started by [`start_stoppable`].
+pub struct Running {
+    pub address: String,
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Running {
+    /// Stops the service and waits until its pools are closed.
+    pub async fn stop(self) {
+        let _ = self.stop.send(());
+        let _ = self.task.await;
+    }
+}
+
+/// Like [`start`], but the service can be stopped, closing its pools.
+pub async fn start_stoppable(settings: Settings) -> Running {
+    let app = Application::build(settings).await.expect("app builds");
+    let address = format!("http://{}", app.local_addr().expect("addr"));
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(async move {
+        let _ = app
+            .run_until(async {
+                let _ = stopped.await;
+            })
+            .await;
+    });
+    Running {
+        address,
+        stop,
+        task,
+    }
+}
