@@ -174,6 +174,16 @@ fn sqlx_error(err: &DbErr) -> Option<&sea_orm::sqlx::Error> {
     }
 }
 
+/// Whether `err` came from a pool the router itself closed (idle, capacity or budget
+/// eviction) while a request still held it: worth a retry, but no sign that the
+/// database failed.
+pub fn is_pool_closed(err: &DbErr) -> bool {
+    matches!(
+        err,
+        DbErr::ConnectionAcquire(sea_orm::ConnAcquireErr::ConnectionClosed)
+    ) || matches!(sqlx_error(err), Some(sea_orm::sqlx::Error::PoolClosed))
+}
+
 /// Whether `err` means the tenant's database cannot be used right now (down,
 /// unreachable, gone, out of connections, locked), as opposed to a bug or bad data.
 /// Such errors are a 503 the client may retry, and feed the tenant's circuit breaker.
@@ -324,6 +334,17 @@ mod tests {
         let pg = "postgres://u:p@h/db";
         assert_eq!(prepare_url(pg).unwrap(), pg);
         assert_eq!(prepare_url("postgresql://u:p@h/db").unwrap(), pg);
+    }
+
+    #[test]
+    fn errors_are_told_apart() {
+        use sea_orm::ConnAcquireErr;
+        let closed = DbErr::ConnectionAcquire(ConnAcquireErr::ConnectionClosed);
+        assert!(is_unavailable(&closed) && is_pool_closed(&closed));
+        let timeout = DbErr::ConnectionAcquire(ConnAcquireErr::Timeout);
+        assert!(is_unavailable(&timeout) && !is_pool_closed(&timeout));
+        assert!(!is_unavailable(&DbErr::RecordNotFound("x".into())));
+        assert!(!is_unavailable(&DbErr::Custom("constraint failed".into())));
     }
 
     #[test]

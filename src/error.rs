@@ -47,8 +47,9 @@ pub enum AppError {
     #[error("this tenant's database is temporarily unavailable; retry later")]
     TenantUnavailable {
         retry_after_secs: u64,
-        /// A query failed on an open pool (rather than the pool failing to open):
-        /// the registry is told, so that it can close the pool and pause attempts.
+        /// A query failed on an open pool because of the database (rather than the
+        /// pool failing to open, or being closed by the router): the registry is
+        /// told, so that it can close the pool and pause attempts.
         during_query: bool,
     },
     #[error("{message}")]
@@ -167,7 +168,7 @@ impl From<sea_orm::DbErr> for AppError {
             tracing::warn!(error = %crate::db::redact_error(&err), "tenant database unavailable");
             Self::TenantUnavailable {
                 retry_after_secs: 1,
-                during_query: true,
+                during_query: !crate::db::is_pool_closed(&err),
             }
         } else {
             Self::internal(crate::db::redact_error(&err))

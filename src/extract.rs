@@ -10,7 +10,7 @@ use axum::{
 use sea_orm::DatabaseConnection;
 use serde::de::DeserializeOwned;
 
-use crate::{error::AppError, identify::TenantContext, startup::AppState};
+use crate::{error::AppError, identify::TenantContext, startup::AppState, tenant::PoolLease};
 
 /// Largest JSON body accepted.
 const MAX_BODY_BYTES: usize = 256 * 1024;
@@ -106,8 +106,10 @@ impl<S: Send + Sync> FromRequestParts<S> for IdPath {
     }
 }
 
-/// The identified tenant's pool, opened on first use.
-pub struct TenantDb(pub DatabaseConnection);
+/// The identified tenant's pool, opened on first use, and a lease that keeps it
+/// open while the handler runs: bind it (`TenantDb(db, _lease)`), so that it lives
+/// to the end of the handler.
+pub struct TenantDb(pub DatabaseConnection, pub PoolLease);
 
 impl FromRequestParts<AppState> for TenantDb {
     type Rejection = AppError;
@@ -117,7 +119,8 @@ impl FromRequestParts<AppState> for TenantDb {
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
         let ctx = TenantContext::from_request_parts(parts, state).await?;
-        state.registry.pool(&ctx.config).await.map(TenantDb)
+        let (db, lease) = state.registry.lease(&ctx.config).await?;
+        Ok(TenantDb(db, lease))
     }
 }
 

@@ -61,7 +61,7 @@ fn not_found() -> AppError {
 
 async fn list(
     ApiQuery(query): ApiQuery<PageQuery>,
-    TenantDb(db): TenantDb,
+    TenantDb(db, _lease): TenantDb,
 ) -> Result<Json<Page<ProductView>>> {
     let page = query.checked()?;
     let rows = Product::find()
@@ -75,7 +75,7 @@ async fn list(
 }
 
 async fn create(
-    TenantDb(db): TenantDb,
+    TenantDb(db, _lease): TenantDb,
     ApiJson(input): ApiJson<ProductInput>,
 ) -> Result<(StatusCode, Json<ProductView>)> {
     let name = required_text("name", &input.name, 200)?;
@@ -93,7 +93,7 @@ async fn create(
     Ok((StatusCode::CREATED, Json(model.into())))
 }
 
-async fn show(IdPath(id): IdPath, TenantDb(db): TenantDb) -> Result<Json<ProductView>> {
+async fn show(IdPath(id): IdPath, TenantDb(db, _lease): TenantDb) -> Result<Json<ProductView>> {
     let model = Product::find_by_id(id)
         .one(&db)
         .await?
@@ -103,7 +103,7 @@ async fn show(IdPath(id): IdPath, TenantDb(db): TenantDb) -> Result<Json<Product
 
 async fn update(
     IdPath(id): IdPath,
-    TenantDb(db): TenantDb,
+    TenantDb(db, _lease): TenantDb,
     ApiJson(input): ApiJson<ProductInput>,
 ) -> Result<Json<ProductView>> {
     let name = required_text("name", &input.name, 200)?;
@@ -119,7 +119,7 @@ async fn update(
     Ok(Json(model.update(&db).await?.into()))
 }
 
-async fn remove(IdPath(id): IdPath, TenantDb(db): TenantDb) -> Result<StatusCode> {
+async fn remove(IdPath(id): IdPath, TenantDb(db, _lease): TenantDb) -> Result<StatusCode> {
     let result = Product::delete_by_id(id).exec(&db).await?;
     if result.rows_affected == 0 {
         return Err(not_found());

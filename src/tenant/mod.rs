@@ -10,7 +10,7 @@ pub use config::{
     TenantConfig, TenantSource, load_tenants, parse_tenants_json, parse_tenants_toml,
 };
 pub use id::TenantId;
-pub use registry::{PoolStats, TenantRegistry};
+pub use registry::{PoolLease, PoolStats, TenantRegistry};
 
 use serde::Serialize;
 

@@ -87,12 +87,35 @@ pub struct PoolStats {
 struct TenantPool {
     db: DatabaseConnection,
     max_connections: u32,
+    /// Requests holding a [`PoolLease`] on this pool now.
+    leases: AtomicU64,
     /// Milliseconds since the registry started, at the last request.
     last_used: AtomicU64,
     _budget: Option<OwnedSemaphorePermit>,
 }
 
+/// Held by a request for as long as it may use its tenant's pool, so that the
+/// budget never closes a pool between a request finding it and using it.
+pub struct PoolLease(Arc<TenantPool>);
+
+impl Drop for PoolLease {
+    fn drop(&mut self) {
+        self.0.leases.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 impl TenantPool {
+    fn lease(self: &Arc<Self>) -> PoolLease {
+        self.leases.fetch_add(1, Ordering::Relaxed);
+        PoolLease(self.clone())
+    }
+
+    /// Whether the budget may close this pool now: no request holds it and no
+    /// connection is checked out.
+    fn is_idle(&self) -> bool {
+        self.leases.load(Ordering::Relaxed) == 0 && self.in_use() == 0
+    }
+
     /// Connections checked out now.
     fn in_use(&self) -> u32 {
         use sea_orm::DatabaseConnectionType as T;
@@ -205,9 +228,18 @@ impl TenantRegistry {
     /// The tenant's pool, opening it on first use. Concurrent first calls open one
     /// pool; a failure is not cached, but trips the tenant's breaker.
     pub async fn pool(&self, tenant: &TenantConfig) -> Result<DatabaseConnection, AppError> {
+        self.lease(tenant).await.map(|(db, _lease)| db)
+    }
+
+    /// Like [`pool`](Self::pool), with a lease that keeps the pool open while the
+    /// caller holds it (a request's whole life).
+    pub async fn lease(
+        &self,
+        tenant: &TenantConfig,
+    ) -> Result<(DatabaseConnection, PoolLease), AppError> {
         if let Some(pool) = self.inner.pools.get(&tenant.id).await {
             pool.last_used.store(self.now_ms(), Ordering::Relaxed);
-            return Ok(pool.db.clone());
+            return Ok((pool.db.clone(), pool.lease()));
         }
         self.check_breaker(&tenant.id)?;
         let started = Instant::now();
@@ -243,7 +275,7 @@ impl TenantRegistry {
                     // Enforce MAX_OPEN_POOLS now rather than at the next housekeeping.
                     self.inner.pools.run_pending_tasks().await;
                 }
-                Ok(pool.db.clone())
+                Ok((pool.db.clone(), pool.lease()))
             }
             Err(e) => Err(AppError::TenantUnavailable {
                 retry_after_secs: match e.as_ref() {
@@ -279,6 +311,7 @@ impl TenantRegistry {
         Ok(TenantPool {
             db,
             max_connections,
+            leases: AtomicU64::new(0),
             last_used: AtomicU64::new(self.now_ms()),
             _budget: budget,
         })
@@ -286,30 +319,29 @@ impl TenantRegistry {
 
     /// Takes `n` connections from the global budget, closing idle pools (least
     /// recently used first) to make room, and waiting up to the acquire timeout.
+    /// Waiters queue in order (the semaphore is fair), so none starves.
     async fn reserve(&self, n: u32) -> Result<Option<OwnedSemaphorePermit>, OpenError> {
         let Some(budget) = &self.inner.budget else {
             return Ok(None);
         };
-        let deadline = Instant::now() + self.inner.settings.acquire_timeout;
+        if let Ok(permit) = budget.clone().try_acquire_many_owned(n) {
+            return Ok(Some(permit));
+        }
+        let acquire = budget.clone().acquire_many_owned(n);
+        let deadline = tokio::time::sleep(self.inner.settings.acquire_timeout);
+        let mut make_room = tokio::time::interval(Duration::from_millis(50));
+        tokio::pin!(acquire, deadline);
         loop {
-            if let Ok(permit) = budget.clone().try_acquire_many_owned(n) {
-                return Ok(Some(permit));
-            }
-            self.close_idle_pools(n as usize).await;
-            let wait = deadline
-                .saturating_duration_since(Instant::now())
-                .min(Duration::from_millis(50));
-            if wait.is_zero() {
-                self.inner
-                    .counters
-                    .budget_timeouts
-                    .fetch_add(1, Ordering::Relaxed);
-                return Err(OpenError::Budget);
-            }
-            if let Ok(Ok(permit)) =
-                tokio::time::timeout(wait, budget.clone().acquire_many_owned(n)).await
-            {
-                return Ok(Some(permit));
+            tokio::select! {
+                permit = &mut acquire => {
+                    // The semaphore is never closed.
+                    return permit.map(Some).map_err(|_| OpenError::Budget);
+                }
+                _ = &mut deadline => {
+                    self.inner.counters.budget_timeouts.fetch_add(1, Ordering::Relaxed);
+                    return Err(OpenError::Budget);
+                }
+                _ = make_room.tick() => self.close_idle_pools(n as usize).await,
             }
         }
     }
@@ -321,7 +353,7 @@ impl TenantRegistry {
             .inner
             .pools
             .iter()
-            .filter(|(_, pool)| pool.in_use() == 0)
+            .filter(|(_, pool)| pool.is_idle())
             .map(|(id, pool)| {
                 (
                     pool.last_used.load(Ordering::Relaxed),

@@ -66,7 +66,7 @@ impl From<patient::Model> for PatientView {
 
 async fn list(
     ApiQuery(query): ApiQuery<PageQuery>,
-    TenantDb(db): TenantDb,
+    TenantDb(db, _lease): TenantDb,
 ) -> Result<Json<Page<PatientView>>> {
     let page = query.checked()?;
     let rows = Patient::find()
@@ -80,7 +80,7 @@ async fn list(
 }
 
 async fn create(
-    TenantDb(db): TenantDb,
+    TenantDb(db, _lease): TenantDb,
     ApiJson(input): ApiJson<PatientInput>,
 ) -> Result<(StatusCode, Json<PatientView>)> {
     let name = required_text("name", &input.name, 200)?;
@@ -108,7 +108,7 @@ async fn create(
     Ok((StatusCode::CREATED, Json(model.into())))
 }
 
-async fn show(IdPath(id): IdPath, TenantDb(db): TenantDb) -> Result<Json<PatientView>> {
+async fn show(IdPath(id): IdPath, TenantDb(db, _lease): TenantDb) -> Result<Json<PatientView>> {
     let model = Patient::find_by_id(id)
         .one(&db)
         .await?

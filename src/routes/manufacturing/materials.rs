@@ -61,7 +61,7 @@ impl From<material::Model> for MaterialView {
 
 async fn list(
     ApiQuery(query): ApiQuery<PageQuery>,
-    TenantDb(db): TenantDb,
+    TenantDb(db, _lease): TenantDb,
 ) -> Result<Json<Page<MaterialView>>> {
     let page = query.checked()?;
     let rows = Material::find()
@@ -75,7 +75,7 @@ async fn list(
 }
 
 async fn create(
-    TenantDb(db): TenantDb,
+    TenantDb(db, _lease): TenantDb,
     ApiJson(input): ApiJson<MaterialInput>,
 ) -> Result<(StatusCode, Json<MaterialView>)> {
     let name = required_text("name", &input.name, 200)?;
@@ -95,7 +95,7 @@ async fn create(
     Ok((StatusCode::CREATED, Json(model.into())))
 }
 
-async fn show(IdPath(id): IdPath, TenantDb(db): TenantDb) -> Result<Json<MaterialView>> {
+async fn show(IdPath(id): IdPath, TenantDb(db, _lease): TenantDb) -> Result<Json<MaterialView>> {
     let model = Material::find_by_id(id)
         .one(&db)
         .await?
