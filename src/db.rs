@@ -95,6 +95,87 @@ pub async fn create_tenant_database(
     db.close().await
 }
 
+/// Whether the tenant's storage exists: its SQLite file, its PostgreSQL database
+/// (database mode) or its schema (schema mode).
+pub async fn storage_exists(tenant: &TenantConfig, settings: &PoolSettings) -> Result<bool, DbErr> {
+    let url = tenant.database_url.expose();
+    if !url.starts_with("postgres") {
+        return Ok(sqlite_path(url).is_some_and(|p| Path::new(&p).exists()));
+    }
+    let (admin_url, sql, name) = match tenant.schema_name() {
+        Some(schema) => (
+            url.to_string(),
+            "SELECT 1 FROM information_schema.schemata WHERE schema_name = $1",
+            schema,
+        ),
+        None => (
+            maintenance_url(url)?,
+            "SELECT 1 FROM pg_database WHERE datname = $1",
+            database_name(url)?,
+        ),
+    };
+    let db = match connect_one(&admin_url, settings).await {
+        Ok(db) => db,
+        // The shared database of a schema-mode tenant may not exist either.
+        Err(e) if sql_state(&e).as_deref() == Some("3D000") => return Ok(false),
+        Err(e) => return Err(e),
+    };
+    let found = db
+        .query_one_raw(Statement::from_sql_and_values(DbBackend::Postgres, sql, [name.into()]))
+        .await;
+    let _ = db.close().await;
+    Ok(found?.is_some())
+}
+
+/// Removes the tenant's storage and all its data: the SQLite file, the database
+/// (`DROP DATABASE … WITH (FORCE)`) or the schema (`DROP SCHEMA … CASCADE`).
+pub async fn drop_storage(tenant: &TenantConfig, settings: &PoolSettings) -> Result<(), DbErr> {
+    let url = tenant.database_url.expose();
+    if !url.starts_with("postgres") {
+        if let Some(path) = sqlite_path(url) {
+            for suffix in ["", "-wal", "-shm", "-journal"] {
+                match std::fs::remove_file(format!("{path}{suffix}")) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(DbErr::Custom(format!("cannot remove the tenant's file: {e}"))),
+                }
+            }
+        }
+        return Ok(());
+    }
+    let (admin_url, sql) = match tenant.schema_name() {
+        Some(schema) => (url.to_string(), format!("DROP SCHEMA IF EXISTS {} CASCADE", quote_ident(&schema))),
+        None => (
+            maintenance_url(url)?,
+            format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", quote_ident(&database_name(url)?)),
+        ),
+    };
+    let db = connect_one(&admin_url, settings).await?;
+    let result = db.execute_unprepared(&sql).await;
+    let _ = db.close().await;
+    result.map(|_| ())
+}
+
+/// The file of a `sqlite:` URL, unless it is in memory.
+fn sqlite_path(url: &str) -> Option<String> {
+    let rest = url.strip_prefix("sqlite:")?;
+    let rest = rest.strip_prefix("//").unwrap_or(rest);
+    let path = rest.split('?').next().unwrap_or(rest);
+    (!path.is_empty() && !path.starts_with(":memory:")).then(|| path.to_string())
+}
+
+fn database_name(url: &str) -> Result<String, DbErr> {
+    let parsed = url::Url::parse(url).map_err(|_| DbErr::Custom("invalid database URL".into()))?;
+    Ok(parsed.path().trim_start_matches('/').to_string())
+}
+
+/// The same server's maintenance database, `postgres`.
+fn maintenance_url(url: &str) -> Result<String, DbErr> {
+    let mut parsed = url::Url::parse(url).map_err(|_| DbErr::Custom("invalid database URL".into()))?;
+    parsed.set_path("/postgres");
+    Ok(parsed.to_string())
+}
+
 async fn create_database_if_missing(url: &str, settings: &PoolSettings) -> Result<(), DbErr> {
     let mut parsed =
         url::Url::parse(url).map_err(|_| DbErr::Custom("invalid database URL".into()))?;

@@ -65,6 +65,9 @@ pub enum AppError {
     Forbidden(String),
     #[error("method not allowed")]
     MethodNotAllowed,
+    /// The request clashes with what exists (a duplicate tenant id or subdomain).
+    #[error("{0}")]
+    Conflict(String),
     /// A failure the client cannot fix; `detail` goes to the log, never to the client.
     #[error("internal error")]
     Internal { detail: String },
@@ -99,6 +102,7 @@ impl AppError {
             Self::Validation { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             Self::Unauthorized => StatusCode::UNAUTHORIZED,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            Self::Conflict(_) => StatusCode::CONFLICT,
             Self::Internal { .. } => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -118,6 +122,7 @@ impl AppError {
             Self::Unauthorized => "unauthorized",
             Self::Forbidden(_) => "forbidden",
             Self::MethodNotAllowed => "method_not_allowed",
+            Self::Conflict(_) => "conflict",
             Self::Internal { .. } => "internal_error",
         }
     }

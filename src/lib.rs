@@ -5,12 +5,15 @@
 //! only the features the tenant has ([`feature_gate`]).
 
 pub mod admin;
+pub mod control;
 pub mod db;
+pub mod demo;
 pub mod entities;
 pub mod error;
 pub mod extract;
 pub mod feature_gate;
 pub mod identify;
+pub mod lifecycle;
 pub mod routes;
 pub mod secret;
 pub mod settings;

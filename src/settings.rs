@@ -29,6 +29,8 @@ pub const ENV_KEYS: &[&str] = &[
     "POOL_ACQUIRE_TIMEOUT_SECS",
     "AUTO_MIGRATE",
     "AUTO_CREATE_DATABASES",
+    "CONTROL_DATABASE_URL",
+    "CONTROL_POLL_SECS",
     "MAX_TOTAL_CONNECTIONS",
     "BREAKER_COOLDOWN_SECS",
     "IDENTIFY_BY_SUBDOMAIN",
@@ -63,6 +65,10 @@ pub struct Settings {
     pub pool_connect_timeout_secs: u64,
     pub pool_acquire_timeout_secs: u64,
     pub auto_migrate: bool,
+    /// Where tenants added at run time are kept (multi-tenant mode).
+    pub control_database_url: Secret,
+    /// How often a replica looks for tenant changes made through another; 0: never.
+    pub control_poll_secs: u64,
     /// Create a missing PostgreSQL database or schema when a tenant's pool opens.
     pub auto_create_databases: bool,
     /// Bound on the connections all tenant pools hold together; 0: no bound beyond
@@ -114,6 +120,8 @@ impl Settings {
             .and_then(|b| b.set_default("pool_acquire_timeout_secs", 5))
             .and_then(|b| b.set_default("auto_migrate", true))
             .and_then(|b| b.set_default("auto_create_databases", false))
+            .and_then(|b| b.set_default("control_database_url", "sqlite://data/control.db?mode=rwc"))
+            .and_then(|b| b.set_default("control_poll_secs", 5))
             .and_then(|b| b.set_default("max_total_connections", 0))
             .and_then(|b| b.set_default("breaker_cooldown_secs", 2))
             .and_then(|b| b.set_default("identify_by_subdomain", true))
@@ -154,7 +162,10 @@ impl Settings {
         {
             return Err("settings: BASE_DOMAIN must be a host name such as example.com".into());
         }
-        if !self.multi_tenant_enabled {
+        if self.multi_tenant_enabled {
+            crate::tenant::check_database_url(self.control_database_url.expose())
+                .map_err(|m| format!("settings: CONTROL_DATABASE_URL {m}"))?;
+        } else {
             crate::tenant::check_database_url(self.database_url.expose())
                 .map_err(|m| format!("settings: DATABASE_URL {m}"))?;
         }

@@ -7,6 +7,8 @@ use tokio::net::TcpListener;
 
 use crate::{
     admin,
+    control::ControlStore,
+    lifecycle::{self, Lifecycle},
     secret::Secret,
     settings::{IdentifySettings, Settings},
     tenant::{
@@ -23,6 +25,8 @@ pub struct AppState {
     /// `Some` in single-tenant mode: the one tenant every request is served as.
     pub single_tenant: Option<Arc<TenantConfig>>,
     pub admin_token: Arc<Secret>,
+    /// Provisioning and changes at run time (multi-tenant mode).
+    pub lifecycle: Option<Arc<Lifecycle>>,
 }
 
 /// Why the service could not start.
@@ -30,6 +34,8 @@ pub struct AppState {
 pub enum StartupError {
     Settings(String),
     Tenants(Vec<ConfigError>),
+    /// The control database could not be opened (the detail is already scrubbed).
+    Control(String),
     Bind(std::io::Error),
 }
 
@@ -44,6 +50,7 @@ impl fmt::Display for StartupError {
                 }
                 Ok(())
             }
+            Self::Control(m) => write!(f, "cannot open the control database (CONTROL_DATABASE_URL): {m}"),
             Self::Bind(e) => write!(f, "cannot listen: {e}"),
         }
     }
@@ -61,18 +68,28 @@ pub struct Application {
 impl Application {
     /// Loads tenants, builds the registry (opening no pool) and binds the listener.
     pub async fn build(settings: Settings) -> Result<Self, StartupError> {
-        let (tenants, single_tenant) = if settings.multi_tenant_enabled {
+        let (tenants, single_tenant, control) = if settings.multi_tenant_enabled {
             let (file, required) = settings.tenants_file();
             let env = settings.tenant_configs.as_ref().map(|s| s.expose());
-            let tenants =
-                load_tenants(Some(&file), required, env).map_err(StartupError::Tenants)?;
+            let base = load_tenants(Some(&file), required, env).map_err(StartupError::Tenants)?;
+            let control = ControlStore::open(settings.control_database_url.expose())
+                .await
+                .map_err(|e| StartupError::Control(crate::db::redact_error(&e)))?;
+            let (rows, errors) = control
+                .load()
+                .await
+                .map_err(|e| StartupError::Control(crate::db::redact_error(&e)))?;
+            for e in errors {
+                tracing::error!(error = %e, "control database tenant left out");
+            }
+            let tenants = lifecycle::merge(&base, rows);
             if tenants.is_empty() {
                 tracing::warn!("no tenants are configured; every tenant request will be refused");
             }
-            (tenants, None)
+            (tenants, None, Some((control, base)))
         } else {
             let single = single_tenant_config(&settings);
-            (vec![single.clone()], Some(Arc::new(single)))
+            (vec![single.clone()], Some(Arc::new(single)), None)
         };
         tracing::info!(
             tenants = tenants.len(),
@@ -90,11 +107,23 @@ impl Application {
             }
         };
 
+        let registry = TenantRegistry::new(tenants, settings.pools());
+        let lifecycle = control.map(|(control, base)| {
+            let lifecycle = Arc::new(Lifecycle::new(registry.clone(), control, base, settings.pools()));
+            if settings.control_poll_secs > 0 {
+                lifecycle::spawn_poller(
+                    Arc::downgrade(&lifecycle),
+                    std::time::Duration::from_secs(settings.control_poll_secs),
+                );
+            }
+            lifecycle
+        });
         let state = AppState {
-            registry: TenantRegistry::new(tenants, settings.pools()),
+            registry,
             identify: Arc::new(settings.identification()),
             single_tenant,
             admin_token: Arc::new(admin_token),
+            lifecycle,
         };
         let listener = TcpListener::bind((settings.host.as_str(), settings.port))
             .await

@@ -6,6 +6,7 @@
 
 pub use sea_orm_migration::prelude::*;
 
+pub mod control;
 mod m20261123_000001_create_products;
 mod m20261123_000002_create_patients;
 mod m20261123_000003_create_materials;

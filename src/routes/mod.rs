@@ -1,6 +1,7 @@
 //! The HTTP surface: each area exposes `router()`, merged here with the layers that
 //! guard it.
 
+pub mod admin_tenants;
 pub mod dental;
 pub mod manufacturing;
 pub mod pagination;

@@ -79,6 +79,11 @@ fn tenant_from_path(state: &AppState, raw: &str) -> Result<std::sync::Arc<Tenant
         .ok_or_else(|| AppError::TenantNotFound(id.to_string()))
 }
 
+/// The operator's view of one tenant, as JSON.
+pub fn tenant_view(state: &AppState, tenant: &TenantConfig) -> Value {
+    json!(TenantView::new(tenant, state.registry.is_open(&tenant.id)))
+}
+
 async fn list(State(state): State<AppState>) -> Json<Value> {
     let tenants = state.registry.list();
     let views: Vec<_> = tenants

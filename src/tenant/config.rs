@@ -20,6 +20,8 @@ pub enum TenantSource {
     File,
     /// The `TENANT_CONFIGS` environment variable.
     Env,
+    /// The control database: added or changed at run time through the admin API.
+    Control,
     /// Single-tenant mode's one implicit tenant, served from `DATABASE_URL`.
     SingleTenant,
 }
@@ -224,6 +226,37 @@ pub fn parse_tenants_json(text: &str) -> Result<Vec<TenantConfig>, Vec<ConfigErr
         }),
         TenantSource::Env,
     )
+}
+
+/// Validates one entry given as JSON (the shape of a `TENANT_CONFIGS` entry), as
+/// the admin API and the control database give them.
+pub fn parse_tenant_entry(
+    id: &str,
+    value: &serde_json::Value,
+    source: TenantSource,
+) -> Result<TenantConfig, Vec<ConfigError>> {
+    let raw = serde_path_to_error::deserialize::<_, RawTenant>(value);
+    validate_entries(std::iter::once((id, raw.map_err(path_error))), source)
+        .map(|mut list| list.remove(0))
+}
+
+impl TenantConfig {
+    /// The entry in the shape [`parse_tenant_entry`] reads, database URL included:
+    /// for storage in the control database only, never for a response.
+    pub fn to_entry(&self) -> serde_json::Value {
+        serde_json::json!({
+            "database_url": self.database_url.expose(),
+            "domain": self.domain,
+            "subdomain": self.subdomain,
+            "features": self.explicit_features,
+            "branding": self.branding,
+            "gst_number": self.gst_number,
+            "contact_info": self.contact_info,
+            "is_active": self.is_active,
+            "max_connections": self.pool.max_connections,
+            "isolation": self.isolation,
+        })
+    }
 }
 
 /// Turns a deserialization error into (field, message) without echoing values.

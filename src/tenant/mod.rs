@@ -7,7 +7,8 @@ mod registry;
 pub(crate) use config::check_database_url;
 pub use config::{
     Branding, ConfigError, ContactInfo, Isolation, MAX_SCHEMA_TENANT_ID_LEN, PoolOverrides,
-    TenantConfig, TenantSource, load_tenants, parse_tenants_json, parse_tenants_toml,
+    TenantConfig, TenantSource, load_tenants, parse_tenant_entry, parse_tenants_json,
+    parse_tenants_toml,
 };
 pub use id::TenantId;
 pub use registry::{PoolLease, PoolStats, TenantRegistry};

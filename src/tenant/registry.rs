@@ -204,6 +204,70 @@ impl TenantRegistry {
         }
     }
 
+    /// Replaces every tenant at once (a reload). Pools of tenants that are gone, or
+    /// whose database settings changed, are closed; the others stay open.
+    pub async fn replace_all(&self, tenants: Vec<TenantConfig>) {
+        let new = Arc::new(TenantTable::new(tenants));
+        let old = self.swap_table(new.clone());
+        for (id, before) in &old.by_id {
+            let keep = new.by_id.get(id).is_some_and(|after| same_storage(before, after));
+            if !keep {
+                self.inner.pools.invalidate(id).await;
+            }
+        }
+        self.inner.pools.run_pending_tasks().await;
+    }
+
+    /// Adds or replaces one tenant; its pool is closed if its database settings
+    /// changed, so the next request opens the new one.
+    pub async fn upsert(&self, tenant: TenantConfig) {
+        let id = tenant.id.clone();
+        let mut changed_storage = false;
+        self.update_table(|table| {
+            if let Some(old) = table.by_id.get(&id) {
+                table.by_subdomain.remove(&old.subdomain);
+                changed_storage = !same_storage(old, &tenant);
+            }
+            table.by_subdomain.insert(tenant.subdomain.clone(), id.clone());
+            table.by_id.insert(id.clone(), Arc::new(tenant));
+        });
+        if changed_storage {
+            self.inner.pools.invalidate(&id).await;
+        }
+    }
+
+    /// Removes a tenant and closes its pool; returns its last configuration.
+    pub async fn remove(&self, id: &TenantId) -> Option<Arc<TenantConfig>> {
+        let mut removed = None;
+        self.update_table(|table| {
+            removed = table.by_id.remove(id);
+            if let Some(old) = &removed {
+                table.by_subdomain.remove(&old.subdomain);
+            }
+        });
+        self.inner.pools.invalidate(id).await;
+        self.inner.pools.run_pending_tasks().await;
+        self.breakers().remove(id);
+        removed
+    }
+
+    fn swap_table(&self, new: Arc<TenantTable>) -> Arc<TenantTable> {
+        let mut guard = self.inner.table.write().unwrap_or_else(|p| p.into_inner());
+        std::mem::replace(&mut *guard, new)
+    }
+
+    /// Copies the table, changes the copy, and swaps it in; readers never wait on
+    /// the change.
+    fn update_table(&self, change: impl FnOnce(&mut TenantTable)) {
+        let mut guard = self.inner.table.write().unwrap_or_else(|p| p.into_inner());
+        let mut table = TenantTable {
+            by_id: guard.by_id.clone(),
+            by_subdomain: guard.by_subdomain.clone(),
+        };
+        change(&mut table);
+        *guard = Arc::new(table);
+    }
+
     /// The tenant's configuration, if it is registered.
     pub fn get(&self, id: &str) -> Option<Arc<TenantConfig>> {
         self.table().by_id.get(id).cloned()
@@ -493,6 +557,11 @@ impl TenantRegistry {
         self.inner.pools.invalidate_all();
         self.inner.pools.run_pending_tasks().await;
     }
+}
+
+/// Whether two configurations of a tenant open the same pool.
+fn same_storage(a: &TenantConfig, b: &TenantConfig) -> bool {
+    a.database_url == b.database_url && a.isolation == b.isolation && a.pool.max_connections == b.pool.max_connections
 }
 
 /// Why a pool did not open.

@@ -1,0 +1,194 @@
+//! The control database: tenants added, changed or suspended at run time, shared by
+//! every replica of the router.
+//!
+//! A SQLite file by default (`CONTROL_DATABASE_URL`), PostgreSQL in production. Rows
+//! are validated with the same rules as `tenants.toml` when they are loaded.
+
+use chrono::Utc;
+use migration::{MigratorTrait, control::ControlMigrator};
+use sea_orm::{
+    ActiveModelTrait, ActiveValue::Set, ColumnTrait, ConnectOptions, Database, DatabaseConnection, DbErr,
+    EntityTrait, PaginatorTrait, QueryFilter, QuerySelect, sea_query::Expr,
+};
+use serde_json::Value;
+
+use crate::tenant::{ConfigError, TenantConfig, TenantSource, parse_tenant_entry};
+
+/// The `tenant_configs` table.
+pub mod tenant_config {
+    use sea_orm::entity::prelude::*;
+
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "tenant_configs")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub id: String,
+        pub database_url: String,
+        pub domain: String,
+        pub subdomain: String,
+        pub features: Option<Json>,
+        pub branding: Json,
+        pub gst_number: Option<String>,
+        pub contact_info: Json,
+        pub is_active: bool,
+        pub max_connections: Option<i32>,
+        pub isolation: String,
+        pub state: String,
+        pub created_at: DateTimeUtc,
+        pub updated_at: DateTimeUtc,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+use tenant_config::{ActiveModel, Column, Entity as TenantConfigs, Model};
+
+const PROVISIONING: &str = "provisioning";
+const READY: &str = "ready";
+
+/// What changed in the control database, cheaply: row count and newest update.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fingerprint(u64, Option<chrono::DateTime<Utc>>);
+
+/// The control database.
+#[derive(Clone)]
+pub struct ControlStore {
+    db: DatabaseConnection,
+}
+
+impl ControlStore {
+    /// Opens (creating a SQLite file if needed) and migrates the control database.
+    pub async fn open(url: &str) -> Result<Self, DbErr> {
+        if let Some(path) = url.strip_prefix("sqlite://").map(|r| r.split('?').next().unwrap_or(r))
+            && let Some(dir) = std::path::Path::new(path).parent()
+            && !dir.as_os_str().is_empty()
+        {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| DbErr::Custom(format!("cannot create the control database's directory: {e}")))?;
+        }
+        let mut options = ConnectOptions::new(url.to_string());
+        options.max_connections(4).min_connections(0).sqlx_logging(false);
+        let db = Database::connect(options).await?;
+        ControlMigrator::up(&db, None).await?;
+        Ok(Self { db })
+    }
+
+    /// Every ready tenant, validated; rows that fail validation are returned as
+    /// errors (naming the tenant and field) rather than served.
+    pub async fn load(&self) -> Result<(Vec<TenantConfig>, Vec<ConfigError>), DbErr> {
+        let rows = TenantConfigs::find().filter(Column::State.eq(READY)).all(&self.db).await?;
+        let mut tenants = Vec::with_capacity(rows.len());
+        let mut errors = Vec::new();
+        for row in rows {
+            match parse_tenant_entry(&row.id, &entry_of(&row), TenantSource::Control) {
+                Ok(config) => tenants.push(config),
+                Err(mut e) => errors.append(&mut e),
+            }
+        }
+        Ok((tenants, errors))
+    }
+
+    /// Claims `config.id` for provisioning. `false` if the id is taken (by a ready
+    /// tenant or by a provisioning under way elsewhere).
+    pub async fn claim(&self, config: &TenantConfig) -> Result<bool, DbErr> {
+        let row = active_model(config, PROVISIONING);
+        match TenantConfigs::insert(row).exec(&self.db).await {
+            Ok(_) => Ok(true),
+            Err(e) if is_unique_violation(&e) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Marks a claimed tenant ready: from now on it is loaded and served.
+    pub async fn mark_ready(&self, id: &str) -> Result<(), DbErr> {
+        TenantConfigs::update_many()
+            .col_expr(Column::State, Expr::value(READY))
+            .col_expr(Column::UpdatedAt, Expr::value(Utc::now()))
+            .filter(Column::Id.eq(id))
+            .exec(&self.db)
+            .await
+            .map(|_| ())
+    }
+
+    /// Writes `config` as a ready row, inserting or replacing.
+    pub async fn save(&self, config: &TenantConfig) -> Result<(), DbErr> {
+        let existing = TenantConfigs::find_by_id(config.id.as_str()).one(&self.db).await?;
+        let mut row = active_model(config, READY);
+        match existing {
+            Some(old) => {
+                row.created_at = Set(old.created_at);
+                row.update(&self.db).await.map(|_| ())
+            }
+            None => TenantConfigs::insert(row).exec(&self.db).await.map(|_| ()),
+        }
+    }
+
+    /// Removes a tenant's row; `false` if there was none.
+    pub async fn delete(&self, id: &str) -> Result<bool, DbErr> {
+        let result = TenantConfigs::delete_by_id(id).exec(&self.db).await?;
+        Ok(result.rows_affected > 0)
+    }
+
+    /// Whether the control database holds a row (of any state) for `id`.
+    pub async fn contains(&self, id: &str) -> Result<bool, DbErr> {
+        Ok(TenantConfigs::find_by_id(id).count(&self.db).await? > 0)
+    }
+
+    /// Row count and newest `updated_at`: replicas poll this to notice changes.
+    pub async fn fingerprint(&self) -> Result<Fingerprint, DbErr> {
+        let count = TenantConfigs::find().count(&self.db).await?;
+        let newest: Option<chrono::DateTime<Utc>> = TenantConfigs::find()
+            .select_only()
+            .column_as(Column::UpdatedAt.max(), "newest")
+            .into_tuple::<Option<chrono::DateTime<Utc>>>()
+            .one(&self.db)
+            .await?
+            .flatten();
+        Ok(Fingerprint(count, newest))
+    }
+}
+
+fn active_model(config: &TenantConfig, state: &str) -> ActiveModel {
+    let entry = config.to_entry();
+    let now = Utc::now();
+    ActiveModel {
+        id: Set(config.id.to_string()),
+        database_url: Set(config.database_url.expose().to_string()),
+        domain: Set(entry["domain"].as_str().unwrap_or("default").to_string()),
+        subdomain: Set(config.subdomain.clone()),
+        features: Set(config.explicit_features.as_ref().map(|_| entry["features"].clone())),
+        branding: Set(entry["branding"].clone()),
+        gst_number: Set(config.gst_number.clone()),
+        contact_info: Set(entry["contact_info"].clone()),
+        is_active: Set(config.is_active),
+        max_connections: Set(config.pool.max_connections.map(|n| n as i32)),
+        isolation: Set(entry["isolation"].as_str().unwrap_or("database").to_string()),
+        state: Set(state.to_string()),
+        created_at: Set(now),
+        updated_at: Set(now),
+    }
+}
+
+/// A row as a `TENANT_CONFIGS`-shaped entry, for the shared validator.
+fn entry_of(row: &Model) -> Value {
+    serde_json::json!({
+        "database_url": row.database_url,
+        "domain": row.domain,
+        "subdomain": row.subdomain,
+        "features": row.features,
+        "branding": row.branding,
+        "gst_number": row.gst_number,
+        "contact_info": row.contact_info,
+        "is_active": row.is_active,
+        "max_connections": row.max_connections,
+        "isolation": row.isolation,
+    })
+}
+
+fn is_unique_violation(err: &DbErr) -> bool {
+    // PostgreSQL 23505; SQLite 2067 (SQLITE_CONSTRAINT_UNIQUE) and 1555 (PRIMARYKEY).
+    matches!(crate::db::sql_state(err).as_deref(), Some("23505" | "2067" | "1555"))
+}

@@ -1,0 +1,287 @@
+//! Tenant lifecycle without restarts: provisioning, changing, suspending and
+//! removing tenants, kept in the control database and applied to the registry of
+//! this replica at once and of the others on their next poll.
+//!
+//! The registry serves the tenants of `tenants.toml` and `TENANT_CONFIGS` (the
+//! base) with the control database's rows on top: a row replaces a base entry with
+//! the same id (a change made through the API to a file tenant).
+
+use std::{
+    collections::HashSet,
+    sync::{Arc, Mutex, RwLock},
+    time::Duration,
+};
+
+use sea_orm::DbErr;
+use serde_json::{Map, Value};
+
+use crate::{
+    control::{ControlStore, Fingerprint},
+    db, demo,
+    error::{AppError, Result},
+    settings::PoolSettings,
+    tenant::{ConfigError, TenantConfig, TenantId, TenantRegistry, TenantSource, parse_tenant_entry},
+};
+
+/// Fields `PATCH /api/admin/tenants/{id}` may change.
+const PATCHABLE: [&str; 8] = [
+    "is_active",
+    "features",
+    "branding",
+    "contact_info",
+    "gst_number",
+    "domain",
+    "subdomain",
+    "max_connections",
+];
+
+/// Provisioning, changes and removal of tenants.
+pub struct Lifecycle {
+    registry: TenantRegistry,
+    control: ControlStore,
+    base: RwLock<Vec<TenantConfig>>,
+    pools: PoolSettings,
+    seen: Mutex<Option<Fingerprint>>,
+}
+
+/// The base tenants with the control rows on top. A control row whose subdomain
+/// another tenant already uses is left out (and logged).
+pub fn merge(base: &[TenantConfig], control: Vec<TenantConfig>) -> Vec<TenantConfig> {
+    let overridden: HashSet<&TenantId> = control.iter().map(|t| &t.id).collect();
+    let mut merged: Vec<TenantConfig> = base.iter().filter(|t| !overridden.contains(&t.id)).cloned().collect();
+    let mut labels: HashSet<String> = merged.iter().map(|t| t.subdomain.clone()).collect();
+    for tenant in control {
+        if labels.insert(tenant.subdomain.clone()) {
+            merged.push(tenant);
+        } else {
+            tracing::error!(tenant_id = %tenant.id, subdomain = %tenant.subdomain, "control database tenant left out: its subdomain is taken");
+        }
+    }
+    merged.sort_by(|a, b| a.id.cmp(&b.id));
+    merged
+}
+
+fn validation(errors: Vec<ConfigError>) -> AppError {
+    let field = errors.first().map(|e| e.field.clone());
+    let message = errors.iter().map(|e| format!("{}: {}", e.field, e.message)).collect::<Vec<_>>().join("; ");
+    AppError::Validation { field, message }
+}
+
+fn storage_error(step: &str, err: &DbErr) -> AppError {
+    tracing::warn!(step, error = %db::redact_error(err), "provisioning step failed");
+    if db::is_unavailable(err) {
+        AppError::TenantUnavailable {
+            retry_after_secs: 1,
+            during_query: false,
+        }
+    } else {
+        AppError::internal(format!("{step}: {}", db::redact_error(err)))
+    }
+}
+
+impl Lifecycle {
+    pub fn new(registry: TenantRegistry, control: ControlStore, base: Vec<TenantConfig>, pools: PoolSettings) -> Self {
+        Self {
+            registry,
+            control,
+            base: RwLock::new(base),
+            pools,
+            seen: Mutex::new(None),
+        }
+    }
+
+    fn base(&self) -> Vec<TenantConfig> {
+        self.base.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Replaces the base tenants (a reload of the file) and re-applies the control
+    /// rows on top.
+    pub async fn set_base(&self, base: Vec<TenantConfig>) -> Result<(), DbErr> {
+        *self.base.write().unwrap_or_else(|p| p.into_inner()) = base;
+        self.refresh().await
+    }
+
+    /// Reloads the control rows into the registry.
+    pub async fn refresh(&self) -> Result<(), DbErr> {
+        let (rows, errors) = self.control.load().await?;
+        for e in errors {
+            tracing::error!(error = %e, "control database tenant left out");
+        }
+        self.registry.replace_all(merge(&self.base(), rows)).await;
+        Ok(())
+    }
+
+    /// Refreshes when the control database changed since the last look: how a
+    /// change made through another replica reaches this one.
+    pub async fn poll(&self) -> Result<bool, DbErr> {
+        let now = self.control.fingerprint().await?;
+        let changed = {
+            let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+            let changed = seen.as_ref() != Some(&now);
+            *seen = Some(now);
+            changed
+        };
+        if changed {
+            self.refresh().await?;
+        }
+        Ok(changed)
+    }
+
+    /// Provisions a tenant from `body` (the fields of a tenants-file entry, plus
+    /// `id` and optionally `seed_demo_data`): validate, claim the id, create and
+    /// migrate its storage, seed, register. A failure undoes what this call made,
+    /// so a retry starts clean.
+    pub async fn provision(&self, body: Value) -> Result<Arc<TenantConfig>> {
+        let Value::Object(mut fields) = body else {
+            return Err(AppError::validation("body", "expected a JSON object"));
+        };
+        let id = match fields.remove("id") {
+            Some(Value::String(id)) => id,
+            Some(_) => return Err(AppError::validation("id", "id must be a string")),
+            None => return Err(AppError::validation("id", "id is required")),
+        };
+        let seed = match fields.remove("seed_demo_data") {
+            None | Some(Value::Bool(false)) => false,
+            Some(Value::Bool(true)) => true,
+            Some(_) => return Err(AppError::validation("seed_demo_data", "seed_demo_data must be true or false")),
+        };
+        let config = parse_tenant_entry(&id, &Value::Object(fields), TenantSource::Control).map_err(validation)?;
+        self.check_free(&config, None)?;
+        if !self.control.claim(&config).await.map_err(|e| storage_error("claim", &e))? {
+            return Err(AppError::Conflict(format!("tenant '{}' already exists", config.id)));
+        }
+        match self.make_storage(&config, seed).await {
+            Ok(()) => {}
+            Err(e) => {
+                if let Err(undo) = self.control.delete(config.id.as_str()).await {
+                    tracing::error!(tenant_id = %config.id, error = %db::redact_error(&undo), "could not release the claim");
+                }
+                return Err(e);
+            }
+        }
+        self.control.mark_ready(config.id.as_str()).await.map_err(|e| storage_error("register", &e))?;
+        self.registry.upsert(config.clone()).await;
+        tracing::info!(tenant_id = %config.id, "tenant provisioned");
+        self.registry
+            .get(config.id.as_str())
+            .ok_or_else(|| AppError::internal("provisioned tenant missing from the registry"))
+    }
+
+    /// Creates and migrates the storage (and seeds it); drops what it created if a
+    /// later step fails.
+    async fn make_storage(&self, config: &TenantConfig, seed: bool) -> Result<()> {
+        let existed = db::storage_exists(config, &self.pools)
+            .await
+            .map_err(|e| storage_error("check storage", &e))?;
+        let result = async {
+            db::create_tenant_database(config, &self.pools)
+                .await
+                .map_err(|e| storage_error("create and migrate", &e))?;
+            if seed {
+                let pool = db::open_pool(config, 1, &self.pools)
+                    .await
+                    .map_err(|e| storage_error("seed", &e))?;
+                let seeded = demo::seed(&pool, config).await;
+                let _ = pool.close().await;
+                seeded.map_err(|e| storage_error("seed", &e))?;
+            }
+            Ok(())
+        }
+        .await;
+        if result.is_err() && !existed {
+            if let Err(e) = db::drop_storage(config, &self.pools).await {
+                tracing::error!(tenant_id = %config.id, error = %db::redact_error(&e), "could not remove half-made storage");
+            }
+        }
+        result
+    }
+
+    /// A 409 if `config`'s id (when `replacing` is `None`) or subdomain is taken.
+    fn check_free(&self, config: &TenantConfig, replacing: Option<&TenantId>) -> Result<()> {
+        if replacing.is_none() && self.registry.get(config.id.as_str()).is_some() {
+            return Err(AppError::Conflict(format!("tenant '{}' already exists", config.id)));
+        }
+        if let Some(owner) = self.registry.by_subdomain(&config.subdomain)
+            && owner != config.id
+        {
+            return Err(AppError::Conflict(format!(
+                "subdomain '{}' belongs to tenant '{owner}'",
+                config.subdomain
+            )));
+        }
+        Ok(())
+    }
+
+    /// Applies a partial change (activate or suspend, features, branding, contact
+    /// details, domain, subdomain, pool size); takes effect on the next request.
+    pub async fn update(&self, id: &str, patch: Value) -> Result<Arc<TenantConfig>> {
+        let current = self.existing(id)?;
+        let Value::Object(patch) = patch else {
+            return Err(AppError::validation("body", "expected a JSON object"));
+        };
+        let mut entry: Map<String, Value> = match current.to_entry() {
+            Value::Object(map) => map,
+            _ => return Err(AppError::internal("tenant entry is not an object")),
+        };
+        for (key, value) in patch {
+            if !PATCHABLE.contains(&key.as_str()) {
+                return Err(AppError::validation(
+                    key.clone(),
+                    format!("{key} cannot be changed here (changeable: {})", PATCHABLE.join(", ")),
+                ));
+            }
+            entry.insert(key, value);
+        }
+        let config = parse_tenant_entry(id, &Value::Object(entry), TenantSource::Control).map_err(validation)?;
+        self.check_free(&config, Some(&current.id))?;
+        self.control.save(&config).await.map_err(|e| storage_error("save", &e))?;
+        self.registry.upsert(config).await;
+        tracing::info!(tenant_id = %id, "tenant changed");
+        self.existing(id)
+    }
+
+    /// Removes a tenant added at run time: its row goes, its pool closes, and its
+    /// storage is dropped only when `drop_storage` says so.
+    pub async fn deprovision(&self, id: &str, drop_storage: bool) -> Result<()> {
+        let current = self.existing(id)?;
+        if current.source != TenantSource::Control {
+            return Err(AppError::Conflict(format!(
+                "tenant '{id}' is defined in the tenants file or TENANT_CONFIGS: remove it there"
+            )));
+        }
+        self.control.delete(id).await.map_err(|e| storage_error("delete", &e))?;
+        self.registry.remove(&current.id).await;
+        if drop_storage {
+            db::drop_storage(&current, &self.pools)
+                .await
+                .map_err(|e| storage_error("drop storage", &e))?;
+        }
+        // A file tenant that the removed row had overridden comes back.
+        self.refresh().await.map_err(|e| storage_error("refresh", &e))?;
+        tracing::info!(tenant_id = %id, dropped_storage = drop_storage, "tenant deprovisioned");
+        Ok(())
+    }
+
+    fn existing(&self, raw: &str) -> Result<Arc<TenantConfig>> {
+        let id = TenantId::parse(raw).map_err(|m| AppError::InvalidTenantId(format!("path: {m}")))?;
+        self.registry
+            .get(id.as_str())
+            .ok_or_else(|| AppError::TenantNotFound(id.to_string()))
+    }
+}
+
+/// Polls the control database every `every` so that changes made through other
+/// replicas arrive here. Ends when the lifecycle is dropped.
+pub fn spawn_poller(lifecycle: std::sync::Weak<Lifecycle>, every: Duration) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let Some(lifecycle) = lifecycle.upgrade() else { break };
+            if let Err(e) = lifecycle.poll().await {
+                tracing::warn!(error = %db::redact_error(&e), "polling the control database failed");
+            }
+        }
+    });
+}

@@ -1,0 +1,100 @@
+//! `/api/admin/tenants…` (admin token): provisioning, changes, removal and
+//! migrations of tenants, without a restart.
+
+use axum::{
+    Json, Router,
+    extract::{Path, State},
+    http::StatusCode,
+    routing::{get, post},
+};
+use migration::{Migrator, MigratorTrait};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use crate::{
+    error::{AppError, Result},
+    extract::{ApiJson, ApiQuery},
+    lifecycle::Lifecycle,
+    routes::tenants::tenant_view,
+    startup::AppState,
+    tenant::TenantId,
+};
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/api/admin/tenants", post(create))
+        .route("/api/admin/tenants/{id}", axum::routing::patch(update).delete(remove))
+        .route("/api/admin/tenants/{id}/migrate", post(migrate))
+        .route("/api/admin/tenants/{id}/migrations", get(migrations))
+}
+
+fn lifecycle(state: &AppState) -> Result<&Lifecycle> {
+    state
+        .lifecycle
+        .as_deref()
+        .ok_or_else(|| AppError::NotFound("tenant management is off in single-tenant mode".into()))
+}
+
+async fn create(State(state): State<AppState>, ApiJson(body): ApiJson<Value>) -> Result<(StatusCode, Json<Value>)> {
+    let tenant = lifecycle(&state)?.provision(body).await?;
+    Ok((StatusCode::CREATED, Json(tenant_view(&state, &tenant))))
+}
+
+async fn update(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    ApiJson(body): ApiJson<Value>,
+) -> Result<Json<Value>> {
+    let tenant = lifecycle(&state)?.update(&id, body).await?;
+    Ok(Json(tenant_view(&state, &tenant)))
+}
+
+#[derive(Debug, Deserialize)]
+struct RemoveQuery {
+    #[serde(default)]
+    drop_database: bool,
+}
+
+async fn remove(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    ApiQuery(query): ApiQuery<RemoveQuery>,
+) -> Result<StatusCode> {
+    lifecycle(&state)?.deprovision(&id, query.drop_database).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+fn tenant(state: &AppState, raw: &str) -> Result<std::sync::Arc<crate::tenant::TenantConfig>> {
+    let id = TenantId::parse(raw).map_err(|m| AppError::InvalidTenantId(format!("path: {m}")))?;
+    state
+        .registry
+        .get(id.as_str())
+        .ok_or_else(|| AppError::TenantNotFound(id.to_string()))
+}
+
+/// Each migration of the tenant's database with its status.
+async fn migration_list(db: &sea_orm::DatabaseConnection) -> Result<Vec<Value>> {
+    let list = Migrator::get_migration_with_status(db).await?;
+    Ok(list
+        .iter()
+        .map(|m| json!({ "name": m.name(), "status": m.status().to_string().to_lowercase() }))
+        .collect())
+}
+
+async fn migrate(State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<Value>> {
+    let tenant = tenant(&state, &id)?;
+    let db = state.registry.pool(&tenant).await?;
+    let pending_before = Migrator::get_pending_migrations(&db).await?.len();
+    Migrator::up(&db, None).await?;
+    Ok(Json(json!({
+        "tenant_id": tenant.id,
+        "applied": pending_before,
+        "migrations": migration_list(&db).await?,
+    })))
+}
+
+async fn migrations(State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<Value>> {
+    let tenant = tenant(&state, &id)?;
+    let db = state.registry.pool(&tenant).await?;
+    Ok(Json(json!({ "tenant_id": tenant.id, "migrations": migration_list(&db).await? })))
+}
