@@ -18,6 +18,8 @@ if [ -z "${TEST_DATABASE_URL:-}" ]; then
   export TEST_DATABASE_URL="$PG_URL"
 else
   log "using the PostgreSQL server in TEST_DATABASE_URL"
+  # Some tests start small clusters of their own: they need the server's programs.
+  ensure_pg_bin
 fi
 
 cargo test --workspace --locked "$@"

@@ -7,8 +7,8 @@
 use chrono::Utc;
 use migration::{MigratorTrait, control::ControlMigrator};
 use sea_orm::{
-    ActiveModelTrait, ActiveValue::Set, ColumnTrait, ConnectOptions, Database, DatabaseConnection, DbErr,
-    EntityTrait, PaginatorTrait, QueryFilter, QuerySelect, sea_query::Expr,
+    ActiveModelTrait, ActiveValue::Set, ColumnTrait, ConnectOptions, Database, DatabaseConnection,
+    DbErr, EntityTrait, PaginatorTrait, QueryFilter, QuerySelect, sea_query::Expr,
 };
 use serde_json::Value;
 
@@ -62,15 +62,12 @@ pub struct ControlStore {
 impl ControlStore {
     /// Opens (creating a SQLite file if needed) and migrates the control database.
     pub async fn open(url: &str) -> Result<Self, DbErr> {
-        if let Some(path) = url.strip_prefix("sqlite://").map(|r| r.split('?').next().unwrap_or(r))
-            && let Some(dir) = std::path::Path::new(path).parent()
-            && !dir.as_os_str().is_empty()
-        {
-            std::fs::create_dir_all(dir)
-                .map_err(|e| DbErr::Custom(format!("cannot create the control database's directory: {e}")))?;
-        }
-        let mut options = ConnectOptions::new(url.to_string());
-        options.max_connections(4).min_connections(0).sqlx_logging(false);
+        let url = crate::db::prepare_url(url)?;
+        let mut options = ConnectOptions::new(url);
+        options
+            .max_connections(4)
+            .min_connections(0)
+            .sqlx_logging(false);
         let db = Database::connect(options).await?;
         ControlMigrator::up(&db, None).await?;
         Ok(Self { db })
@@ -79,7 +76,10 @@ impl ControlStore {
     /// Every ready tenant, validated; rows that fail validation are returned as
     /// errors (naming the tenant and field) rather than served.
     pub async fn load(&self) -> Result<(Vec<TenantConfig>, Vec<ConfigError>), DbErr> {
-        let rows = TenantConfigs::find().filter(Column::State.eq(READY)).all(&self.db).await?;
+        let rows = TenantConfigs::find()
+            .filter(Column::State.eq(READY))
+            .all(&self.db)
+            .await?;
         let mut tenants = Vec::with_capacity(rows.len());
         let mut errors = Vec::new();
         for row in rows {
@@ -115,7 +115,9 @@ impl ControlStore {
 
     /// Writes `config` as a ready row, inserting or replacing.
     pub async fn save(&self, config: &TenantConfig) -> Result<(), DbErr> {
-        let existing = TenantConfigs::find_by_id(config.id.as_str()).one(&self.db).await?;
+        let existing = TenantConfigs::find_by_id(config.id.as_str())
+            .one(&self.db)
+            .await?;
         let mut row = active_model(config, READY);
         match existing {
             Some(old) => {
@@ -159,13 +161,19 @@ fn active_model(config: &TenantConfig, state: &str) -> ActiveModel {
         database_url: Set(config.database_url.expose().to_string()),
         domain: Set(entry["domain"].as_str().unwrap_or("default").to_string()),
         subdomain: Set(config.subdomain.clone()),
-        features: Set(config.explicit_features.as_ref().map(|_| entry["features"].clone())),
+        features: Set(config
+            .explicit_features
+            .as_ref()
+            .map(|_| entry["features"].clone())),
         branding: Set(entry["branding"].clone()),
         gst_number: Set(config.gst_number.clone()),
         contact_info: Set(entry["contact_info"].clone()),
         is_active: Set(config.is_active),
         max_connections: Set(config.pool.max_connections.map(|n| n as i32)),
-        isolation: Set(entry["isolation"].as_str().unwrap_or("database").to_string()),
+        isolation: Set(entry["isolation"]
+            .as_str()
+            .unwrap_or("database")
+            .to_string()),
         state: Set(state.to_string()),
         created_at: Set(now),
         updated_at: Set(now),
@@ -190,5 +198,8 @@ fn entry_of(row: &Model) -> Value {
 
 fn is_unique_violation(err: &DbErr) -> bool {
     // PostgreSQL 23505; SQLite 2067 (SQLITE_CONSTRAINT_UNIQUE) and 1555 (PRIMARYKEY).
-    matches!(crate::db::sql_state(err).as_deref(), Some("23505" | "2067" | "1555"))
+    matches!(
+        crate::db::sql_state(err).as_deref(),
+        Some("23505" | "2067" | "1555")
+    )
 }

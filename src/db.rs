@@ -6,7 +6,7 @@ use std::{path::Path, time::Duration};
 use migration::{Migrator, MigratorTrait};
 use sea_orm::{
     ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbBackend, DbErr, RuntimeErr,
-    Statement,
+    Statement, TransactionTrait,
 };
 
 use crate::{settings::PoolSettings, tenant::TenantConfig};
@@ -48,9 +48,41 @@ pub async fn open_pool(
         .await
         .map_err(|_| DbErr::Custom("connecting to the tenant database timed out".into()))??;
     if settings.auto_migrate {
-        Migrator::up(&db, None).await?;
+        migrate(&db, tenant).await?;
     }
     Ok(db)
+}
+
+/// Applies pending migrations to the tenant's database. On PostgreSQL this runs in
+/// one transaction holding an advisory lock keyed by the tenant's storage, so that
+/// two replicas (or a request and the CLI) migrating the same tenant take turns
+/// instead of colliding on the catalog; DDL rolls back whole if a step fails.
+pub async fn migrate(db: &DatabaseConnection, tenant: &TenantConfig) -> Result<(), DbErr> {
+    if db.get_database_backend() != DbBackend::Postgres {
+        return Migrator::up(db, None).await;
+    }
+    let key = format!(
+        "tenant-router:{}:{}",
+        database_name(tenant.database_url.expose())?,
+        tenant.schema_name().unwrap_or_default()
+    );
+    let txn = db.begin().await?;
+    txn.execute_raw(Statement::from_sql_and_values(
+        DbBackend::Postgres,
+        "SELECT pg_advisory_xact_lock($1)",
+        [lock_key(&key).into()],
+    ))
+    .await?;
+    Migrator::up(&txn, None).await?;
+    txn.commit().await
+}
+
+/// A stable 64-bit key for `name` (FNV-1a): the same in every replica and version.
+fn lock_key(name: &str) -> i64 {
+    let hash = name.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+    });
+    i64::from_ne_bytes(hash.to_ne_bytes())
 }
 
 /// Creates what the tenant's data needs when it is missing: the SQLite file's
@@ -121,7 +153,11 @@ pub async fn storage_exists(tenant: &TenantConfig, settings: &PoolSettings) -> R
         Err(e) => return Err(e),
     };
     let found = db
-        .query_one_raw(Statement::from_sql_and_values(DbBackend::Postgres, sql, [name.into()]))
+        .query_one_raw(Statement::from_sql_and_values(
+            DbBackend::Postgres,
+            sql,
+            [name.into()],
+        ))
         .await;
     let _ = db.close().await;
     Ok(found?.is_some())
@@ -137,17 +173,27 @@ pub async fn drop_storage(tenant: &TenantConfig, settings: &PoolSettings) -> Res
                 match std::fs::remove_file(format!("{path}{suffix}")) {
                     Ok(()) => {}
                     Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                    Err(e) => return Err(DbErr::Custom(format!("cannot remove the tenant's file: {e}"))),
+                    Err(e) => {
+                        return Err(DbErr::Custom(format!(
+                            "cannot remove the tenant's file: {e}"
+                        )));
+                    }
                 }
             }
         }
         return Ok(());
     }
     let (admin_url, sql) = match tenant.schema_name() {
-        Some(schema) => (url.to_string(), format!("DROP SCHEMA IF EXISTS {} CASCADE", quote_ident(&schema))),
+        Some(schema) => (
+            url.to_string(),
+            format!("DROP SCHEMA IF EXISTS {} CASCADE", quote_ident(&schema)),
+        ),
         None => (
             maintenance_url(url)?,
-            format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", quote_ident(&database_name(url)?)),
+            format!(
+                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+                quote_ident(&database_name(url)?)
+            ),
         ),
     };
     let db = connect_one(&admin_url, settings).await?;
@@ -171,7 +217,8 @@ fn database_name(url: &str) -> Result<String, DbErr> {
 
 /// The same server's maintenance database, `postgres`.
 fn maintenance_url(url: &str) -> Result<String, DbErr> {
-    let mut parsed = url::Url::parse(url).map_err(|_| DbErr::Custom("invalid database URL".into()))?;
+    let mut parsed =
+        url::Url::parse(url).map_err(|_| DbErr::Custom("invalid database URL".into()))?;
     parsed.set_path("/postgres");
     Ok(parsed.to_string())
 }
@@ -202,7 +249,9 @@ async fn create_database_if_missing(url: &str, settings: &PoolSettings) -> Resul
             {
                 Ok(_) => return Ok(()),
                 // Another replica or request created it first.
-                Err(e) if sql_state(&e).as_deref() == Some("42P04") => return Ok(()),
+                Err(e) if matches!(sql_state(&e).as_deref(), Some("42P04" | "23505")) => {
+                    return Ok(());
+                }
                 // "source database is being accessed by other users": a concurrent
                 // CREATE DATABASE holds the template; try again shortly.
                 Err(e) if sql_state(&e).as_deref() == Some("55006") && attempt < 4 => {
@@ -265,6 +314,30 @@ pub fn is_pool_closed(err: &DbErr) -> bool {
     ) || matches!(sqlx_error(err), Some(sea_orm::sqlx::Error::PoolClosed))
 }
 
+/// Whether `err` says for certain that the database failed (unreachable, gone, shut
+/// down, broken connection), as opposed to being busy or the pool being closed by
+/// the router. Such errors trip the tenant's circuit breaker.
+pub fn is_database_failure(err: &DbErr) -> bool {
+    use sea_orm::sqlx::Error as E;
+    if is_pool_closed(err) {
+        return false;
+    }
+    match err {
+        DbErr::Conn(_) => true,
+        DbErr::Custom(m) => m.contains("timed out"),
+        _ => match sqlx_error(err) {
+            Some(E::Io(_) | E::Tls(_) | E::Protocol(_) | E::WorkerCrashed) => true,
+            Some(E::Database(db)) => db.code().is_some_and(|code| {
+                code.starts_with("08")
+                    || code.starts_with("57P")
+                    || code == "3D000"
+                    || code == "3F000"
+            }),
+            _ => false,
+        },
+    }
+}
+
 /// Whether `err` means the tenant's database cannot be used right now (down,
 /// unreachable, gone, out of connections, locked), as opposed to a bug or bad data.
 /// Such errors are a 503 the client may retry, and feed the tenant's circuit breaker.
@@ -301,7 +374,7 @@ pub fn is_unavailable(err: &DbErr) -> bool {
 
 /// For SQLite, creates the parent directory and asks for the file to be created
 /// (`mode=rwc`) unless the URL chose a mode itself.
-fn prepare_url(url: &str) -> Result<String, DbErr> {
+pub(crate) fn prepare_url(url: &str) -> Result<String, DbErr> {
     if let Some(rest) = url.strip_prefix("postgresql://") {
         return Ok(format!("postgres://{rest}"));
     }
@@ -421,9 +494,15 @@ mod tests {
     fn errors_are_told_apart() {
         use sea_orm::ConnAcquireErr;
         let closed = DbErr::ConnectionAcquire(ConnAcquireErr::ConnectionClosed);
-        assert!(is_unavailable(&closed) && is_pool_closed(&closed));
+        assert!(
+            is_unavailable(&closed) && is_pool_closed(&closed) && !is_database_failure(&closed)
+        );
         let timeout = DbErr::ConnectionAcquire(ConnAcquireErr::Timeout);
-        assert!(is_unavailable(&timeout) && !is_pool_closed(&timeout));
+        assert!(
+            is_unavailable(&timeout) && !is_pool_closed(&timeout) && !is_database_failure(&timeout)
+        );
+        let io = DbErr::Conn(RuntimeErr::Internal("connection refused".into()));
+        assert!(is_unavailable(&io) && is_database_failure(&io));
         assert!(!is_unavailable(&DbErr::RecordNotFound("x".into())));
         assert!(!is_unavailable(&DbErr::Custom("constraint failed".into())));
     }

@@ -13,10 +13,33 @@ use serde_json::json;
 
 use crate::tenant::{Feature, TenantId};
 
-/// Put on a 503 `tenant_unavailable` response so that tenant resolution can tell the
-/// registry that the tenant's database failed.
-#[derive(Debug, Clone, Copy)]
-pub struct TenantUnavailableMark;
+/// Why a tenant's database could not serve a request. Put on the 503 response (as an
+/// extension) so that tenant resolution can tell the registry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UnavailableCause {
+    /// The router said no: breaker open, budget exhausted, pool closed under the
+    /// request. Nothing to report.
+    Router,
+    /// The database failed for certain (unreachable, gone, shut down).
+    DatabaseFailed,
+    /// No connection came within the deadline: a busy pool or a dead server.
+    AcquireTimeout,
+}
+
+impl UnavailableCause {
+    fn of(err: &sea_orm::DbErr) -> Self {
+        if crate::db::is_database_failure(err) {
+            Self::DatabaseFailed
+        } else if matches!(
+            err,
+            sea_orm::DbErr::ConnectionAcquire(sea_orm::ConnAcquireErr::Timeout)
+        ) {
+            Self::AcquireTimeout
+        } else {
+            Self::Router
+        }
+    }
+}
 
 /// `Result` with the service's error type as the default.
 pub type Result<T, E = AppError> = std::result::Result<T, E>;
@@ -47,10 +70,9 @@ pub enum AppError {
     #[error("this tenant's database is temporarily unavailable; retry later")]
     TenantUnavailable {
         retry_after_secs: u64,
-        /// A query failed on an open pool because of the database (rather than the
-        /// pool failing to open, or being closed by the router): the registry is
-        /// told, so that it can close the pool and pause attempts.
-        during_query: bool,
+        /// Why; the resolve_tenant middleware tells the registry about database
+        /// failures, so that it can close the pool and pause attempts.
+        cause: UnavailableCause,
     },
     #[error("{message}")]
     Validation {
@@ -145,13 +167,13 @@ impl IntoResponse for AppError {
         match &self {
             Self::TenantUnavailable {
                 retry_after_secs,
-                during_query,
+                cause,
             } => {
                 response
                     .headers_mut()
                     .insert(header::RETRY_AFTER, HeaderValue::from(*retry_after_secs));
-                if *during_query {
-                    response.extensions_mut().insert(TenantUnavailableMark);
+                if *cause != UnavailableCause::Router {
+                    response.extensions_mut().insert(*cause);
                 }
             }
             Self::Unauthorized => {
@@ -173,7 +195,7 @@ impl From<sea_orm::DbErr> for AppError {
             tracing::warn!(error = %crate::db::redact_error(&err), "tenant database unavailable");
             Self::TenantUnavailable {
                 retry_after_secs: 1,
-                during_query: !crate::db::is_pool_closed(&err),
+                cause: UnavailableCause::of(&err),
             }
         } else {
             Self::internal(crate::db::redact_error(&err))

@@ -106,6 +106,26 @@ impl<S: Send + Sync> FromRequestParts<S> for IdPath {
     }
 }
 
+/// A tenant id in the path (`/api/tenants/{id}/…`), validated; anything else is a
+/// 400 `invalid_tenant_id` in the service's error shape.
+pub struct TenantPath(pub crate::tenant::TenantId);
+
+impl<S: Send + Sync> FromRequestParts<S> for TenantPath {
+    type Rejection = AppError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let axum::extract::Path(raw) =
+            axum::extract::Path::<String>::from_request_parts(parts, state)
+                .await
+                .map_err(|_| {
+                    AppError::InvalidTenantId("path: the tenant id is not valid UTF-8".into())
+                })?;
+        crate::tenant::TenantId::parse(&raw)
+            .map(TenantPath)
+            .map_err(|m| AppError::InvalidTenantId(format!("path: {m}")))
+    }
+}
+
 /// The identified tenant's pool, opened on first use, and a lease that keeps it
 /// open while the handler runs: bind it (`TenantDb(db, _lease)`), so that it lives
 /// to the end of the handler.

@@ -15,7 +15,7 @@ use axum::{
 };
 
 use crate::{
-    error::{AppError, TenantUnavailableMark},
+    error::{AppError, UnavailableCause},
     settings::IdentifySettings,
     startup::AppState,
     tenant::{TenantConfig, TenantId},
@@ -45,24 +45,23 @@ impl IdSource {
     }
 }
 
-/// Finds the tenant a request names. Malformed input is refused first (400
-/// `invalid_tenant_id`), then disagreement between sources (400 `tenant_conflict`),
-/// then absence (400 `tenant_required`). An unknown subdomain label is a 404.
+/// Finds the tenant a request names. Malformed input in any source is refused
+/// first (400 `invalid_tenant_id`), then disagreement between sources (400
+/// `tenant_conflict`), then absence (400 `tenant_required`). A subdomain label that
+/// names no tenant is a 404 when nothing else names one, and is ignored otherwise
+/// (a host such as `api.example.com` that is not a tenant's).
 pub fn identify_tenant(
     headers: &HeaderMap,
     uri: &Uri,
     settings: &IdentifySettings,
     subdomain_to_tenant: impl Fn(&str) -> Option<TenantId>,
 ) -> Result<(TenantId, IdSource), AppError> {
+    let label = if settings.by_subdomain {
+        subdomain_label(headers, uri, settings)?
+    } else {
+        None
+    };
     let mut found: Vec<(TenantId, IdSource)> = Vec::with_capacity(2);
-
-    if settings.by_subdomain
-        && let Some(label) = subdomain_label(headers, uri, settings)?
-    {
-        let id = subdomain_to_tenant(&label)
-            .ok_or_else(|| AppError::TenantNotFound(format!("subdomain {label}")))?;
-        found.push((id, IdSource::Subdomain));
-    }
     if settings.by_header {
         for value in headers.get_all(&TENANT_HEADER) {
             let raw = value.to_str().map_err(|_| {
@@ -78,6 +77,15 @@ pub fn identify_tenant(
             if key == TENANT_QUERY_PARAM {
                 found.push((parse_id(&value, IdSource::Query)?, IdSource::Query));
             }
+        }
+    }
+    if let Some(label) = label {
+        match subdomain_to_tenant(&label) {
+            Some(id) => found.insert(0, (id, IdSource::Subdomain)),
+            None if found.is_empty() => {
+                return Err(AppError::TenantNotFound(format!("subdomain {label}")));
+            }
+            None => {}
         }
     }
 
@@ -130,7 +138,8 @@ fn subdomain_label(
     else {
         return Ok(None);
     };
-    if settings.ignored_subdomains.iter().any(|s| s == prefix) {
+    // Only `<label>.<base_domain>` names a tenant; deeper hosts are not tenants'.
+    if prefix.contains('.') || settings.ignored_subdomains.iter().any(|s| s == prefix) {
         return Ok(None);
     }
     let valid = !prefix.is_empty()
@@ -179,13 +188,10 @@ pub async fn resolve_tenant(
                 let header_value = HeaderValue::from_str(config.id.as_str()).ok();
                 let id = config.id.clone();
                 request.extensions_mut().insert(TenantContext { config });
+                let started = std::time::Instant::now();
                 let mut response = next.run(request).await;
-                if response
-                    .extensions()
-                    .get::<TenantUnavailableMark>()
-                    .is_some()
-                {
-                    state.registry.report_unavailable(&id).await;
+                if let Some(cause) = response.extensions().get::<UnavailableCause>().copied() {
+                    state.registry.report_unavailable(&id, cause, started).await;
                 }
                 if let Some(value) = header_value {
                     response.headers_mut().insert(TENANT_HEADER.clone(), value);
@@ -316,8 +322,17 @@ mod tests {
         assert_eq!(code(non_ascii), "invalid_tenant_id");
         let query = get("/?tenant_id=..%2Fetc").body(()).unwrap();
         assert_eq!(code(query), "invalid_tenant_id");
-        let nested = get("/").header("host", "a.b.example.com").body(()).unwrap();
-        assert_eq!(code(nested), "invalid_tenant_id");
+        let bad_label = get("/")
+            .header("host", "bad_label.example.com")
+            .body(())
+            .unwrap();
+        assert_eq!(code(bad_label), "invalid_tenant_id");
+        let bad_header_unknown_host = get("/")
+            .header("host", "nobody.example.com")
+            .header("x-tenant-id", "../x")
+            .body(())
+            .unwrap();
+        assert_eq!(code(bad_header_unknown_host), "invalid_tenant_id");
     }
 
     #[test]
@@ -330,12 +345,30 @@ mod tests {
     }
 
     #[test]
-    fn unknown_subdomain_is_not_found() {
+    fn unknown_subdomain_is_not_found_unless_another_source_names_the_tenant() {
         let req = get("/")
             .header("host", "nobody.example.com")
             .body(())
             .unwrap();
         assert_eq!(code(req), "tenant_not_found");
+        let api_host = get("/")
+            .header("host", "api.example.com")
+            .header("x-tenant-id", "acme")
+            .body(())
+            .unwrap();
+        assert_eq!(identify(api_host).unwrap().1, IdSource::Header);
+    }
+
+    #[test]
+    fn deeper_hosts_are_not_subdomains() {
+        let nested = get("/").header("host", "a.b.example.com").body(()).unwrap();
+        assert_eq!(code(nested), "tenant_required");
+        let nested_with_header = get("/")
+            .header("host", "a.b.example.com")
+            .header("x-tenant-id", "acme")
+            .body(())
+            .unwrap();
+        assert_eq!(identify(nested_with_header).unwrap().1, IdSource::Header);
     }
 
     #[test]

@@ -20,7 +20,9 @@ use crate::{
     db, demo,
     error::{AppError, Result},
     settings::PoolSettings,
-    tenant::{ConfigError, TenantConfig, TenantId, TenantRegistry, TenantSource, parse_tenant_entry},
+    tenant::{
+        ConfigError, TenantConfig, TenantId, TenantRegistry, TenantSource, parse_tenant_entry,
+    },
 };
 
 /// Fields `PATCH /api/admin/tenants/{id}` may change.
@@ -48,7 +50,11 @@ pub struct Lifecycle {
 /// another tenant already uses is left out (and logged).
 pub fn merge(base: &[TenantConfig], control: Vec<TenantConfig>) -> Vec<TenantConfig> {
     let overridden: HashSet<&TenantId> = control.iter().map(|t| &t.id).collect();
-    let mut merged: Vec<TenantConfig> = base.iter().filter(|t| !overridden.contains(&t.id)).cloned().collect();
+    let mut merged: Vec<TenantConfig> = base
+        .iter()
+        .filter(|t| !overridden.contains(&t.id))
+        .cloned()
+        .collect();
     let mut labels: HashSet<String> = merged.iter().map(|t| t.subdomain.clone()).collect();
     for tenant in control {
         if labels.insert(tenant.subdomain.clone()) {
@@ -63,7 +69,11 @@ pub fn merge(base: &[TenantConfig], control: Vec<TenantConfig>) -> Vec<TenantCon
 
 fn validation(errors: Vec<ConfigError>) -> AppError {
     let field = errors.first().map(|e| e.field.clone());
-    let message = errors.iter().map(|e| format!("{}: {}", e.field, e.message)).collect::<Vec<_>>().join("; ");
+    let message = errors
+        .iter()
+        .map(|e| format!("{}: {}", e.field, e.message))
+        .collect::<Vec<_>>()
+        .join("; ");
     AppError::Validation { field, message }
 }
 
@@ -72,7 +82,7 @@ fn storage_error(step: &str, err: &DbErr) -> AppError {
     if db::is_unavailable(err) {
         AppError::TenantUnavailable {
             retry_after_secs: 1,
-            during_query: false,
+            cause: crate::error::UnavailableCause::Router,
         }
     } else {
         AppError::internal(format!("{step}: {}", db::redact_error(err)))
@@ -80,7 +90,12 @@ fn storage_error(step: &str, err: &DbErr) -> AppError {
 }
 
 impl Lifecycle {
-    pub fn new(registry: TenantRegistry, control: ControlStore, base: Vec<TenantConfig>, pools: PoolSettings) -> Self {
+    pub fn new(
+        registry: TenantRegistry,
+        control: ControlStore,
+        base: Vec<TenantConfig>,
+        pools: PoolSettings,
+    ) -> Self {
         Self {
             registry,
             control,
@@ -143,12 +158,26 @@ impl Lifecycle {
         let seed = match fields.remove("seed_demo_data") {
             None | Some(Value::Bool(false)) => false,
             Some(Value::Bool(true)) => true,
-            Some(_) => return Err(AppError::validation("seed_demo_data", "seed_demo_data must be true or false")),
+            Some(_) => {
+                return Err(AppError::validation(
+                    "seed_demo_data",
+                    "seed_demo_data must be true or false",
+                ));
+            }
         };
-        let config = parse_tenant_entry(&id, &Value::Object(fields), TenantSource::Control).map_err(validation)?;
+        let config = parse_tenant_entry(&id, &Value::Object(fields), TenantSource::Control)
+            .map_err(validation)?;
         self.check_free(&config, None)?;
-        if !self.control.claim(&config).await.map_err(|e| storage_error("claim", &e))? {
-            return Err(AppError::Conflict(format!("tenant '{}' already exists", config.id)));
+        if !self
+            .control
+            .claim(&config)
+            .await
+            .map_err(|e| storage_error("claim", &e))?
+        {
+            return Err(AppError::Conflict(format!(
+                "tenant '{}' already exists",
+                config.id
+            )));
         }
         match self.make_storage(&config, seed).await {
             Ok(()) => {}
@@ -159,7 +188,10 @@ impl Lifecycle {
                 return Err(e);
             }
         }
-        self.control.mark_ready(config.id.as_str()).await.map_err(|e| storage_error("register", &e))?;
+        self.control
+            .mark_ready(config.id.as_str())
+            .await
+            .map_err(|e| storage_error("register", &e))?;
         self.registry.upsert(config.clone()).await;
         tracing::info!(tenant_id = %config.id, "tenant provisioned");
         self.registry
@@ -188,10 +220,11 @@ impl Lifecycle {
             Ok(())
         }
         .await;
-        if result.is_err() && !existed {
-            if let Err(e) = db::drop_storage(config, &self.pools).await {
-                tracing::error!(tenant_id = %config.id, error = %db::redact_error(&e), "could not remove half-made storage");
-            }
+        if result.is_err()
+            && !existed
+            && let Err(e) = db::drop_storage(config, &self.pools).await
+        {
+            tracing::error!(tenant_id = %config.id, error = %db::redact_error(&e), "could not remove half-made storage");
         }
         result
     }
@@ -199,7 +232,10 @@ impl Lifecycle {
     /// A 409 if `config`'s id (when `replacing` is `None`) or subdomain is taken.
     fn check_free(&self, config: &TenantConfig, replacing: Option<&TenantId>) -> Result<()> {
         if replacing.is_none() && self.registry.get(config.id.as_str()).is_some() {
-            return Err(AppError::Conflict(format!("tenant '{}' already exists", config.id)));
+            return Err(AppError::Conflict(format!(
+                "tenant '{}' already exists",
+                config.id
+            )));
         }
         if let Some(owner) = self.registry.by_subdomain(&config.subdomain)
             && owner != config.id
@@ -227,14 +263,21 @@ impl Lifecycle {
             if !PATCHABLE.contains(&key.as_str()) {
                 return Err(AppError::validation(
                     key.clone(),
-                    format!("{key} cannot be changed here (changeable: {})", PATCHABLE.join(", ")),
+                    format!(
+                        "{key} cannot be changed here (changeable: {})",
+                        PATCHABLE.join(", ")
+                    ),
                 ));
             }
             entry.insert(key, value);
         }
-        let config = parse_tenant_entry(id, &Value::Object(entry), TenantSource::Control).map_err(validation)?;
+        let config = parse_tenant_entry(id, &Value::Object(entry), TenantSource::Control)
+            .map_err(validation)?;
         self.check_free(&config, Some(&current.id))?;
-        self.control.save(&config).await.map_err(|e| storage_error("save", &e))?;
+        self.control
+            .save(&config)
+            .await
+            .map_err(|e| storage_error("save", &e))?;
         self.registry.upsert(config).await;
         tracing::info!(tenant_id = %id, "tenant changed");
         self.existing(id)
@@ -249,7 +292,10 @@ impl Lifecycle {
                 "tenant '{id}' is defined in the tenants file or TENANT_CONFIGS: remove it there"
             )));
         }
-        self.control.delete(id).await.map_err(|e| storage_error("delete", &e))?;
+        self.control
+            .delete(id)
+            .await
+            .map_err(|e| storage_error("delete", &e))?;
         self.registry.remove(&current.id).await;
         if drop_storage {
             db::drop_storage(&current, &self.pools)
@@ -257,13 +303,16 @@ impl Lifecycle {
                 .map_err(|e| storage_error("drop storage", &e))?;
         }
         // A file tenant that the removed row had overridden comes back.
-        self.refresh().await.map_err(|e| storage_error("refresh", &e))?;
+        self.refresh()
+            .await
+            .map_err(|e| storage_error("refresh", &e))?;
         tracing::info!(tenant_id = %id, dropped_storage = drop_storage, "tenant deprovisioned");
         Ok(())
     }
 
     fn existing(&self, raw: &str) -> Result<Arc<TenantConfig>> {
-        let id = TenantId::parse(raw).map_err(|m| AppError::InvalidTenantId(format!("path: {m}")))?;
+        let id =
+            TenantId::parse(raw).map_err(|m| AppError::InvalidTenantId(format!("path: {m}")))?;
         self.registry
             .get(id.as_str())
             .ok_or_else(|| AppError::TenantNotFound(id.to_string()))
@@ -278,7 +327,9 @@ pub fn spawn_poller(lifecycle: std::sync::Weak<Lifecycle>, every: Duration) {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
-            let Some(lifecycle) = lifecycle.upgrade() else { break };
+            let Some(lifecycle) = lifecycle.upgrade() else {
+                break;
+            };
             if let Err(e) = lifecycle.poll().await {
                 tracing::warn!(error = %db::redact_error(&e), "polling the control database failed");
             }

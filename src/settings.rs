@@ -101,6 +101,17 @@ impl Settings {
             Some(path) => Some((path.clone(), true)),
             None => Some((DEFAULT_SETTINGS_FILE.to_string(), false)),
         };
+        // Check the file's syntax first: the config crate's own error quotes the
+        // offending line, which may hold a secret.
+        if let Some((path, _)) = &file
+            && let Ok(text) = std::fs::read_to_string(path)
+            && let Err(e) = toml::from_str::<toml::Table>(&text)
+        {
+            return Err(format!(
+                "settings: {path}: {}",
+                crate::tenant::toml_syntax_error(&text, &e)
+            ));
+        }
         let known: config::Map<String, String> = env
             .iter()
             .filter(|(k, _)| ENV_KEYS.contains(&k.as_str()))
@@ -120,7 +131,9 @@ impl Settings {
             .and_then(|b| b.set_default("pool_acquire_timeout_secs", 5))
             .and_then(|b| b.set_default("auto_migrate", true))
             .and_then(|b| b.set_default("auto_create_databases", false))
-            .and_then(|b| b.set_default("control_database_url", "sqlite://data/control.db?mode=rwc"))
+            .and_then(|b| {
+                b.set_default("control_database_url", "sqlite://data/control.db?mode=rwc")
+            })
             .and_then(|b| b.set_default("control_poll_secs", 5))
             .and_then(|b| b.set_default("max_total_connections", 0))
             .and_then(|b| b.set_default("breaker_cooldown_secs", 2))
@@ -296,6 +309,17 @@ mod tests {
         let s = Settings::from_map(&env(&[(SETTINGS_FILE_ENV, path), ("PORT", "7100")])).unwrap();
         assert_eq!(s.port, 7100);
         assert_eq!(s.base_domain, "example.com");
+    }
+
+    #[test]
+    fn a_broken_settings_file_is_refused_without_quoting_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("settings.toml");
+        std::fs::write(&path, "admin_token = \"s3cret-token-value-123\nport = 1\n").unwrap();
+        let err =
+            Settings::from_map(&env(&[(SETTINGS_FILE_ENV, path.to_str().unwrap())])).unwrap_err();
+        assert!(err.contains("line 1"), "{err}");
+        assert!(!err.contains("s3cret"), "{err}");
     }
 
     #[test]

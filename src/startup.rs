@@ -50,7 +50,10 @@ impl fmt::Display for StartupError {
                 }
                 Ok(())
             }
-            Self::Control(m) => write!(f, "cannot open the control database (CONTROL_DATABASE_URL): {m}"),
+            Self::Control(m) => write!(
+                f,
+                "cannot open the control database (CONTROL_DATABASE_URL): {m}"
+            ),
             Self::Bind(e) => write!(f, "cannot listen: {e}"),
         }
     }
@@ -109,7 +112,12 @@ impl Application {
 
         let registry = TenantRegistry::new(tenants, settings.pools());
         let lifecycle = control.map(|(control, base)| {
-            let lifecycle = Arc::new(Lifecycle::new(registry.clone(), control, base, settings.pools()));
+            let lifecycle = Arc::new(Lifecycle::new(
+                registry.clone(),
+                control,
+                base,
+                settings.pools(),
+            ));
             if settings.control_poll_secs > 0 {
                 lifecycle::spawn_poller(
                     Arc::downgrade(&lifecycle),

@@ -26,6 +26,14 @@ pub fn settings(env: &[(&str, String)]) -> Settings {
         ("PORT".into(), "0".into()),
         ("SETTINGS_FILE".into(), String::new()),
         ("ADMIN_TOKEN".into(), "bench-admin-token-0123456789".into()),
+        (
+            "CONTROL_DATABASE_URL".into(),
+            format!(
+                "sqlite://{}/tenant-router-bench-{}/control.db",
+                std::env::temp_dir().display(),
+                uuid::Uuid::new_v4().simple()
+            ),
+        ),
     ]);
     // Pool sizing knobs apply to both sides alike.
     for key in ["DEFAULT_MAX_CONNECTIONS", "POOL_IDLE_TIMEOUT_SECS"] {

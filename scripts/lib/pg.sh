@@ -19,12 +19,25 @@ find_pg_bin() {
   return 1
 }
 
+# Runs apt-get as root: directly, or through sudo when there is one.
+apt_install() {
+  local sudo=""
+  if ! is_root; then
+    command -v sudo >/dev/null || { log "installing $* needs root: run as root, or install $* first"; exit 1; }
+    sudo="sudo"
+  fi
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "$@" >/dev/null
+}
+
 install_postgres() {
   log "PostgreSQL not found: installing it from Debian's packages"
-  local sudo=""
-  [ "$(id -u)" = 0 ] || sudo="sudo"
-  $sudo apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq postgresql >/dev/null
+  apt_install postgresql
+}
+
+# The server's programs: found, or installed and then found.
+ensure_pg_bin() {
+  PG_BIN=$(find_pg_bin) || { install_postgres; PG_BIN=$(find_pg_bin); }
 }
 
 free_port() {
@@ -37,22 +50,21 @@ free_port() {
 
 start_cluster() {
   local bin
-  bin=$(find_pg_bin) || { install_postgres; bin=$(find_pg_bin); }
+  ensure_pg_bin
+  bin=$PG_BIN
   PG_DIR=$(mktemp -d /tmp/tenant-router-pg.XXXXXX)
   chmod 755 "$PG_DIR"
   if is_root; then chown postgres: "$PG_DIR"; fi
   local port password
   port=$(free_port)
   password="tr-$(od -An -N12 -tx1 /dev/urandom | tr -d ' \n')"
-  printf '%s\n' "$password" > "$PG_DIR/pwfile"
+  (umask 077; printf '%s\n' "$password" > "$PG_DIR/pwfile")
   if is_root; then chown postgres: "$PG_DIR/pwfile"; fi
   as_postgres "$bin/initdb" -D "$PG_DIR/data" -U router --pwfile="$PG_DIR/pwfile" \
     --auth-local=trust --auth-host=scram-sha-256 -E UTF8 >"$PG_DIR/initdb.log" 2>&1 \
     || { cat "$PG_DIR/initdb.log" >&2; exit 1; }
   # A self-signed certificate, so that the suite can check that sslmode passes through.
-  if ! command -v openssl >/dev/null; then
-    if is_root; then apt-get install -y -qq openssl >/dev/null; else sudo apt-get install -y -qq openssl >/dev/null; fi
-  fi
+  command -v openssl >/dev/null || apt_install openssl
   openssl req -new -x509 -days 2 -nodes -subj "/CN=127.0.0.1" \
     -keyout "$PG_DIR/server.key" -out "$PG_DIR/server.crt" >/dev/null 2>&1
   chmod 600 "$PG_DIR/server.key"
@@ -61,14 +73,15 @@ start_cluster() {
   as_postgres "$bin/pg_ctl" -D "$PG_DIR/data" -l "$PG_DIR/server.log" -w -t 60 start \
     -o "-c listen_addresses=127.0.0.1 -p $port -k $PG_DIR -c max_connections=${PG_MAX_CONNECTIONS:-400} -c ssl=on -c ssl_cert_file=$PG_DIR/server.crt -c ssl_key_file=$PG_DIR/server.key -c fsync=off -c synchronous_commit=off -c full_page_writes=off" >/dev/null \
     || { cat "$PG_DIR/server.log" >&2; exit 1; }
-  PG_BIN=$bin
   PG_URL="postgres://router:${password}@127.0.0.1:${port}/postgres"
   log "PostgreSQL $("$bin/postgres" --version | awk '{print $3}') started on 127.0.0.1:$port (data in $PG_DIR)"
 }
 
 stop_cluster() {
   if [ -n "${PG_DIR:-}" ]; then
-    as_postgres "$PG_BIN/pg_ctl" -D "$PG_DIR/data" -m immediate stop >/dev/null 2>&1 || true
+    if [ -n "${PG_BIN:-}" ] && [ -f "$PG_DIR/data/postmaster.pid" ]; then
+      as_postgres "$PG_BIN/pg_ctl" -D "$PG_DIR/data" -m immediate stop >/dev/null 2>&1 || true
+    fi
     rm -rf "$PG_DIR"
     log "PostgreSQL stopped and removed"
   fi

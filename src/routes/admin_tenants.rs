@@ -3,7 +3,7 @@
 
 use axum::{
     Json, Router,
-    extract::{Path, State},
+    extract::State,
     http::StatusCode,
     routing::{get, post},
 };
@@ -13,17 +13,19 @@ use serde_json::{Value, json};
 
 use crate::{
     error::{AppError, Result},
-    extract::{ApiJson, ApiQuery},
+    extract::{ApiJson, ApiQuery, TenantPath},
     lifecycle::Lifecycle,
-    routes::tenants::tenant_view,
+    routes::tenants::{tenant_from_path, tenant_view},
     startup::AppState,
-    tenant::TenantId,
 };
 
 pub fn router() -> Router<AppState> {
     Router::new()
         .route("/api/admin/tenants", post(create))
-        .route("/api/admin/tenants/{id}", axum::routing::patch(update).delete(remove))
+        .route(
+            "/api/admin/tenants/{id}",
+            axum::routing::patch(update).delete(remove),
+        )
         .route("/api/admin/tenants/{id}/migrate", post(migrate))
         .route("/api/admin/tenants/{id}/migrations", get(migrations))
 }
@@ -35,17 +37,20 @@ fn lifecycle(state: &AppState) -> Result<&Lifecycle> {
         .ok_or_else(|| AppError::NotFound("tenant management is off in single-tenant mode".into()))
 }
 
-async fn create(State(state): State<AppState>, ApiJson(body): ApiJson<Value>) -> Result<(StatusCode, Json<Value>)> {
+async fn create(
+    State(state): State<AppState>,
+    ApiJson(body): ApiJson<Value>,
+) -> Result<(StatusCode, Json<Value>)> {
     let tenant = lifecycle(&state)?.provision(body).await?;
     Ok((StatusCode::CREATED, Json(tenant_view(&state, &tenant))))
 }
 
 async fn update(
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    TenantPath(id): TenantPath,
     ApiJson(body): ApiJson<Value>,
 ) -> Result<Json<Value>> {
-    let tenant = lifecycle(&state)?.update(&id, body).await?;
+    let tenant = lifecycle(&state)?.update(id.as_str(), body).await?;
     Ok(Json(tenant_view(&state, &tenant)))
 }
 
@@ -57,19 +62,13 @@ struct RemoveQuery {
 
 async fn remove(
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    TenantPath(id): TenantPath,
     ApiQuery(query): ApiQuery<RemoveQuery>,
 ) -> Result<StatusCode> {
-    lifecycle(&state)?.deprovision(&id, query.drop_database).await?;
+    lifecycle(&state)?
+        .deprovision(id.as_str(), query.drop_database)
+        .await?;
     Ok(StatusCode::NO_CONTENT)
-}
-
-fn tenant(state: &AppState, raw: &str) -> Result<std::sync::Arc<crate::tenant::TenantConfig>> {
-    let id = TenantId::parse(raw).map_err(|m| AppError::InvalidTenantId(format!("path: {m}")))?;
-    state
-        .registry
-        .get(id.as_str())
-        .ok_or_else(|| AppError::TenantNotFound(id.to_string()))
 }
 
 /// Each migration of the tenant's database with its status.
@@ -81,11 +80,11 @@ async fn migration_list(db: &sea_orm::DatabaseConnection) -> Result<Vec<Value>> 
         .collect())
 }
 
-async fn migrate(State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<Value>> {
-    let tenant = tenant(&state, &id)?;
+async fn migrate(State(state): State<AppState>, TenantPath(id): TenantPath) -> Result<Json<Value>> {
+    let tenant = tenant_from_path(&state, &id)?;
     let db = state.registry.pool(&tenant).await?;
     let pending_before = Migrator::get_pending_migrations(&db).await?.len();
-    Migrator::up(&db, None).await?;
+    crate::db::migrate(&db, &tenant).await?;
     Ok(Json(json!({
         "tenant_id": tenant.id,
         "applied": pending_before,
@@ -93,8 +92,13 @@ async fn migrate(State(state): State<AppState>, Path(id): Path<String>) -> Resul
     })))
 }
 
-async fn migrations(State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<Value>> {
-    let tenant = tenant(&state, &id)?;
+async fn migrations(
+    State(state): State<AppState>,
+    TenantPath(id): TenantPath,
+) -> Result<Json<Value>> {
+    let tenant = tenant_from_path(&state, &id)?;
     let db = state.registry.pool(&tenant).await?;
-    Ok(Json(json!({ "tenant_id": tenant.id, "migrations": migration_list(&db).await? })))
+    Ok(Json(
+        json!({ "tenant_id": tenant.id, "migrations": migration_list(&db).await? }),
+    ))
 }

@@ -3,16 +3,13 @@
 
 use std::time::Instant;
 
-use axum::{
-    Json, Router,
-    extract::{Path, State},
-    routing::get,
-};
+use axum::{Json, Router, extract::State, routing::get};
 use serde::Serialize;
 use serde_json::{Value, json};
 
 use crate::{
     error::{AppError, Result},
+    extract::TenantPath,
     startup::AppState,
     tenant::{
         Branding, ContactInfo, Domain, FeatureSet, Isolation, PoolOverrides, PoolStats,
@@ -70,9 +67,8 @@ impl<'a> TenantView<'a> {
     }
 }
 
-/// The tenant named in the path: a malformed id is refused before any lookup.
-fn tenant_from_path(state: &AppState, raw: &str) -> Result<std::sync::Arc<TenantConfig>> {
-    let id = TenantId::parse(raw).map_err(|m| AppError::InvalidTenantId(format!("path: {m}")))?;
+/// The tenant named in the path (validated by [`TenantPath`]).
+pub fn tenant_from_path(state: &AppState, id: &TenantId) -> Result<std::sync::Arc<TenantConfig>> {
     state
         .registry
         .get(id.as_str())
@@ -93,7 +89,7 @@ async fn list(State(state): State<AppState>) -> Json<Value> {
     Json(json!({ "tenants": views }))
 }
 
-async fn config(State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<Value>> {
+async fn config(State(state): State<AppState>, TenantPath(id): TenantPath) -> Result<Json<Value>> {
     let tenant = tenant_from_path(&state, &id)?;
     let view = TenantView::new(&tenant, state.registry.is_open(&tenant.id));
     Ok(Json(json!(view)))
@@ -101,7 +97,7 @@ async fn config(State(state): State<AppState>, Path(id): Path<String>) -> Result
 
 /// Pings the tenant's database (opening its pool if needed) and reports the
 /// round-trip time.
-async fn health(State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<Value>> {
+async fn health(State(state): State<AppState>, TenantPath(id): TenantPath) -> Result<Json<Value>> {
     let tenant = tenant_from_path(&state, &id)?;
     let started = Instant::now();
     let db = state.registry.pool(&tenant).await?;
@@ -120,17 +116,22 @@ struct PoolsView {
     #[serde(flatten)]
     stats: PoolStats,
     open: Vec<TenantId>,
+    pools: Vec<crate::tenant::PoolDetail>,
 }
 
 async fn pools(State(state): State<AppState>) -> Json<Value> {
     Json(json!(PoolsView {
         stats: state.registry.stats(),
         open: state.registry.open_pools(),
+        pools: state.registry.pool_details(),
     }))
 }
 
 /// Public branding and contact details, for a tenant's login page.
-async fn branding(State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<Value>> {
+async fn branding(
+    State(state): State<AppState>,
+    TenantPath(id): TenantPath,
+) -> Result<Json<Value>> {
     let tenant = tenant_from_path(&state, &id)?;
     if !tenant.is_active {
         return Err(AppError::TenantInactive(tenant.id.clone()));

@@ -180,7 +180,7 @@ pub fn parse_tenants_toml(text: &str) -> Result<Vec<TenantConfig>, Vec<ConfigErr
         vec![ConfigError::new(
             None,
             "tenants",
-            format!("not valid TOML: {e}"),
+            toml_syntax_error(text, &e),
         )]
     })?;
     if let Some(key) = doc.keys().find(|k| k.as_str() != "tenants") {
@@ -207,6 +207,21 @@ pub fn parse_tenants_toml(text: &str) -> Result<Vec<TenantConfig>, Vec<ConfigErr
         }),
         TenantSource::File,
     )
+}
+
+/// Describes a TOML syntax error by its message and position only: the error's own
+/// text quotes the offending line, which may hold a database password.
+pub fn toml_syntax_error(text: &str, err: &toml::de::Error) -> String {
+    let position = err
+        .span()
+        .map(|span| {
+            let before = &text[..span.start.min(text.len())];
+            let line = before.matches('\n').count() + 1;
+            let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+            format!(" at line {line}, column {column}")
+        })
+        .unwrap_or_default();
+    format!("not valid TOML{position}: {}", err.message())
 }
 
 /// Parses `TENANT_CONFIGS`: a JSON object keyed by tenant id, with the file's fields.
@@ -700,6 +715,17 @@ mod tests {
         let e = one_error("[tenants.a]\ndatabase_url='mysql://user:hunter2@h/db'");
         assert!(e.message.contains("mysql"));
         assert!(!e.to_string().contains("hunter2"));
+    }
+
+    #[test]
+    fn a_syntax_error_does_not_quote_the_line() {
+        let e = one_error(
+            "[tenants.a]\ndatabase_url = \"postgres://u:hunter2@h/db\"\ndatabase_url = \"x\"\n",
+        );
+        assert!(e.message.contains("line 3"), "{e}");
+        assert!(!e.message.contains("hunter2"), "{e}");
+        let e = one_error("[tenants.a]\ndatabase_url = \"postgres://u:hunter2@h/db\n");
+        assert!(!e.message.contains("hunter2"), "{e}");
     }
 
     #[test]

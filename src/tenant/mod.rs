@@ -4,14 +4,14 @@ mod config;
 mod id;
 mod registry;
 
-pub(crate) use config::check_database_url;
 pub use config::{
     Branding, ConfigError, ContactInfo, Isolation, MAX_SCHEMA_TENANT_ID_LEN, PoolOverrides,
     TenantConfig, TenantSource, load_tenants, parse_tenant_entry, parse_tenants_json,
     parse_tenants_toml,
 };
+pub(crate) use config::{check_database_url, toml_syntax_error};
 pub use id::TenantId;
-pub use registry::{PoolLease, PoolStats, TenantRegistry};
+pub use registry::{PoolDetail, PoolLease, PoolStats, TenantRegistry};
 
 use serde::Serialize;
 

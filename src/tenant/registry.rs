@@ -82,11 +82,24 @@ pub struct PoolStats {
     pub connections_budget: u64,
 }
 
+/// One open pool, as `GET /api/admin/pools` shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct PoolDetail {
+    pub tenant_id: TenantId,
+    pub connections: u32,
+    pub max_connections: u32,
+}
+
 /// An open pool and the share of the connection budget it holds until dropped,
 /// which the eviction listener does only after the pool has closed.
 struct TenantPool {
     db: DatabaseConnection,
     max_connections: u32,
+    opened_at: Instant,
+    /// Set by the first report of a database failure on this pool, so that one
+    /// outage trips the breaker once however many requests saw it.
+    reported: AtomicBool,
+    counters: Arc<Counters>,
     /// Requests holding a [`PoolLease`] on this pool now.
     leases: AtomicU64,
     /// Milliseconds since the registry started, at the last request.
@@ -104,7 +117,37 @@ impl Drop for PoolLease {
     }
 }
 
+impl Drop for TenantPool {
+    fn drop(&mut self) {
+        // Counted here rather than in the eviction listener, so that a pool dropped
+        // without being evicted (an open cancelled mid-insert) is not counted open.
+        self.counters.open.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 impl TenantPool {
+    /// Connections open now (idle or checked out).
+    fn size(&self) -> u32 {
+        use sea_orm::DatabaseConnectionType as T;
+        match &self.db.inner {
+            T::SqlxPostgresPoolConnection(_) => self.db.get_postgres_connection_pool().size(),
+            T::SqlxSqlitePoolConnection(_) => self.db.get_sqlite_connection_pool().size(),
+            _ => 0,
+        }
+    }
+
+    /// Closes the pool once no request holds a lease on it; the budget share it
+    /// holds goes back when the last reference drops, after the close.
+    async fn close_when_released(self: Arc<Self>, tenant: Arc<TenantId>, cause: RemovalCause) {
+        while self.leases.load(Ordering::Relaxed) > 0 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        if let Err(e) = self.db.close_by_ref().await {
+            tracing::warn!(tenant_id = %tenant, error = %db::redact_error(&e), "closing pool failed");
+        }
+        tracing::info!(tenant_id = %tenant, reason = ?cause, "tenant pool closed");
+    }
+
     fn lease(self: &Arc<Self>) -> PoolLease {
         self.leases.fetch_add(1, Ordering::Relaxed);
         PoolLease(self.clone())
@@ -168,14 +211,11 @@ impl TenantRegistry {
                 move |tenant: Arc<TenantId>, pool: Arc<TenantPool>, cause: RemovalCause| {
                     let counters = listener_counters.clone();
                     Box::pin(async move {
-                        counters.open.fetch_sub(1, Ordering::Relaxed);
                         counters.closed.fetch_add(1, Ordering::Relaxed);
-                        // Waits for in-flight queries to hand their connections back;
-                        // the budget share is returned when `pool` drops after this.
-                        if let Err(e) = pool.db.close_by_ref().await {
-                            tracing::warn!(tenant_id = %tenant, error = %db::redact_error(&e), "closing pool failed");
-                        }
-                        tracing::info!(tenant_id = %tenant, reason = ?cause, "tenant pool closed");
+                        // Closing waits for the pool's in-flight queries; done in a task
+                        // of its own so that no other tenant's request waits on them
+                        // (moka runs this listener inside its housekeeping).
+                        tokio::spawn(pool.close_when_released(tenant, cause));
                     })
                 },
             )
@@ -210,7 +250,10 @@ impl TenantRegistry {
         let new = Arc::new(TenantTable::new(tenants));
         let old = self.swap_table(new.clone());
         for (id, before) in &old.by_id {
-            let keep = new.by_id.get(id).is_some_and(|after| same_storage(before, after));
+            let keep = new
+                .by_id
+                .get(id)
+                .is_some_and(|after| same_storage(before, after));
             if !keep {
                 self.inner.pools.invalidate(id).await;
             }
@@ -228,7 +271,9 @@ impl TenantRegistry {
                 table.by_subdomain.remove(&old.subdomain);
                 changed_storage = !same_storage(old, &tenant);
             }
-            table.by_subdomain.insert(tenant.subdomain.clone(), id.clone());
+            table
+                .by_subdomain
+                .insert(tenant.subdomain.clone(), id.clone());
             table.by_id.insert(id.clone(), Arc::new(tenant));
         });
         if changed_storage {
@@ -346,7 +391,7 @@ impl TenantRegistry {
                     OpenError::Failed { retry_after_secs } => *retry_after_secs,
                     OpenError::Budget | OpenError::Db(_) => 1,
                 },
-                during_query: false,
+                cause: crate::error::UnavailableCause::Router,
             }),
         }
     }
@@ -375,6 +420,9 @@ impl TenantRegistry {
         Ok(TenantPool {
             db,
             max_connections,
+            opened_at: Instant::now(),
+            reported: AtomicBool::new(false),
+            counters: self.inner.counters.clone(),
             leases: AtomicU64::new(0),
             last_used: AtomicU64::new(self.now_ms()),
             _budget: budget,
@@ -466,7 +514,7 @@ impl TenantRegistry {
             let left = b.open_until - now;
             return Err(AppError::TenantUnavailable {
                 retry_after_secs: left.as_secs_f64().ceil().max(1.0) as u64,
-                during_query: false,
+                cause: crate::error::UnavailableCause::Router,
             });
         }
         Ok(())
@@ -496,14 +544,27 @@ impl TenantRegistry {
         }
     }
 
-    /// Called when a request of `tenant` failed because its database was unusable.
-    /// Unless its pool is merely busy (every connection checked out), the pool is
-    /// closed and the breaker trips, so that the next requests fail fast and a later
-    /// one reconnects from scratch.
-    pub async fn report_unavailable(&self, tenant: &TenantId) {
-        if let Some(pool) = self.inner.pools.get(tenant).await
-            && pool.in_use() >= pool.max_connections
-        {
+    /// Called when a request of `tenant` that started at `started` could not use its
+    /// database. A certain failure, or a timeout on a pool that holds no connection
+    /// at all, closes the pool and trips the breaker, so that the next requests fail
+    /// fast; a busy pool is left alone. Reports about a pool that has since been
+    /// replaced, or that was already reported, change nothing.
+    pub async fn report_unavailable(
+        &self,
+        tenant: &TenantId,
+        cause: crate::error::UnavailableCause,
+        started: Instant,
+    ) {
+        use crate::error::UnavailableCause as C;
+        let Some(pool) = self.inner.pools.get(tenant).await else {
+            return;
+        };
+        let failed = match cause {
+            C::DatabaseFailed => true,
+            C::AcquireTimeout => pool.size() == 0,
+            C::Router => false,
+        };
+        if !failed || pool.opened_at > started || pool.reported.swap(true, Ordering::Relaxed) {
             return;
         }
         self.trip_breaker(tenant);
@@ -513,6 +574,22 @@ impl TenantRegistry {
     /// Whether the tenant has an open pool now.
     pub fn is_open(&self, id: &TenantId) -> bool {
         self.inner.pools.contains_key(id)
+    }
+
+    /// Each open pool: its tenant, connections open now and its size limit.
+    pub fn pool_details(&self) -> Vec<PoolDetail> {
+        let mut details: Vec<PoolDetail> = self
+            .inner
+            .pools
+            .iter()
+            .map(|(id, pool)| PoolDetail {
+                tenant_id: (*id).clone(),
+                connections: pool.size(),
+                max_connections: pool.max_connections,
+            })
+            .collect();
+        details.sort_by(|a, b| a.tenant_id.cmp(&b.tenant_id));
+        details
     }
 
     /// Ids of the tenants with an open pool.
@@ -552,16 +629,27 @@ impl TenantRegistry {
         self.inner.pools.run_pending_tasks().await;
     }
 
-    /// Closes every open pool; used at shutdown.
+    /// Closes every open pool and waits until they are closed; used at shutdown.
     pub async fn close_all(&self) {
+        let open: Vec<Arc<TenantPool>> = self.inner.pools.iter().map(|(_, pool)| pool).collect();
         self.inner.pools.invalidate_all();
-        self.inner.pools.run_pending_tasks().await;
+        while self.inner.pools.entry_count() > 0 {
+            self.inner.pools.run_pending_tasks().await;
+            if self.inner.pools.iter().next().is_none() {
+                break;
+            }
+        }
+        for pool in open {
+            let _ = pool.db.close_by_ref().await;
+        }
     }
 }
 
 /// Whether two configurations of a tenant open the same pool.
 fn same_storage(a: &TenantConfig, b: &TenantConfig) -> bool {
-    a.database_url == b.database_url && a.isolation == b.isolation && a.pool.max_connections == b.pool.max_connections
+    a.database_url == b.database_url
+        && a.isolation == b.isolation
+        && a.pool.max_connections == b.pool.max_connections
 }
 
 /// Why a pool did not open.

@@ -202,6 +202,10 @@ pub async fn spawn_app_with(spec: AppSpec) -> TestApp {
             "DATABASE_URL".into(),
             format!("sqlite://{}/single.db", data_dir.display()),
         ),
+        (
+            "CONTROL_DATABASE_URL".into(),
+            format!("sqlite://{}/control/control.db", dir.path().display()),
+        ),
     ]);
     if spec.backend != Backend::Sqlite {
         env.insert("AUTO_CREATE_DATABASES".into(), "true".into());

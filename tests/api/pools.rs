@@ -149,4 +149,11 @@ async fn per_tenant_max_connections_is_accepted_and_served() {
         .product_names(app.as_tenant(Method::GET, "small", "/api/products"))
         .await;
     assert_eq!(names.len(), 20);
+    let stats = app.pool_stats().await;
+    assert_eq!(stats["pools"][0]["tenant_id"], "small");
+    assert_eq!(stats["pools"][0]["max_connections"], 1, "{stats}");
+    assert!(
+        stats["pools"][0]["connections"].as_u64().unwrap() <= 1,
+        "{stats}"
+    );
 }

@@ -114,6 +114,7 @@ struct Server {
     child: Child,
     address: String,
     log: Arc<Mutex<String>>,
+    readers: Vec<std::thread::JoinHandle<()>>,
 }
 
 impl Server {
@@ -122,7 +123,7 @@ impl Server {
         let log = Arc::new(Mutex::new(String::new()));
         let stderr = child.stderr.take().unwrap();
         let err_log = log.clone();
-        std::thread::spawn(move || {
+        let err_reader = std::thread::spawn(move || {
             let mut text = String::new();
             let _ = BufReader::new(stderr).read_to_string(&mut text);
             err_log.lock().unwrap().push_str(&text);
@@ -141,7 +142,7 @@ impl Server {
             }
         }
         let out_log = log.clone();
-        std::thread::spawn(move || {
+        let out_reader = std::thread::spawn(move || {
             let mut rest = String::new();
             let _ = stdout.read_to_string(&mut rest);
             out_log.lock().unwrap().push_str(&rest);
@@ -150,6 +151,7 @@ impl Server {
             child,
             address: address.unwrap(),
             log,
+            readers: vec![err_reader, out_reader],
         }
     }
 
@@ -161,7 +163,11 @@ impl Server {
             .status();
         for _ in 0..100 {
             if let Some(status) = self.child.try_wait().unwrap() {
-                std::thread::sleep(Duration::from_millis(100));
+                // The process is gone: its pipes close, and the readers have the
+                // whole output once they end.
+                for reader in self.readers.drain(..) {
+                    let _ = reader.join();
+                }
                 return status.success();
             }
             std::thread::sleep(Duration::from_millis(50));
