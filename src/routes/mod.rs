@@ -43,6 +43,7 @@ pub fn tenant_routes(state: &AppState) -> Router<AppState> {
 
 fn admin_routes(state: &AppState) -> Router<AppState> {
     tenants::admin_router()
+        .merge(admin_tenants::router())
         .route_layer(middleware::from_fn_with_state(state.clone(), require_admin))
 }
 

@@ -8,6 +8,7 @@ mod feature_gate;
 mod helpers;
 mod identification;
 mod isolation;
+mod lifecycle;
 mod pg;
 mod pools;
 mod postgres;

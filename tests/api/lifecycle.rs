@@ -1,0 +1,358 @@
+//! Tenant lifecycle without restarts: provisioning through the admin API on every
+//! backend, refusal of duplicates, undoing a failed provisioning, suspension,
+//! changes, removal, persistence, and replicas sharing the control database.
+
+use std::time::{Duration, Instant};
+
+use reqwest::Method;
+use serde_json::{Value, json};
+
+use crate::{
+    helpers::{AppSpec, Backend, Storage, TestApp, assert_error, spawn_app_with, standard_tenants},
+    pg,
+};
+
+/// The body that provisions `id` on `backend`.
+async fn provision_body(app: &TestApp, backend: Backend, id: &str) -> Value {
+    let storage = Storage::new(backend, app.data_dir()).await;
+    let mut body = match &storage {
+        Storage::Sqlite(dir) => {
+            json!({ "database_url": format!("sqlite://{}/{id}.db", dir.display()) })
+        }
+        Storage::PgDatabase { server, prefix } => {
+            json!({ "database_url": pg::url_with_database(server, &format!("{prefix}_{id}")) })
+        }
+        Storage::PgSchema { database_url } => {
+            json!({ "database_url": database_url, "isolation": "schema" })
+        }
+    };
+    body["id"] = json!(id);
+    body["domain"] = json!("dental");
+    body["branding"] = json!({ "company_name": "New Clinic", "primary_color": "#112233" });
+    body["seed_demo_data"] = json!(true);
+    body
+}
+
+async fn provision(app: &TestApp, body: &Value) -> reqwest::Response {
+    app.admin(Method::POST, "/api/admin/tenants")
+        .json(body)
+        .send()
+        .await
+        .unwrap()
+}
+
+async fn a_provisioned_tenant_answers_at_once_with_its_demo_data(backend: Backend) {
+    let app = spawn_app_with(AppSpec::new(standard_tenants()).on(backend)).await;
+    let body = provision_body(&app, backend, "new_clinic").await;
+    let response = provision(&app, &body).await;
+    assert_eq!(response.status(), 201);
+    let text = response.text().await.unwrap();
+    assert!(
+        !text.contains("database_url") && !text.contains("sqlite") && !text.contains("postgres"),
+        "{text}"
+    );
+    let created: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(created["id"], "new_clinic");
+    assert_eq!(created["source"], "control");
+
+    let products = app
+        .product_names(app.as_tenant(Method::GET, "new_clinic", "/api/products"))
+        .await;
+    assert_eq!(products.len(), 5, "{products:?}");
+    let patients = app
+        .as_tenant(Method::GET, "new_clinic", "/api/dental/patients")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(patients.status(), 200);
+    let branding: Value = app
+        .request(Method::GET, "/api/tenants/new_clinic/branding")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(branding["branding"]["company_name"], "New Clinic");
+
+    let migrations: Value = app
+        .admin(Method::GET, "/api/admin/tenants/new_clinic/migrations")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let statuses: Vec<&str> = migrations["migrations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["status"].as_str().unwrap())
+        .collect();
+    assert!(
+        !statuses.is_empty() && statuses.iter().all(|s| *s == "applied"),
+        "{migrations}"
+    );
+    let migrate: Value = app
+        .admin(Method::POST, "/api/admin/tenants/new_clinic/migrate")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(migrate["applied"], 0);
+}
+
+async fn duplicates_and_bad_bodies_are_refused(backend: Backend) {
+    let app = spawn_app_with(AppSpec::new(standard_tenants()).on(backend)).await;
+    let body = provision_body(&app, backend, "twin").await;
+    assert_eq!(provision(&app, &body).await.status(), 201);
+    assert_error(provision(&app, &body).await, 409, "conflict").await;
+
+    let mut same_label = provision_body(&app, backend, "other_twin").await;
+    same_label["subdomain"] = json!("twin");
+    assert_error(provision(&app, &same_label).await, 409, "conflict").await;
+    let mut file_id = provision_body(&app, backend, "demo").await;
+    file_id["subdomain"] = json!("demo-two");
+    assert_error(provision(&app, &file_id).await, 409, "conflict").await;
+
+    for (change, field) in [
+        (json!({ "id": "Bad Id" }), "id"),
+        (json!({ "domain": "retail" }), "domain"),
+        (
+            json!({ "database_url": "mysql://u:p@h/db" }),
+            "database_url",
+        ),
+        (json!({ "colour": "red" }), "colour"),
+    ] {
+        let mut bad = provision_body(&app, backend, "bad_one").await;
+        for (k, v) in change.as_object().unwrap() {
+            bad[k] = v.clone();
+        }
+        let error = assert_error(provision(&app, &bad).await, 422, "validation_failed").await;
+        assert_eq!(error["error"]["field"], field, "{error}");
+        assert!(!error.to_string().contains("mysql://u:p"), "{error}");
+    }
+    let unauthorized = app
+        .request(Method::POST, "/api/admin/tenants")
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_error(unauthorized, 401, "unauthorized").await;
+}
+
+async fn suspending_changing_and_removing_take_effect_on_the_next_request(backend: Backend) {
+    let app = spawn_app_with(AppSpec::new(standard_tenants()).on(backend)).await;
+    let body = provision_body(&app, backend, "short_lived").await;
+    assert_eq!(provision(&app, &body).await.status(), 201);
+
+    let patch = |change: Value| {
+        app.admin(Method::PATCH, "/api/admin/tenants/short_lived")
+            .json(&change)
+            .send()
+    };
+    assert_eq!(
+        patch(json!({ "is_active": false })).await.unwrap().status(),
+        200
+    );
+    let suspended = app
+        .as_tenant(Method::GET, "short_lived", "/api/products")
+        .send()
+        .await
+        .unwrap();
+    assert_error(suspended, 403, "tenant_inactive").await;
+    assert_eq!(
+        patch(json!({ "is_active": true, "features": ["material_management"] }))
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    let materials = app
+        .as_tenant(Method::GET, "short_lived", "/api/manufacturing/materials")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(materials.status(), 200);
+    let patients = app
+        .as_tenant(Method::GET, "short_lived", "/api/dental/patients")
+        .send()
+        .await
+        .unwrap();
+    assert_error(patients, 403, "feature_not_enabled").await;
+    let refused = patch(json!({ "database_url": "sqlite://elsewhere.db" }))
+        .await
+        .unwrap();
+    assert_error(refused, 422, "validation_failed").await;
+
+    // A file tenant can be suspended through the API too.
+    let demo = app
+        .admin(Method::PATCH, "/api/admin/tenants/demo")
+        .json(&json!({ "is_active": false }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(demo.status(), 200);
+    let demo_request = app
+        .as_tenant(Method::GET, "demo", "/api/products")
+        .send()
+        .await
+        .unwrap();
+    assert_error(demo_request, 403, "tenant_inactive").await;
+
+    let delete = app
+        .admin(
+            Method::DELETE,
+            "/api/admin/tenants/short_lived?drop_database=true",
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(delete.status(), 204);
+    let gone = app
+        .as_tenant(Method::GET, "short_lived", "/api/products")
+        .send()
+        .await
+        .unwrap();
+    assert_error(gone, 404, "tenant_not_found").await;
+    if backend == Backend::Sqlite {
+        assert!(
+            !app.data_dir().join("short_lived.db").exists(),
+            "the dropped database is still there"
+        );
+    }
+    let again = provision(&app, &body).await;
+    assert_eq!(again.status(), 201, "the id is free again");
+
+    let file_tenant = app
+        .admin(Method::DELETE, "/api/admin/tenants/acme_manufacturing")
+        .send()
+        .await
+        .unwrap();
+    assert_error(file_tenant, 409, "conflict").await;
+}
+
+crate::on_every_backend!(
+    a_provisioned_tenant_answers_at_once_with_its_demo_data,
+    duplicates_and_bad_bodies_are_refused,
+    suspending_changing_and_removing_take_effect_on_the_next_request,
+);
+
+#[tokio::test]
+async fn a_failed_provisioning_leaves_nothing_behind_and_a_retry_succeeds() {
+    let shared = pg::fresh_database("trf").await;
+    // The server refuses to create tables: the tenant's schema gets made, then its
+    // migration fails.
+    let conn = pg::connect(&shared).await;
+    sea_orm::ConnectionTrait::execute_unprepared(
+        &conn,
+        "CREATE FUNCTION refuse_tables() RETURNS event_trigger LANGUAGE plpgsql AS \
+         $$ BEGIN RAISE EXCEPTION 'tables are refused'; END $$; \
+         CREATE EVENT TRIGGER refuse_tables ON ddl_command_start WHEN TAG IN ('CREATE TABLE') \
+         EXECUTE FUNCTION refuse_tables();",
+    )
+    .await
+    .unwrap();
+    let app = spawn_app_with(AppSpec::new(standard_tenants())).await;
+    let body = json!({ "id": "unlucky", "database_url": shared, "isolation": "schema" });
+
+    let failed = provision(&app, &body).await;
+    assert!(failed.status().is_server_error(), "{}", failed.status());
+    let schema_left: Option<sea_orm::QueryResult> = sea_orm::ConnectionTrait::query_one_raw(
+        &conn,
+        sea_orm::Statement::from_string(
+            sea_orm::DbBackend::Postgres,
+            "SELECT 1 FROM information_schema.schemata WHERE schema_name = 'tenant_unlucky'",
+        ),
+    )
+    .await
+    .unwrap();
+    assert!(schema_left.is_none(), "the half-made schema is still there");
+    let list = app
+        .admin(Method::GET, "/api/tenants")
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(!list.contains("unlucky"), "{list}");
+    let request = app
+        .as_tenant(Method::GET, "unlucky", "/api/products")
+        .send()
+        .await
+        .unwrap();
+    assert_error(request, 404, "tenant_not_found").await;
+
+    sea_orm::ConnectionTrait::execute_unprepared(&conn, "DROP EVENT TRIGGER refuse_tables")
+        .await
+        .unwrap();
+    let retried = provision(&app, &body).await;
+    assert_eq!(retried.status(), 201);
+    app.create_product("unlucky", "second time lucky", 1.0)
+        .await;
+}
+
+#[tokio::test]
+async fn provisioned_tenants_survive_a_restart_and_reach_other_replicas() {
+    let control_dir = tempfile::tempdir().unwrap();
+    let control = format!("sqlite://{}/control.db", control_dir.path().display());
+    let replica = |poll: &str| {
+        AppSpec::new(standard_tenants())
+            .env("CONTROL_DATABASE_URL", &control)
+            .env("CONTROL_POLL_SECS", poll)
+    };
+    let a = spawn_app_with(replica("1")).await;
+    let b = spawn_app_with(replica("1")).await;
+    let body = provision_body(&a, Backend::Sqlite, "shared_one").await;
+    assert_eq!(provision(&a, &body).await.status(), 201);
+    a.create_product("shared_one", "made on A", 1.0).await;
+
+    // B learns of the tenant from the control database, and of its suspension.
+    let wait_for = |app: &TestApp, status: u16| {
+        let request = app.as_tenant(Method::GET, "shared_one", "/api/products");
+        async move {
+            let started = Instant::now();
+            let mut last = 0;
+            while started.elapsed() < Duration::from_secs(10) {
+                last = request
+                    .try_clone()
+                    .unwrap()
+                    .send()
+                    .await
+                    .unwrap()
+                    .status()
+                    .as_u16();
+                if last == status {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            panic!("wanted {status}, last saw {last}");
+        }
+    };
+    wait_for(&b, 200).await;
+    let names = b
+        .product_names(b.as_tenant(Method::GET, "shared_one", "/api/products"))
+        .await;
+    assert!(names.contains(&"made on A".to_string()), "{names:?}");
+    let suspend = a
+        .admin(Method::PATCH, "/api/admin/tenants/shared_one")
+        .json(&json!({ "is_active": false }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(suspend.status(), 200);
+    wait_for(&b, 403).await;
+
+    // A fresh process on the same control database serves it from the start.
+    let c = spawn_app_with(replica("0")).await;
+    let request = c
+        .as_tenant(Method::GET, "shared_one", "/api/products")
+        .send()
+        .await
+        .unwrap();
+    assert_error(request, 403, "tenant_inactive").await;
+}
