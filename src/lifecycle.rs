@@ -336,3 +336,47 @@ pub fn spawn_poller(lifecycle: std::sync::Weak<Lifecycle>, every: Duration) {
         }
     });
 }
+
+/// Reloads the tenants file and `TENANT_CONFIGS` on SIGHUP. The registry is swapped
+/// whole, so requests in flight finish on the configuration they started with and
+/// none is dropped; an invalid file keeps the old configuration and logs why.
+pub fn spawn_reload_on_sighup(
+    lifecycle: std::sync::Weak<Lifecycle>,
+    settings: crate::settings::Settings,
+) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut hangups = match signal(SignalKind::hangup()) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for SIGHUP; reload is off");
+                return;
+            }
+        };
+        tokio::spawn(async move {
+            while hangups.recv().await.is_some() {
+                let Some(lifecycle) = lifecycle.upgrade() else {
+                    break;
+                };
+                let (file, required) = settings.tenants_file();
+                let env = settings.tenant_configs.as_ref().map(|s| s.expose());
+                match crate::tenant::load_tenants(Some(&file), required, env) {
+                    Ok(base) => match lifecycle.set_base(base).await {
+                        Ok(()) => tracing::info!("tenants reloaded on SIGHUP"),
+                        Err(e) => {
+                            tracing::error!(error = %db::redact_error(&e), "reload failed; keeping the old tenants")
+                        }
+                    },
+                    Err(errors) => {
+                        for e in errors {
+                            tracing::error!(error = %e, "reload refused: invalid tenant configuration; keeping the old tenants");
+                        }
+                    }
+                }
+            }
+        });
+    }
+    #[cfg(not(unix))]
+    let _ = (lifecycle, settings);
+}

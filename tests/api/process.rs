@@ -307,3 +307,108 @@ fn sigterm_closes_the_server_cleanly() {
         server.log()
     );
 }
+
+#[test]
+fn sighup_reloads_the_tenants_file_under_load_and_refuses_an_invalid_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let entry = |id: &str| {
+        format!(
+            "[tenants.{id}]\ndatabase_url = 'sqlite://{}/{id}.db'\n",
+            dir.path().display()
+        )
+    };
+    let file = dir.path().join("tenants.toml");
+    std::fs::write(&file, entry("demo")).unwrap();
+    let mut server = Server::start(command(dir.path(), &[]));
+    let pid = server.child.id().to_string();
+    let hangup = || {
+        let status = Command::new("kill").args(["-HUP", &pid]).status().unwrap();
+        assert!(status.success());
+    };
+
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let client = reqwest::Client::new();
+        let address = server.address.clone();
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let load = {
+            let (client, address, stop) = (client.clone(), address.clone(), stop.clone());
+            tokio::spawn(async move {
+                let (mut ok, mut failed) = (0u64, 0u64);
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let status = client
+                        .get(format!("{address}/api/products"))
+                        .header("X-Tenant-ID", "demo")
+                        .send()
+                        .await
+                        .map(|r| r.status().as_u16());
+                    if status.as_ref().is_ok_and(|s| *s == 200) {
+                        ok += 1
+                    } else {
+                        failed += 1
+                    }
+                }
+                (ok, failed)
+            })
+        };
+        let status_of = |id: &'static str| {
+            let (client, address) = (client.clone(), address.clone());
+            async move {
+                client
+                    .get(format!("{address}/api/products"))
+                    .header("X-Tenant-ID", id)
+                    .send()
+                    .await
+                    .unwrap()
+                    .status()
+                    .as_u16()
+            }
+        };
+        assert_eq!(status_of("extra").await, 404);
+
+        // A new tenant in the file is served after SIGHUP, with no restart.
+        std::fs::write(&file, format!("{}{}", entry("demo"), entry("extra"))).unwrap();
+        hangup();
+        let mut served = false;
+        for _ in 0..50 {
+            if status_of("extra").await == 200 {
+                served = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(served, "extra never served after SIGHUP");
+
+        // An invalid file is refused and the old tenants stay.
+        std::fs::write(
+            &file,
+            format!(
+                "{}[tenants.broken]\ndatabase_url = 'sqlite://x.db'\ndomain = 'retail'\n",
+                entry("demo")
+            ),
+        )
+        .unwrap();
+        hangup();
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert_eq!(
+            status_of("extra").await,
+            200,
+            "an invalid reload dropped a tenant"
+        );
+
+        // More reloads while the load runs.
+        std::fs::write(&file, format!("{}{}", entry("demo"), entry("extra"))).unwrap();
+        for _ in 0..5 {
+            hangup();
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let (ok, failed) = load.await.unwrap();
+        assert!(ok > 0);
+        assert_eq!(failed, 0, "requests lost during reloads");
+    });
+    assert!(server.stop());
+    let log = server.log();
+    assert!(log.contains("reload refused"), "{log}");
+    assert!(log.contains("tenant 'broken': field 'domain'"), "{log}");
+}
