@@ -5,6 +5,7 @@
 //! only the features the tenant has ([`feature_gate`]).
 
 pub mod admin;
+pub mod cli;
 pub mod control;
 pub mod db;
 pub mod demo;
@@ -12,6 +13,7 @@ pub mod entities;
 pub mod error;
 pub mod extract;
 pub mod feature_gate;
+pub mod fleet;
 pub mod identify;
 pub mod lifecycle;
 pub mod routes;

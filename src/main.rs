@@ -2,10 +2,16 @@
 
 use std::process::ExitCode;
 
-use tenant_router::{Application, Settings, telemetry};
+use clap::Parser;
+use tenant_router::{
+    Application, Settings,
+    cli::{self, Cli, Command},
+    telemetry,
+};
 
 #[tokio::main]
 async fn main() -> ExitCode {
+    let cli = Cli::parse();
     let settings = match Settings::from_env() {
         Ok(s) => s,
         Err(e) => {
@@ -13,6 +19,21 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    match cli.command {
+        None | Some(Command::Serve) => serve(settings).await,
+        Some(Command::Tenants(command)) => {
+            // Commands print their results; the log says only what went wrong.
+            telemetry::init("warn");
+            cli::tenants(settings, command).await
+        }
+        Some(Command::Migrate(args)) => {
+            telemetry::init("warn");
+            cli::migrate(settings, args).await
+        }
+    }
+}
+
+async fn serve(settings: Settings) -> ExitCode {
     telemetry::init(&settings.log_level);
     let app = match Application::build(settings).await {
         Ok(app) => app,

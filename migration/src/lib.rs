@@ -4,6 +4,7 @@
 //! what a tenant's API exposes. Migrations are append-only: a released migration is
 //! never edited, a change is a new file.
 
+pub use sea_orm_migration::MigrationStatus;
 pub use sea_orm_migration::prelude::*;
 
 pub mod control;

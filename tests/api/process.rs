@@ -412,3 +412,166 @@ fn sighup_reloads_the_tenants_file_under_load_and_refuses_an_invalid_one() {
     assert!(log.contains("reload refused"), "{log}");
     assert!(log.contains("tenant 'broken': field 'domain'"), "{log}");
 }
+
+/// Runs the binary with `args` in `cwd`; returns (exit code, stdout, stderr).
+fn run(cwd: &Path, args: &[&str]) -> (i32, String, String) {
+    let output = command(cwd, &[]).args(args).output().unwrap();
+    (
+        output.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+fn report_rows(path: &Path) -> Vec<serde_json::Value> {
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    report["tenants"].as_array().unwrap().clone()
+}
+
+#[test]
+fn migrate_all_carries_on_past_a_broken_tenant_and_a_second_run_finishes() {
+    let dir = tempfile::tempdir().unwrap();
+    let ids = ["t1", "t2", "t3", "t4", "broken"];
+    let toml: String = ids
+        .iter()
+        .map(|id| {
+            format!(
+                "[tenants.{id}]\ndatabase_url = 'sqlite://{}/{id}.db'\n",
+                dir.path().display()
+            )
+        })
+        .collect();
+    std::fs::write(dir.path().join("tenants.toml"), toml).unwrap();
+    // A directory where the broken tenant's database file should be.
+    std::fs::create_dir(dir.path().join("broken.db")).unwrap();
+
+    let report = dir.path().join("report.json");
+    let (code, stdout, stderr) = run(
+        dir.path(),
+        &["migrate", "--all", "--report", report.to_str().unwrap()],
+    );
+    assert_eq!(code, 1, "{stdout}{stderr}");
+    let rows = report_rows(&report);
+    assert_eq!(rows.len(), 5);
+    for row in &rows {
+        if row["tenant_id"] == "broken" {
+            assert_eq!(row["status"], "failed");
+            assert!(
+                row["error"].as_str().is_some_and(|e| !e.is_empty()),
+                "{row}"
+            );
+        } else {
+            assert_eq!(row["status"], "migrated", "{row}");
+            assert!(row["before"].is_null());
+            assert!(row["after"].as_str().is_some(), "{row}");
+        }
+    }
+
+    // Repaired, the second run migrates the broken tenant and only checks the rest.
+    std::fs::remove_dir(dir.path().join("broken.db")).unwrap();
+    let (code, stdout, stderr) = run(
+        dir.path(),
+        &["migrate", "--all", "--report", report.to_str().unwrap()],
+    );
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    for row in report_rows(&report) {
+        let want = if row["tenant_id"] == "broken" {
+            "migrated"
+        } else {
+            "up_to_date"
+        };
+        assert_eq!(row["status"], want, "{row}");
+    }
+}
+
+#[test]
+fn migrate_dry_run_reports_pending_and_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("tenants.toml"),
+        format!(
+            "[tenants.one]\ndatabase_url = 'sqlite://{}/one.db'\n",
+            dir.path().display()
+        ),
+    )
+    .unwrap();
+    let report = dir.path().join("dry.json");
+    for _ in 0..2 {
+        let (code, _, stderr) = run(
+            dir.path(),
+            &[
+                "migrate",
+                "--tenant",
+                "one",
+                "--dry-run",
+                "--report",
+                report.to_str().unwrap(),
+            ],
+        );
+        assert_eq!(code, 0, "{stderr}");
+        let rows = report_rows(&report);
+        assert_eq!(rows[0]["status"], "pending");
+        assert!(!rows[0]["pending"].as_array().unwrap().is_empty());
+    }
+    let (code, _, stderr) = run(dir.path(), &["migrate", "--tenant", "nobody"]);
+    assert_eq!(code, 2, "{stderr}");
+}
+
+#[test]
+fn tenant_commands_manage_the_control_database() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("tenants.toml"),
+        format!(
+            "[tenants.from_file]\ndatabase_url = 'sqlite://{}/from_file.db'\n",
+            dir.path().display()
+        ),
+    )
+    .unwrap();
+    let url = format!("sqlite://{}/cli_made.db", dir.path().display());
+    let (code, stdout, stderr) = run(
+        dir.path(),
+        &[
+            "tenants",
+            "create",
+            "--id",
+            "cli_made",
+            "--database-url",
+            &url,
+            "--domain",
+            "dental",
+            "--seed-demo-data",
+        ],
+    );
+    assert_eq!(code, 0, "{stderr}");
+    assert!(
+        !stdout.contains(&url),
+        "the database URL was printed: {stdout}"
+    );
+    assert!(dir.path().join("cli_made.db").exists());
+
+    let (_, list, _) = run(dir.path(), &["tenants", "list"]);
+    assert!(
+        list.contains("cli_made") && list.contains("from_file"),
+        "{list}"
+    );
+    assert_eq!(run(dir.path(), &["tenants", "suspend", "cli_made"]).0, 0);
+    let (_, shown, _) = run(dir.path(), &["tenants", "show", "cli_made"]);
+    let shown: serde_json::Value = serde_json::from_str(&shown).unwrap();
+    assert_eq!(shown["is_active"], false);
+    assert_eq!(run(dir.path(), &["tenants", "activate", "cli_made"]).0, 0);
+    let (code, _, stderr) = run(dir.path(), &["tenants", "delete", "from_file"]);
+    assert_eq!(code, 2, "a file tenant is not deleted here: {stderr}");
+    assert_eq!(
+        run(
+            dir.path(),
+            &["tenants", "delete", "cli_made", "--drop-database"]
+        )
+        .0,
+        0
+    );
+    assert!(!dir.path().join("cli_made.db").exists());
+    let (_, list, _) = run(dir.path(), &["tenants", "list"]);
+    assert!(!list.contains("cli_made"), "{list}");
+}
