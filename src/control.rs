@@ -31,6 +31,7 @@ pub mod tenant_config {
         pub gst_number: Option<String>,
         pub contact_info: Json,
         pub is_active: bool,
+        pub demo: bool,
         pub max_connections: Option<i32>,
         pub isolation: String,
         pub state: String,
@@ -169,6 +170,7 @@ fn active_model(config: &TenantConfig, state: &str) -> ActiveModel {
         gst_number: Set(config.gst_number.clone()),
         contact_info: Set(entry["contact_info"].clone()),
         is_active: Set(config.is_active),
+        demo: Set(config.demo),
         max_connections: Set(config.pool.max_connections.map(|n| n as i32)),
         isolation: Set(entry["isolation"]
             .as_str()
@@ -193,6 +195,7 @@ fn entry_of(row: &Model) -> Value {
         "is_active": row.is_active,
         "max_connections": row.max_connections,
         "isolation": row.isolation,
+        "demo": row.demo,
     })
 }
 

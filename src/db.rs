@@ -108,7 +108,12 @@ pub async fn ensure_tenant_storage(
                 ))
                 .await;
             let _ = db.close().await;
-            result.map(|_| ())
+            match result {
+                // Two sessions creating the same schema at once: one loses on the
+                // catalog's unique index, and the schema exists either way.
+                Err(e) if sql_state(&e).as_deref() == Some("23505") => Ok(()),
+                other => other.map(|_| ()),
+            }
         }
         None => create_database_if_missing(url, settings).await,
     }

@@ -1,13 +1,27 @@
-//! Sample data for a new tenant (`"seed_demo_data": true` when provisioning): a few
-//! products for every tenant, and its domain's records.
+//! Sample data: for a new tenant when provisioning asks for it, and for a demo
+//! tenant (`demo = true`) on first use and after a reset. Every tenant gets
+//! products and a year of cash flow; a dental tenant patients, treatments and
+//! supplies; a manufacturing tenant materials, a bill of materials and an order.
 
-use chrono::{NaiveDate, Utc};
-use sea_orm::{ActiveValue::Set, DatabaseConnection, DbErr, EntityTrait};
+use chrono::{Datelike, Months, NaiveDate, Utc};
+use sea_orm::{
+    ActiveValue::Set, ConnectionTrait, DatabaseConnection, DbErr, EntityTrait, PaginatorTrait,
+};
 
 use crate::{
-    entities::{material, patient, product},
+    entities::{
+        bom, bom_item, cash_flow_entry, dental_supply, material, patient, product,
+        production_order, treatment,
+    },
     tenant::{Feature, TenantConfig},
 };
+
+/// Whether the tenant's database holds no business data yet: a demo tenant is
+/// seeded only then, so that what a visitor adds is never doubled up.
+pub async fn is_empty(db: &DatabaseConnection) -> Result<bool, DbErr> {
+    Ok(product::Entity::find().count(db).await? == 0
+        && cash_flow_entry::Entity::find().count(db).await? == 0)
+}
 
 const PRODUCTS: [(&str, i64); 5] = [
     ("Starter kit", 4_999),
@@ -36,34 +50,234 @@ pub async fn seed(db: &DatabaseConnection, tenant: &TenantConfig) -> Result<(), 
         price_cents: Set(cents),
         created_at: Set(now),
         updated_at: Set(now),
+        deleted_at: Set(None),
     }))
     .exec(db)
     .await?;
     if tenant.features.contains(Feature::PatientManagement) {
-        patient::Entity::insert_many(PATIENTS.map(|(name, born)| patient::ActiveModel {
-            id: Set(uuid::Uuid::new_v4()),
-            name: Set(name.into()),
-            date_of_birth: Set(NaiveDate::parse_from_str(born, "%Y-%m-%d").ok()),
-            phone: Set(None),
-            email: Set(None),
-            notes: Set(None),
-            created_at: Set(now),
-            updated_at: Set(now),
+        let ids = PATIENTS.map(|_| uuid::Uuid::new_v4());
+        patient::Entity::insert_many(PATIENTS.iter().zip(ids).map(|((name, born), id)| {
+            patient::ActiveModel {
+                id: Set(id),
+                name: Set((*name).into()),
+                date_of_birth: Set(NaiveDate::parse_from_str(born, "%Y-%m-%d").ok()),
+                phone: Set(None),
+                email: Set(None),
+                notes: Set(None),
+                created_at: Set(now),
+                updated_at: Set(now),
+                deleted_at: Set(None),
+            }
+        }))
+        .exec(db)
+        .await?;
+        if tenant.features.contains(Feature::TreatmentTracking) {
+            treatment::Entity::insert_many(
+                ids.iter()
+                    .zip([
+                        ("Scaling and polishing", "completed", 2_500),
+                        ("Root canal, tooth 36", "in_progress", 18_000),
+                        ("Crown fitting", "planned", 22_000),
+                    ])
+                    .map(
+                        |(patient, (description, status, cents))| treatment::ActiveModel {
+                            id: Set(uuid::Uuid::new_v4()),
+                            patient_id: Set(*patient),
+                            description: Set(description.into()),
+                            status: Set(status.into()),
+                            cost_cents: Set(cents * 100),
+                            scheduled_on: Set(None),
+                            created_at: Set(now),
+                            updated_at: Set(now),
+                            deleted_at: Set(None),
+                        },
+                    ),
+            )
+            .exec(db)
+            .await?;
+        }
+    }
+    if tenant.features.contains(Feature::MaterialManagement) {
+        let ids = MATERIALS.map(|_| uuid::Uuid::new_v4());
+        material::Entity::insert_many(MATERIALS.iter().zip(ids).map(
+            |((name, unit, stock), id)| material::ActiveModel {
+                id: Set(id),
+                name: Set((*name).into()),
+                unit: Set((*unit).into()),
+                stock: Set(*stock),
+                created_at: Set(now),
+                updated_at: Set(now),
+                deleted_at: Set(None),
+            },
+        ))
+        .exec(db)
+        .await?;
+        if tenant.features.contains(Feature::BomManagement) {
+            seed_bom(
+                db,
+                ids,
+                tenant.features.contains(Feature::ProductionTracking),
+            )
+            .await?;
+        }
+    }
+    if tenant.features.contains(Feature::DentalSupplies) {
+        dental_supply::Entity::insert_many(SUPPLIES.map(|(name, unit, stock, reorder)| {
+            dental_supply::ActiveModel {
+                id: Set(uuid::Uuid::new_v4()),
+                name: Set(name.into()),
+                unit: Set(unit.into()),
+                stock: Set(stock),
+                reorder_level: Set(reorder),
+                created_at: Set(now),
+                updated_at: Set(now),
+                deleted_at: Set(None),
+            }
         }))
         .exec(db)
         .await?;
     }
-    if tenant.features.contains(Feature::MaterialManagement) {
-        material::Entity::insert_many(MATERIALS.map(|(name, unit, stock)| material::ActiveModel {
+    if tenant.features.contains(Feature::CashFlow) {
+        seed_cash_flow(db).await?;
+    }
+    Ok(())
+}
+
+const SUPPLIES: [(&str, &str, f64, f64); 3] = [
+    ("Nitrile gloves (box)", "box", 40.0, 10.0),
+    ("Composite resin A2", "syringe", 6.0, 8.0),
+    ("Disposable bibs", "pack", 25.0, 5.0),
+];
+
+/// A cabinet made of the seeded materials, and a planned order of ten.
+async fn seed_bom(
+    db: &impl ConnectionTrait,
+    materials: [uuid::Uuid; 3],
+    with_order: bool,
+) -> Result<(), DbErr> {
+    let now = Utc::now();
+    let id = uuid::Uuid::new_v4();
+    bom::Entity::insert(bom::ActiveModel {
+        id: Set(id),
+        name: Set("Steel storage cabinet".into()),
+        created_at: Set(now),
+        updated_at: Set(now),
+        deleted_at: Set(None),
+    })
+    .exec(db)
+    .await?;
+    bom_item::Entity::insert_many(materials.iter().zip([18.0, 4.0, 24.0]).map(
+        |(material, quantity)| bom_item::ActiveModel {
             id: Set(uuid::Uuid::new_v4()),
-            name: Set(name.into()),
-            unit: Set(unit.into()),
-            stock: Set(stock),
+            bom_id: Set(id),
+            material_id: Set(*material),
+            quantity: Set(quantity),
+        },
+    ))
+    .exec(db)
+    .await?;
+    if with_order {
+        production_order::Entity::insert(production_order::ActiveModel {
+            id: Set(uuid::Uuid::new_v4()),
+            bom_id: Set(id),
+            quantity: Set(10.0),
+            status: Set("planned".into()),
             created_at: Set(now),
             updated_at: Set(now),
-        }))
+            deleted_at: Set(None),
+        })
         .exec(db)
         .await?;
     }
     Ok(())
+}
+
+/// Twelve months of income and expenses ending this month, with 18% tax.
+async fn seed_cash_flow(db: &impl ConnectionTrait) -> Result<(), DbErr> {
+    let now = Utc::now();
+    let this_month = now
+        .date_naive()
+        .with_day(1)
+        .unwrap_or_else(|| now.date_naive());
+    let mut rows = Vec::new();
+    for back in 0..12u32 {
+        let Some(month) = this_month.checked_sub_months(Months::new(back)) else {
+            continue;
+        };
+        for (kind, cents, day, description) in [
+            ("income", 185_000 + i64::from(back) * 3_500, 5, "Sales"),
+            ("expense", 62_000, 10, "Rent"),
+            (
+                "expense",
+                24_500 + i64::from(back % 3) * 1_000,
+                20,
+                "Supplies",
+            ),
+        ] {
+            let date = month.with_day(day).unwrap_or(month);
+            rows.push(cash_flow_entry::ActiveModel {
+                id: Set(uuid::Uuid::new_v4()),
+                kind: Set(kind.into()),
+                amount_cents: Set(cents),
+                tax_cents: Set(cents * 18 / 100),
+                entry_date: Set(date),
+                description: Set(Some(description.into())),
+                created_at: Set(now),
+                updated_at: Set(now),
+                deleted_at: Set(None),
+            });
+        }
+    }
+    cash_flow_entry::Entity::insert_many(rows).exec(db).await?;
+    Ok(())
+}
+
+/// Removes every business row of the tenant (children before parents).
+pub async fn clear(db: &impl ConnectionTrait) -> Result<(), DbErr> {
+    for table in [
+        "production_orders",
+        "bom_items",
+        "boms",
+        "treatments",
+        "patients",
+        "dental_supplies",
+        "materials",
+        "products",
+        "cash_flow_entries",
+    ] {
+        db.execute_unprepared(&format!("DELETE FROM {table}"))
+            .await?;
+    }
+    Ok(())
+}
+
+/// Live (not deleted) rows of each business table.
+pub async fn status(
+    db: &impl ConnectionTrait,
+) -> Result<serde_json::Map<String, serde_json::Value>, DbErr> {
+    let mut counts = serde_json::Map::new();
+    for table in [
+        "products",
+        "cash_flow_entries",
+        "patients",
+        "treatments",
+        "dental_supplies",
+        "materials",
+        "boms",
+        "production_orders",
+    ] {
+        let sql = format!("SELECT COUNT(*) AS n FROM {table} WHERE deleted_at IS NULL");
+        let row = db
+            .query_one_raw(sea_orm::Statement::from_string(
+                db.get_database_backend(),
+                sql,
+            ))
+            .await?;
+        let n: i64 = match row {
+            Some(row) => row.try_get("", "n")?,
+            None => 0,
+        };
+        counts.insert(table.into(), n.into());
+    }
+    Ok(counts)
 }

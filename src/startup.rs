@@ -182,6 +182,7 @@ fn single_tenant_config(settings: &Settings) -> TenantConfig {
         gst_number: None,
         contact_info: ContactInfo::default(),
         is_active: true,
+        demo: false,
         pool: PoolOverrides::default(),
         isolation: Isolation::Database,
         source: TenantSource::SingleTenant,

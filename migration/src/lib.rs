@@ -11,6 +11,7 @@ pub mod control;
 mod m20261123_000001_create_products;
 mod m20261123_000002_create_patients;
 mod m20261123_000003_create_materials;
+mod m20261123_000004_create_domain_tables;
 
 /// Builds and upgrades a tenant database to the current schema.
 pub struct Migrator;
@@ -22,6 +23,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261123_000001_create_products::Migration),
             Box::new(m20261123_000002_create_patients::Migration),
             Box::new(m20261123_000003_create_materials::Migration),
+            Box::new(m20261123_000004_create_domain_tables::Migration),
         ]
     }
 }

@@ -12,6 +12,8 @@ pub struct Model {
     pub price_cents: i64,
     pub created_at: DateTimeUtc,
     pub updated_at: DateTimeUtc,
+    /// Set when deleted: the row stays, out of every list and lookup.
+    pub deleted_at: Option<DateTimeUtc>,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

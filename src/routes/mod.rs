@@ -2,6 +2,8 @@
 //! guard it.
 
 pub mod admin_tenants;
+pub mod cash_flow;
+pub mod data;
 pub mod dental;
 pub mod manufacturing;
 pub mod pagination;
@@ -33,6 +35,8 @@ pub fn router(state: AppState) -> Router {
 pub fn tenant_routes(state: &AppState) -> Router<AppState> {
     Router::new()
         .merge(products::router())
+        .merge(cash_flow::router())
+        .merge(data::router(state))
         .merge(dental::router())
         .merge(manufacturing::router())
         .route_layer(middleware::from_fn_with_state(

@@ -8,11 +8,13 @@ use crate::error::{AppError, Result};
 const DEFAULT_LIMIT: u64 = 50;
 const MAX_LIMIT: u64 = 200;
 
-/// The query parameters as sent.
+/// The query parameters as sent. (Routes with filters of their own repeat these two
+/// fields rather than `#[serde(flatten)]` them: flattening makes serde_urlencoded
+/// read numbers as strings.)
 #[derive(Debug, Deserialize)]
 pub struct PageQuery {
-    limit: Option<u64>,
-    offset: Option<u64>,
+    pub limit: Option<u64>,
+    pub offset: Option<u64>,
 }
 
 /// Checked pagination parameters.

@@ -2,7 +2,10 @@
 
 use axum::{Json, Router, http::StatusCode, routing::get};
 use chrono::Utc;
-use sea_orm::{ActiveModelTrait, ActiveValue::Set, EntityTrait, QueryOrder, QuerySelect};
+use sea_orm::{
+    ActiveModelTrait, ActiveValue::Set, ColumnTrait, EntityTrait, QueryFilter, QueryOrder,
+    QuerySelect,
+};
 use serde::{Deserialize, Serialize};
 
 use super::{
@@ -65,6 +68,7 @@ async fn list(
 ) -> Result<Json<Page<ProductView>>> {
     let page = query.checked()?;
     let rows = Product::find()
+        .filter(product::Column::DeletedAt.is_null())
         .order_by_desc(product::Column::CreatedAt)
         .order_by_desc(product::Column::Id)
         .limit(page.fetch())
@@ -87,6 +91,7 @@ async fn create(
         price_cents: Set(price_cents),
         created_at: Set(now),
         updated_at: Set(now),
+        deleted_at: Set(None),
     }
     .insert(&db)
     .await?;
@@ -95,6 +100,7 @@ async fn create(
 
 async fn show(IdPath(id): IdPath, TenantDb(db, _lease): TenantDb) -> Result<Json<ProductView>> {
     let model = Product::find_by_id(id)
+        .filter(product::Column::DeletedAt.is_null())
         .one(&db)
         .await?
         .ok_or_else(not_found)?;
@@ -109,6 +115,7 @@ async fn update(
     let name = required_text("name", &input.name, 200)?;
     let price_cents = money_to_cents("price", input.price)?;
     let existing = Product::find_by_id(id)
+        .filter(product::Column::DeletedAt.is_null())
         .one(&db)
         .await?
         .ok_or_else(not_found)?;
@@ -120,7 +127,20 @@ async fn update(
 }
 
 async fn remove(IdPath(id): IdPath, TenantDb(db, _lease): TenantDb) -> Result<StatusCode> {
-    let result = Product::delete_by_id(id).exec(&db).await?;
+    let now = Utc::now();
+    let result = Product::update_many()
+        .col_expr(
+            product::Column::DeletedAt,
+            sea_orm::sea_query::Expr::value(now),
+        )
+        .col_expr(
+            product::Column::UpdatedAt,
+            sea_orm::sea_query::Expr::value(now),
+        )
+        .filter(product::Column::Id.eq(id))
+        .filter(product::Column::DeletedAt.is_null())
+        .exec(&db)
+        .await?;
     if result.rows_affected == 0 {
         return Err(not_found());
     }

@@ -101,6 +101,8 @@ pub struct TenantConfig {
     pub gst_number: Option<String>,
     pub contact_info: ContactInfo,
     pub is_active: bool,
+    /// A demo tenant: seeded with sample data on first use, and again on reset.
+    pub demo: bool,
     pub pool: PoolOverrides,
     pub isolation: Isolation,
     pub source: TenantSource,
@@ -129,6 +131,7 @@ struct RawTenant {
     is_active: Option<bool>,
     max_connections: Option<u32>,
     isolation: Option<String>,
+    demo: Option<bool>,
 }
 
 /// Why a configuration was refused: names the tenant (where there is one) and the
@@ -270,6 +273,7 @@ impl TenantConfig {
             "is_active": self.is_active,
             "max_connections": self.pool.max_connections,
             "isolation": self.isolation,
+            "demo": self.demo,
         })
     }
 }
@@ -474,6 +478,7 @@ fn validate(
                 gst_number: raw.gst_number,
                 contact_info: raw.contact_info,
                 is_active: raw.is_active.unwrap_or(true),
+                demo: raw.demo.unwrap_or(false),
                 pool: PoolOverrides {
                     max_connections: raw.max_connections,
                 },

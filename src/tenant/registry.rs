@@ -415,6 +415,13 @@ impl TenantRegistry {
         let db = db::open_pool(tenant, max_connections, settings)
             .await
             .map_err(OpenError::Db)?;
+        // A demo tenant shows sample data from its first request on.
+        if tenant.demo && crate::demo::is_empty(&db).await.map_err(OpenError::Db)? {
+            crate::demo::seed(&db, tenant)
+                .await
+                .map_err(OpenError::Db)?;
+            tracing::info!("demo tenant seeded");
+        }
         self.inner.counters.built.fetch_add(1, Ordering::Relaxed);
         self.inner.counters.open.fetch_add(1, Ordering::Relaxed);
         Ok(TenantPool {

@@ -4,11 +4,15 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod admin;
+mod cash_flow;
+mod data;
+mod dental;
 mod feature_gate;
 mod helpers;
 mod identification;
 mod isolation;
 mod lifecycle;
+mod manufacturing;
 mod pg;
 mod pools;
 mod postgres;

@@ -23,6 +23,7 @@ impl MigrationTrait for Migration {
                     .col(string_len_null("gst_number", 500))
                     .col(json("contact_info"))
                     .col(boolean("is_active"))
+                    .col(boolean("demo").default(false))
                     .col(integer_null("max_connections"))
                     .col(string_len("isolation", 20))
                     // 'provisioning' while its storage is being made, then 'ready'.

@@ -2,7 +2,10 @@
 
 use axum::{Json, Router, http::StatusCode, routing::get};
 use chrono::{NaiveDate, Utc};
-use sea_orm::{ActiveModelTrait, ActiveValue::Set, EntityTrait, QueryOrder, QuerySelect};
+use sea_orm::{
+    ActiveModelTrait, ActiveValue::Set, ColumnTrait, EntityTrait, QueryFilter, QueryOrder,
+    QuerySelect,
+};
 use serde::{Deserialize, Serialize};
 
 use crate::{
@@ -70,6 +73,7 @@ async fn list(
 ) -> Result<Json<Page<PatientView>>> {
     let page = query.checked()?;
     let rows = Patient::find()
+        .filter(patient::Column::DeletedAt.is_null())
         .order_by_desc(patient::Column::CreatedAt)
         .order_by_desc(patient::Column::Id)
         .limit(page.fetch())
@@ -102,6 +106,7 @@ async fn create(
         notes: Set(optional_text("notes", input.notes.as_deref(), 5000)?),
         created_at: Set(now),
         updated_at: Set(now),
+        deleted_at: Set(None),
     }
     .insert(&db)
     .await?;
@@ -110,6 +115,7 @@ async fn create(
 
 async fn show(IdPath(id): IdPath, TenantDb(db, _lease): TenantDb) -> Result<Json<PatientView>> {
     let model = Patient::find_by_id(id)
+        .filter(patient::Column::DeletedAt.is_null())
         .one(&db)
         .await?
         .ok_or_else(|| AppError::NotFound("no patient with that id".into()))?;

@@ -2,7 +2,10 @@
 
 use axum::{Json, Router, http::StatusCode, routing::get};
 use chrono::Utc;
-use sea_orm::{ActiveModelTrait, ActiveValue::Set, EntityTrait, QueryOrder, QuerySelect};
+use sea_orm::{
+    ActiveModelTrait, ActiveValue::Set, ColumnTrait, EntityTrait, QueryFilter, QueryOrder,
+    QuerySelect,
+};
 use serde::{Deserialize, Serialize};
 
 use crate::{
@@ -65,6 +68,7 @@ async fn list(
 ) -> Result<Json<Page<MaterialView>>> {
     let page = query.checked()?;
     let rows = Material::find()
+        .filter(material::Column::DeletedAt.is_null())
         .order_by_desc(material::Column::CreatedAt)
         .order_by_desc(material::Column::Id)
         .limit(page.fetch())
@@ -89,6 +93,7 @@ async fn create(
         stock: Set(stock),
         created_at: Set(now),
         updated_at: Set(now),
+        deleted_at: Set(None),
     }
     .insert(&db)
     .await?;
@@ -97,6 +102,7 @@ async fn create(
 
 async fn show(IdPath(id): IdPath, TenantDb(db, _lease): TenantDb) -> Result<Json<MaterialView>> {
     let model = Material::find_by_id(id)
+        .filter(material::Column::DeletedAt.is_null())
         .one(&db)
         .await?
         .ok_or_else(|| AppError::NotFound("no material with that id".into()))?;

@@ -1,0 +1,264 @@
+//! `/api/cash-flow` (common feature `cash_flow`): income and expense entries with
+//! their tax, and a monthly summary.
+
+use std::collections::BTreeMap;
+
+use axum::{Json, Router, http::StatusCode, routing::get};
+use chrono::{Datelike, NaiveDate, Utc};
+use sea_orm::{
+    ActiveModelTrait, ActiveValue::Set, ColumnTrait, EntityTrait, QueryFilter, QueryOrder,
+    QuerySelect, sea_query::Expr,
+};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::{
+    entities::cash_flow_entry as entry,
+    error::{AppError, Result},
+    extract::{ApiJson, ApiQuery, IdPath, TenantDb},
+    feature_gate::gate,
+    routes::{
+        pagination::{Page, PageQuery},
+        validate::{cents_to_money, money_to_cents, optional_text},
+    },
+    startup::AppState,
+    tenant::Feature,
+};
+
+const KINDS: [&str; 2] = ["income", "expense"];
+
+pub fn router() -> Router<AppState> {
+    gate(
+        Router::new()
+            .route("/api/cash-flow", get(list).post(create))
+            .route("/api/cash-flow/summary", get(summary))
+            .route("/api/cash-flow/{id}", get(show).delete(remove)),
+        Feature::CashFlow,
+    )
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EntryInput {
+    kind: String,
+    amount: f64,
+    #[serde(default)]
+    tax: f64,
+    date: NaiveDate,
+    description: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+struct EntryView {
+    id: Uuid,
+    kind: String,
+    amount: f64,
+    tax: f64,
+    date: NaiveDate,
+    description: Option<String>,
+    created_at: chrono::DateTime<Utc>,
+    updated_at: chrono::DateTime<Utc>,
+}
+
+impl From<entry::Model> for EntryView {
+    fn from(m: entry::Model) -> Self {
+        Self {
+            id: m.id,
+            kind: m.kind,
+            amount: cents_to_money(m.amount_cents),
+            tax: cents_to_money(m.tax_cents),
+            date: m.entry_date,
+            description: m.description,
+            created_at: m.created_at,
+            updated_at: m.updated_at,
+        }
+    }
+}
+
+fn check_kind(kind: &str) -> Result<()> {
+    if KINDS.contains(&kind) {
+        Ok(())
+    } else {
+        Err(AppError::validation("kind", "kind is income or expense"))
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct ListQuery {
+    limit: Option<u64>,
+    offset: Option<u64>,
+    kind: Option<String>,
+    from: Option<NaiveDate>,
+    to: Option<NaiveDate>,
+}
+
+async fn list(
+    ApiQuery(query): ApiQuery<ListQuery>,
+    TenantDb(db, _lease): TenantDb,
+) -> Result<Json<Page<EntryView>>> {
+    let page = PageQuery {
+        limit: query.limit,
+        offset: query.offset,
+    }
+    .checked()?;
+    let mut select = entry::Entity::find().filter(entry::Column::DeletedAt.is_null());
+    if let Some(kind) = &query.kind {
+        check_kind(kind)?;
+        select = select.filter(entry::Column::Kind.eq(kind.as_str()));
+    }
+    if let Some(from) = query.from {
+        select = select.filter(entry::Column::EntryDate.gte(from));
+    }
+    if let Some(to) = query.to {
+        select = select.filter(entry::Column::EntryDate.lte(to));
+    }
+    let rows = select
+        .order_by_desc(entry::Column::EntryDate)
+        .order_by_desc(entry::Column::CreatedAt)
+        .limit(page.fetch())
+        .offset(page.offset)
+        .all(&db)
+        .await?;
+    Ok(Json(Page::from_rows(rows, page, EntryView::from)))
+}
+
+async fn create(
+    TenantDb(db, _lease): TenantDb,
+    ApiJson(input): ApiJson<EntryInput>,
+) -> Result<(StatusCode, Json<EntryView>)> {
+    check_kind(&input.kind)?;
+    let amount_cents = money_to_cents("amount", input.amount)?;
+    if amount_cents == 0 {
+        return Err(AppError::validation("amount", "amount must be above 0"));
+    }
+    let tax_cents = money_to_cents("tax", input.tax)?;
+    let now = Utc::now();
+    let model = entry::ActiveModel {
+        id: Set(Uuid::new_v4()),
+        kind: Set(input.kind),
+        amount_cents: Set(amount_cents),
+        tax_cents: Set(tax_cents),
+        entry_date: Set(input.date),
+        description: Set(optional_text(
+            "description",
+            input.description.as_deref(),
+            500,
+        )?),
+        created_at: Set(now),
+        updated_at: Set(now),
+        deleted_at: Set(None),
+    }
+    .insert(&db)
+    .await?;
+    Ok((StatusCode::CREATED, Json(model.into())))
+}
+
+fn not_found() -> AppError {
+    AppError::NotFound("no cash-flow entry with that id".into())
+}
+
+async fn show(IdPath(id): IdPath, TenantDb(db, _lease): TenantDb) -> Result<Json<EntryView>> {
+    let model = entry::Entity::find_by_id(id)
+        .filter(entry::Column::DeletedAt.is_null())
+        .one(&db)
+        .await?
+        .ok_or_else(not_found)?;
+    Ok(Json(model.into()))
+}
+
+async fn remove(IdPath(id): IdPath, TenantDb(db, _lease): TenantDb) -> Result<StatusCode> {
+    let now = Utc::now();
+    let result = entry::Entity::update_many()
+        .col_expr(entry::Column::DeletedAt, Expr::value(now))
+        .col_expr(entry::Column::UpdatedAt, Expr::value(now))
+        .filter(entry::Column::Id.eq(id))
+        .filter(entry::Column::DeletedAt.is_null())
+        .exec(&db)
+        .await?;
+    if result.rows_affected == 0 {
+        return Err(not_found());
+    }
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Debug, Deserialize)]
+struct SummaryQuery {
+    year: Option<i32>,
+}
+
+/// Sums in minor units, shown as money.
+#[derive(Debug, Default, Clone, Copy)]
+struct Sums {
+    income: i64,
+    expense: i64,
+    income_tax: i64,
+    expense_tax: i64,
+}
+
+impl Sums {
+    fn add(&mut self, kind: &str, amount: i64, tax: i64) {
+        if kind == "income" {
+            self.income += amount;
+            self.income_tax += tax;
+        } else {
+            self.expense += amount;
+            self.expense_tax += tax;
+        }
+    }
+
+    fn view(self) -> serde_json::Value {
+        serde_json::json!({
+            "income": cents_to_money(self.income),
+            "expense": cents_to_money(self.expense),
+            "income_tax": cents_to_money(self.income_tax),
+            "expense_tax": cents_to_money(self.expense_tax),
+            "net": cents_to_money(self.income - self.expense),
+        })
+    }
+}
+
+/// Income, expense, their tax and the net of each month of `year` (default: this
+/// year), and the year's totals. Deleted entries do not count.
+async fn summary(
+    ApiQuery(query): ApiQuery<SummaryQuery>,
+    TenantDb(db, _lease): TenantDb,
+) -> Result<Json<serde_json::Value>> {
+    let year = query.year.unwrap_or_else(|| Utc::now().year());
+    let (Some(first), Some(last)) = (
+        NaiveDate::from_ymd_opt(year, 1, 1),
+        NaiveDate::from_ymd_opt(year, 12, 31),
+    ) else {
+        return Err(AppError::validation("year", "year is out of range"));
+    };
+    let rows: Vec<(String, i64, i64, NaiveDate)> = entry::Entity::find()
+        .select_only()
+        .column(entry::Column::Kind)
+        .column(entry::Column::AmountCents)
+        .column(entry::Column::TaxCents)
+        .column(entry::Column::EntryDate)
+        .filter(entry::Column::DeletedAt.is_null())
+        .filter(entry::Column::EntryDate.between(first, last))
+        .into_tuple()
+        .all(&db)
+        .await?;
+    let mut months: BTreeMap<u32, Sums> = (1..=12).map(|m| (m, Sums::default())).collect();
+    let mut total = Sums::default();
+    for (kind, amount, tax, date) in rows {
+        months
+            .entry(date.month())
+            .or_default()
+            .add(&kind, amount, tax);
+        total.add(&kind, amount, tax);
+    }
+    let months: Vec<serde_json::Value> = months
+        .into_iter()
+        .map(|(month, sums)| {
+            let mut v = sums.view();
+            v["month"] = serde_json::json!(format!("{year}-{month:02}"));
+            v
+        })
+        .collect();
+    Ok(Json(
+        serde_json::json!({ "year": year, "months": months, "totals": total.view() }),
+    ))
+}

@@ -1,0 +1,44 @@
+//! `/api/data/…`: a tenant's data as a whole. `GET /api/data/status` counts the
+//! live rows of each table; `POST /api/data/reset` (admin token) clears the
+//! tenant's business data and, for a demo tenant, seeds it again.
+
+use axum::{
+    Json, Router, middleware,
+    routing::{get, post},
+};
+use sea_orm::TransactionTrait;
+use serde_json::{Value, json};
+
+use crate::{
+    admin::require_admin, demo, error::Result, extract::TenantDb, identify::TenantContext,
+    startup::AppState,
+};
+
+pub fn router(state: &AppState) -> Router<AppState> {
+    Router::new().route("/api/data/status", get(status)).merge(
+        Router::new()
+            .route("/api/data/reset", post(reset))
+            .route_layer(middleware::from_fn_with_state(state.clone(), require_admin)),
+    )
+}
+
+async fn status(tenant: TenantContext, TenantDb(db, _lease): TenantDb) -> Result<Json<Value>> {
+    Ok(Json(
+        json!({ "tenant_id": tenant.config.id, "tables": demo::status(&db).await? }),
+    ))
+}
+
+async fn reset(tenant: TenantContext, TenantDb(db, _lease): TenantDb) -> Result<Json<Value>> {
+    let txn = db.begin().await?;
+    demo::clear(&txn).await?;
+    txn.commit().await?;
+    if tenant.config.demo {
+        demo::seed(&db, &tenant.config).await?;
+    }
+    tracing::info!(reseeded = tenant.config.demo, "tenant data reset");
+    Ok(Json(json!({
+        "tenant_id": tenant.config.id,
+        "reseeded": tenant.config.demo,
+        "tables": demo::status(&db).await?,
+    })))
+}

@@ -1,0 +1,228 @@
+//! `/api/dental/supplies` (feature `dental_supplies`).
+
+use axum::{Json, Router, http::StatusCode, routing::get};
+use chrono::Utc;
+use sea_orm::{
+    ActiveModelTrait, ActiveValue::Set, ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter,
+    QueryOrder, QuerySelect, sea_query::ExprTrait,
+};
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    entities::dental_supply::{self, Entity as DentalSupply},
+    error::{AppError, Result},
+    extract::{ApiJson, ApiQuery, IdPath, TenantDb},
+    feature_gate::gate,
+    routes::{
+        pagination::{Page, PageQuery},
+        validate::{non_negative, required_text},
+    },
+    startup::AppState,
+    tenant::Feature,
+};
+
+/// Longest name and unit; the widths of their columns.
+const MAX_NAME: usize = 200;
+const MAX_UNIT: usize = 20;
+
+pub fn router() -> Router<AppState> {
+    gate(
+        Router::new()
+            .route("/api/dental/supplies", get(list).post(create))
+            .route(
+                "/api/dental/supplies/{id}",
+                get(show).patch(update).delete(remove),
+            ),
+        Feature::DentalSupplies,
+    )
+}
+
+/// The list filters. Read by its own extractor next to [`PageQuery`]: a flattened
+/// struct would hand serde_urlencoded's numbers over as strings and break `limit`.
+#[derive(Debug, Deserialize)]
+struct SupplyFilter {
+    /// `true`: only supplies at or below their reorder level; `false`: only those
+    /// above it; absent: all.
+    low_stock: Option<bool>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SupplyInput {
+    name: String,
+    unit: String,
+    #[serde(default)]
+    stock: f64,
+    #[serde(default)]
+    reorder_level: f64,
+}
+
+/// A PATCH body: absent fields stay as they are.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SupplyChange {
+    name: Option<String>,
+    unit: Option<String>,
+    stock: Option<f64>,
+    reorder_level: Option<f64>,
+}
+
+#[derive(Debug, Serialize)]
+struct SupplyView {
+    id: uuid::Uuid,
+    name: String,
+    unit: String,
+    stock: f64,
+    reorder_level: f64,
+    /// Whether the stock is at or below the reorder level, as `low_stock` filters.
+    low_stock: bool,
+    created_at: chrono::DateTime<Utc>,
+    updated_at: chrono::DateTime<Utc>,
+}
+
+impl From<dental_supply::Model> for SupplyView {
+    fn from(m: dental_supply::Model) -> Self {
+        Self {
+            id: m.id,
+            name: m.name,
+            unit: m.unit,
+            stock: m.stock,
+            reorder_level: m.reorder_level,
+            low_stock: m.stock <= m.reorder_level,
+            created_at: m.created_at,
+            updated_at: m.updated_at,
+        }
+    }
+}
+
+fn not_found() -> AppError {
+    AppError::NotFound("no supply with that id".into())
+}
+
+async fn list(
+    ApiQuery(query): ApiQuery<PageQuery>,
+    ApiQuery(filter): ApiQuery<SupplyFilter>,
+    TenantDb(db, _lease): TenantDb,
+) -> Result<Json<Page<SupplyView>>> {
+    let page = query.checked()?;
+    let mut select = DentalSupply::find().filter(dental_supply::Column::DeletedAt.is_null());
+    if let Some(low) = filter.low_stock {
+        // Compared in the database, column to column, so that pagination counts
+        // only the matching rows.
+        let stock = dental_supply::Column::Stock.into_expr();
+        let level = dental_supply::Column::ReorderLevel.into_expr();
+        select = select.filter(if low {
+            stock.lte(level)
+        } else {
+            stock.gt(level)
+        });
+    }
+    let rows = select
+        .order_by_desc(dental_supply::Column::CreatedAt)
+        .order_by_desc(dental_supply::Column::Id)
+        .limit(page.fetch())
+        .offset(page.offset)
+        .all(&db)
+        .await?;
+    Ok(Json(Page::from_rows(rows, page, SupplyView::from)))
+}
+
+async fn create(
+    TenantDb(db, _lease): TenantDb,
+    ApiJson(input): ApiJson<SupplyInput>,
+) -> Result<(StatusCode, Json<SupplyView>)> {
+    let name = required_text("name", &input.name, MAX_NAME)?;
+    let unit = required_text("unit", &input.unit, MAX_UNIT)?;
+    let stock = non_negative("stock", input.stock)?;
+    let reorder_level = non_negative("reorder_level", input.reorder_level)?;
+    let now = Utc::now();
+    let model = dental_supply::ActiveModel {
+        id: Set(uuid::Uuid::new_v4()),
+        name: Set(name),
+        unit: Set(unit),
+        stock: Set(stock),
+        reorder_level: Set(reorder_level),
+        created_at: Set(now),
+        updated_at: Set(now),
+        deleted_at: Set(None),
+    }
+    .insert(&db)
+    .await?;
+    Ok((StatusCode::CREATED, Json(model.into())))
+}
+
+/// The supply with `id`, unless it is soft-deleted.
+async fn find_live(db: &DatabaseConnection, id: uuid::Uuid) -> Result<dental_supply::Model> {
+    DentalSupply::find_by_id(id)
+        .filter(dental_supply::Column::DeletedAt.is_null())
+        .one(db)
+        .await?
+        .ok_or_else(not_found)
+}
+
+async fn show(IdPath(id): IdPath, TenantDb(db, _lease): TenantDb) -> Result<Json<SupplyView>> {
+    Ok(Json(find_live(&db, id).await?.into()))
+}
+
+async fn update(
+    IdPath(id): IdPath,
+    TenantDb(db, _lease): TenantDb,
+    ApiJson(input): ApiJson<SupplyChange>,
+) -> Result<Json<SupplyView>> {
+    // Validate the whole body before touching the row, so that a bad field
+    // changes nothing.
+    let name = input
+        .name
+        .as_deref()
+        .map(|n| required_text("name", n, MAX_NAME))
+        .transpose()?;
+    let unit = input
+        .unit
+        .as_deref()
+        .map(|u| required_text("unit", u, MAX_UNIT))
+        .transpose()?;
+    let stock = input.stock.map(|s| non_negative("stock", s)).transpose()?;
+    let reorder_level = input
+        .reorder_level
+        .map(|r| non_negative("reorder_level", r))
+        .transpose()?;
+    let existing = find_live(&db, id).await?;
+    let mut model: dental_supply::ActiveModel = existing.into();
+    if let Some(name) = name {
+        model.name = Set(name);
+    }
+    if let Some(unit) = unit {
+        model.unit = Set(unit);
+    }
+    if let Some(stock) = stock {
+        model.stock = Set(stock);
+    }
+    if let Some(reorder_level) = reorder_level {
+        model.reorder_level = Set(reorder_level);
+    }
+    model.updated_at = Set(Utc::now());
+    Ok(Json(model.update(&db).await?.into()))
+}
+
+async fn remove(IdPath(id): IdPath, TenantDb(db, _lease): TenantDb) -> Result<StatusCode> {
+    let now = Utc::now();
+    // One conditional UPDATE: a second DELETE, or one racing the first, finds no
+    // live row and answers 404.
+    let result = DentalSupply::update_many()
+        .col_expr(
+            dental_supply::Column::DeletedAt,
+            sea_orm::sea_query::Expr::value(now),
+        )
+        .col_expr(
+            dental_supply::Column::UpdatedAt,
+            sea_orm::sea_query::Expr::value(now),
+        )
+        .filter(dental_supply::Column::Id.eq(id))
+        .filter(dental_supply::Column::DeletedAt.is_null())
+        .exec(&db)
+        .await?;
+    if result.rows_affected == 0 {
+        return Err(not_found());
+    }
+    Ok(StatusCode::NO_CONTENT)
+}

@@ -1,0 +1,262 @@
+//! `/api/dental/treatments` (feature `treatment_tracking`).
+
+use axum::{Json, Router, http::StatusCode, routing::get};
+use chrono::{NaiveDate, Utc};
+use sea_orm::{
+    ActiveModelTrait, ActiveValue::Set, ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter,
+    QueryOrder, QuerySelect,
+};
+use serde::{Deserialize, Deserializer, Serialize};
+
+use crate::{
+    entities::{
+        patient::{self, Entity as Patient},
+        treatment::{self, Entity as Treatment},
+    },
+    error::{AppError, Result},
+    extract::{ApiJson, ApiQuery, IdPath, TenantDb},
+    feature_gate::gate,
+    routes::{
+        pagination::{Page, PageQuery},
+        validate::{cents_to_money, money_to_cents, required_text},
+    },
+    startup::AppState,
+    tenant::Feature,
+};
+
+/// Longest description; the column is 500 characters wide.
+const MAX_DESCRIPTION: usize = 500;
+
+pub fn router() -> Router<AppState> {
+    gate(
+        Router::new()
+            .route("/api/dental/treatments", get(list).post(create))
+            .route(
+                "/api/dental/treatments/{id}",
+                get(show).patch(update).delete(remove),
+            ),
+        Feature::TreatmentTracking,
+    )
+}
+
+/// Where a treatment stands. Parsed by serde, so that an unknown value is a 422
+/// naming the field, in bodies and query strings alike.
+#[derive(Debug, Clone, Copy, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum Status {
+    #[default]
+    Planned,
+    InProgress,
+    Completed,
+    Cancelled,
+}
+
+impl Status {
+    /// The value stored in the `status` column.
+    fn as_str(self) -> &'static str {
+        match self {
+            Status::Planned => "planned",
+            Status::InProgress => "in_progress",
+            Status::Completed => "completed",
+            Status::Cancelled => "cancelled",
+        }
+    }
+}
+
+/// The list filters. Read by its own extractor next to [`PageQuery`]: a flattened
+/// struct would hand serde_urlencoded's numbers over as strings and break `limit`.
+#[derive(Debug, Deserialize)]
+struct TreatmentFilter {
+    patient_id: Option<uuid::Uuid>,
+    status: Option<Status>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TreatmentInput {
+    patient_id: uuid::Uuid,
+    description: String,
+    cost: f64,
+    #[serde(default)]
+    status: Status,
+    scheduled_on: Option<NaiveDate>,
+}
+
+/// A PATCH body: absent fields stay as they are.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TreatmentChange {
+    description: Option<String>,
+    cost: Option<f64>,
+    status: Option<Status>,
+    /// `null` clears the date, which an absent field must not do: hence the
+    /// double option.
+    #[serde(default, deserialize_with = "present")]
+    scheduled_on: Option<Option<NaiveDate>>,
+}
+
+/// Marks a field that is present in the body, even as `null`, as `Some`.
+fn present<'de, D, T>(deserializer: D) -> std::result::Result<Option<T>, D::Error>
+where
+    D: Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    T::deserialize(deserializer).map(Some)
+}
+
+#[derive(Debug, Serialize)]
+struct TreatmentView {
+    id: uuid::Uuid,
+    patient_id: uuid::Uuid,
+    description: String,
+    status: String,
+    cost: f64,
+    scheduled_on: Option<NaiveDate>,
+    created_at: chrono::DateTime<Utc>,
+    updated_at: chrono::DateTime<Utc>,
+}
+
+impl From<treatment::Model> for TreatmentView {
+    fn from(m: treatment::Model) -> Self {
+        Self {
+            id: m.id,
+            patient_id: m.patient_id,
+            description: m.description,
+            status: m.status,
+            cost: cents_to_money(m.cost_cents),
+            scheduled_on: m.scheduled_on,
+            created_at: m.created_at,
+            updated_at: m.updated_at,
+        }
+    }
+}
+
+fn not_found() -> AppError {
+    AppError::NotFound("no treatment with that id".into())
+}
+
+async fn list(
+    ApiQuery(query): ApiQuery<PageQuery>,
+    ApiQuery(filter): ApiQuery<TreatmentFilter>,
+    TenantDb(db, _lease): TenantDb,
+) -> Result<Json<Page<TreatmentView>>> {
+    let page = query.checked()?;
+    let mut select = Treatment::find().filter(treatment::Column::DeletedAt.is_null());
+    if let Some(patient_id) = filter.patient_id {
+        select = select.filter(treatment::Column::PatientId.eq(patient_id));
+    }
+    if let Some(status) = filter.status {
+        select = select.filter(treatment::Column::Status.eq(status.as_str()));
+    }
+    let rows = select
+        .order_by_desc(treatment::Column::CreatedAt)
+        .order_by_desc(treatment::Column::Id)
+        .limit(page.fetch())
+        .offset(page.offset)
+        .all(&db)
+        .await?;
+    Ok(Json(Page::from_rows(rows, page, TreatmentView::from)))
+}
+
+async fn create(
+    TenantDb(db, _lease): TenantDb,
+    ApiJson(input): ApiJson<TreatmentInput>,
+) -> Result<(StatusCode, Json<TreatmentView>)> {
+    let description = required_text("description", &input.description, MAX_DESCRIPTION)?;
+    let cost_cents = money_to_cents("cost", input.cost)?;
+    // The foreign key only knows that the row exists; a soft-deleted patient is
+    // gone for the API, so it is checked here.
+    let patient_exists = Patient::find_by_id(input.patient_id)
+        .filter(patient::Column::DeletedAt.is_null())
+        .one(&db)
+        .await?
+        .is_some();
+    if !patient_exists {
+        return Err(AppError::validation(
+            "patient_id",
+            "no patient with that patient_id",
+        ));
+    }
+    let now = Utc::now();
+    let model = treatment::ActiveModel {
+        id: Set(uuid::Uuid::new_v4()),
+        patient_id: Set(input.patient_id),
+        description: Set(description),
+        status: Set(input.status.as_str().to_string()),
+        cost_cents: Set(cost_cents),
+        scheduled_on: Set(input.scheduled_on),
+        created_at: Set(now),
+        updated_at: Set(now),
+        deleted_at: Set(None),
+    }
+    .insert(&db)
+    .await?;
+    Ok((StatusCode::CREATED, Json(model.into())))
+}
+
+/// The treatment with `id`, unless it is soft-deleted.
+async fn find_live(db: &DatabaseConnection, id: uuid::Uuid) -> Result<treatment::Model> {
+    Treatment::find_by_id(id)
+        .filter(treatment::Column::DeletedAt.is_null())
+        .one(db)
+        .await?
+        .ok_or_else(not_found)
+}
+
+async fn show(IdPath(id): IdPath, TenantDb(db, _lease): TenantDb) -> Result<Json<TreatmentView>> {
+    Ok(Json(find_live(&db, id).await?.into()))
+}
+
+async fn update(
+    IdPath(id): IdPath,
+    TenantDb(db, _lease): TenantDb,
+    ApiJson(input): ApiJson<TreatmentChange>,
+) -> Result<Json<TreatmentView>> {
+    // Validate the whole body before touching the row, so that a bad field
+    // changes nothing.
+    let description = input
+        .description
+        .as_deref()
+        .map(|d| required_text("description", d, MAX_DESCRIPTION))
+        .transpose()?;
+    let cost_cents = input.cost.map(|c| money_to_cents("cost", c)).transpose()?;
+    let existing = find_live(&db, id).await?;
+    let mut model: treatment::ActiveModel = existing.into();
+    if let Some(description) = description {
+        model.description = Set(description);
+    }
+    if let Some(cost_cents) = cost_cents {
+        model.cost_cents = Set(cost_cents);
+    }
+    if let Some(status) = input.status {
+        model.status = Set(status.as_str().to_string());
+    }
+    if let Some(scheduled_on) = input.scheduled_on {
+        model.scheduled_on = Set(scheduled_on);
+    }
+    model.updated_at = Set(Utc::now());
+    Ok(Json(model.update(&db).await?.into()))
+}
+
+async fn remove(IdPath(id): IdPath, TenantDb(db, _lease): TenantDb) -> Result<StatusCode> {
+    let now = Utc::now();
+    // One conditional UPDATE: a second DELETE, or one racing the first, finds no
+    // live row and answers 404.
+    let result = Treatment::update_many()
+        .col_expr(
+            treatment::Column::DeletedAt,
+            sea_orm::sea_query::Expr::value(now),
+        )
+        .col_expr(
+            treatment::Column::UpdatedAt,
+            sea_orm::sea_query::Expr::value(now),
+        )
+        .filter(treatment::Column::Id.eq(id))
+        .filter(treatment::Column::DeletedAt.is_null())
+        .exec(&db)
+        .await?;
+    if result.rows_affected == 0 {
+        return Err(not_found());
+    }
+    Ok(StatusCode::NO_CONTENT)
+}

@@ -1,0 +1,210 @@
+//! `/api/manufacturing/boms` (feature `bom_management`): bills of materials, the
+//! materials and quantities one unit of a product consumes.
+
+use std::collections::HashSet;
+
+use axum::{Json, Router, http::StatusCode, routing::get};
+use chrono::Utc;
+use sea_orm::{
+    ActiveModelTrait, ActiveValue::Set, ColumnTrait, DatabaseConnection, EntityTrait,
+    PaginatorTrait, QueryFilter, QueryOrder, QuerySelect, TransactionTrait, sea_query::Expr,
+};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::{
+    entities::{bom, bom_item, material},
+    error::{AppError, Result},
+    extract::{ApiJson, ApiQuery, IdPath, TenantDb},
+    feature_gate::gate,
+    routes::{
+        pagination::{Page, PageQuery},
+        validate::required_text,
+    },
+    startup::AppState,
+    tenant::Feature,
+};
+
+pub fn router() -> Router<AppState> {
+    gate(
+        Router::new()
+            .route("/api/manufacturing/boms", get(list).post(create))
+            .route("/api/manufacturing/boms/{id}", get(show).delete(remove)),
+        Feature::BomManagement,
+    )
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BomInput {
+    name: String,
+    items: Vec<ItemInput>,
+}
+
+#[derive(Debug, Deserialize, Serialize, Clone)]
+#[serde(deny_unknown_fields)]
+struct ItemInput {
+    material_id: Uuid,
+    quantity: f64,
+}
+
+#[derive(Debug, Serialize)]
+struct BomView {
+    id: Uuid,
+    name: String,
+    items: Vec<ItemInput>,
+    created_at: chrono::DateTime<Utc>,
+    updated_at: chrono::DateTime<Utc>,
+}
+
+fn not_found() -> AppError {
+    AppError::NotFound("no bill of materials with that id".into())
+}
+
+/// A live (not deleted) BOM with its items.
+pub(crate) async fn load(
+    db: &impl sea_orm::ConnectionTrait,
+    id: Uuid,
+) -> Result<Option<(bom::Model, Vec<bom_item::Model>)>> {
+    let Some(header) = bom::Entity::find_by_id(id)
+        .filter(bom::Column::DeletedAt.is_null())
+        .one(db)
+        .await?
+    else {
+        return Ok(None);
+    };
+    let items = bom_item::Entity::find()
+        .filter(bom_item::Column::BomId.eq(id))
+        .order_by_asc(bom_item::Column::Id)
+        .all(db)
+        .await?;
+    Ok(Some((header, items)))
+}
+
+fn view(header: bom::Model, items: Vec<bom_item::Model>) -> BomView {
+    BomView {
+        id: header.id,
+        name: header.name,
+        items: items
+            .into_iter()
+            .map(|i| ItemInput {
+                material_id: i.material_id,
+                quantity: i.quantity,
+            })
+            .collect(),
+        created_at: header.created_at,
+        updated_at: header.updated_at,
+    }
+}
+
+async fn list(
+    ApiQuery(query): ApiQuery<PageQuery>,
+    TenantDb(db, _lease): TenantDb,
+) -> Result<Json<Page<BomView>>> {
+    let page = query.checked()?;
+    let headers = bom::Entity::find()
+        .filter(bom::Column::DeletedAt.is_null())
+        .order_by_desc(bom::Column::CreatedAt)
+        .order_by_desc(bom::Column::Id)
+        .limit(page.fetch())
+        .offset(page.offset)
+        .all(&db)
+        .await?;
+    let mut rows = Vec::with_capacity(headers.len());
+    for header in headers {
+        let items = bom_item::Entity::find()
+            .filter(bom_item::Column::BomId.eq(header.id))
+            .all(&db)
+            .await?;
+        rows.push((header, items));
+    }
+    Ok(Json(Page::from_rows(rows, page, |(h, i)| view(h, i))))
+}
+
+async fn check_items(db: &DatabaseConnection, items: &[ItemInput]) -> Result<()> {
+    if items.is_empty() {
+        return Err(AppError::validation(
+            "items",
+            "a bill of materials needs at least one item",
+        ));
+    }
+    let mut seen = HashSet::new();
+    for (n, item) in items.iter().enumerate() {
+        let field = format!("items[{n}]");
+        if !(item.quantity.is_finite() && item.quantity > 0.0 && item.quantity <= 1e12) {
+            return Err(AppError::validation(
+                format!("{field}.quantity"),
+                "quantity must be above 0",
+            ));
+        }
+        if !seen.insert(item.material_id) {
+            return Err(AppError::validation(
+                format!("{field}.material_id"),
+                "this material is listed twice",
+            ));
+        }
+        let exists = material::Entity::find_by_id(item.material_id)
+            .filter(material::Column::DeletedAt.is_null())
+            .count(db)
+            .await?
+            > 0;
+        if !exists {
+            return Err(AppError::validation(
+                format!("{field}.material_id"),
+                "no material with that id",
+            ));
+        }
+    }
+    Ok(())
+}
+
+async fn create(
+    TenantDb(db, _lease): TenantDb,
+    ApiJson(input): ApiJson<BomInput>,
+) -> Result<(StatusCode, Json<BomView>)> {
+    let name = required_text("name", &input.name, 200)?;
+    check_items(&db, &input.items).await?;
+    let now = Utc::now();
+    let id = Uuid::new_v4();
+    let txn = db.begin().await?;
+    bom::ActiveModel {
+        id: Set(id),
+        name: Set(name),
+        created_at: Set(now),
+        updated_at: Set(now),
+        deleted_at: Set(None),
+    }
+    .insert(&txn)
+    .await?;
+    bom_item::Entity::insert_many(input.items.iter().map(|item| bom_item::ActiveModel {
+        id: Set(Uuid::new_v4()),
+        bom_id: Set(id),
+        material_id: Set(item.material_id),
+        quantity: Set(item.quantity),
+    }))
+    .exec(&txn)
+    .await?;
+    txn.commit().await?;
+    let (header, items) = load(&db, id).await?.ok_or_else(not_found)?;
+    Ok((StatusCode::CREATED, Json(view(header, items))))
+}
+
+async fn show(IdPath(id): IdPath, TenantDb(db, _lease): TenantDb) -> Result<Json<BomView>> {
+    let (header, items) = load(&db, id).await?.ok_or_else(not_found)?;
+    Ok(Json(view(header, items)))
+}
+
+async fn remove(IdPath(id): IdPath, TenantDb(db, _lease): TenantDb) -> Result<StatusCode> {
+    let now = Utc::now();
+    let result = bom::Entity::update_many()
+        .col_expr(bom::Column::DeletedAt, Expr::value(now))
+        .col_expr(bom::Column::UpdatedAt, Expr::value(now))
+        .filter(bom::Column::Id.eq(id))
+        .filter(bom::Column::DeletedAt.is_null())
+        .exec(&db)
+        .await?;
+    if result.rows_affected == 0 {
+        return Err(not_found());
+    }
+    Ok(StatusCode::NO_CONTENT)
+}

@@ -1,0 +1,237 @@
+//! `/api/manufacturing/production-orders` (feature `production_tracking`): orders
+//! that go planned → in_progress → done. Completing an order consumes its bill of
+//! materials times its quantity from material stock, all or nothing, and is refused
+//! (409) when any material is short.
+
+use axum::{
+    Json, Router,
+    http::StatusCode,
+    routing::{get, post},
+};
+use chrono::Utc;
+use sea_orm::{
+    ActiveModelTrait,
+    ActiveValue::Set,
+    ColumnTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect, TransactionTrait,
+    sea_query::{Expr, ExprTrait},
+};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::{
+    entities::{material, production_order as order},
+    error::{AppError, Result},
+    extract::{ApiJson, ApiQuery, IdPath, TenantDb},
+    feature_gate::gate,
+    routes::{manufacturing::boms, pagination::PageQuery},
+    startup::AppState,
+    tenant::Feature,
+};
+
+const PLANNED: &str = "planned";
+const IN_PROGRESS: &str = "in_progress";
+const DONE: &str = "done";
+
+pub fn router() -> Router<AppState> {
+    gate(
+        Router::new()
+            .route(
+                "/api/manufacturing/production-orders",
+                get(list).post(create),
+            )
+            .route("/api/manufacturing/production-orders/{id}", get(show))
+            .route(
+                "/api/manufacturing/production-orders/{id}/start",
+                post(start),
+            )
+            .route(
+                "/api/manufacturing/production-orders/{id}/complete",
+                post(complete),
+            ),
+        Feature::ProductionTracking,
+    )
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct OrderInput {
+    bom_id: Uuid,
+    quantity: f64,
+}
+
+#[derive(Debug, Deserialize)]
+struct ListQuery {
+    limit: Option<u64>,
+    offset: Option<u64>,
+    status: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+struct OrderView {
+    id: Uuid,
+    bom_id: Uuid,
+    quantity: f64,
+    status: String,
+    created_at: chrono::DateTime<Utc>,
+    updated_at: chrono::DateTime<Utc>,
+}
+
+impl From<order::Model> for OrderView {
+    fn from(m: order::Model) -> Self {
+        Self {
+            id: m.id,
+            bom_id: m.bom_id,
+            quantity: m.quantity,
+            status: m.status,
+            created_at: m.created_at,
+            updated_at: m.updated_at,
+        }
+    }
+}
+
+fn not_found() -> AppError {
+    AppError::NotFound("no production order with that id".into())
+}
+
+async fn list(
+    ApiQuery(query): ApiQuery<ListQuery>,
+    TenantDb(db, _lease): TenantDb,
+) -> Result<Json<crate::routes::pagination::Page<OrderView>>> {
+    let page = PageQuery {
+        limit: query.limit,
+        offset: query.offset,
+    }
+    .checked()?;
+    let mut select = order::Entity::find().filter(order::Column::DeletedAt.is_null());
+    if let Some(status) = &query.status {
+        if ![PLANNED, IN_PROGRESS, DONE].contains(&status.as_str()) {
+            return Err(AppError::validation(
+                "status",
+                "status is planned, in_progress or done",
+            ));
+        }
+        select = select.filter(order::Column::Status.eq(status.as_str()));
+    }
+    let rows = select
+        .order_by_desc(order::Column::CreatedAt)
+        .order_by_desc(order::Column::Id)
+        .limit(page.fetch())
+        .offset(page.offset)
+        .all(&db)
+        .await?;
+    Ok(Json(crate::routes::pagination::Page::from_rows(
+        rows,
+        page,
+        OrderView::from,
+    )))
+}
+
+async fn create(
+    TenantDb(db, _lease): TenantDb,
+    ApiJson(input): ApiJson<OrderInput>,
+) -> Result<(StatusCode, Json<OrderView>)> {
+    if !(input.quantity.is_finite() && input.quantity > 0.0 && input.quantity <= 1e9) {
+        return Err(AppError::validation("quantity", "quantity must be above 0"));
+    }
+    if boms::load(&db, input.bom_id).await?.is_none() {
+        return Err(AppError::validation(
+            "bom_id",
+            "no bill of materials with that id",
+        ));
+    }
+    let now = Utc::now();
+    let model = order::ActiveModel {
+        id: Set(Uuid::new_v4()),
+        bom_id: Set(input.bom_id),
+        quantity: Set(input.quantity),
+        status: Set(PLANNED.into()),
+        created_at: Set(now),
+        updated_at: Set(now),
+        deleted_at: Set(None),
+    }
+    .insert(&db)
+    .await?;
+    Ok((StatusCode::CREATED, Json(model.into())))
+}
+
+async fn find(db: &impl sea_orm::ConnectionTrait, id: Uuid) -> Result<order::Model> {
+    order::Entity::find_by_id(id)
+        .filter(order::Column::DeletedAt.is_null())
+        .one(db)
+        .await?
+        .ok_or_else(not_found)
+}
+
+async fn show(IdPath(id): IdPath, TenantDb(db, _lease): TenantDb) -> Result<Json<OrderView>> {
+    Ok(Json(find(&db, id).await?.into()))
+}
+
+/// Moves the order from `from` to `to` if it is still in `from` (a conditional
+/// update, so two requests racing cannot both succeed).
+async fn transition(
+    db: &impl sea_orm::ConnectionTrait,
+    id: Uuid,
+    from: &str,
+    to: &str,
+) -> Result<()> {
+    let updated = order::Entity::update_many()
+        .col_expr(order::Column::Status, Expr::value(to))
+        .col_expr(order::Column::UpdatedAt, Expr::value(Utc::now()))
+        .filter(order::Column::Id.eq(id))
+        .filter(order::Column::Status.eq(from))
+        .filter(order::Column::DeletedAt.is_null())
+        .exec(db)
+        .await?;
+    if updated.rows_affected == 1 {
+        return Ok(());
+    }
+    let current = find(db, id).await?;
+    Err(AppError::Conflict(format!(
+        "the order is {}; only a {from} order can become {to}",
+        current.status
+    )))
+}
+
+async fn start(IdPath(id): IdPath, TenantDb(db, _lease): TenantDb) -> Result<Json<OrderView>> {
+    transition(&db, id, PLANNED, IN_PROGRESS).await?;
+    Ok(Json(find(&db, id).await?.into()))
+}
+
+/// Consumes the BOM's materials and marks the order done, in one transaction: a
+/// short material refuses the whole completion and consumes nothing.
+async fn complete(IdPath(id): IdPath, TenantDb(db, _lease): TenantDb) -> Result<Json<OrderView>> {
+    let txn = db.begin().await?;
+    let current = find(&txn, id).await?;
+    let (_, items) = boms::load(&txn, current.bom_id)
+        .await?
+        .ok_or_else(|| AppError::Conflict("the order's bill of materials was deleted".into()))?;
+    for item in &items {
+        let needed = item.quantity * current.quantity;
+        // Takes the stock only if there is enough of it, in the same statement.
+        let taken = material::Entity::update_many()
+            .col_expr(
+                material::Column::Stock,
+                Expr::col(material::Column::Stock).sub(needed),
+            )
+            .col_expr(material::Column::UpdatedAt, Expr::value(Utc::now()))
+            .filter(material::Column::Id.eq(item.material_id))
+            .filter(material::Column::DeletedAt.is_null())
+            .filter(material::Column::Stock.gte(needed))
+            .exec(&txn)
+            .await?;
+        if taken.rows_affected != 1 {
+            let available = material::Entity::find_by_id(item.material_id)
+                .one(&txn)
+                .await?
+                .map_or(0.0, |m| m.stock);
+            txn.rollback().await?;
+            return Err(AppError::Conflict(format!(
+                "not enough of material {}: {needed} needed, {available} in stock",
+                item.material_id
+            )));
+        }
+    }
+    transition(&txn, id, IN_PROGRESS, DONE).await?;
+    txn.commit().await?;
+    Ok(Json(find(&db, id).await?.into()))
+}

@@ -1,0 +1,100 @@
+//! The demo tenant's sample data, `GET /api/data/status` and `POST /api/data/reset`.
+
+use reqwest::Method;
+use serde_json::Value;
+
+use crate::helpers::{
+    ADMIN_TOKEN, AppSpec, Backend, Tenant, TestApp, assert_error, spawn_app_with,
+};
+
+async fn demo_app(backend: Backend) -> TestApp {
+    spawn_app_with(
+        AppSpec::new(vec![
+            Tenant::new("showcase", "dental").with("demo = true"),
+            Tenant::new("plain", "default"),
+        ])
+        .on(backend),
+    )
+    .await
+}
+
+async fn status(app: &TestApp, tenant: &str) -> Value {
+    let response = app
+        .as_tenant(Method::GET, tenant, "/api/data/status")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    response.json::<Value>().await.unwrap()["tables"].clone()
+}
+
+async fn a_demo_tenant_is_seeded_on_first_use(backend: Backend) {
+    let app = demo_app(backend).await;
+    let tables = status(&app, "showcase").await;
+    assert_eq!(tables["products"], 5, "{tables}");
+    assert_eq!(tables["patients"], 3, "{tables}");
+    assert_eq!(tables["treatments"], 3, "{tables}");
+    assert_eq!(tables["cash_flow_entries"], 36, "{tables}");
+    let summary: Value = app
+        .as_tenant(Method::GET, "showcase", "/api/cash-flow/summary")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(
+        summary["totals"]["income"].as_f64().unwrap() > 0.0,
+        "{summary}"
+    );
+    let plain = status(&app, "plain").await;
+    assert!(
+        plain.as_object().unwrap().values().all(|n| *n == 0),
+        "{plain}"
+    );
+}
+
+crate::on_every_backend!(a_demo_tenant_is_seeded_on_first_use);
+
+#[tokio::test]
+async fn reset_clears_business_data_and_reseeds_only_a_demo_tenant() {
+    let app = demo_app(Backend::Sqlite).await;
+    app.create_product("showcase", "added by a visitor", 1.0)
+        .await;
+    app.create_product("plain", "real data", 1.0).await;
+    assert_eq!(status(&app, "showcase").await["products"], 6);
+
+    let without_token = app
+        .as_tenant(Method::POST, "showcase", "/api/data/reset")
+        .send()
+        .await
+        .unwrap();
+    assert_error(without_token, 401, "unauthorized").await;
+
+    let reset = |tenant: &'static str| {
+        app.as_tenant(Method::POST, tenant, "/api/data/reset")
+            .bearer_auth(ADMIN_TOKEN)
+            .send()
+    };
+    let demo: Value = reset("showcase").await.unwrap().json().await.unwrap();
+    assert_eq!(demo["reseeded"], true);
+    assert_eq!(demo["tables"]["products"], 5, "{demo}");
+    let names = app
+        .product_names(app.as_tenant(Method::GET, "showcase", "/api/products"))
+        .await;
+    assert!(
+        !names.contains(&"added by a visitor".to_string()),
+        "{names:?}"
+    );
+
+    let plain: Value = reset("plain").await.unwrap().json().await.unwrap();
+    assert_eq!(plain["reseeded"], false);
+    assert!(
+        plain["tables"]
+            .as_object()
+            .unwrap()
+            .values()
+            .all(|n| *n == 0),
+        "{plain}"
+    );
+}

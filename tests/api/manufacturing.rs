@@ -1,0 +1,193 @@
+//! Manufacturing rules: bills of materials reference live materials; production
+//! orders go planned → in_progress → done, consume stock when done, and are
+//! refused whole when a material is short.
+
+use reqwest::Method;
+use serde_json::{Value, json};
+
+use crate::helpers::{Backend, TestApp, assert_error, spawn_app_on};
+
+const TENANT: &str = "acme_manufacturing";
+
+async fn post(app: &TestApp, path: &str, body: Value) -> reqwest::Response {
+    app.as_tenant(Method::POST, TENANT, path)
+        .json(&body)
+        .send()
+        .await
+        .unwrap()
+}
+
+async fn created(app: &TestApp, path: &str, body: Value) -> Value {
+    let response = post(app, path, body).await;
+    assert_eq!(response.status(), 201, "{path}");
+    response.json().await.unwrap()
+}
+
+async fn material(app: &TestApp, name: &str, stock: f64) -> String {
+    let m = created(
+        app,
+        "/api/manufacturing/materials",
+        json!({ "name": name, "unit": "kg", "stock": stock }),
+    )
+    .await;
+    m["id"].as_str().unwrap().to_string()
+}
+
+async fn stock_of(app: &TestApp, id: &str) -> f64 {
+    let m: Value = app
+        .as_tenant(
+            Method::GET,
+            TENANT,
+            &format!("/api/manufacturing/materials/{id}"),
+        )
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    m["stock"].as_f64().unwrap()
+}
+
+/// A BOM using 2 of steel and 0.5 of paint per unit, and an order of `quantity`.
+async fn order_for(app: &TestApp, steel: &str, paint: &str, quantity: f64) -> String {
+    let bom = created(
+        app,
+        "/api/manufacturing/boms",
+        json!({ "name": "Cabinet", "items": [
+            { "material_id": steel, "quantity": 2.0 },
+            { "material_id": paint, "quantity": 0.5 },
+        ]}),
+    )
+    .await;
+    assert_eq!(bom["items"].as_array().unwrap().len(), 2);
+    let order = created(
+        app,
+        "/api/manufacturing/production-orders",
+        json!({ "bom_id": bom["id"], "quantity": quantity }),
+    )
+    .await;
+    assert_eq!(order["status"], "planned");
+    order["id"].as_str().unwrap().to_string()
+}
+
+async fn completing_an_order_consumes_its_materials(backend: Backend) {
+    let app = spawn_app_on(backend).await;
+    let (steel, paint) = (
+        material(&app, "Steel", 100.0).await,
+        material(&app, "Paint", 10.0).await,
+    );
+    let order = order_for(&app, &steel, &paint, 10.0).await;
+
+    let path = format!("/api/manufacturing/production-orders/{order}");
+    let early = post(&app, &format!("{path}/complete"), json!({})).await;
+    assert_error(early, 409, "conflict").await;
+    let started: Value = post(&app, &format!("{path}/start"), json!({}))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(started["status"], "in_progress");
+    let done: Value = post(&app, &format!("{path}/complete"), json!({}))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(done["status"], "done");
+    assert_eq!(stock_of(&app, &steel).await, 80.0);
+    assert_eq!(stock_of(&app, &paint).await, 5.0);
+    let again = post(&app, &format!("{path}/complete"), json!({})).await;
+    assert_error(again, 409, "conflict").await;
+    assert_eq!(
+        stock_of(&app, &steel).await,
+        80.0,
+        "a done order consumes once"
+    );
+}
+
+async fn an_order_short_of_any_material_is_refused_and_consumes_nothing(backend: Backend) {
+    let app = spawn_app_on(backend).await;
+    // Plenty of steel, too little paint for 10 units (5 needed).
+    let (steel, paint) = (
+        material(&app, "Steel", 100.0).await,
+        material(&app, "Paint", 4.0).await,
+    );
+    let order = order_for(&app, &steel, &paint, 10.0).await;
+    let path = format!("/api/manufacturing/production-orders/{order}");
+    post(&app, &format!("{path}/start"), json!({})).await;
+    let refused = post(&app, &format!("{path}/complete"), json!({})).await;
+    let body = assert_error(refused, 409, "conflict").await;
+    assert!(
+        body["error"]["message"].as_str().unwrap().contains(&paint),
+        "{body}"
+    );
+    assert_eq!(
+        stock_of(&app, &steel).await,
+        100.0,
+        "steel was consumed by a refused order"
+    );
+    assert_eq!(stock_of(&app, &paint).await, 4.0);
+    let order: Value = app
+        .as_tenant(Method::GET, TENANT, &path)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(order["status"], "in_progress");
+}
+
+async fn boms_and_orders_refuse_what_does_not_exist(backend: Backend) {
+    let app = spawn_app_on(backend).await;
+    let steel = material(&app, "Steel", 1.0).await;
+    let unknown = "6f1c1a55-35c2-4d29-9a8e-3d1a3f0f7a11";
+    let cases = [
+        (json!({ "name": "x", "items": [] }), "items"),
+        (
+            json!({ "name": "x", "items": [{ "material_id": unknown, "quantity": 1 }] }),
+            "items[0].material_id",
+        ),
+        (
+            json!({ "name": "x", "items": [{ "material_id": steel, "quantity": 0 }] }),
+            "items[0].quantity",
+        ),
+        (
+            json!({ "name": "x", "items": [{ "material_id": steel, "quantity": 1 }, { "material_id": steel, "quantity": 2 }] }),
+            "items[1].material_id",
+        ),
+    ];
+    for (body, field) in cases {
+        let error = assert_error(
+            post(&app, "/api/manufacturing/boms", body).await,
+            422,
+            "validation_failed",
+        )
+        .await;
+        assert_eq!(error["error"]["field"], field, "{error}");
+    }
+    let order = post(
+        &app,
+        "/api/manufacturing/production-orders",
+        json!({ "bom_id": unknown, "quantity": 1 }),
+    )
+    .await;
+    let error = assert_error(order, 422, "validation_failed").await;
+    assert_eq!(error["error"]["field"], "bom_id");
+    let dental = app
+        .as_tenant(
+            Method::GET,
+            "dental_clinic_abc",
+            "/api/manufacturing/production-orders",
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_error(dental, 403, "feature_not_enabled").await;
+}
+
+crate::on_every_backend!(
+    completing_an_order_consumes_its_materials,
+    an_order_short_of_any_material_is_refused_and_consumes_nothing,
+    boms_and_orders_refuse_what_does_not_exist,
+);
