@@ -7,7 +7,7 @@ use axum::{Json, Router, http::StatusCode, routing::get};
 use chrono::{Datelike, NaiveDate, Utc};
 use sea_orm::{
     ActiveModelTrait, ActiveValue::Set, ColumnTrait, EntityTrait, QueryFilter, QueryOrder,
-    QuerySelect, sea_query::Expr,
+    QuerySelect,
 };
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -17,6 +17,7 @@ use crate::{
     error::{AppError, Result},
     extract::{ApiJson, ApiQuery, IdPath, TenantDb},
     feature_gate::gate,
+    routes::soft_delete::soft_delete,
     routes::{
         pagination::{Page, PageQuery},
         validate::{cents_to_money, money_to_cents, optional_text},
@@ -167,15 +168,7 @@ async fn show(IdPath(id): IdPath, TenantDb(db, _lease): TenantDb) -> Result<Json
 }
 
 async fn remove(IdPath(id): IdPath, TenantDb(db, _lease): TenantDb) -> Result<StatusCode> {
-    let now = Utc::now();
-    let result = entry::Entity::update_many()
-        .col_expr(entry::Column::DeletedAt, Expr::value(now))
-        .col_expr(entry::Column::UpdatedAt, Expr::value(now))
-        .filter(entry::Column::Id.eq(id))
-        .filter(entry::Column::DeletedAt.is_null())
-        .exec(&db)
-        .await?;
-    if result.rows_affected == 0 {
+    if !soft_delete::<entry::Entity>(&db, id).await? {
         return Err(not_found());
     }
     Ok(StatusCode::NO_CONTENT)

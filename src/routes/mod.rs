@@ -8,6 +8,7 @@ pub mod dental;
 pub mod manufacturing;
 pub mod pagination;
 pub mod products;
+pub mod soft_delete;
 pub mod tenants;
 pub mod validate;
 

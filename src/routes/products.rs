@@ -17,6 +17,7 @@ use crate::{
     error::{AppError, Result},
     extract::{ApiJson, ApiQuery, IdPath, TenantDb},
     feature_gate::gate,
+    routes::soft_delete::soft_delete,
     startup::AppState,
     tenant::Feature,
 };
@@ -127,21 +128,7 @@ async fn update(
 }
 
 async fn remove(IdPath(id): IdPath, TenantDb(db, _lease): TenantDb) -> Result<StatusCode> {
-    let now = Utc::now();
-    let result = Product::update_many()
-        .col_expr(
-            product::Column::DeletedAt,
-            sea_orm::sea_query::Expr::value(now),
-        )
-        .col_expr(
-            product::Column::UpdatedAt,
-            sea_orm::sea_query::Expr::value(now),
-        )
-        .filter(product::Column::Id.eq(id))
-        .filter(product::Column::DeletedAt.is_null())
-        .exec(&db)
-        .await?;
-    if result.rows_affected == 0 {
+    if !soft_delete::<product::Entity>(&db, id).await? {
         return Err(not_found());
     }
     Ok(StatusCode::NO_CONTENT)

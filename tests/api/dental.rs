@@ -223,7 +223,37 @@ async fn a_manufacturing_tenant_is_refused_treatments_and_supplies(backend: Back
     }
 }
 
+async fn a_deleted_patient_is_gone_and_takes_no_new_treatment(backend: Backend) {
+    let app = spawn_app_on(backend).await;
+    let patient = create_patient(&app, "Leaving Patient").await;
+    let path = format!("/api/dental/patients/{patient}");
+    let deleted = app
+        .as_tenant(Method::DELETE, CLINIC, &path)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(deleted.status(), 204);
+    assert_error(
+        app.as_tenant(Method::GET, CLINIC, &path)
+            .send()
+            .await
+            .unwrap(),
+        404,
+        "not_found",
+    )
+    .await;
+    let treatment = app
+        .as_tenant(Method::POST, CLINIC, "/api/dental/treatments")
+        .json(&json!({ "patient_id": patient, "description": "Check-up", "cost": 10 }))
+        .send()
+        .await
+        .unwrap();
+    let error = assert_error(treatment, 422, "validation_failed").await;
+    assert_eq!(error["error"]["field"], "patient_id");
+}
+
 crate::on_every_backend!(
+    a_deleted_patient_is_gone_and_takes_no_new_treatment,
     a_treatment_is_created_for_a_patient_and_read_back,
     a_treatment_status_changes_with_patch,
     treatments_are_filtered_by_patient_id,

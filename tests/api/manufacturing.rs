@@ -186,7 +186,37 @@ async fn boms_and_orders_refuse_what_does_not_exist(backend: Backend) {
     assert_error(dental, 403, "feature_not_enabled").await;
 }
 
+async fn a_deleted_material_is_gone_and_cannot_go_into_a_bom(backend: Backend) {
+    let app = spawn_app_on(backend).await;
+    let steel = material(&app, "Steel", 5.0).await;
+    let path = format!("/api/manufacturing/materials/{steel}");
+    let deleted = app
+        .as_tenant(Method::DELETE, TENANT, &path)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(deleted.status(), 204);
+    assert_error(
+        app.as_tenant(Method::GET, TENANT, &path)
+            .send()
+            .await
+            .unwrap(),
+        404,
+        "not_found",
+    )
+    .await;
+    let bom = post(
+        &app,
+        "/api/manufacturing/boms",
+        json!({ "name": "x", "items": [{ "material_id": steel, "quantity": 1 }] }),
+    )
+    .await;
+    let error = assert_error(bom, 422, "validation_failed").await;
+    assert_eq!(error["error"]["field"], "items[0].material_id");
+}
+
 crate::on_every_backend!(
+    a_deleted_material_is_gone_and_cannot_go_into_a_bom,
     completing_an_order_consumes_its_materials,
     an_order_short_of_any_material_is_refused_and_consumes_nothing,
     boms_and_orders_refuse_what_does_not_exist,

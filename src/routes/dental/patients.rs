@@ -13,6 +13,7 @@ use crate::{
     error::{AppError, Result},
     extract::{ApiJson, ApiQuery, IdPath, TenantDb},
     feature_gate::gate,
+    routes::soft_delete::soft_delete,
     routes::{
         pagination::{Page, PageQuery},
         validate::{optional_email, optional_text, required_text},
@@ -25,7 +26,7 @@ pub fn router() -> Router<AppState> {
     gate(
         Router::new()
             .route("/api/dental/patients", get(list).post(create))
-            .route("/api/dental/patients/{id}", get(show)),
+            .route("/api/dental/patients/{id}", get(show).delete(remove)),
         Feature::PatientManagement,
     )
 }
@@ -120,4 +121,11 @@ async fn show(IdPath(id): IdPath, TenantDb(db, _lease): TenantDb) -> Result<Json
         .await?
         .ok_or_else(|| AppError::NotFound("no patient with that id".into()))?;
     Ok(Json(model.into()))
+}
+
+async fn remove(IdPath(id): IdPath, TenantDb(db, _lease): TenantDb) -> Result<StatusCode> {
+    if !soft_delete::<patient::Entity>(&db, id).await? {
+        return Err(AppError::NotFound("no patient with that id".into()));
+    }
+    Ok(StatusCode::NO_CONTENT)
 }

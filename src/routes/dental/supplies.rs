@@ -13,6 +13,7 @@ use crate::{
     error::{AppError, Result},
     extract::{ApiJson, ApiQuery, IdPath, TenantDb},
     feature_gate::gate,
+    routes::soft_delete::soft_delete,
     routes::{
         pagination::{Page, PageQuery},
         validate::{non_negative, required_text},
@@ -205,23 +206,9 @@ async fn update(
 }
 
 async fn remove(IdPath(id): IdPath, TenantDb(db, _lease): TenantDb) -> Result<StatusCode> {
-    let now = Utc::now();
     // One conditional UPDATE: a second DELETE, or one racing the first, finds no
     // live row and answers 404.
-    let result = DentalSupply::update_many()
-        .col_expr(
-            dental_supply::Column::DeletedAt,
-            sea_orm::sea_query::Expr::value(now),
-        )
-        .col_expr(
-            dental_supply::Column::UpdatedAt,
-            sea_orm::sea_query::Expr::value(now),
-        )
-        .filter(dental_supply::Column::Id.eq(id))
-        .filter(dental_supply::Column::DeletedAt.is_null())
-        .exec(&db)
-        .await?;
-    if result.rows_affected == 0 {
+    if !soft_delete::<dental_supply::Entity>(&db, id).await? {
         return Err(not_found());
     }
     Ok(StatusCode::NO_CONTENT)

@@ -16,6 +16,7 @@ use crate::{
     error::{AppError, Result},
     extract::{ApiJson, ApiQuery, IdPath, TenantDb},
     feature_gate::gate,
+    routes::soft_delete::soft_delete,
     routes::{
         pagination::{Page, PageQuery},
         validate::{cents_to_money, money_to_cents, required_text},
@@ -239,23 +240,9 @@ async fn update(
 }
 
 async fn remove(IdPath(id): IdPath, TenantDb(db, _lease): TenantDb) -> Result<StatusCode> {
-    let now = Utc::now();
     // One conditional UPDATE: a second DELETE, or one racing the first, finds no
     // live row and answers 404.
-    let result = Treatment::update_many()
-        .col_expr(
-            treatment::Column::DeletedAt,
-            sea_orm::sea_query::Expr::value(now),
-        )
-        .col_expr(
-            treatment::Column::UpdatedAt,
-            sea_orm::sea_query::Expr::value(now),
-        )
-        .filter(treatment::Column::Id.eq(id))
-        .filter(treatment::Column::DeletedAt.is_null())
-        .exec(&db)
-        .await?;
-    if result.rows_affected == 0 {
+    if !soft_delete::<treatment::Entity>(&db, id).await? {
         return Err(not_found());
     }
     Ok(StatusCode::NO_CONTENT)

@@ -7,7 +7,7 @@ use axum::{Json, Router, http::StatusCode, routing::get};
 use chrono::Utc;
 use sea_orm::{
     ActiveModelTrait, ActiveValue::Set, ColumnTrait, DatabaseConnection, EntityTrait,
-    PaginatorTrait, QueryFilter, QueryOrder, QuerySelect, TransactionTrait, sea_query::Expr,
+    PaginatorTrait, QueryFilter, QueryOrder, QuerySelect, TransactionTrait,
 };
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -17,6 +17,7 @@ use crate::{
     error::{AppError, Result},
     extract::{ApiJson, ApiQuery, IdPath, TenantDb},
     feature_gate::gate,
+    routes::soft_delete::soft_delete,
     routes::{
         pagination::{Page, PageQuery},
         validate::required_text,
@@ -195,15 +196,7 @@ async fn show(IdPath(id): IdPath, TenantDb(db, _lease): TenantDb) -> Result<Json
 }
 
 async fn remove(IdPath(id): IdPath, TenantDb(db, _lease): TenantDb) -> Result<StatusCode> {
-    let now = Utc::now();
-    let result = bom::Entity::update_many()
-        .col_expr(bom::Column::DeletedAt, Expr::value(now))
-        .col_expr(bom::Column::UpdatedAt, Expr::value(now))
-        .filter(bom::Column::Id.eq(id))
-        .filter(bom::Column::DeletedAt.is_null())
-        .exec(&db)
-        .await?;
-    if result.rows_affected == 0 {
+    if !soft_delete::<bom::Entity>(&db, id).await? {
         return Err(not_found());
     }
     Ok(StatusCode::NO_CONTENT)

@@ -13,6 +13,7 @@ use crate::{
     error::{AppError, Result},
     extract::{ApiJson, ApiQuery, IdPath, TenantDb},
     feature_gate::gate,
+    routes::soft_delete::soft_delete,
     routes::{
         pagination::{Page, PageQuery},
         validate::{non_negative, required_text},
@@ -25,7 +26,10 @@ pub fn router() -> Router<AppState> {
     gate(
         Router::new()
             .route("/api/manufacturing/materials", get(list).post(create))
-            .route("/api/manufacturing/materials/{id}", get(show)),
+            .route(
+                "/api/manufacturing/materials/{id}",
+                get(show).delete(remove),
+            ),
         Feature::MaterialManagement,
     )
 }
@@ -107,4 +111,11 @@ async fn show(IdPath(id): IdPath, TenantDb(db, _lease): TenantDb) -> Result<Json
         .await?
         .ok_or_else(|| AppError::NotFound("no material with that id".into()))?;
     Ok(Json(model.into()))
+}
+
+async fn remove(IdPath(id): IdPath, TenantDb(db, _lease): TenantDb) -> Result<StatusCode> {
+    if !soft_delete::<material::Entity>(&db, id).await? {
+        return Err(AppError::NotFound("no material with that id".into()));
+    }
+    Ok(StatusCode::NO_CONTENT)
 }
