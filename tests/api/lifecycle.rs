@@ -234,7 +234,18 @@ async fn suspending_changing_and_removing_take_effect_on_the_next_request(backen
     assert_error(file_tenant, 409, "conflict").await;
 }
 
+async fn two_provisionings_of_one_id_at_once_make_one_tenant(backend: Backend) {
+    let app = spawn_app_with(AppSpec::new(standard_tenants()).on(backend)).await;
+    let body = provision_body(&app, backend, "racer").await;
+    let (a, b) = tokio::join!(provision(&app, &body), provision(&app, &body));
+    let mut statuses = [a.status().as_u16(), b.status().as_u16()];
+    statuses.sort();
+    assert_eq!(statuses, [201, 409]);
+    app.create_product("racer", "after the race", 1.0).await;
+}
+
 crate::on_every_backend!(
+    two_provisionings_of_one_id_at_once_make_one_tenant,
     a_provisioned_tenant_answers_at_once_with_its_demo_data,
     duplicates_and_bad_bodies_are_refused,
     suspending_changing_and_removing_take_effect_on_the_next_request,
@@ -296,9 +307,21 @@ async fn a_failed_provisioning_leaves_nothing_behind_and_a_retry_succeeds() {
 }
 
 #[tokio::test]
-async fn provisioned_tenants_survive_a_restart_and_reach_other_replicas() {
+async fn with_a_sqlite_control_database_tenants_survive_a_restart_and_reach_other_replicas() {
     let control_dir = tempfile::tempdir().unwrap();
-    let control = format!("sqlite://{}/control.db", control_dir.path().display());
+    replicas_share_the_control_database(format!(
+        "sqlite://{}/control.db",
+        control_dir.path().display()
+    ))
+    .await;
+}
+
+#[tokio::test]
+async fn with_a_postgres_control_database_tenants_survive_a_restart_and_reach_other_replicas() {
+    replicas_share_the_control_database(pg::fresh_database("trcontrol").await).await;
+}
+
+async fn replicas_share_the_control_database(control: String) {
     let replica = |poll: &str| {
         AppSpec::new(standard_tenants())
             .env("CONTROL_DATABASE_URL", &control)
