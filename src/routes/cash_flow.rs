@@ -17,7 +17,7 @@ use crate::{
     error::{AppError, Result},
     extract::{ApiJson, ApiQuery, IdPath, TenantDb},
     feature_gate::gate,
-    routes::soft_delete::soft_delete,
+    routes::soft_delete::{find_live, live, soft_delete},
     routes::{
         pagination::{Page, PageQuery},
         validate::{cents_to_money, money_to_cents, optional_text},
@@ -102,7 +102,7 @@ async fn list(
         offset: query.offset,
     }
     .checked()?;
-    let mut select = entry::Entity::find().filter(entry::Column::DeletedAt.is_null());
+    let mut select = live::<entry::Entity>();
     if let Some(kind) = &query.kind {
         check_kind(kind)?;
         select = select.filter(entry::Column::Kind.eq(kind.as_str()));
@@ -159,9 +159,7 @@ fn not_found() -> AppError {
 }
 
 async fn show(IdPath(id): IdPath, TenantDb(db, _lease): TenantDb) -> Result<Json<EntryView>> {
-    let model = entry::Entity::find_by_id(id)
-        .filter(entry::Column::DeletedAt.is_null())
-        .one(&db)
+    let model = find_live::<entry::Entity>(&db, id)
         .await?
         .ok_or_else(not_found)?;
     Ok(Json(model.into()))

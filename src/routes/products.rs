@@ -2,10 +2,7 @@
 
 use axum::{Json, Router, http::StatusCode, routing::get};
 use chrono::Utc;
-use sea_orm::{
-    ActiveModelTrait, ActiveValue::Set, ColumnTrait, EntityTrait, QueryFilter, QueryOrder,
-    QuerySelect,
-};
+use sea_orm::{ActiveModelTrait, ActiveValue::Set, QueryOrder, QuerySelect};
 use serde::{Deserialize, Serialize};
 
 use super::{
@@ -17,7 +14,7 @@ use crate::{
     error::{AppError, Result},
     extract::{ApiJson, ApiQuery, IdPath, TenantDb},
     feature_gate::gate,
-    routes::soft_delete::soft_delete,
+    routes::soft_delete::{find_live, live, soft_delete},
     startup::AppState,
     tenant::Feature,
 };
@@ -68,8 +65,7 @@ async fn list(
     TenantDb(db, _lease): TenantDb,
 ) -> Result<Json<Page<ProductView>>> {
     let page = query.checked()?;
-    let rows = Product::find()
-        .filter(product::Column::DeletedAt.is_null())
+    let rows = live::<Product>()
         .order_by_desc(product::Column::CreatedAt)
         .order_by_desc(product::Column::Id)
         .limit(page.fetch())
@@ -100,11 +96,7 @@ async fn create(
 }
 
 async fn show(IdPath(id): IdPath, TenantDb(db, _lease): TenantDb) -> Result<Json<ProductView>> {
-    let model = Product::find_by_id(id)
-        .filter(product::Column::DeletedAt.is_null())
-        .one(&db)
-        .await?
-        .ok_or_else(not_found)?;
+    let model = find_live::<Product>(&db, id).await?.ok_or_else(not_found)?;
     Ok(Json(model.into()))
 }
 
@@ -115,11 +107,7 @@ async fn update(
 ) -> Result<Json<ProductView>> {
     let name = required_text("name", &input.name, 200)?;
     let price_cents = money_to_cents("price", input.price)?;
-    let existing = Product::find_by_id(id)
-        .filter(product::Column::DeletedAt.is_null())
-        .one(&db)
-        .await?
-        .ok_or_else(not_found)?;
+    let existing = find_live::<Product>(&db, id).await?.ok_or_else(not_found)?;
     let mut model: product::ActiveModel = existing.into();
     model.name = Set(name);
     model.price_cents = Set(price_cents);

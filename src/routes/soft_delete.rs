@@ -2,7 +2,7 @@
 //! set, and leaves every list, lookup and sum.
 
 use chrono::Utc;
-use sea_orm::{ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, sea_query::Expr};
+use sea_orm::{ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, Select, sea_query::Expr};
 use uuid::Uuid;
 
 use crate::error::Result;
@@ -12,6 +12,19 @@ pub trait SoftDeletable: EntityTrait {
     const ID: Self::Column;
     const DELETED_AT: Self::Column;
     const UPDATED_AT: Self::Column;
+}
+
+/// The rows of `E` that are not deleted.
+pub fn live<E: SoftDeletable>() -> Select<E> {
+    E::find().filter(E::DELETED_AT.is_null())
+}
+
+/// The live row `id` of `E`, if there is one.
+pub async fn find_live<E: SoftDeletable>(
+    db: &impl ConnectionTrait,
+    id: Uuid,
+) -> Result<Option<E::Model>> {
+    Ok(live::<E>().filter(E::ID.eq(id)).one(db).await?)
 }
 
 /// Marks the live row `id` deleted; `false` if there is no such live row.

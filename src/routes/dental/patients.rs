@@ -2,10 +2,7 @@
 
 use axum::{Json, Router, http::StatusCode, routing::get};
 use chrono::{NaiveDate, Utc};
-use sea_orm::{
-    ActiveModelTrait, ActiveValue::Set, ColumnTrait, EntityTrait, QueryFilter, QueryOrder,
-    QuerySelect,
-};
+use sea_orm::{ActiveModelTrait, ActiveValue::Set, QueryOrder, QuerySelect};
 use serde::{Deserialize, Serialize};
 
 use crate::{
@@ -13,7 +10,7 @@ use crate::{
     error::{AppError, Result},
     extract::{ApiJson, ApiQuery, IdPath, TenantDb},
     feature_gate::gate,
-    routes::soft_delete::soft_delete,
+    routes::soft_delete::{find_live, live, soft_delete},
     routes::{
         pagination::{Page, PageQuery},
         validate::{optional_email, optional_text, required_text},
@@ -73,8 +70,7 @@ async fn list(
     TenantDb(db, _lease): TenantDb,
 ) -> Result<Json<Page<PatientView>>> {
     let page = query.checked()?;
-    let rows = Patient::find()
-        .filter(patient::Column::DeletedAt.is_null())
+    let rows = live::<Patient>()
         .order_by_desc(patient::Column::CreatedAt)
         .order_by_desc(patient::Column::Id)
         .limit(page.fetch())
@@ -115,9 +111,7 @@ async fn create(
 }
 
 async fn show(IdPath(id): IdPath, TenantDb(db, _lease): TenantDb) -> Result<Json<PatientView>> {
-    let model = Patient::find_by_id(id)
-        .filter(patient::Column::DeletedAt.is_null())
-        .one(&db)
+    let model = find_live::<Patient>(&db, id)
         .await?
         .ok_or_else(|| AppError::NotFound("no patient with that id".into()))?;
     Ok(Json(model.into()))

@@ -3,8 +3,8 @@
 use axum::{Json, Router, http::StatusCode, routing::get};
 use chrono::Utc;
 use sea_orm::{
-    ActiveModelTrait, ActiveValue::Set, ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter,
-    QueryOrder, QuerySelect, sea_query::ExprTrait,
+    ActiveModelTrait, ActiveValue::Set, ColumnTrait, DatabaseConnection, QueryFilter, QueryOrder,
+    QuerySelect, sea_query::ExprTrait,
 };
 use serde::{Deserialize, Serialize};
 
@@ -13,7 +13,7 @@ use crate::{
     error::{AppError, Result},
     extract::{ApiJson, ApiQuery, IdPath, TenantDb},
     feature_gate::gate,
-    routes::soft_delete::soft_delete,
+    routes::soft_delete::{find_live, live, soft_delete},
     routes::{
         pagination::{Page, PageQuery},
         validate::{non_negative, required_text},
@@ -106,7 +106,7 @@ async fn list(
     TenantDb(db, _lease): TenantDb,
 ) -> Result<Json<Page<SupplyView>>> {
     let page = query.checked()?;
-    let mut select = DentalSupply::find().filter(dental_supply::Column::DeletedAt.is_null());
+    let mut select = live::<DentalSupply>();
     if let Some(low) = filter.low_stock {
         // Compared in the database, column to column, so that pagination counts
         // only the matching rows.
@@ -153,16 +153,14 @@ async fn create(
 }
 
 /// The supply with `id`, unless it is soft-deleted.
-async fn find_live(db: &DatabaseConnection, id: uuid::Uuid) -> Result<dental_supply::Model> {
-    DentalSupply::find_by_id(id)
-        .filter(dental_supply::Column::DeletedAt.is_null())
-        .one(db)
+async fn live_supply(db: &DatabaseConnection, id: uuid::Uuid) -> Result<dental_supply::Model> {
+    find_live::<DentalSupply>(db, id)
         .await?
         .ok_or_else(not_found)
 }
 
 async fn show(IdPath(id): IdPath, TenantDb(db, _lease): TenantDb) -> Result<Json<SupplyView>> {
-    Ok(Json(find_live(&db, id).await?.into()))
+    Ok(Json(live_supply(&db, id).await?.into()))
 }
 
 async fn update(
@@ -187,7 +185,7 @@ async fn update(
         .reorder_level
         .map(|r| non_negative("reorder_level", r))
         .transpose()?;
-    let existing = find_live(&db, id).await?;
+    let existing = live_supply(&db, id).await?;
     let mut model: dental_supply::ActiveModel = existing.into();
     if let Some(name) = name {
         model.name = Set(name);

@@ -3,20 +3,20 @@
 use axum::{Json, Router, http::StatusCode, routing::get};
 use chrono::{NaiveDate, Utc};
 use sea_orm::{
-    ActiveModelTrait, ActiveValue::Set, ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter,
-    QueryOrder, QuerySelect,
+    ActiveModelTrait, ActiveValue::Set, ColumnTrait, DatabaseConnection, QueryFilter, QueryOrder,
+    QuerySelect,
 };
 use serde::{Deserialize, Deserializer, Serialize};
 
 use crate::{
     entities::{
-        patient::{self, Entity as Patient},
+        patient::Entity as Patient,
         treatment::{self, Entity as Treatment},
     },
     error::{AppError, Result},
     extract::{ApiJson, ApiQuery, IdPath, TenantDb},
     feature_gate::gate,
-    routes::soft_delete::soft_delete,
+    routes::soft_delete::{find_live, live, soft_delete},
     routes::{
         pagination::{Page, PageQuery},
         validate::{cents_to_money, money_to_cents, required_text},
@@ -142,7 +142,7 @@ async fn list(
     TenantDb(db, _lease): TenantDb,
 ) -> Result<Json<Page<TreatmentView>>> {
     let page = query.checked()?;
-    let mut select = Treatment::find().filter(treatment::Column::DeletedAt.is_null());
+    let mut select = live::<Treatment>();
     if let Some(patient_id) = filter.patient_id {
         select = select.filter(treatment::Column::PatientId.eq(patient_id));
     }
@@ -167,11 +167,7 @@ async fn create(
     let cost_cents = money_to_cents("cost", input.cost)?;
     // The foreign key only knows that the row exists; a soft-deleted patient is
     // gone for the API, so it is checked here.
-    let patient_exists = Patient::find_by_id(input.patient_id)
-        .filter(patient::Column::DeletedAt.is_null())
-        .one(&db)
-        .await?
-        .is_some();
+    let patient_exists = find_live::<Patient>(&db, input.patient_id).await?.is_some();
     if !patient_exists {
         return Err(AppError::validation(
             "patient_id",
@@ -196,16 +192,12 @@ async fn create(
 }
 
 /// The treatment with `id`, unless it is soft-deleted.
-async fn find_live(db: &DatabaseConnection, id: uuid::Uuid) -> Result<treatment::Model> {
-    Treatment::find_by_id(id)
-        .filter(treatment::Column::DeletedAt.is_null())
-        .one(db)
-        .await?
-        .ok_or_else(not_found)
+async fn live_treatment(db: &DatabaseConnection, id: uuid::Uuid) -> Result<treatment::Model> {
+    find_live::<Treatment>(db, id).await?.ok_or_else(not_found)
 }
 
 async fn show(IdPath(id): IdPath, TenantDb(db, _lease): TenantDb) -> Result<Json<TreatmentView>> {
-    Ok(Json(find_live(&db, id).await?.into()))
+    Ok(Json(live_treatment(&db, id).await?.into()))
 }
 
 async fn update(
@@ -221,7 +213,7 @@ async fn update(
         .map(|d| required_text("description", d, MAX_DESCRIPTION))
         .transpose()?;
     let cost_cents = input.cost.map(|c| money_to_cents("cost", c)).transpose()?;
-    let existing = find_live(&db, id).await?;
+    let existing = live_treatment(&db, id).await?;
     let mut model: treatment::ActiveModel = existing.into();
     if let Some(description) = description {
         model.description = Set(description);

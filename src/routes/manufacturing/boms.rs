@@ -17,7 +17,7 @@ use crate::{
     error::{AppError, Result},
     extract::{ApiJson, ApiQuery, IdPath, TenantDb},
     feature_gate::gate,
-    routes::soft_delete::soft_delete,
+    routes::soft_delete::{find_live, live, soft_delete},
     routes::{
         pagination::{Page, PageQuery},
         validate::required_text,
@@ -67,11 +67,7 @@ pub(crate) async fn load(
     db: &impl sea_orm::ConnectionTrait,
     id: Uuid,
 ) -> Result<Option<(bom::Model, Vec<bom_item::Model>)>> {
-    let Some(header) = bom::Entity::find_by_id(id)
-        .filter(bom::Column::DeletedAt.is_null())
-        .one(db)
-        .await?
-    else {
+    let Some(header) = find_live::<bom::Entity>(db, id).await? else {
         return Ok(None);
     };
     let items = bom_item::Entity::find()
@@ -103,8 +99,7 @@ async fn list(
     TenantDb(db, _lease): TenantDb,
 ) -> Result<Json<Page<BomView>>> {
     let page = query.checked()?;
-    let headers = bom::Entity::find()
-        .filter(bom::Column::DeletedAt.is_null())
+    let headers = live::<bom::Entity>()
         .order_by_desc(bom::Column::CreatedAt)
         .order_by_desc(bom::Column::Id)
         .limit(page.fetch())

@@ -2,10 +2,7 @@
 
 use axum::{Json, Router, http::StatusCode, routing::get};
 use chrono::Utc;
-use sea_orm::{
-    ActiveModelTrait, ActiveValue::Set, ColumnTrait, EntityTrait, QueryFilter, QueryOrder,
-    QuerySelect,
-};
+use sea_orm::{ActiveModelTrait, ActiveValue::Set, QueryOrder, QuerySelect};
 use serde::{Deserialize, Serialize};
 
 use crate::{
@@ -13,7 +10,7 @@ use crate::{
     error::{AppError, Result},
     extract::{ApiJson, ApiQuery, IdPath, TenantDb},
     feature_gate::gate,
-    routes::soft_delete::soft_delete,
+    routes::soft_delete::{find_live, live, soft_delete},
     routes::{
         pagination::{Page, PageQuery},
         validate::{non_negative, required_text},
@@ -71,8 +68,7 @@ async fn list(
     TenantDb(db, _lease): TenantDb,
 ) -> Result<Json<Page<MaterialView>>> {
     let page = query.checked()?;
-    let rows = Material::find()
-        .filter(material::Column::DeletedAt.is_null())
+    let rows = live::<Material>()
         .order_by_desc(material::Column::CreatedAt)
         .order_by_desc(material::Column::Id)
         .limit(page.fetch())
@@ -105,9 +101,7 @@ async fn create(
 }
 
 async fn show(IdPath(id): IdPath, TenantDb(db, _lease): TenantDb) -> Result<Json<MaterialView>> {
-    let model = Material::find_by_id(id)
-        .filter(material::Column::DeletedAt.is_null())
-        .one(&db)
+    let model = find_live::<Material>(&db, id)
         .await?
         .ok_or_else(|| AppError::NotFound("no material with that id".into()))?;
     Ok(Json(model.into()))

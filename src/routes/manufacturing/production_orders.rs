@@ -23,6 +23,7 @@ use crate::{
     error::{AppError, Result},
     extract::{ApiJson, ApiQuery, IdPath, TenantDb},
     feature_gate::gate,
+    routes::soft_delete::{find_live, live},
     routes::{manufacturing::boms, pagination::PageQuery},
     startup::AppState,
     tenant::Feature,
@@ -102,7 +103,7 @@ async fn list(
         offset: query.offset,
     }
     .checked()?;
-    let mut select = order::Entity::find().filter(order::Column::DeletedAt.is_null());
+    let mut select = live::<order::Entity>();
     if let Some(status) = &query.status {
         if ![PLANNED, IN_PROGRESS, DONE].contains(&status.as_str()) {
             return Err(AppError::validation(
@@ -155,9 +156,7 @@ async fn create(
 }
 
 async fn find(db: &impl sea_orm::ConnectionTrait, id: Uuid) -> Result<order::Model> {
-    order::Entity::find_by_id(id)
-        .filter(order::Column::DeletedAt.is_null())
-        .one(db)
+    find_live::<order::Entity>(db, id)
         .await?
         .ok_or_else(not_found)
 }
