@@ -48,6 +48,9 @@ pub enum TenantCommand {
     Suspend { id: String },
     /// Activate a suspended tenant.
     Activate { id: String },
+    /// Seal every database URL in the control database with SECRET_KEY (after a key
+    /// rotation, with the old key in SECRET_KEY_PREVIOUS).
+    Reencrypt,
     /// Remove a tenant added at run time.
     Delete {
         id: String,
@@ -103,6 +106,7 @@ struct Context {
     settings: Settings,
     registry: TenantRegistry,
     lifecycle: Arc<Lifecycle>,
+    control: ControlStore,
 }
 
 async fn context(settings: Settings) -> Result<Context, String> {
@@ -115,7 +119,8 @@ async fn context(settings: Settings) -> Result<Context, String> {
         let lines: Vec<String> = errors.iter().map(|e| format!("  {e}")).collect();
         format!("invalid tenant configuration:\n{}", lines.join("\n"))
     })?;
-    let control = ControlStore::open(settings.control_database_url.expose())
+    let secrets = Arc::new(settings.secret_box()?);
+    let control = ControlStore::open(settings.control_database_url.expose(), secrets)
         .await
         .map_err(|e| {
             format!(
@@ -135,7 +140,7 @@ async fn context(settings: Settings) -> Result<Context, String> {
     let registry = TenantRegistry::new(lifecycle::merge(&base, rows), settings.pools());
     let lifecycle = Arc::new(Lifecycle::new(
         registry.clone(),
-        control,
+        control.clone(),
         base,
         settings.pools(),
     ));
@@ -143,6 +148,7 @@ async fn context(settings: Settings) -> Result<Context, String> {
         settings,
         registry,
         lifecycle,
+        control,
     })
 }
 
@@ -227,6 +233,12 @@ pub async fn tenants(settings: Settings, command: TenantCommand) -> ExitCode {
             .await
             .map(|_| println!("activated {id}"))
             .map_err(|e| e.to_string()),
+        TenantCommand::Reencrypt => ctx
+            .control
+            .reseal_all()
+            .await
+            .map(|n| println!("sealed {n} database URLs with the current key"))
+            .map_err(|e| crate::db::redact_error(&e)),
         TenantCommand::Delete { id, drop_database } => ctx
             .lifecycle
             .deprovision(&id, drop_database)

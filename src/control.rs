@@ -12,7 +12,12 @@ use sea_orm::{
 };
 use serde_json::Value;
 
-use crate::tenant::{ConfigError, TenantConfig, TenantSource, parse_tenant_entry};
+use std::sync::Arc;
+
+use crate::{
+    secret::SecretBox,
+    tenant::{ConfigError, TenantConfig, TenantSource, parse_tenant_entry},
+};
 
 /// The `tenant_configs` table.
 pub mod tenant_config {
@@ -54,15 +59,17 @@ const READY: &str = "ready";
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Fingerprint(u64, Option<chrono::DateTime<Utc>>);
 
-/// The control database.
+/// The control database. Database URLs are sealed with the [`SecretBox`] before they
+/// are written, so a copy of the control database does not reveal credentials.
 #[derive(Clone)]
 pub struct ControlStore {
     db: DatabaseConnection,
+    secrets: Arc<SecretBox>,
 }
 
 impl ControlStore {
     /// Opens (creating a SQLite file if needed) and migrates the control database.
-    pub async fn open(url: &str) -> Result<Self, DbErr> {
+    pub async fn open(url: &str, secrets: Arc<SecretBox>) -> Result<Self, DbErr> {
         let url = crate::db::prepare_url(url)?;
         let mut options = ConnectOptions::new(url);
         options
@@ -71,7 +78,7 @@ impl ControlStore {
             .sqlx_logging(false);
         let db = Database::connect(options).await?;
         ControlMigrator::up(&db, None).await?;
-        Ok(Self { db })
+        Ok(Self { db, secrets })
     }
 
     /// Every ready tenant, validated; rows that fail validation are returned as
@@ -84,7 +91,18 @@ impl ControlStore {
         let mut tenants = Vec::with_capacity(rows.len());
         let mut errors = Vec::new();
         for row in rows {
-            match parse_tenant_entry(&row.id, &entry_of(&row), TenantSource::Control) {
+            let url = match self.secrets.open(&row.database_url) {
+                Ok(url) => url,
+                Err(why) => {
+                    errors.push(ConfigError {
+                        tenant: Some(row.id.clone()),
+                        field: "database_url".into(),
+                        message: format!("cannot be opened: {why}"),
+                    });
+                    continue;
+                }
+            };
+            match parse_tenant_entry(&row.id, &entry_of(&row, url), TenantSource::Control) {
                 Ok(config) => tenants.push(config),
                 Err(mut e) => errors.append(&mut e),
             }
@@ -95,7 +113,7 @@ impl ControlStore {
     /// Claims `config.id` for provisioning. `false` if the id is taken (by a ready
     /// tenant or by a provisioning under way elsewhere).
     pub async fn claim(&self, config: &TenantConfig) -> Result<bool, DbErr> {
-        let row = active_model(config, PROVISIONING);
+        let row = self.active_model(config, PROVISIONING)?;
         match TenantConfigs::insert(row).exec(&self.db).await {
             Ok(_) => Ok(true),
             Err(e) if is_unique_violation(&e) => Ok(false),
@@ -119,7 +137,7 @@ impl ControlStore {
         let existing = TenantConfigs::find_by_id(config.id.as_str())
             .one(&self.db)
             .await?;
-        let mut row = active_model(config, READY);
+        let mut row = self.active_model(config, READY)?;
         match existing {
             Some(old) => {
                 row.created_at = Set(old.created_at);
@@ -140,6 +158,30 @@ impl ControlStore {
         Ok(TenantConfigs::find_by_id(id).count(&self.db).await? > 0)
     }
 
+    /// Seals again every database URL that is plain or sealed with the previous key
+    /// (a key rotation); returns how many rows changed.
+    pub async fn reseal_all(&self) -> Result<usize, DbErr> {
+        let rows = TenantConfigs::find().all(&self.db).await?;
+        let mut changed = 0;
+        for row in rows {
+            if !self.secrets.needs_reseal(&row.database_url) {
+                continue;
+            }
+            let plain = self
+                .secrets
+                .open(&row.database_url)
+                .map_err(DbErr::Custom)?;
+            let sealed = self.secrets.seal(&plain).map_err(DbErr::Custom)?;
+            TenantConfigs::update_many()
+                .col_expr(Column::DatabaseUrl, Expr::value(sealed))
+                .filter(Column::Id.eq(row.id))
+                .exec(&self.db)
+                .await?;
+            changed += 1;
+        }
+        Ok(changed)
+    }
+
     /// Row count and newest `updated_at`: replicas poll this to notice changes.
     pub async fn fingerprint(&self) -> Result<Fingerprint, DbErr> {
         let count = TenantConfigs::find().count(&self.db).await?;
@@ -154,12 +196,22 @@ impl ControlStore {
     }
 }
 
-fn active_model(config: &TenantConfig, state: &str) -> ActiveModel {
+impl ControlStore {
+    fn active_model(&self, config: &TenantConfig, state: &str) -> Result<ActiveModel, DbErr> {
+        let sealed = self
+            .secrets
+            .seal(config.database_url.expose())
+            .map_err(DbErr::Custom)?;
+        Ok(active_model(config, state, sealed))
+    }
+}
+
+fn active_model(config: &TenantConfig, state: &str, sealed_url: String) -> ActiveModel {
     let entry = config.to_entry();
     let now = Utc::now();
     ActiveModel {
         id: Set(config.id.to_string()),
-        database_url: Set(config.database_url.expose().to_string()),
+        database_url: Set(sealed_url),
         domain: Set(entry["domain"].as_str().unwrap_or("default").to_string()),
         subdomain: Set(config.subdomain.clone()),
         features: Set(config
@@ -183,9 +235,9 @@ fn active_model(config: &TenantConfig, state: &str) -> ActiveModel {
 }
 
 /// A row as a `TENANT_CONFIGS`-shaped entry, for the shared validator.
-fn entry_of(row: &Model) -> Value {
+fn entry_of(row: &Model, database_url: String) -> Value {
     serde_json::json!({
-        "database_url": row.database_url,
+        "database_url": database_url,
         "domain": row.domain,
         "subdomain": row.subdomain,
         "features": row.features,

@@ -64,3 +64,154 @@ mod tests {
         assert!(!constant_time_eq(b"abc", b"abcd"));
     }
 }
+
+/// Seals secrets for storage (the database URLs in the control database) with
+/// ChaCha20-Poly1305 under `SECRET_KEY`; opens them with that key or, during a key
+/// rotation, with `SECRET_KEY_PREVIOUS`.
+pub struct SecretBox {
+    current: chacha20poly1305::Key,
+    previous: Option<chacha20poly1305::Key>,
+}
+
+/// Marks a sealed value: `enc:v1:` then base64 of nonce and ciphertext.
+const SEALED_PREFIX: &str = "enc:v1:";
+
+fn parse_key(name: &str, hex: &str) -> Result<chacha20poly1305::Key, String> {
+    let hex = hex.trim();
+    if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(format!(
+            "{name} must be 64 hexadecimal characters (32 bytes)"
+        ));
+    }
+    let mut bytes = [0u8; 32];
+    for (i, byte) in bytes.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).unwrap_or_default();
+    }
+    Ok(chacha20poly1305::Key::from(bytes))
+}
+
+impl SecretBox {
+    /// From hex keys (`SECRET_KEY`, and `SECRET_KEY_PREVIOUS` while rotating).
+    pub fn from_hex(current: &str, previous: Option<&str>) -> Result<Self, String> {
+        Ok(Self {
+            current: parse_key("SECRET_KEY", current)?,
+            previous: previous
+                .map(|p| parse_key("SECRET_KEY_PREVIOUS", p))
+                .transpose()?,
+        })
+    }
+
+    /// A fresh random key, as hex.
+    pub fn generate_hex() -> String {
+        use chacha20poly1305::{KeyInit, aead::OsRng};
+        chacha20poly1305::ChaCha20Poly1305::generate_key(&mut OsRng)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    }
+
+    /// Seals `plaintext` under the current key.
+    pub fn seal(&self, plaintext: &str) -> Result<String, String> {
+        use base64::Engine;
+        use chacha20poly1305::{
+            AeadCore, ChaCha20Poly1305, KeyInit,
+            aead::{Aead, OsRng},
+        };
+        let nonce = ChaCha20Poly1305::generate_nonce(&mut OsRng);
+        let sealed = ChaCha20Poly1305::new(&self.current)
+            .encrypt(&nonce, plaintext.as_bytes())
+            .map_err(|_| "sealing failed".to_string())?;
+        let mut bytes = nonce.to_vec();
+        bytes.extend_from_slice(&sealed);
+        Ok(format!(
+            "{SEALED_PREFIX}{}",
+            base64::engine::general_purpose::STANDARD.encode(bytes)
+        ))
+    }
+
+    /// Opens a stored value. A value without the sealed prefix was stored before
+    /// sealing existed and is returned as it is; `reseal` upgrades it.
+    pub fn open(&self, stored: &str) -> Result<String, String> {
+        Ok(self.open_with_key(stored)?.0)
+    }
+
+    /// Whether `stored` should be sealed again: it is plain, or only the previous
+    /// key opens it.
+    pub fn needs_reseal(&self, stored: &str) -> bool {
+        matches!(self.open_with_key(stored), Ok((_, false)))
+    }
+
+    /// The plaintext, and whether the current key (or no key) opened it.
+    fn open_with_key(&self, stored: &str) -> Result<(String, bool), String> {
+        use base64::Engine;
+        use chacha20poly1305::{ChaCha20Poly1305, KeyInit, Nonce, aead::Aead};
+        let Some(encoded) = stored.strip_prefix(SEALED_PREFIX) else {
+            return Ok((stored.to_string(), false));
+        };
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(encoded)
+            .map_err(|_| "the sealed value is damaged".to_string())?;
+        if bytes.len() < 12 {
+            return Err("the sealed value is damaged".into());
+        }
+        let (nonce, sealed) = bytes.split_at(12);
+        let nonce: [u8; 12] = nonce
+            .try_into()
+            .map_err(|_| "the sealed value is damaged".to_string())?;
+        let nonce = Nonce::from(nonce);
+        for (key, is_current) in
+            std::iter::once((&self.current, true)).chain(self.previous.iter().map(|k| (k, false)))
+        {
+            if let Ok(plain) = ChaCha20Poly1305::new(key).decrypt(&nonce, sealed) {
+                let plain = String::from_utf8(plain)
+                    .map_err(|_| "the sealed value is not text".to_string())?;
+                return Ok((plain, is_current));
+            }
+        }
+        Err("neither SECRET_KEY nor SECRET_KEY_PREVIOUS opens it".into())
+    }
+}
+
+#[cfg(test)]
+mod box_tests {
+    use super::*;
+
+    #[test]
+    fn sealed_values_open_with_the_key_and_hide_the_text() {
+        let key = SecretBox::generate_hex();
+        let sb = SecretBox::from_hex(&key, None).unwrap();
+        let sealed = sb.seal("postgres://u:hunter2@h/db").unwrap();
+        assert!(sealed.starts_with("enc:v1:") && !sealed.contains("hunter2"));
+        assert_eq!(sb.open(&sealed).unwrap(), "postgres://u:hunter2@h/db");
+        assert!(!sb.needs_reseal(&sealed));
+        let other = SecretBox::from_hex(&SecretBox::generate_hex(), None).unwrap();
+        assert!(other.open(&sealed).is_err());
+    }
+
+    #[test]
+    fn rotation_opens_with_the_previous_key_and_asks_for_a_reseal() {
+        let (old, new) = (SecretBox::generate_hex(), SecretBox::generate_hex());
+        let sealed_old = SecretBox::from_hex(&old, None)
+            .unwrap()
+            .seal("secret")
+            .unwrap();
+        let rotating = SecretBox::from_hex(&new, Some(&old)).unwrap();
+        assert_eq!(rotating.open(&sealed_old).unwrap(), "secret");
+        assert!(rotating.needs_reseal(&sealed_old));
+        assert!(rotating.needs_reseal("plain text from before"));
+        let resealed = rotating.seal("secret").unwrap();
+        assert_eq!(
+            SecretBox::from_hex(&new, None)
+                .unwrap()
+                .open(&resealed)
+                .unwrap(),
+            "secret"
+        );
+    }
+
+    #[test]
+    fn bad_keys_are_refused() {
+        assert!(SecretBox::from_hex("abc", None).is_err());
+        assert!(SecretBox::from_hex(&"g".repeat(64), None).is_err());
+    }
+}

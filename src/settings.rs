@@ -31,6 +31,9 @@ pub const ENV_KEYS: &[&str] = &[
     "AUTO_CREATE_DATABASES",
     "CONTROL_DATABASE_URL",
     "CONTROL_POLL_SECS",
+    "SECRET_KEY",
+    "SECRET_KEY_PREVIOUS",
+    "SECRET_KEY_FILE",
     "MAX_TOTAL_CONNECTIONS",
     "BREAKER_COOLDOWN_SECS",
     "IDENTIFY_BY_SUBDOMAIN",
@@ -69,6 +72,12 @@ pub struct Settings {
     pub control_database_url: Secret,
     /// How often a replica looks for tenant changes made through another; 0: never.
     pub control_poll_secs: u64,
+    /// Key (64 hex characters) sealing database URLs in the control database.
+    pub secret_key: Option<Secret>,
+    /// The key being rotated out: still opens, never seals.
+    pub secret_key_previous: Option<Secret>,
+    /// Where a generated key is kept when `SECRET_KEY` is unset.
+    pub secret_key_file: PathBuf,
     /// Create a missing PostgreSQL database or schema when a tenant's pool opens.
     pub auto_create_databases: bool,
     /// Bound on the connections all tenant pools hold together; 0: no bound beyond
@@ -135,6 +144,7 @@ impl Settings {
                 b.set_default("control_database_url", "sqlite://data/control.db?mode=rwc")
             })
             .and_then(|b| b.set_default("control_poll_secs", 5))
+            .and_then(|b| b.set_default("secret_key_file", "data/secret.key"))
             .and_then(|b| b.set_default("max_total_connections", 0))
             .and_then(|b| b.set_default("breaker_cooldown_secs", 2))
             .and_then(|b| b.set_default("identify_by_subdomain", true))
@@ -190,6 +200,34 @@ impl Settings {
         Ok(())
     }
 
+    /// The box that seals database URLs in the control database: `SECRET_KEY` (and
+    /// `SECRET_KEY_PREVIOUS`), or else a key generated once into `SECRET_KEY_FILE`.
+    pub fn secret_box(&self) -> Result<crate::secret::SecretBox, String> {
+        use crate::secret::SecretBox;
+        let previous = self
+            .secret_key_previous
+            .as_ref()
+            .map(|k| k.expose().to_string());
+        if let Some(key) = &self.secret_key {
+            return SecretBox::from_hex(key.expose(), previous.as_deref())
+                .map_err(|e| format!("settings: {e}"));
+        }
+        let path = &self.secret_key_file;
+        let key = match std::fs::read_to_string(path) {
+            Ok(key) => key,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let key = SecretBox::generate_hex();
+                write_private(path, &key)
+                    .map_err(|e| format!("settings: cannot write {}: {e}", path.display()))?;
+                tracing::warn!(file = %path.display(), "SECRET_KEY is not set: generated a key into this file; set SECRET_KEY in production");
+                key
+            }
+            Err(e) => return Err(format!("settings: cannot read {}: {e}", path.display())),
+        };
+        SecretBox::from_hex(&key, previous.as_deref())
+            .map_err(|e| format!("settings: {}: {e}", path.display()))
+    }
+
     /// The tenants file to read, and whether its absence is an error.
     pub fn tenants_file(&self) -> (PathBuf, bool) {
         match &self.tenants_file {
@@ -230,6 +268,21 @@ impl Settings {
             breaker_cooldown: Duration::from_secs(self.breaker_cooldown_secs.max(1)),
         }
     }
+}
+
+/// Writes a new file readable by its owner only.
+fn write_private(path: &std::path::Path, text: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    if let Some(dir) = path.parent()
+        && !dir.as_os_str().is_empty()
+    {
+        std::fs::create_dir_all(dir)?;
+    }
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    options.open(path)?.write_all(text.as_bytes())
 }
 
 /// Which request parts may name the tenant, and the base domain for subdomains.

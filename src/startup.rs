@@ -75,7 +75,8 @@ impl Application {
             let (file, required) = settings.tenants_file();
             let env = settings.tenant_configs.as_ref().map(|s| s.expose());
             let base = load_tenants(Some(&file), required, env).map_err(StartupError::Tenants)?;
-            let control = ControlStore::open(settings.control_database_url.expose())
+            let secrets = Arc::new(settings.secret_box().map_err(StartupError::Settings)?);
+            let control = ControlStore::open(settings.control_database_url.expose(), secrets)
                 .await
                 .map_err(|e| StartupError::Control(crate::db::redact_error(&e)))?;
             let (rows, errors) = control

@@ -27,6 +27,10 @@ pub fn settings(env: &[(&str, String)]) -> Settings {
         ("SETTINGS_FILE".into(), String::new()),
         ("ADMIN_TOKEN".into(), "bench-admin-token-0123456789".into()),
         (
+            "SECRET_KEY".into(),
+            tenant_router::secret::SecretBox::generate_hex(),
+        ),
+        (
             "CONTROL_DATABASE_URL".into(),
             format!(
                 "sqlite://{}/tenant-router-bench-{}/control.db",

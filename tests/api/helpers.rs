@@ -8,6 +8,9 @@ use tempfile::TempDir;
 use tenant_router::{Application, Settings};
 
 pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789";
+/// The key sealing database URLs in the tests' control databases.
+pub const TEST_SECRET_KEY: &str =
+    "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff";
 
 /// One tenant of a test's `tenants.toml`.
 pub struct Tenant {
@@ -206,6 +209,7 @@ pub async fn spawn_app_with(spec: AppSpec) -> TestApp {
             "CONTROL_DATABASE_URL".into(),
             format!("sqlite://{}/control/control.db", dir.path().display()),
         ),
+        ("SECRET_KEY".into(), TEST_SECRET_KEY.into()),
     ]);
     if spec.backend != Backend::Sqlite {
         env.insert("AUTO_CREATE_DATABASES".into(), "true".into());

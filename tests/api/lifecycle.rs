@@ -379,3 +379,83 @@ async fn replicas_share_the_control_database(control: String) {
         .unwrap();
     assert_error(request, 403, "tenant_inactive").await;
 }
+
+#[tokio::test]
+async fn the_control_database_holds_no_database_password_and_the_key_can_be_rotated() {
+    let (old_key, new_key) = (
+        tenant_router::secret::SecretBox::generate_hex(),
+        tenant_router::secret::SecretBox::generate_hex(),
+    );
+    let control_dir = tempfile::tempdir().unwrap();
+    let control_file = control_dir.path().join("control.db");
+    let control = format!("sqlite://{}", control_file.display());
+    let with_keys = |current: &str, previous: Option<&str>| {
+        let mut spec = AppSpec::new(standard_tenants())
+            .env("CONTROL_DATABASE_URL", &control)
+            .env("SECRET_KEY", current);
+        if let Some(previous) = previous {
+            spec = spec.env("SECRET_KEY_PREVIOUS", previous);
+        }
+        spec
+    };
+    // A PostgreSQL tenant: its URL carries the test server's password.
+    let url = pg::fresh_database("trk").await;
+    let password = url::Url::parse(&url)
+        .unwrap()
+        .password()
+        .unwrap()
+        .to_string();
+    let app = spawn_app_with(with_keys(&old_key, None)).await;
+    let created = provision(&app, &json!({ "id": "sealed", "database_url": url })).await;
+    assert_eq!(created.status(), 201);
+
+    let raw = |path: &std::path::Path| {
+        // The file and its write-ahead log, as an attacker copying them would get.
+        let mut bytes = std::fs::read(path).unwrap_or_default();
+        bytes.extend(std::fs::read(format!("{}-wal", path.display())).unwrap_or_default());
+        String::from_utf8_lossy(&bytes).into_owned()
+    };
+    assert!(
+        !raw(&control_file).contains(&password),
+        "the control database holds the password"
+    );
+    assert!(raw(&control_file).contains("enc:v1:"));
+
+    // Rotation: the new key with the old one beside it serves the tenant...
+    let rotating = spawn_app_with(with_keys(&new_key, Some(&old_key))).await;
+    rotating
+        .create_product("sealed", "during rotation", 1.0)
+        .await;
+    // ...re-sealing moves every URL to the new key...
+    let settings_env = std::collections::HashMap::from([
+        ("SETTINGS_FILE".to_string(), String::new()),
+        ("SECRET_KEY".to_string(), new_key.clone()),
+        ("SECRET_KEY_PREVIOUS".to_string(), old_key.clone()),
+    ]);
+    let settings = tenant_router::Settings::from_map(&settings_env).unwrap();
+    let store = tenant_router::control::ControlStore::open(
+        &control,
+        std::sync::Arc::new(settings.secret_box().unwrap()),
+    )
+    .await
+    .unwrap();
+    assert_eq!(store.reseal_all().await.unwrap(), 1);
+    assert_eq!(
+        store.reseal_all().await.unwrap(),
+        0,
+        "resealing twice changes nothing"
+    );
+    // ...after which the new key alone serves it, and the old one no longer does.
+    let new_only = spawn_app_with(with_keys(&new_key, None)).await;
+    new_only
+        .create_product("sealed", "after rotation", 1.0)
+        .await;
+    let old_only = spawn_app_with(with_keys(&old_key, None)).await;
+    let refused = old_only
+        .as_tenant(Method::GET, "sealed", "/api/products")
+        .send()
+        .await
+        .unwrap();
+    assert_error(refused, 404, "tenant_not_found").await;
+    assert!(!raw(&control_file).contains(&password));
+}
