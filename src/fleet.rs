@@ -104,6 +104,18 @@ async fn run(
     if !dry_run && settings.auto_create_databases {
         db::ensure_tenant_storage(tenant, settings).await?;
     }
+    // A dry run changes nothing, not even by creating a SQLite file that is not
+    // there yet: such a tenant has every migration pending.
+    if dry_run
+        && !tenant.database_url.expose().starts_with("postgres")
+        && !db::storage_exists(tenant, settings).await?
+    {
+        row.pending = Migrator::migrations()
+            .iter()
+            .map(|m| m.name().to_string())
+            .collect();
+        return Ok(Outcome::Pending);
+    }
     let pool = db::open_pool(tenant, 1, settings).await?;
     let result = async {
         let (applied, pending) = versions(&pool).await?;

@@ -513,6 +513,10 @@ fn migrate_dry_run_reports_pending_and_changes_nothing() {
         let rows = report_rows(&report);
         assert_eq!(rows[0]["status"], "pending");
         assert!(!rows[0]["pending"].as_array().unwrap().is_empty());
+        assert!(
+            !dir.path().join("one.db").exists(),
+            "a dry run created the database file"
+        );
     }
     let (code, _, stderr) = run(dir.path(), &["migrate", "--tenant", "nobody"]);
     assert_eq!(code, 2, "{stderr}");
