@@ -44,6 +44,8 @@ pub enum TenantCommand {
     Show { id: String },
     /// Provision a tenant: create and migrate its database, then register it.
     Create(CreateArgs),
+    /// Add a user to a tenant (a file tenant's first owner, say).
+    AddUser(AddUserArgs),
     /// Suspend a tenant: its requests get 403 tenant_inactive.
     Suspend { id: String },
     /// Activate a suspended tenant.
@@ -80,6 +82,48 @@ pub struct CreateArgs {
     /// Seed sample data.
     #[arg(long)]
     pub seed_demo_data: bool,
+    /// Create the tenant's first owner with this username; the password is read
+    /// from TENANT_USER_PASSWORD, or else from the first line of standard input.
+    #[arg(long)]
+    pub owner: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct AddUserArgs {
+    /// The tenant.
+    pub id: String,
+    #[arg(long)]
+    pub username: String,
+    /// owner, admin, manager or staff.
+    #[arg(long, default_value = "staff")]
+    pub role: String,
+    #[arg(long)]
+    pub email: Option<String>,
+}
+
+/// The environment variable a new user's password may come in (never an argument,
+/// which other users of the machine can read in the process list).
+pub const PASSWORD_ENV: &str = "TENANT_USER_PASSWORD";
+
+/// The password from [`PASSWORD_ENV`], or the first line of standard input.
+fn read_password() -> Result<String, String> {
+    if let Ok(password) = std::env::var(PASSWORD_ENV) {
+        return Ok(password);
+    }
+    if std::io::stdin().is_terminal() {
+        eprint!("password: ");
+    }
+    let mut line = String::new();
+    std::io::stdin()
+        .read_line(&mut line)
+        .map_err(|e| format!("cannot read the password: {e}"))?;
+    let password = line.trim_end_matches(['\r', '\n']).to_string();
+    if password.is_empty() {
+        return Err(format!(
+            "no password: set {PASSWORD_ENV} or write it on standard input"
+        ));
+    }
+    Ok(password)
 }
 
 #[derive(Debug, Args)]
@@ -215,12 +259,21 @@ pub async fn tenants(settings: Settings, command: TenantCommand) -> ExitCode {
             if let Some(c) = args.company_name {
                 body["branding"] = json!({ "company_name": c });
             }
+            if let Some(owner) = args.owner {
+                match read_password() {
+                    Ok(password) => {
+                        body["owner"] = json!({ "username": owner, "password": password });
+                    }
+                    Err(e) => return fail(e),
+                }
+            }
             ctx.lifecycle
                 .provision(body)
                 .await
                 .map(|t| println!("{:#}", view(&t)))
                 .map_err(|e| e.to_string())
         }
+        TenantCommand::AddUser(args) => add_user(&ctx, args).await,
         TenantCommand::Suspend { id } => ctx
             .lifecycle
             .update(&id, json!({ "is_active": false }))
@@ -250,6 +303,30 @@ pub async fn tenants(settings: Settings, command: TenantCommand) -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => fail(e),
     }
+}
+
+async fn add_user(ctx: &Context, args: AddUserArgs) -> Result<(), String> {
+    let tenant = ctx
+        .registry
+        .get(&args.id)
+        .ok_or_else(|| format!("no tenant '{}'", args.id))?;
+    let new = crate::auth::users::NewUser {
+        username: args.username,
+        password: read_password()?,
+        email: args.email,
+        role: args.role,
+    };
+    let (db, lease) = ctx
+        .registry
+        .lease(&tenant)
+        .await
+        .map_err(|e| e.to_string())?;
+    let created = crate::auth::users::create(&db, new, false).await;
+    drop(lease);
+    ctx.registry.close_all().await;
+    let user = created.map_err(|e| e.to_string())?;
+    println!("added {} ({}) to {}", user.username, user.role, tenant.id);
+    Ok(())
 }
 
 /// Runs `migrate`: exit 0 when every tenant is up to date or migrated (or, in a dry

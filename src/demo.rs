@@ -232,6 +232,28 @@ async fn seed_cash_flow(db: &impl ConnectionTrait) -> Result<(), DbErr> {
     Ok(())
 }
 
+/// The demo tenant's login, as the README gives it.
+pub const DEMO_USERNAME: &str = "demo";
+pub const DEMO_PASSWORD: &str = "demo123";
+
+/// Creates the demo login (an admin) if the tenant has no user of that name.
+pub async fn ensure_demo_user(db: &DatabaseConnection) -> Result<(), DbErr> {
+    let new = crate::auth::users::NewUser {
+        username: DEMO_USERNAME.into(),
+        password: DEMO_PASSWORD.into(),
+        email: None,
+        role: crate::auth::Role::Admin.as_str().into(),
+    };
+    match crate::auth::users::create(db, new, true).await {
+        Ok(_) => {
+            tracing::info!("demo login created");
+            Ok(())
+        }
+        Err(crate::error::AppError::Conflict(_)) => Ok(()),
+        Err(e) => Err(DbErr::Custom(format!("demo login: {e:?}"))),
+    }
+}
+
 /// Removes every business row of the tenant (children before parents).
 pub async fn clear(db: &impl ConnectionTrait) -> Result<(), DbErr> {
     for table in [

@@ -83,6 +83,16 @@ pub enum AppError {
     NotFound(String),
     #[error("a valid admin token is required")]
     Unauthorized,
+    /// A tenant route without a valid access token or API key.
+    #[error("a valid access token or API key is required")]
+    Unauthenticated,
+    #[error("invalid username or password")]
+    LoginFailed,
+    /// The credential belongs to another tenant than the one the request names.
+    #[error("the credential was issued by tenant '{credential}', not '{request}'")]
+    TenantMismatch { credential: String, request: String },
+    #[error("too many failed attempts; retry in {retry_after_secs} s")]
+    TooManyRequests { retry_after_secs: u64 },
     #[error("{0}")]
     Forbidden(String),
     #[error("method not allowed")]
@@ -117,12 +127,16 @@ impl AppError {
                 StatusCode::BAD_REQUEST
             }
             Self::TenantNotFound(_) | Self::NotFound(_) => StatusCode::NOT_FOUND,
-            Self::TenantInactive(_) | Self::FeatureNotEnabled(_) | Self::Forbidden(_) => {
-                StatusCode::FORBIDDEN
-            }
+            Self::TenantInactive(_)
+            | Self::FeatureNotEnabled(_)
+            | Self::Forbidden(_)
+            | Self::TenantMismatch { .. } => StatusCode::FORBIDDEN,
             Self::TenantUnavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
             Self::Validation { .. } => StatusCode::UNPROCESSABLE_ENTITY,
-            Self::Unauthorized => StatusCode::UNAUTHORIZED,
+            Self::Unauthorized | Self::Unauthenticated | Self::LoginFailed => {
+                StatusCode::UNAUTHORIZED
+            }
+            Self::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::Conflict(_) => StatusCode::CONFLICT,
             Self::Internal { .. } => StatusCode::INTERNAL_SERVER_ERROR,
@@ -141,7 +155,9 @@ impl AppError {
             Self::TenantUnavailable { .. } => "tenant_unavailable",
             Self::Validation { .. } => "validation_failed",
             Self::NotFound(_) => "not_found",
-            Self::Unauthorized => "unauthorized",
+            Self::Unauthorized | Self::Unauthenticated | Self::LoginFailed => "unauthorized",
+            Self::TenantMismatch { .. } => "tenant_mismatch",
+            Self::TooManyRequests { .. } => "too_many_requests",
             Self::Forbidden(_) => "forbidden",
             Self::MethodNotAllowed => "method_not_allowed",
             Self::Conflict(_) => "conflict",
@@ -176,7 +192,12 @@ impl IntoResponse for AppError {
                     response.extensions_mut().insert(*cause);
                 }
             }
-            Self::Unauthorized => {
+            Self::TooManyRequests { retry_after_secs } => {
+                response
+                    .headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from(*retry_after_secs));
+            }
+            Self::Unauthorized | Self::Unauthenticated => {
                 response
                     .headers_mut()
                     .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));

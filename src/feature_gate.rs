@@ -7,7 +7,7 @@ use axum::{
     response::{IntoResponse, Response},
 };
 
-use crate::{error::AppError, identify::TenantContext, startup::AppState, tenant::Feature};
+use crate::{error::AppError, identify::TenantContext, routes::RouteSet, tenant::Feature};
 
 /// Middleware body; mount it with [`gate`].
 pub async fn require_feature(
@@ -26,7 +26,8 @@ pub async fn require_feature(
     }
 }
 
-/// Wraps `router`'s routes so that only tenants with `feature` reach them.
-pub fn gate(router: axum::Router<AppState>, feature: Feature) -> axum::Router<AppState> {
-    router.route_layer(middleware::from_fn_with_state(feature, require_feature))
+/// Wraps `routes` so that only tenants with `feature` reach them.
+pub fn gate(routes: RouteSet, feature: Feature) -> RouteSet {
+    routes
+        .map(|router| router.route_layer(middleware::from_fn_with_state(feature, require_feature)))
 }

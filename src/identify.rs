@@ -174,56 +174,40 @@ impl<S: Send + Sync> FromRequestParts<S> for TenantContext {
     }
 }
 
-/// Middleware for tenant-scoped routes: identifies the tenant, checks that it exists
-/// and is active, records it on the request's log span, and tags the response.
+/// Middleware for tenant-scoped routes: identifies the tenant and the caller (see
+/// [`crate::auth::resolve`]), checks that the tenant exists and is active, records
+/// it on the request's log span, and tags the response.
 pub async fn resolve_tenant(
     State(state): State<AppState>,
     mut request: Request,
     next: Next,
 ) -> Response {
-    let Some(single) = &state.single_tenant else {
-        return match tenant_for(&state, request.headers(), request.uri()) {
-            Ok(config) => {
-                tracing::Span::current().record("tenant_id", config.id.as_str());
-                let header_value = HeaderValue::from_str(config.id.as_str()).ok();
-                let id = config.id.clone();
-                request.extensions_mut().insert(TenantContext { config });
-                let started = std::time::Instant::now();
-                let mut response = next.run(request).await;
-                if let Some(cause) = response.extensions().get::<UnavailableCause>().copied() {
-                    state.registry.report_unavailable(&id, cause, started).await;
-                }
-                if let Some(value) = header_value {
-                    response.headers_mut().insert(TENANT_HEADER.clone(), value);
-                }
-                response
-            }
-            Err(e) => e.into_response(),
+    let (config, principal) =
+        match crate::auth::resolve(&state, request.headers(), request.uri()).await {
+            Ok(found) => found,
+            Err(e) => return e.into_response(),
         };
-    };
-    // Single-tenant mode ignores every identification input.
-    request.extensions_mut().insert(TenantContext {
-        config: single.clone(),
-    });
-    next.run(request).await
-}
-
-fn tenant_for(
-    state: &AppState,
-    headers: &HeaderMap,
-    uri: &Uri,
-) -> Result<Arc<TenantConfig>, AppError> {
-    let (id, _source) = identify_tenant(headers, uri, &state.identify, |label| {
-        state.registry.by_subdomain(label)
-    })?;
-    let config = state
-        .registry
-        .get(id.as_str())
-        .ok_or_else(|| AppError::TenantNotFound(id.to_string()))?;
-    if !config.is_active {
-        return Err(AppError::TenantInactive(id));
+    if let Some(principal) = principal {
+        request.extensions_mut().insert(principal);
     }
-    Ok(config)
+    // Single-tenant mode serves one implicit tenant: no header, nothing to report.
+    if state.single_tenant.is_some() {
+        request.extensions_mut().insert(TenantContext { config });
+        return next.run(request).await;
+    }
+    tracing::Span::current().record("tenant_id", config.id.as_str());
+    let header_value = HeaderValue::from_str(config.id.as_str()).ok();
+    let id = config.id.clone();
+    request.extensions_mut().insert(TenantContext { config });
+    let started = std::time::Instant::now();
+    let mut response = next.run(request).await;
+    if let Some(cause) = response.extensions().get::<UnavailableCause>().copied() {
+        state.registry.report_unavailable(&id, cause, started).await;
+    }
+    if let Some(value) = header_value {
+        response.headers_mut().insert(TENANT_HEADER.clone(), value);
+    }
+    response
 }
 
 #[cfg(test)]

@@ -5,6 +5,8 @@
 //! only the features the tenant has ([`feature_gate`]).
 
 pub mod admin;
+pub mod audit;
+pub mod auth;
 pub mod cli;
 pub mod control;
 pub mod db;

@@ -16,6 +16,7 @@ use sea_orm::DbErr;
 use serde_json::{Map, Value};
 
 use crate::{
+    auth::users::{self, NewUser},
     control::{ControlStore, Fingerprint},
     db, demo,
     error::{AppError, Result},
@@ -165,6 +166,7 @@ impl Lifecycle {
                 ));
             }
         };
+        let owner = fields.remove("owner").map(owner_from).transpose()?;
         let config = parse_tenant_entry(&id, &Value::Object(fields), TenantSource::Control)
             .map_err(validation)?;
         self.check_free(&config, None)?;
@@ -179,7 +181,7 @@ impl Lifecycle {
                 config.id
             )));
         }
-        match self.make_storage(&config, seed).await {
+        match self.make_storage(&config, seed, owner).await {
             Ok(()) => {}
             Err(e) => {
                 if let Err(undo) = self.control.delete(config.id.as_str()).await {
@@ -199,9 +201,14 @@ impl Lifecycle {
             .ok_or_else(|| AppError::internal("provisioned tenant missing from the registry"))
     }
 
-    /// Creates and migrates the storage (and seeds it); drops what it created if a
-    /// later step fails.
-    async fn make_storage(&self, config: &TenantConfig, seed: bool) -> Result<()> {
+    /// Creates and migrates the storage, seeds it and creates its first owner; drops
+    /// what it created if a later step fails.
+    async fn make_storage(
+        &self,
+        config: &TenantConfig,
+        seed: bool,
+        owner: Option<NewUser>,
+    ) -> Result<()> {
         let existed = db::storage_exists(config, &self.pools)
             .await
             .map_err(|e| storage_error("check storage", &e))?;
@@ -209,13 +216,24 @@ impl Lifecycle {
             db::create_tenant_database(config, &self.pools)
                 .await
                 .map_err(|e| storage_error("create and migrate", &e))?;
-            if seed {
+            if seed || owner.is_some() {
                 let pool = db::open_pool(config, 1, &self.pools)
                     .await
                     .map_err(|e| storage_error("seed", &e))?;
-                let seeded = demo::seed(&pool, config).await;
+                let filled = async {
+                    if seed {
+                        demo::seed(&pool, config)
+                            .await
+                            .map_err(|e| storage_error("seed", &e))?;
+                    }
+                    if let Some(owner) = owner {
+                        users::create(&pool, owner, false).await?;
+                    }
+                    Ok::<(), AppError>(())
+                }
+                .await;
                 let _ = pool.close().await;
-                seeded.map_err(|e| storage_error("seed", &e))?;
+                filled?;
             }
             Ok(())
         }
@@ -379,4 +397,24 @@ pub fn spawn_reload_on_sighup(
     }
     #[cfg(not(unix))]
     let _ = (lifecycle, settings);
+}
+
+/// The `owner` of a provisioning request: a user whose role is always `owner`,
+/// checked before anything is created.
+fn owner_from(value: Value) -> Result<NewUser> {
+    let mut owner: NewUser = serde_json::from_value(value)
+        // serde's message may quote a value, and the value may be the password.
+        .map_err(|_| {
+            AppError::validation(
+                "owner",
+                "owner must be an object with username, password and optionally email",
+            )
+        })?;
+    owner.role = crate::auth::Role::Owner.as_str().into();
+    users::normalize_username(&owner.username).map_err(|_| {
+        AppError::validation("owner.username", "owner.username is not a valid username")
+    })?;
+    crate::auth::password::check_policy(&owner.password)
+        .map_err(|m| AppError::validation("owner.password", format!("owner.{m}")))?;
+    Ok(owner)
 }

@@ -9,7 +9,7 @@ use std::{collections::HashMap, path::PathBuf, time::Duration};
 use config::{Config, Environment, File, FileFormat};
 use serde::Deserialize;
 
-use crate::secret::Secret;
+use crate::{auth::AuthMode, secret::Secret};
 
 /// Environment variables the service reads; each maps to the lowercase field below.
 pub const ENV_KEYS: &[&str] = &[
@@ -40,6 +40,14 @@ pub const ENV_KEYS: &[&str] = &[
     "IDENTIFY_BY_HEADER",
     "IDENTIFY_BY_QUERY",
     "IGNORED_SUBDOMAINS",
+    "APP_ENV",
+    "AUTH_MODE",
+    "JWT_SECRET",
+    "JWT_TTL_SECS",
+    "LOGIN_MAX_FAILURES",
+    "LOGIN_MAX_FAILURES_PER_ADDRESS",
+    "LOGIN_THROTTLE_SECS",
+    "TRUST_FORWARDED_FOR",
 ];
 
 /// The variable naming an optional settings file (TOML, same keys in lowercase);
@@ -90,6 +98,22 @@ pub struct Settings {
     pub identify_by_query: bool,
     /// Subdomain labels that never name a tenant (`www`), comma-separated.
     pub ignored_subdomains: String,
+    /// `development` or `production`; production refuses to start without the keys
+    /// that development may generate.
+    pub app_env: String,
+    /// `jwt` (tenant routes need a token or API key) or `none` (behind a gateway
+    /// that authenticates).
+    pub auth_mode: String,
+    /// Key signing access tokens (at least 32 bytes); generated per run in
+    /// development when unset.
+    pub jwt_secret: Option<Secret>,
+    pub jwt_ttl_secs: u64,
+    /// Failed logins for one user within the window before logins are refused.
+    pub login_max_failures: u32,
+    /// Failed logins from one client address within the window.
+    pub login_max_failures_per_address: u32,
+    pub login_throttle_secs: u64,
+    pub trust_forwarded_for: bool,
 }
 
 impl Settings {
@@ -151,6 +175,13 @@ impl Settings {
             .and_then(|b| b.set_default("identify_by_header", true))
             .and_then(|b| b.set_default("identify_by_query", true))
             .and_then(|b| b.set_default("ignored_subdomains", "www"))
+            .and_then(|b| b.set_default("app_env", "development"))
+            .and_then(|b| b.set_default("auth_mode", "jwt"))
+            .and_then(|b| b.set_default("jwt_ttl_secs", 900))
+            .and_then(|b| b.set_default("login_max_failures", 5))
+            .and_then(|b| b.set_default("login_max_failures_per_address", 50))
+            .and_then(|b| b.set_default("login_throttle_secs", 300))
+            .and_then(|b| b.set_default("trust_forwarded_for", false))
             .map_err(|e| e.to_string())?
             .add_source(
                 file.map(|(path, required)| File::new(&path, FileFormat::Toml).required(required))
@@ -197,7 +228,82 @@ impl Settings {
         {
             return Err("settings: ADMIN_TOKEN must be at least 16 characters".into());
         }
+        if !matches!(self.app_env.as_str(), "development" | "production") {
+            return Err("settings: APP_ENV must be development or production".into());
+        }
+        self.auth_mode()?;
+        match &self.jwt_secret {
+            Some(key) => {
+                crate::auth::JwtKey::new(key.expose().as_bytes())
+                    .map_err(|e| format!("settings: {e}"))?;
+            }
+            None if self.is_production() && self.auth_mode()? == AuthMode::Jwt => {
+                return Err(
+                    "settings: JWT_SECRET is required when APP_ENV=production (at least 32 bytes)"
+                        .into(),
+                );
+            }
+            None => {}
+        }
+        if !(60..=86_400).contains(&self.jwt_ttl_secs) {
+            return Err("settings: JWT_TTL_SECS must be within 60..=86400".into());
+        }
+        if self.login_max_failures == 0 || self.login_max_failures_per_address == 0 {
+            return Err(
+                "settings: LOGIN_MAX_FAILURES and LOGIN_MAX_FAILURES_PER_ADDRESS must be at least 1"
+                    .into(),
+            );
+        }
+        if self.login_throttle_secs == 0 {
+            return Err("settings: LOGIN_THROTTLE_SECS must be at least 1".into());
+        }
         Ok(())
+    }
+
+    pub fn is_production(&self) -> bool {
+        self.app_env == "production"
+    }
+
+    pub fn auth_mode(&self) -> Result<AuthMode, String> {
+        match self.auth_mode.as_str() {
+            "jwt" => Ok(AuthMode::Jwt),
+            "none" => Ok(AuthMode::None),
+            other => Err(format!(
+                "settings: AUTH_MODE must be jwt or none, not '{other}'"
+            )),
+        }
+    }
+
+    /// The authentication service: the token key (generated for this run when
+    /// `JWT_SECRET` is unset outside production) and the login throttle.
+    pub fn auth_service(&self) -> Result<crate::auth::AuthService, String> {
+        let mode = self.auth_mode()?;
+        let jwt = match &self.jwt_secret {
+            Some(key) => crate::auth::JwtKey::new(key.expose().as_bytes()),
+            None => {
+                if mode == AuthMode::Jwt {
+                    tracing::warn!("JWT_SECRET is not set: access tokens are signed with a key made for this run (they end with it, and other replicas refuse them); set JWT_SECRET in production");
+                }
+                crate::auth::JwtKey::new(crate::secret::SecretBox::generate_hex().as_bytes())
+            }
+        }
+        .map_err(|e| format!("settings: {e}"))?;
+        if mode == AuthMode::None {
+            tracing::warn!(
+                "AUTH_MODE=none: tenant routes do not check credentials; every request acts as the tenant's owner. Run this only behind a gateway that authenticates callers"
+            );
+        }
+        Ok(crate::auth::AuthService {
+            mode,
+            jwt,
+            token_ttl_secs: self.jwt_ttl_secs as i64,
+            throttle: crate::auth::LoginThrottle::new(
+                Duration::from_secs(self.login_throttle_secs),
+                self.login_max_failures,
+                self.login_max_failures_per_address,
+            ),
+            trust_forwarded_for: self.trust_forwarded_for,
+        })
     }
 
     /// The box that seals database URLs in the control database: `SECRET_KEY` (and
@@ -383,5 +489,24 @@ mod tests {
         assert!(err.contains("MAX_OPEN_POOLS"), "{err}");
         let err = Settings::from_map(&env(&[("ADMIN_TOKEN", "short")])).unwrap_err();
         assert!(err.contains("ADMIN_TOKEN"), "{err}");
+        let err = Settings::from_map(&env(&[("AUTH_MODE", "basic")])).unwrap_err();
+        assert!(err.contains("AUTH_MODE"), "{err}");
+        let err = Settings::from_map(&env(&[("JWT_SECRET", "too-short")])).unwrap_err();
+        assert!(err.contains("JWT_SECRET"), "{err}");
+        assert!(!err.contains("too-short"), "{err}");
+    }
+
+    #[test]
+    fn production_needs_a_jwt_secret() {
+        let err = Settings::from_map(&env(&[("APP_ENV", "production")])).unwrap_err();
+        assert!(err.contains("JWT_SECRET"), "{err}");
+        let key = "k".repeat(32);
+        assert!(
+            Settings::from_map(&env(&[("APP_ENV", "production"), ("JWT_SECRET", &key)])).is_ok()
+        );
+        // Behind a gateway no tokens are signed, so no key is needed.
+        assert!(
+            Settings::from_map(&env(&[("APP_ENV", "production"), ("AUTH_MODE", "none")])).is_ok()
+        );
     }
 }

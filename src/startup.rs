@@ -7,6 +7,7 @@ use tokio::net::TcpListener;
 
 use crate::{
     admin,
+    auth::AuthService,
     control::ControlStore,
     lifecycle::{self, Lifecycle},
     secret::Secret,
@@ -27,6 +28,7 @@ pub struct AppState {
     pub admin_token: Arc<Secret>,
     /// Provisioning and changes at run time (multi-tenant mode).
     pub lifecycle: Option<Arc<Lifecycle>>,
+    pub auth: Arc<AuthService>,
 }
 
 /// Why the service could not start.
@@ -111,6 +113,7 @@ impl Application {
             }
         };
 
+        let auth = Arc::new(settings.auth_service().map_err(StartupError::Settings)?);
         let registry = TenantRegistry::new(tenants, settings.pools());
         let lifecycle = control.map(|(control, base)| {
             let lifecycle = Arc::new(Lifecycle::new(
@@ -134,6 +137,7 @@ impl Application {
             single_tenant,
             admin_token: Arc::new(admin_token),
             lifecycle,
+            auth,
         };
         let listener = TcpListener::bind((settings.host.as_str(), settings.port))
             .await
@@ -162,7 +166,11 @@ impl Application {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
         let registry = self.state.registry.clone();
-        axum::serve(self.listener, self.router)
+        // The peer address is what login throttling counts failures by.
+        let service = self
+            .router
+            .into_make_service_with_connect_info::<SocketAddr>();
+        axum::serve(self.listener, service)
             .with_graceful_shutdown(shutdown)
             .await?;
         registry.close_all().await;

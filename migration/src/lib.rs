@@ -12,6 +12,7 @@ mod m20261123_000001_create_products;
 mod m20261123_000002_create_patients;
 mod m20261123_000003_create_materials;
 mod m20261123_000004_create_domain_tables;
+mod m20261124_000005_create_auth_tables;
 
 /// Builds and upgrades a tenant database to the current schema.
 pub struct Migrator;
@@ -24,6 +25,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261123_000002_create_patients::Migration),
             Box::new(m20261123_000003_create_materials::Migration),
             Box::new(m20261123_000004_create_domain_tables::Migration),
+            Box::new(m20261124_000005_create_auth_tables::Migration),
         ]
     }
 }

@@ -2,6 +2,8 @@
 //! Business rows are soft-deleted: `deleted_at` is set and the row leaves every list
 //! and lookup.
 
+pub mod api_key;
+pub mod audit_entry;
 pub mod bom;
 pub mod bom_item;
 pub mod cash_flow_entry;
@@ -11,3 +13,4 @@ pub mod patient;
 pub mod product;
 pub mod production_order;
 pub mod treatment;
+pub mod user;

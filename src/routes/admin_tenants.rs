@@ -12,11 +12,17 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::{
+    audit,
+    auth::{
+        Principal,
+        users::{self, NewUser, UserView},
+    },
     error::{AppError, Result},
     extract::{ApiJson, ApiQuery, TenantPath},
     lifecycle::Lifecycle,
     routes::tenants::{tenant_from_path, tenant_view},
     startup::AppState,
+    telemetry::RequestId,
 };
 
 pub fn router() -> Router<AppState> {
@@ -28,6 +34,7 @@ pub fn router() -> Router<AppState> {
         )
         .route("/api/admin/tenants/{id}/migrate", post(migrate))
         .route("/api/admin/tenants/{id}/migrations", get(migrations))
+        .route("/api/admin/tenants/{id}/users", post(create_user))
 }
 
 fn lifecycle(state: &AppState) -> Result<&Lifecycle> {
@@ -101,4 +108,30 @@ async fn migrations(
     Ok(Json(
         json!({ "tenant_id": tenant.id, "migrations": migration_list(&db).await? }),
     ))
+}
+
+/// Adds a user (any role) to a tenant: how an operator gives a tenant from the
+/// tenants file its first owner. Audited as the operator.
+async fn create_user(
+    State(state): State<AppState>,
+    TenantPath(id): TenantPath,
+    request_id: RequestId,
+    ApiJson(new): ApiJson<NewUser>,
+) -> Result<(StatusCode, Json<UserView>)> {
+    let tenant = tenant_from_path(&state, &id)?;
+    let (db, _lease) = state.registry.lease(&tenant).await?;
+    let user = users::create(&db, new, false).await?;
+    audit::record(
+        &db,
+        audit::AuditEvent {
+            principal: &Principal::operator(),
+            entity: "users",
+            entity_id: Some(user.id.to_string()),
+            action: "create",
+            request_id: &request_id.0,
+        },
+    )
+    .await?;
+    tracing::info!(tenant_id = %tenant.id, username = %user.username, role = %user.role, "user added by the operator");
+    Ok((StatusCode::CREATED, Json(user.into())))
 }

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use axum::{Json, Router, http::StatusCode, routing::get};
+use axum::{Json, http::StatusCode, routing::get};
 use chrono::{Datelike, NaiveDate, Utc};
 use sea_orm::{
     ActiveModelTrait, ActiveValue::Set, ColumnTrait, EntityTrait, QueryFilter, QueryOrder,
@@ -13,27 +13,32 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::{
+    auth::Role,
     entities::cash_flow_entry as entry,
     error::{AppError, Result},
     extract::{ApiJson, ApiQuery, IdPath, TenantDb},
     feature_gate::gate,
     routes::soft_delete::{find_live, live, soft_delete},
+    routes::{RouteSet, for_role},
     routes::{
         pagination::{Page, PageQuery},
         validate::{cents_to_money, money_to_cents, optional_text},
     },
-    startup::AppState,
     tenant::Feature,
 };
 
 const KINDS: [&str; 2] = ["income", "expense"];
 
-pub fn router() -> Router<AppState> {
+pub fn router() -> RouteSet {
     gate(
-        Router::new()
+        RouteSet::new()
             .route("/api/cash-flow", get(list).post(create))
-            .route("/api/cash-flow/summary", get(summary))
-            .route("/api/cash-flow/{id}", get(show).delete(remove)),
+            .route("/api/cash-flow/{id}", get(show).delete(remove))
+            // The monthly summary is a report: managers and up.
+            .merge(for_role(
+                RouteSet::new().route("/api/cash-flow/summary", get(summary)),
+                Role::Manager,
+            )),
         Feature::CashFlow,
     )
 }

@@ -1,25 +1,33 @@
 //! `/api/data/…`: a tenant's data as a whole. `GET /api/data/status` counts the
-//! live rows of each table; `POST /api/data/reset` (admin token) clears the
-//! tenant's business data and, for a demo tenant, seeds it again.
+//! live rows of each table (a report: managers and up); `POST /api/data/reset`
+//! (admins and owners) clears the tenant's business data and, for a demo tenant,
+//! seeds it again.
 
 use axum::{
-    Json, Router, middleware,
+    Json,
     routing::{get, post},
 };
 use sea_orm::TransactionTrait;
 use serde_json::{Value, json};
 
 use crate::{
-    admin::require_admin, demo, error::Result, extract::TenantDb, identify::TenantContext,
-    startup::AppState,
+    auth::Role,
+    demo,
+    error::Result,
+    extract::TenantDb,
+    identify::TenantContext,
+    routes::{RouteSet, for_role},
 };
 
-pub fn router(state: &AppState) -> Router<AppState> {
-    Router::new().route("/api/data/status", get(status)).merge(
-        Router::new()
-            .route("/api/data/reset", post(reset))
-            .route_layer(middleware::from_fn_with_state(state.clone(), require_admin)),
+pub fn router() -> RouteSet {
+    for_role(
+        RouteSet::new().route("/api/data/status", get(status)),
+        Role::Manager,
     )
+    .merge(for_role(
+        RouteSet::new().route("/api/data/reset", post(reset)),
+        Role::Admin,
+    ))
 }
 
 async fn status(tenant: TenantContext, TenantDb(db, _lease): TenantDb) -> Result<Json<Value>> {

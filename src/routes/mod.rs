@@ -2,6 +2,9 @@
 //! guard it.
 
 pub mod admin_tenants;
+pub mod api_keys;
+pub mod audit;
+pub mod auth;
 pub mod cash_flow;
 pub mod data;
 pub mod dental;
@@ -10,13 +13,22 @@ pub mod pagination;
 pub mod products;
 pub mod soft_delete;
 pub mod tenants;
+pub mod users;
 pub mod validate;
 
-use axum::{Json, Router, middleware, routing::get};
+use axum::{
+    Json, Router, middleware,
+    routing::{MethodRouter, get},
+};
 use serde_json::{Value, json};
 
 use crate::{
-    admin::require_admin, error::AppError, identify::resolve_tenant, startup::AppState, telemetry,
+    admin::require_admin,
+    auth::{Role, require_auth, require_role},
+    error::AppError,
+    identify::resolve_tenant,
+    startup::AppState,
+    telemetry,
 };
 
 /// The whole application router.
@@ -25,25 +37,41 @@ pub fn router(state: AppState) -> Router {
         .route("/health", get(health))
         .merge(tenants::public_router())
         .merge(admin_routes(&state))
-        .merge(tenant_routes(&state))
+        .merge(
+            // Tenant-scoped: identified, then authenticated, then audited.
+            tenant_routes()
+                .into_router()
+                .route_layer(middleware::from_fn_with_state(
+                    state.clone(),
+                    crate::audit::record_writes,
+                ))
+                .route_layer(middleware::from_fn(require_auth))
+                .merge(auth::login_router())
+                .route_layer(middleware::from_fn_with_state(
+                    state.clone(),
+                    resolve_tenant,
+                )),
+        )
         .fallback(|| async { AppError::NotFound("no such route".into()) })
         .method_not_allowed_fallback(|| async { AppError::MethodNotAllowed })
         .layer(middleware::from_fn(telemetry::request_span))
         .with_state(state)
 }
 
-/// Every route that serves one tenant's data: identified, then feature-gated.
-pub fn tenant_routes(state: &AppState) -> Router<AppState> {
-    Router::new()
+/// Every route that serves one tenant's data to an authenticated caller, each behind
+/// its feature and role. [`router`] adds identification, authentication and the
+/// audit log around all of them; tests walk [`RouteSet::paths`] to check that.
+pub fn tenant_routes() -> RouteSet {
+    RouteSet::new()
         .merge(products::router())
         .merge(cash_flow::router())
-        .merge(data::router(state))
+        .merge(data::router())
         .merge(dental::router())
         .merge(manufacturing::router())
-        .route_layer(middleware::from_fn_with_state(
-            state.clone(),
-            resolve_tenant,
-        ))
+        .merge(auth::router())
+        .merge(users::router())
+        .merge(api_keys::router())
+        .merge(audit::router())
 }
 
 fn admin_routes(state: &AppState) -> Router<AppState> {
@@ -54,4 +82,50 @@ fn admin_routes(state: &AppState) -> Router<AppState> {
 
 async fn health() -> Json<Value> {
     Json(json!({ "status": "ok" }))
+}
+
+/// A router that remembers the paths it serves, so that the whole set of tenant
+/// routes can be listed (and walked by tests) from the router itself.
+#[derive(Default)]
+pub struct RouteSet {
+    router: Router<AppState>,
+    paths: Vec<&'static str>,
+}
+
+impl RouteSet {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn route(mut self, path: &'static str, method_router: MethodRouter<AppState>) -> Self {
+        self.router = self.router.route(path, method_router);
+        self.paths.push(path);
+        self
+    }
+
+    pub fn merge(mut self, other: RouteSet) -> Self {
+        self.router = self.router.merge(other.router);
+        self.paths.extend(other.paths);
+        self
+    }
+
+    /// Changes the router (adds a route layer) and keeps the paths.
+    pub fn map(mut self, f: impl FnOnce(Router<AppState>) -> Router<AppState>) -> Self {
+        self.router = f(self.router);
+        self
+    }
+
+    /// Every path of the set, as declared (`/api/products/{id}`).
+    pub fn paths(&self) -> &[&'static str] {
+        &self.paths
+    }
+
+    pub fn into_router(self) -> Router<AppState> {
+        self.router
+    }
+}
+
+/// Wraps `routes` so that only callers with at least `role` reach them.
+pub fn for_role(routes: RouteSet, role: Role) -> RouteSet {
+    routes.map(|router| router.route_layer(middleware::from_fn_with_state(role, require_role)))
 }

@@ -1,6 +1,6 @@
 //! `/api/products`: the common catalogue, stored in the tenant's own database.
 
-use axum::{Json, Router, http::StatusCode, routing::get};
+use axum::{Json, http::StatusCode, routing::get};
 use chrono::Utc;
 use sea_orm::{ActiveModelTrait, ActiveValue::Set, QueryOrder, QuerySelect};
 use serde::{Deserialize, Serialize};
@@ -14,14 +14,14 @@ use crate::{
     error::{AppError, Result},
     extract::{ApiJson, ApiQuery, IdPath, TenantDb},
     feature_gate::gate,
+    routes::RouteSet,
     routes::soft_delete::{find_live, live, soft_delete},
-    startup::AppState,
     tenant::Feature,
 };
 
-pub fn router() -> Router<AppState> {
+pub fn router() -> RouteSet {
     gate(
-        Router::new()
+        RouteSet::new()
             .route("/api/products", get(list).post(create))
             .route("/api/products/{id}", get(show).put(update).delete(remove)),
         Feature::Products,

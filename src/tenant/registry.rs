@@ -422,6 +422,11 @@ impl TenantRegistry {
                 .map_err(OpenError::Db)?;
             tracing::info!("demo tenant seeded");
         }
+        if tenant.demo {
+            crate::demo::ensure_demo_user(&db)
+                .await
+                .map_err(OpenError::Db)?;
+        }
         self.inner.counters.built.fetch_add(1, Ordering::Relaxed);
         self.inner.counters.open.fetch_add(1, Ordering::Relaxed);
         Ok(TenantPool {

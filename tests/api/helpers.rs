@@ -98,7 +98,17 @@ impl AppSpec {
         self.env.push((key.to_string(), value.to_string()));
         self
     }
+
+    /// Every tenant route needs a token or API key (`AUTH_MODE=jwt`), signed with
+    /// [`TEST_JWT_SECRET`].
+    pub fn with_auth(self) -> Self {
+        self.env("AUTH_MODE", "jwt")
+            .env("JWT_SECRET", TEST_JWT_SECRET)
+    }
 }
+
+/// The key the tests' tokens are signed with (AppSpec::with_auth).
+pub const TEST_JWT_SECRET: &str = "test-jwt-secret-0123456789abcdef0123456789";
 
 pub struct TestApp {
     pub address: String,
@@ -210,6 +220,8 @@ pub async fn spawn_app_with(spec: AppSpec) -> TestApp {
             format!("sqlite://{}/control/control.db", dir.path().display()),
         ),
         ("SECRET_KEY".into(), TEST_SECRET_KEY.into()),
+        // Suites other than auth.rs test other things; AppSpec::with_auth turns it on.
+        ("AUTH_MODE".into(), "none".into()),
     ]);
     if spec.backend != Backend::Sqlite {
         env.insert("AUTO_CREATE_DATABASES".into(), "true".into());
@@ -277,6 +289,38 @@ impl TestApp {
             .iter()
             .map(|p| p["name"].as_str().unwrap().to_string())
             .collect()
+    }
+
+    /// Adds a user to `tenant` through the operator route; returns its id.
+    pub async fn add_user(
+        &self,
+        tenant: &str,
+        username: &str,
+        password: &str,
+        role: &str,
+    ) -> String {
+        let response = self
+            .admin(Method::POST, &format!("/api/admin/tenants/{tenant}/users"))
+            .json(&serde_json::json!({ "username": username, "password": password, "role": role }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 201, "add user {username} to {tenant}");
+        let body: Value = response.json().await.unwrap();
+        body["id"].as_str().unwrap().to_string()
+    }
+
+    /// Logs in to `tenant` (by header) and returns the access token.
+    pub async fn login(&self, tenant: &str, username: &str, password: &str) -> String {
+        let response = self
+            .as_tenant(Method::POST, tenant, "/api/auth/login")
+            .json(&serde_json::json!({ "username": username, "password": password }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200, "login {username}@{tenant}");
+        let body: Value = response.json().await.unwrap();
+        body["access_token"].as_str().unwrap().to_string()
     }
 
     pub async fn pool_stats(&self) -> Value {

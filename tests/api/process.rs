@@ -20,6 +20,8 @@ fn command(cwd: &Path, envs: &[(&str, &str)]) -> Command {
         .env_clear()
         .env("PORT", "0")
         .env("ADMIN_TOKEN", ADMIN)
+        // Authentication has its own process test; the others are about other things.
+        .env("AUTH_MODE", "none")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
@@ -578,4 +580,116 @@ fn tenant_commands_manage_the_control_database() {
     assert!(!dir.path().join("cli_made.db").exists());
     let (_, list, _) = run(dir.path(), &["tenants", "list"]);
     assert!(!list.contains("cli_made"), "{list}");
+}
+
+#[test]
+fn no_password_token_or_key_reaches_a_log_line() {
+    const JWT_SECRET: &str = "process-jwt-secret-0123456789abcdef-xyz";
+    const PASSWORD: &str = "Sup3r-secret-login-pw";
+    const WRONG: &str = "Wr0ng-guess-pw-123";
+    const SECOND: &str = "Another-s3cret-pw";
+    const CHANGED: &str = "Changed-s3cret-pw";
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("tenants.toml"),
+        format!(
+            "[tenants.alpha]\ndatabase_url = 'sqlite://{}/alpha.db'\n",
+            dir.path().display()
+        ),
+    )
+    .unwrap();
+    let mut server = Server::start(command(
+        dir.path(),
+        &[
+            ("AUTH_MODE", "jwt"),
+            ("JWT_SECRET", JWT_SECRET),
+            ("LOG_LEVEL", "trace"),
+        ],
+    ));
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let (token, key) = rt.block_on(async {
+        let client = reqwest::Client::new();
+        let url = |path: &str| format!("{}{path}", server.address);
+        let send = |request: reqwest::RequestBuilder| async move {
+            let response = request.header("X-Tenant-ID", "alpha").send().await.unwrap();
+            let status = response.status().as_u16();
+            (
+                status,
+                response
+                    .json::<serde_json::Value>()
+                    .await
+                    .unwrap_or_default(),
+            )
+        };
+        let add = client
+            .post(url("/api/admin/tenants/alpha/users"))
+            .bearer_auth(ADMIN)
+            .json(&serde_json::json!({ "username": "ann", "password": PASSWORD, "role": "owner" }));
+        assert_eq!(send(add).await.0, 201);
+        let login = |password: &'static str| {
+            client
+                .post(url("/api/auth/login"))
+                .json(&serde_json::json!({ "username": "ann", "password": password }))
+        };
+        assert_eq!(send(login(WRONG)).await.0, 401);
+        let (status, body) = send(login(PASSWORD)).await;
+        assert_eq!(status, 200);
+        let token = body["access_token"].as_str().unwrap().to_string();
+        let (status, _) = send(client.get(url("/api/products")).bearer_auth(&token)).await;
+        assert_eq!(status, 200);
+        let (status, created) = send(
+            client
+                .post(url("/api/api-keys"))
+                .bearer_auth(&token)
+                .json(&serde_json::json!({ "name": "etl" })),
+        )
+        .await;
+        assert_eq!(status, 201);
+        let key = created["key"].as_str().unwrap().to_string();
+        let (status, _) = send(client.get(url("/api/products")).header("X-API-Key", &key)).await;
+        assert_eq!(status, 200);
+        let revoke = client
+            .delete(url(&format!(
+                "/api/api-keys/{}",
+                created["id"].as_str().unwrap()
+            )))
+            .bearer_auth(&token);
+        assert_eq!(send(revoke).await.0, 204);
+        let (status, _) = send(client.get(url("/api/products")).bearer_auth(&key)).await;
+        assert_eq!(status, 401);
+        let (status, bob) = send(
+            client
+                .post(url("/api/users"))
+                .bearer_auth(&token)
+                .json(&serde_json::json!({ "username": "bob", "password": SECOND })),
+        )
+        .await;
+        assert_eq!(status, 201);
+        let change = client
+            .patch(url(&format!("/api/users/{}", bob["id"].as_str().unwrap())))
+            .bearer_auth(&token)
+            .json(&serde_json::json!({ "password": CHANGED }));
+        assert_eq!(send(change).await.0, 200);
+        (token, key)
+    });
+    assert!(server.stop(), "SIGTERM should end the server cleanly");
+    let log = server.log();
+    assert!(log.contains("login failed"), "the run was logged:\n{log}");
+    let token_signature = token.rsplit('.').next().unwrap();
+    let key_secret = key.rsplit('.').next().unwrap();
+    for (what, secret) in [
+        ("a password", PASSWORD),
+        ("a wrong password", WRONG),
+        ("a new user's password", SECOND),
+        ("a changed password", CHANGED),
+        ("the access token", token.as_str()),
+        ("the token's signature", token_signature),
+        ("the API key", key.as_str()),
+        ("the API key's secret", key_secret),
+        ("the JWT secret", JWT_SECRET),
+        ("the admin token", ADMIN),
+    ] {
+        assert!(!log.contains(secret), "the log holds {what}:\n{log}");
+    }
+    assert!(!log.contains("$argon2id$"), "the log holds a password hash");
 }

@@ -4,12 +4,10 @@ mod patients;
 mod supplies;
 mod treatments;
 
-use axum::Router;
+use crate::routes::RouteSet;
 
-use crate::startup::AppState;
-
-pub fn router() -> Router<AppState> {
-    Router::new()
+pub fn router() -> RouteSet {
+    RouteSet::new()
         .merge(patients::router())
         .merge(treatments::router())
         .merge(supplies::router())

@@ -1,6 +1,6 @@
 //! `/api/dental/patients` (feature `patient_management`).
 
-use axum::{Json, Router, http::StatusCode, routing::get};
+use axum::{Json, http::StatusCode, routing::get};
 use chrono::{NaiveDate, Utc};
 use sea_orm::{ActiveModelTrait, ActiveValue::Set, QueryOrder, QuerySelect};
 use serde::{Deserialize, Serialize};
@@ -10,18 +10,18 @@ use crate::{
     error::{AppError, Result},
     extract::{ApiJson, ApiQuery, IdPath, TenantDb},
     feature_gate::gate,
+    routes::RouteSet,
     routes::soft_delete::{find_live, live, soft_delete},
     routes::{
         pagination::{Page, PageQuery},
         validate::{optional_email, optional_text, required_text},
     },
-    startup::AppState,
     tenant::Feature,
 };
 
-pub fn router() -> Router<AppState> {
+pub fn router() -> RouteSet {
     gate(
-        Router::new()
+        RouteSet::new()
             .route("/api/dental/patients", get(list).post(create))
             .route("/api/dental/patients/{id}", get(show).delete(remove)),
         Feature::PatientManagement,

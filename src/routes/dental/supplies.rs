@@ -1,6 +1,6 @@
 //! `/api/dental/supplies` (feature `dental_supplies`).
 
-use axum::{Json, Router, http::StatusCode, routing::get};
+use axum::{Json, http::StatusCode, routing::get};
 use chrono::Utc;
 use sea_orm::{
     ActiveModelTrait, ActiveValue::Set, ColumnTrait, DatabaseConnection, QueryFilter, QueryOrder,
@@ -13,12 +13,12 @@ use crate::{
     error::{AppError, Result},
     extract::{ApiJson, ApiQuery, IdPath, TenantDb},
     feature_gate::gate,
+    routes::RouteSet,
     routes::soft_delete::{find_live, live, soft_delete},
     routes::{
         pagination::{Page, PageQuery},
         validate::{non_negative, required_text},
     },
-    startup::AppState,
     tenant::Feature,
 };
 
@@ -26,9 +26,9 @@ use crate::{
 const MAX_NAME: usize = 200;
 const MAX_UNIT: usize = 20;
 
-pub fn router() -> Router<AppState> {
+pub fn router() -> RouteSet {
     gate(
-        Router::new()
+        RouteSet::new()
             .route("/api/dental/supplies", get(list).post(create))
             .route(
                 "/api/dental/supplies/{id}",

@@ -1,6 +1,6 @@
 //! `/api/dental/treatments` (feature `treatment_tracking`).
 
-use axum::{Json, Router, http::StatusCode, routing::get};
+use axum::{Json, http::StatusCode, routing::get};
 use chrono::{NaiveDate, Utc};
 use sea_orm::{
     ActiveModelTrait, ActiveValue::Set, ColumnTrait, DatabaseConnection, QueryFilter, QueryOrder,
@@ -16,21 +16,21 @@ use crate::{
     error::{AppError, Result},
     extract::{ApiJson, ApiQuery, IdPath, TenantDb},
     feature_gate::gate,
+    routes::RouteSet,
     routes::soft_delete::{find_live, live, soft_delete},
     routes::{
         pagination::{Page, PageQuery},
         validate::{cents_to_money, money_to_cents, required_text},
     },
-    startup::AppState,
     tenant::Feature,
 };
 
 /// Longest description; the column is 500 characters wide.
 const MAX_DESCRIPTION: usize = 500;
 
-pub fn router() -> Router<AppState> {
+pub fn router() -> RouteSet {
     gate(
-        Router::new()
+        RouteSet::new()
             .route("/api/dental/treatments", get(list).post(create))
             .route(
                 "/api/dental/treatments/{id}",

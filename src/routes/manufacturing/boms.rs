@@ -3,7 +3,7 @@
 
 use std::collections::HashSet;
 
-use axum::{Json, Router, http::StatusCode, routing::get};
+use axum::{Json, http::StatusCode, routing::get};
 use chrono::Utc;
 use sea_orm::{
     ActiveModelTrait, ActiveValue::Set, ColumnTrait, DatabaseConnection, EntityTrait,
@@ -17,18 +17,18 @@ use crate::{
     error::{AppError, Result},
     extract::{ApiJson, ApiQuery, IdPath, TenantDb},
     feature_gate::gate,
+    routes::RouteSet,
     routes::soft_delete::{find_live, live, soft_delete},
     routes::{
         pagination::{Page, PageQuery},
         validate::required_text,
     },
-    startup::AppState,
     tenant::Feature,
 };
 
-pub fn router() -> Router<AppState> {
+pub fn router() -> RouteSet {
     gate(
-        Router::new()
+        RouteSet::new()
             .route("/api/manufacturing/boms", get(list).post(create))
             .route("/api/manufacturing/boms/{id}", get(show).delete(remove)),
         Feature::BomManagement,

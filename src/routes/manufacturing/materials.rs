@@ -1,6 +1,6 @@
 //! `/api/manufacturing/materials` (feature `material_management`).
 
-use axum::{Json, Router, http::StatusCode, routing::get};
+use axum::{Json, http::StatusCode, routing::get};
 use chrono::Utc;
 use sea_orm::{ActiveModelTrait, ActiveValue::Set, QueryOrder, QuerySelect};
 use serde::{Deserialize, Serialize};
@@ -10,18 +10,18 @@ use crate::{
     error::{AppError, Result},
     extract::{ApiJson, ApiQuery, IdPath, TenantDb},
     feature_gate::gate,
+    routes::RouteSet,
     routes::soft_delete::{find_live, live, soft_delete},
     routes::{
         pagination::{Page, PageQuery},
         validate::{non_negative, required_text},
     },
-    startup::AppState,
     tenant::Feature,
 };
 
-pub fn router() -> Router<AppState> {
+pub fn router() -> RouteSet {
     gate(
-        Router::new()
+        RouteSet::new()
             .route("/api/manufacturing/materials", get(list).post(create))
             .route(
                 "/api/manufacturing/materials/{id}",

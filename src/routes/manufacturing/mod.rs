@@ -5,12 +5,10 @@ mod boms;
 mod materials;
 mod production_orders;
 
-use axum::Router;
+use crate::routes::RouteSet;
 
-use crate::startup::AppState;
-
-pub fn router() -> Router<AppState> {
-    Router::new()
+pub fn router() -> RouteSet {
+    RouteSet::new()
         .merge(materials::router())
         .merge(boms::router())
         .merge(production_orders::router())

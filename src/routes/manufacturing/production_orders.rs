@@ -4,7 +4,7 @@
 //! (409) when any material is short.
 
 use axum::{
-    Json, Router,
+    Json,
     http::StatusCode,
     routing::{get, post},
 };
@@ -23,9 +23,9 @@ use crate::{
     error::{AppError, Result},
     extract::{ApiJson, ApiQuery, IdPath, TenantDb},
     feature_gate::gate,
+    routes::RouteSet,
     routes::soft_delete::{find_live, live},
     routes::{manufacturing::boms, pagination::PageQuery},
-    startup::AppState,
     tenant::Feature,
 };
 
@@ -33,9 +33,9 @@ const PLANNED: &str = "planned";
 const IN_PROGRESS: &str = "in_progress";
 const DONE: &str = "done";
 
-pub fn router() -> Router<AppState> {
+pub fn router() -> RouteSet {
     gate(
-        Router::new()
+        RouteSet::new()
             .route(
                 "/api/manufacturing/production-orders",
                 get(list).post(create),

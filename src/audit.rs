@@ -1,0 +1,209 @@
+//! The audit log: every write made through the tenant API leaves one row in the
+//! tenant's own database saying who (user, API key, gateway or operator), what
+//! (entity, id, action), when, and in which request.
+//!
+//! [`record_writes`] is a route layer over every tenant route, so a route added later
+//! is audited without remembering to: a successful `POST`, `PUT`, `PATCH` or `DELETE`
+//! is recorded after the handler has answered, with the entity and action read from
+//! the route's path and the id from the path or from the created record.
+
+use axum::{
+    body::Body,
+    extract::{MatchedPath, Request, State},
+    http::Method,
+    middleware::Next,
+    response::{IntoResponse, Response},
+};
+use chrono::Utc;
+use sea_orm::{ActiveModelTrait, ActiveValue::Set, ConnectionTrait, DbErr};
+
+use crate::{
+    auth::Principal, entities::audit_entry, error::AppError, identify::TenantContext,
+    startup::AppState, telemetry::RequestId,
+};
+
+/// Largest response body read back to find a created record's id.
+const MAX_CREATED_BODY: usize = 1024 * 1024;
+
+/// What one audit row says.
+#[derive(Debug, Clone)]
+pub struct AuditEvent<'a> {
+    pub principal: &'a Principal,
+    pub entity: &'a str,
+    pub entity_id: Option<String>,
+    pub action: &'a str,
+    pub request_id: &'a str,
+}
+
+/// Writes one audit row.
+pub async fn record(db: &impl ConnectionTrait, event: AuditEvent<'_>) -> Result<(), DbErr> {
+    audit_entry::ActiveModel {
+        id: Set(uuid::Uuid::new_v4()),
+        at: Set(Utc::now()),
+        actor_kind: Set(event.principal.kind.as_str().into()),
+        actor_id: Set(event.principal.id.map(|id| id.to_string())),
+        actor_name: Set(event.principal.name.clone()),
+        entity: Set(event.entity.into()),
+        entity_id: Set(event.entity_id),
+        action: Set(event.action.into()),
+        request_id: Set(event.request_id.into()),
+    }
+    .insert(db)
+    .await
+    .map(|_| ())
+}
+
+/// The entity and action a write to `path` (a route pattern) with `method` is:
+/// `POST /api/dental/patients` is (`patients`, `create`), `DELETE
+/// /api/products/{id}` (`products`, `delete`), `POST
+/// /api/manufacturing/production-orders/{id}/start` (`production-orders`, `start`).
+pub fn describe(method: &Method, path: &str) -> (String, String) {
+    let segments: Vec<&str> = path
+        .trim_start_matches("/api/")
+        .split('/')
+        .filter(|s| !s.is_empty())
+        .collect();
+    // The area prefix (`dental`, `manufacturing`) is not the entity.
+    let rest = match segments.first() {
+        Some(&"dental") | Some(&"manufacturing") if segments.len() > 1 => &segments[1..],
+        _ => &segments[..],
+    };
+    let entity = rest.first().copied().unwrap_or("unknown").to_string();
+    let action = match rest.last() {
+        Some(last) if rest.len() > 1 && !last.starts_with('{') => (*last).to_string(),
+        _ => match *method {
+            Method::POST => "create".into(),
+            Method::PUT | Method::PATCH => "update".into(),
+            Method::DELETE => "delete".into(),
+            _ => method.as_str().to_ascii_lowercase(),
+        },
+    };
+    (entity, action)
+}
+
+/// Route layer: records each successful write of the tenant API.
+pub async fn record_writes(
+    State(state): State<AppState>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let method = request.method().clone();
+    if !matches!(
+        method,
+        Method::POST | Method::PUT | Method::PATCH | Method::DELETE
+    ) {
+        return next.run(request).await;
+    }
+    let extensions = request.extensions();
+    let (Some(path), Some(tenant), Some(principal)) = (
+        extensions
+            .get::<MatchedPath>()
+            .map(|p| p.as_str().to_string()),
+        extensions.get::<TenantContext>().cloned(),
+        extensions.get::<Principal>().cloned(),
+    ) else {
+        return AppError::internal("audit layer mounted outside tenant resolution").into_response();
+    };
+    let request_id = extensions
+        .get::<RequestId>()
+        .map(|r| r.0.clone())
+        .unwrap_or_default();
+    let path_id = path_id(&path, request.uri().path());
+
+    let response = next.run(request).await;
+    if !response.status().is_success() {
+        return response;
+    }
+    let (entity, action) = describe(&method, &path);
+    let (response, entity_id) = match path_id {
+        Some(id) => (response, Some(id)),
+        None => created_id(response).await,
+    };
+    let event = AuditEvent {
+        principal: &principal,
+        entity: &entity,
+        entity_id,
+        action: &action,
+        request_id: &request_id,
+    };
+    let written = match state.registry.lease(&tenant.config).await {
+        Ok((db, _lease)) => record(&db, event)
+            .await
+            .map_err(|e| crate::db::redact_error(&e)),
+        Err(e) => Err(e.to_string()),
+    };
+    if let Err(e) = written {
+        // The write itself has happened; say loudly that its audit row is missing.
+        tracing::error!(error = %e, %entity, %action, "audit row could not be written");
+    }
+    response
+}
+
+/// The `{id}` segment of `actual` where the route pattern `pattern` has one.
+fn path_id(pattern: &str, actual: &str) -> Option<String> {
+    pattern
+        .split('/')
+        .zip(actual.split('/'))
+        .find(|(p, _)| *p == "{id}")
+        .map(|(_, a)| a.to_string())
+}
+
+/// Reads a created record's `id` from the JSON response, and rebuilds the response.
+async fn created_id(response: Response) -> (Response, Option<String>) {
+    let (parts, body) = response.into_parts();
+    match axum::body::to_bytes(body, MAX_CREATED_BODY).await {
+        Ok(bytes) => {
+            let id = serde_json::from_slice::<serde_json::Value>(&bytes)
+                .ok()
+                .and_then(|v| v.get("id").and_then(|id| id.as_str()).map(str::to_string));
+            (Response::from_parts(parts, Body::from(bytes)), id)
+        }
+        Err(e) => (
+            AppError::internal(format!("response body unreadable: {e}")).into_response(),
+            None,
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn entity_and_action_come_from_the_route() {
+        let cases = [
+            (Method::POST, "/api/products", "products", "create"),
+            (Method::PUT, "/api/products/{id}", "products", "update"),
+            (
+                Method::DELETE,
+                "/api/dental/patients/{id}",
+                "patients",
+                "delete",
+            ),
+            (Method::PATCH, "/api/users/{id}", "users", "update"),
+            (
+                Method::POST,
+                "/api/manufacturing/production-orders/{id}/complete",
+                "production-orders",
+                "complete",
+            ),
+            (Method::POST, "/api/data/reset", "data", "reset"),
+        ];
+        for (method, path, entity, action) in cases {
+            assert_eq!(
+                describe(&method, path),
+                (entity.into(), action.into()),
+                "{path}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_path_id_is_read_where_the_pattern_has_one() {
+        assert_eq!(
+            path_id("/api/products/{id}", "/api/products/abc").as_deref(),
+            Some("abc")
+        );
+        assert_eq!(path_id("/api/products", "/api/products"), None);
+    }
+}

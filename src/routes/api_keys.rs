@@ -1,0 +1,140 @@
+//! `/api/api-keys` (admins and owners): keys for service-to-service calls, scoped to
+//! the tenant and a role no higher than their creator's. The key is shown once, at
+//! creation; only its hash is stored. Revoking is immediate.
+
+use axum::{Json, http::StatusCode, routing::get};
+use chrono::Utc;
+use sea_orm::{
+    ActiveModelTrait, ActiveValue::Set, ColumnTrait, EntityTrait, QueryFilter, QueryOrder,
+    QuerySelect, sea_query::Expr,
+};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+use crate::{
+    auth::{ActorKind, Principal, Role, api_key, users::parse_role},
+    entities::api_key as row,
+    error::{AppError, Result},
+    extract::{ApiJson, ApiQuery, IdPath, TenantDb},
+    identify::TenantContext,
+    routes::{
+        RouteSet, for_role,
+        pagination::{Page, PageQuery},
+        validate::required_text,
+    },
+};
+
+pub fn router() -> RouteSet {
+    for_role(
+        RouteSet::new()
+            .route("/api/api-keys", get(list).post(create))
+            .route("/api/api-keys/{id}", get(show).delete(revoke)),
+        Role::Admin,
+    )
+}
+
+#[derive(Debug, Serialize)]
+struct KeyView {
+    id: Uuid,
+    name: String,
+    role: String,
+    created_by: Option<Uuid>,
+    created_at: chrono::DateTime<Utc>,
+    last_used_at: Option<chrono::DateTime<Utc>>,
+    revoked_at: Option<chrono::DateTime<Utc>>,
+}
+
+impl From<row::Model> for KeyView {
+    fn from(m: row::Model) -> Self {
+        Self {
+            id: m.id,
+            name: m.name,
+            role: m.role,
+            created_by: m.created_by,
+            created_at: m.created_at,
+            last_used_at: m.last_used_at,
+            revoked_at: m.revoked_at,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct KeyInput {
+    name: String,
+    #[serde(default = "staff")]
+    role: String,
+}
+
+fn staff() -> String {
+    Role::Staff.as_str().into()
+}
+
+async fn list(
+    ApiQuery(query): ApiQuery<PageQuery>,
+    TenantDb(db, _lease): TenantDb,
+) -> Result<Json<Page<KeyView>>> {
+    let page = query.checked()?;
+    let rows = row::Entity::find()
+        .order_by_desc(row::Column::CreatedAt)
+        .order_by_desc(row::Column::Id)
+        .limit(page.fetch())
+        .offset(page.offset)
+        .all(&db)
+        .await?;
+    Ok(Json(Page::from_rows(rows, page, KeyView::from)))
+}
+
+async fn create(
+    tenant: TenantContext,
+    principal: Principal,
+    TenantDb(db, _lease): TenantDb,
+    ApiJson(input): ApiJson<KeyInput>,
+) -> Result<(StatusCode, Json<Value>)> {
+    let name = required_text("name", &input.name, 100)?;
+    let role = parse_role(&input.role)?;
+    if role > principal.role {
+        return Err(AppError::Forbidden(
+            "a key's role cannot be higher than its creator's".into(),
+        ));
+    }
+    let new = api_key::generate(&tenant.config.id);
+    let model = row::ActiveModel {
+        id: Set(new.id),
+        name: Set(name),
+        role: Set(role.as_str().into()),
+        secret_hash: Set(new.secret_hash),
+        created_by: Set(principal.id.filter(|_| principal.kind == ActorKind::User)),
+        created_at: Set(Utc::now()),
+        last_used_at: Set(None),
+        revoked_at: Set(None),
+    }
+    .insert(&db)
+    .await?;
+    let mut body = serde_json::to_value(KeyView::from(model)).map_err(AppError::internal)?;
+    // The only time the key is shown.
+    body["key"] = json!(new.key);
+    Ok((StatusCode::CREATED, Json(body)))
+}
+
+async fn show(IdPath(id): IdPath, TenantDb(db, _lease): TenantDb) -> Result<Json<KeyView>> {
+    let model = row::Entity::find_by_id(id)
+        .one(&db)
+        .await?
+        .ok_or_else(|| AppError::NotFound("no API key with that id".into()))?;
+    Ok(Json(model.into()))
+}
+
+async fn revoke(IdPath(id): IdPath, TenantDb(db, _lease): TenantDb) -> Result<StatusCode> {
+    let result = row::Entity::update_many()
+        .col_expr(row::Column::RevokedAt, Expr::value(Utc::now()))
+        .filter(row::Column::Id.eq(id))
+        .filter(row::Column::RevokedAt.is_null())
+        .exec(&db)
+        .await?;
+    if result.rows_affected == 0 {
+        return Err(AppError::NotFound("no live API key with that id".into()));
+    }
+    Ok(StatusCode::NO_CONTENT)
+}

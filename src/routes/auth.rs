@@ -1,0 +1,93 @@
+//! `/api/auth/…`: logging in to a tenant, and who the caller is.
+
+use axum::{
+    Json, Router,
+    extract::State,
+    routing::{get, post},
+};
+use chrono::Utc;
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use crate::{
+    auth::{ClientAddress, LoginThrottle, Principal, password, users},
+    error::{AppError, Result},
+    extract::{ApiJson, TenantDb},
+    identify::TenantContext,
+    routes::RouteSet,
+    startup::AppState,
+};
+
+/// `POST /api/auth/login`: the one tenant route that needs no credential.
+pub fn login_router() -> Router<AppState> {
+    Router::new().route("/api/auth/login", post(login))
+}
+
+/// `GET /api/auth/me`: any authenticated caller.
+pub fn router() -> RouteSet {
+    RouteSet::new().route("/api/auth/me", get(me))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LoginInput {
+    username: String,
+    password: String,
+}
+
+async fn login(
+    State(state): State<AppState>,
+    tenant: TenantContext,
+    ClientAddress(address): ClientAddress,
+    TenantDb(db, _lease): TenantDb,
+    ApiJson(input): ApiJson<LoginInput>,
+) -> Result<Json<Value>> {
+    let username = users::normalize_username(&input.username)?;
+    let throttle = &state.auth.throttle;
+    let user_key = LoginThrottle::user_key(tenant.config.id.as_str(), &username);
+    let address_key = LoginThrottle::address_key(&address);
+    if let Err(retry_after_secs) = throttle.check(&[&user_key, &address_key]).await {
+        tracing::warn!(%username, %address, "login refused: too many failures");
+        return Err(AppError::TooManyRequests { retry_after_secs });
+    }
+    let user = users::find_by_username(&db, &username)
+        .await?
+        .filter(|u| u.is_active);
+    let stored = user.as_ref().map(|u| u.password_hash.clone());
+    // An unknown or inactive user costs the same hashing work as a wrong password.
+    let verified = password::verify_blocking(input.password, stored).await;
+    let Some(user) = user.filter(|_| verified) else {
+        throttle.record_failure(&[&user_key, &address_key]).await;
+        tracing::warn!(%username, %address, "login failed");
+        return Err(AppError::LoginFailed);
+    };
+    throttle.clear(&user_key).await;
+    let role = users::parse_role(&user.role)
+        .map_err(|_| AppError::internal(format!("user {} has an unknown role", user.id)))?;
+    let ttl = state.auth.token_ttl_secs;
+    let token = state.auth.jwt.issue(
+        &tenant.config.id,
+        user.id,
+        &user.username,
+        role,
+        Utc::now().timestamp(),
+        ttl,
+    );
+    tracing::info!(%username, role = role.as_str(), "login succeeded");
+    Ok(Json(json!({
+        "access_token": token,
+        "token_type": "Bearer",
+        "expires_in": ttl,
+        "role": role,
+    })))
+}
+
+async fn me(tenant: TenantContext, principal: Principal) -> Json<Value> {
+    Json(json!({
+        "tenant_id": tenant.config.id,
+        "kind": principal.kind,
+        "id": principal.id,
+        "name": principal.name,
+        "role": principal.role,
+    }))
+}

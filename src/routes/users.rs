@@ -1,0 +1,131 @@
+//! `/api/users` (admins and owners): the tenant's users. Nobody grants a role above
+//! their own or changes a user who outranks them, and the last active owner stays.
+
+use axum::{Json, http::StatusCode, routing::get};
+use chrono::Utc;
+use sea_orm::{ActiveModelTrait, ActiveValue::Set, EntityTrait, QueryOrder, QuerySelect};
+use serde::Deserialize;
+
+use crate::{
+    auth::{
+        Principal, Role, password,
+        users::{self, NewUser, UserView, parse_role},
+    },
+    entities::user,
+    error::{AppError, Result},
+    extract::{ApiJson, ApiQuery, IdPath, TenantDb},
+    routes::{
+        RouteSet, for_role,
+        pagination::{Page, PageQuery},
+        validate::optional_email,
+    },
+};
+
+pub fn router() -> RouteSet {
+    for_role(
+        RouteSet::new()
+            .route("/api/users", get(list).post(create))
+            .route("/api/users/{id}", get(show).patch(update)),
+        Role::Admin,
+    )
+}
+
+fn not_found() -> AppError {
+    AppError::NotFound("no user with that id".into())
+}
+
+fn outranked(what: &str) -> AppError {
+    AppError::Forbidden(format!("{what} needs a role at least as high"))
+}
+
+async fn list(
+    ApiQuery(query): ApiQuery<PageQuery>,
+    TenantDb(db, _lease): TenantDb,
+) -> Result<Json<Page<UserView>>> {
+    let page = query.checked()?;
+    let rows = user::Entity::find()
+        .order_by_asc(user::Column::Username)
+        .limit(page.fetch())
+        .offset(page.offset)
+        .all(&db)
+        .await?;
+    Ok(Json(Page::from_rows(rows, page, UserView::from)))
+}
+
+async fn create(
+    principal: Principal,
+    TenantDb(db, _lease): TenantDb,
+    ApiJson(input): ApiJson<NewUser>,
+) -> Result<(StatusCode, Json<UserView>)> {
+    if parse_role(&input.role)? > principal.role {
+        return Err(outranked("granting this role"));
+    }
+    let model = users::create(&db, input, false).await?;
+    Ok((StatusCode::CREATED, Json(model.into())))
+}
+
+async fn show(IdPath(id): IdPath, TenantDb(db, _lease): TenantDb) -> Result<Json<UserView>> {
+    let model = user::Entity::find_by_id(id)
+        .one(&db)
+        .await?
+        .ok_or_else(not_found)?;
+    Ok(Json(model.into()))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UserPatch {
+    email: Option<String>,
+    role: Option<String>,
+    is_active: Option<bool>,
+    password: Option<String>,
+}
+
+async fn update(
+    IdPath(id): IdPath,
+    principal: Principal,
+    TenantDb(db, _lease): TenantDb,
+    ApiJson(patch): ApiJson<UserPatch>,
+) -> Result<Json<UserView>> {
+    let existing = user::Entity::find_by_id(id)
+        .one(&db)
+        .await?
+        .ok_or_else(not_found)?;
+    let current_role = parse_role(&existing.role)?;
+    if current_role > principal.role {
+        return Err(outranked("changing this user"));
+    }
+    let new_role = patch.role.as_deref().map(parse_role).transpose()?;
+    if new_role.is_some_and(|r| r > principal.role) {
+        return Err(outranked("granting this role"));
+    }
+    let stays_owner = new_role.unwrap_or(current_role) == Role::Owner
+        && patch.is_active.unwrap_or(existing.is_active);
+    if current_role == Role::Owner
+        && existing.is_active
+        && !stays_owner
+        && users::other_active_owners(&db, id).await? == 0
+    {
+        return Err(AppError::Conflict(
+            "the tenant's last active owner cannot be demoted or deactivated".into(),
+        ));
+    }
+    let mut model: user::ActiveModel = existing.into();
+    if patch.email.is_some() {
+        model.email = Set(optional_email("email", patch.email.as_deref())?);
+    }
+    if let Some(role) = new_role {
+        model.role = Set(role.as_str().into());
+    }
+    if let Some(active) = patch.is_active {
+        model.is_active = Set(active);
+    }
+    if let Some(new_password) = patch.password {
+        password::check_policy(&new_password).map_err(|m| AppError::validation("password", m))?;
+        model.password_hash = Set(password::hash_blocking(new_password)
+            .await
+            .map_err(AppError::internal)?);
+    }
+    model.updated_at = Set(Utc::now());
+    Ok(Json(model.update(&db).await?.into()))
+}
