@@ -753,3 +753,55 @@ async fn the_demo_tenant_has_the_documented_login() {
         .await;
     assert!(!names.is_empty());
 }
+
+#[tokio::test]
+async fn failures_from_one_address_are_throttled_across_usernames() {
+    let app = auth_app(|s| {
+        s.env("LOGIN_MAX_FAILURES", "100")
+            .env("LOGIN_MAX_FAILURES_PER_ADDRESS", "4")
+    })
+    .await;
+    for i in 0..4 {
+        let response = app
+            .as_tenant(Method::POST, "alpha", "/api/auth/login")
+            .json(&json!({ "username": format!("guess{i}"), "password": "guess-password" }))
+            .send()
+            .await
+            .unwrap();
+        assert_error(response, 401, "unauthorized").await;
+    }
+    // The address is now refused, for a real user with the right password too.
+    let response = app
+        .as_tenant(Method::POST, "beta", "/api/auth/login")
+        .json(&json!({ "username": "bert", "password": OWNER_PASSWORD }))
+        .send()
+        .await
+        .unwrap();
+    assert_error(response, 429, "too_many_requests").await;
+}
+
+#[tokio::test]
+async fn single_tenant_mode_authenticates_too() {
+    let app = spawn_app_with(
+        AppSpec::new(vec![])
+            .env("MULTI_TENANT_ENABLED", "false")
+            .with_auth(),
+    )
+    .await;
+    let anonymous = app
+        .request(Method::GET, "/api/products")
+        .send()
+        .await
+        .unwrap();
+    assert_error(anonymous, 401, "unauthorized").await;
+    app.add_user("default", "solo", "solo-password", "staff")
+        .await;
+    let token = app.login("default", "solo", "solo-password").await;
+    let names = app
+        .product_names(
+            app.request(Method::GET, "/api/products")
+                .bearer_auth(&token),
+        )
+        .await;
+    assert!(names.is_empty());
+}

@@ -693,3 +693,138 @@ fn no_password_token_or_key_reaches_a_log_line() {
     }
     assert!(!log.contains("$argon2id$"), "the log holds a password hash");
 }
+
+/// Runs the binary with `args` and `envs`, writing `stdin` to it.
+fn run_with(cwd: &Path, envs: &[(&str, &str)], args: &[&str], stdin: &str) -> (i32, String) {
+    use std::io::Write;
+    let mut child = command(cwd, envs)
+        .args(args)
+        .stdin(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .unwrap();
+    let output = child.wait_with_output().unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    (output.status.code().unwrap_or(-1), text)
+}
+
+#[test]
+fn the_cli_gives_a_new_tenant_its_owner_and_a_file_tenant_its_users() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("tenants.toml"),
+        format!(
+            "[tenants.from_file]\ndatabase_url = 'sqlite://{}/from_file.db'\n",
+            dir.path().display()
+        ),
+    )
+    .unwrap();
+    let url = format!("sqlite://{}/cli_owned.db", dir.path().display());
+    let create = [
+        "tenants",
+        "create",
+        "--id",
+        "cli_owned",
+        "--database-url",
+        &url,
+        "--owner",
+        "boss",
+    ];
+    // The password comes from the environment (or standard input), never an argument.
+    let (code, out) = run_with(
+        dir.path(),
+        &[("TENANT_USER_PASSWORD", "cli-owner-password")],
+        &create,
+        "",
+    );
+    assert_eq!(code, 0, "{out}");
+    assert!(!out.contains("cli-owner-password"), "{out}");
+    let add = [
+        "tenants",
+        "add-user",
+        "from_file",
+        "--username",
+        "clerk",
+        "--role",
+        "manager",
+    ];
+    let (code, out) = run_with(dir.path(), &[], &add, "clerk-password-1\n");
+    assert_eq!(code, 0, "{out}");
+    let (code, out) = run_with(dir.path(), &[], &add, "clerk-password-1\n");
+    assert_eq!(code, 2, "a second user of that name is refused: {out}");
+    let (code, out) = run_with(
+        dir.path(),
+        &[],
+        &["tenants", "add-user", "from_file", "--username", "weak"],
+        "short\n",
+    );
+    assert_eq!(code, 2, "{out}");
+    assert!(out.contains("password"), "{out}");
+
+    let mut server = Server::start(command(
+        dir.path(),
+        &[
+            ("AUTH_MODE", "jwt"),
+            ("JWT_SECRET", "cli-test-jwt-secret-0123456789abcdef"),
+        ],
+    ));
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let client = reqwest::Client::new();
+        for (tenant, user, password, role) in [
+            ("cli_owned", "boss", "cli-owner-password", "owner"),
+            ("from_file", "clerk", "clerk-password-1", "manager"),
+        ] {
+            let response = client
+                .post(format!("{}/api/auth/login", server.address))
+                .header("X-Tenant-ID", tenant)
+                .json(&serde_json::json!({ "username": user, "password": password }))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(response.status(), 200, "{user}@{tenant}");
+            let body: serde_json::Value = response.json().await.unwrap();
+            assert_eq!(body["role"], role);
+        }
+    });
+    server.stop();
+}
+
+#[test]
+fn production_refuses_to_start_without_a_jwt_secret_and_auth_mode_none_warns() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("tenants.toml"),
+        format!(
+            "[tenants.a]\ndatabase_url = 'sqlite://{}/a.db'\n",
+            dir.path().display()
+        ),
+    )
+    .unwrap();
+    let output = command(
+        dir.path(),
+        &[("APP_ENV", "production"), ("AUTH_MODE", "jwt")],
+    )
+    .output()
+    .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("JWT_SECRET"), "{stderr}");
+
+    let mut server = Server::start(command(dir.path(), &[("AUTH_MODE", "none")]));
+    assert!(server.stop());
+    let log = server.log();
+    assert!(
+        log.contains("WARN") && log.contains("AUTH_MODE=none"),
+        "AUTH_MODE=none should warn at start-up:\n{log}"
+    );
+}
