@@ -15,6 +15,7 @@ mod common;
 use axum::http::Request;
 use common::{env_or, median, process_threads, seed, settings, start, throughput};
 use tenant_router::{
+    auth::{JwtKey, Role},
     identify::identify_tenant,
     settings::IdentifySettings,
     tenant::{TenantRegistry, parse_tenants_toml},
@@ -113,6 +114,22 @@ async fn routing_cost(tenants: u64) {
     }
     let ns = started.elapsed().as_nanos() as f64 / rounds as f64;
     println!("  {:<22} {:>8.3} µs", "warm pool lookup", ns / 1000.0);
+
+    // What AUTH_MODE=jwt adds: the token's signature and claims.
+    let key = JwtKey::new(&[42u8; 32]).expect("key");
+    let token = key.issue(
+        &config.id,
+        uuid::Uuid::new_v4(),
+        "bench",
+        Role::Staff,
+        chrono::Utc::now().timestamp(),
+        900,
+    );
+    let now = chrono::Utc::now().timestamp();
+    let ns = time_per_call(|| {
+        black_box(key.verify(black_box(&token), now).expect("valid"));
+    });
+    println!("  {:<22} {:>8.3} µs", "access token check", ns / 1000.0);
 }
 
 async fn routed_app(dir: &Path, tenants: u64) -> String {

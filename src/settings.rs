@@ -293,17 +293,17 @@ impl Settings {
                 "AUTH_MODE=none: tenant routes do not check credentials; every request acts as the tenant's owner. Run this only behind a gateway that authenticates callers"
             );
         }
-        Ok(crate::auth::AuthService {
+        Ok(crate::auth::AuthService::new(
             mode,
             jwt,
-            token_ttl_secs: self.jwt_ttl_secs as i64,
-            throttle: crate::auth::LoginThrottle::new(
+            self.jwt_ttl_secs as i64,
+            crate::auth::LoginThrottle::new(
                 Duration::from_secs(self.login_throttle_secs),
                 self.login_max_failures,
                 self.login_max_failures_per_address,
             ),
-            trust_forwarded_for: self.trust_forwarded_for,
-        })
+            self.trust_forwarded_for,
+        ))
     }
 
     /// The box that seals database URLs in the control database: `SECRET_KEY` (and

@@ -24,11 +24,12 @@ use axum::{
     response::{IntoResponse, Response},
 };
 use chrono::Utc;
+use moka::future::Cache;
 use sea_orm::{ActiveModelTrait, ActiveValue::Set, EntityTrait};
 use serde::Serialize;
 
 use crate::{
-    entities::api_key as api_key_row,
+    entities::{api_key as api_key_row, user as user_row},
     error::AppError,
     identify::identify_tenant,
     startup::AppState,
@@ -157,9 +158,62 @@ pub struct AuthService {
     /// Take the client address for throttling from `X-Forwarded-For` (behind a
     /// trusted load balancer) instead of the peer address.
     pub trust_forwarded_for: bool,
+    /// Each token user's current role (`None`: gone or deactivated), re-read from
+    /// the tenant's database at most every [`USER_RECHECK`].
+    pub users: Cache<(TenantId, uuid::Uuid), Option<Role>>,
 }
 
+/// How long a user's role and active flag are trusted before they are read again:
+/// a deactivation or demotion made through another replica takes effect within it
+/// (through this one, at once).
+pub const USER_RECHECK: std::time::Duration = std::time::Duration::from_secs(30);
+
 impl AuthService {
+    pub fn new(
+        mode: AuthMode,
+        jwt: JwtKey,
+        token_ttl_secs: i64,
+        throttle: LoginThrottle,
+        trust_forwarded_for: bool,
+    ) -> Self {
+        Self {
+            mode,
+            jwt,
+            token_ttl_secs,
+            throttle,
+            trust_forwarded_for,
+            users: Cache::builder()
+                .max_capacity(100_000)
+                .time_to_live(USER_RECHECK)
+                .build(),
+        }
+    }
+
+    /// Drops what is remembered of a user, after a change to it.
+    pub async fn forget_user(&self, tenant: &TenantId, user: uuid::Uuid) {
+        self.users.invalidate(&(tenant.clone(), user)).await;
+    }
+
+    /// The user's current role, or `None` if the user is gone or deactivated.
+    async fn current_role(
+        &self,
+        state: &AppState,
+        config: &TenantConfig,
+        user: uuid::Uuid,
+    ) -> Result<Option<Role>, AppError> {
+        let key = (config.id.clone(), user);
+        if let Some(known) = self.users.get(&key).await {
+            return Ok(known);
+        }
+        let (db, _lease) = state.registry.lease(config).await?;
+        let role = user_row::Entity::find_by_id(user)
+            .one(&db)
+            .await?
+            .filter(|u| u.is_active)
+            .and_then(|u| Role::parse(&u.role));
+        self.users.insert(key, role).await;
+        Ok(role)
+    }
     /// The client's address, for login throttling.
     pub fn client_address(&self, parts: &Parts) -> String {
         if self.trust_forwarded_for
@@ -294,12 +348,23 @@ pub async fn resolve(
     let config = tenant_config(state, &id)?;
     let principal = match credential {
         None => None,
-        Some(Credential::Token(token)) => Some(Principal {
-            kind: ActorKind::User,
-            id: Some(token.user_id),
-            name: Some(token.username),
-            role: token.role,
-        }),
+        Some(Credential::Token(token)) => {
+            // The role is the user's current one, not the one at login.
+            let role = state
+                .auth
+                .current_role(state, &config, token.user_id)
+                .await?
+                .ok_or_else(|| {
+                    tracing::info!(user_id = %token.user_id, "token of a deactivated or removed user refused");
+                    AppError::Unauthenticated
+                })?;
+            Some(Principal {
+                kind: ActorKind::User,
+                id: Some(token.user_id),
+                name: Some(token.username),
+                role,
+            })
+        }
         Some(Credential::Key(key)) => Some(check_api_key(state, &config, &key).await?),
     };
     Ok((config, principal))

@@ -50,16 +50,33 @@ pub fn verify_nobody(password: &str) {
     }
 }
 
+/// Hashes running at once. Each takes 19 MiB and a core for tens of milliseconds, so
+/// a flood of logins waits here instead of filling the blocking pool (up to 512
+/// threads, nearly 10 GiB of hashing memory).
+fn hashing_slots() -> &'static tokio::sync::Semaphore {
+    static SLOTS: OnceLock<tokio::sync::Semaphore> = OnceLock::new();
+    SLOTS.get_or_init(|| {
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+        tokio::sync::Semaphore::new(cores * 2)
+    })
+}
+
+/// Runs `work` on the blocking pool once a hashing slot is free.
+async fn run_hashing<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> Option<T> {
+    let _slot = hashing_slots().acquire().await.ok()?;
+    tokio::task::spawn_blocking(work).await.ok()
+}
+
 /// [`hash`] on the blocking pool.
 pub async fn hash_blocking(password: String) -> Result<String, String> {
-    tokio::task::spawn_blocking(move || hash(&password))
+    run_hashing(move || hash(&password))
         .await
-        .map_err(|e| format!("password hashing task failed: {e}"))?
+        .ok_or_else(|| "password hashing task failed".to_string())?
 }
 
 /// [`verify`] (or [`verify_nobody`] when `stored` is `None`) on the blocking pool.
 pub async fn verify_blocking(password: String, stored: Option<String>) -> bool {
-    tokio::task::spawn_blocking(move || match stored {
+    run_hashing(move || match stored {
         Some(stored) => verify(&password, &stored),
         None => {
             verify_nobody(&password);

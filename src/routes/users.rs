@@ -1,7 +1,7 @@
 //! `/api/users` (admins and owners): the tenant's users. Nobody grants a role above
 //! their own or changes a user who outranks them, and the last active owner stays.
 
-use axum::{Json, http::StatusCode, routing::get};
+use axum::{Json, extract::State, http::StatusCode, routing::get};
 use chrono::Utc;
 use sea_orm::{ActiveModelTrait, ActiveValue::Set, EntityTrait, QueryOrder, QuerySelect};
 use serde::Deserialize;
@@ -14,11 +14,13 @@ use crate::{
     entities::user,
     error::{AppError, Result},
     extract::{ApiJson, ApiQuery, IdPath, TenantDb},
+    identify::TenantContext,
     routes::{
         RouteSet, for_role,
         pagination::{Page, PageQuery},
         validate::optional_email,
     },
+    startup::AppState,
 };
 
 pub fn router() -> RouteSet {
@@ -82,6 +84,8 @@ struct UserPatch {
 }
 
 async fn update(
+    State(state): State<AppState>,
+    tenant: TenantContext,
     IdPath(id): IdPath,
     principal: Principal,
     TenantDb(db, _lease): TenantDb,
@@ -127,5 +131,8 @@ async fn update(
             .map_err(AppError::internal)?);
     }
     model.updated_at = Set(Utc::now());
-    Ok(Json(model.update(&db).await?.into()))
+    let updated = model.update(&db).await?;
+    // Its tokens carry the new role, or stop working, from the next request on.
+    state.auth.forget_user(&tenant.config.id, id).await;
+    Ok(Json(updated.into()))
 }

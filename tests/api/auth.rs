@@ -11,7 +11,17 @@ use serde_json::{Value, json};
 use tenant_router::auth::{JwtKey, Role};
 use uuid::Uuid;
 
-use crate::helpers::{AppSpec, TEST_JWT_SECRET, Tenant, TestApp, assert_error, spawn_app_with};
+use crate::helpers::{
+    AppSpec, Backend, TEST_JWT_SECRET, Tenant, TestApp, assert_error, spawn_app_with,
+};
+
+// Users, keys and the audit log live in each tenant's database: these run on SQLite,
+// PostgreSQL database mode and schema mode alike.
+crate::on_every_backend!(
+    a_credential_alone_routes_the_request_to_its_tenant,
+    each_role_reaches_exactly_what_it_may,
+    every_write_leaves_exactly_one_audit_row_with_its_actor,
+);
 
 const ALL_FEATURES: &str = "features = [\"patient_management\", \"treatment_tracking\", \
     \"dental_supplies\", \"bom_management\", \"production_tracking\", \"material_management\"]";
@@ -202,9 +212,8 @@ async fn a_token_of_another_tenant_is_refused_by_every_identification_source() {
     assert_error(response, 403, "tenant_mismatch").await;
 }
 
-#[tokio::test]
-async fn a_credential_alone_routes_the_request_to_its_tenant() {
-    let app = auth_app(|s| s).await;
+async fn a_credential_alone_routes_the_request_to_its_tenant(backend: Backend) {
+    let app = auth_app(|s| s.on(backend)).await;
     let alpha = app.login("alpha", "olivia", OWNER_PASSWORD).await;
     let created = app
         .request(Method::POST, "/api/products")
@@ -272,9 +281,8 @@ async fn one_of_each_role(app: &TestApp) -> Vec<(Role, String)> {
     tokens
 }
 
-#[tokio::test]
-async fn each_role_reaches_exactly_what_it_may() {
-    let app = auth_app(|s| s).await;
+async fn each_role_reaches_exactly_what_it_may(backend: Backend) {
+    let app = auth_app(|s| s.on(backend)).await;
     let tokens = one_of_each_role(&app).await;
     // (method, path, body, lowest role allowed)
     let matrix: Vec<(Method, &str, Option<Value>, Role)> = vec![
@@ -406,6 +414,32 @@ async fn nobody_grants_more_than_they_have_and_the_last_owner_stays() {
     );
     let last = patch(&owners[2], json!({ "role": "staff" })).await.unwrap();
     assert_error(last, 409, "conflict").await;
+
+    // A demotion takes effect on the user's existing token.
+    let manager = &tokens[1].1;
+    let report = || {
+        app.as_tenant(Method::GET, "alpha", "/api/data/status")
+            .bearer_auth(manager)
+            .send()
+    };
+    assert_eq!(report().await.unwrap().status(), 200);
+    let manager_id = users["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|u| u["username"] == "manager-user")
+        .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(
+        patch(&manager_id, json!({ "role": "staff" }))
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    assert_error(report().await.unwrap(), 403, "forbidden").await;
 }
 
 #[tokio::test]
@@ -449,10 +483,14 @@ async fn unknown_users_inactive_users_and_bad_bodies_cannot_log_in() {
             .json(&json!({ "username": name, "password": password }))
             .send()
     };
-    assert_eq!(
-        login("leaver", "leaver-password").await.unwrap().status(),
-        200
-    );
+    let leaver_token = app.login("alpha", "leaver", "leaver-password").await;
+    let before = app
+        .as_tenant(Method::GET, "alpha", "/api/products")
+        .bearer_auth(&leaver_token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(before.status(), 200);
     let deactivate = app
         .as_tenant(Method::PATCH, "alpha", &format!("/api/users/{id}"))
         .bearer_auth(&owner)
@@ -461,6 +499,14 @@ async fn unknown_users_inactive_users_and_bad_bodies_cannot_log_in() {
         .await
         .unwrap();
     assert_eq!(deactivate.status(), 200);
+    // The token from before the deactivation stops working at once.
+    let after = app
+        .as_tenant(Method::GET, "alpha", "/api/products")
+        .bearer_auth(&leaver_token)
+        .send()
+        .await
+        .unwrap();
+    assert_error(after, 401, "unauthorized").await;
     let unknown: Value = assert_error(
         login("nobody", "whatever-pw").await.unwrap(),
         401,
@@ -563,9 +609,8 @@ async fn api_keys_are_shown_once_stored_hashed_scoped_to_a_role_and_record_their
     assert_error(response, 401, "unauthorized").await;
 }
 
-#[tokio::test]
-async fn every_write_leaves_exactly_one_audit_row_with_its_actor() {
-    let app = auth_app(|s| s).await;
+async fn every_write_leaves_exactly_one_audit_row_with_its_actor(backend: Backend) {
+    let app = auth_app(|s| s.on(backend)).await;
     let owner = app.login("alpha", "olivia", OWNER_PASSWORD).await;
     let key = create_api_key(&app, "alpha", &owner, "staff").await;
     let key_text = key["key"].as_str().unwrap();
