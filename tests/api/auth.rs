@@ -90,6 +90,11 @@ async fn create_api_key(app: &TestApp, tenant: &str, token: &str, role: &str) ->
     response.json().await.unwrap()
 }
 
+/// Sends `request` and reads its JSON answer.
+async fn json_of(request: RequestBuilder) -> Value {
+    request.send().await.unwrap().json().await.unwrap()
+}
+
 fn with_body(method: &Method, request: RequestBuilder) -> RequestBuilder {
     if matches!(*method, Method::POST | Method::PUT | Method::PATCH) {
         request.json(&json!({}))
@@ -375,15 +380,11 @@ async fn nobody_grants_more_than_they_have_and_the_last_owner_stays() {
     assert_error(key, 403, "forbidden").await;
 
     // Three owners now (olivia, owner-user, boss): demote two, the third must stay.
-    let users: Value = app
-        .as_tenant(Method::GET, "alpha", "/api/users")
-        .bearer_auth(owner)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let users: Value = json_of(
+        app.as_tenant(Method::GET, "alpha", "/api/users")
+            .bearer_auth(owner),
+    )
+    .await;
     let owners: Vec<String> = users["items"]
         .as_array()
         .unwrap()
@@ -547,15 +548,11 @@ async fn api_keys_are_shown_once_stored_hashed_scoped_to_a_role_and_record_their
     let key = created["key"].as_str().unwrap().to_string();
     let id = created["id"].as_str().unwrap().to_string();
 
-    let me: Value = app
-        .as_tenant(Method::GET, "alpha", "/api/auth/me")
-        .header("X-API-Key", &key)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let me: Value = json_of(
+        app.as_tenant(Method::GET, "alpha", "/api/auth/me")
+            .header("X-API-Key", &key),
+    )
+    .await;
     assert_eq!(me["kind"], "api_key");
     assert_eq!(me["role"], "staff");
     // Staff scope: business routes yes, key management no.
@@ -574,15 +571,11 @@ async fn api_keys_are_shown_once_stored_hashed_scoped_to_a_role_and_record_their
         .unwrap();
     assert_error(keys, 403, "forbidden").await;
 
-    let listed: Value = app
-        .as_tenant(Method::GET, "alpha", &format!("/api/api-keys/{id}"))
-        .bearer_auth(&owner)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let listed: Value = json_of(
+        app.as_tenant(Method::GET, "alpha", &format!("/api/api-keys/{id}"))
+            .bearer_auth(&owner),
+    )
+    .await;
     assert!(listed.get("key").is_none(), "{listed}");
     assert!(listed["last_used_at"].is_string(), "{listed}");
     assert!(listed["revoked_at"].is_null(), "{listed}");
@@ -616,16 +609,12 @@ async fn every_write_leaves_exactly_one_audit_row_with_its_actor(backend: Backen
     let key_text = key["key"].as_str().unwrap();
     let started = Utc::now();
 
-    let created: Value = app
-        .as_tenant(Method::POST, "alpha", "/api/products")
-        .bearer_auth(&owner)
-        .json(&json!({ "name": "audited", "price": 2.0 }))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let created: Value = json_of(
+        app.as_tenant(Method::POST, "alpha", "/api/products")
+            .bearer_auth(&owner)
+            .json(&json!({ "name": "audited", "price": 2.0 })),
+    )
+    .await;
     let product = created["id"].as_str().unwrap();
     let path = format!("/api/products/{product}");
     let update = app
@@ -655,8 +644,8 @@ async fn every_write_leaves_exactly_one_audit_row_with_its_actor(backend: Backen
         .unwrap();
     assert_eq!(refused.status(), 422);
 
-    let audit: Value = app
-        .as_tenant(
+    let audit: Value = json_of(
+        app.as_tenant(
             Method::GET,
             "alpha",
             &format!(
@@ -664,13 +653,9 @@ async fn every_write_leaves_exactly_one_audit_row_with_its_actor(backend: Backen
                 urlencode(&started.to_rfc3339())
             ),
         )
-        .bearer_auth(&owner)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+        .bearer_auth(&owner),
+    )
+    .await;
     let rows = audit["items"].as_array().unwrap();
     let actions: Vec<(&str, &str, &str)> = rows
         .iter()
@@ -696,27 +681,19 @@ async fn every_write_leaves_exactly_one_audit_row_with_its_actor(backend: Backen
     assert_eq!(rows[1]["actor"]["id"], key["id"]);
 
     // The operator's user creation and the key's creation are in the log too, once each.
-    let users: Value = app
-        .as_tenant(Method::GET, "alpha", "/api/audit?entity=users")
-        .bearer_auth(&owner)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let users: Value = json_of(
+        app.as_tenant(Method::GET, "alpha", "/api/audit?entity=users")
+            .bearer_auth(&owner),
+    )
+    .await;
     let rows = users["items"].as_array().unwrap();
     assert_eq!(rows.len(), 1, "{users}");
     assert_eq!(rows[0]["actor"]["kind"], "operator");
-    let keys: Value = app
-        .as_tenant(Method::GET, "alpha", "/api/audit?entity=api-keys")
-        .bearer_auth(&owner)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let keys: Value = json_of(
+        app.as_tenant(Method::GET, "alpha", "/api/audit?entity=api-keys")
+            .bearer_auth(&owner),
+    )
+    .await;
     assert_eq!(keys["items"].as_array().unwrap().len(), 1, "{keys}");
     assert_eq!(keys["items"][0]["entity_id"], key["id"]);
 
@@ -770,15 +747,7 @@ async fn a_tenant_provisioned_with_an_owner_can_log_in_and_a_weak_owner_password
         .unwrap();
     assert_eq!(created.status(), 201);
     let token = app.login("gamma", "gina", "gamma-owner-pw").await;
-    let me: Value = app
-        .request(Method::GET, "/api/auth/me")
-        .bearer_auth(&token)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let me: Value = json_of(app.request(Method::GET, "/api/auth/me").bearer_auth(&token)).await;
     assert_eq!(me["tenant_id"], "gamma");
     assert_eq!(me["role"], "owner");
 }
