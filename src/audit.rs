@@ -15,15 +15,23 @@ use axum::{
     response::{IntoResponse, Response},
 };
 use chrono::Utc;
-use sea_orm::{ActiveModelTrait, ActiveValue::Set, ConnectionTrait, DbErr};
+use sea_orm::{
+    ActiveModelTrait, ActiveValue::Set, ConnectionTrait, DatabaseConnection, DbErr,
+    TransactionTrait,
+};
+use tracing::Instrument;
 
 use crate::{
-    auth::Principal, entities::audit_entry, error::AppError, identify::TenantContext,
-    startup::AppState, telemetry::RequestId,
+    auth::{
+        Principal,
+        users::{self, NewUser},
+    },
+    entities::{audit_entry, user},
+    error::AppError,
+    identify::TenantContext,
+    startup::AppState,
+    telemetry::RequestId,
 };
-
-/// Largest response body read back to find a created record's id.
-const MAX_CREATED_BODY: usize = 1024 * 1024;
 
 /// What one audit row says.
 #[derive(Debug, Clone)]
@@ -51,6 +59,30 @@ pub async fn record(db: &impl ConnectionTrait, event: AuditEvent<'_>) -> Result<
     .insert(db)
     .await
     .map(|_| ())
+}
+
+/// Creates a user for the operator (admin route, provisioning, CLI) and its audit
+/// row, in one transaction: both or neither.
+pub async fn create_user_as_operator(
+    db: &DatabaseConnection,
+    new: NewUser,
+    request_id: &str,
+) -> Result<user::Model, AppError> {
+    let txn = db.begin().await?;
+    let created = users::create(&txn, new, false).await?;
+    record(
+        &txn,
+        AuditEvent {
+            principal: &Principal::operator(),
+            entity: "users",
+            entity_id: Some(created.id.to_string()),
+            action: "create",
+            request_id,
+        },
+    )
+    .await?;
+    txn.commit().await?;
+    Ok(created)
 }
 
 /// The entity and action a write to `path` (a route pattern) with `method` is:
@@ -110,33 +142,41 @@ pub async fn record_writes(
         .unwrap_or_default();
     let path_id = path_id(&path, request.uri().path());
 
-    let response = next.run(request).await;
-    if !response.status().is_success() {
-        return response;
+    // The write and its row run in a task of their own: a client that hangs up
+    // cancels the request's future, and must not cancel it between the two.
+    let task = async move {
+        let response = next.run(request).await;
+        if !response.status().is_success() {
+            return response;
+        }
+        let (entity, action) = describe(&method, &path);
+        let (response, entity_id) = match path_id {
+            Some(id) => (response, Some(id)),
+            None => created_id(response).await,
+        };
+        let event = AuditEvent {
+            principal: &principal,
+            entity: &entity,
+            entity_id,
+            action: &action,
+            request_id: &request_id,
+        };
+        let written = match state.registry.lease(&tenant.config).await {
+            Ok((db, _lease)) => record(&db, event)
+                .await
+                .map_err(|e| crate::db::redact_error(&e)),
+            Err(e) => Err(e.to_string()),
+        };
+        if let Err(e) = written {
+            // The write itself has happened; say loudly that its audit row is missing.
+            tracing::error!(error = %e, %entity, %action, "audit row could not be written");
+        }
+        response
+    };
+    match tokio::spawn(task.instrument(tracing::Span::current())).await {
+        Ok(response) => response,
+        Err(e) => AppError::internal(format!("write task failed: {e}")).into_response(),
     }
-    let (entity, action) = describe(&method, &path);
-    let (response, entity_id) = match path_id {
-        Some(id) => (response, Some(id)),
-        None => created_id(response).await,
-    };
-    let event = AuditEvent {
-        principal: &principal,
-        entity: &entity,
-        entity_id,
-        action: &action,
-        request_id: &request_id,
-    };
-    let written = match state.registry.lease(&tenant.config).await {
-        Ok((db, _lease)) => record(&db, event)
-            .await
-            .map_err(|e| crate::db::redact_error(&e)),
-        Err(e) => Err(e.to_string()),
-    };
-    if let Err(e) = written {
-        // The write itself has happened; say loudly that its audit row is missing.
-        tracing::error!(error = %e, %entity, %action, "audit row could not be written");
-    }
-    response
 }
 
 /// The `{id}` segment of `actual` where the route pattern `pattern` has one.
@@ -151,7 +191,8 @@ fn path_id(pattern: &str, actual: &str) -> Option<String> {
 /// Reads a created record's `id` from the JSON response, and rebuilds the response.
 async fn created_id(response: Response) -> (Response, Option<String>) {
     let (parts, body) = response.into_parts();
-    match axum::body::to_bytes(body, MAX_CREATED_BODY).await {
+    // The body is the handler's JSON, already in memory: no limit to enforce.
+    match axum::body::to_bytes(body, usize::MAX).await {
         Ok(bytes) => {
             let id = serde_json::from_slice::<serde_json::Value>(&bytes)
                 .ok()

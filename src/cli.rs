@@ -321,7 +321,7 @@ async fn add_user(ctx: &Context, args: AddUserArgs) -> Result<(), String> {
         .lease(&tenant)
         .await
         .map_err(|e| e.to_string())?;
-    let created = crate::auth::users::create(&db, new, false).await;
+    let created = crate::audit::create_user_as_operator(&db, new, "cli").await;
     drop(lease);
     ctx.registry.close_all().await;
     let user = created.map_err(|e| e.to_string())?;

@@ -236,7 +236,8 @@ async fn seed_cash_flow(db: &impl ConnectionTrait) -> Result<(), DbErr> {
 pub const DEMO_USERNAME: &str = "demo";
 pub const DEMO_PASSWORD: &str = "demo123";
 
-/// Creates the demo login (an admin) if the tenant has no user of that name.
+/// Creates the demo login (an admin) if the tenant has no user of that name. Never
+/// with `APP_ENV=production`: a well-known password has no place there.
 pub async fn ensure_demo_user(db: &DatabaseConnection) -> Result<(), DbErr> {
     let new = crate::auth::users::NewUser {
         username: DEMO_USERNAME.into(),

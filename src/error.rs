@@ -62,6 +62,9 @@ pub enum AppError {
     },
     #[error("tenant '{0}' does not exist")]
     TenantNotFound(String),
+    /// The host's subdomain names no tenant, and nothing else in the request does.
+    #[error("no tenant has the subdomain '{0}'")]
+    UnknownSubdomain(String),
     #[error("tenant '{0}' is suspended")]
     TenantInactive(TenantId),
     #[error("this tenant does not have the '{0}' feature")]
@@ -126,7 +129,9 @@ impl AppError {
             Self::TenantRequired | Self::InvalidTenantId(_) | Self::TenantConflict { .. } => {
                 StatusCode::BAD_REQUEST
             }
-            Self::TenantNotFound(_) | Self::NotFound(_) => StatusCode::NOT_FOUND,
+            Self::TenantNotFound(_) | Self::UnknownSubdomain(_) | Self::NotFound(_) => {
+                StatusCode::NOT_FOUND
+            }
             Self::TenantInactive(_)
             | Self::FeatureNotEnabled(_)
             | Self::Forbidden(_)
@@ -149,7 +154,7 @@ impl AppError {
             Self::TenantRequired => "tenant_required",
             Self::InvalidTenantId(_) => "invalid_tenant_id",
             Self::TenantConflict { .. } => "tenant_conflict",
-            Self::TenantNotFound(_) => "tenant_not_found",
+            Self::TenantNotFound(_) | Self::UnknownSubdomain(_) => "tenant_not_found",
             Self::TenantInactive(_) => "tenant_inactive",
             Self::FeatureNotEnabled(_) => "feature_not_enabled",
             Self::TenantUnavailable { .. } => "tenant_unavailable",

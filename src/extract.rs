@@ -83,6 +83,17 @@ fn serde_error(path: String, inner: &impl std::fmt::Display) -> AppError {
         .next()
         .unwrap_or(&message)
         .to_string();
+    // serde quotes the offending value ("invalid type: integer `12345678`, expected
+    // a string"), and the value may be a password: keep only what was expected.
+    let message = match message.split_once(": ") {
+        Some((kind, rest)) if kind.starts_with("invalid ") => {
+            match rest.split_once(", expected ") {
+                Some((_value, expected)) => format!("{kind}, expected {expected}"),
+                None => kind.to_string(),
+            }
+        }
+        _ => message,
+    };
     AppError::Validation {
         message: format!("{field}: {message}"),
         field: Some(field),
@@ -165,5 +176,20 @@ mod tests {
             AppError::Validation { field, .. } => assert_eq!(field.as_deref(), Some("name")),
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn type_errors_do_not_quote_the_value() {
+        #[derive(serde::Deserialize, Debug)]
+        #[allow(dead_code)]
+        struct Body {
+            password: String,
+        }
+        let mut de = serde_json::Deserializer::from_slice(br#"{"password": 98765432}"#);
+        let e = serde_path_to_error::deserialize::<_, Body>(&mut de).unwrap_err();
+        let err = serde_error(e.path().to_string(), e.inner());
+        let text = err.to_string();
+        assert!(!text.contains("98765432"), "{text}");
+        assert!(text.contains("expected a string"), "{text}");
     }
 }

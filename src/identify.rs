@@ -83,7 +83,7 @@ pub fn identify_tenant(
         match subdomain_to_tenant(&label) {
             Some(id) => found.insert(0, (id, IdSource::Subdomain)),
             None if found.is_empty() => {
-                return Err(AppError::TenantNotFound(format!("subdomain {label}")));
+                return Err(AppError::UnknownSubdomain(label));
             }
             None => {}
         }

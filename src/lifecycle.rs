@@ -227,7 +227,7 @@ impl Lifecycle {
                             .map_err(|e| storage_error("seed", &e))?;
                     }
                     if let Some(owner) = owner {
-                        users::create(&pool, owner, false).await?;
+                        crate::audit::create_user_as_operator(&pool, owner, "provisioning").await?;
                     }
                     Ok::<(), AppError>(())
                 }

@@ -11,11 +11,21 @@ use crate::{secret::constant_time_eq, tenant::TenantId};
 pub const PREFIX: &str = "trk.";
 
 /// A key as presented, taken apart; nothing in it is trusted until its row matches.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct PresentedKey {
     pub tenant: TenantId,
     pub id: Uuid,
     secret: String,
+}
+
+impl std::fmt::Debug for PresentedKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PresentedKey")
+            .field("tenant", &self.tenant)
+            .field("id", &self.id)
+            .field("secret", &"[redacted]")
+            .finish()
+    }
 }
 
 impl PresentedKey {

@@ -320,20 +320,28 @@ pub async fn resolve(
 ) -> Result<(Arc<TenantConfig>, Option<Principal>), AppError> {
     let named = match &state.single_tenant {
         // Single-tenant mode ignores every identification input.
-        Some(single) => Some(single.id.clone()),
+        Some(single) => Ok(Some(single.id.clone())),
         None => match identify_tenant(headers, uri, &state.identify, |label| {
             state.registry.by_subdomain(label)
         }) {
-            Ok((id, _source)) => Some(id),
-            Err(AppError::TenantRequired) => None,
+            Ok((id, _source)) => Ok(Some(id)),
+            Err(AppError::TenantRequired) => Ok(None),
+            // Settled below: a credential names a tenant too.
+            Err(e @ AppError::UnknownSubdomain(_)) => Err(e),
             Err(e) => return Err(e),
         },
     };
     if state.auth.mode == AuthMode::None {
-        let id = named.ok_or(AppError::TenantRequired)?;
+        let id = named?.ok_or(AppError::TenantRequired)?;
         return Ok((tenant_config(state, &id)?, Some(Principal::gateway())));
     }
     let credential = credential(&state.auth, headers)?;
+    let named = match named {
+        Ok(named) => named,
+        // A host such as api.example.com that is no tenant's: the credential decides.
+        Err(AppError::UnknownSubdomain(_)) if credential.is_some() => None,
+        Err(e) => return Err(e),
+    };
     let id = match (named, credential.as_ref().map(Credential::tenant)) {
         (Some(named), Some(own)) if named != *own => {
             return Err(AppError::TenantMismatch {
@@ -404,8 +412,21 @@ async fn check_api_key(
             tracing::info!(key_id = %key.id, "API key refused");
             AppError::Unauthenticated
         })?;
-    let role = Role::parse(&row.role)
+    let mut role = Role::parse(&row.role)
         .ok_or_else(|| AppError::internal(format!("API key {} has an unknown role", row.id)))?;
+    // A key can do no more than the user who made it can now: a deactivated
+    // creator's keys stop working, a demoted creator's keys are demoted with them.
+    if let Some(creator) = row.created_by {
+        let creator_role = state
+            .auth
+            .current_role(state, config, creator)
+            .await?
+            .ok_or_else(|| {
+                tracing::info!(key_id = %key.id, "API key of a deactivated or removed user refused");
+                AppError::Unauthenticated
+            })?;
+        role = role.min(creator_role);
+    }
     let now = Utc::now();
     if row
         .last_used_at

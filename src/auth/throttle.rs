@@ -48,7 +48,7 @@ impl LoginThrottle {
     }
 
     /// `Err(seconds to wait)` if any key is over its limit within the window.
-    pub async fn check(&self, keys: &[&str]) -> Result<(), u64> {
+    async fn check(&self, keys: &[&str]) -> Result<(), u64> {
         for key in keys {
             if let Some((count, since)) = self.failures.get(*key).await {
                 let elapsed = since.elapsed();
@@ -60,21 +60,51 @@ impl LoginThrottle {
         Ok(())
     }
 
-    /// Counts a failure against each key; a window starts at its first failure.
-    pub async fn record_failure(&self, keys: &[&str]) {
+    /// Counts an attempt against each key *before* the password is checked, so that
+    /// parallel guesses cannot all slip in under the limit; `Err(seconds to wait)`
+    /// when a key is over its limit. A successful login then takes its attempt back
+    /// ([`LoginThrottle::succeeded`]), so only failures stay counted.
+    pub async fn begin_attempt(&self, keys: &[&str]) -> Result<(), u64> {
+        self.check(keys).await?;
         for key in keys {
-            let now = Instant::now();
-            let entry = match self.failures.get(*key).await {
-                Some((count, since)) if since.elapsed() < self.window => (count + 1, since),
-                _ => (1, now),
-            };
-            self.failures.insert((*key).to_string(), entry).await;
+            let window = self.window;
+            let (count, since) = self
+                .failures
+                .entry_by_ref(*key)
+                .and_upsert_with(|old| {
+                    let next = match old.map(|e| e.into_value()) {
+                        Some((count, since)) if since.elapsed() < window => (count + 1, since),
+                        _ => (1, Instant::now()),
+                    };
+                    std::future::ready(next)
+                })
+                .await
+                .into_value();
+            let elapsed = since.elapsed();
+            if count > self.limit(key) && elapsed < self.window {
+                return Err((self.window - elapsed).as_secs().max(1));
+            }
         }
+        Ok(())
     }
 
-    /// Forgets a key's failures (a user's, after a successful login).
-    pub async fn clear(&self, key: &str) {
-        self.failures.invalidate(key).await;
+    /// A login succeeded: the user's failures are forgotten, and the address gets its
+    /// attempt back.
+    pub async fn succeeded(&self, user_key: &str, address_key: &str) {
+        self.failures.invalidate(user_key).await;
+        self.failures
+            .entry_by_ref(address_key)
+            .and_compute_with(|old| {
+                let op = match old.map(|e| e.into_value()) {
+                    Some((count, since)) if count > 1 => {
+                        moka::ops::compute::Op::Put((count - 1, since))
+                    }
+                    Some(_) => moka::ops::compute::Op::Remove,
+                    None => moka::ops::compute::Op::Nop,
+                };
+                std::future::ready(op)
+            })
+            .await;
     }
 }
 
@@ -86,23 +116,41 @@ mod tests {
     async fn the_limit_trips_and_the_window_resets_it() {
         let t = LoginThrottle::new(Duration::from_millis(200), 2, 10);
         let key = LoginThrottle::user_key("acme", "ann");
-        assert!(t.check(&[&key]).await.is_ok());
-        t.record_failure(&[&key]).await;
-        assert!(t.check(&[&key]).await.is_ok());
-        t.record_failure(&[&key]).await;
-        assert!(t.check(&[&key]).await.is_err());
+        assert!(t.begin_attempt(&[&key]).await.is_ok());
+        assert!(t.begin_attempt(&[&key]).await.is_ok());
+        assert!(t.begin_attempt(&[&key]).await.is_err());
         tokio::time::sleep(Duration::from_millis(250)).await;
-        assert!(t.check(&[&key]).await.is_ok());
+        assert!(t.begin_attempt(&[&key]).await.is_ok());
     }
 
     #[tokio::test]
-    async fn addresses_have_their_own_limit() {
-        let t = LoginThrottle::new(Duration::from_secs(60), 1, 3);
-        let addr = LoginThrottle::address_key("10.0.0.1");
-        t.record_failure(&[&addr]).await;
-        t.record_failure(&[&addr]).await;
-        assert!(t.check(&[&addr]).await.is_ok());
-        t.record_failure(&[&addr]).await;
-        assert!(t.check(&[&addr]).await.is_err());
+    async fn parallel_attempts_are_counted_before_any_finishes() {
+        let t = LoginThrottle::new(Duration::from_secs(60), 3, 1000);
+        let key = LoginThrottle::user_key("acme", "ann");
+        let attempts = (0..50).map(|_| {
+            let (t, key) = (t.clone(), key.clone());
+            tokio::spawn(async move { t.begin_attempt(&[&key]).await.is_ok() })
+        });
+        let mut allowed = 0;
+        for a in attempts {
+            allowed += usize::from(a.await.unwrap());
+        }
+        assert_eq!(allowed, 3);
+    }
+
+    #[tokio::test]
+    async fn a_success_forgets_the_user_and_gives_the_address_its_attempt_back() {
+        let t = LoginThrottle::new(Duration::from_secs(60), 2, 2);
+        let (user, addr) = (
+            LoginThrottle::user_key("acme", "ann"),
+            LoginThrottle::address_key("10.0.0.1"),
+        );
+        for _ in 0..5 {
+            assert!(t.begin_attempt(&[&user, &addr]).await.is_ok());
+            t.succeeded(&user, &addr).await;
+        }
+        assert!(t.begin_attempt(&[&addr]).await.is_ok());
+        assert!(t.begin_attempt(&[&addr]).await.is_ok());
+        assert!(t.begin_attempt(&[&addr]).await.is_err());
     }
 }

@@ -16,7 +16,7 @@ use crate::{
 };
 
 /// A user to create, as a client or an operator sends it.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NewUser {
     pub username: String,
@@ -25,6 +25,17 @@ pub struct NewUser {
     pub email: Option<String>,
     #[serde(default = "default_role")]
     pub role: String,
+}
+
+impl std::fmt::Debug for NewUser {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NewUser")
+            .field("username", &self.username)
+            .field("password", &"[redacted]")
+            .field("email", &self.email)
+            .field("role", &self.role)
+            .finish()
+    }
 }
 
 fn default_role() -> String {
@@ -130,14 +141,20 @@ pub async fn create(db: &impl ConnectionTrait, new: NewUser, trusted: bool) -> R
 }
 
 /// Active owners other than `except`: the last one may not be demoted or deactivated.
-pub async fn other_active_owners(db: &impl ConnectionTrait, except: Uuid) -> Result<u64> {
-    use sea_orm::PaginatorTrait;
+/// Run it in the transaction that makes the change: the owners' rows are locked
+/// (`FOR UPDATE` on PostgreSQL; SQLite serialises writers), so two owners demoting
+/// each other at once cannot leave none.
+pub async fn other_active_owners(db: &impl ConnectionTrait, except: Uuid) -> Result<usize> {
+    use sea_orm::QuerySelect;
     Ok(user::Entity::find()
         .filter(user::Column::Role.eq(Role::Owner.as_str()))
         .filter(user::Column::IsActive.eq(true))
-        .filter(user::Column::Id.ne(except))
-        .count(db)
-        .await?)
+        .lock_exclusive()
+        .all(db)
+        .await?
+        .into_iter()
+        .filter(|u| u.id != except)
+        .count())
 }
 
 #[cfg(test)]

@@ -13,10 +13,7 @@ use serde_json::{Value, json};
 
 use crate::{
     audit,
-    auth::{
-        Principal,
-        users::{self, NewUser, UserView},
-    },
+    auth::users::{NewUser, UserView},
     error::{AppError, Result},
     extract::{ApiJson, ApiQuery, TenantPath},
     lifecycle::Lifecycle,
@@ -120,18 +117,7 @@ async fn create_user(
 ) -> Result<(StatusCode, Json<UserView>)> {
     let tenant = tenant_from_path(&state, &id)?;
     let (db, _lease) = state.registry.lease(&tenant).await?;
-    let user = users::create(&db, new, false).await?;
-    audit::record(
-        &db,
-        audit::AuditEvent {
-            principal: &Principal::operator(),
-            entity: "users",
-            entity_id: Some(user.id.to_string()),
-            action: "create",
-            request_id: &request_id.0,
-        },
-    )
-    .await?;
+    let user = audit::create_user_as_operator(&db, new, &request_id.0).await?;
     tracing::info!(tenant_id = %tenant.id, username = %user.username, role = %user.role, "user added by the operator");
     Ok((StatusCode::CREATED, Json(user.into())))
 }

@@ -92,6 +92,12 @@ async fn create(
     TenantDb(db, _lease): TenantDb,
     ApiJson(input): ApiJson<KeyInput>,
 ) -> Result<(StatusCode, Json<Value>)> {
+    if principal.kind == ActorKind::ApiKey {
+        // Keys come from people: a leaked key must not be able to mint more.
+        return Err(AppError::Forbidden(
+            "API keys are created by users, not by keys".into(),
+        ));
+    }
     let name = required_text("name", &input.name, 100)?;
     let role = parse_role(&input.role)?;
     if role > principal.role {
@@ -126,7 +132,20 @@ async fn show(IdPath(id): IdPath, TenantDb(db, _lease): TenantDb) -> Result<Json
     Ok(Json(model.into()))
 }
 
-async fn revoke(IdPath(id): IdPath, TenantDb(db, _lease): TenantDb) -> Result<StatusCode> {
+async fn revoke(
+    IdPath(id): IdPath,
+    principal: Principal,
+    TenantDb(db, _lease): TenantDb,
+) -> Result<StatusCode> {
+    let key = row::Entity::find_by_id(id)
+        .one(&db)
+        .await?
+        .ok_or_else(|| AppError::NotFound("no live API key with that id".into()))?;
+    if parse_role(&key.role)? > principal.role {
+        return Err(AppError::Forbidden(
+            "revoking this key needs a role at least as high as the key's".into(),
+        ));
+    }
     let result = row::Entity::update_many()
         .col_expr(row::Column::RevokedAt, Expr::value(Utc::now()))
         .filter(row::Column::Id.eq(id))

@@ -28,7 +28,7 @@ pub fn router() -> RouteSet {
     RouteSet::new().route("/api/auth/me", get(me))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct LoginInput {
     username: String,
@@ -46,8 +46,9 @@ async fn login(
     let throttle = &state.auth.throttle;
     let user_key = LoginThrottle::user_key(tenant.config.id.as_str(), &username);
     let address_key = LoginThrottle::address_key(&address);
-    if let Err(retry_after_secs) = throttle.check(&[&user_key, &address_key]).await {
-        tracing::warn!(%username, %address, "login refused: too many failures");
+    if let Err(retry_after_secs) = throttle.begin_attempt(&[&user_key, &address_key]).await {
+        // The username is not logged: people type passwords into that field.
+        tracing::warn!(%address, "login refused: too many failures");
         return Err(AppError::TooManyRequests { retry_after_secs });
     }
     let user = users::find_by_username(&db, &username)
@@ -57,11 +58,10 @@ async fn login(
     // An unknown or inactive user costs the same hashing work as a wrong password.
     let verified = password::verify_blocking(input.password, stored).await;
     let Some(user) = user.filter(|_| verified) else {
-        throttle.record_failure(&[&user_key, &address_key]).await;
-        tracing::warn!(%username, %address, "login failed");
+        tracing::warn!(%address, "login failed");
         return Err(AppError::LoginFailed);
     };
-    throttle.clear(&user_key).await;
+    throttle.succeeded(&user_key, &address_key).await;
     let role = users::parse_role(&user.role)
         .map_err(|_| AppError::internal(format!("user {} has an unknown role", user.id)))?;
     let ttl = state.auth.token_ttl_secs;
@@ -73,7 +73,7 @@ async fn login(
         Utc::now().timestamp(),
         ttl,
     );
-    tracing::info!(%username, role = role.as_str(), "login succeeded");
+    tracing::info!(user_id = %user.id, role = role.as_str(), "login succeeded");
     Ok(Json(json!({
         "access_token": token,
         "token_type": "Bearer",

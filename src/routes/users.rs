@@ -3,12 +3,14 @@
 
 use axum::{Json, extract::State, http::StatusCode, routing::get};
 use chrono::Utc;
-use sea_orm::{ActiveModelTrait, ActiveValue::Set, EntityTrait, QueryOrder, QuerySelect};
+use sea_orm::{
+    ActiveModelTrait, ActiveValue::Set, EntityTrait, QueryOrder, QuerySelect, TransactionTrait,
+};
 use serde::Deserialize;
 
 use crate::{
     auth::{
-        Principal, Role, password,
+        ActorKind, Principal, Role, password,
         users::{self, NewUser, UserView, parse_role},
     },
     entities::user,
@@ -74,7 +76,8 @@ async fn show(IdPath(id): IdPath, TenantDb(db, _lease): TenantDb) -> Result<Json
     Ok(Json(model.into()))
 }
 
-#[derive(Debug, Deserialize)]
+// No Debug: it may hold a password.
+#[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct UserPatch {
     email: Option<String>,
@@ -91,32 +94,55 @@ async fn update(
     TenantDb(db, _lease): TenantDb,
     ApiJson(patch): ApiJson<UserPatch>,
 ) -> Result<Json<UserView>> {
-    let existing = user::Entity::find_by_id(id)
-        .one(&db)
-        .await?
-        .ok_or_else(not_found)?;
-    let current_role = parse_role(&existing.role)?;
-    if current_role > principal.role {
-        return Err(outranked("changing this user"));
-    }
     let new_role = patch.role.as_deref().map(parse_role).transpose()?;
     if new_role.is_some_and(|r| r > principal.role) {
         return Err(outranked("granting this role"));
+    }
+    let email = patch
+        .email
+        .as_deref()
+        .map(|e| optional_email("email", Some(e)))
+        .transpose()?;
+    // Hashed before the transaction, so that it is not held open for the hashing.
+    let password_hash = match patch.password {
+        Some(new_password) => {
+            password::check_policy(&new_password)
+                .map_err(|m| AppError::validation("password", m))?;
+            Some(
+                password::hash_blocking(new_password)
+                    .await
+                    .map_err(AppError::internal)?,
+            )
+        }
+        None => None,
+    };
+
+    let txn = db.begin().await?;
+    let existing = user::Entity::find_by_id(id)
+        .one(&txn)
+        .await?
+        .ok_or_else(not_found)?;
+    let current_role = parse_role(&existing.role)?;
+    // Users change themselves; otherwise only a higher role (or an owner, who
+    // manages owners) changes a user: an admin cannot take over another admin.
+    let is_self = principal.kind == ActorKind::User && principal.id == Some(id);
+    if !(is_self || principal.role > current_role || principal.role == Role::Owner) {
+        return Err(outranked("changing this user"));
     }
     let stays_owner = new_role.unwrap_or(current_role) == Role::Owner
         && patch.is_active.unwrap_or(existing.is_active);
     if current_role == Role::Owner
         && existing.is_active
         && !stays_owner
-        && users::other_active_owners(&db, id).await? == 0
+        && users::other_active_owners(&txn, id).await? == 0
     {
         return Err(AppError::Conflict(
             "the tenant's last active owner cannot be demoted or deactivated".into(),
         ));
     }
     let mut model: user::ActiveModel = existing.into();
-    if patch.email.is_some() {
-        model.email = Set(optional_email("email", patch.email.as_deref())?);
+    if let Some(email) = email {
+        model.email = Set(email);
     }
     if let Some(role) = new_role {
         model.role = Set(role.as_str().into());
@@ -124,14 +150,12 @@ async fn update(
     if let Some(active) = patch.is_active {
         model.is_active = Set(active);
     }
-    if let Some(new_password) = patch.password {
-        password::check_policy(&new_password).map_err(|m| AppError::validation("password", m))?;
-        model.password_hash = Set(password::hash_blocking(new_password)
-            .await
-            .map_err(AppError::internal)?);
+    if let Some(hash) = password_hash {
+        model.password_hash = Set(hash);
     }
     model.updated_at = Set(Utc::now());
-    let updated = model.update(&db).await?;
+    let updated = model.update(&txn).await?;
+    txn.commit().await?;
     // Its tokens carry the new role, or stop working, from the next request on.
     state.auth.forget_user(&tenant.config.id, id).await;
     Ok(Json(updated.into()))

@@ -422,7 +422,7 @@ impl TenantRegistry {
                 .map_err(OpenError::Db)?;
             tracing::info!("demo tenant seeded");
         }
-        if tenant.demo {
+        if tenant.demo && settings.demo_login {
             crate::demo::ensure_demo_user(&db)
                 .await
                 .map_err(OpenError::Db)?;

@@ -243,6 +243,24 @@ async fn a_credential_alone_routes_the_request_to_its_tenant(backend: Backend) {
         .await;
     assert!(beta_names.is_empty(), "{beta_names:?}");
 
+    // A host that is no tenant's (api.localhost) leaves the choice to the credential.
+    let via_api_host = app
+        .request(Method::GET, "/api/products")
+        .header("Host", "api.localhost")
+        .bearer_auth(&alpha)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(via_api_host.status(), 200);
+    assert_eq!(via_api_host.headers()["x-tenant-id"], "alpha");
+    let anonymous = app
+        .request(Method::GET, "/api/products")
+        .header("Host", "api.localhost")
+        .send()
+        .await
+        .unwrap();
+    assert_error(anonymous, 404, "tenant_not_found").await;
+
     // With no credential and no identification, the tenant is still required.
     let bare = app
         .request(Method::GET, "/api/products")
@@ -750,6 +768,16 @@ async fn a_tenant_provisioned_with_an_owner_can_log_in_and_a_weak_owner_password
     let me: Value = json_of(app.request(Method::GET, "/api/auth/me").bearer_auth(&token)).await;
     assert_eq!(me["tenant_id"], "gamma");
     assert_eq!(me["role"], "owner");
+    // The owner's creation is in gamma's audit log, as the operator's.
+    let audit = json_of(
+        app.request(Method::GET, "/api/audit?entity=users")
+            .bearer_auth(&token),
+    )
+    .await;
+    let rows = audit["items"].as_array().unwrap();
+    assert_eq!(rows.len(), 1, "{audit}");
+    assert_eq!(rows[0]["actor"]["kind"], "operator");
+    assert_eq!(rows[0]["request_id"], "provisioning");
 }
 
 #[tokio::test]
@@ -818,4 +846,138 @@ async fn single_tenant_mode_authenticates_too() {
         )
         .await;
     assert!(names.is_empty());
+}
+
+#[tokio::test]
+async fn an_admin_cannot_take_over_another_admin_but_changes_itself() {
+    let app = auth_app(|s| s).await;
+    let tokens = one_of_each_role(&app).await;
+    let (admin, owner) = (&tokens[2].1, &tokens[3].1);
+    let other_admin = app
+        .add_user("alpha", "second-admin", "second-admin-pw", "admin")
+        .await;
+    let own_id = json_of(
+        app.as_tenant(Method::GET, "alpha", "/api/auth/me")
+            .bearer_auth(admin),
+    )
+    .await["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let patch = |token: &str, id: &str, body: Value| {
+        app.as_tenant(Method::PATCH, "alpha", &format!("/api/users/{id}"))
+            .bearer_auth(token)
+            .json(&body)
+            .send()
+    };
+    let takeover = patch(admin, &other_admin, json!({ "password": "taken-over-pw" }))
+        .await
+        .unwrap();
+    assert_error(takeover, 403, "forbidden").await;
+    let own = patch(admin, &own_id, json!({ "password": "my-new-password" }))
+        .await
+        .unwrap();
+    assert_eq!(own.status(), 200);
+    app.login("alpha", "admin-user", "my-new-password").await;
+    let by_owner = patch(owner, &other_admin, json!({ "is_active": false }))
+        .await
+        .unwrap();
+    assert_eq!(by_owner.status(), 200);
+}
+
+#[tokio::test]
+async fn keys_are_made_by_people_and_follow_their_maker() {
+    let app = auth_app(|s| s).await;
+    let owner = app.login("alpha", "olivia", OWNER_PASSWORD).await;
+    let maker_id = app
+        .add_user("alpha", "maker", "maker-password", "admin")
+        .await;
+    let maker = app.login("alpha", "maker", "maker-password").await;
+    let key = create_api_key(&app, "alpha", &maker, "admin").await;
+    let key_text = key["key"].as_str().unwrap().to_string();
+    let owner_key = create_api_key(&app, "alpha", &owner, "owner").await;
+
+    // A key cannot mint keys, and an admin cannot revoke an owner's key.
+    let minted = app
+        .as_tenant(Method::POST, "alpha", "/api/api-keys")
+        .bearer_auth(&key_text)
+        .json(&json!({ "name": "child" }))
+        .send()
+        .await
+        .unwrap();
+    assert_error(minted, 403, "forbidden").await;
+    let revoke = app
+        .as_tenant(
+            Method::DELETE,
+            "alpha",
+            &format!("/api/api-keys/{}", owner_key["id"].as_str().unwrap()),
+        )
+        .bearer_auth(&maker)
+        .send()
+        .await
+        .unwrap();
+    assert_error(revoke, 403, "forbidden").await;
+
+    let me = || {
+        app.as_tenant(Method::GET, "alpha", "/api/auth/me")
+            .bearer_auth(&key_text)
+            .send()
+    };
+    assert_eq!(
+        json_of(
+            app.as_tenant(Method::GET, "alpha", "/api/auth/me")
+                .bearer_auth(&key_text)
+        )
+        .await["role"],
+        "admin"
+    );
+    let patch = |body: Value| {
+        app.as_tenant(Method::PATCH, "alpha", &format!("/api/users/{maker_id}"))
+            .bearer_auth(&owner)
+            .json(&body)
+            .send()
+    };
+    // Demoting the maker demotes the key; deactivating the maker stops it.
+    assert_eq!(
+        patch(json!({ "role": "staff" })).await.unwrap().status(),
+        200
+    );
+    let body: Value = me().await.unwrap().json().await.unwrap();
+    assert_eq!(body["role"], "staff", "{body}");
+    assert_eq!(
+        patch(json!({ "is_active": false })).await.unwrap().status(),
+        200
+    );
+    assert_error(me().await.unwrap(), 401, "unauthorized").await;
+}
+
+#[tokio::test]
+async fn production_has_no_demo_login() {
+    let app = spawn_app_with(
+        AppSpec::new(vec![Tenant::new("demo", "default").with("demo = true")])
+            .with_auth()
+            .env("APP_ENV", "production"),
+    )
+    .await;
+    let response = app
+        .as_tenant(Method::POST, "demo", "/api/auth/login")
+        .json(&json!({ "username": "demo", "password": "demo123" }))
+        .send()
+        .await
+        .unwrap();
+    assert_error(response, 401, "unauthorized").await;
+}
+
+#[tokio::test]
+async fn a_bad_body_is_refused_without_quoting_it() {
+    let app = auth_app(|s| s).await;
+    let response = app
+        .as_tenant(Method::POST, "alpha", "/api/auth/login")
+        .json(&json!({ "username": "olivia", "password": 98765432 }))
+        .send()
+        .await
+        .unwrap();
+    let body = assert_error(response, 422, "validation_failed").await;
+    assert_eq!(body["error"]["field"], "password");
+    assert!(!body.to_string().contains("98765432"), "{body}");
 }
