@@ -48,6 +48,7 @@ pub const ENV_KEYS: &[&str] = &[
     "LOGIN_MAX_FAILURES_PER_ADDRESS",
     "LOGIN_THROTTLE_SECS",
     "TRUST_FORWARDED_FOR",
+    "AUTH_RECHECK_SECS",
 ];
 
 /// The variable naming an optional settings file (TOML, same keys in lowercase);
@@ -114,6 +115,9 @@ pub struct Settings {
     pub login_max_failures_per_address: u32,
     pub login_throttle_secs: u64,
     pub trust_forwarded_for: bool,
+    /// How long a token user's role and active flag are trusted before they are read
+    /// again from the tenant's database.
+    pub auth_recheck_secs: u64,
 }
 
 impl Settings {
@@ -182,6 +186,7 @@ impl Settings {
             .and_then(|b| b.set_default("login_max_failures_per_address", 50))
             .and_then(|b| b.set_default("login_throttle_secs", 300))
             .and_then(|b| b.set_default("trust_forwarded_for", false))
+            .and_then(|b| b.set_default("auth_recheck_secs", 30))
             .map_err(|e| e.to_string())?
             .add_source(
                 file.map(|(path, required)| File::new(&path, FileFormat::Toml).required(required))
@@ -254,6 +259,9 @@ impl Settings {
                     .into(),
             );
         }
+        if !(1..=3600).contains(&self.auth_recheck_secs) {
+            return Err("settings: AUTH_RECHECK_SECS must be within 1..=3600".into());
+        }
         if self.login_throttle_secs == 0 {
             return Err("settings: LOGIN_THROTTLE_SECS must be at least 1".into());
         }
@@ -303,6 +311,7 @@ impl Settings {
                 self.login_max_failures_per_address,
             ),
             self.trust_forwarded_for,
+            Duration::from_secs(self.auth_recheck_secs),
         ))
     }
 

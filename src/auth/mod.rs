@@ -159,14 +159,11 @@ pub struct AuthService {
     /// trusted load balancer) instead of the peer address.
     pub trust_forwarded_for: bool,
     /// Each token user's current role (`None`: gone or deactivated), re-read from
-    /// the tenant's database at most every [`USER_RECHECK`].
+    /// the tenant's database once `recheck` (`AUTH_RECHECK_SECS`) has passed: a
+    /// deactivation or demotion made through another replica takes effect within
+    /// it (through this one, at once).
     pub users: Cache<(TenantId, uuid::Uuid), Option<Role>>,
 }
-
-/// How long a user's role and active flag are trusted before they are read again:
-/// a deactivation or demotion made through another replica takes effect within it
-/// (through this one, at once).
-pub const USER_RECHECK: std::time::Duration = std::time::Duration::from_secs(30);
 
 impl AuthService {
     pub fn new(
@@ -175,6 +172,7 @@ impl AuthService {
         token_ttl_secs: i64,
         throttle: LoginThrottle,
         trust_forwarded_for: bool,
+        recheck: std::time::Duration,
     ) -> Self {
         Self {
             mode,
@@ -184,7 +182,7 @@ impl AuthService {
             trust_forwarded_for,
             users: Cache::builder()
                 .max_capacity(100_000)
-                .time_to_live(USER_RECHECK)
+                .time_to_live(recheck)
                 .build(),
         }
     }

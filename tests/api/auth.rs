@@ -981,3 +981,49 @@ async fn a_bad_body_is_refused_without_quoting_it() {
     assert_eq!(body["error"]["field"], "password");
     assert!(!body.to_string().contains("98765432"), "{body}");
 }
+
+#[tokio::test]
+async fn replicas_sharing_the_key_accept_each_others_tokens_and_deactivation_reaches_them() {
+    // Two replicas over the same tenant database (as behind a load balancer), a
+    // third with another key.
+    let shared = tempfile::tempdir().unwrap();
+    let toml = format!(
+        "[tenants.alpha]\ndatabase_url = \"sqlite://{}/alpha.db\"\n",
+        shared.path().display()
+    );
+    let replica = || {
+        AppSpec::from_toml(&toml)
+            .with_auth()
+            .env("AUTH_RECHECK_SECS", "1")
+    };
+    let a = spawn_app_with(replica()).await;
+    let b = spawn_app_with(replica()).await;
+    let stranger =
+        spawn_app_with(replica().env("JWT_SECRET", "another-replica-secret-0123456789abcdef"))
+            .await;
+    let id = a.add_user("alpha", "rosa", "rosa-password", "staff").await;
+    let token = a.login("alpha", "rosa", "rosa-password").await;
+    let products = |app: &TestApp| {
+        app.as_tenant(Method::GET, "alpha", "/api/products")
+            .bearer_auth(&token)
+            .send()
+    };
+    assert_eq!(products(&b).await.unwrap().status(), 200);
+    assert_error(products(&stranger).await.unwrap(), 401, "unauthorized").await;
+
+    // Deactivated through A: A refuses at once, B within AUTH_RECHECK_SECS.
+    let owner_id = a.add_user("alpha", "boss", "boss-password", "owner").await;
+    assert!(!owner_id.is_empty());
+    let boss = a.login("alpha", "boss", "boss-password").await;
+    let off = a
+        .as_tenant(Method::PATCH, "alpha", &format!("/api/users/{id}"))
+        .bearer_auth(&boss)
+        .json(&json!({ "is_active": false }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(off.status(), 200);
+    assert_error(products(&a).await.unwrap(), 401, "unauthorized").await;
+    tokio::time::sleep(Duration::from_millis(1_300)).await;
+    assert_error(products(&b).await.unwrap(), 401, "unauthorized").await;
+}
