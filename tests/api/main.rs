@@ -8,6 +8,7 @@ mod auth;
 mod cash_flow;
 mod data;
 mod dental;
+mod deploy;
 mod feature_gate;
 mod helpers;
 mod identification;
