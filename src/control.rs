@@ -77,7 +77,8 @@ impl ControlStore {
             .min_connections(0)
             .sqlx_logging(false);
         let db = Database::connect(options).await?;
-        ControlMigrator::up(&db, None).await?;
+        // Replicas starting together on a new control database race to create it.
+        crate::db::retry_lost_race(|| ControlMigrator::up(&db, None)).await?;
         Ok(Self { db, secrets })
     }
 

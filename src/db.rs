@@ -59,7 +59,7 @@ pub async fn open_pool(
 /// instead of colliding on the catalog; DDL rolls back whole if a step fails.
 pub async fn migrate(db: &DatabaseConnection, tenant: &TenantConfig) -> Result<(), DbErr> {
     if db.get_database_backend() != DbBackend::Postgres {
-        return Migrator::up(db, None).await;
+        return retry_lost_race(|| Migrator::up(db, None)).await;
     }
     let key = format!(
         "tenant-router:{}:{}",
@@ -75,6 +75,30 @@ pub async fn migrate(db: &DatabaseConnection, tenant: &TenantConfig) -> Result<(
     .await?;
     Migrator::up(&txn, None).await?;
     txn.commit().await
+}
+
+/// Runs a migration again when it failed, as it does when another process (a second
+/// replica starting at the same moment) applied the same migration first: SQLite
+/// has no advisory lock, so the loser sees a duplicate row in the migration table
+/// or a busy database. Its next run finds the migration applied. A real failure
+/// still fails, after three more tries.
+pub async fn retry_lost_race<F, Fut>(mut run: F) -> Result<(), DbErr>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<(), DbErr>>,
+{
+    let mut tries = 0u64;
+    loop {
+        match run().await {
+            Ok(()) => return Ok(()),
+            Err(e) if tries < 3 => {
+                tries += 1;
+                tracing::info!(error = %redact_error(&e), tries, "migration failed; trying again in case another process was applying it");
+                tokio::time::sleep(std::time::Duration::from_millis(50 * tries)).await;
+            }
+            Err(e) => return Err(e),
+        }
+    }
 }
 
 /// A stable 64-bit key for `name` (FNV-1a): the same in every replica and version.

@@ -459,3 +459,27 @@ async fn the_control_database_holds_no_database_password_and_the_key_can_be_rota
     assert_error(refused, 404, "tenant_not_found").await;
     assert!(!raw(&control_file).contains(&password));
 }
+
+#[tokio::test]
+async fn replicas_starting_together_on_new_databases_both_come_up_and_serve() {
+    // SQLite has no advisory lock: two processes creating the same control database
+    // or tenant database at once race on the migration table. Several rounds, since
+    // the race is a matter of timing.
+    for round in 0..5 {
+        let shared = tempfile::tempdir().unwrap();
+        let toml = format!(
+            "[tenants.together]\ndatabase_url = \"sqlite://{}/together.db\"\n",
+            shared.path().display()
+        );
+        let control = format!("sqlite://{}/control.db?mode=rwc", shared.path().display());
+        let replica = || AppSpec::from_toml(&toml).env("CONTROL_DATABASE_URL", &control);
+        let (a, b) = tokio::join!(spawn_app_with(replica()), spawn_app_with(replica()));
+        let first = |app: &TestApp| {
+            app.as_tenant(Method::GET, "together", "/api/products")
+                .send()
+        };
+        let (from_a, from_b) = tokio::join!(first(&a), first(&b));
+        assert_eq!(from_a.unwrap().status(), 200, "round {round}");
+        assert_eq!(from_b.unwrap().status(), 200, "round {round}");
+    }
+}
