@@ -31,6 +31,21 @@ fn command(cwd: &Path, envs: &[(&str, &str)]) -> Command {
     cmd
 }
 
+/// A temporary directory with a tenants.toml of one tenant, `id`, on a SQLite file
+/// beside it.
+fn dir_with_sqlite_tenant(id: &str) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("tenants.toml"),
+        format!(
+            "[tenants.{id}]\ndatabase_url = 'sqlite://{}/{id}.db'\n",
+            dir.path().display()
+        ),
+    )
+    .unwrap();
+    dir
+}
+
 /// Runs the binary expecting it to refuse to start; returns its stderr.
 fn refused_start(tenants_toml: &str) -> String {
     let dir = tempfile::tempdir().unwrap();
@@ -281,15 +296,7 @@ fn no_response_and_no_log_line_holds_a_database_password() {
 
 #[test]
 fn sigterm_closes_the_server_cleanly() {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(
-        dir.path().join("tenants.toml"),
-        format!(
-            "[tenants.demo]\ndatabase_url = 'sqlite://{}/demo.db'\n",
-            dir.path().display()
-        ),
-    )
-    .unwrap();
+    let dir = dir_with_sqlite_tenant("demo");
     let mut server = Server::start(command(dir.path(), &[]));
     let rt = tokio::runtime::Runtime::new().unwrap();
     let status = rt.block_on(async {
@@ -489,15 +496,7 @@ fn migrate_all_carries_on_past_a_broken_tenant_and_a_second_run_finishes() {
 
 #[test]
 fn migrate_dry_run_reports_pending_and_changes_nothing() {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(
-        dir.path().join("tenants.toml"),
-        format!(
-            "[tenants.one]\ndatabase_url = 'sqlite://{}/one.db'\n",
-            dir.path().display()
-        ),
-    )
-    .unwrap();
+    let dir = dir_with_sqlite_tenant("one");
     let report = dir.path().join("dry.json");
     for _ in 0..2 {
         let (code, _, stderr) = run(
@@ -526,15 +525,7 @@ fn migrate_dry_run_reports_pending_and_changes_nothing() {
 
 #[test]
 fn tenant_commands_manage_the_control_database() {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(
-        dir.path().join("tenants.toml"),
-        format!(
-            "[tenants.from_file]\ndatabase_url = 'sqlite://{}/from_file.db'\n",
-            dir.path().display()
-        ),
-    )
-    .unwrap();
+    let dir = dir_with_sqlite_tenant("from_file");
     let url = format!("sqlite://{}/cli_made.db", dir.path().display());
     let (code, stdout, stderr) = run(
         dir.path(),
@@ -589,15 +580,7 @@ fn no_password_token_or_key_reaches_a_log_line() {
     const WRONG: &str = "Wr0ng-guess-pw-123";
     const SECOND: &str = "Another-s3cret-pw";
     const CHANGED: &str = "Changed-s3cret-pw";
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(
-        dir.path().join("tenants.toml"),
-        format!(
-            "[tenants.alpha]\ndatabase_url = 'sqlite://{}/alpha.db'\n",
-            dir.path().display()
-        ),
-    )
-    .unwrap();
+    let dir = dir_with_sqlite_tenant("alpha");
     let mut server = Server::start(command(
         dir.path(),
         &[
@@ -719,15 +702,7 @@ fn run_with(cwd: &Path, envs: &[(&str, &str)], args: &[&str], stdin: &str) -> (i
 
 #[test]
 fn the_cli_gives_a_new_tenant_its_owner_and_a_file_tenant_its_users() {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(
-        dir.path().join("tenants.toml"),
-        format!(
-            "[tenants.from_file]\ndatabase_url = 'sqlite://{}/from_file.db'\n",
-            dir.path().display()
-        ),
-    )
-    .unwrap();
+    let dir = dir_with_sqlite_tenant("from_file");
     let url = format!("sqlite://{}/cli_owned.db", dir.path().display());
     let create = [
         "tenants",
@@ -801,15 +776,7 @@ fn the_cli_gives_a_new_tenant_its_owner_and_a_file_tenant_its_users() {
 
 #[test]
 fn production_refuses_to_start_without_a_jwt_secret_and_auth_mode_none_warns() {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(
-        dir.path().join("tenants.toml"),
-        format!(
-            "[tenants.a]\ndatabase_url = 'sqlite://{}/a.db'\n",
-            dir.path().display()
-        ),
-    )
-    .unwrap();
+    let dir = dir_with_sqlite_tenant("a");
     let output = command(
         dir.path(),
         &[("APP_ENV", "production"), ("AUTH_MODE", "jwt")],
