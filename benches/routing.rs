@@ -13,7 +13,9 @@ use std::{
 mod common;
 
 use axum::http::Request;
-use common::{env_or, median, process_threads, seed, settings, start, throughput};
+use common::{
+    env_or, login_token, median, process_threads, seed, seed_as, settings, start, throughput_as,
+};
 use tenant_router::{
     auth::{JwtKey, Role},
     identify::identify_tenant,
@@ -132,14 +134,15 @@ async fn routing_cost(tenants: u64) {
     println!("  {:<22} {:>8.3} µs", "access token check", ns / 1000.0);
 }
 
-async fn routed_app(dir: &Path, tenants: u64) -> String {
+async fn routed_app(dir: &Path, tenants: u64, extra: &[(&str, String)]) -> String {
     let tenants_file = dir.join("tenants.toml");
     std::fs::write(&tenants_file, tenants_toml(tenants, &dir.join("data"))).expect("write");
-    start(settings(&[
+    let mut env = vec![
         ("TENANTS_FILE", tenants_file.display().to_string()),
         ("MAX_OPEN_POOLS", tenants.to_string()),
-    ]))
-    .await
+    ];
+    env.extend_from_slice(extra);
+    start(settings(&env)).await
 }
 
 /// Three services with the same handler: routed over `tenants` tenants, routed
@@ -149,8 +152,19 @@ async fn http_comparison(tenants: u64, concurrency: u64, seconds: u64, rounds: u
     let dir = tempfile::tempdir().expect("temp dir");
     std::fs::create_dir_all(dir.path().join("many")).expect("dir");
     std::fs::create_dir_all(dir.path().join("one")).expect("dir");
-    let many_addr = routed_app(&dir.path().join("many"), tenants).await;
-    let one_addr = routed_app(&dir.path().join("one"), 1).await;
+    std::fs::create_dir_all(dir.path().join("one_jwt")).expect("dir");
+    let many_addr = routed_app(&dir.path().join("many"), tenants, &[]).await;
+    let one_addr = routed_app(&dir.path().join("one"), 1, &[]).await;
+    // The one-tenant service again, with authentication on: what a token costs.
+    let jwt_addr = routed_app(
+        &dir.path().join("one_jwt"),
+        1,
+        &[
+            ("AUTH_MODE", "jwt".into()),
+            ("JWT_SECRET", "bench-jwt-secret-0123456789abcdef0123".into()),
+        ],
+    )
+    .await;
     let single_addr = start(settings(&[
         ("MULTI_TENANT_ENABLED", "false".into()),
         (
@@ -167,35 +181,38 @@ async fn http_comparison(tenants: u64, concurrency: u64, seconds: u64, rounds: u
     let one = vec!["tenant_0000".to_string()];
     seed(&one_addr, Some(&one[0]), 10).await;
     seed(&single_addr, None, 10).await;
+    let token = login_token(&jwt_addr, &one[0]).await;
+    seed_as(&jwt_addr, Some(&one[0]), Some(&token), 10).await;
 
     println!(
         "\n== HTTP throughput, GET /api/products?limit=10 ({concurrency} connections, \
          {seconds} s x {rounds} rounds each, interleaved)"
     );
-    let targets: [(&str, &str, &[String]); 3] = [
-        ("routed, many tenants", &many_addr, &ids),
-        ("routed, one tenant", &one_addr, &one),
-        ("single pool", &single_addr, &[]),
+    let targets: [(&str, &str, &[String], Option<&str>); 4] = [
+        ("routed, many tenants", &many_addr, &ids, None),
+        ("routed, one tenant", &one_addr, &one, None),
+        ("single pool", &single_addr, &[], None),
+        ("one tenant, jwt", &jwt_addr, &one, Some(&token)),
     ];
-    // BENCH_PROFILE=N: load only target N (0, 1 or 2) for a profiler, then stop.
+    // BENCH_PROFILE=N: load only target N (0 to 3) for a profiler, then stop.
     if let Some(n) = std::env::var("BENCH_PROFILE")
         .ok()
         .and_then(|v| v.parse::<usize>().ok())
     {
-        let (name, address, ids) = targets[n.min(2)];
-        let (rate, _) = throughput(address, ids, concurrency, seconds).await;
+        let (name, address, ids, token) = targets[n.min(3)];
+        let (rate, _) = throughput_as(address, ids, token, concurrency, seconds).await;
         println!("  profile run, {name}: {rate:.0} req/s");
         return;
     }
     let mut rates: Vec<Vec<f64>> = vec![Vec::new(); targets.len()];
     let mut failed = 0;
-    for (_, address, ids) in &targets {
-        throughput(address, ids, concurrency, 1).await;
+    for (_, address, ids, token) in &targets {
+        throughput_as(address, ids, *token, concurrency, 1).await;
     }
     for round in 1..=rounds {
         let mut line = format!("  round {round}:");
-        for (i, (name, address, ids)) in targets.iter().enumerate() {
-            let (rate, errors) = throughput(address, ids, concurrency, seconds).await;
+        for (i, (name, address, ids, token)) in targets.iter().enumerate() {
+            let (rate, errors) = throughput_as(address, ids, *token, concurrency, seconds).await;
             failed += errors;
             rates[i].push(rate);
             line.push_str(&format!("  {name} {rate:>7.0}"));
@@ -215,6 +232,10 @@ async fn http_comparison(tenants: u64, concurrency: u64, seconds: u64, rounds: u
     println!(
         "  routed with one tenant / single pool: {:.1}% (the routing layer alone)",
         100.0 * medians[1] / single
+    );
+    println!(
+        "  one tenant with AUTH_MODE=jwt / without: {:.1}% (what checking a token costs)",
+        100.0 * medians[3] / medians[1]
     );
     println!("  failed requests: {failed}");
     println!("  threads in this process: {}", process_threads());

@@ -21,11 +21,41 @@ pub fn env_or(name: &str, default: u64) -> u64 {
         .unwrap_or(default)
 }
 
+pub const BENCH_ADMIN_TOKEN: &str = "bench-admin-token-0123456789";
+
+/// Gives `tenant` a staff user through the admin route and logs it in: the token.
+pub async fn login_token(address: &str, tenant: &str) -> String {
+    let client = reqwest::Client::new();
+    let credentials = serde_json::json!({ "username": "bench", "password": "bench-password" });
+    let mut user = credentials.clone();
+    user["role"] = "staff".into();
+    let status = client
+        .post(format!("{address}/api/admin/tenants/{tenant}/users"))
+        .bearer_auth(BENCH_ADMIN_TOKEN)
+        .json(&user)
+        .send()
+        .await
+        .expect("add user")
+        .status();
+    assert_eq!(status, 201, "adding the bench user");
+    let body: serde_json::Value = client
+        .post(format!("{address}/api/auth/login"))
+        .header("X-Tenant-ID", tenant)
+        .json(&credentials)
+        .send()
+        .await
+        .expect("login")
+        .json()
+        .await
+        .expect("login answer");
+    body["access_token"].as_str().expect("token").to_string()
+}
+
 pub fn settings(env: &[(&str, String)]) -> Settings {
     let mut map: HashMap<String, String> = HashMap::from([
         ("PORT".into(), "0".into()),
         ("SETTINGS_FILE".into(), String::new()),
-        ("ADMIN_TOKEN".into(), "bench-admin-token-0123456789".into()),
+        ("ADMIN_TOKEN".into(), BENCH_ADMIN_TOKEN.into()),
         // The ratios compare routing, on both sides alike; the routing benchmark
         // times token checks on their own.
         ("AUTH_MODE".into(), "none".into()),
@@ -60,6 +90,18 @@ pub async fn throughput(
     concurrency: u64,
     seconds: u64,
 ) -> (f64, u64) {
+    throughput_as(address, tenants, None, concurrency, seconds).await
+}
+
+/// [`throughput`] with `Authorization: Bearer <token>` on every request.
+pub async fn throughput_as(
+    address: &str,
+    tenants: &[String],
+    token: Option<&str>,
+    concurrency: u64,
+    seconds: u64,
+) -> (f64, u64) {
+    let token: Option<Arc<str>> = token.map(Arc::from);
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(concurrency as usize)
         .build()
@@ -71,18 +113,22 @@ pub async fn throughput(
     let tenants: Arc<Vec<String>> = Arc::new(tenants.to_vec());
     let workers: Vec<_> = (0..concurrency)
         .map(|w| {
-            let (client, stop, done, errors, url, tenants) = (
+            let (client, stop, done, errors, url, tenants, token) = (
                 client.clone(),
                 stop.clone(),
                 done.clone(),
                 errors.clone(),
                 url.clone(),
                 tenants.clone(),
+                token.clone(),
             );
             tokio::spawn(async move {
                 let mut i = w as usize;
                 while !stop.load(Ordering::Relaxed) {
                     let mut request = client.get(&url);
+                    if let Some(token) = &token {
+                        request = request.bearer_auth(token);
+                    }
                     if !tenants.is_empty() {
                         request = request.header("X-Tenant-ID", &tenants[i % tenants.len()]);
                         i += concurrency as usize;
@@ -114,11 +160,19 @@ pub async fn throughput(
 }
 
 pub async fn seed(address: &str, tenant: Option<&str>, products: usize) {
+    seed_as(address, tenant, None, products).await
+}
+
+/// [`seed`] with `Authorization: Bearer <token>`.
+pub async fn seed_as(address: &str, tenant: Option<&str>, token: Option<&str>, products: usize) {
     let client = reqwest::Client::new();
     for n in 0..products {
         let mut request = client
             .post(format!("{address}/api/products"))
             .json(&serde_json::json!({ "name": format!("Product {n}"), "price": 10.0 + n as f64 }));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
         if let Some(t) = tenant {
             request = request.header("X-Tenant-ID", t);
         }
