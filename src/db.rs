@@ -44,7 +44,21 @@ pub async fn open_pool(
         // tenant sharing this database keeps its tables.
         options.set_schema_search_path(quote_ident(&schema));
     }
-    let db = tokio::time::timeout(settings.connect_timeout, Database::connect(options))
+    let connect = async {
+        let mut tries = 0;
+        loop {
+            match Database::connect(options.clone()).await {
+                // Another process (a second replica, the CLI) holds the new SQLite
+                // file while it migrates it, and switching to WAL does not wait.
+                Err(e) if is_sqlite_busy(&e) && tries < 40 => {
+                    tries += 1;
+                    tokio::time::sleep(Duration::from_millis(25)).await;
+                }
+                other => return other,
+            }
+        }
+    };
+    let db = tokio::time::timeout(settings.connect_timeout, connect)
         .await
         .map_err(|_| DbErr::Custom("connecting to the tenant database timed out".into()))??;
     if settings.auto_migrate {
@@ -317,6 +331,11 @@ pub fn quote_ident(name: &str) -> String {
 }
 
 /// The SQLSTATE of a database error, if the error came from the server.
+/// SQLite's "database is locked" (SQLITE_BUSY, and its extended codes).
+fn is_sqlite_busy(err: &DbErr) -> bool {
+    sql_state(err).is_some_and(|code| code.parse::<i32>().is_ok_and(|c| c & 0xff == 5))
+}
+
 pub fn sql_state(err: &DbErr) -> Option<String> {
     sqlx_error(err).and_then(|e| match e {
         sea_orm::sqlx::Error::Database(db) => db.code().map(|c| c.into_owned()),

@@ -4,7 +4,9 @@
 use axum::{Json, extract::State, http::StatusCode, routing::get};
 use chrono::Utc;
 use sea_orm::{
-    ActiveModelTrait, ActiveValue::Set, EntityTrait, QueryOrder, QuerySelect, TransactionTrait,
+    ActiveModelTrait, ActiveValue::Set, ColumnTrait, Condition, ConnectionTrait,
+    DatabaseTransaction, DbBackend, EntityTrait, QueryFilter, QueryOrder, QuerySelect,
+    TransactionTrait, sea_query::Expr,
 };
 use serde::Deserialize;
 
@@ -118,6 +120,7 @@ async fn update(
     };
 
     let txn = db.begin().await?;
+    lock_for_change(&txn, id).await?;
     let existing = user::Entity::find_by_id(id)
         .one(&txn)
         .await?
@@ -159,4 +162,31 @@ async fn update(
     // Its tokens carry the new role, or stop working, from the next request on.
     state.auth.forget_user(&tenant.config.id, id).await;
     Ok(Json(updated.into()))
+}
+
+/// Takes the locks a change of user `id` needs before anything is read, so that two
+/// changes at once queue instead of failing or racing past the last-owner check.
+/// SQLite: a no-op write takes the database's write lock (a read first would pin a
+/// snapshot that the other writer's commit makes stale). PostgreSQL: the owners'
+/// rows and the user's, locked in id order so that two such changes cannot deadlock.
+async fn lock_for_change(txn: &DatabaseTransaction, id: uuid::Uuid) -> Result<()> {
+    if txn.get_database_backend() == DbBackend::Sqlite {
+        user::Entity::update_many()
+            .col_expr(user::Column::UpdatedAt, Expr::col(user::Column::UpdatedAt))
+            .filter(user::Column::Id.eq(id))
+            .exec(txn)
+            .await?;
+    } else {
+        user::Entity::find()
+            .filter(
+                Condition::any()
+                    .add(user::Column::Role.eq(Role::Owner.as_str()))
+                    .add(user::Column::Id.eq(id)),
+            )
+            .order_by_asc(user::Column::Id)
+            .lock_exclusive()
+            .all(txn)
+            .await?;
+    }
+    Ok(())
 }

@@ -21,6 +21,7 @@ crate::on_every_backend!(
     a_credential_alone_routes_the_request_to_its_tenant,
     each_role_reaches_exactly_what_it_may,
     every_write_leaves_exactly_one_audit_row_with_its_actor,
+    two_owners_demoting_each_other_at_once_leave_one,
 );
 
 const ALL_FEATURES: &str = "features = [\"patient_management\", \"treatment_tracking\", \
@@ -1026,4 +1027,65 @@ async fn replicas_sharing_the_key_accept_each_others_tokens_and_deactivation_rea
     assert_error(products(&a).await.unwrap(), 401, "unauthorized").await;
     tokio::time::sleep(Duration::from_millis(1_300)).await;
     assert_error(products(&b).await.unwrap(), 401, "unauthorized").await;
+}
+
+async fn two_owners_demoting_each_other_at_once_leave_one(backend: Backend) {
+    // The race is a matter of timing: several fresh rounds.
+    for round in 0..4 {
+        let app = auth_app(|s| s.on(backend)).await;
+        let olivia_id = json_of(
+            app.as_tenant(Method::GET, "alpha", "/api/auth/me")
+                .bearer_auth(app.login("alpha", "olivia", OWNER_PASSWORD).await),
+        )
+        .await["id"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let second_id = app
+            .add_user("alpha", "second", "second-password", "owner")
+            .await;
+        let olivia = app.login("alpha", "olivia", OWNER_PASSWORD).await;
+        let second = app.login("alpha", "second", "second-password").await;
+        let demote = |token: &str, id: &str| {
+            app.as_tenant(Method::PATCH, "alpha", &format!("/api/users/{id}"))
+                .bearer_auth(token)
+                .json(&json!({ "role": "staff" }))
+                .send()
+        };
+        let (first, other) = tokio::join!(demote(&olivia, &second_id), demote(&second, &olivia_id));
+        let statuses = [
+            first.unwrap().status().as_u16(),
+            other.unwrap().status().as_u16(),
+        ];
+        // Whoever is still an owner can list the users; count the owners.
+        let mut owners = None;
+        for token in [&olivia, &second] {
+            let response = app
+                .as_tenant(Method::GET, "alpha", "/api/users")
+                .bearer_auth(token)
+                .send()
+                .await
+                .unwrap();
+            if response.status() == 200 {
+                let users: Value = response.json().await.unwrap();
+                owners = Some(
+                    users["items"]
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .filter(|u| u["role"] == "owner" && u["is_active"] == true)
+                        .count(),
+                );
+            }
+        }
+        assert_eq!(owners, Some(1), "round {round}: statuses {statuses:?}");
+        // One wins; the other is refused cleanly (409 last owner, or 403 when the
+        // winner's demotion already took its rights), never a 5xx from a lock clash.
+        let mut sorted = statuses;
+        sorted.sort_unstable();
+        assert!(
+            sorted == [200, 403] || sorted == [200, 409],
+            "round {round}: {statuses:?}"
+        );
+    }
 }
