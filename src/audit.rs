@@ -15,10 +15,7 @@ use axum::{
     response::{IntoResponse, Response},
 };
 use chrono::Utc;
-use sea_orm::{
-    ActiveModelTrait, ActiveValue::Set, ConnectionTrait, DatabaseConnection, DbErr,
-    TransactionTrait,
-};
+use sea_orm::{ActiveModelTrait, ActiveValue::Set, ConnectionTrait, DatabaseConnection, DbErr};
 use tracing::Instrument;
 
 use crate::{
@@ -68,7 +65,7 @@ pub async fn create_user_as_operator(
     new: NewUser,
     request_id: &str,
 ) -> Result<user::Model, AppError> {
-    let txn = db.begin().await?;
+    let txn = crate::db::begin_write(db).await?;
     let created = users::create(&txn, new, false).await?;
     record(
         &txn,

@@ -331,6 +331,22 @@ pub fn quote_ident(name: &str) -> String {
 }
 
 /// The SQLSTATE of a database error, if the error came from the server.
+/// Starts a transaction that will write. On SQLite it is `BEGIN IMMEDIATE`: the
+/// write lock is taken at the start, so two such transactions queue on the busy
+/// timeout instead of the second failing when it first writes after reading a
+/// snapshot the first has made stale. Other backends start as usual.
+pub async fn begin_write<C>(db: &C) -> Result<C::Transaction, DbErr>
+where
+    C: TransactionTrait + ConnectionTrait,
+{
+    let options = sea_orm::TransactionOptions {
+        sqlite_transaction_mode: (db.get_database_backend() == DbBackend::Sqlite)
+            .then_some(sea_orm::SqliteTransactionMode::Immediate),
+        ..Default::default()
+    };
+    db.begin_with_options(options).await
+}
+
 /// SQLite's "database is locked" (SQLITE_BUSY, and its extended codes).
 fn is_sqlite_busy(err: &DbErr) -> bool {
     sql_state(err).is_some_and(|code| code.parse::<i32>().is_ok_and(|c| c & 0xff == 5))

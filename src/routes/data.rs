@@ -7,7 +7,6 @@ use axum::{
     Json,
     routing::{get, post},
 };
-use sea_orm::TransactionTrait;
 use serde_json::{Value, json};
 
 use crate::{
@@ -37,7 +36,7 @@ async fn status(tenant: TenantContext, TenantDb(db, _lease): TenantDb) -> Result
 }
 
 async fn reset(tenant: TenantContext, TenantDb(db, _lease): TenantDb) -> Result<Json<Value>> {
-    let txn = db.begin().await?;
+    let txn = crate::db::begin_write(&db).await?;
     demo::clear(&txn).await?;
     txn.commit().await?;
     if tenant.config.demo {

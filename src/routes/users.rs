@@ -6,7 +6,6 @@ use chrono::Utc;
 use sea_orm::{
     ActiveModelTrait, ActiveValue::Set, ColumnTrait, Condition, ConnectionTrait,
     DatabaseTransaction, DbBackend, EntityTrait, QueryFilter, QueryOrder, QuerySelect,
-    TransactionTrait, sea_query::Expr,
 };
 use serde::Deserialize;
 
@@ -119,7 +118,7 @@ async fn update(
         None => None,
     };
 
-    let txn = db.begin().await?;
+    let txn = crate::db::begin_write(&db).await?;
     lock_for_change(&txn, id).await?;
     let existing = user::Entity::find_by_id(id)
         .one(&txn)
@@ -165,18 +164,11 @@ async fn update(
 }
 
 /// Takes the locks a change of user `id` needs before anything is read, so that two
-/// changes at once queue instead of failing or racing past the last-owner check.
-/// SQLite: a no-op write takes the database's write lock (a read first would pin a
-/// snapshot that the other writer's commit makes stale). PostgreSQL: the owners'
-/// rows and the user's, locked in id order so that two such changes cannot deadlock.
+/// changes at once queue instead of racing past the last-owner check. SQLite holds
+/// the write lock from `begin_write` on; PostgreSQL locks the owners' rows and the
+/// user's, in id order so that two such changes cannot deadlock.
 async fn lock_for_change(txn: &DatabaseTransaction, id: uuid::Uuid) -> Result<()> {
-    if txn.get_database_backend() == DbBackend::Sqlite {
-        user::Entity::update_many()
-            .col_expr(user::Column::UpdatedAt, Expr::col(user::Column::UpdatedAt))
-            .filter(user::Column::Id.eq(id))
-            .exec(txn)
-            .await?;
-    } else {
+    if txn.get_database_backend() != DbBackend::Sqlite {
         user::Entity::find()
             .filter(
                 Condition::any()

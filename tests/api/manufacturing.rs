@@ -215,7 +215,44 @@ async fn a_deleted_material_is_gone_and_cannot_go_into_a_bom(backend: Backend) {
     assert_eq!(error["error"]["field"], "items[0].material_id");
 }
 
+async fn orders_completed_at_once_share_the_stock_without_errors(backend: Backend) {
+    let app = spawn_app_on(backend).await;
+    // Stock for three of the four orders: 3 x 10 x 2 = 60 of 70 steel.
+    let (steel, paint) = (
+        material(&app, "Steel", 70.0).await,
+        material(&app, "Paint", 100.0).await,
+    );
+    let mut orders = Vec::new();
+    for _ in 0..4 {
+        let order = order_for(&app, &steel, &paint, 10.0).await;
+        let path = format!("/api/manufacturing/production-orders/{order}");
+        assert_eq!(
+            post(&app, &format!("{path}/start"), json!({}))
+                .await
+                .status(),
+            200
+        );
+        orders.push(format!("{path}/complete"));
+    }
+    let completions = orders.iter().map(|path| post(&app, path, json!({})));
+    let statuses: Vec<u16> = futures::future::join_all(completions)
+        .await
+        .iter()
+        .map(|r| r.status().as_u16())
+        .collect();
+    // Each is done or refused whole for short stock; none fails on a lock clash.
+    let done = statuses.iter().filter(|s| **s == 200).count();
+    assert_eq!(done, 3, "{statuses:?}");
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 409).count(),
+        1,
+        "{statuses:?}"
+    );
+    assert_eq!(stock_of(&app, &steel).await, 10.0);
+}
+
 crate::on_every_backend!(
+    orders_completed_at_once_share_the_stock_without_errors,
     a_deleted_material_is_gone_and_cannot_go_into_a_bom,
     completing_an_order_consumes_its_materials,
     an_order_short_of_any_material_is_refused_and_consumes_nothing,

@@ -7,7 +7,7 @@ use axum::{Json, http::StatusCode, routing::get};
 use chrono::Utc;
 use sea_orm::{
     ActiveModelTrait, ActiveValue::Set, ColumnTrait, DatabaseConnection, EntityTrait,
-    PaginatorTrait, QueryFilter, QueryOrder, QuerySelect, TransactionTrait,
+    PaginatorTrait, QueryFilter, QueryOrder, QuerySelect,
 };
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -162,7 +162,7 @@ async fn create(
     check_items(&db, &input.items).await?;
     let now = Utc::now();
     let id = Uuid::new_v4();
-    let txn = db.begin().await?;
+    let txn = crate::db::begin_write(&db).await?;
     bom::ActiveModel {
         id: Set(id),
         name: Set(name),

@@ -12,7 +12,7 @@ use chrono::Utc;
 use sea_orm::{
     ActiveModelTrait,
     ActiveValue::Set,
-    ColumnTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect, TransactionTrait,
+    ColumnTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect,
     sea_query::{Expr, ExprTrait},
 };
 use serde::{Deserialize, Serialize};
@@ -199,11 +199,14 @@ async fn start(IdPath(id): IdPath, TenantDb(db, _lease): TenantDb) -> Result<Jso
 /// Consumes the BOM's materials and marks the order done, in one transaction: a
 /// short material refuses the whole completion and consumes nothing.
 async fn complete(IdPath(id): IdPath, TenantDb(db, _lease): TenantDb) -> Result<Json<OrderView>> {
-    let txn = db.begin().await?;
+    let txn = crate::db::begin_write(&db).await?;
     let current = find(&txn, id).await?;
-    let (_, items) = boms::load(&txn, current.bom_id)
+    let (_, mut items) = boms::load(&txn, current.bom_id)
         .await?
         .ok_or_else(|| AppError::Conflict("the order's bill of materials was deleted".into()))?;
+    // Materials are locked in one order (by id) by every completion, so two
+    // completions sharing materials queue instead of deadlocking.
+    items.sort_by_key(|item| item.material_id);
     for item in &items {
         let needed = item.quantity * current.quantity;
         // Takes the stock only if there is enough of it, in the same statement.
