@@ -30,6 +30,54 @@ use crate::{
     telemetry::RequestId,
 };
 
+/// The audited writes still running, which shutdown waits for: a write whose client
+/// hung up runs on in a task of its own, and must not be cut off between its write
+/// and its audit row when the service stops.
+#[derive(Default)]
+pub struct WritesInFlight {
+    count: std::sync::atomic::AtomicUsize,
+    idle: tokio::sync::Notify,
+}
+
+/// Held while one write runs.
+pub struct WriteGuard(std::sync::Arc<WritesInFlight>);
+
+impl Drop for WriteGuard {
+    fn drop(&mut self) {
+        if self
+            .0
+            .count
+            .fetch_sub(1, std::sync::atomic::Ordering::AcqRel)
+            == 1
+        {
+            self.0.idle.notify_waiters();
+        }
+    }
+}
+
+impl WritesInFlight {
+    pub fn enter(self: &std::sync::Arc<Self>) -> WriteGuard {
+        self.count.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        WriteGuard(self.clone())
+    }
+
+    /// Waits until no write runs, or `limit` has passed.
+    pub async fn wait_idle(&self, limit: std::time::Duration) {
+        let wait = async {
+            loop {
+                let notified = self.idle.notified();
+                if self.count.load(std::sync::atomic::Ordering::Acquire) == 0 {
+                    return;
+                }
+                notified.await;
+            }
+        };
+        if tokio::time::timeout(limit, wait).await.is_err() {
+            tracing::warn!("shutting down with writes still running");
+        }
+    }
+}
+
 /// What one audit row says.
 #[derive(Debug, Clone)]
 pub struct AuditEvent<'a> {
@@ -65,8 +113,10 @@ pub async fn create_user_as_operator(
     new: NewUser,
     request_id: &str,
 ) -> Result<user::Model, AppError> {
+    // Hashing is slow: done before the transaction takes the write lock.
+    let prepared = users::prepare(new, false).await?;
     let txn = crate::db::begin_write(db).await?;
-    let created = users::create(&txn, new, false).await?;
+    let created = users::insert(&txn, prepared).await?;
     record(
         &txn,
         AuditEvent {
@@ -141,7 +191,9 @@ pub async fn record_writes(
 
     // The write and its row run in a task of their own: a client that hangs up
     // cancels the request's future, and must not cancel it between the two.
+    let guard = state.writes.enter();
     let task = async move {
+        let _guard = guard;
         let response = next.run(request).await;
         if !response.status().is_success() {
             return response;
@@ -234,6 +286,22 @@ mod tests {
                 "{path}"
             );
         }
+    }
+
+    #[tokio::test]
+    async fn shutdown_waits_for_writes_in_flight() {
+        let writes = std::sync::Arc::new(WritesInFlight::default());
+        writes.wait_idle(std::time::Duration::from_secs(5)).await;
+        let guard = writes.enter();
+        let started = std::time::Instant::now();
+        tokio::spawn(async move {
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            drop(guard);
+        });
+        writes.wait_idle(std::time::Duration::from_secs(5)).await;
+        let waited = started.elapsed();
+        assert!(waited >= std::time::Duration::from_millis(90), "{waited:?}");
+        assert!(waited < std::time::Duration::from_secs(5), "{waited:?}");
     }
 
     #[test]

@@ -91,28 +91,41 @@ pub async fn migrate(db: &DatabaseConnection, tenant: &TenantConfig) -> Result<(
     txn.commit().await
 }
 
-/// Runs a migration again when it failed, as it does when another process (a second
-/// replica starting at the same moment) applied the same migration first: SQLite
-/// has no advisory lock, so the loser sees a duplicate row in the migration table
-/// or a busy database. Its next run finds the migration applied. A real failure
-/// still fails, after three more tries.
+/// Runs a migration again when it lost a race with another process (a second
+/// replica starting at the same moment) applying the same migration: SQLite has no
+/// advisory lock, so the loser meets a busy database, a table that now exists, or a
+/// duplicate row in the migration table. Its next run finds the work done. Any other
+/// failure is returned at once; if the retries fail too, the first error is the one
+/// returned, since it names the cause.
 pub async fn retry_lost_race<F, Fut>(mut run: F) -> Result<(), DbErr>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<(), DbErr>>,
 {
-    let mut tries = 0u64;
-    loop {
+    let first = match run().await {
+        Ok(()) => return Ok(()),
+        Err(e) if lost_race(&e) => e,
+        Err(e) => return Err(e),
+    };
+    tracing::info!(error = %redact_error(&first), "migration met another process's; trying again");
+    for tries in 1..=5u64 {
+        tokio::time::sleep(Duration::from_millis(100 * tries)).await;
         match run().await {
             Ok(()) => return Ok(()),
-            Err(e) if tries < 3 => {
-                tries += 1;
-                tracing::info!(error = %redact_error(&e), tries, "migration failed; trying again in case another process was applying it");
-                tokio::time::sleep(std::time::Duration::from_millis(50 * tries)).await;
-            }
-            Err(e) => return Err(e),
+            Err(e) if lost_race(&e) => continue,
+            Err(_) => break,
         }
     }
+    Err(first)
+}
+
+/// What a migration running beside another one's meets.
+fn lost_race(err: &DbErr) -> bool {
+    is_sqlite_busy(err)
+        || is_unique_violation(err)
+        // PostgreSQL: duplicate table, schema or object; SQLite says it in words.
+        || sql_state(err).is_some_and(|c| matches!(c.as_str(), "42P07" | "42P06" | "42710"))
+        || redact_error(err).contains("already exists")
 }
 
 /// A stable 64-bit key for `name` (FNV-1a): the same in every replica and version.
@@ -345,6 +358,12 @@ where
         ..Default::default()
     };
     db.begin_with_options(options).await
+}
+
+/// A unique index refused the row (PostgreSQL 23505; SQLite's constraint codes for
+/// a unique index or primary key).
+pub fn is_unique_violation(err: &DbErr) -> bool {
+    sql_state(err).is_some_and(|code| matches!(code.as_str(), "23505" | "2067" | "1555"))
 }
 
 /// SQLite's "database is locked" (SQLITE_BUSY, and its extended codes).

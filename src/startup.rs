@@ -29,6 +29,8 @@ pub struct AppState {
     /// Provisioning and changes at run time (multi-tenant mode).
     pub lifecycle: Option<Arc<Lifecycle>>,
     pub auth: Arc<AuthService>,
+    /// Audited writes still running; shutdown waits for them.
+    pub writes: Arc<crate::audit::WritesInFlight>,
 }
 
 /// Why the service could not start.
@@ -138,6 +140,7 @@ impl Application {
             admin_token: Arc::new(admin_token),
             lifecycle,
             auth,
+            writes: Arc::default(),
         };
         let listener = TcpListener::bind((settings.host.as_str(), settings.port))
             .await
@@ -166,6 +169,7 @@ impl Application {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
         let registry = self.state.registry.clone();
+        let writes = self.state.writes.clone();
         // The peer address is what login throttling counts failures by.
         let service = self
             .router
@@ -173,6 +177,9 @@ impl Application {
         axum::serve(self.listener, service)
             .with_graceful_shutdown(shutdown)
             .await?;
+        // Writes whose clients left run on detached; let them finish with their
+        // audit rows before the pools close.
+        writes.wait_idle(std::time::Duration::from_secs(30)).await;
         registry.close_all().await;
         Ok(())
     }

@@ -163,6 +163,9 @@ pub struct AuthService {
     /// deactivation or demotion made through another replica takes effect within
     /// it (through this one, at once).
     pub users: Cache<(TenantId, uuid::Uuid), Option<Role>>,
+    /// When each user was last forgotten: a read that started before then may hold
+    /// the old role, and is not cached.
+    forgotten: Cache<(TenantId, uuid::Uuid), std::time::Instant>,
 }
 
 impl AuthService {
@@ -184,12 +187,20 @@ impl AuthService {
                 .max_capacity(100_000)
                 .time_to_live(recheck)
                 .build(),
+            forgotten: Cache::builder()
+                .max_capacity(100_000)
+                .time_to_live(recheck)
+                .build(),
         }
     }
 
-    /// Drops what is remembered of a user, after a change to it.
+    /// Drops what is remembered of a user, after a change to it has committed.
     pub async fn forget_user(&self, tenant: &TenantId, user: uuid::Uuid) {
-        self.users.invalidate(&(tenant.clone(), user)).await;
+        let key = (tenant.clone(), user);
+        self.forgotten
+            .insert(key.clone(), std::time::Instant::now())
+            .await;
+        self.users.invalidate(&key).await;
     }
 
     /// The user's current role, or `None` if the user is gone or deactivated.
@@ -204,14 +215,25 @@ impl AuthService {
             return Ok(known);
         }
         let (db, _lease) = state.registry.lease(config).await?;
+        let started = std::time::Instant::now();
         let role = user_row::Entity::find_by_id(user)
             .one(&db)
             .await?
             .filter(|u| u.is_active)
             .and_then(|u| Role::parse(&u.role));
-        self.users.insert(key, role).await;
+        // A change that committed while this read ran may not be in it: then the
+        // answer serves this request only, and the next one reads again.
+        let changed_meanwhile = self
+            .forgotten
+            .get(&key)
+            .await
+            .is_some_and(|at| at >= started);
+        if !changed_meanwhile {
+            self.users.insert(key, role).await;
+        }
         Ok(role)
     }
+
     /// The client's address, for login throttling.
     pub fn client_address(&self, parts: &Parts) -> String {
         if self.trust_forwarded_for

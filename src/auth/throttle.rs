@@ -92,8 +92,19 @@ impl LoginThrottle {
     /// attempt back.
     pub async fn succeeded(&self, user_key: &str, address_key: &str) {
         self.failures.invalidate(user_key).await;
+        self.take_back(address_key).await;
+    }
+
+    /// An attempt that checked no password (the database failed, the client left):
+    /// both keys get it back.
+    pub async fn give_back(&self, user_key: &str, address_key: &str) {
+        self.take_back(user_key).await;
+        self.take_back(address_key).await;
+    }
+
+    async fn take_back(&self, key: &str) {
         self.failures
-            .entry_by_ref(address_key)
+            .entry_by_ref(key)
             .and_compute_with(|old| {
                 let op = match old.map(|e| e.into_value()) {
                     Some((count, since)) if count > 1 => {
@@ -136,6 +147,21 @@ mod tests {
             allowed += usize::from(a.await.unwrap());
         }
         assert_eq!(allowed, 3);
+    }
+
+    #[tokio::test]
+    async fn an_attempt_given_back_does_not_count() {
+        let t = LoginThrottle::new(Duration::from_secs(60), 1, 1);
+        let (user, addr) = (
+            LoginThrottle::user_key("acme", "ann"),
+            LoginThrottle::address_key("10.0.0.1"),
+        );
+        for _ in 0..3 {
+            assert!(t.begin_attempt(&[&user, &addr]).await.is_ok());
+            t.give_back(&user, &addr).await;
+        }
+        assert!(t.begin_attempt(&[&user, &addr]).await.is_ok());
+        assert!(t.begin_attempt(&[&user, &addr]).await.is_err());
     }
 
     #[tokio::test]

@@ -100,30 +100,48 @@ pub async fn find_by_username(
         .await?)
 }
 
-/// Validates and stores a new user; a taken username is a 409 `conflict`. The
-/// password policy is not applied to `trusted` callers (the shipped demo user).
-pub async fn create(db: &impl ConnectionTrait, new: NewUser, trusted: bool) -> Result<user::Model> {
+/// A new user, checked and with its password hashed: ready to insert.
+pub struct PreparedUser {
+    username: String,
+    email: Option<String>,
+    password_hash: String,
+    role: Role,
+}
+
+/// Checks a new user and hashes its password; the slow half of [`create`], to run
+/// before a transaction opens. The password policy is not applied to `trusted`
+/// callers (the shipped demo user).
+pub async fn prepare(new: NewUser, trusted: bool) -> Result<PreparedUser> {
     let username = normalize_username(&new.username)?;
     let role = parse_role(&new.role)?;
     let email = optional_email("email", new.email.as_deref())?;
     if !trusted {
         password::check_policy(&new.password).map_err(|m| AppError::validation("password", m))?;
     }
-    if find_by_username(db, &username).await?.is_some() {
-        return Err(AppError::Conflict(format!(
-            "user '{username}' already exists"
-        )));
-    }
     let password_hash = password::hash_blocking(new.password)
         .await
         .map_err(AppError::internal)?;
+    Ok(PreparedUser {
+        username,
+        email,
+        password_hash,
+        role,
+    })
+}
+
+/// Stores a prepared user; a taken username is a 409 `conflict`.
+pub async fn insert(db: &impl ConnectionTrait, user: PreparedUser) -> Result<user::Model> {
+    let taken = || AppError::Conflict(format!("user '{}' already exists", user.username));
+    if find_by_username(db, &user.username).await?.is_some() {
+        return Err(taken());
+    }
     let now = Utc::now();
     let inserted = user::ActiveModel {
         id: Set(Uuid::new_v4()),
-        username: Set(username.clone()),
-        email: Set(email),
-        password_hash: Set(password_hash),
-        role: Set(role.as_str().into()),
+        username: Set(user.username.clone()),
+        email: Set(user.email.clone()),
+        password_hash: Set(user.password_hash.clone()),
+        role: Set(user.role.as_str().into()),
         is_active: Set(true),
         created_at: Set(now),
         updated_at: Set(now),
@@ -133,11 +151,15 @@ pub async fn create(db: &impl ConnectionTrait, new: NewUser, trusted: bool) -> R
     match inserted {
         Ok(model) => Ok(model),
         // Two creations of one name at once: the unique index lets one through.
-        Err(_) if find_by_username(db, &username).await?.is_some() => Err(AppError::Conflict(
-            format!("user '{username}' already exists"),
-        )),
+        // (No query here: on PostgreSQL the failed statement ended the transaction.)
+        Err(e) if crate::db::is_unique_violation(&e) => Err(taken()),
         Err(e) => Err(e.into()),
     }
+}
+
+/// Checks, hashes and stores a new user ([`prepare`] then [`insert`]).
+pub async fn create(db: &impl ConnectionTrait, new: NewUser, trusted: bool) -> Result<user::Model> {
+    insert(db, prepare(new, trusted).await?).await
 }
 
 /// Active owners other than `except`: the last one may not be demoted or deactivated.

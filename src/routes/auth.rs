@@ -51,12 +51,17 @@ async fn login(
         tracing::warn!(%address, "login refused: too many failures");
         return Err(AppError::TooManyRequests { retry_after_secs });
     }
+    let attempt = Attempt {
+        throttle: throttle.clone(),
+        keys: Some((user_key, address_key)),
+    };
     let user = users::find_by_username(&db, &username)
         .await?
         .filter(|u| u.is_active);
     let stored = user.as_ref().map(|u| u.password_hash.clone());
     // An unknown or inactive user costs the same hashing work as a wrong password.
     let verified = password::verify_blocking(input.password, stored).await;
+    let (user_key, address_key) = attempt.settle();
     let Some(user) = user.filter(|_| verified) else {
         tracing::warn!(%address, "login failed");
         return Err(AppError::LoginFailed);
@@ -80,6 +85,30 @@ async fn login(
         "expires_in": ttl,
         "role": role,
     })))
+}
+
+/// A login attempt counted before its password was checked. Unless it is settled
+/// (a password was checked), dropping it gives the attempt back: a database error
+/// or a client that left is no failed guess.
+struct Attempt {
+    throttle: LoginThrottle,
+    keys: Option<(String, String)>,
+}
+
+impl Attempt {
+    /// A password was checked: the attempt stands (the caller settles success).
+    fn settle(mut self) -> (String, String) {
+        self.keys.take().unwrap_or_default()
+    }
+}
+
+impl Drop for Attempt {
+    fn drop(&mut self) {
+        if let Some((user_key, address_key)) = self.keys.take() {
+            let throttle = self.throttle.clone();
+            tokio::spawn(async move { throttle.give_back(&user_key, &address_key).await });
+        }
+    }
 }
 
 async fn me(tenant: TenantContext, principal: Principal) -> Json<Value> {

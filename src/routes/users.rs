@@ -35,6 +35,17 @@ pub fn router() -> RouteSet {
     )
 }
 
+/// Users are made and changed by people: a leaked key must not be able to create
+/// a login, reset a password or raise a role (and then mint keys through it).
+fn refuse_keys(principal: &Principal) -> Result<()> {
+    if principal.kind == ActorKind::ApiKey {
+        return Err(AppError::Forbidden(
+            "users are managed by users, not by API keys".into(),
+        ));
+    }
+    Ok(())
+}
+
 fn not_found() -> AppError {
     AppError::NotFound("no user with that id".into())
 }
@@ -62,6 +73,7 @@ async fn create(
     TenantDb(db, _lease): TenantDb,
     ApiJson(input): ApiJson<NewUser>,
 ) -> Result<(StatusCode, Json<UserView>)> {
+    refuse_keys(&principal)?;
     if parse_role(&input.role)? > principal.role {
         return Err(outranked("granting this role"));
     }
@@ -95,6 +107,7 @@ async fn update(
     TenantDb(db, _lease): TenantDb,
     ApiJson(patch): ApiJson<UserPatch>,
 ) -> Result<Json<UserView>> {
+    refuse_keys(&principal)?;
     let new_role = patch.role.as_deref().map(parse_role).transpose()?;
     if new_role.is_some_and(|r| r > principal.role) {
         return Err(outranked("granting this role"));

@@ -22,6 +22,7 @@ crate::on_every_backend!(
     each_role_reaches_exactly_what_it_may,
     every_write_leaves_exactly_one_audit_row_with_its_actor,
     two_owners_demoting_each_other_at_once_leave_one,
+    one_username_created_twice_at_once_is_one_user_and_a_conflict,
 );
 
 const ALL_FEATURES: &str = "features = [\"patient_management\", \"treatment_tracking\", \
@@ -919,6 +920,16 @@ async fn keys_are_made_by_people_and_follow_their_maker() {
         .unwrap();
     assert_error(revoke, 403, "forbidden").await;
 
+    // Nor can it make a login to mint keys through.
+    let user = app
+        .as_tenant(Method::POST, "alpha", "/api/users")
+        .bearer_auth(&key_text)
+        .json(&json!({ "username": "sock-puppet", "password": "puppet-password", "role": "admin" }))
+        .send()
+        .await
+        .unwrap();
+    assert_error(user, 403, "forbidden").await;
+
     let me = || {
         app.as_tenant(Method::GET, "alpha", "/api/auth/me")
             .bearer_auth(&key_text)
@@ -1088,4 +1099,17 @@ async fn two_owners_demoting_each_other_at_once_leave_one(backend: Backend) {
             "round {round}: {statuses:?}"
         );
     }
+}
+
+async fn one_username_created_twice_at_once_is_one_user_and_a_conflict(backend: Backend) {
+    let app = auth_app(|s| s.on(backend)).await;
+    let create = || {
+        app.admin(Method::POST, "/api/admin/tenants/alpha/users")
+            .json(&json!({ "username": "twin", "password": "twin-password", "role": "staff" }))
+            .send()
+    };
+    let (a, b) = tokio::join!(create(), create());
+    let mut statuses = [a.unwrap().status().as_u16(), b.unwrap().status().as_u16()];
+    statuses.sort_unstable();
+    assert_eq!(statuses, [201, 409]);
 }
