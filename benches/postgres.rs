@@ -132,7 +132,7 @@ async fn memory(label: &str, toml: &str, open_prefix: &str) {
     let registry = TenantRegistry::new(tenants, {
         let mut p = settings(&[]).pools();
         p.max_open_pools = 20_000;
-        p.default_max_connections = 1;
+        p.max_connections_per_tenant = 1;
         p
     });
     let registered = rss_mib();
@@ -141,7 +141,7 @@ async fn memory(label: &str, toml: &str, open_prefix: &str) {
             let registry = registry.clone();
             async move {
                 let config = registry.get(id.as_str()).expect("registered");
-                registry.pool(&config).await.expect("pool opens");
+                registry.connect(&config).await.expect("tenant ready");
             }
         })
         .buffer_unordered(16)

@@ -108,14 +108,14 @@ async fn routing_cost(tenants: u64) {
 
     // The warm pool lookup that follows identification on every request.
     let config = registry.get(&probe).expect("registered");
-    registry.pool(&config).await.expect("pool opens");
+    registry.connect(&config).await.expect("tenant ready");
     let rounds = 200_000u32;
     let started = Instant::now();
     for _ in 0..rounds {
-        black_box(registry.pool(&config).await.expect("warm pool"));
+        black_box(registry.connect(&config).await.expect("warm checkout"));
     }
     let ns = started.elapsed().as_nanos() as f64 / rounds as f64;
-    println!("  {:<22} {:>8.3} µs", "warm pool lookup", ns / 1000.0);
+    println!("  {:<22} {:>8.3} µs", "warm checkout", ns / 1000.0);
 
     // What AUTH_MODE=jwt adds: the token's signature and claims.
     let key = JwtKey::new(&[42u8; 32]).expect("key");

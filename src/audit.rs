@@ -15,7 +15,7 @@ use axum::{
     response::{IntoResponse, Response},
 };
 use chrono::Utc;
-use sea_orm::{ActiveModelTrait, ActiveValue::Set, ConnectionTrait, DatabaseConnection, DbErr};
+use sea_orm::{ActiveModelTrait, ActiveValue::Set, ConnectionTrait, DbErr, TransactionSession};
 use tracing::Instrument;
 
 use crate::{
@@ -108,11 +108,14 @@ pub async fn record(db: &impl ConnectionTrait, event: AuditEvent<'_>) -> Result<
 
 /// Creates a user for the operator (admin route, provisioning, CLI) and its audit
 /// row, in one transaction: both or neither.
-pub async fn create_user_as_operator(
-    db: &DatabaseConnection,
+pub async fn create_user_as_operator<C>(
+    db: &C,
     new: NewUser,
     request_id: &str,
-) -> Result<user::Model, AppError> {
+) -> Result<user::Model, AppError>
+where
+    C: ConnectionTrait + sea_orm::TransactionTrait,
+{
     // Hashing is slow: done before the transaction takes the write lock.
     let prepared = users::prepare(new, false).await?;
     let txn = crate::db::begin_write(db).await?;
@@ -210,8 +213,8 @@ pub async fn record_writes(
             action: &action,
             request_id: &request_id,
         };
-        let written = match state.registry.lease(&tenant.config).await {
-            Ok((db, _lease)) => record(&db, event)
+        let written = match state.registry.connect(&tenant.config).await {
+            Ok(db) => record(&db, event)
                 .await
                 .map_err(|e| crate::db::redact_error(&e)),
             Err(e) => Err(e.to_string()),

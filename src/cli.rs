@@ -316,13 +316,13 @@ async fn add_user(ctx: &Context, args: AddUserArgs) -> Result<(), String> {
         email: args.email,
         role: args.role,
     };
-    let (db, lease) = ctx
+    let db = ctx
         .registry
-        .lease(&tenant)
+        .connect(&tenant)
         .await
         .map_err(|e| e.to_string())?;
     let created = crate::audit::create_user_as_operator(&db, new, "cli").await;
-    drop(lease);
+    drop(db);
     ctx.registry.close_all().await;
     let user = created.map_err(|e| e.to_string())?;
     println!("added {} ({}) to {}", user.username, user.role, tenant.id);

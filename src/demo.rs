@@ -4,9 +4,7 @@
 //! supplies; a manufacturing tenant materials, a bill of materials and an order.
 
 use chrono::{Datelike, Months, NaiveDate, Utc};
-use sea_orm::{
-    ActiveValue::Set, ConnectionTrait, DatabaseConnection, DbErr, EntityTrait, PaginatorTrait,
-};
+use sea_orm::{ActiveValue::Set, ConnectionTrait, DbErr, EntityTrait, PaginatorTrait};
 
 use crate::{
     entities::{
@@ -18,7 +16,7 @@ use crate::{
 
 /// Whether the tenant's database holds no business data yet: a demo tenant is
 /// seeded only then, so that what a visitor adds is never doubled up.
-pub async fn is_empty(db: &DatabaseConnection) -> Result<bool, DbErr> {
+pub async fn is_empty(db: &impl ConnectionTrait) -> Result<bool, DbErr> {
     Ok(product::Entity::find().count(db).await? == 0
         && cash_flow_entry::Entity::find().count(db).await? == 0)
 }
@@ -42,7 +40,10 @@ const MATERIALS: [(&str, &str, f64); 3] = [
 ];
 
 /// Inserts the sample rows the tenant's features call for.
-pub async fn seed(db: &DatabaseConnection, tenant: &TenantConfig) -> Result<(), DbErr> {
+pub async fn seed<C: ConnectionTrait + sea_orm::TransactionTrait>(
+    db: &C,
+    tenant: &TenantConfig,
+) -> Result<(), DbErr> {
     let now = Utc::now();
     product::Entity::insert_many(PRODUCTS.map(|(name, cents)| product::ActiveModel {
         id: Set(uuid::Uuid::new_v4()),
@@ -238,7 +239,7 @@ pub const DEMO_PASSWORD: &str = "demo123";
 
 /// Creates the demo login (an admin) if the tenant has no user of that name. Never
 /// with `APP_ENV=production`: a well-known password has no place there.
-pub async fn ensure_demo_user(db: &DatabaseConnection) -> Result<(), DbErr> {
+pub async fn ensure_demo_user(db: &impl ConnectionTrait) -> Result<(), DbErr> {
     let new = crate::auth::users::NewUser {
         username: DEMO_USERNAME.into(),
         password: DEMO_PASSWORD.into(),

@@ -7,10 +7,9 @@ use axum::{
     extract::{FromRequest, FromRequestParts, Request},
     http::{header, request::Parts},
 };
-use sea_orm::DatabaseConnection;
 use serde::de::DeserializeOwned;
 
-use crate::{error::AppError, identify::TenantContext, startup::AppState, tenant::PoolLease};
+use crate::{db::conn::TenantConn, error::AppError, identify::TenantContext, startup::AppState};
 
 /// Largest JSON body accepted.
 const MAX_BODY_BYTES: usize = 256 * 1024;
@@ -137,10 +136,9 @@ impl<S: Send + Sync> FromRequestParts<S> for TenantPath {
     }
 }
 
-/// The identified tenant's pool, opened on first use, and a lease that keeps it
-/// open while the handler runs: bind it (`TenantDb(db, _lease)`), so that it lives
-/// to the end of the handler.
-pub struct TenantDb(pub DatabaseConnection, pub PoolLease);
+/// A connection to the identified tenant's data, pointed at its schema, held for
+/// the handler's whole run and given back to its pool when dropped.
+pub struct TenantDb(pub TenantConn);
 
 impl FromRequestParts<AppState> for TenantDb {
     type Rejection = AppError;
@@ -150,8 +148,7 @@ impl FromRequestParts<AppState> for TenantDb {
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
         let ctx = TenantContext::from_request_parts(parts, state).await?;
-        let (db, lease) = state.registry.lease(&ctx.config).await?;
-        Ok(TenantDb(db, lease))
+        state.registry.connect(&ctx.config).await.map(TenantDb)
     }
 }
 

@@ -25,6 +25,9 @@ pub const ENV_KEYS: &[&str] = &[
     "POOL_IDLE_TIMEOUT_SECS",
     "MAX_OPEN_POOLS",
     "DEFAULT_MAX_CONNECTIONS",
+    "MAX_CONNECTIONS_PER_TENANT",
+    "MAX_CONNECTIONS_PER_SERVER",
+    "CONNECTION_IDLE_TIMEOUT_SECS",
     "POOL_CONNECT_TIMEOUT_SECS",
     "POOL_ACQUIRE_TIMEOUT_SECS",
     "AUTO_MIGRATE",
@@ -56,6 +59,7 @@ pub const ENV_KEYS: &[&str] = &[
 pub const SETTINGS_FILE_ENV: &str = "SETTINGS_FILE";
 const DEFAULT_SETTINGS_FILE: &str = "settings.toml";
 const DEFAULT_TENANTS_FILE: &str = "tenants.toml";
+const DEFAULT_MAX_CONNECTIONS_PER_TENANT: u32 = 10;
 
 /// Everything the service can be told at start-up.
 #[derive(Debug, Clone, Deserialize)]
@@ -73,7 +77,16 @@ pub struct Settings {
     pub log_level: String,
     pub pool_idle_timeout_secs: u64,
     pub max_open_pools: u64,
-    pub default_max_connections: u32,
+    /// Older name of `max_connections_per_tenant`, still read when that is unset.
+    pub default_max_connections: Option<u32>,
+    /// Connections one tenant may hold at once, unless it sets `max_connections`.
+    pub max_connections_per_tenant: Option<u32>,
+    /// Connections the router may hold on one server; 0: read from the server
+    /// (`max_connections` less the reserved ones and a margin). SQLite files count
+    /// as one server, 64 by default.
+    pub max_connections_per_server: u32,
+    /// How long a connection may sit idle in its pool before it is closed.
+    pub connection_idle_timeout_secs: u64,
     pub pool_connect_timeout_secs: u64,
     pub pool_acquire_timeout_secs: u64,
     pub auto_migrate: bool,
@@ -163,7 +176,8 @@ impl Settings {
             .and_then(|b| b.set_default("log_level", "info"))
             .and_then(|b| b.set_default("pool_idle_timeout_secs", 300))
             .and_then(|b| b.set_default("max_open_pools", 100))
-            .and_then(|b| b.set_default("default_max_connections", 5))
+            .and_then(|b| b.set_default("max_connections_per_server", 0))
+            .and_then(|b| b.set_default("connection_idle_timeout_secs", 10))
             .and_then(|b| b.set_default("pool_connect_timeout_secs", 5))
             .and_then(|b| b.set_default("pool_acquire_timeout_secs", 5))
             .and_then(|b| b.set_default("auto_migrate", true))
@@ -210,8 +224,19 @@ impl Settings {
         if self.pool_idle_timeout_secs == 0 {
             return Err("settings: POOL_IDLE_TIMEOUT_SECS must be at least 1".into());
         }
-        if !(1..=1000).contains(&self.default_max_connections) {
-            return Err("settings: DEFAULT_MAX_CONNECTIONS must be within 1..=1000".into());
+        for (name, value) in [
+            (
+                "MAX_CONNECTIONS_PER_TENANT",
+                self.max_connections_per_tenant,
+            ),
+            ("DEFAULT_MAX_CONNECTIONS", self.default_max_connections),
+        ] {
+            if value.is_some_and(|n| !(1..=1000).contains(&n)) {
+                return Err(format!("settings: {name} must be within 1..=1000"));
+            }
+        }
+        if self.connection_idle_timeout_secs == 0 {
+            return Err("settings: CONNECTION_IDLE_TIMEOUT_SECS must be at least 1".into());
         }
         if self.base_domain.is_empty()
             || !self
@@ -373,7 +398,14 @@ impl Settings {
         PoolSettings {
             idle_timeout: Duration::from_secs(self.pool_idle_timeout_secs),
             max_open_pools: self.max_open_pools,
-            default_max_connections: self.default_max_connections,
+            max_connections_per_tenant: self
+                .max_connections_per_tenant
+                .or(self.default_max_connections)
+                .unwrap_or(DEFAULT_MAX_CONNECTIONS_PER_TENANT)
+                .max(1),
+            max_connections_per_server: (self.max_connections_per_server > 0)
+                .then_some(self.max_connections_per_server),
+            connection_idle_timeout: Duration::from_secs(self.connection_idle_timeout_secs.max(1)),
             connect_timeout: Duration::from_secs(self.pool_connect_timeout_secs.max(1)),
             acquire_timeout: Duration::from_secs(self.pool_acquire_timeout_secs.max(1)),
             auto_migrate: self.auto_migrate,
@@ -411,12 +443,17 @@ pub struct IdentifySettings {
     pub ignored_subdomains: Vec<String>,
 }
 
-/// Bounds on the tenant pools the registry keeps open.
+/// Bounds on the tenant handles and connections the registry keeps open.
 #[derive(Debug, Clone)]
 pub struct PoolSettings {
+    /// How long a tenant's handle lives unused.
     pub idle_timeout: Duration,
     pub max_open_pools: u64,
-    pub default_max_connections: u32,
+    pub max_connections_per_tenant: u32,
+    /// `None`: read from each server.
+    pub max_connections_per_server: Option<u32>,
+    /// How long a connection may sit idle in its pool before it is closed.
+    pub connection_idle_timeout: Duration,
     pub connect_timeout: Duration,
     pub acquire_timeout: Duration,
     pub auto_migrate: bool,

@@ -214,7 +214,7 @@ impl AuthService {
         if let Some(known) = self.users.get(&key).await {
             return Ok(known);
         }
-        let (db, _lease) = state.registry.lease(config).await?;
+        let db = state.registry.connect(config).await?;
         let started = std::time::Instant::now();
         let role = user_row::Entity::find_by_id(user)
             .one(&db)

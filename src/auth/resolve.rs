@@ -171,10 +171,12 @@ async fn check_api_key(
     config: &TenantConfig,
     key: &api_key::PresentedKey,
 ) -> Result<Principal, AppError> {
-    let (db, _lease) = state.registry.lease(config).await?;
-    let row = api_key_row::Entity::find_by_id(key.id)
-        .one(&db)
-        .await?
+    // One connection at a time: the creator's role below may need one of its own,
+    // and a tenant may be allowed a single connection.
+    let db = state.registry.connect(config).await?;
+    let found = api_key_row::Entity::find_by_id(key.id).one(&db).await;
+    drop(db);
+    let row = found?
         .filter(|row| row.revoked_at.is_none() && key.matches(&row.secret_hash))
         .ok_or_else(|| {
             tracing::info!(key_id = %key.id, "API key refused");
@@ -203,7 +205,11 @@ async fn check_api_key(
         let principal_name = row.name.clone();
         let mut active: api_key_row::ActiveModel = row.clone().into();
         active.last_used_at = Set(Some(now));
-        if let Err(e) = active.update(&db).await {
+        let updated = match state.registry.connect(config).await {
+            Ok(db) => active.update(&db).await.map(|_| ()),
+            Err(e) => Err(sea_orm::DbErr::Custom(e.to_string())),
+        };
+        if let Err(e) = updated {
             // Bookkeeping only: the key is valid, so the request goes on.
             tracing::warn!(error = %crate::db::redact_error(&e), key = %principal_name, "could not record the key's last use");
         }

@@ -76,7 +76,7 @@ async fn remove(
 }
 
 /// Each migration of the tenant's database with its status.
-async fn migration_list(db: &sea_orm::DatabaseConnection) -> Result<Vec<Value>> {
+async fn migration_list(db: &sea_orm::DatabaseConnection) -> Result<Vec<Value>, sea_orm::DbErr> {
     let list = Migrator::get_migration_with_status(db).await?;
     Ok(list
         .iter()
@@ -86,13 +86,18 @@ async fn migration_list(db: &sea_orm::DatabaseConnection) -> Result<Vec<Value>> 
 
 async fn migrate(State(state): State<AppState>, TenantPath(id): TenantPath) -> Result<Json<Value>> {
     let tenant = tenant_from_path(&state, &id)?;
-    let db = state.registry.pool(&tenant).await?;
-    let pending_before = Migrator::get_pending_migrations(&db).await?.len();
-    crate::db::migrate(&db, &tenant).await?;
+    let (applied, migrations) = state
+        .registry
+        .with_own_connection(&tenant, async |db| {
+            let pending_before = Migrator::get_pending_migrations(db).await?.len();
+            crate::db::migrate(db, &tenant).await?;
+            Ok((pending_before, migration_list(db).await?))
+        })
+        .await?;
     Ok(Json(json!({
         "tenant_id": tenant.id,
-        "applied": pending_before,
-        "migrations": migration_list(&db).await?,
+        "applied": applied,
+        "migrations": migrations,
     })))
 }
 
@@ -101,9 +106,12 @@ async fn migrations(
     TenantPath(id): TenantPath,
 ) -> Result<Json<Value>> {
     let tenant = tenant_from_path(&state, &id)?;
-    let db = state.registry.pool(&tenant).await?;
+    let migrations = state
+        .registry
+        .with_own_connection(&tenant, async |db| migration_list(db).await)
+        .await?;
     Ok(Json(
-        json!({ "tenant_id": tenant.id, "migrations": migration_list(&db).await? }),
+        json!({ "tenant_id": tenant.id, "migrations": migrations }),
     ))
 }
 
@@ -116,7 +124,7 @@ async fn create_user(
     ApiJson(new): ApiJson<NewUser>,
 ) -> Result<(StatusCode, Json<UserView>)> {
     let tenant = tenant_from_path(&state, &id)?;
-    let (db, _lease) = state.registry.lease(&tenant).await?;
+    let db = state.registry.connect(&tenant).await?;
     let user = audit::create_user_as_operator(&db, new, &request_id.0).await?;
     tracing::info!(tenant_id = %tenant.id, username = %user.username, role = %user.role, "user added by the operator");
     Ok((StatusCode::CREATED, Json(user.into())))

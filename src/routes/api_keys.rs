@@ -73,7 +73,7 @@ fn staff() -> String {
 
 async fn list(
     ApiQuery(query): ApiQuery<PageQuery>,
-    TenantDb(db, _lease): TenantDb,
+    TenantDb(db): TenantDb,
 ) -> Result<Json<Page<KeyView>>> {
     let page = query.checked()?;
     let rows = row::Entity::find()
@@ -89,7 +89,7 @@ async fn list(
 async fn create(
     tenant: TenantContext,
     principal: Principal,
-    TenantDb(db, _lease): TenantDb,
+    TenantDb(db): TenantDb,
     ApiJson(input): ApiJson<KeyInput>,
 ) -> Result<(StatusCode, Json<Value>)> {
     if principal.kind == ActorKind::ApiKey {
@@ -124,7 +124,7 @@ async fn create(
     Ok((StatusCode::CREATED, Json(body)))
 }
 
-async fn show(IdPath(id): IdPath, TenantDb(db, _lease): TenantDb) -> Result<Json<KeyView>> {
+async fn show(IdPath(id): IdPath, TenantDb(db): TenantDb) -> Result<Json<KeyView>> {
     let model = row::Entity::find_by_id(id)
         .one(&db)
         .await?
@@ -135,7 +135,7 @@ async fn show(IdPath(id): IdPath, TenantDb(db, _lease): TenantDb) -> Result<Json
 async fn revoke(
     IdPath(id): IdPath,
     principal: Principal,
-    TenantDb(db, _lease): TenantDb,
+    TenantDb(db): TenantDb,
 ) -> Result<StatusCode> {
     let key = row::Entity::find_by_id(id)
         .one(&db)

@@ -82,7 +82,7 @@ fn timestamp(field: &str, value: Option<&str>) -> Result<Option<DateTime<Utc>>> 
 
 async fn list(
     ApiQuery(query): ApiQuery<AuditQuery>,
-    TenantDb(db, _lease): TenantDb,
+    TenantDb(db): TenantDb,
 ) -> Result<Json<Page<EntryView>>> {
     let page = PageQuery {
         limit: query.limit,

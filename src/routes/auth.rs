@@ -39,7 +39,7 @@ async fn login(
     State(state): State<AppState>,
     tenant: TenantContext,
     ClientAddress(address): ClientAddress,
-    TenantDb(db, _lease): TenantDb,
+    TenantDb(db): TenantDb,
     ApiJson(input): ApiJson<LoginInput>,
 ) -> Result<Json<Value>> {
     let username = users::normalize_username(&input.username)?;

@@ -100,7 +100,7 @@ struct ListQuery {
 
 async fn list(
     ApiQuery(query): ApiQuery<ListQuery>,
-    TenantDb(db, _lease): TenantDb,
+    TenantDb(db): TenantDb,
 ) -> Result<Json<Page<EntryView>>> {
     let page = PageQuery {
         limit: query.limit,
@@ -129,7 +129,7 @@ async fn list(
 }
 
 async fn create(
-    TenantDb(db, _lease): TenantDb,
+    TenantDb(db): TenantDb,
     ApiJson(input): ApiJson<EntryInput>,
 ) -> Result<(StatusCode, Json<EntryView>)> {
     check_kind(&input.kind)?;
@@ -163,14 +163,14 @@ fn not_found() -> AppError {
     AppError::NotFound("no cash-flow entry with that id".into())
 }
 
-async fn show(IdPath(id): IdPath, TenantDb(db, _lease): TenantDb) -> Result<Json<EntryView>> {
+async fn show(IdPath(id): IdPath, TenantDb(db): TenantDb) -> Result<Json<EntryView>> {
     let model = find_live::<entry::Entity>(&db, id)
         .await?
         .ok_or_else(not_found)?;
     Ok(Json(model.into()))
 }
 
-async fn remove(IdPath(id): IdPath, TenantDb(db, _lease): TenantDb) -> Result<StatusCode> {
+async fn remove(IdPath(id): IdPath, TenantDb(db): TenantDb) -> Result<StatusCode> {
     if !soft_delete::<entry::Entity>(&db, id).await? {
         return Err(not_found());
     }
@@ -217,7 +217,7 @@ impl Sums {
 /// year), and the year's totals. Deleted entries do not count.
 async fn summary(
     ApiQuery(query): ApiQuery<SummaryQuery>,
-    TenantDb(db, _lease): TenantDb,
+    TenantDb(db): TenantDb,
 ) -> Result<Json<serde_json::Value>> {
     let year = query.year.unwrap_or_else(|| Utc::now().year());
     let (Some(first), Some(last)) = (

@@ -29,13 +29,13 @@ pub fn router() -> RouteSet {
     ))
 }
 
-async fn status(tenant: TenantContext, TenantDb(db, _lease): TenantDb) -> Result<Json<Value>> {
+async fn status(tenant: TenantContext, TenantDb(db): TenantDb) -> Result<Json<Value>> {
     Ok(Json(
         json!({ "tenant_id": tenant.config.id, "tables": demo::status(&db).await? }),
     ))
 }
 
-async fn reset(tenant: TenantContext, TenantDb(db, _lease): TenantDb) -> Result<Json<Value>> {
+async fn reset(tenant: TenantContext, TenantDb(db): TenantDb) -> Result<Json<Value>> {
     let txn = crate::db::begin_write(&db).await?;
     demo::clear(&txn).await?;
     txn.commit().await?;

@@ -62,7 +62,7 @@ fn not_found() -> AppError {
 
 async fn list(
     ApiQuery(query): ApiQuery<PageQuery>,
-    TenantDb(db, _lease): TenantDb,
+    TenantDb(db): TenantDb,
 ) -> Result<Json<Page<ProductView>>> {
     let page = query.checked()?;
     let rows = live::<Product>()
@@ -76,7 +76,7 @@ async fn list(
 }
 
 async fn create(
-    TenantDb(db, _lease): TenantDb,
+    TenantDb(db): TenantDb,
     ApiJson(input): ApiJson<ProductInput>,
 ) -> Result<(StatusCode, Json<ProductView>)> {
     let name = required_text("name", &input.name, 200)?;
@@ -95,14 +95,14 @@ async fn create(
     Ok((StatusCode::CREATED, Json(model.into())))
 }
 
-async fn show(IdPath(id): IdPath, TenantDb(db, _lease): TenantDb) -> Result<Json<ProductView>> {
+async fn show(IdPath(id): IdPath, TenantDb(db): TenantDb) -> Result<Json<ProductView>> {
     let model = find_live::<Product>(&db, id).await?.ok_or_else(not_found)?;
     Ok(Json(model.into()))
 }
 
 async fn update(
     IdPath(id): IdPath,
-    TenantDb(db, _lease): TenantDb,
+    TenantDb(db): TenantDb,
     ApiJson(input): ApiJson<ProductInput>,
 ) -> Result<Json<ProductView>> {
     let name = required_text("name", &input.name, 200)?;
@@ -115,7 +115,7 @@ async fn update(
     Ok(Json(model.update(&db).await?.into()))
 }
 
-async fn remove(IdPath(id): IdPath, TenantDb(db, _lease): TenantDb) -> Result<StatusCode> {
+async fn remove(IdPath(id): IdPath, TenantDb(db): TenantDb) -> Result<StatusCode> {
     if !soft_delete::<product::Entity>(&db, id).await? {
         return Err(not_found());
     }

@@ -100,7 +100,7 @@ async fn config(State(state): State<AppState>, TenantPath(id): TenantPath) -> Re
 async fn health(State(state): State<AppState>, TenantPath(id): TenantPath) -> Result<Json<Value>> {
     let tenant = tenant_from_path(&state, &id)?;
     let started = Instant::now();
-    let db = state.registry.pool(&tenant).await?;
+    let db = state.registry.connect(&tenant).await?;
     db.ping().await?;
     let round_trip_ms = started.elapsed().as_secs_f64() * 1000.0;
     Ok(Json(json!({
@@ -115,8 +115,14 @@ async fn health(State(state): State<AppState>, TenantPath(id): TenantPath) -> Re
 struct PoolsView {
     #[serde(flatten)]
     stats: PoolStats,
+    /// Tenants with a handle (in use recently).
     open: Vec<TenantId>,
+    /// Each tenant handle: connections held and where its pool is.
     pools: Vec<crate::tenant::PoolDetail>,
+    /// Each connection pool: a database (shared by its schema tenants) or a file.
+    connection_pools: Vec<crate::tenant::ConnectionPoolDetail>,
+    /// Each server's connections against its budget.
+    servers: Vec<crate::db::pool::ServerStats>,
 }
 
 async fn pools(State(state): State<AppState>) -> Json<Value> {
@@ -124,6 +130,8 @@ async fn pools(State(state): State<AppState>) -> Json<Value> {
         stats: state.registry.stats(),
         open: state.registry.open_pools(),
         pools: state.registry.pool_details(),
+        connection_pools: state.registry.connection_pools(),
+        servers: state.registry.servers(),
     }))
 }
 

@@ -4,8 +4,8 @@
 use axum::{Json, extract::State, http::StatusCode, routing::get};
 use chrono::Utc;
 use sea_orm::{
-    ActiveModelTrait, ActiveValue::Set, ColumnTrait, Condition, ConnectionTrait,
-    DatabaseTransaction, DbBackend, EntityTrait, QueryFilter, QueryOrder, QuerySelect,
+    ActiveModelTrait, ActiveValue::Set, ColumnTrait, Condition, ConnectionTrait, DbBackend,
+    EntityTrait, QueryFilter, QueryOrder, QuerySelect,
 };
 use serde::Deserialize;
 
@@ -56,7 +56,7 @@ fn outranked(what: &str) -> AppError {
 
 async fn list(
     ApiQuery(query): ApiQuery<PageQuery>,
-    TenantDb(db, _lease): TenantDb,
+    TenantDb(db): TenantDb,
 ) -> Result<Json<Page<UserView>>> {
     let page = query.checked()?;
     let rows = user::Entity::find()
@@ -70,7 +70,7 @@ async fn list(
 
 async fn create(
     principal: Principal,
-    TenantDb(db, _lease): TenantDb,
+    TenantDb(db): TenantDb,
     ApiJson(input): ApiJson<NewUser>,
 ) -> Result<(StatusCode, Json<UserView>)> {
     refuse_keys(&principal)?;
@@ -81,7 +81,7 @@ async fn create(
     Ok((StatusCode::CREATED, Json(model.into())))
 }
 
-async fn show(IdPath(id): IdPath, TenantDb(db, _lease): TenantDb) -> Result<Json<UserView>> {
+async fn show(IdPath(id): IdPath, TenantDb(db): TenantDb) -> Result<Json<UserView>> {
     let model = user::Entity::find_by_id(id)
         .one(&db)
         .await?
@@ -104,7 +104,7 @@ async fn update(
     tenant: TenantContext,
     IdPath(id): IdPath,
     principal: Principal,
-    TenantDb(db, _lease): TenantDb,
+    TenantDb(db): TenantDb,
     ApiJson(patch): ApiJson<UserPatch>,
 ) -> Result<Json<UserView>> {
     refuse_keys(&principal)?;
@@ -180,7 +180,7 @@ async fn update(
 /// changes at once queue instead of racing past the last-owner check. SQLite holds
 /// the write lock from `begin_write` on; PostgreSQL locks the owners' rows and the
 /// user's, in id order so that two such changes cannot deadlock.
-async fn lock_for_change(txn: &DatabaseTransaction, id: uuid::Uuid) -> Result<()> {
+async fn lock_for_change(txn: &impl ConnectionTrait, id: uuid::Uuid) -> Result<()> {
     if txn.get_database_backend() != DbBackend::Sqlite {
         user::Entity::find()
             .filter(

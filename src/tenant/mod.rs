@@ -11,7 +11,7 @@ pub use config::{
 };
 pub(crate) use config::{check_database_url, toml_syntax_error};
 pub use id::TenantId;
-pub use registry::{PoolDetail, PoolLease, PoolStats, TenantRegistry};
+pub use registry::{ConnectionPoolDetail, PoolDetail, PoolStats, TenantRegistry};
 
 use serde::Serialize;
 

@@ -1,18 +1,21 @@
-//! The tenant registry: tenant id → configuration, and the bounded set of open
-//! connection pools, one per tenant database.
+//! The tenant registry: tenant id → configuration, and the tenants' ways to their
+//! data.
 //!
 //! Configurations sit behind an `RwLock<Arc<…>>` that is swapped whole, so a reader
-//! holds the lock only to clone an `Arc`. Pools live in a moka cache: built on first
-//! use (single flight), closed when idle past the timeout or when the number of open
-//! pools passes `MAX_OPEN_POOLS` (least recently used first).
+//! holds the lock only to clone an `Arc`.
 //!
-//! Two guards keep one tenant's trouble its own:
-//! - a global connection budget (`MAX_TOTAL_CONNECTIONS`): a pool reserves its size
-//!   before it opens and gives it back only once closed, so the pools together never
-//!   hold more connections than the servers allow; when the budget is short, the
-//!   least recently used idle pools are closed to make room;
-//! - a circuit breaker per tenant: after its database fails, requests get a fast 503
-//!   for a pause (doubling per failure) instead of piling up connection attempts.
+//! A tenant in use has a *handle* (a moka cache entry, built on first use with
+//! single flight: storage checked, migrations applied, demo data seeded; dropped when
+//! idle past `POOL_IDLE_TIMEOUT_SECS` or when more than `MAX_OPEN_POOLS` are open,
+//! least recently used first). A handle points at the connection pool of where the
+//! tenant's data is ([`db::pool`]): every schema-mode tenant of one database shares
+//! that database's pool, and the pools of one server share its budget of real
+//! connections. A request checks out one connection through the handle, switched to
+//! the tenant's schema, within the tenant's own cap (`MAX_CONNECTIONS_PER_TENANT`).
+//!
+//! A circuit breaker per tenant keeps one tenant's trouble its own: after its
+//! database fails, requests get a fast 503 for a pause (doubling per failure)
+//! instead of piling up connection attempts.
 
 use std::{
     collections::HashMap,
@@ -24,16 +27,23 @@ use std::{
 };
 
 use moka::{future::Cache, notification::RemovalCause, policy::EvictionPolicy};
-use sea_orm::{DatabaseConnection, DbErr};
+use sea_orm::DbErr;
 use serde::Serialize;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::Semaphore;
 
 use super::{TenantConfig, TenantId};
-use crate::{db, error::AppError, settings::PoolSettings};
+use crate::{
+    db::{
+        self,
+        conn::{Checkout, TenantConn},
+        pool::{CheckoutError, ConnPool, ServerBudget, ServerStats, Target},
+    },
+    error::{AppError, UnavailableCause},
+    settings::PoolSettings,
+};
 
 /// Longest pause of a tripped breaker.
 const MAX_COOLDOWN: Duration = Duration::from_secs(60);
-
 /// Configurations by id and by subdomain label; replaced as a whole.
 #[derive(Default)]
 struct TenantTable {
@@ -62,117 +72,78 @@ struct Counters {
     budget_timeouts: AtomicU64,
 }
 
-/// A snapshot of the pool counters.
+/// A snapshot of the counters.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct PoolStats {
-    /// Pools built since start-up.
+    /// Tenant handles built since start-up (a tenant's first use, or its first use
+    /// after its handle was dropped).
     pub pools_built: u64,
-    /// Pools open now.
+    /// Tenant handles open now.
     pub pools_open: u64,
-    /// Pools closed since start-up (idle, capacity, budget or failure).
+    /// Tenant handles dropped since start-up (idle, capacity, change or failure).
     pub pools_closed: u64,
-    /// Attempts to open a pool that failed.
+    /// Attempts to reach a tenant's database that failed.
     pub pool_failures: u64,
     /// Requests answered 503 at once because the tenant's breaker was open.
     pub short_circuited: u64,
-    /// Requests that waited for the connection budget past their deadline.
+    /// Requests that waited for a connection past their deadline.
     pub budget_timeouts: u64,
-    /// Connections reserved by open pools, and the budget (0: unbounded).
-    pub connections_reserved: u64,
+    /// Real connections open now, on every server.
+    pub connections_open: u64,
+    /// `MAX_TOTAL_CONNECTIONS` (0: no process-wide cap).
     pub connections_budget: u64,
 }
 
-/// One open pool, as `GET /api/admin/pools` shows it.
+/// One tenant handle, as `GET /api/admin/pools` shows it.
 #[derive(Debug, Clone, Serialize)]
 pub struct PoolDetail {
     pub tenant_id: TenantId,
+    /// Connections the tenant holds now.
     pub connections: u32,
+    /// The most it may hold at once.
     pub max_connections: u32,
+    pub server: String,
+    pub database: String,
 }
 
-/// An open pool and the share of the connection budget it holds until dropped,
-/// which the eviction listener does only after the pool has closed.
-struct TenantPool {
-    db: DatabaseConnection,
+/// One connection pool (a database or a SQLite file), with how many tenant
+/// handles use it.
+#[derive(Debug, Clone, Serialize)]
+pub struct ConnectionPoolDetail {
+    #[serde(flatten)]
+    pub pool: db::pool::PoolStats,
+    pub tenants: u32,
+}
+
+/// A tenant in use: its pool, its schema there, and its share of connections.
+struct TenantHandle {
+    pool: Arc<ConnPool>,
+    schema: Option<Arc<str>>,
+    /// Connections the tenant may hold at once.
+    permits: Arc<Semaphore>,
     max_connections: u32,
     opened_at: Instant,
-    /// Set by the first report of a database failure on this pool, so that one
-    /// outage trips the breaker once however many requests saw it.
+    /// Set by the first report of a database failure through this handle, so that
+    /// one outage trips the breaker once however many requests saw it.
     reported: AtomicBool,
     counters: Arc<Counters>,
-    /// Requests holding a [`PoolLease`] on this pool now.
-    leases: AtomicU64,
     /// Milliseconds since the registry started, at the last request.
     last_used: AtomicU64,
-    _budget: Option<OwnedSemaphorePermit>,
 }
 
-/// Held by a request for as long as it may use its tenant's pool, so that the
-/// budget never closes a pool between a request finding it and using it.
-pub struct PoolLease(Arc<TenantPool>);
-
-impl Drop for PoolLease {
+impl Drop for TenantHandle {
     fn drop(&mut self) {
-        self.0.leases.fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
-impl Drop for TenantPool {
-    fn drop(&mut self) {
-        // Counted here rather than in the eviction listener, so that a pool dropped
-        // without being evicted (an open cancelled mid-insert) is not counted open.
+        // Counted here rather than in the eviction listener, so that a handle
+        // dropped without being evicted (an open cancelled mid-insert) is not
+        // counted open.
         self.counters.open.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
-impl TenantPool {
-    /// Connections open now (idle or checked out).
-    fn size(&self) -> u32 {
-        use sea_orm::DatabaseConnectionType as T;
-        match &self.db.inner {
-            T::SqlxPostgresPoolConnection(_) => self.db.get_postgres_connection_pool().size(),
-            T::SqlxSqlitePoolConnection(_) => self.db.get_sqlite_connection_pool().size(),
-            _ => 0,
-        }
-    }
-
-    /// Closes the pool once no request holds a lease on it; the budget share it
-    /// holds goes back when the last reference drops, after the close.
-    async fn close_when_released(self: Arc<Self>, tenant: Arc<TenantId>, cause: RemovalCause) {
-        while self.leases.load(Ordering::Relaxed) > 0 {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        if let Err(e) = self.db.close_by_ref().await {
-            tracing::warn!(tenant_id = %tenant, error = %db::redact_error(&e), "closing pool failed");
-        }
-        tracing::info!(tenant_id = %tenant, reason = ?cause, "tenant pool closed");
-    }
-
-    fn lease(self: &Arc<Self>) -> PoolLease {
-        self.leases.fetch_add(1, Ordering::Relaxed);
-        PoolLease(self.clone())
-    }
-
-    /// Whether the budget may close this pool now: no request holds it and no
-    /// connection is checked out.
-    fn is_idle(&self) -> bool {
-        self.leases.load(Ordering::Relaxed) == 0 && self.in_use() == 0
-    }
-
-    /// Connections checked out now.
+impl TenantHandle {
     fn in_use(&self) -> u32 {
-        use sea_orm::DatabaseConnectionType as T;
-        match &self.db.inner {
-            T::SqlxPostgresPoolConnection(_) => {
-                let pool = self.db.get_postgres_connection_pool();
-                pool.size().saturating_sub(pool.num_idle() as u32)
-            }
-            T::SqlxSqlitePoolConnection(_) => {
-                let pool = self.db.get_sqlite_connection_pool();
-                pool.size().saturating_sub(pool.num_idle() as u32)
-            }
-            _ => 0,
-        }
+        self.max_connections
+            .saturating_sub(self.permits.available_permits() as u32)
     }
 }
 
@@ -183,10 +154,15 @@ struct Breaker {
 
 struct Inner {
     table: RwLock<Arc<TenantTable>>,
-    pools: Cache<TenantId, Arc<TenantPool>>,
+    handles: Cache<TenantId, Arc<TenantHandle>>,
+    /// Pools by prepared database URL (never shown): schema tenants of one
+    /// database find the same pool.
+    pools: Mutex<HashMap<String, Weak<ConnPool>>>,
+    /// Budgets by server (`host:port`, or `sqlite`).
+    servers: Mutex<HashMap<String, Arc<ServerBudget>>>,
+    global: Option<Arc<Semaphore>>,
     counters: Arc<Counters>,
     settings: PoolSettings,
-    budget: Option<Arc<Semaphore>>,
     breakers: Mutex<HashMap<TenantId, Breaker>>,
     started: Instant,
 }
@@ -198,37 +174,36 @@ pub struct TenantRegistry {
 }
 
 impl TenantRegistry {
-    /// Builds the registry. Opens no pool: pools are built on first use. Must be
-    /// called inside a tokio runtime (it starts the task that closes idle pools).
+    /// Builds the registry. Opens no connection: handles and connections are made
+    /// on first use. Must be called inside a tokio runtime (it starts the task that
+    /// closes idle connections and handles).
     pub fn new(tenants: Vec<TenantConfig>, settings: PoolSettings) -> Self {
         let counters = Arc::new(Counters::default());
         let listener_counters = counters.clone();
-        let pools = Cache::builder()
+        let handles = Cache::builder()
             .max_capacity(settings.max_open_pools)
             .eviction_policy(EvictionPolicy::lru())
             .time_to_idle(settings.idle_timeout)
-            .async_eviction_listener(
-                move |tenant: Arc<TenantId>, pool: Arc<TenantPool>, cause: RemovalCause| {
-                    let counters = listener_counters.clone();
-                    Box::pin(async move {
-                        counters.closed.fetch_add(1, Ordering::Relaxed);
-                        // Closing waits for the pool's in-flight queries; done in a task
-                        // of its own so that no other tenant's request waits on them
-                        // (moka runs this listener inside its housekeeping).
-                        tokio::spawn(pool.close_when_released(tenant, cause));
-                    })
+            .eviction_listener(
+                move |tenant: Arc<TenantId>, _handle: Arc<TenantHandle>, cause: RemovalCause| {
+                    listener_counters.closed.fetch_add(1, Ordering::Relaxed);
+                    // Connections in use keep their pool; they go back to it, or are
+                    // closed with it, when their requests end.
+                    tracing::debug!(tenant_id = %tenant, reason = ?cause, "tenant handle dropped");
                 },
             )
             .build();
-        let budget = settings
+        let global = settings
             .max_total_connections
             .map(|n| Arc::new(Semaphore::new(n as usize)));
         let inner = Arc::new(Inner {
             table: RwLock::new(Arc::new(TenantTable::new(tenants))),
-            pools,
+            handles,
+            pools: Mutex::new(HashMap::new()),
+            servers: Mutex::new(HashMap::new()),
+            global,
             counters,
             settings,
-            budget,
             breakers: Mutex::new(HashMap::new()),
             started: Instant::now(),
         });
@@ -255,10 +230,10 @@ impl TenantRegistry {
                 .get(id)
                 .is_some_and(|after| same_storage(before, after));
             if !keep {
-                self.inner.pools.invalidate(id).await;
+                self.inner.handles.invalidate(id).await;
             }
         }
-        self.inner.pools.run_pending_tasks().await;
+        self.inner.handles.run_pending_tasks().await;
     }
 
     /// Adds or replaces one tenant; its pool is closed if its database settings
@@ -277,7 +252,7 @@ impl TenantRegistry {
             table.by_id.insert(id.clone(), Arc::new(tenant));
         });
         if changed_storage {
-            self.inner.pools.invalidate(&id).await;
+            self.inner.handles.invalidate(&id).await;
         }
     }
 
@@ -290,8 +265,8 @@ impl TenantRegistry {
                 table.by_subdomain.remove(&old.subdomain);
             }
         });
-        self.inner.pools.invalidate(id).await;
-        self.inner.pools.run_pending_tasks().await;
+        self.inner.handles.invalidate(id).await;
+        self.inner.handles.run_pending_tasks().await;
         self.breakers().remove(id);
         removed
     }
@@ -334,33 +309,86 @@ impl TenantRegistry {
         self.inner.started.elapsed().as_millis() as u64
     }
 
-    /// The tenant's pool, opening it on first use. Concurrent first calls open one
-    /// pool; a failure is not cached, but trips the tenant's breaker.
-    pub async fn pool(&self, tenant: &TenantConfig) -> Result<DatabaseConnection, AppError> {
-        self.lease(tenant).await.map(|(db, _lease)| db)
+    /// A connection to the tenant's data for one request, pointed at its schema.
+    /// The first call for a tenant builds its handle (once, however many requests
+    /// arrive together); a failure is not cached, but trips the tenant's breaker.
+    /// Waits up to `POOL_ACQUIRE_TIMEOUT_SECS` for a connection, then answers 503.
+    pub async fn connect(&self, tenant: &TenantConfig) -> Result<TenantConn, AppError> {
+        let handle = self.handle(tenant).await?;
+        handle.last_used.store(self.now_ms(), Ordering::Relaxed);
+        let deadline = Instant::now() + self.inner.settings.acquire_timeout;
+        let permit =
+            match tokio::time::timeout_at(deadline.into(), handle.permits.clone().acquire_owned())
+                .await
+            {
+                Ok(Ok(permit)) => permit,
+                // The semaphore is never closed; a timeout is the tenant's own load.
+                _ => return Err(self.budget_timeout()),
+            };
+        match handle.pool.checkout(handle.schema.clone(), deadline).await {
+            Ok(conn) => Ok(TenantConn::new(Checkout::new(
+                conn,
+                handle.pool.clone(),
+                Some(permit),
+            ))),
+            Err(CheckoutError::Timeout) => Err(self.budget_timeout()),
+            Err(CheckoutError::Failed(err)) => Err(self.failed(&tenant.id, &handle, &err).await),
+        }
     }
 
-    /// Like [`pool`](Self::pool), with a lease that keeps the pool open while the
-    /// caller holds it (a request's whole life).
-    pub async fn lease(
-        &self,
-        tenant: &TenantConfig,
-    ) -> Result<(DatabaseConnection, PoolLease), AppError> {
-        if let Some(pool) = self.inner.pools.get(&tenant.id).await {
-            pool.last_used.store(self.now_ms(), Ordering::Relaxed);
-            return Ok((pool.db.clone(), pool.lease()));
+    fn budget_timeout(&self) -> AppError {
+        self.inner
+            .counters
+            .budget_timeouts
+            .fetch_add(1, Ordering::Relaxed);
+        AppError::TenantUnavailable {
+            retry_after_secs: 1,
+            cause: UnavailableCause::Router,
+        }
+    }
+
+    /// A connection to the tenant's database failed to open: trip the breaker and
+    /// drop the handle, so that the next requests fail fast until the pause ends.
+    async fn failed(&self, id: &TenantId, handle: &Arc<TenantHandle>, err: &DbErr) -> AppError {
+        tracing::warn!(tenant_id = %id, error = %db::redact_error(err), "connecting to the tenant database failed");
+        let retry_after_secs = if handle.reported.swap(true, Ordering::Relaxed) {
+            1
+        } else {
+            let pause = self.trip_breaker(id);
+            self.invalidate_if_same(id, handle).await;
+            pause
+        };
+        AppError::TenantUnavailable {
+            retry_after_secs,
+            cause: UnavailableCause::Router,
+        }
+    }
+
+    /// Drops `id`'s handle if it is still `handle` (not one built since).
+    async fn invalidate_if_same(&self, id: &TenantId, handle: &Arc<TenantHandle>) {
+        if let Some(current) = self.inner.handles.get(id).await
+            && Arc::ptr_eq(&current, handle)
+        {
+            self.inner.handles.invalidate(id).await;
+        }
+    }
+
+    /// The tenant's handle, built on first use.
+    async fn handle(&self, tenant: &TenantConfig) -> Result<Arc<TenantHandle>, AppError> {
+        if let Some(handle) = self.inner.handles.get(&tenant.id).await {
+            return Ok(handle);
         }
         self.check_breaker(&tenant.id)?;
         let started = Instant::now();
         let opened_here = AtomicBool::new(false);
         let result = self
             .inner
-            .pools
+            .handles
             .try_get_with(tenant.id.clone(), async {
                 match self.open(tenant).await {
-                    Ok(pool) => {
+                    Ok(handle) => {
                         opened_here.store(true, Ordering::Relaxed);
-                        Ok(Arc::new(pool))
+                        Ok(Arc::new(handle))
                     }
                     // Runs once per attempt, however many requests wait on it.
                     Err(OpenError::Db(err)) => {
@@ -374,136 +402,127 @@ impl TenantRegistry {
             })
             .await;
         match result {
-            Ok(pool) => {
+            Ok(handle) => {
                 if opened_here.load(Ordering::Relaxed) {
                     self.reset_breaker(&tenant.id);
                     tracing::info!(
                         elapsed_ms = started.elapsed().as_millis() as u64,
-                        "tenant pool opened"
+                        "tenant ready"
                     );
                     // Enforce MAX_OPEN_POOLS now rather than at the next housekeeping.
-                    self.inner.pools.run_pending_tasks().await;
+                    self.inner.handles.run_pending_tasks().await;
                 }
-                Ok((pool.db.clone(), pool.lease()))
+                Ok(handle)
             }
-            Err(e) => Err(AppError::TenantUnavailable {
-                retry_after_secs: match e.as_ref() {
-                    OpenError::Failed { retry_after_secs } => *retry_after_secs,
-                    OpenError::Budget | OpenError::Db(_) => 1,
+            Err(e) => Err(match e.as_ref() {
+                OpenError::Budget => self.budget_timeout(),
+                OpenError::Failed { retry_after_secs } => AppError::TenantUnavailable {
+                    retry_after_secs: *retry_after_secs,
+                    cause: UnavailableCause::Router,
                 },
-                cause: crate::error::UnavailableCause::Router,
+                OpenError::Db(_) => AppError::TenantUnavailable {
+                    retry_after_secs: 1,
+                    cause: UnavailableCause::Router,
+                },
             }),
         }
     }
 
-    /// Reserves budget, creates missing storage if asked to, and opens the pool.
-    async fn open(&self, tenant: &TenantConfig) -> Result<TenantPool, OpenError> {
+    /// The budget of the server `target` lives on.
+    fn server_for(&self, target: &Target) -> Arc<ServerBudget> {
         let settings = &self.inner.settings;
-        let mut max_connections = tenant
-            .pool
-            .max_connections
-            .unwrap_or(settings.default_max_connections);
-        if let Some(total) = settings.max_total_connections {
-            max_connections = max_connections.min(total);
+        let mut servers = self.inner.servers.lock().unwrap_or_else(|p| p.into_inner());
+        servers
+            .entry(target.server())
+            .or_insert_with(|| {
+                ServerBudget::new(
+                    target,
+                    settings.max_connections_per_server,
+                    self.inner.global.clone(),
+                    settings.connect_timeout,
+                )
+            })
+            .clone()
+    }
+
+    /// The pool of the database at `url` (prepared), shared by every tenant there.
+    fn pool_for(&self, url: &str) -> Result<Arc<ConnPool>, DbErr> {
+        let mut pools = self.inner.pools.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(pool) = pools.get(url).and_then(Weak::upgrade) {
+            return Ok(pool);
         }
-        let budget = self.reserve(max_connections).await?;
+        let target = Target::parse(url)?;
+        let server = self.server_for(&target);
+        let settings = &self.inner.settings;
+        let pool = ConnPool::new(
+            server,
+            target,
+            settings.connection_idle_timeout,
+            settings.connect_timeout,
+        );
+        pools.retain(|_, p| p.strong_count() > 0);
+        pools.insert(url.to_string(), Arc::downgrade(&pool));
+        Ok(pool)
+    }
+
+    /// Makes the tenant ready: its storage checked (and created if asked to), its
+    /// migrations applied, demo data seeded. The work holds one of the server's
+    /// connection slots, like any other connection.
+    async fn open(&self, tenant: &TenantConfig) -> Result<TenantHandle, OpenError> {
+        let settings = &self.inner.settings;
+        let url = db::prepare_url(tenant.database_url.expose()).map_err(OpenError::Db)?;
+        let pool = self.pool_for(&url).map_err(OpenError::Db)?;
+        let deadline = Instant::now() + settings.acquire_timeout;
+        let slot = match pool.server().slot(deadline, None).await {
+            Ok(slot) => slot,
+            Err(CheckoutError::Timeout) => return Err(OpenError::Budget),
+            Err(CheckoutError::Failed(e)) => return Err(OpenError::Db(e)),
+        };
+        // The driver retries a refused connection until its timeout; find out at
+        // once instead.
+        db::check_reachable(&url, settings.connect_timeout)
+            .await
+            .map_err(OpenError::Db)?;
         if settings.auto_create_databases {
             db::ensure_tenant_storage(tenant, settings)
                 .await
                 .map_err(OpenError::Db)?;
         }
-        let db = db::open_pool(tenant, max_connections, settings)
+        let db = db::open_pool(tenant, 1, settings)
             .await
             .map_err(OpenError::Db)?;
-        // A demo tenant shows sample data from its first request on.
-        if tenant.demo && crate::demo::is_empty(&db).await.map_err(OpenError::Db)? {
-            crate::demo::seed(&db, tenant)
-                .await
-                .map_err(OpenError::Db)?;
-            tracing::info!("demo tenant seeded");
+        let prepared = async {
+            // A demo tenant shows sample data from its first request on.
+            if tenant.demo && crate::demo::is_empty(&db).await? {
+                crate::demo::seed(&db, tenant).await?;
+                tracing::info!("demo tenant seeded");
+            }
+            if tenant.demo && settings.demo_login {
+                crate::demo::ensure_demo_user(&db).await?;
+            }
+            Ok::<_, DbErr>(())
         }
-        if tenant.demo && settings.demo_login {
-            crate::demo::ensure_demo_user(&db)
-                .await
-                .map_err(OpenError::Db)?;
-        }
+        .await;
+        let _ = db.close().await;
+        drop(slot);
+        prepared.map_err(OpenError::Db)?;
+        let max_connections = tenant
+            .pool
+            .max_connections
+            .unwrap_or(settings.max_connections_per_tenant)
+            .max(1);
         self.inner.counters.built.fetch_add(1, Ordering::Relaxed);
         self.inner.counters.open.fetch_add(1, Ordering::Relaxed);
-        Ok(TenantPool {
-            db,
+        Ok(TenantHandle {
+            pool,
+            schema: tenant.schema_name().map(Arc::from),
+            permits: Arc::new(Semaphore::new(max_connections as usize)),
             max_connections,
             opened_at: Instant::now(),
             reported: AtomicBool::new(false),
             counters: self.inner.counters.clone(),
-            leases: AtomicU64::new(0),
             last_used: AtomicU64::new(self.now_ms()),
-            _budget: budget,
         })
-    }
-
-    /// Takes `n` connections from the global budget, closing idle pools (least
-    /// recently used first) to make room, and waiting up to the acquire timeout.
-    /// Waiters queue in order (the semaphore is fair), so none starves.
-    async fn reserve(&self, n: u32) -> Result<Option<OwnedSemaphorePermit>, OpenError> {
-        let Some(budget) = &self.inner.budget else {
-            return Ok(None);
-        };
-        if let Ok(permit) = budget.clone().try_acquire_many_owned(n) {
-            return Ok(Some(permit));
-        }
-        let acquire = budget.clone().acquire_many_owned(n);
-        let deadline = tokio::time::sleep(self.inner.settings.acquire_timeout);
-        let mut make_room = tokio::time::interval(Duration::from_millis(50));
-        tokio::pin!(acquire, deadline);
-        loop {
-            tokio::select! {
-                permit = &mut acquire => {
-                    // The semaphore is never closed.
-                    return permit.map(Some).map_err(|_| OpenError::Budget);
-                }
-                _ = &mut deadline => {
-                    self.inner.counters.budget_timeouts.fetch_add(1, Ordering::Relaxed);
-                    return Err(OpenError::Budget);
-                }
-                _ = make_room.tick() => self.close_idle_pools(n as usize).await,
-            }
-        }
-    }
-
-    /// Closes idle pools, least recently used first, until about `wanted`
-    /// connections of budget are on their way back.
-    async fn close_idle_pools(&self, wanted: usize) {
-        let mut idle: Vec<(u64, Arc<TenantId>, u32)> = self
-            .inner
-            .pools
-            .iter()
-            .filter(|(_, pool)| pool.is_idle())
-            .map(|(id, pool)| {
-                (
-                    pool.last_used.load(Ordering::Relaxed),
-                    id,
-                    pool.max_connections,
-                )
-            })
-            .collect();
-        if idle.is_empty() {
-            return;
-        }
-        idle.sort_by_key(|(last_used, _, _)| *last_used);
-        let available = self
-            .inner
-            .budget
-            .as_ref()
-            .map_or(0, |b| b.available_permits());
-        let mut freed = available;
-        for (_, id, size) in idle {
-            if freed >= wanted {
-                break;
-            }
-            self.inner.pools.invalidate(id.as_ref()).await;
-            freed += size as usize;
-        }
-        self.inner.pools.run_pending_tasks().await;
     }
 
     fn breakers(&self) -> std::sync::MutexGuard<'_, HashMap<TenantId, Breaker>> {
@@ -556,74 +575,141 @@ impl TenantRegistry {
         }
     }
 
+    /// Runs `work` on a connection of its own to the tenant's database (pointed at
+    /// its schema), for what needs sea-orm's own connection type, such as the
+    /// migrator. The connection holds one of the server's slots while it lives.
+    pub async fn with_own_connection<T>(
+        &self,
+        tenant: &TenantConfig,
+        work: impl AsyncFnOnce(&sea_orm::DatabaseConnection) -> Result<T, DbErr>,
+    ) -> Result<T, AppError> {
+        let settings = &self.inner.settings;
+        let url = db::prepare_url(tenant.database_url.expose())?;
+        let pool = self.pool_for(&url)?;
+        let deadline = Instant::now() + settings.acquire_timeout;
+        let slot = match pool.server().slot(deadline, None).await {
+            Ok(slot) => slot,
+            Err(CheckoutError::Timeout) => return Err(self.budget_timeout()),
+            Err(CheckoutError::Failed(e)) => return Err(e.into()),
+        };
+        db::check_reachable(&url, settings.connect_timeout).await?;
+        let mut own = settings.clone();
+        own.auto_migrate = false;
+        let db = db::open_pool(tenant, 1, &own).await?;
+        let result = work(&db).await;
+        let _ = db.close().await;
+        drop(slot);
+        Ok(result?)
+    }
+
     /// Called when a request of `tenant` that started at `started` could not use its
-    /// database. A certain failure, or a timeout on a pool that holds no connection
-    /// at all, closes the pool and trips the breaker, so that the next requests fail
-    /// fast; a busy pool is left alone. Reports about a pool that has since been
-    /// replaced, or that was already reported, change nothing.
+    /// database. A certain failure trips the breaker and drops the handle, so that
+    /// the next requests fail fast; reports about a handle built since, or already
+    /// reported, change nothing.
     pub async fn report_unavailable(
         &self,
         tenant: &TenantId,
-        cause: crate::error::UnavailableCause,
+        cause: UnavailableCause,
         started: Instant,
     ) {
-        use crate::error::UnavailableCause as C;
-        let Some(pool) = self.inner.pools.get(tenant).await else {
+        let Some(handle) = self.inner.handles.get(tenant).await else {
             return;
         };
         let failed = match cause {
-            C::DatabaseFailed => true,
-            C::AcquireTimeout => pool.size() == 0,
-            C::Router => false,
+            UnavailableCause::DatabaseFailed => true,
+            UnavailableCause::AcquireTimeout => handle.pool.stats().open == 0,
+            UnavailableCause::Router => false,
         };
-        if !failed || pool.opened_at > started || pool.reported.swap(true, Ordering::Relaxed) {
+        if !failed || handle.opened_at > started || handle.reported.swap(true, Ordering::Relaxed) {
             return;
         }
         self.trip_breaker(tenant);
-        self.inner.pools.invalidate(tenant).await;
+        self.inner.handles.invalidate(tenant).await;
     }
 
-    /// Whether the tenant has an open pool now.
+    /// Whether the tenant has a handle now (it has been used recently).
     pub fn is_open(&self, id: &TenantId) -> bool {
-        self.inner.pools.contains_key(id)
+        self.inner.handles.contains_key(id)
     }
 
-    /// Each open pool: its tenant, connections open now and its size limit.
+    /// Each tenant handle: connections held, its cap, and where its pool is.
     pub fn pool_details(&self) -> Vec<PoolDetail> {
         let mut details: Vec<PoolDetail> = self
             .inner
-            .pools
+            .handles
             .iter()
-            .map(|(id, pool)| PoolDetail {
-                tenant_id: (*id).clone(),
-                connections: pool.size(),
-                max_connections: pool.max_connections,
+            .map(|(id, handle)| {
+                let pool = handle.pool.stats();
+                PoolDetail {
+                    tenant_id: (*id).clone(),
+                    connections: handle.in_use(),
+                    max_connections: handle.max_connections,
+                    server: pool.server,
+                    database: pool.database,
+                }
             })
             .collect();
         details.sort_by(|a, b| a.tenant_id.cmp(&b.tenant_id));
         details
     }
 
-    /// Ids of the tenants with an open pool.
+    /// Each connection pool, with the number of tenant handles using it.
+    pub fn connection_pools(&self) -> Vec<ConnectionPoolDetail> {
+        let mut tenants: HashMap<*const ConnPool, u32> = HashMap::new();
+        for (_, handle) in self.inner.handles.iter() {
+            *tenants.entry(Arc::as_ptr(&handle.pool)).or_default() += 1;
+        }
+        let pools: Vec<Arc<ConnPool>> = self
+            .inner
+            .pools
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .filter_map(Weak::upgrade)
+            .collect();
+        let mut details: Vec<ConnectionPoolDetail> = pools
+            .iter()
+            .map(|pool| ConnectionPoolDetail {
+                pool: pool.stats(),
+                tenants: tenants.get(&Arc::as_ptr(pool)).copied().unwrap_or(0),
+            })
+            .collect();
+        details.sort_by(|a, b| {
+            (&a.pool.server, &a.pool.database).cmp(&(&b.pool.server, &b.pool.database))
+        });
+        details
+    }
+
+    /// Each server's connections and budget.
+    pub fn servers(&self) -> Vec<ServerStats> {
+        let mut servers: Vec<ServerStats> = self
+            .inner
+            .servers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .map(|s| s.stats())
+            .collect();
+        servers.sort_by(|a, b| a.server.cmp(&b.server));
+        servers
+    }
+
+    /// Ids of the tenants with a handle.
     pub fn open_pools(&self) -> Vec<TenantId> {
-        let mut ids: Vec<TenantId> = self.inner.pools.iter().map(|(k, _)| (*k).clone()).collect();
+        let mut ids: Vec<TenantId> = self
+            .inner
+            .handles
+            .iter()
+            .map(|(k, _)| (*k).clone())
+            .collect();
         ids.sort();
         ids
     }
 
-    /// Counters of pools built, open, closed and failed, and the budget in use.
+    /// Counters of handles built, open, closed and failed, and connections open.
     pub fn stats(&self) -> PoolStats {
         let c = &self.inner.counters;
-        let (reserved, budget) = match (
-            &self.inner.budget,
-            self.inner.settings.max_total_connections,
-        ) {
-            (Some(sem), Some(total)) => (
-                u64::from(total) - sem.available_permits() as u64,
-                u64::from(total),
-            ),
-            _ => (0, 0),
-        };
+        let connections_open = self.servers().iter().map(|s| s.open).sum();
         PoolStats {
             pools_built: c.built.load(Ordering::Relaxed),
             pools_open: c.open.load(Ordering::Relaxed),
@@ -631,43 +717,50 @@ impl TenantRegistry {
             pool_failures: c.failures.load(Ordering::Relaxed),
             short_circuited: c.short_circuited.load(Ordering::Relaxed),
             budget_timeouts: c.budget_timeouts.load(Ordering::Relaxed),
-            connections_reserved: reserved,
-            connections_budget: budget,
+            connections_open,
+            connections_budget: self
+                .inner
+                .settings
+                .max_total_connections
+                .map_or(0, u64::from),
         }
     }
 
-    /// Runs the cache's pending evictions now (idle and capacity).
+    /// Runs pending handle evictions (idle and capacity) and closes connections
+    /// idle past their timeout, now.
     pub async fn run_housekeeping(&self) {
-        self.inner.pools.run_pending_tasks().await;
+        housekeeping(&self.inner).await;
     }
 
-    /// Closes every open pool and waits until they are closed; used at shutdown.
+    /// Drops every handle and closes every idle connection; used at shutdown.
     pub async fn close_all(&self) {
-        let open: Vec<Arc<TenantPool>> = self.inner.pools.iter().map(|(_, pool)| pool).collect();
-        self.inner.pools.invalidate_all();
-        while self.inner.pools.entry_count() > 0 {
-            self.inner.pools.run_pending_tasks().await;
-            if self.inner.pools.iter().next().is_none() {
-                break;
-            }
-        }
-        for pool in open {
-            let _ = pool.db.close_by_ref().await;
+        self.inner.handles.invalidate_all();
+        self.inner.handles.run_pending_tasks().await;
+        let pools: Vec<Arc<ConnPool>> = self
+            .inner
+            .pools
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .filter_map(Weak::upgrade)
+            .collect();
+        for pool in pools {
+            pool.close().await;
         }
     }
 }
 
-/// Whether two configurations of a tenant open the same pool.
+/// Whether two configurations of a tenant reach their data the same way.
 fn same_storage(a: &TenantConfig, b: &TenantConfig) -> bool {
     a.database_url == b.database_url
         && a.isolation == b.isolation
         && a.pool.max_connections == b.pool.max_connections
 }
 
-/// Why a pool did not open.
+/// Why a tenant could not be made ready.
 #[derive(Debug)]
 enum OpenError {
-    /// The connection budget stayed exhausted past the deadline.
+    /// No connection slot came before the deadline.
     Budget,
     /// The database refused or failed.
     Db(DbErr),
@@ -675,14 +768,29 @@ enum OpenError {
     Failed { retry_after_secs: u64 },
 }
 
-/// Moka evicts only while the cache is used; this task makes idle pools close on
-/// time even when no request arrives. It ends when the registry is dropped.
+async fn housekeeping(inner: &Inner) {
+    inner.handles.run_pending_tasks().await;
+    let pools: Vec<Arc<ConnPool>> = inner
+        .pools
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .values()
+        .filter_map(Weak::upgrade)
+        .collect();
+    for pool in pools {
+        pool.close_idle_expired();
+    }
+}
+
+/// Moka evicts only while the cache is used, and pools close idle connections only
+/// when asked: this task does both on time even when no request arrives. It ends
+/// when the registry is dropped.
 fn spawn_janitor(registry: Weak<Inner>) {
     let period = registry
         .upgrade()
-        .map(|r| r.settings.idle_timeout / 4)
+        .map(|r| (r.settings.idle_timeout / 4).min(r.settings.connection_idle_timeout / 4))
         .unwrap_or_default()
-        .clamp(Duration::from_millis(100), Duration::from_secs(5));
+        .clamp(Duration::from_millis(100), Duration::from_secs(1));
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(period);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -691,7 +799,7 @@ fn spawn_janitor(registry: Weak<Inner>) {
             let Some(inner) = registry.upgrade() else {
                 break;
             };
-            inner.pools.run_pending_tasks().await;
+            housekeeping(&inner).await;
         }
     });
 }

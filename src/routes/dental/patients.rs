@@ -67,7 +67,7 @@ impl From<patient::Model> for PatientView {
 
 async fn list(
     ApiQuery(query): ApiQuery<PageQuery>,
-    TenantDb(db, _lease): TenantDb,
+    TenantDb(db): TenantDb,
 ) -> Result<Json<Page<PatientView>>> {
     let page = query.checked()?;
     let rows = live::<Patient>()
@@ -81,7 +81,7 @@ async fn list(
 }
 
 async fn create(
-    TenantDb(db, _lease): TenantDb,
+    TenantDb(db): TenantDb,
     ApiJson(input): ApiJson<PatientInput>,
 ) -> Result<(StatusCode, Json<PatientView>)> {
     let name = required_text("name", &input.name, 200)?;
@@ -110,14 +110,14 @@ async fn create(
     Ok((StatusCode::CREATED, Json(model.into())))
 }
 
-async fn show(IdPath(id): IdPath, TenantDb(db, _lease): TenantDb) -> Result<Json<PatientView>> {
+async fn show(IdPath(id): IdPath, TenantDb(db): TenantDb) -> Result<Json<PatientView>> {
     let model = find_live::<Patient>(&db, id)
         .await?
         .ok_or_else(|| AppError::NotFound("no patient with that id".into()))?;
     Ok(Json(model.into()))
 }
 
-async fn remove(IdPath(id): IdPath, TenantDb(db, _lease): TenantDb) -> Result<StatusCode> {
+async fn remove(IdPath(id): IdPath, TenantDb(db): TenantDb) -> Result<StatusCode> {
     if !soft_delete::<patient::Entity>(&db, id).await? {
         return Err(AppError::NotFound("no patient with that id".into()));
     }

@@ -3,7 +3,7 @@
 use axum::{Json, http::StatusCode, routing::get};
 use chrono::Utc;
 use sea_orm::{
-    ActiveModelTrait, ActiveValue::Set, ColumnTrait, DatabaseConnection, QueryFilter, QueryOrder,
+    ActiveModelTrait, ActiveValue::Set, ColumnTrait, ConnectionTrait, QueryFilter, QueryOrder,
     QuerySelect, sea_query::ExprTrait,
 };
 use serde::{Deserialize, Serialize};
@@ -103,7 +103,7 @@ fn not_found() -> AppError {
 async fn list(
     ApiQuery(query): ApiQuery<PageQuery>,
     ApiQuery(filter): ApiQuery<SupplyFilter>,
-    TenantDb(db, _lease): TenantDb,
+    TenantDb(db): TenantDb,
 ) -> Result<Json<Page<SupplyView>>> {
     let page = query.checked()?;
     let mut select = live::<DentalSupply>();
@@ -129,7 +129,7 @@ async fn list(
 }
 
 async fn create(
-    TenantDb(db, _lease): TenantDb,
+    TenantDb(db): TenantDb,
     ApiJson(input): ApiJson<SupplyInput>,
 ) -> Result<(StatusCode, Json<SupplyView>)> {
     let name = required_text("name", &input.name, MAX_NAME)?;
@@ -153,19 +153,19 @@ async fn create(
 }
 
 /// The supply with `id`, unless it is soft-deleted.
-async fn live_supply(db: &DatabaseConnection, id: uuid::Uuid) -> Result<dental_supply::Model> {
+async fn live_supply(db: &impl ConnectionTrait, id: uuid::Uuid) -> Result<dental_supply::Model> {
     find_live::<DentalSupply>(db, id)
         .await?
         .ok_or_else(not_found)
 }
 
-async fn show(IdPath(id): IdPath, TenantDb(db, _lease): TenantDb) -> Result<Json<SupplyView>> {
+async fn show(IdPath(id): IdPath, TenantDb(db): TenantDb) -> Result<Json<SupplyView>> {
     Ok(Json(live_supply(&db, id).await?.into()))
 }
 
 async fn update(
     IdPath(id): IdPath,
-    TenantDb(db, _lease): TenantDb,
+    TenantDb(db): TenantDb,
     ApiJson(input): ApiJson<SupplyChange>,
 ) -> Result<Json<SupplyView>> {
     // Validate the whole body before touching the row, so that a bad field
@@ -203,7 +203,7 @@ async fn update(
     Ok(Json(model.update(&db).await?.into()))
 }
 
-async fn remove(IdPath(id): IdPath, TenantDb(db, _lease): TenantDb) -> Result<StatusCode> {
+async fn remove(IdPath(id): IdPath, TenantDb(db): TenantDb) -> Result<StatusCode> {
     // One conditional UPDATE: a second DELETE, or one racing the first, finds no
     // live row and answers 404.
     if !soft_delete::<dental_supply::Entity>(&db, id).await? {

@@ -3,7 +3,7 @@
 use axum::{Json, http::StatusCode, routing::get};
 use chrono::{NaiveDate, Utc};
 use sea_orm::{
-    ActiveModelTrait, ActiveValue::Set, ColumnTrait, DatabaseConnection, QueryFilter, QueryOrder,
+    ActiveModelTrait, ActiveValue::Set, ColumnTrait, ConnectionTrait, QueryFilter, QueryOrder,
     QuerySelect,
 };
 use serde::{Deserialize, Deserializer, Serialize};
@@ -139,7 +139,7 @@ fn not_found() -> AppError {
 async fn list(
     ApiQuery(query): ApiQuery<PageQuery>,
     ApiQuery(filter): ApiQuery<TreatmentFilter>,
-    TenantDb(db, _lease): TenantDb,
+    TenantDb(db): TenantDb,
 ) -> Result<Json<Page<TreatmentView>>> {
     let page = query.checked()?;
     let mut select = live::<Treatment>();
@@ -160,7 +160,7 @@ async fn list(
 }
 
 async fn create(
-    TenantDb(db, _lease): TenantDb,
+    TenantDb(db): TenantDb,
     ApiJson(input): ApiJson<TreatmentInput>,
 ) -> Result<(StatusCode, Json<TreatmentView>)> {
     let description = required_text("description", &input.description, MAX_DESCRIPTION)?;
@@ -192,17 +192,17 @@ async fn create(
 }
 
 /// The treatment with `id`, unless it is soft-deleted.
-async fn live_treatment(db: &DatabaseConnection, id: uuid::Uuid) -> Result<treatment::Model> {
+async fn live_treatment(db: &impl ConnectionTrait, id: uuid::Uuid) -> Result<treatment::Model> {
     find_live::<Treatment>(db, id).await?.ok_or_else(not_found)
 }
 
-async fn show(IdPath(id): IdPath, TenantDb(db, _lease): TenantDb) -> Result<Json<TreatmentView>> {
+async fn show(IdPath(id): IdPath, TenantDb(db): TenantDb) -> Result<Json<TreatmentView>> {
     Ok(Json(live_treatment(&db, id).await?.into()))
 }
 
 async fn update(
     IdPath(id): IdPath,
-    TenantDb(db, _lease): TenantDb,
+    TenantDb(db): TenantDb,
     ApiJson(input): ApiJson<TreatmentChange>,
 ) -> Result<Json<TreatmentView>> {
     // Validate the whole body before touching the row, so that a bad field
@@ -231,7 +231,7 @@ async fn update(
     Ok(Json(model.update(&db).await?.into()))
 }
 
-async fn remove(IdPath(id): IdPath, TenantDb(db, _lease): TenantDb) -> Result<StatusCode> {
+async fn remove(IdPath(id): IdPath, TenantDb(db): TenantDb) -> Result<StatusCode> {
     // One conditional UPDATE: a second DELETE, or one racing the first, finds no
     // live row and answers 404.
     if !soft_delete::<treatment::Entity>(&db, id).await? {

@@ -6,8 +6,8 @@ use std::collections::HashSet;
 use axum::{Json, http::StatusCode, routing::get};
 use chrono::Utc;
 use sea_orm::{
-    ActiveModelTrait, ActiveValue::Set, ColumnTrait, DatabaseConnection, EntityTrait,
-    PaginatorTrait, QueryFilter, QueryOrder, QuerySelect,
+    ActiveModelTrait, ActiveValue::Set, ColumnTrait, ConnectionTrait, EntityTrait, PaginatorTrait,
+    QueryFilter, QueryOrder, QuerySelect,
 };
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -96,7 +96,7 @@ fn view(header: bom::Model, items: Vec<bom_item::Model>) -> BomView {
 
 async fn list(
     ApiQuery(query): ApiQuery<PageQuery>,
-    TenantDb(db, _lease): TenantDb,
+    TenantDb(db): TenantDb,
 ) -> Result<Json<Page<BomView>>> {
     let page = query.checked()?;
     let headers = live::<bom::Entity>()
@@ -117,7 +117,7 @@ async fn list(
     Ok(Json(Page::from_rows(rows, page, |(h, i)| view(h, i))))
 }
 
-async fn check_items(db: &DatabaseConnection, items: &[ItemInput]) -> Result<()> {
+async fn check_items(db: &impl ConnectionTrait, items: &[ItemInput]) -> Result<()> {
     if items.is_empty() {
         return Err(AppError::validation(
             "items",
@@ -155,7 +155,7 @@ async fn check_items(db: &DatabaseConnection, items: &[ItemInput]) -> Result<()>
 }
 
 async fn create(
-    TenantDb(db, _lease): TenantDb,
+    TenantDb(db): TenantDb,
     ApiJson(input): ApiJson<BomInput>,
 ) -> Result<(StatusCode, Json<BomView>)> {
     let name = required_text("name", &input.name, 200)?;
@@ -185,12 +185,12 @@ async fn create(
     Ok((StatusCode::CREATED, Json(view(header, items))))
 }
 
-async fn show(IdPath(id): IdPath, TenantDb(db, _lease): TenantDb) -> Result<Json<BomView>> {
+async fn show(IdPath(id): IdPath, TenantDb(db): TenantDb) -> Result<Json<BomView>> {
     let (header, items) = load(&db, id).await?.ok_or_else(not_found)?;
     Ok(Json(view(header, items)))
 }
 
-async fn remove(IdPath(id): IdPath, TenantDb(db, _lease): TenantDb) -> Result<StatusCode> {
+async fn remove(IdPath(id): IdPath, TenantDb(db): TenantDb) -> Result<StatusCode> {
     if !soft_delete::<bom::Entity>(&db, id).await? {
         return Err(not_found());
     }

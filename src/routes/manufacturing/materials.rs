@@ -65,7 +65,7 @@ impl From<material::Model> for MaterialView {
 
 async fn list(
     ApiQuery(query): ApiQuery<PageQuery>,
-    TenantDb(db, _lease): TenantDb,
+    TenantDb(db): TenantDb,
 ) -> Result<Json<Page<MaterialView>>> {
     let page = query.checked()?;
     let rows = live::<Material>()
@@ -79,7 +79,7 @@ async fn list(
 }
 
 async fn create(
-    TenantDb(db, _lease): TenantDb,
+    TenantDb(db): TenantDb,
     ApiJson(input): ApiJson<MaterialInput>,
 ) -> Result<(StatusCode, Json<MaterialView>)> {
     let name = required_text("name", &input.name, 200)?;
@@ -100,14 +100,14 @@ async fn create(
     Ok((StatusCode::CREATED, Json(model.into())))
 }
 
-async fn show(IdPath(id): IdPath, TenantDb(db, _lease): TenantDb) -> Result<Json<MaterialView>> {
+async fn show(IdPath(id): IdPath, TenantDb(db): TenantDb) -> Result<Json<MaterialView>> {
     let model = find_live::<Material>(&db, id)
         .await?
         .ok_or_else(|| AppError::NotFound("no material with that id".into()))?;
     Ok(Json(model.into()))
 }
 
-async fn remove(IdPath(id): IdPath, TenantDb(db, _lease): TenantDb) -> Result<StatusCode> {
+async fn remove(IdPath(id): IdPath, TenantDb(db): TenantDb) -> Result<StatusCode> {
     if !soft_delete::<material::Entity>(&db, id).await? {
         return Err(AppError::NotFound("no material with that id".into()));
     }

@@ -96,7 +96,7 @@ fn not_found() -> AppError {
 
 async fn list(
     ApiQuery(query): ApiQuery<ListQuery>,
-    TenantDb(db, _lease): TenantDb,
+    TenantDb(db): TenantDb,
 ) -> Result<Json<crate::routes::pagination::Page<OrderView>>> {
     let page = PageQuery {
         limit: query.limit,
@@ -128,7 +128,7 @@ async fn list(
 }
 
 async fn create(
-    TenantDb(db, _lease): TenantDb,
+    TenantDb(db): TenantDb,
     ApiJson(input): ApiJson<OrderInput>,
 ) -> Result<(StatusCode, Json<OrderView>)> {
     if !(input.quantity.is_finite() && input.quantity > 0.0 && input.quantity <= 1e9) {
@@ -161,7 +161,7 @@ async fn find(db: &impl sea_orm::ConnectionTrait, id: Uuid) -> Result<order::Mod
         .ok_or_else(not_found)
 }
 
-async fn show(IdPath(id): IdPath, TenantDb(db, _lease): TenantDb) -> Result<Json<OrderView>> {
+async fn show(IdPath(id): IdPath, TenantDb(db): TenantDb) -> Result<Json<OrderView>> {
     Ok(Json(find(&db, id).await?.into()))
 }
 
@@ -191,14 +191,14 @@ async fn transition(
     )))
 }
 
-async fn start(IdPath(id): IdPath, TenantDb(db, _lease): TenantDb) -> Result<Json<OrderView>> {
+async fn start(IdPath(id): IdPath, TenantDb(db): TenantDb) -> Result<Json<OrderView>> {
     transition(&db, id, PLANNED, IN_PROGRESS).await?;
     Ok(Json(find(&db, id).await?.into()))
 }
 
 /// Consumes the BOM's materials and marks the order done, in one transaction: a
 /// short material refuses the whole completion and consumes nothing.
-async fn complete(IdPath(id): IdPath, TenantDb(db, _lease): TenantDb) -> Result<Json<OrderView>> {
+async fn complete(IdPath(id): IdPath, TenantDb(db): TenantDb) -> Result<Json<OrderView>> {
     let txn = crate::db::begin_write(&db).await?;
     let current = find(&txn, id).await?;
     let (_, mut items) = boms::load(&txn, current.bom_id)

@@ -1,5 +1,10 @@
 //! Opening a tenant database: URL preparation, pool options, migrations, and the
-//! scrubbing of credentials from any database error before it is logged.
+//! scrubbing of credentials from any database error before it is logged. The
+//! connection layer itself is in [`pool`] (pools and per-server budgets) and
+//! [`conn`] (a request's connection).
+
+pub mod conn;
+pub mod pool;
 
 use std::{path::Path, time::Duration};
 
@@ -10,6 +15,41 @@ use sea_orm::{
 };
 
 use crate::{settings::PoolSettings, tenant::TenantConfig};
+
+/// Fails at once when nothing listens at a PostgreSQL URL's host and port (the
+/// driver would retry a refused connection until its timeout). Other URLs, and
+/// hosts that are socket directories, pass.
+pub async fn check_reachable(url: &str, timeout: Duration) -> Result<(), DbErr> {
+    if !url.starts_with("postgres") {
+        return Ok(());
+    }
+    let parsed = url::Url::parse(url).map_err(|_| DbErr::Custom("invalid database URL".into()))?;
+    let Some(host) = parsed
+        .host_str()
+        .filter(|h| !h.is_empty() && !h.starts_with('%'))
+    else {
+        return Ok(());
+    };
+    let host = host
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_string();
+    let port = parsed.port().unwrap_or(5432);
+    match tokio::time::timeout(
+        timeout,
+        tokio::net::TcpStream::connect((host.as_str(), port)),
+    )
+    .await
+    {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(e)) => Err(DbErr::Conn(RuntimeErr::Internal(format!(
+            "cannot reach the database server: {e}"
+        )))),
+        Err(_) => Err(DbErr::Conn(RuntimeErr::Internal(
+            "cannot reach the database server: timed out".into(),
+        ))),
+    }
+}
 
 /// Opens a pool for `tenant` with at most `max_connections`, bounded by the connect
 /// timeout, and applies pending migrations when the settings say so. A SQLite file
@@ -457,7 +497,7 @@ pub fn is_unavailable(err: &DbErr) -> bool {
 
 /// For SQLite, creates the parent directory and asks for the file to be created
 /// (`mode=rwc`) unless the URL chose a mode itself.
-pub(crate) fn prepare_url(url: &str) -> Result<String, DbErr> {
+pub fn prepare_url(url: &str) -> Result<String, DbErr> {
     if let Some(rest) = url.strip_prefix("postgresql://") {
         return Ok(format!("postgres://{rest}"));
     }

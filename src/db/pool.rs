@@ -1,0 +1,812 @@
+//! Connection pools that belong to where the data is, and the budget of real
+//! connections of each database server.
+//!
+//! A [`ConnPool`] keeps the idle connections of one PostgreSQL database (every
+//! schema-mode tenant of that database shares it) or of one SQLite file. A
+//! [`ServerBudget`] counts the connections open on one server across all its pools:
+//! a connection exists only while it holds one of the budget's slots, and a slot is
+//! given back only once its connection is closed, so the count can never pass the
+//! limit. Pools open connections one at a time, on demand, and close those idle past
+//! a short timeout.
+//!
+//! A checkout that finds no idle connection and no free slot waits in the server's
+//! queue (first come, first served) until its deadline. While it waits, idle
+//! connections of the server's other pools are closed, least recently used first,
+//! and a connection given back while others wait for the server is closed rather
+//! than kept idle, so that the slot goes to the head of the queue.
+
+use std::{
+    sync::{
+        Arc, Mutex, Weak,
+        atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use sea_orm::{
+    DbErr, RuntimeErr,
+    sqlx::{
+        self, Connection, Executor,
+        postgres::{PgConnectOptions, PgConnection, PgTransactionManager},
+        sqlite::{SqliteConnectOptions, SqliteConnection, SqliteTransactionManager},
+    },
+};
+use tokio::sync::{Notify, OnceCell, OwnedSemaphorePermit, Semaphore};
+
+use super::quote_ident;
+
+/// How often a waiting checkout asks the server's other pools for room.
+const MAKE_ROOM_EVERY: Duration = Duration::from_millis(20);
+/// A connection idle longer than this is checked before it is handed out, unless
+/// switching its schema checks it anyway.
+const CHECK_IF_IDLE_FOR: Duration = Duration::from_secs(5);
+/// The share of a server's connections left to other clients, at least 3.
+const MARGIN_PERCENT: u32 = 10;
+
+/// Where a pool's connections go, parsed once.
+#[derive(Clone)]
+pub enum Target {
+    Postgres(Box<PgConnectOptions>),
+    Sqlite(Box<SqliteConnectOptions>),
+}
+
+impl Target {
+    /// Parses a prepared database URL (see [`super::prepare_url`]).
+    pub fn parse(url: &str) -> Result<Self, DbErr> {
+        let invalid = |_| DbErr::Custom("invalid database URL".into());
+        if url.starts_with("postgres://") {
+            let options: PgConnectOptions = url.parse().map_err(invalid)?;
+            Ok(Self::Postgres(Box::new(
+                options.application_name("tenant-router"),
+            )))
+        } else if url.starts_with("sqlite:") {
+            let options: SqliteConnectOptions = url.parse().map_err(invalid)?;
+            Ok(Self::Sqlite(Box::new(
+                options
+                    .journal_mode(sqlx::sqlite::SqliteJournalMode::Wal)
+                    .busy_timeout(Duration::from_secs(5))
+                    .foreign_keys(true),
+            )))
+        } else {
+            Err(DbErr::Custom("unsupported database URL".into()))
+        }
+    }
+
+    /// The server this target lives on: `host:port`, or `sqlite` for the files of
+    /// this process.
+    pub fn server(&self) -> String {
+        match self {
+            Self::Postgres(o) => format!("{}:{}", o.get_host(), o.get_port()),
+            Self::Sqlite(_) => "sqlite".to_string(),
+        }
+    }
+
+    /// The database's name (PostgreSQL) or file name (SQLite), for operators.
+    pub fn database(&self) -> String {
+        match self {
+            Self::Postgres(o) => o.get_database().unwrap_or("").to_string(),
+            Self::Sqlite(o) => o
+                .get_filename()
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+        }
+    }
+
+    async fn connect(&self) -> Result<RawConn, sqlx::Error> {
+        match self {
+            Self::Postgres(o) => PgConnection::connect_with(o).await.map(RawConn::Pg),
+            Self::Sqlite(o) => {
+                // Another process (a replica, the CLI) may hold the file while it
+                // migrates it, and switching to WAL does not wait on the busy timeout.
+                let mut tries = 0;
+                loop {
+                    match SqliteConnection::connect_with(o).await {
+                        Err(e) if is_busy(&e) && tries < 40 => {
+                            tries += 1;
+                            tokio::time::sleep(Duration::from_millis(25)).await;
+                        }
+                        other => return other.map(RawConn::Sqlite),
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn is_busy(err: &sqlx::Error) -> bool {
+    matches!(err, sqlx::Error::Database(db)
+        if db.code().is_some_and(|c| c.parse::<i32>().is_ok_and(|c| c & 0xff == 5)))
+}
+
+/// One real connection to a database.
+pub enum RawConn {
+    Pg(PgConnection),
+    Sqlite(SqliteConnection),
+}
+
+impl RawConn {
+    /// Transactions (and savepoints) open on the connection.
+    pub fn transaction_depth(&self) -> usize {
+        use sqlx_core::transaction::TransactionManager;
+        match self {
+            Self::Pg(c) => PgTransactionManager::get_transaction_depth(c),
+            Self::Sqlite(c) => SqliteTransactionManager::get_transaction_depth(c),
+        }
+    }
+
+    async fn execute_simple(&mut self, sql: &str) -> Result<(), sqlx::Error> {
+        let sql = sqlx::AssertSqlSafe(sql.to_owned());
+        match self {
+            Self::Pg(c) => c.execute(sql).await.map(|_| ()),
+            Self::Sqlite(c) => c.execute(sql).await.map(|_| ()),
+        }
+    }
+
+    async fn ping(&mut self) -> Result<(), sqlx::Error> {
+        match self {
+            Self::Pg(c) => c.ping().await,
+            Self::Sqlite(c) => c.ping().await,
+        }
+    }
+
+    async fn close(self) {
+        let _ = match self {
+            Self::Pg(c) => c.close().await,
+            Self::Sqlite(c) => c.close().await,
+        };
+    }
+}
+
+/// A share of a server's connections; given back when dropped, which happens only
+/// after its connection has closed.
+pub struct Slot {
+    server: Arc<ServerBudget>,
+    _permit: OwnedSemaphorePermit,
+    _global: Option<OwnedSemaphorePermit>,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.server.open.fetch_sub(1, Ordering::Relaxed);
+        self.server.closed.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Counts one pool's open connections for as long as it lives.
+struct Member(Arc<PoolCounts>);
+
+impl Drop for Member {
+    fn drop(&mut self) {
+        self.0.open.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+#[derive(Default)]
+struct PoolCounts {
+    open: AtomicU32,
+    in_use: AtomicU32,
+    waiters: AtomicU32,
+}
+
+/// An open connection, the schema its `search_path` points at now, and its slot.
+pub struct Conn {
+    pub(crate) raw: RawConn,
+    schema: Option<Arc<str>>,
+    idle_since: Instant,
+    _member: Member,
+    _slot: Slot,
+}
+
+impl Conn {
+    async fn close(self) {
+        let Conn {
+            raw,
+            _member,
+            _slot,
+            ..
+        } = self;
+        raw.close().await;
+        // The slot goes back only now that the server has let the connection go.
+        drop(_member);
+        drop(_slot);
+    }
+
+    /// Closes the connection in the background (from a `Drop`).
+    fn close_later(self) {
+        match tokio::runtime::Handle::try_current() {
+            Ok(handle) => {
+                handle.spawn(self.close());
+            }
+            Err(_) => drop(self),
+        }
+    }
+}
+
+/// Why a checkout gave up.
+#[derive(Debug)]
+pub enum CheckoutError {
+    /// No connection could be had before the deadline.
+    Timeout,
+    /// The database refused or failed.
+    Failed(DbErr),
+}
+
+/// Counters of one server, as operators see them.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ServerStats {
+    pub server: String,
+    /// Connections the router may hold on this server (0: not read from it yet).
+    pub limit: u32,
+    pub open: u64,
+    pub in_use: u64,
+    pub idle: u64,
+    /// Checkouts waiting for a connection now.
+    pub waiting: u64,
+    /// Most connections open at once since start-up.
+    pub peak_open: u64,
+    /// Connections opened and closed since start-up.
+    pub opened: u64,
+    pub closed: u64,
+    /// Checkouts that gave up at their deadline.
+    pub timeouts: u64,
+}
+
+/// Counters of one pool.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct PoolStats {
+    pub server: String,
+    pub database: String,
+    pub open: u32,
+    pub in_use: u32,
+    pub idle: u32,
+}
+
+/// The connections of one server, across its pools.
+pub struct ServerBudget {
+    name: String,
+    /// The limit from settings; `None`: read from the server on first use.
+    configured: Option<u32>,
+    limit: OnceCell<u32>,
+    /// Where to read the limit from: the first pool's target.
+    probe: Target,
+    slots: Arc<Semaphore>,
+    global: Option<Arc<Semaphore>>,
+    pools: Mutex<Vec<Weak<ConnPool>>>,
+    connect_timeout: Duration,
+    waiting: AtomicU64,
+    closing: AtomicU64,
+    open: AtomicU64,
+    peak: AtomicU64,
+    opened: AtomicU64,
+    closed: AtomicU64,
+    timeouts: AtomicU64,
+}
+
+impl ServerBudget {
+    /// A budget of `limit` connections, or of what the server allows when `None`
+    /// (SQLite has no server to ask: `None` means 64 there). `global` is the
+    /// process-wide cap, shared by every server.
+    pub fn new(
+        target: &Target,
+        limit: Option<u32>,
+        global: Option<Arc<Semaphore>>,
+        connect_timeout: Duration,
+    ) -> Arc<Self> {
+        let configured = match target {
+            Target::Sqlite(_) => Some(limit.unwrap_or(64)),
+            Target::Postgres(_) => limit,
+        };
+        Arc::new(Self {
+            name: target.server(),
+            configured,
+            limit: OnceCell::new(),
+            probe: target.clone(),
+            slots: Arc::new(Semaphore::new(0)),
+            global,
+            pools: Mutex::new(Vec::new()),
+            connect_timeout,
+            waiting: AtomicU64::new(0),
+            closing: AtomicU64::new(0),
+            open: AtomicU64::new(0),
+            peak: AtomicU64::new(0),
+            opened: AtomicU64::new(0),
+            closed: AtomicU64::new(0),
+            timeouts: AtomicU64::new(0),
+        })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The limit, reading it from the server the first time.
+    async fn ensure_limit(&self) -> Result<u32, DbErr> {
+        self.limit
+            .get_or_try_init(|| async {
+                let limit = match self.configured {
+                    Some(n) => n.max(1),
+                    None => self.read_limit().await?,
+                };
+                self.slots.add_permits(limit as usize);
+                tracing::info!(server = %self.name, limit, "connection budget");
+                Ok(limit)
+            })
+            .await
+            .copied()
+    }
+
+    /// `max_connections` less the connections reserved for superusers (and, from
+    /// PostgreSQL 16, for `pg_use_reserved_connections`), less a margin for other
+    /// clients.
+    async fn read_limit(&self) -> Result<u32, DbErr> {
+        let mut conn = match self.probe_connect(&self.probe).await {
+            // A tenant database that provisioning has yet to create: ask the
+            // server's maintenance database instead.
+            Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("3D000") => {
+                let Target::Postgres(options) = &self.probe else {
+                    return Ok(64);
+                };
+                let maintenance =
+                    Target::Postgres(Box::new((**options).clone().database("postgres")));
+                self.probe_connect(&maintenance).await
+            }
+            other => other,
+        }
+        .map_err(conn_err)?;
+        let RawConn::Pg(pg) = &mut conn else {
+            return Ok(64);
+        };
+        let row: Result<(i32, i32, i32), _> = sqlx::query_as(
+            "SELECT current_setting('max_connections')::int4, \
+                    current_setting('superuser_reserved_connections')::int4, \
+                    coalesce(current_setting('reserved_connections', true), '0')::int4",
+        )
+        .fetch_one(&mut *pg)
+        .await;
+        conn.close().await;
+        let (max, superuser, reserved) = row.map_err(query_err)?;
+        let usable = (max - superuser - reserved).max(1) as u32;
+        let margin = (usable * MARGIN_PERCENT / 100).max(3);
+        Ok(usable.saturating_sub(margin).max(1))
+    }
+
+    async fn probe_connect(&self, target: &Target) -> Result<RawConn, sqlx::Error> {
+        match tokio::time::timeout(self.connect_timeout, target.connect()).await {
+            Ok(result) => result,
+            Err(_) => Err(sqlx::Error::PoolTimedOut),
+        }
+    }
+
+    fn register(&self, pool: &Arc<ConnPool>) {
+        let mut pools = self.pools.lock().unwrap_or_else(|p| p.into_inner());
+        pools.retain(|p| p.strong_count() > 0);
+        pools.push(Arc::downgrade(pool));
+    }
+
+    /// A slot for one connection, waiting in the server's queue up to `deadline`.
+    /// `asking` is the pool that will use it: room is never made by closing its own
+    /// idle connections (it would use them instead).
+    pub async fn slot(
+        self: &Arc<Self>,
+        deadline: Instant,
+        asking: Option<&ConnPool>,
+    ) -> Result<Slot, CheckoutError> {
+        self.ensure_limit().await.map_err(CheckoutError::Failed)?;
+        let permit = match self.slots.clone().try_acquire_owned() {
+            Ok(permit) => permit,
+            Err(_) => {
+                let _waiting = Waiting::new(&self.waiting);
+                let acquire = self.slots.clone().acquire_owned();
+                tokio::pin!(acquire);
+                let mut tick = tokio::time::interval(MAKE_ROOM_EVERY);
+                loop {
+                    tokio::select! {
+                        permit = &mut acquire => match permit {
+                            Ok(p) => break p,
+                            Err(_) => return Err(CheckoutError::Timeout),
+                        },
+                        _ = tick.tick() => self.make_room(asking),
+                        _ = tokio::time::sleep_until(deadline.into()) => {
+                            self.timeouts.fetch_add(1, Ordering::Relaxed);
+                            return Err(CheckoutError::Timeout);
+                        }
+                    }
+                }
+            }
+        };
+        let global = match &self.global {
+            None => None,
+            Some(global) => {
+                let acquire = global.clone().acquire_owned();
+                tokio::pin!(acquire);
+                let mut tick = tokio::time::interval(MAKE_ROOM_EVERY);
+                loop {
+                    tokio::select! {
+                        permit = &mut acquire => match permit {
+                            Ok(p) => break Some(p),
+                            Err(_) => return Err(CheckoutError::Timeout),
+                        },
+                        _ = tick.tick() => self.make_room(asking),
+                        _ = tokio::time::sleep_until(deadline.into()) => {
+                            self.timeouts.fetch_add(1, Ordering::Relaxed);
+                            return Err(CheckoutError::Timeout);
+                        }
+                    }
+                }
+            }
+        };
+        let open = self.open.fetch_add(1, Ordering::Relaxed) + 1;
+        self.peak.fetch_max(open, Ordering::Relaxed);
+        self.opened.fetch_add(1, Ordering::Relaxed);
+        Ok(Slot {
+            server: self.clone(),
+            _permit: permit,
+            _global: global,
+        })
+    }
+
+    /// Closes the least recently used idle connection of another pool, unless
+    /// enough closes are already under way for the checkouts waiting.
+    fn make_room(&self, asking: Option<&ConnPool>) {
+        if self.closing.load(Ordering::Relaxed) >= self.waiting.load(Ordering::Relaxed) {
+            return;
+        }
+        let pools: Vec<Arc<ConnPool>> = self
+            .pools
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .filter_map(Weak::upgrade)
+            .collect();
+        let oldest = pools
+            .iter()
+            .filter(|p| !asking.is_some_and(|a| std::ptr::eq(a, p.as_ref())))
+            .filter_map(|p| p.oldest_idle().map(|since| (since, p)))
+            .min_by_key(|(since, _)| *since);
+        if let Some((_, pool)) = oldest
+            && let Some(conn) = pool.take_oldest_idle()
+        {
+            self.close_counted(conn);
+        }
+    }
+
+    /// Closes `conn` in the background, counted so that waiters do not ask for
+    /// more room than they need.
+    fn close_counted(&self, conn: Conn) {
+        self.closing.fetch_add(1, Ordering::Relaxed);
+        let server = conn._slot.server.clone();
+        let close = async move {
+            conn.close().await;
+            server.closing.fetch_sub(1, Ordering::Relaxed);
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(handle) => {
+                handle.spawn(close);
+            }
+            Err(_) => {
+                self.closing.fetch_sub(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    pub fn stats(&self) -> ServerStats {
+        let (mut in_use, mut idle) = (0u64, 0u64);
+        for pool in self
+            .pools
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .filter_map(Weak::upgrade)
+        {
+            in_use += u64::from(pool.counts.in_use.load(Ordering::Relaxed));
+            idle += pool.idle_count() as u64;
+        }
+        ServerStats {
+            server: self.name.clone(),
+            limit: self.limit.get().copied().unwrap_or(0),
+            open: self.open.load(Ordering::Relaxed),
+            in_use,
+            idle,
+            waiting: self.waiting.load(Ordering::Relaxed),
+            peak_open: self.peak.load(Ordering::Relaxed),
+            opened: self.opened.load(Ordering::Relaxed),
+            closed: self.closed.load(Ordering::Relaxed),
+            timeouts: self.timeouts.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// Counts a waiter for as long as it waits.
+struct Waiting<'a>(&'a AtomicU64);
+
+impl<'a> Waiting<'a> {
+    fn new(counter: &'a AtomicU64) -> Self {
+        counter.fetch_add(1, Ordering::Relaxed);
+        Self(counter)
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// The idle connections of one database or file.
+pub struct ConnPool {
+    server: Arc<ServerBudget>,
+    target: Target,
+    database: String,
+    idle: Mutex<Vec<Conn>>,
+    returned: Notify,
+    counts: Arc<PoolCounts>,
+    closed: AtomicBool,
+    idle_timeout: Duration,
+    connect_timeout: Duration,
+}
+
+impl ConnPool {
+    /// A pool with no connection yet, counted against `server`.
+    pub fn new(
+        server: Arc<ServerBudget>,
+        target: Target,
+        idle_timeout: Duration,
+        connect_timeout: Duration,
+    ) -> Arc<Self> {
+        let pool = Arc::new(Self {
+            database: target.database(),
+            server: server.clone(),
+            target,
+            idle: Mutex::new(Vec::new()),
+            returned: Notify::new(),
+            counts: Arc::default(),
+            closed: AtomicBool::new(false),
+            idle_timeout,
+            connect_timeout,
+        });
+        server.register(&pool);
+        pool
+    }
+
+    pub fn server(&self) -> &Arc<ServerBudget> {
+        &self.server
+    }
+
+    pub fn is_postgres(&self) -> bool {
+        matches!(self.target, Target::Postgres(_))
+    }
+
+    fn idle(&self) -> std::sync::MutexGuard<'_, Vec<Conn>> {
+        self.idle.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn idle_count(&self) -> usize {
+        self.idle().len()
+    }
+
+    fn oldest_idle(&self) -> Option<Instant> {
+        self.idle().first().map(|c| c.idle_since)
+    }
+
+    fn take_oldest_idle(&self) -> Option<Conn> {
+        let mut idle = self.idle();
+        (!idle.is_empty()).then(|| idle.remove(0))
+    }
+
+    /// The most recently used idle connection already on `schema`, else the most
+    /// recently used one.
+    fn pop_idle(&self, schema: &Option<Arc<str>>) -> Option<Conn> {
+        let mut idle = self.idle();
+        let index = idle
+            .iter()
+            .rposition(|c| c.schema == *schema)
+            .or_else(|| idle.len().checked_sub(1))?;
+        Some(idle.remove(index))
+    }
+
+    /// A connection pointed at `schema` (`None`: the database's default search
+    /// path), waiting up to `deadline`.
+    pub async fn checkout(
+        self: &Arc<Self>,
+        schema: Option<Arc<str>>,
+        deadline: Instant,
+    ) -> Result<Conn, CheckoutError> {
+        if self.closed.load(Ordering::Relaxed) {
+            return Err(CheckoutError::Failed(DbErr::ConnectionAcquire(
+                sea_orm::ConnAcquireErr::ConnectionClosed,
+            )));
+        }
+        self.counts.waiters.fetch_add(1, Ordering::Relaxed);
+        let _waiter = WaiterGuard(&self.counts.waiters);
+        let slot = self.server.slot(deadline, Some(self.as_ref()));
+        tokio::pin!(slot);
+        loop {
+            if let Some(conn) = self.pop_idle(&schema) {
+                match self.make_ready(conn, &schema).await {
+                    Ok(conn) => return Ok(self.hand_out(conn)),
+                    Err(_) => continue,
+                }
+            }
+            tokio::select! {
+                biased;
+                slot = &mut slot => {
+                    let conn = self.open(slot?, &schema).await?;
+                    return Ok(self.hand_out(conn));
+                }
+                _ = self.returned.notified() => {}
+            }
+        }
+    }
+
+    fn hand_out(&self, conn: Conn) -> Conn {
+        self.counts.in_use.fetch_add(1, Ordering::Relaxed);
+        conn
+    }
+
+    async fn open(&self, slot: Slot, schema: &Option<Arc<str>>) -> Result<Conn, CheckoutError> {
+        let raw = match tokio::time::timeout(self.connect_timeout, self.target.connect()).await {
+            Ok(Ok(raw)) => raw,
+            Ok(Err(e)) => return Err(CheckoutError::Failed(conn_err(e))),
+            Err(_) => {
+                return Err(CheckoutError::Failed(DbErr::Custom(
+                    "connecting to the tenant database timed out".into(),
+                )));
+            }
+        };
+        self.counts.open.fetch_add(1, Ordering::Relaxed);
+        let conn = Conn {
+            raw,
+            schema: None,
+            idle_since: Instant::now(),
+            _member: Member(self.counts.clone()),
+            _slot: slot,
+        };
+        match self.switch(conn, schema).await {
+            Ok(conn) => Ok(conn),
+            Err((conn, e)) => {
+                conn.close_later();
+                Err(CheckoutError::Failed(e))
+            }
+        }
+    }
+
+    /// Checks a connection that sat idle, and points it at `schema`.
+    async fn make_ready(&self, mut conn: Conn, schema: &Option<Arc<str>>) -> Result<Conn, DbErr> {
+        if conn.schema == *schema && conn.idle_since.elapsed() > CHECK_IF_IDLE_FOR {
+            // Switching the schema is a round trip that checks the connection too.
+            if let Err(e) = conn.raw.ping().await {
+                conn.close_later();
+                return Err(conn_err(e));
+            }
+        }
+        self.switch(conn, schema).await.map_err(|(conn, e)| {
+            conn.close_later();
+            e
+        })
+    }
+
+    async fn switch(
+        &self,
+        mut conn: Conn,
+        schema: &Option<Arc<str>>,
+    ) -> Result<Conn, (Conn, DbErr)> {
+        if conn.schema == *schema || !self.is_postgres() {
+            return Ok(conn);
+        }
+        let sql = match schema {
+            // Only the tenant's schema: no fallback to `public`, where a
+            // database-mode tenant sharing this database keeps its tables.
+            Some(name) => format!("SET search_path TO {}", quote_ident(name)),
+            None => "SET search_path TO DEFAULT".to_string(),
+        };
+        // Outside any transaction (a connection in one is never pooled), so no
+        // rollback can undo it.
+        match conn.raw.execute_simple(&sql).await {
+            Ok(()) => {
+                conn.schema = schema.clone();
+                Ok(conn)
+            }
+            Err(e) => Err((conn, query_err(e))),
+        }
+    }
+
+    /// Takes back a connection a request is done with. A connection that may be in
+    /// an unknown state (a query was cut short, a transaction left open, an error
+    /// of the connection itself) is closed instead.
+    pub fn give_back(&self, mut conn: Conn, reusable: bool) {
+        self.counts.in_use.fetch_sub(1, Ordering::Relaxed);
+        let reusable = reusable && conn.raw.transaction_depth() == 0;
+        if !reusable || self.closed.load(Ordering::Relaxed) {
+            conn.close_later();
+            return;
+        }
+        // Others wait for this server and none for this pool: the slot serves
+        // better at the head of the server's queue than idle here.
+        if self.counts.waiters.load(Ordering::Relaxed) == 0
+            && self.server.waiting.load(Ordering::Relaxed) > 0
+        {
+            self.server.close_counted(conn);
+            return;
+        }
+        conn.idle_since = Instant::now();
+        self.idle().push(conn);
+        self.returned.notify_one();
+    }
+
+    /// Closes connections idle past the timeout; returns how many.
+    pub fn close_idle_expired(&self) -> usize {
+        let now = Instant::now();
+        let expired: Vec<Conn> = {
+            let mut idle = self.idle();
+            let keep_from = idle
+                .iter()
+                .position(|c| now.duration_since(c.idle_since) < self.idle_timeout)
+                .unwrap_or(idle.len());
+            idle.drain(..keep_from).collect()
+        };
+        let n = expired.len();
+        for conn in expired {
+            conn.close_later();
+        }
+        n
+    }
+
+    /// Closes every idle connection now; connections in use close when given back.
+    pub async fn close(&self) {
+        self.closed.store(true, Ordering::Relaxed);
+        let idle: Vec<Conn> = self.idle().drain(..).collect();
+        for conn in idle {
+            conn.close().await;
+        }
+        tracing::info!(server = %self.server.name, database = %self.database, "tenant pool closed");
+    }
+
+    /// Closes the idle connections (kept open: the next checkout opens new ones),
+    /// after one of them failed in a way that says the others may be dead too.
+    pub fn discard_idle(&self) {
+        let idle: Vec<Conn> = self.idle().drain(..).collect();
+        for conn in idle {
+            conn.close_later();
+        }
+    }
+
+    pub fn stats(&self) -> PoolStats {
+        PoolStats {
+            server: self.server.name.clone(),
+            database: self.database.clone(),
+            open: self.counts.open.load(Ordering::Relaxed),
+            in_use: self.counts.in_use.load(Ordering::Relaxed),
+            idle: self.idle_count() as u32,
+        }
+    }
+}
+
+impl Drop for ConnPool {
+    fn drop(&mut self) {
+        let idle: Vec<Conn> = self.idle().drain(..).collect();
+        for conn in idle {
+            conn.close_later();
+        }
+    }
+}
+
+struct WaiterGuard<'a>(&'a AtomicU32);
+
+impl Drop for WaiterGuard<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+pub(crate) fn conn_err(e: sqlx::Error) -> DbErr {
+    DbErr::Conn(RuntimeErr::SqlxError(e.into()))
+}
+
+pub(crate) fn query_err(e: sqlx::Error) -> DbErr {
+    DbErr::Query(RuntimeErr::SqlxError(e.into()))
+}
+
+pub(crate) fn exec_err(e: sqlx::Error) -> DbErr {
+    DbErr::Exec(RuntimeErr::SqlxError(e.into()))
+}
