@@ -100,10 +100,9 @@ pub struct Settings {
     pub secret_key_previous: Option<Secret>,
     /// Where a generated key is kept when `SECRET_KEY` is unset.
     pub secret_key_file: PathBuf,
-    /// Create a missing PostgreSQL database or schema when a tenant's pool opens.
+    /// Create a missing PostgreSQL database or schema on a tenant's first use.
     pub auto_create_databases: bool,
-    /// Bound on the connections all tenant pools hold together; 0: no bound beyond
-    /// `MAX_OPEN_POOLS` × pool size.
+    /// Optional cap on the connections of every server together; 0: none.
     pub max_total_connections: u32,
     /// First pause after a tenant's database failed; doubles per failure, to 60 s.
     pub breaker_cooldown_secs: u64,
@@ -175,7 +174,7 @@ impl Settings {
             .and_then(|b| b.set_default("base_domain", "localhost"))
             .and_then(|b| b.set_default("log_level", "info"))
             .and_then(|b| b.set_default("pool_idle_timeout_secs", 300))
-            .and_then(|b| b.set_default("max_open_pools", 100))
+            .and_then(|b| b.set_default("max_open_pools", 10_000))
             .and_then(|b| b.set_default("max_connections_per_server", 0))
             .and_then(|b| b.set_default("connection_idle_timeout_secs", 10))
             .and_then(|b| b.set_default("pool_connect_timeout_secs", 5))

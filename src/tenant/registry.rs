@@ -158,6 +158,9 @@ struct Inner {
     /// Pools by prepared database URL (never shown): schema tenants of one
     /// database find the same pool.
     pools: Mutex<HashMap<String, Weak<ConnPool>>>,
+    /// Tenants made ready (storage checked, migrated, seeded) by this process for
+    /// their current storage: a handle built again after eviction skips that work.
+    ready: Mutex<std::collections::HashSet<TenantId>>,
     /// Budgets by server (`host:port`, or `sqlite`).
     servers: Mutex<HashMap<String, Arc<ServerBudget>>>,
     global: Option<Arc<Semaphore>>,
@@ -200,6 +203,7 @@ impl TenantRegistry {
             table: RwLock::new(Arc::new(TenantTable::new(tenants))),
             handles,
             pools: Mutex::new(HashMap::new()),
+            ready: Mutex::new(std::collections::HashSet::new()),
             servers: Mutex::new(HashMap::new()),
             global,
             counters,
@@ -230,6 +234,7 @@ impl TenantRegistry {
                 .get(id)
                 .is_some_and(|after| same_storage(before, after));
             if !keep {
+                self.ready().remove(id);
                 self.inner.handles.invalidate(id).await;
             }
         }
@@ -252,6 +257,7 @@ impl TenantRegistry {
             table.by_id.insert(id.clone(), Arc::new(tenant));
         });
         if changed_storage {
+            self.ready().remove(&id);
             self.inner.handles.invalidate(&id).await;
         }
     }
@@ -265,6 +271,7 @@ impl TenantRegistry {
                 table.by_subdomain.remove(&old.subdomain);
             }
         });
+        self.ready().remove(id);
         self.inner.handles.invalidate(id).await;
         self.inner.handles.run_pending_tasks().await;
         self.breakers().remove(id);
@@ -472,6 +479,39 @@ impl TenantRegistry {
         let settings = &self.inner.settings;
         let url = db::prepare_url(tenant.database_url.expose()).map_err(OpenError::Db)?;
         let pool = self.pool_for(&url).map_err(OpenError::Db)?;
+        if !self.ready().contains(&tenant.id) {
+            self.prepare(tenant, &url, &pool).await?;
+            self.ready().insert(tenant.id.clone());
+        }
+        let max_connections = tenant
+            .pool
+            .max_connections
+            .unwrap_or(settings.max_connections_per_tenant)
+            .max(1);
+        self.inner.counters.built.fetch_add(1, Ordering::Relaxed);
+        self.inner.counters.open.fetch_add(1, Ordering::Relaxed);
+        Ok(TenantHandle {
+            pool,
+            schema: tenant.schema_name().map(Arc::from),
+            permits: Arc::new(Semaphore::new(max_connections as usize)),
+            max_connections,
+            opened_at: Instant::now(),
+            reported: AtomicBool::new(false),
+            counters: self.inner.counters.clone(),
+            last_used: AtomicU64::new(self.now_ms()),
+        })
+    }
+
+    /// Checks (and creates if asked to) the tenant's storage, applies its
+    /// migrations and seeds a demo tenant. The work holds one of the server's
+    /// connection slots, like any other connection.
+    async fn prepare(
+        &self,
+        tenant: &TenantConfig,
+        url: &str,
+        pool: &ConnPool,
+    ) -> Result<(), OpenError> {
+        let settings = &self.inner.settings;
         let deadline = Instant::now() + settings.acquire_timeout;
         let slot = match pool.server().slot(deadline, None).await {
             Ok(slot) => slot,
@@ -480,7 +520,7 @@ impl TenantRegistry {
         };
         // The driver retries a refused connection until its timeout; find out at
         // once instead.
-        db::check_reachable(&url, settings.connect_timeout)
+        db::check_reachable(url, settings.connect_timeout)
             .await
             .map_err(OpenError::Db)?;
         if settings.auto_create_databases {
@@ -505,24 +545,11 @@ impl TenantRegistry {
         .await;
         let _ = db.close().await;
         drop(slot);
-        prepared.map_err(OpenError::Db)?;
-        let max_connections = tenant
-            .pool
-            .max_connections
-            .unwrap_or(settings.max_connections_per_tenant)
-            .max(1);
-        self.inner.counters.built.fetch_add(1, Ordering::Relaxed);
-        self.inner.counters.open.fetch_add(1, Ordering::Relaxed);
-        Ok(TenantHandle {
-            pool,
-            schema: tenant.schema_name().map(Arc::from),
-            permits: Arc::new(Semaphore::new(max_connections as usize)),
-            max_connections,
-            opened_at: Instant::now(),
-            reported: AtomicBool::new(false),
-            counters: self.inner.counters.clone(),
-            last_used: AtomicU64::new(self.now_ms()),
-        })
+        prepared.map_err(OpenError::Db)
+    }
+
+    fn ready(&self) -> std::sync::MutexGuard<'_, std::collections::HashSet<TenantId>> {
+        self.inner.ready.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     fn breakers(&self) -> std::sync::MutexGuard<'_, HashMap<TenantId, Breaker>> {
@@ -554,6 +581,8 @@ impl TenantRegistry {
     /// Records a failure of the tenant's database; returns the pause in seconds.
     fn trip_breaker(&self, id: &TenantId) -> u64 {
         self.inner.counters.failures.fetch_add(1, Ordering::Relaxed);
+        // Its storage may have gone or been replaced: check it again on recovery.
+        self.ready().remove(id);
         let base = self.inner.settings.breaker_cooldown;
         let mut breakers = self.breakers();
         let breaker = breakers.entry(id.clone()).or_insert(Breaker {
