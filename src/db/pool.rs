@@ -16,9 +16,10 @@
 //! than kept idle, so that the slot goes to the head of the queue.
 
 use std::{
+    collections::BTreeMap,
     sync::{
         Arc, Mutex, Weak,
-        atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering},
+        atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering},
     },
     time::{Duration, Instant},
 };
@@ -186,7 +187,6 @@ impl Drop for Member {
 struct PoolCounts {
     open: AtomicU32,
     in_use: AtomicU32,
-    waiters: AtomicU32,
 }
 
 /// An open connection, the schema its `search_path` points at now, and its slot.
@@ -274,6 +274,10 @@ pub struct ServerBudget {
     global: Option<Arc<Semaphore>>,
     pools: Mutex<Vec<Weak<ConnPool>>>,
     connect_timeout: Duration,
+    /// Checkouts waiting for a slot, by arrival: ticket → the pool asking (its
+    /// id; 0 for work outside any pool). The first is the head of the queue.
+    queue: Mutex<BTreeMap<u64, usize>>,
+    next_ticket: AtomicU64,
     waiting: AtomicU64,
     closing: AtomicU64,
     open: AtomicU64,
@@ -306,6 +310,8 @@ impl ServerBudget {
             global,
             pools: Mutex::new(Vec::new()),
             connect_timeout,
+            queue: Mutex::new(BTreeMap::new()),
+            next_ticket: AtomicU64::new(0),
             waiting: AtomicU64::new(0),
             closing: AtomicU64::new(0),
             open: AtomicU64::new(0),
@@ -378,6 +384,15 @@ impl ServerBudget {
         }
     }
 
+    fn queue(&self) -> std::sync::MutexGuard<'_, BTreeMap<u64, usize>> {
+        self.queue.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The pool whose checkout has waited longest for this server, if any waits.
+    fn head_of_queue(&self) -> Option<usize> {
+        self.queue().first_key_value().map(|(_, pool)| *pool)
+    }
+
     fn register(&self, pool: &Arc<ConnPool>) {
         let mut pools = self.pools.lock().unwrap_or_else(|p| p.into_inner());
         pools.retain(|p| p.strong_count() > 0);
@@ -396,7 +411,7 @@ impl ServerBudget {
         let permit = match self.slots.clone().try_acquire_owned() {
             Ok(permit) => permit,
             Err(_) => {
-                let _waiting = Waiting::new(&self.waiting);
+                let _waiting = Waiting::new(self, asking.map_or(0, |p| p.id));
                 let acquire = self.slots.clone().acquire_owned();
                 tokio::pin!(acquire);
                 let mut tick = tokio::time::interval(MAKE_ROOM_EVERY);
@@ -517,24 +532,34 @@ impl ServerBudget {
     }
 }
 
-/// Counts a waiter for as long as it waits.
-struct Waiting<'a>(&'a AtomicU64);
+/// A place in a server's queue, held for as long as its checkout waits.
+struct Waiting<'a> {
+    server: &'a ServerBudget,
+    ticket: u64,
+}
 
 impl<'a> Waiting<'a> {
-    fn new(counter: &'a AtomicU64) -> Self {
-        counter.fetch_add(1, Ordering::Relaxed);
-        Self(counter)
+    fn new(server: &'a ServerBudget, pool: usize) -> Self {
+        let ticket = server.next_ticket.fetch_add(1, Ordering::Relaxed);
+        server.queue().insert(ticket, pool);
+        server.waiting.fetch_add(1, Ordering::Relaxed);
+        Self { server, ticket }
     }
 }
 
 impl Drop for Waiting<'_> {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
+        self.server.queue().remove(&self.ticket);
+        self.server.waiting.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
+/// Ids of pools, for the server's queue; 0 is no pool.
+static NEXT_POOL_ID: AtomicUsize = AtomicUsize::new(1);
+
 /// The idle connections of one database or file.
 pub struct ConnPool {
+    id: usize,
     server: Arc<ServerBudget>,
     target: Target,
     database: String,
@@ -555,6 +580,7 @@ impl ConnPool {
         connect_timeout: Duration,
     ) -> Arc<Self> {
         let pool = Arc::new(Self {
+            id: NEXT_POOL_ID.fetch_add(1, Ordering::Relaxed),
             database: target.database(),
             server: server.clone(),
             target,
@@ -617,8 +643,6 @@ impl ConnPool {
                 sea_orm::ConnAcquireErr::ConnectionClosed,
             )));
         }
-        self.counts.waiters.fetch_add(1, Ordering::Relaxed);
-        let _waiter = WaiterGuard(&self.counts.waiters);
         let slot = self.server.slot(deadline, Some(self.as_ref()));
         tokio::pin!(slot);
         loop {
@@ -721,10 +745,13 @@ impl ConnPool {
             conn.close_later();
             return;
         }
-        // Others wait for this server and none for this pool: the slot serves
-        // better at the head of the server's queue than idle here.
-        if self.counts.waiters.load(Ordering::Relaxed) == 0
-            && self.server.waiting.load(Ordering::Relaxed) > 0
+        // First come, first served per server: when the checkout that has waited
+        // longest is another pool's, the slot goes to it (closing this connection
+        // frees it) rather than to a later checkout of this pool.
+        if self
+            .server
+            .head_of_queue()
+            .is_some_and(|head| head != self.id)
         {
             self.server.close_counted(conn);
             return;
@@ -788,14 +815,6 @@ impl Drop for ConnPool {
         for conn in idle {
             conn.close_later();
         }
-    }
-}
-
-struct WaiterGuard<'a>(&'a AtomicU32);
-
-impl Drop for WaiterGuard<'_> {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -1010,7 +1029,9 @@ mod tests {
         let patience = Duration::from_millis(300);
         for (n, pool) in [(1, &b), (2, &a)] {
             let started = Instant::now();
-            let got = pool.checkout(None, started + patience).await;
+            let got = tokio::time::timeout(PATIENT, pool.checkout(None, started + patience))
+                .await
+                .expect("the checkout ignored its deadline");
             let waited = started.elapsed();
             assert!(
                 matches!(got, Err(CheckoutError::Timeout)),
@@ -1310,11 +1331,11 @@ mod tests {
         })
         .await;
 
-        // Pool A stays busy: two requests at a time, each taking the connection
+        // Pool A stays busy: four requests at a time, each taking the connection
         // and giving it back, for longer than B's deadline unless B gets served.
         let stop = Arc::new(AtomicBool::new(false));
         let mut hot = Vec::new();
-        for _ in 0..2 {
+        for _ in 0..4 {
             let (a, stop) = (a.clone(), stop.clone());
             hot.push(tokio::spawn(async move {
                 let until = in_(Duration::from_secs(4));
@@ -1337,6 +1358,38 @@ mod tests {
             "B, queued first, timed out while A's later checkouts were served: {:?}",
             server.stats()
         );
+    }
+
+    /// The same, step by step: with the server full, pool B's checkout queues
+    /// first and pool A's second; when A's connection is given back, B (the head of
+    /// the server's queue) is served first.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_head_of_the_servers_queue_is_served_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let target_a = sqlite_target(dir.path(), "a.db");
+        let server = budget(&target_a, 1);
+        let a = pool(&server, target_a, PATIENT);
+        let b = pool(&server, sqlite_target(dir.path(), "b.db"), PATIENT);
+        let order = Arc::new(Mutex::new(Vec::new()));
+        let checkout = |pool: &Arc<ConnPool>, name: &'static str| {
+            let (pool, order) = (pool.clone(), order.clone());
+            tokio::spawn(async move {
+                let conn = pool.checkout(None, in_(PATIENT)).await.unwrap();
+                order.lock().unwrap().push(name);
+                pool.give_back(conn, true);
+            })
+        };
+
+        let held = a.checkout(None, in_(PATIENT)).await.unwrap();
+        let first = checkout(&b, "B, queued first");
+        wait_until("B waits", || server.stats().waiting == 1).await;
+        let second = checkout(&a, "A, queued second");
+        wait_until("A waits too", || server.stats().waiting == 2).await;
+        a.give_back(held, true);
+        first.await.unwrap();
+        second.await.unwrap();
+        let order = order.lock().unwrap().clone();
+        assert_eq!(order, ["B, queued first", "A, queued second"]);
     }
 
     /// PostgreSQL: one real connection (a budget of one slot) serves two schemas in
