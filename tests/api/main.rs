@@ -6,6 +6,7 @@
 mod admin;
 mod auth;
 mod cash_flow;
+mod connections;
 mod data;
 mod dental;
 mod deploy;
