@@ -18,9 +18,21 @@ use crate::{
     },
 };
 
-/// What every handler and middleware can read.
+/// What every handler and middleware can read: one `Arc`, so that the clone each
+/// extractor and middleware makes is one counter, not one per field.
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<AppStateInner>);
+
+impl std::ops::Deref for AppState {
+    type Target = AppStateInner;
+
+    fn deref(&self) -> &AppStateInner {
+        &self.0
+    }
+}
+
+/// The fields of [`AppState`].
+pub struct AppStateInner {
     pub registry: TenantRegistry,
     pub identify: Arc<IdentifySettings>,
     /// `Some` in single-tenant mode: the one tenant every request is served as.
@@ -133,7 +145,7 @@ impl Application {
             lifecycle::spawn_reload_on_sighup(Arc::downgrade(&lifecycle), settings.clone());
             lifecycle
         });
-        let state = AppState {
+        let state = AppState(Arc::new(AppStateInner {
             registry,
             identify: Arc::new(settings.identification()),
             single_tenant,
@@ -141,7 +153,7 @@ impl Application {
             lifecycle,
             auth,
             writes: Arc::default(),
-        };
+        }));
         let listener = TcpListener::bind((settings.host.as_str(), settings.port))
             .await
             .map_err(StartupError::Bind)?;
