@@ -51,10 +51,12 @@ pub async fn check_reachable(url: &str, timeout: Duration) -> Result<(), DbErr> 
     }
 }
 
-/// Opens a pool for `tenant` with at most `max_connections`, bounded by the connect
-/// timeout, and applies pending migrations when the settings say so. A SQLite file
-/// that does not exist yet is created, with its directory; a schema-mode tenant's
-/// connections are pinned to its schema.
+/// Opens a sea-orm pool of its own for `tenant` with at most `max_connections`,
+/// bounded by the connect timeout, and applies pending migrations when the settings
+/// say so: for the migrator, provisioning and the CLI, which need sea-orm's own
+/// connection type. Requests use [`pool`] instead. A SQLite file that does not exist
+/// yet is created, with its directory; a schema-mode tenant's connections are pinned
+/// to its schema.
 pub async fn open_pool(
     tenant: &TenantConfig,
     max_connections: u32,

@@ -238,6 +238,8 @@ pub struct ServerStats {
     pub server: String,
     /// Connections the router may hold on this server (0: not read from it yet).
     pub limit: u32,
+    /// Connections holding a slot now: in pools, in use, being closed, or opened
+    /// for storage and migrations. Never above `limit`.
     pub open: u64,
     pub in_use: u64,
     pub idle: u64,

@@ -60,8 +60,9 @@ pub enum Isolation {
     /// mode for SQLite.
     #[default]
     Database,
-    /// Schema `tenant_<id>` of the shared database its URL names; every connection of
-    /// its pool has `search_path` set to that schema alone.
+    /// Schema `tenant_<id>` of the shared database its URL names. The tenants of one
+    /// database share its pool; a connection serving this tenant has `search_path`
+    /// set to that schema alone.
     Schema,
 }
 
@@ -82,6 +83,7 @@ pub const MAX_SCHEMA_TENANT_ID_LEN: usize = 63 - "tenant_".len();
 /// Per-tenant pool settings that override the service-wide defaults.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
 pub struct PoolOverrides {
+    /// Connections the tenant may hold at once (`MAX_CONNECTIONS_PER_TENANT`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_connections: Option<u32>,
 }
