@@ -42,9 +42,12 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
             return Err(AppError::validation("body", "the body is too large"));
         }
         let mut de = serde_json::Deserializer::from_slice(&bytes);
-        serde_path_to_error::deserialize(&mut de)
-            .map(ApiJson)
-            .map_err(|e| serde_error(e.path().to_string(), e.inner()))
+        let value = serde_path_to_error::deserialize(&mut de)
+            .map_err(|e| serde_error(e.path().to_string(), e.inner()))?;
+        // One JSON value and nothing after it but white space.
+        de.end()
+            .map_err(|_| AppError::validation("body", "the body has text after its JSON value"))?;
+        Ok(ApiJson(value))
     }
 }
 
@@ -173,6 +176,31 @@ mod tests {
             AppError::Validation { field, .. } => assert_eq!(field.as_deref(), Some("name")),
             other => panic!("{other:?}"),
         }
+    }
+
+    #[tokio::test]
+    async fn text_after_the_json_value_is_refused() {
+        #[derive(serde::Deserialize, Debug)]
+        #[allow(dead_code)]
+        struct Body {
+            name: String,
+        }
+        let request = |body: &'static str| {
+            Request::builder()
+                .header(header::CONTENT_TYPE, "application/json")
+                .body(axum::body::Body::from(body))
+                .unwrap()
+        };
+        let trailing = ApiJson::<Body>::from_request(request(r#"{"name":"a"} xx"#), &()).await;
+        match trailing {
+            Err(AppError::Validation { field, .. }) => assert_eq!(field.as_deref(), Some("body")),
+            other => panic!("{:?}", other.map(|_| ())),
+        }
+        let second =
+            ApiJson::<Body>::from_request(request(r#"{"name":"a"}{"name":"b"}"#), &()).await;
+        assert!(second.is_err());
+        let spaced = ApiJson::<Body>::from_request(request("{\"name\":\"a\"} \n"), &()).await;
+        assert!(spaced.is_ok());
     }
 
     #[test]

@@ -182,33 +182,35 @@ struct SummaryQuery {
     year: Option<i32>,
 }
 
-/// Sums in minor units, shown as money.
+/// Sums in minor units, shown as money. Each amount is bounded at input, but many
+/// of them can pass `i64`: the sums are `i128`, which no number of rows can fill.
 #[derive(Debug, Default, Clone, Copy)]
 struct Sums {
-    income: i64,
-    expense: i64,
-    income_tax: i64,
-    expense_tax: i64,
+    income: i128,
+    expense: i128,
+    income_tax: i128,
+    expense_tax: i128,
 }
 
 impl Sums {
     fn add(&mut self, kind: &str, amount: i64, tax: i64) {
         if kind == "income" {
-            self.income += amount;
-            self.income_tax += tax;
+            self.income += i128::from(amount);
+            self.income_tax += i128::from(tax);
         } else {
-            self.expense += amount;
-            self.expense_tax += tax;
+            self.expense += i128::from(amount);
+            self.expense_tax += i128::from(tax);
         }
     }
 
     fn view(self) -> serde_json::Value {
+        let money = |cents: i128| cents as f64 / 100.0;
         serde_json::json!({
-            "income": cents_to_money(self.income),
-            "expense": cents_to_money(self.expense),
-            "income_tax": cents_to_money(self.income_tax),
-            "expense_tax": cents_to_money(self.expense_tax),
-            "net": cents_to_money(self.income - self.expense),
+            "income": money(self.income),
+            "expense": money(self.expense),
+            "income_tax": money(self.income_tax),
+            "expense_tax": money(self.expense_tax),
+            "net": money(self.income - self.expense),
         })
     }
 }
@@ -257,4 +259,23 @@ async fn summary(
     Ok(Json(
         serde_json::json!({ "year": year, "months": months, "totals": total.view() }),
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sums_of_many_large_amounts_do_not_wrap() {
+        // 9,300 entries at the largest amount accepted (1e13, in cents 1e15) pass
+        // i64::MAX; the sum must stay positive and exact in its magnitude.
+        let mut sums = Sums::default();
+        for _ in 0..9_300 {
+            sums.add("income", 1_000_000_000_000_000, 0);
+        }
+        let view = sums.view();
+        let income = view["income"].as_f64().unwrap();
+        assert!((income - 9.3e16).abs() < 1e6, "{view}");
+        assert!(view["net"].as_f64().unwrap() > 0.0, "{view}");
+    }
 }
