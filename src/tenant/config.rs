@@ -420,6 +420,24 @@ fn validate(
             );
         }
     }
+    // Public (login pages show them): a logo is a web address or a path of this
+    // site, never `javascript:` or `data:`; a name is text, never markup.
+    if let Some(logo) = &raw.branding.logo_url
+        && !is_safe_logo_url(logo)
+    {
+        err(
+            "branding.logo_url",
+            "must start with https://, http:// or / (a path on this site)".into(),
+        );
+    }
+    if let Some(name) = &raw.branding.company_name
+        && name.contains(['<', '>'])
+    {
+        err(
+            "branding.company_name",
+            "must be plain text, without < or >".into(),
+        );
+    }
     if let Some(email) = &raw.contact_info.email
         && !looks_like_email(email)
     {
@@ -493,6 +511,19 @@ fn validate(
 }
 
 /// Accepts the schemes the router can serve; the message names only the scheme.
+/// `https://…`, `http://…` or a path of this site (`/…`, not `//host`), with no
+/// white space, control characters or quotes.
+fn is_safe_logo_url(url: &str) -> bool {
+    let lower = url.to_ascii_lowercase();
+    let allowed = lower.starts_with("https://")
+        || lower.starts_with("http://")
+        || (url.starts_with('/') && !url.starts_with("//"));
+    allowed
+        && !url
+            .chars()
+            .any(|c| c.is_whitespace() || c.is_control() || matches!(c, '"' | '\'' | '<' | '>'))
+}
+
 pub(crate) fn check_database_url(url: &str) -> Result<(), String> {
     let scheme = url
         .split_once("://")
@@ -761,6 +792,41 @@ mod tests {
         assert_eq!(list[0].domain, Domain::Manufacturing);
         assert_eq!(list[0].source, TenantSource::Env);
         assert_eq!(list[0].database_url.expose(), "sqlite://b.db");
+    }
+
+    #[test]
+    fn logo_urls_are_web_addresses_or_paths_and_names_are_plain_text() {
+        for (logo, ok) in [
+            ("https://cdn.example.com/logo.png", true),
+            ("http://example.com/l.png", true),
+            ("/assets/branding/a/logo.png", true),
+            ("javascript:alert(1)", false),
+            ("JavaScript:alert(1)", false),
+            ("data:image/png;base64,AAAA", false),
+            ("//evil.example/logo.png", false),
+            ("/logo.png\" onerror=\"x", false),
+        ] {
+            let toml = format!(
+                "[tenants.a]\ndatabase_url='sqlite://x.db'\nbranding={{logo_url={logo:?}}}"
+            );
+            let result = parse_tenants_toml(&toml);
+            assert_eq!(result.is_ok(), ok, "{logo}: {result:?}");
+            if let Err(errors) = result {
+                assert!(
+                    errors
+                        .iter()
+                        .any(|e| e.to_string().contains("branding.logo_url"))
+                );
+            }
+        }
+        let markup =
+            "[tenants.a]\ndatabase_url='sqlite://x.db'\nbranding={company_name='<b>ABC</b>'}";
+        let errors = parse_tenants_toml(markup).unwrap_err();
+        assert!(
+            errors
+                .iter()
+                .any(|e| e.to_string().contains("branding.company_name"))
+        );
     }
 
     #[test]
