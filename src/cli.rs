@@ -13,7 +13,7 @@ use crate::{
     fleet::{FleetOptions, Outcome, migrate_fleet},
     lifecycle::{self, Lifecycle},
     settings::Settings,
-    tenant::{TenantConfig, TenantRegistry, load_tenants},
+    tenant::{TenantConfig, TenantRegistry},
 };
 
 /// A database-per-tenant HTTP service. Settings come from the environment (see the
@@ -157,9 +157,7 @@ async fn context(settings: Settings) -> Result<Context, String> {
     if !settings.multi_tenant_enabled {
         return Err("tenant commands need MULTI_TENANT_ENABLED=true".into());
     }
-    let (file, required) = settings.tenants_file();
-    let env = settings.tenant_configs.as_ref().map(|s| s.expose());
-    let base = load_tenants(Some(&file), required, env).map_err(|errors| {
+    let base = settings.load_tenants().map_err(|errors| {
         let lines: Vec<String> = errors.iter().map(|e| format!("  {e}")).collect();
         format!("invalid tenant configuration:\n{}", lines.join("\n"))
     })?;
@@ -187,6 +185,7 @@ async fn context(settings: Settings) -> Result<Context, String> {
         control.clone(),
         base,
         settings.pools(),
+        settings.identification().ignored_subdomains,
     ));
     Ok(Context {
         settings,

@@ -44,6 +44,8 @@ pub struct Lifecycle {
     control: ControlStore,
     base: RwLock<Vec<TenantConfig>>,
     pools: PoolSettings,
+    /// `IGNORED_SUBDOMAINS`: labels no tenant may take.
+    ignored_subdomains: Vec<String>,
     seen: Mutex<Option<Fingerprint>>,
 }
 
@@ -96,12 +98,14 @@ impl Lifecycle {
         control: ControlStore,
         base: Vec<TenantConfig>,
         pools: PoolSettings,
+        ignored_subdomains: Vec<String>,
     ) -> Self {
         Self {
             registry,
             control,
             base: RwLock::new(base),
             pools,
+            ignored_subdomains,
             seen: Mutex::new(None),
         }
     }
@@ -249,6 +253,9 @@ impl Lifecycle {
 
     /// A 409 if `config`'s id (when `replacing` is `None`) or subdomain is taken.
     fn check_free(&self, config: &TenantConfig, replacing: Option<&TenantId>) -> Result<()> {
+        if let Some(e) = crate::tenant::ignored_subdomain_error(config, &self.ignored_subdomains) {
+            return Err(AppError::validation("subdomain", e.message));
+        }
         if replacing.is_none() && self.registry.get(config.id.as_str()).is_some() {
             return Err(AppError::Conflict(format!(
                 "tenant '{}' already exists",
@@ -377,9 +384,7 @@ pub fn spawn_reload_on_sighup(
                 let Some(lifecycle) = lifecycle.upgrade() else {
                     break;
                 };
-                let (file, required) = settings.tenants_file();
-                let env = settings.tenant_configs.as_ref().map(|s| s.expose());
-                match crate::tenant::load_tenants(Some(&file), required, env) {
+                match settings.load_tenants() {
                     Ok(base) => match lifecycle.set_base(base).await {
                         Ok(()) => tracing::info!("tenants reloaded on SIGHUP"),
                         Err(e) => {

@@ -378,6 +378,21 @@ impl Settings {
         }
     }
 
+    /// The tenants of the tenants file and `TENANT_CONFIGS`, checked against these
+    /// settings too (no subdomain that `IGNORED_SUBDOMAINS` hides).
+    pub fn load_tenants(
+        &self,
+    ) -> Result<Vec<crate::tenant::TenantConfig>, Vec<crate::tenant::ConfigError>> {
+        let (file, required) = self.tenants_file();
+        let env = self.tenant_configs.as_ref().map(|s| s.expose());
+        let tenants = crate::tenant::load_tenants(Some(&file), required, env)?;
+        crate::tenant::check_ignored_subdomains(
+            &tenants,
+            &self.identification().ignored_subdomains,
+        )?;
+        Ok(tenants)
+    }
+
     pub fn identification(&self) -> IdentifySettings {
         IdentifySettings {
             by_subdomain: self.identify_by_subdomain,
@@ -475,6 +490,28 @@ mod tests {
         // Keep a developer's own settings.toml out of the unit tests.
         map.entry(SETTINGS_FILE_ENV.into()).or_default();
         map
+    }
+
+    #[test]
+    fn a_tenant_may_not_take_an_ignored_subdomain() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("tenants.toml");
+        std::fs::write(
+            &file,
+            "[tenants.shop]\ndatabase_url = 'sqlite://shop.db'\nsubdomain = 'www'\n",
+        )
+        .unwrap();
+        let path = file.display().to_string();
+        let s = Settings::from_map(&env(&[("TENANTS_FILE", &path)])).unwrap();
+        let errors = s.load_tenants().unwrap_err();
+        let text = errors[0].to_string();
+        assert!(
+            text.contains("shop") && text.contains("subdomain"),
+            "{text}"
+        );
+        let s = Settings::from_map(&env(&[("TENANTS_FILE", &path), ("IGNORED_SUBDOMAINS", "")]))
+            .unwrap();
+        assert_eq!(s.load_tenants().unwrap().len(), 1);
     }
 
     #[test]

@@ -14,7 +14,7 @@ use crate::{
     settings::{IdentifySettings, Settings},
     tenant::{
         Branding, ConfigError, ContactInfo, Domain, FeatureSet, Isolation, PoolOverrides,
-        TenantConfig, TenantId, TenantRegistry, TenantSource, load_tenants,
+        TenantConfig, TenantId, TenantRegistry, TenantSource,
     },
 };
 
@@ -88,9 +88,7 @@ impl Application {
     /// Loads tenants, builds the registry (opening no pool) and binds the listener.
     pub async fn build(settings: Settings) -> Result<Self, StartupError> {
         let (tenants, single_tenant, control) = if settings.multi_tenant_enabled {
-            let (file, required) = settings.tenants_file();
-            let env = settings.tenant_configs.as_ref().map(|s| s.expose());
-            let base = load_tenants(Some(&file), required, env).map_err(StartupError::Tenants)?;
+            let base = settings.load_tenants().map_err(StartupError::Tenants)?;
             let secrets = Arc::new(settings.secret_box().map_err(StartupError::Settings)?);
             let control = ControlStore::open(settings.control_database_url.expose(), secrets)
                 .await
@@ -135,6 +133,7 @@ impl Application {
                 control,
                 base,
                 settings.pools(),
+                settings.identification().ignored_subdomains,
             ));
             if settings.control_poll_secs > 0 {
                 lifecycle::spawn_poller(

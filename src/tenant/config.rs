@@ -591,6 +591,38 @@ fn looks_like_email(s: &str) -> bool {
 /// Reads the tenants file (if given or present) and `TENANT_CONFIGS`, lets env
 /// entries replace file entries with the same id, and checks that no two tenants
 /// share a subdomain.
+/// Refuses a tenant whose subdomain is one of `ignored` (such as `www`): requests
+/// for that label are never identified by subdomain, so the tenant could not be
+/// reached that way.
+pub fn check_ignored_subdomains(
+    tenants: &[TenantConfig],
+    ignored: &[String],
+) -> Result<(), Vec<ConfigError>> {
+    let errors: Vec<ConfigError> = tenants
+        .iter()
+        .filter_map(|t| ignored_subdomain_error(t, ignored))
+        .collect();
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(errors)
+    }
+}
+
+/// The error for one tenant whose subdomain is in `ignored`, if it is.
+pub fn ignored_subdomain_error(tenant: &TenantConfig, ignored: &[String]) -> Option<ConfigError> {
+    ignored.contains(&tenant.subdomain).then(|| {
+        ConfigError::new(
+            Some(tenant.id.as_str()),
+            "subdomain",
+            format!(
+                "'{}' is in IGNORED_SUBDOMAINS, so it never names a tenant; choose another",
+                tenant.subdomain
+            ),
+        )
+    })
+}
+
 pub fn load_tenants(
     file: Option<&Path>,
     file_required: bool,

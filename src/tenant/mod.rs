@@ -6,8 +6,8 @@ mod registry;
 
 pub use config::{
     Branding, ConfigError, ContactInfo, Isolation, MAX_SCHEMA_TENANT_ID_LEN, PoolOverrides,
-    TenantConfig, TenantSource, load_tenants, parse_tenant_entry, parse_tenants_json,
-    parse_tenants_toml,
+    TenantConfig, TenantSource, check_ignored_subdomains, ignored_subdomain_error, load_tenants,
+    parse_tenant_entry, parse_tenants_json, parse_tenants_toml,
 };
 pub(crate) use config::{check_database_url, toml_syntax_error};
 pub use id::TenantId;

@@ -125,6 +125,8 @@ async fn duplicates_and_bad_bodies_are_refused(backend: Backend) {
             "database_url",
         ),
         (json!({ "colour": "red" }), "colour"),
+        // IGNORED_SUBDOMAINS (www by default) never names a tenant.
+        (json!({ "subdomain": "www" }), "subdomain"),
     ] {
         let mut bad = provision_body(&app, backend, "bad_one").await;
         for (k, v) in change.as_object().unwrap() {
