@@ -103,6 +103,10 @@ pub enum AppError {
     /// The request clashes with what exists (a duplicate tenant id or subdomain).
     #[error("{0}")]
     Conflict(String),
+    /// The request itself is malformed in a way no route could serve (two `Host`
+    /// headers).
+    #[error("{0}")]
+    BadRequest(String),
     /// A failure the client cannot fix; `detail` goes to the log, never to the client.
     #[error("internal error")]
     Internal { detail: String },
@@ -144,6 +148,7 @@ impl AppError {
             Self::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::Conflict(_) => StatusCode::CONFLICT,
+            Self::BadRequest(_) => StatusCode::BAD_REQUEST,
             Self::Internal { .. } => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -166,6 +171,7 @@ impl AppError {
             Self::Forbidden(_) => "forbidden",
             Self::MethodNotAllowed => "method_not_allowed",
             Self::Conflict(_) => "conflict",
+            Self::BadRequest(_) => "bad_request",
             Self::Internal { .. } => "internal_error",
         }
     }

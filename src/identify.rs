@@ -113,15 +113,15 @@ fn subdomain_label(
     uri: &Uri,
     settings: &IdentifySettings,
 ) -> Result<Option<String>, AppError> {
-    let host = match headers.get(header::HOST) {
-        Some(value) => match value.to_str() {
+    // An absolute-form target (`GET http://host/path`) names the host; the Host
+    // header is then ignored (RFC 9112, 3.2.2).
+    let host = match (uri.host(), headers.get(header::HOST)) {
+        (Some(h), _) => h,
+        (None, Some(value)) => match value.to_str() {
             Ok(h) => h,
             Err(_) => return Ok(None),
         },
-        None => match uri.host() {
-            Some(h) => h,
-            None => return Ok(None),
-        },
+        (None, None) => return Ok(None),
     };
     let host = host.to_ascii_lowercase();
     // IPv6 literals ("[::1]:8000") are never subdomains.
@@ -341,6 +341,15 @@ mod tests {
             .body(())
             .unwrap();
         assert_eq!(identify(api_host).unwrap().1, IdSource::Header);
+    }
+
+    #[test]
+    fn an_absolute_form_target_names_the_host_and_the_host_header_is_ignored() {
+        let absolute = get("http://acme.example.com/api/products")
+            .header("host", "dental-abc.example.com")
+            .body(())
+            .unwrap();
+        assert_eq!(identify(absolute).unwrap().0.as_str(), "acme");
     }
 
     #[test]

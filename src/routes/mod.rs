@@ -54,8 +54,29 @@ pub fn router(state: AppState) -> Router {
         )
         .fallback(|| async { AppError::NotFound("no such route".into()) })
         .method_not_allowed_fallback(|| async { AppError::MethodNotAllowed })
+        .layer(middleware::from_fn(single_host))
         .layer(middleware::from_fn(telemetry::request_span))
         .with_state(state)
+}
+
+/// Refuses a request with more than one `Host` header (400 `bad_request`): which
+/// one names the tenant would be a guess, and a proxy may have read the other.
+async fn single_host(
+    request: axum::extract::Request,
+    next: middleware::Next,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    if request
+        .headers()
+        .get_all(axum::http::header::HOST)
+        .iter()
+        .nth(1)
+        .is_some()
+    {
+        return AppError::BadRequest("the request has more than one Host header".into())
+            .into_response();
+    }
+    next.run(request).await
 }
 
 /// Every route that serves one tenant's data to an authenticated caller, each behind

@@ -221,3 +221,50 @@ crate::on_every_backend!(
     a_switched_off_source_is_ignored,
     a_custom_subdomain_and_base_domain_route_to_the_tenant,
 );
+
+/// Sends `head` (request line and headers) on a raw connection and returns the
+/// status code and the body: reqwest would not send two `Host` headers.
+async fn raw_request(address: &str, head: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let authority = address.trim_start_matches("http://");
+    let mut stream = tokio::net::TcpStream::connect(authority).await.unwrap();
+    stream
+        .write_all(format!("{head}Connection: close\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.unwrap();
+    let status = response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = response.split("\r\n\r\n").nth(1).unwrap_or("").to_string();
+    (status, body)
+}
+
+#[tokio::test]
+async fn two_host_headers_are_refused_and_an_absolute_target_names_the_host() {
+    let app = spawn_app_with(AppSpec::new(standard_tenants())).await;
+    let (status, body) = raw_request(
+        &app.address,
+        "GET /api/products HTTP/1.1\r\nHost: demo.localhost\r\nHost: acme-manufacturing.localhost\r\n",
+    )
+    .await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("bad_request"), "{body}");
+    let (status, _) = raw_request(
+        &app.address,
+        "GET /health HTTP/1.1\r\nHost: a.localhost\r\nHost: b.localhost\r\n",
+    )
+    .await;
+    assert_eq!(status, 400, "every route refuses it");
+
+    // Absolute form: the target's host names the tenant, not the Host header.
+    let (status, body) = raw_request(
+        &app.address,
+        "GET http://demo.localhost/api/products HTTP/1.1\r\nHost: nobody.localhost\r\n",
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+}
