@@ -5,7 +5,7 @@
 //! are validated with the same rules as `tenants.toml` when they are loaded.
 
 use chrono::Utc;
-use migration::{MigratorTrait, control::ControlMigrator};
+use migration::control::ControlMigrator;
 use sea_orm::{
     ActiveModelTrait, ActiveValue::Set, ColumnTrait, ConnectOptions, Database, DatabaseConnection,
     DbErr, EntityTrait, PaginatorTrait, QueryFilter, QuerySelect, sea_query::Expr,
@@ -78,7 +78,7 @@ impl ControlStore {
             .sqlx_logging(false);
         let db = Database::connect(options).await?;
         // Replicas starting together on a new control database race to create it.
-        crate::db::retry_lost_race(|| ControlMigrator::up(&db, None)).await?;
+        crate::db::migrate_with::<ControlMigrator>(&db, "tenant-router:control").await?;
         Ok(Self { db, secrets })
     }
 

@@ -109,27 +109,43 @@ pub async fn open_pool(
     Ok(db)
 }
 
-/// Applies pending migrations to the tenant's database. On PostgreSQL this runs in
-/// one transaction holding an advisory lock keyed by the tenant's storage, so that
-/// two replicas (or a request and the CLI) migrating the same tenant take turns
-/// instead of colliding on the catalog; DDL rolls back whole if a step fails.
+/// Applies pending migrations to the tenant's database (see [`migrate_with`]),
+/// keyed by the tenant's storage.
 pub async fn migrate(db: &DatabaseConnection, tenant: &TenantConfig) -> Result<(), DbErr> {
-    if db.get_database_backend() != DbBackend::Postgres {
-        return retry_lost_race(|| Migrator::up(db, None)).await;
-    }
     let key = format!(
         "tenant-router:{}:{}",
         database_name(tenant.database_url.expose())?,
         tenant.schema_name().unwrap_or_default()
     );
+    migrate_with::<Migrator>(db, &key).await
+}
+
+/// Applies `M`'s pending migrations in one transaction, so that two replicas (or a
+/// request and the CLI) migrating the same database take turns instead of colliding
+/// on the catalog, and DDL rolls back whole if a step fails. On PostgreSQL the
+/// transaction holds an advisory lock on `key`; on SQLite it is `BEGIN IMMEDIATE`,
+/// whose write lock the second process waits for on the busy timeout, then finds
+/// the work done.
+pub async fn migrate_with<M: MigratorTrait>(
+    db: &DatabaseConnection,
+    key: &str,
+) -> Result<(), DbErr> {
+    if db.get_database_backend() != DbBackend::Postgres {
+        return retry_lost_race(|| async {
+            let txn = begin_write(db).await?;
+            M::up(&txn, None).await?;
+            txn.commit().await
+        })
+        .await;
+    }
     let txn = db.begin().await?;
     txn.execute_raw(Statement::from_sql_and_values(
         DbBackend::Postgres,
         "SELECT pg_advisory_xact_lock($1)",
-        [lock_key(&key).into()],
+        [lock_key(key).into()],
     ))
     .await?;
-    Migrator::up(&txn, None).await?;
+    M::up(&txn, None).await?;
     txn.commit().await
 }
 
@@ -139,7 +155,7 @@ pub async fn migrate(db: &DatabaseConnection, tenant: &TenantConfig) -> Result<(
 /// duplicate row in the migration table. Its next run finds the work done. Any other
 /// failure is returned at once; if the retries fail too, the first error is the one
 /// returned, since it names the cause.
-pub async fn retry_lost_race<F, Fut>(mut run: F) -> Result<(), DbErr>
+async fn retry_lost_race<F, Fut>(mut run: F) -> Result<(), DbErr>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<(), DbErr>>,
@@ -168,6 +184,7 @@ fn lost_race(err: &DbErr) -> bool {
         // PostgreSQL: duplicate table, schema or object; SQLite says it in words.
         || sql_state(err).is_some_and(|c| matches!(c.as_str(), "42P07" | "42P06" | "42710"))
         || redact_error(err).contains("already exists")
+        || redact_error(err).contains("duplicate column")
 }
 
 /// A stable 64-bit key for `name` (FNV-1a): the same in every replica and version.
@@ -385,7 +402,6 @@ pub fn quote_ident(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
 }
 
-/// The SQLSTATE of a database error, if the error came from the server.
 /// Starts a transaction that will write. On SQLite it is `BEGIN IMMEDIATE`: the
 /// write lock is taken at the start, so two such transactions queue on the busy
 /// timeout instead of the second failing when it first writes after reading a
@@ -413,6 +429,7 @@ fn is_sqlite_busy(err: &DbErr) -> bool {
     sql_state(err).is_some_and(|code| code.parse::<i32>().is_ok_and(|c| c & 0xff == 5))
 }
 
+/// The SQLSTATE of a database error, if the error came from the server.
 pub fn sql_state(err: &DbErr) -> Option<String> {
     sqlx_error(err).and_then(|e| match e {
         sea_orm::sqlx::Error::Database(db) => db.code().map(|c| c.into_owned()),

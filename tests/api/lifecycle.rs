@@ -481,7 +481,10 @@ async fn replicas_starting_together_on_new_databases_both_come_up_and_serve() {
                 .send()
         };
         let (from_a, from_b) = tokio::join!(first(&a), first(&b));
-        assert_eq!(from_a.unwrap().status(), 200, "round {round}");
-        assert_eq!(from_b.unwrap().status(), 200, "round {round}");
+        for r in [from_a.unwrap(), from_b.unwrap()] {
+            let status = r.status();
+            let body = r.text().await.unwrap();
+            assert_eq!(status, 200, "round {round}: {body}");
+        }
     }
 }
