@@ -7,28 +7,40 @@ use axum::{
     response::{IntoResponse, Response},
 };
 
-use crate::{error::AppError, secret::constant_time_eq, startup::AppState};
+use crate::{auth::LoginThrottle, error::AppError, secret::constant_time_eq, startup::AppState};
 
 /// Lets the request through only with the admin token, compared in constant time.
+/// Wrong tokens count against the client's address: past
+/// `ADMIN_MAX_FAILURES_PER_ADDRESS` within the window, the address gets 429 with
+/// `Retry-After`, the right token included.
 pub async fn require_admin(
     State(state): State<AppState>,
     request: Request,
     next: Next,
 ) -> Response {
-    let presented = request
-        .headers()
+    let (parts, body) = request.into_parts();
+    let address = state.auth.client_address(&parts);
+    let key = LoginThrottle::admin_key(&address);
+    let throttle = &state.auth.throttle;
+    if let Err(retry_after_secs) = throttle.begin_attempt(&[&key]).await {
+        tracing::warn!(%address, "admin request refused: too many wrong tokens");
+        return AppError::TooManyRequests { retry_after_secs }.into_response();
+    }
+    let presented = parts
+        .headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(str::trim);
-    match presented {
-        Some(token)
-            if constant_time_eq(token.as_bytes(), state.admin_token.expose().as_bytes()) =>
-        {
-            next.run(request).await
-        }
-        _ => AppError::Unauthorized.into_response(),
+    let allowed = presented.is_some_and(|token| {
+        constant_time_eq(token.as_bytes(), state.admin_token.expose().as_bytes())
+    });
+    if !allowed {
+        tracing::warn!(%address, "admin request refused: wrong or missing token");
+        return AppError::Unauthorized.into_response();
     }
+    throttle.give_back(&[&key]).await;
+    next.run(Request::from_parts(parts, body)).await
 }
 
 /// A random token for when `ADMIN_TOKEN` is unset: 244 random bits from two v4 UUIDs.

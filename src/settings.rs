@@ -49,6 +49,10 @@ pub const ENV_KEYS: &[&str] = &[
     "JWT_TTL_SECS",
     "LOGIN_MAX_FAILURES",
     "LOGIN_MAX_FAILURES_PER_ADDRESS",
+    "LOGIN_MAX_FAILURES_PER_USER",
+    "HTTP_HEADER_TIMEOUT_SECS",
+    "HTTP_BODY_TIMEOUT_SECS",
+    "ADMIN_MAX_FAILURES_PER_ADDRESS",
     "LOGIN_THROTTLE_SECS",
     "TRUST_FORWARDED_FOR",
     "AUTH_RECHECK_SECS",
@@ -125,6 +129,13 @@ pub struct Settings {
     pub login_max_failures: u32,
     /// Failed logins from one client address within the window.
     pub login_max_failures_per_address: u32,
+    pub login_max_failures_per_user: u32,
+    /// Seconds a client has to send a request's head, and to start the next request
+    /// on a kept-alive connection.
+    pub http_header_timeout_secs: u64,
+    /// Seconds a client has to send a request's body.
+    pub http_body_timeout_secs: u64,
+    pub admin_max_failures_per_address: u32,
     pub login_throttle_secs: u64,
     pub trust_forwarded_for: bool,
     /// How long a token user's role and active flag are trusted before they are read
@@ -197,6 +208,10 @@ impl Settings {
             .and_then(|b| b.set_default("jwt_ttl_secs", 900))
             .and_then(|b| b.set_default("login_max_failures", 5))
             .and_then(|b| b.set_default("login_max_failures_per_address", 50))
+            .and_then(|b| b.set_default("login_max_failures_per_user", 50))
+            .and_then(|b| b.set_default("http_header_timeout_secs", 30))
+            .and_then(|b| b.set_default("http_body_timeout_secs", 30))
+            .and_then(|b| b.set_default("admin_max_failures_per_address", 20))
             .and_then(|b| b.set_default("login_throttle_secs", 300))
             .and_then(|b| b.set_default("trust_forwarded_for", false))
             .and_then(|b| b.set_default("auth_recheck_secs", 30))
@@ -277,14 +292,26 @@ impl Settings {
         if !(60..=86_400).contains(&self.jwt_ttl_secs) {
             return Err("settings: JWT_TTL_SECS must be within 60..=86400".into());
         }
-        if self.login_max_failures == 0 || self.login_max_failures_per_address == 0 {
+        if self.login_max_failures == 0
+            || self.login_max_failures_per_address == 0
+            || self.login_max_failures_per_user == 0
+            || self.admin_max_failures_per_address == 0
+        {
             return Err(
-                "settings: LOGIN_MAX_FAILURES and LOGIN_MAX_FAILURES_PER_ADDRESS must be at least 1"
+                "settings: LOGIN_MAX_FAILURES, LOGIN_MAX_FAILURES_PER_ADDRESS, LOGIN_MAX_FAILURES_PER_USER and ADMIN_MAX_FAILURES_PER_ADDRESS must be at least 1"
                     .into(),
             );
         }
         if !(1..=3600).contains(&self.auth_recheck_secs) {
             return Err("settings: AUTH_RECHECK_SECS must be within 1..=3600".into());
+        }
+        if !(1..=3600).contains(&self.http_header_timeout_secs)
+            || !(1..=3600).contains(&self.http_body_timeout_secs)
+        {
+            return Err(
+                "settings: HTTP_HEADER_TIMEOUT_SECS and HTTP_BODY_TIMEOUT_SECS must be within 1..=3600"
+                    .into(),
+            );
         }
         if self.login_throttle_secs == 0 {
             return Err("settings: LOGIN_THROTTLE_SECS must be at least 1".into());
@@ -331,8 +358,12 @@ impl Settings {
             self.jwt_ttl_secs as i64,
             crate::auth::LoginThrottle::new(
                 Duration::from_secs(self.login_throttle_secs),
-                self.login_max_failures,
-                self.login_max_failures_per_address,
+                crate::auth::throttle::Limits {
+                    per_user_address: self.login_max_failures,
+                    per_user: self.login_max_failures_per_user,
+                    per_address: self.login_max_failures_per_address,
+                    admin_per_address: self.admin_max_failures_per_address,
+                },
             ),
             self.trust_forwarded_for,
             Duration::from_secs(self.auth_recheck_secs),

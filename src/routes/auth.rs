@@ -44,16 +44,15 @@ async fn login(
 ) -> Result<Json<Value>> {
     let username = users::normalize_username(&input.username)?;
     let throttle = &state.auth.throttle;
-    let user_key = LoginThrottle::user_key(tenant.config.id.as_str(), &username);
-    let address_key = LoginThrottle::address_key(&address);
-    if let Err(retry_after_secs) = throttle.begin_attempt(&[&user_key, &address_key]).await {
+    let keys = LoginThrottle::login_keys(tenant.config.id.as_str(), &username, &address);
+    if let Err(retry_after_secs) = throttle.begin_attempt(&key_refs(&keys)).await {
         // The username is not logged: people type passwords into that field.
         tracing::warn!(%address, "login refused: too many failures");
         return Err(AppError::TooManyRequests { retry_after_secs });
     }
     let attempt = Attempt {
         throttle: throttle.clone(),
-        keys: Some((user_key, address_key)),
+        keys: Some(keys),
     };
     let user = users::find_by_username(&db, &username)
         .await?
@@ -61,12 +60,12 @@ async fn login(
     let stored = user.as_ref().map(|u| u.password_hash.clone());
     // An unknown or inactive user costs the same hashing work as a wrong password.
     let verified = password::verify_blocking(input.password, stored).await;
-    let (user_key, address_key) = attempt.settle();
+    let keys = attempt.settle();
     let Some(user) = user.filter(|_| verified) else {
         tracing::warn!(%address, "login failed");
         return Err(AppError::LoginFailed);
     };
-    throttle.succeeded(&user_key, &address_key).await;
+    throttle.succeeded(&key_refs(&keys)).await;
     let role = users::parse_role(&user.role)
         .map_err(|_| AppError::internal(format!("user {} has an unknown role", user.id)))?;
     let ttl = state.auth.token_ttl_secs;
@@ -92,23 +91,27 @@ async fn login(
 /// or a client that left is no failed guess.
 struct Attempt {
     throttle: LoginThrottle,
-    keys: Option<(String, String)>,
+    keys: Option<[String; 3]>,
 }
 
 impl Attempt {
     /// A password was checked: the attempt stands (the caller settles success).
-    fn settle(mut self) -> (String, String) {
+    fn settle(mut self) -> [String; 3] {
         self.keys.take().unwrap_or_default()
     }
 }
 
 impl Drop for Attempt {
     fn drop(&mut self) {
-        if let Some((user_key, address_key)) = self.keys.take() {
+        if let Some(keys) = self.keys.take() {
             let throttle = self.throttle.clone();
-            tokio::spawn(async move { throttle.give_back(&user_key, &address_key).await });
+            tokio::spawn(async move { throttle.give_back(&key_refs(&keys)).await });
         }
     }
+}
+
+fn key_refs(keys: &[String; 3]) -> [&str; 3] {
+    [&keys[0], &keys[1], &keys[2]]
 }
 
 async fn me(tenant: TenantContext, principal: Principal) -> Json<Value> {

@@ -3,7 +3,7 @@
 use reqwest::Method;
 use serde_json::Value;
 
-use crate::helpers::{assert_error, spawn_app};
+use crate::helpers::{ADMIN_TOKEN, AppSpec, assert_error, spawn_app, spawn_app_with};
 
 #[tokio::test]
 async fn tenant_routes_need_the_admin_token() {
@@ -125,5 +125,45 @@ async fn service_health_needs_nothing() {
     assert_eq!(
         response.json::<Value>().await.unwrap(),
         serde_json::json!({ "status": "ok" })
+    );
+}
+
+#[tokio::test]
+async fn wrong_admin_tokens_are_throttled_per_address_and_any_length_is_refused_alike() {
+    let app = spawn_app_with(
+        AppSpec::new(vec![])
+            .env("ADMIN_MAX_FAILURES_PER_ADDRESS", "4")
+            .env("TRUST_FORWARDED_FOR", "true"),
+    )
+    .await;
+    let pools = |from: &str, token: &str| {
+        app.request(Method::GET, "/api/admin/pools")
+            .header("x-forwarded-for", from)
+            .bearer_auth(token)
+            .send()
+    };
+    // Wrong tokens of every length, one byte off included: 401 alike.
+    let almost = format!("{}x", &ADMIN_TOKEN[..ADMIN_TOKEN.len() - 1]);
+    for wrong in [
+        "x",
+        almost.as_str(),
+        &format!("{ADMIN_TOKEN}0"),
+        &"y".repeat(500),
+    ] {
+        assert_error(
+            pools("203.0.113.9", wrong).await.unwrap(),
+            401,
+            "unauthorized",
+        )
+        .await;
+    }
+    // The address is refused now, the right token included...
+    let refused = pools("203.0.113.9", ADMIN_TOKEN).await.unwrap();
+    assert!(refused.headers().contains_key("retry-after"));
+    assert_error(refused, 429, "too_many_requests").await;
+    // ...while an operator elsewhere is not.
+    assert_eq!(
+        pools("198.51.100.7", ADMIN_TOKEN).await.unwrap().status(),
+        200
     );
 }

@@ -1113,3 +1113,65 @@ async fn one_username_created_twice_at_once_is_one_user_and_a_conflict(backend: 
     statuses.sort_unstable();
     assert_eq!(statuses, [201, 409]);
 }
+
+#[tokio::test]
+async fn a_guesser_at_another_address_cannot_lock_the_user_out() {
+    let app = auth_app(|s| {
+        s.env("LOGIN_MAX_FAILURES", "3")
+            .env("TRUST_FORWARDED_FOR", "true")
+    })
+    .await;
+    let login = |from: &str, password: &str| {
+        app.as_tenant(Method::POST, "alpha", "/api/auth/login")
+            .header("x-forwarded-for", from)
+            .json(&json!({ "username": "olivia", "password": password }))
+            .send()
+    };
+    for _ in 0..3 {
+        assert_error(
+            login("203.0.113.9", "wrong").await.unwrap(),
+            401,
+            "unauthorized",
+        )
+        .await;
+    }
+    // The guesser's address is refused for olivia, the right password included...
+    assert_error(
+        login("203.0.113.9", OWNER_PASSWORD).await.unwrap(),
+        429,
+        "too_many_requests",
+    )
+    .await;
+    // ...but olivia, from her own address, logs in.
+    assert_eq!(
+        login("198.51.100.7", OWNER_PASSWORD)
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+}
+
+#[tokio::test]
+async fn guesses_spread_over_many_addresses_meet_the_per_user_ceiling() {
+    let app = auth_app(|s| {
+        s.env("LOGIN_MAX_FAILURES", "3")
+            .env("LOGIN_MAX_FAILURES_PER_USER", "4")
+            .env("TRUST_FORWARDED_FOR", "true")
+    })
+    .await;
+    let login = |from: String, password: &str| {
+        app.as_tenant(Method::POST, "alpha", "/api/auth/login")
+            .header("x-forwarded-for", from)
+            .json(&json!({ "username": "olivia", "password": password }))
+            .send()
+    };
+    for i in 0..4 {
+        let wrong = login(format!("203.0.113.{i}"), "wrong").await.unwrap();
+        assert_error(wrong, 401, "unauthorized").await;
+    }
+    let refused = login("198.51.100.7".into(), OWNER_PASSWORD).await.unwrap();
+    assert_error(refused, 429, "too_many_requests").await;
+    // Other users are not affected.
+    app.login("beta", "bert", OWNER_PASSWORD).await;
+}
