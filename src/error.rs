@@ -107,6 +107,8 @@ pub enum AppError {
     /// headers).
     #[error("{0}")]
     BadRequest(String),
+    #[error("the request body was not received in time")]
+    RequestTimeout,
     /// A failure the client cannot fix; `detail` goes to the log, never to the client.
     #[error("internal error")]
     Internal { detail: String },
@@ -149,6 +151,7 @@ impl AppError {
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::Conflict(_) => StatusCode::CONFLICT,
             Self::BadRequest(_) => StatusCode::BAD_REQUEST,
+            Self::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             Self::Internal { .. } => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -172,6 +175,7 @@ impl AppError {
             Self::MethodNotAllowed => "method_not_allowed",
             Self::Conflict(_) => "conflict",
             Self::BadRequest(_) => "bad_request",
+            Self::RequestTimeout => "request_timeout",
             Self::Internal { .. } => "internal_error",
         }
     }

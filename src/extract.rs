@@ -2,17 +2,30 @@
 //! strings and path ids that fail to parse become 422 `validation_failed` naming
 //! the field, and [`TenantDb`] hands a handler its tenant's pool.
 
+use std::time::Duration;
+
 use axum::{
     body::Bytes,
     extract::{FromRequest, FromRequestParts, Request},
-    http::{header, request::Parts},
+    http::{StatusCode, header, request::Parts},
 };
 use serde::de::DeserializeOwned;
 
 use crate::{db::conn::TenantConn, error::AppError, identify::TenantContext, startup::AppState};
 
-/// Largest JSON body accepted.
-const MAX_BODY_BYTES: usize = 256 * 1024;
+/// Largest JSON body accepted; the router refuses a longer one as it streams in.
+pub const MAX_BODY_BYTES: usize = 256 * 1024;
+
+/// How long a client may take to send a request body (`HTTP_BODY_TIMEOUT_SECS`);
+/// the router puts it in each request's extensions.
+#[derive(Debug, Clone, Copy)]
+pub struct BodyTimeout(pub Duration);
+
+impl Default for BodyTimeout {
+    fn default() -> Self {
+        Self(Duration::from_secs(30))
+    }
+}
 
 /// `Json<T>` with the service's error shape.
 pub struct ApiJson<T>(pub T);
@@ -35,12 +48,35 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
                 "expected a JSON body with Content-Type: application/json",
             ));
         }
-        let bytes = Bytes::from_request(request, state)
-            .await
-            .map_err(|_| AppError::validation("body", "the body could not be read"))?;
-        if bytes.len() > MAX_BODY_BYTES {
-            return Err(AppError::validation("body", "the body is too large"));
+        let too_large = || {
+            AppError::validation(
+                "body",
+                format!("the body is larger than {MAX_BODY_BYTES} bytes"),
+            )
+        };
+        // Announced too long: refused before a byte of it is read.
+        if request
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
+            .is_some_and(|n| n > MAX_BODY_BYTES as u64)
+        {
+            return Err(too_large());
         }
+        let BodyTimeout(timeout) = request
+            .extensions()
+            .get::<BodyTimeout>()
+            .copied()
+            .unwrap_or_default();
+        // Bytes reads no further than the router's DefaultBodyLimit.
+        let bytes = match tokio::time::timeout(timeout, Bytes::from_request(request, state)).await {
+            Err(_) => return Err(AppError::RequestTimeout),
+            Ok(Err(rejection)) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+                return Err(too_large());
+            }
+            Ok(Err(_)) => return Err(AppError::validation("body", "the body could not be read")),
+            Ok(Ok(bytes)) => bytes,
+        };
         let mut de = serde_json::Deserializer::from_slice(&bytes);
         let value = serde_path_to_error::deserialize(&mut de)
             .map_err(|e| serde_error(e.path().to_string(), e.inner()))?;

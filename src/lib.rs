@@ -20,6 +20,7 @@ pub mod identify;
 pub mod lifecycle;
 pub mod routes;
 pub mod secret;
+pub mod server;
 pub mod settings;
 pub mod startup;
 pub mod telemetry;

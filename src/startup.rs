@@ -82,6 +82,7 @@ pub struct Application {
     listener: TcpListener,
     router: Router,
     state: AppState,
+    header_timeout: std::time::Duration,
 }
 
 impl Application {
@@ -156,8 +157,13 @@ impl Application {
         let listener = TcpListener::bind((settings.host.as_str(), settings.port))
             .await
             .map_err(StartupError::Bind)?;
-        let router = crate::routes::router(state.clone());
+        let router = crate::routes::router(state.clone()).layer(axum::Extension(
+            crate::extract::BodyTimeout(std::time::Duration::from_secs(
+                settings.http_body_timeout_secs,
+            )),
+        ));
         Ok(Self {
+            header_timeout: std::time::Duration::from_secs(settings.http_header_timeout_secs),
             listener,
             router,
             state,
@@ -181,13 +187,7 @@ impl Application {
     ) -> std::io::Result<()> {
         let registry = self.state.registry.clone();
         let writes = self.state.writes.clone();
-        // The peer address is what login throttling counts failures by.
-        let service = self
-            .router
-            .into_make_service_with_connect_info::<SocketAddr>();
-        axum::serve(self.listener, service)
-            .with_graceful_shutdown(shutdown)
-            .await?;
+        crate::server::serve(self.listener, self.router, self.header_timeout, shutdown).await;
         // Writes whose clients left run on detached; let them finish with their
         // audit rows before the pools close.
         writes.wait_idle(std::time::Duration::from_secs(30)).await;

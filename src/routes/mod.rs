@@ -55,6 +55,9 @@ pub fn router(state: AppState) -> Router {
         .fallback(|| async { AppError::NotFound("no such route".into()) })
         .method_not_allowed_fallback(|| async { AppError::MethodNotAllowed })
         .layer(middleware::from_fn(single_host))
+        .layer(axum::extract::DefaultBodyLimit::max(
+            crate::extract::MAX_BODY_BYTES,
+        ))
         .layer(middleware::from_fn(telemetry::request_span))
         .with_state(state)
 }

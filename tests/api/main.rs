@@ -15,6 +15,7 @@ mod helpers;
 mod identification;
 mod isolation;
 mod lifecycle;
+mod limits;
 mod manufacturing;
 mod pg;
 mod pools;

@@ -1,0 +1,138 @@
+//! Slow and oversized clients: a request head or body that does not arrive in
+//! time, an idle kept-alive connection, a body over the limit. Each is cut off
+//! without waiting for the client.
+
+use std::time::Duration;
+
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::TcpStream,
+};
+
+use crate::helpers::{AppSpec, TestApp, spawn_app_with, standard_tenants};
+
+async fn app_with_timeouts() -> TestApp {
+    spawn_app_with(
+        AppSpec::new(standard_tenants())
+            .env("HTTP_HEADER_TIMEOUT_SECS", "1")
+            .env("HTTP_BODY_TIMEOUT_SECS", "1"),
+    )
+    .await
+}
+
+async fn connect(app: &TestApp) -> TcpStream {
+    TcpStream::connect(app.address.trim_start_matches("http://"))
+        .await
+        .unwrap()
+}
+
+/// Reads until the server closes the connection (or resets it); what it sent.
+/// Fails if it stays open for 20 s (the timeouts under test are 1 s).
+async fn read_until_closed(stream: &mut TcpStream) -> String {
+    let mut received = Vec::new();
+    let mut buf = [0u8; 4096];
+    let closed = tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => received.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await;
+    assert!(closed.is_ok(), "the server kept the connection open");
+    String::from_utf8_lossy(&received).into_owned()
+}
+
+#[tokio::test]
+async fn a_client_trickling_its_request_head_is_disconnected() {
+    let app = app_with_timeouts().await;
+    let mut stream = connect(&app).await;
+    let (mut reader, mut writer) = stream.split();
+    // One byte of the head every 200 ms, never finishing it.
+    let trickle = async {
+        for byte in b"GET /health HTTP/1.1\r\nX-Slow: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa" {
+            if writer.write_all(&[*byte]).await.is_err() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        panic!("the server read a head trickled over 20 s");
+    };
+    let closed = async {
+        let mut buf = [0u8; 1024];
+        loop {
+            match reader.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    };
+    tokio::select! {
+        () = trickle => {}
+        () = closed => {}
+    }
+}
+
+#[tokio::test]
+async fn an_idle_kept_alive_connection_is_closed() {
+    let app = app_with_timeouts().await;
+    let mut stream = connect(&app).await;
+    stream
+        .write_all(b"GET /health HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .await
+        .unwrap();
+    let answered = read_until_closed(&mut stream).await;
+    assert!(answered.starts_with("HTTP/1.1 200"), "{answered}");
+}
+
+#[tokio::test]
+async fn a_stalled_body_gets_408_and_the_connection_is_freed() {
+    let app = app_with_timeouts().await;
+    let mut stream = connect(&app).await;
+    stream
+        .write_all(
+            b"POST /api/products HTTP/1.1\r\nHost: localhost\r\nX-Tenant-ID: demo\r\n\
+              Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"name\":",
+        )
+        .await
+        .unwrap();
+    let answer = read_until_closed(&mut stream).await;
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("request_timeout"), "{answer}");
+}
+
+#[tokio::test]
+async fn a_body_over_the_limit_is_refused_before_it_is_all_sent() {
+    let app = app_with_timeouts().await;
+    // Announced too long: refused on the header alone.
+    let mut stream = connect(&app).await;
+    stream
+        .write_all(
+            b"POST /api/products HTTP/1.1\r\nHost: localhost\r\nX-Tenant-ID: demo\r\n\
+              Content-Type: application/json\r\nContent-Length: 2000000\r\n\r\n",
+        )
+        .await
+        .unwrap();
+    let answer = read_until_closed(&mut stream).await;
+    assert!(answer.starts_with("HTTP/1.1 422"), "{answer}");
+    assert!(answer.contains("larger than"), "{answer}");
+
+    // Chunked, with no length: refused once the limit has streamed in, while the
+    // client has not finished (it never does).
+    let mut stream = connect(&app).await;
+    stream
+        .write_all(
+            b"POST /api/products HTTP/1.1\r\nHost: localhost\r\nX-Tenant-ID: demo\r\n\
+              Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n",
+        )
+        .await
+        .unwrap();
+    let chunk = format!("{:x}\r\n{}\r\n", 64 * 1024, "x".repeat(64 * 1024));
+    for _ in 0..5 {
+        stream.write_all(chunk.as_bytes()).await.unwrap();
+    }
+    let answer = read_until_closed(&mut stream).await;
+    assert!(answer.starts_with("HTTP/1.1 422"), "{answer}");
+    assert!(answer.contains("larger than"), "{answer}");
+}
