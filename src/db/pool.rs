@@ -38,6 +38,9 @@ use super::quote_ident;
 
 /// How often a waiting checkout asks the server's other pools for room.
 const MAKE_ROOM_EVERY: Duration = Duration::from_millis(20);
+/// How long the checkout at the head of a server's queue may be passed over for a
+/// waiter of the pool a connection returns to.
+const REUSE_GRACE: Duration = Duration::from_millis(20);
 /// A connection idle longer than this is checked before it is handed out, unless
 /// switching its schema checks it anyway.
 const CHECK_IF_IDLE_FOR: Duration = Duration::from_secs(5);
@@ -278,7 +281,8 @@ pub struct ServerBudget {
     connect_timeout: Duration,
     /// Checkouts waiting for a slot, by arrival: ticket → the pool asking (its
     /// id; 0 for work outside any pool). The first is the head of the queue.
-    queue: Mutex<BTreeMap<u64, usize>>,
+    /// Checkouts waiting for a slot: ticket → (pool id, since when).
+    queue: Mutex<BTreeMap<u64, (usize, Instant)>>,
     next_ticket: AtomicU64,
     waiting: AtomicU64,
     closing: AtomicU64,
@@ -386,13 +390,18 @@ impl ServerBudget {
         }
     }
 
-    fn queue(&self) -> std::sync::MutexGuard<'_, BTreeMap<u64, usize>> {
+    fn queue(&self) -> std::sync::MutexGuard<'_, BTreeMap<u64, (usize, Instant)>> {
         self.queue.lock().unwrap_or_else(|p| p.into_inner())
     }
-
     /// The pool whose checkout has waited longest for this server, if any waits.
-    fn head_of_queue(&self) -> Option<usize> {
-        self.queue().first_key_value().map(|(_, pool)| *pool)
+    /// The pool of the checkout that has waited longest, and since when.
+    fn head_of_queue(&self) -> Option<(usize, Instant)> {
+        self.queue().first_key_value().map(|(_, head)| *head)
+    }
+
+    /// Whether a checkout of pool `id` is waiting.
+    fn is_waiting(&self, id: usize) -> bool {
+        self.queue().values().any(|(pool, _)| *pool == id)
     }
 
     fn register(&self, pool: &Arc<ConnPool>) {
@@ -543,7 +552,7 @@ struct Waiting<'a> {
 impl<'a> Waiting<'a> {
     fn new(server: &'a ServerBudget, pool: usize) -> Self {
         let ticket = server.next_ticket.fetch_add(1, Ordering::Relaxed);
-        server.queue().insert(ticket, pool);
+        server.queue().insert(ticket, (pool, Instant::now()));
         server.waiting.fetch_add(1, Ordering::Relaxed);
         Self { server, ticket }
     }
@@ -749,11 +758,14 @@ impl ConnPool {
         }
         // First come, first served per server: when the checkout that has waited
         // longest is another pool's, the slot goes to it (closing this connection
-        // frees it) rather than to a later checkout of this pool.
-        if self
-            .server
-            .head_of_queue()
-            .is_some_and(|head| head != self.id)
+        // frees it) rather than to a later checkout of this pool. Only for a moment
+        // may a waiter of this pool take the connection first: reusing it costs
+        // nothing, where closing it makes both pools open a connection (a process
+        // fork and a TLS handshake on PostgreSQL), which under churn costs more
+        // than the queries themselves.
+        if let Some((head, since)) = self.server.head_of_queue()
+            && head != self.id
+            && !(since.elapsed() < REUSE_GRACE && self.server.is_waiting(self.id))
         {
             self.server.close_counted(conn);
             return;
@@ -1387,6 +1399,8 @@ mod tests {
         wait_until("B waits", || server.stats().waiting == 1).await;
         let second = checkout(&a, "A, queued second");
         wait_until("A waits too", || server.stats().waiting == 2).await;
+        // Past the moment in which A's own waiter could reuse the connection.
+        tokio::time::sleep(REUSE_GRACE * 2).await;
         a.give_back(held, true);
         first.await.unwrap();
         second.await.unwrap();
