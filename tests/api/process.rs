@@ -855,3 +855,84 @@ fn a_flood_of_failed_logins_keeps_memory_bounded() {
     );
     assert!(server.stop());
 }
+
+/// Migrations recorded in a SQLite tenant file, and whether its tables exist.
+async fn migration_state(file: &Path) -> (usize, bool) {
+    use sea_orm::{ConnectionTrait, Database, Statement};
+    let db = Database::connect(format!("sqlite://{}?mode=ro", file.display()))
+        .await
+        .unwrap();
+    let count = |sql: &'static str| {
+        let db = db.clone();
+        async move {
+            db.query_one_raw(Statement::from_string(db.get_database_backend(), sql))
+                .await
+                .unwrap()
+                .map_or(0, |row| row.try_get_by_index::<i64>(0).unwrap() as usize)
+        }
+    };
+    let has_migrations_table =
+        count("SELECT count(*) FROM sqlite_master WHERE name = 'seaql_migrations'").await > 0;
+    let recorded = if has_migrations_table {
+        count("SELECT count(*) FROM seaql_migrations").await
+    } else {
+        0
+    };
+    let tables = count("SELECT count(*) FROM sqlite_master WHERE name = 'products'").await > 0;
+    db.close().await.unwrap();
+    (recorded, tables)
+}
+
+#[test]
+fn migrate_all_killed_at_any_moment_leaves_each_tenant_before_or_after_and_a_rerun_finishes() {
+    use migration::MigratorTrait;
+    let all = migration::Migrator::migrations().len();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    // Kill points spread over a run (start-up, then tenants migrating 8 at a time),
+    // each on fresh tenants; bounded to 12 runs of at most a second or so each.
+    for kill_after_ms in (0..12).map(|k| 20 + k * 40) {
+        let dir = tempfile::tempdir().unwrap();
+        let ids: Vec<String> = (0..24).map(|i| format!("t{i:02}")).collect();
+        let toml: String = ids
+            .iter()
+            .map(|id| {
+                format!(
+                    "[tenants.{id}]\ndatabase_url = 'sqlite://{}/{id}.db'\n",
+                    dir.path().display()
+                )
+            })
+            .collect();
+        std::fs::write(dir.path().join("tenants.toml"), toml).unwrap();
+        let mut child = command(dir.path(), &[])
+            .args(["migrate", "--all"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(kill_after_ms));
+        let _ = child.kill(); // SIGKILL
+        let _ = child.wait();
+        // Each tenant is before (nothing applied) or after (all applied).
+        for id in &ids {
+            let file = dir.path().join(format!("{id}.db"));
+            if !file.exists() {
+                continue;
+            }
+            let (recorded, tables) = rt.block_on(migration_state(&file));
+            assert!(
+                (recorded == 0 && !tables) || (recorded == all && tables),
+                "killed after {kill_after_ms} ms: {id} has {recorded} of {all} migrations recorded, tables {tables}"
+            );
+        }
+        // A re-run finishes every tenant.
+        let (code, stdout, stderr) = run(dir.path(), &["migrate", "--all"]);
+        assert_eq!(
+            code, 0,
+            "after a kill at {kill_after_ms} ms: {stdout}{stderr}"
+        );
+        for id in &ids {
+            let state = rt.block_on(migration_state(&dir.path().join(format!("{id}.db"))));
+            assert_eq!(state, (all, true), "{id} after the re-run");
+        }
+    }
+}
