@@ -425,7 +425,13 @@ impl ServerBudget {
                 let _waiting = Waiting::new(self, asking.map_or(0, |p| p.id));
                 let acquire = self.slots.clone().acquire_owned();
                 tokio::pin!(acquire);
-                let mut tick = tokio::time::interval(MAKE_ROOM_EVERY);
+                // A pool with connections in use first waits a moment for one of
+                // its own to come back: reusing it is cheaper than closing another
+                // pool's connection to open a new one.
+                let busy = asking.is_some_and(|p| p.counts.in_use.load(Ordering::Relaxed) > 0);
+                let first =
+                    tokio::time::Instant::now() + if busy { REUSE_GRACE } else { Duration::ZERO };
+                let mut tick = tokio::time::interval_at(first, MAKE_ROOM_EVERY);
                 loop {
                     tokio::select! {
                         permit = &mut acquire => match permit {
@@ -472,7 +478,7 @@ impl ServerBudget {
         })
     }
 
-    /// Closes the least recently used idle connection of another pool, unless
+    /// Closes an idle connection of another pool (of the one with most idle), unless
     /// enough closes are already under way for the checkouts waiting.
     fn make_room(&self, asking: Option<&ConnPool>) {
         if self.closing.load(Ordering::Relaxed) >= self.waiting.load(Ordering::Relaxed) {
@@ -485,11 +491,14 @@ impl ServerBudget {
             .iter()
             .filter_map(Weak::upgrade)
             .collect();
+        // The pool with the most idle connections gives one up (the longest idle
+        // on a tie), so that as many pools as possible keep one.
         let oldest = pools
             .iter()
             .filter(|p| !asking.is_some_and(|a| std::ptr::eq(a, p.as_ref())))
-            .filter_map(|p| p.oldest_idle().map(|since| (since, p)))
-            .min_by_key(|(since, _)| *since);
+            .filter_map(|p| p.oldest_idle().map(|since| (p.idle_count(), since, p)))
+            .min_by_key(|(count, since, _)| (std::cmp::Reverse(*count), *since))
+            .map(|(_, since, p)| (since, p));
         if let Some((_, pool)) = oldest
             && let Some(conn) = pool.take_oldest_idle()
         {
