@@ -11,16 +11,18 @@
 
 mod common;
 
-use std::{path::Path, time::Instant};
-
-use common::{
-    env_or, median, quantile, rss_mib, seed, settings, start, start_stoppable, throughput,
+use std::{
+    path::Path,
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
 };
+
+use common::{env_or, median, quantile, seed, settings, start_stoppable};
 use futures::StreamExt;
 use sea_orm::{ConnectionTrait, Database};
 use tenant_router::{
     db,
-    tenant::{TenantConfig, TenantRegistry, parse_tenants_toml},
+    tenant::{TenantConfig, parse_tenants_toml},
 };
 
 /// `server` with its database replaced by `name`, and BENCH_PG_SSLMODE (if set) as
@@ -118,43 +120,271 @@ async fn cold_latency(label: &str, dir: &Path, toml: &str, ids: &[String]) {
     );
 }
 
-/// Resident memory added by registering `tenants`, then by opening the pools of
-/// those whose id starts with `open_prefix` (their storage is provisioned).
-async fn memory(label: &str, toml: &str, open_prefix: &str) {
-    let before = rss_mib();
-    let tenants = parse_tenants_toml(toml).expect("tenants");
-    let ids: Vec<_> = tenants
-        .iter()
-        .filter(|t| t.id.as_str().starts_with(open_prefix))
-        .map(|t| t.id.clone())
-        .collect();
-    let open = ids.len();
-    let registry = TenantRegistry::new(tenants, {
-        let mut p = settings(&[]).pools();
-        p.max_open_pools = 20_000;
-        p.max_connections_per_tenant = 1;
-        p
-    });
-    let registered = rss_mib();
+/// A router started as its own process (the release binary), as it runs in
+/// production: the load generator and pgbench are processes too, so that all three
+/// compete for the cores alike.
+struct Router {
+    child: Child,
+    address: String,
+}
+
+impl Router {
+    /// Starts the binary with `env` on a free port and waits until it answers.
+    fn start(dir: &Path, name: &str, env: &[(&str, String)]) -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("free port")
+            .port();
+        let binary = std::env::var("BENCH_ROUTER_BIN")
+            .unwrap_or_else(|_| "target/release/tenant-router".into());
+        let log = std::fs::File::create(dir.join(format!("{name}.log"))).expect("log file");
+        let mut command = Command::new(&binary);
+        command
+            .arg("serve")
+            .current_dir(dir)
+            .env("PORT", port.to_string())
+            .env("SETTINGS_FILE", "")
+            .env("AUTH_MODE", "none")
+            .env("ADMIN_TOKEN", common::BENCH_ADMIN_TOKEN)
+            .env(
+                "SECRET_KEY",
+                tenant_router::secret::SecretBox::generate_hex(),
+            )
+            .env(
+                "CONTROL_DATABASE_URL",
+                format!("sqlite://{}/{name}-control.db", dir.display()),
+            )
+            .env(
+                "LOG_LEVEL",
+                std::env::var("BENCH_LOG_LEVEL").unwrap_or_else(|_| "warn".into()),
+            )
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log file"))
+            .stderr(log);
+        for (key, value) in env {
+            command.env(key, value);
+        }
+        let child = command.spawn().unwrap_or_else(|e| {
+            panic!("starting {binary} (build it with `cargo build --release`): {e}")
+        });
+        let router = Self {
+            child,
+            address: format!("http://127.0.0.1:{port}"),
+        };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let up = std::net::TcpStream::connect(("127.0.0.1", port)).is_ok();
+            if up {
+                return router;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{name} did not start: see its log"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// The process's resident memory now, and its peak, in MiB.
+    fn rss_mib(&self) -> (f64, f64) {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .unwrap_or_default();
+        let field = |name: &str| {
+            status
+                .lines()
+                .find(|l| l.starts_with(name))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<f64>().ok())
+                .map_or(0.0, |kb| kb / 1024.0)
+        };
+        (field("VmRSS:"), field("VmHWM:"))
+    }
+}
+
+impl Drop for Router {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A load to put on the database: pgbench on a URL, or wrk on a service.
+enum LoadKind {
+    Pgbench(String),
+    Wrk {
+        address: String,
+        prefix: String,
+        count: usize,
+    },
+}
+
+/// What one load run measured.
+#[derive(Clone, Copy, Default)]
+struct Load {
+    rate: f64,
+    /// pgbench prints a mean latency, wrk percentiles.
+    mean_ms: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+    errors: u64,
+}
+
+/// `text`'s duration as wrk prints it (`812.00us`, `1.20ms`, `1.05s`), in ms.
+fn wrk_ms(text: &str) -> f64 {
+    let number = |suffix: &str| text.trim_end_matches(suffix).parse::<f64>().unwrap_or(0.0);
+    if text.ends_with("us") {
+        number("us") / 1000.0
+    } else if text.ends_with("ms") {
+        number("ms")
+    } else if text.ends_with('s') {
+        number("s") * 1000.0
+    } else {
+        0.0
+    }
+}
+
+/// `wrk` for `seconds` at `concurrency` connections on GET /api/products, each
+/// request for a tenant drawn uniformly from `<prefix>_00000`.. (`count` of them);
+/// `count` 0 sends no tenant (the single-tenant service).
+fn wrk(
+    dir: &Path,
+    address: &str,
+    prefix: &str,
+    count: usize,
+    concurrency: u64,
+    seconds: u64,
+) -> Load {
+    let script = dir.join(format!("wrk-{prefix}-{count}.lua"));
+    let header = if count == 0 {
+        "{}".to_string()
+    } else {
+        format!(
+            r#"{{["X-Tenant-ID"] = string.format("{prefix}_%05d", math.random(0, {}))}}"#,
+            count - 1
+        )
+    };
+    std::fs::write(
+        &script,
+        format!(
+            "local n = 0\n\
+             setup = function(thread) n = n + 1; thread:set(\"seed\", n) end\n\
+             init = function() math.randomseed(os.time() * 1000 + (seed or 0)) end\n\
+             request = function() return wrk.format(\"GET\", \"/api/products?limit=20\", {header}) end\n"
+        ),
+    )
+    .expect("wrk script");
+    let output = Command::new("wrk")
+        .args([
+            "-t2",
+            &format!("-c{concurrency}"),
+            &format!("-d{seconds}s"),
+            "--latency",
+            "-s",
+        ])
+        .arg(&script)
+        .arg(address)
+        .output()
+        .expect("running wrk (apt-get install wrk, or ./scripts/bench.sh installs it)");
+    let text = String::from_utf8_lossy(&output.stdout);
+    let mut load = Load::default();
+    for line in text.lines() {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        match words.as_slice() {
+            ["Requests/sec:", rate] => load.rate = rate.parse().unwrap_or(0.0),
+            ["50%", value] => load.p50_ms = wrk_ms(value),
+            ["99%", value] => load.p99_ms = wrk_ms(value),
+            ["Non-2xx", "or", "3xx", "responses:", n] => load.errors += n.parse().unwrap_or(0),
+            ["Socket", "errors:", rest @ ..] => {
+                load.errors += rest
+                    .iter()
+                    .filter_map(|w| w.trim_end_matches(',').parse::<u64>().ok())
+                    .sum::<u64>()
+            }
+            _ => {}
+        }
+    }
+    load
+}
+
+/// The SELECT that GET /api/products runs (20 rows a page, one more to tell whether
+/// a next page exists), as sea-orm writes it.
+const PRODUCTS_SELECT: &str = r#"SELECT "products"."id", "products"."name", "products"."price_cents", "products"."created_at", "products"."updated_at", "products"."deleted_at" FROM "products" WHERE "products"."deleted_at" IS NULL ORDER BY "products"."created_at" DESC, "products"."id" DESC LIMIT 21 OFFSET 0;"#;
+
+/// pgbench running [`PRODUCTS_SELECT`] on `url` with prepared statements, as fast
+/// as PostgreSQL answers it on this machine: the ceiling for the service.
+fn pgbench(dir: &Path, url: &str, concurrency: u64, seconds: u64) -> Load {
+    let script = dir.join("pgbench.sql");
+    std::fs::write(&script, PRODUCTS_SELECT).expect("pgbench script");
+    let binary = std::env::var("BENCH_PGBENCH").unwrap_or_else(|_| "pgbench".into());
+    let output = Command::new(&binary)
+        .args([
+            "-n",
+            "-M",
+            "prepared",
+            "-j2",
+            &format!("-c{concurrency}"),
+            &format!("-T{seconds}"),
+            "-f",
+        ])
+        .arg(&script)
+        .arg(url)
+        .output()
+        .unwrap_or_else(|e| panic!("running {binary}: {e}"));
+    let text = String::from_utf8_lossy(&output.stdout);
+    let mut load = Load::default();
+    for line in text.lines() {
+        if let Some(rest) = line.strip_prefix("tps = ") {
+            load.rate = rest
+                .split_whitespace()
+                .next()
+                .and_then(|t| t.parse().ok())
+                .unwrap_or(0.0);
+        } else if let Some(rest) = line.strip_prefix("latency average = ") {
+            load.mean_ms = rest
+                .split_whitespace()
+                .next()
+                .and_then(|t| t.parse().ok())
+                .unwrap_or(0.0);
+        } else if let Some(rest) = line.strip_prefix("number of failed transactions: ") {
+            load.errors = rest
+                .split_whitespace()
+                .next()
+                .and_then(|t| t.parse().ok())
+                .unwrap_or(0);
+        }
+    }
+    assert!(
+        load.rate > 0.0,
+        "pgbench printed no rate: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    load
+}
+
+/// Sends one request to each tenant, `16` at a time, so that each has a pool.
+async fn touch(address: &str, ids: &[String]) {
+    let client = reqwest::Client::new();
     futures::stream::iter(ids)
         .map(|id| {
-            let registry = registry.clone();
+            let client = client.clone();
             async move {
-                let config = registry.get(id.as_str()).expect("registered");
-                registry.connect(&config).await.expect("tenant ready");
+                let status = client
+                    .get(format!("{address}/api/products"))
+                    .header("X-Tenant-ID", id)
+                    .send()
+                    .await
+                    .expect("request")
+                    .status();
+                assert_eq!(status, 200, "first request of {id}");
             }
         })
         .buffer_unordered(16)
         .collect::<Vec<()>>()
         .await;
-    let opened = rss_mib();
-    println!(
-        "  {label:<34} registry {:>6.1} MiB   +{open} open pools {:>6.1} MiB   (process {:.1} MiB)",
-        registered - before,
-        opened - registered,
-        opened
-    );
-    registry.close_all().await;
+}
+
+fn ids(prefix: &str, n: usize) -> Vec<String> {
+    (0..n).map(|i| format!("{prefix}_{i:05}")).collect()
 }
 
 fn main() {
@@ -166,127 +396,242 @@ fn main() {
         .expect("BENCH_DATABASE_URL is not set: run ./scripts/bench.sh postgres");
     let schema_tenants = env_or("BENCH_SCHEMA_TENANTS", 1000) as usize;
     let database_tenants = env_or("BENCH_DATABASE_TENANTS", 100) as usize;
+    let registered = env_or("BENCH_REGISTERED_TENANTS", 10_000) as usize;
     let (concurrency, seconds, rounds) = (
         env_or("BENCH_CONCURRENCY", 32),
         env_or("BENCH_SECONDS", 5),
         env_or("BENCH_ROUNDS", 3),
     );
-    runtime.block_on(async {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let run = uuid::Uuid::new_v4().simple().to_string()[..8].to_string();
+    // The routed service, the fixed pool (32) and pgbench (32) must fit the
+    // server's 200 connections (3 reserved for superusers) together.
+    let router_connections = env_or("BENCH_ROUTER_CONNECTIONS", 125);
+    let dir = tempfile::tempdir().expect("temp dir");
+    let run = uuid::Uuid::new_v4().simple().to_string()[..8].to_string();
+    let sqlite_dir = dir.path().join("sqlite");
 
-        // Storage for every phase.
+    // Storage for every phase.
+    let (shared, fixed, schema_toml, db_toml, sqlite_toml) = runtime.block_on(async {
         let shared = create_database(&server, &format!("bench_{run}_shared")).await;
-        let schema_toml = toml_for("sch", schema_tenants, "max_connections = 1\n", |_| {
+        let fixed = create_database(&server, &format!("bench_{run}_fixed")).await;
+        let schema_toml = toml_for("sch", schema_tenants, "", |_| {
             format!("database_url = \"{shared}\"\nisolation = \"schema\"\n")
         });
-        let db_toml = toml_for("dbt", database_tenants, "max_connections = 2\n", |i| {
-            format!("database_url = \"{}\"\n", with_database(&server, &format!("bench_{run}_db_{i:05}")))
+        let db_toml = toml_for("dbt", database_tenants, "", |i| {
+            format!(
+                "database_url = \"{}\"\n",
+                with_database(&server, &format!("bench_{run}_db_{i:05}"))
+            )
         });
-        let sqlite_dir = dir.path().join("sqlite");
         let sqlite_toml = toml_for("lite", 1000, "", |i| {
             format!("database_url = \"sqlite://{}/lite_{i:05}.db\"\n", sqlite_dir.display())
         });
         let started = Instant::now();
-        let schema_configs = parse_tenants_toml(&schema_toml).expect("schema tenants");
-        let db_configs = parse_tenants_toml(&db_toml).expect("database tenants");
-        let sqlite_configs = parse_tenants_toml(&sqlite_toml).expect("sqlite tenants");
-        provision(&schema_configs).await;
-        provision(&db_configs).await;
-        provision(&sqlite_configs).await;
+        provision(&parse_tenants_toml(&schema_toml).expect("schema tenants")).await;
+        provision(&parse_tenants_toml(&db_toml).expect("database tenants")).await;
+        provision(&parse_tenants_toml(&sqlite_toml).expect("sqlite tenants")).await;
         println!(
             "\n(provisioned {schema_tenants} schema, {database_tenants} database and 1000 SQLite tenants in {:.1} s)",
             started.elapsed().as_secs_f64()
         );
-
-        if phase("memory") {
-        println!("\n== Memory of the router: 10,000 registered tenants, 1,000 open pools");
-        let mut many = sqlite_toml.clone();
-        many.push_str(&toml_for("idle", 9000, "", |i| {
-            format!("database_url = \"sqlite://{}/idle_{i:05}.db\"\n", sqlite_dir.display())
-        }));
-        memory("SQLite (a thread per connection)", &many, "lite_").await;
-        let mut many = schema_toml.clone();
-        many.push_str(&toml_for("idlepg", 10_000 - schema_tenants.min(10_000), "", |_| {
-            format!("database_url = \"{shared}\"\nisolation = \"schema\"\n")
-        }));
-        memory("PostgreSQL, schema mode", &many, "sch_").await;
-        }
-
-        if phase("cold") {
-        println!("\n== Cold-tenant latency: the first request to a tenant whose pool is not open");
-        let sqlite_ids: Vec<String> = (0..200).map(|i| format!("lite_{i:05}")).collect();
-        cold_latency("SQLite", dir.path(), &sqlite_toml, &sqlite_ids).await;
-        let schema_ids: Vec<String> = (0..200.min(schema_tenants)).map(|i| format!("sch_{i:05}")).collect();
-        cold_latency("PostgreSQL, schema mode", dir.path(), &schema_toml, &schema_ids).await;
-        let db_ids: Vec<String> = (0..database_tenants).map(|i| format!("dbt_{i:05}")).collect();
-        cold_latency("PostgreSQL, database mode", dir.path(), &db_toml, &db_ids).await;
-        }
-        if !phase("throughput") {
-            return;
-        }
-
-        println!(
-            "\n== HTTP throughput on PostgreSQL, GET /api/products?limit=10 ({concurrency} connections, \
-             {seconds} s x {rounds} rounds each, interleaved)"
-        );
-        let schema_file = write_tenants(dir.path(), "schema.toml", &schema_toml);
-        let schema_addr = start(settings(&[
-            ("TENANTS_FILE", schema_file),
-            ("MAX_OPEN_POOLS", schema_tenants.to_string()),
-        ]))
-        .await;
-        let db_file = write_tenants(dir.path(), "db.toml", &db_toml);
-        let db_addr = start(settings(&[
-            ("TENANTS_FILE", db_file),
-            ("MAX_OPEN_POOLS", database_tenants.to_string()),
-        ]))
-        .await;
-        let fixed = create_database(&server, &format!("bench_{run}_fixed")).await;
-        let fixed_addr = start(settings(&[
-            ("MULTI_TENANT_ENABLED", "false".into()),
-            ("DATABASE_URL", fixed),
-            ("DEFAULT_MAX_CONNECTIONS", concurrency.to_string()),
-        ]))
-        .await;
-        let schema_ids: Vec<String> = (0..schema_tenants).map(|i| format!("sch_{i:05}")).collect();
-        let db_ids: Vec<String> = (0..database_tenants).map(|i| format!("dbt_{i:05}")).collect();
-        for (address, ids) in [(&schema_addr, &schema_ids), (&db_addr, &db_ids)] {
-            futures::stream::iter(ids.iter())
-                .map(|id| seed(address, Some(id), 10))
-                .buffer_unordered(16)
-                .collect::<Vec<()>>()
-                .await;
-        }
-        seed(&fixed_addr, None, 10).await;
-
-        let targets: [(&str, &str, &[String]); 3] = [
-            ("schema-mode tenants", &schema_addr, &schema_ids),
-            ("database-mode tenants", &db_addr, &db_ids),
-            ("fixed pool", &fixed_addr, &[]),
-        ];
-        let mut rates: Vec<Vec<f64>> = vec![Vec::new(); 3];
-        let mut failed = 0;
-        for (_, address, ids) in &targets {
-            throughput(address, ids, concurrency, 2).await;
-        }
-        for round in 1..=rounds {
-            let mut line = format!("  round {round}:");
-            for (i, (name, address, ids)) in targets.iter().enumerate() {
-                let (rate, errors) = throughput(address, ids, concurrency, seconds).await;
-                failed += errors;
-                rates[i].push(rate);
-                line.push_str(&format!("  {name} {rate:>7.0}"));
-            }
-            println!("{line}  req/s");
-        }
-        let m: Vec<f64> = rates.into_iter().map(median).collect();
-        println!(
-            "  median req/s: {schema_tenants} schema-mode tenants {:.0}, {database_tenants} database-mode tenants {:.0}, fixed pool {:.0}",
-            m[0], m[1], m[2]
-        );
-        println!("  {schema_tenants} schema-mode tenants / fixed pool: {:.1}%", 100.0 * m[0] / m[2]);
-        println!("  {database_tenants} database-mode tenants / fixed pool: {:.1}%", 100.0 * m[1] / m[2]);
-        println!("  failed requests: {failed}");
+        (shared, fixed, schema_toml, db_toml, sqlite_toml)
     });
+
+    if phase("cold") {
+        runtime.block_on(async {
+            println!(
+                "\n== Cold-tenant latency: the first request to a tenant whose pool is not open"
+            );
+            cold_latency("SQLite", dir.path(), &sqlite_toml, &ids("lite", 200)).await;
+            cold_latency(
+                "PostgreSQL, schema mode",
+                dir.path(),
+                &schema_toml,
+                &ids("sch", 200.min(schema_tenants)),
+            )
+            .await;
+            cold_latency(
+                "PostgreSQL, database mode",
+                dir.path(),
+                &db_toml,
+                &ids("dbt", database_tenants),
+            )
+            .await;
+        });
+    }
+    if !phase("throughput") && !phase("memory") {
+        return;
+    }
+
+    // One router serves every routed load: the schema, database and SQLite tenants,
+    // and enough registered (never used) tenants to make `registered` in all.
+    let mut all = format!("{schema_toml}{db_toml}{sqlite_toml}");
+    let unused = registered.saturating_sub(schema_tenants + database_tenants + 1000);
+    all.push_str(&toml_for("idle", unused, "", |_| {
+        format!("database_url = \"{shared}\"\nisolation = \"schema\"\n")
+    }));
+    let tenants_file = write_tenants(dir.path(), "all.toml", &all);
+    // It, the fixed pool and pgbench must fit the server together.
+    let routed = Router::start(
+        dir.path(),
+        "routed",
+        &[
+            ("TENANTS_FILE", tenants_file),
+            ("MAX_CONNECTIONS_PER_SERVER", router_connections.to_string()),
+        ],
+    );
+    let single = Router::start(
+        dir.path(),
+        "fixed",
+        &[
+            ("MULTI_TENANT_ENABLED", "false".into()),
+            ("DATABASE_URL", fixed.clone()),
+            ("MAX_CONNECTIONS_PER_TENANT", concurrency.to_string()),
+            ("MAX_CONNECTIONS_PER_SERVER", concurrency.to_string()),
+        ],
+    );
+    let (schema_ids, db_ids, lite_ids) = (
+        ids("sch", schema_tenants),
+        ids("dbt", database_tenants),
+        ids("lite", 1000),
+    );
+
+    // Resident memory once start-up's garbage has been given back to the system:
+    // the allocator returns a thread's freed pages when that thread runs again, so
+    // some requests first.
+    let settled = || {
+        runtime.block_on(async {
+            let client = reqwest::Client::new();
+            for _ in 0..200 {
+                let _ = client
+                    .get(format!("{}/health", routed.address))
+                    .send()
+                    .await;
+            }
+        });
+        std::thread::sleep(Duration::from_secs(2));
+        routed.rss_mib().0
+    };
+    let registered_rss = settled();
+    runtime.block_on(touch(&routed.address, &schema_ids));
+    let schema_rss = settled();
+    runtime.block_on(touch(&routed.address, &lite_ids));
+    let lite_rss = settled();
+    if phase("memory") {
+        println!("\n== Resident memory of the router process, {registered} tenants registered");
+        println!("  none active yet                                    {registered_rss:>7.1} MiB");
+        println!(
+            "  {schema_tenants} PostgreSQL schema-mode tenants active         {schema_rss:>7.1} MiB"
+        );
+        println!("  and 1000 SQLite tenants active                     {lite_rss:>7.1} MiB");
+    }
+    if !phase("throughput") {
+        return;
+    }
+
+    runtime.block_on(async {
+        let seed_all = |ids: Vec<String>| {
+            let address = routed.address.clone();
+            async move {
+                futures::stream::iter(ids)
+                    .map(|id| {
+                        let address = address.clone();
+                        async move { seed(&address, Some(&id), 20).await }
+                    })
+                    .buffer_unordered(16)
+                    .collect::<Vec<()>>()
+                    .await
+            }
+        };
+        seed_all(schema_ids.clone()).await;
+        seed_all(db_ids.clone()).await;
+        seed(&single.address, None, 20).await;
+    });
+
+    println!(
+        "\n== Throughput, GET /api/products (20 rows), uniformly random tenant per request \
+         ({concurrency} connections, {seconds} s x {rounds} rounds, interleaved; \
+         router budget {router_connections} connections on the server)"
+    );
+    let wrk_on = |address: &str, prefix: &str, count: usize| LoadKind::Wrk {
+        address: address.to_string(),
+        prefix: prefix.to_string(),
+        count,
+    };
+    let loads: Vec<(String, LoadKind)> = vec![
+        (
+            "pgbench, same SELECT".into(),
+            LoadKind::Pgbench(fixed.clone()),
+        ),
+        (
+            "fixed pool (single-tenant)".into(),
+            wrk_on(&single.address, "", 0),
+        ),
+        ("1 schema tenant".into(), wrk_on(&routed.address, "sch", 1)),
+        (
+            format!("{} schema tenants", 100.min(schema_tenants)),
+            wrk_on(&routed.address, "sch", 100.min(schema_tenants)),
+        ),
+        (
+            format!("{schema_tenants} schema tenants"),
+            wrk_on(&routed.address, "sch", schema_tenants),
+        ),
+        (
+            format!("{database_tenants} database tenants"),
+            wrk_on(&routed.address, "dbt", database_tenants),
+        ),
+    ];
+    let load = |kind: &LoadKind, seconds: u64| match kind {
+        LoadKind::Pgbench(url) => pgbench(dir.path(), url, concurrency, seconds),
+        LoadKind::Wrk {
+            address,
+            prefix,
+            count,
+        } => wrk(dir.path(), address, prefix, *count, concurrency, seconds),
+    };
+    for (_, kind) in &loads {
+        load(kind, 2);
+    }
+    let mut results: Vec<Vec<Load>> = vec![Vec::new(); loads.len()];
+    for round in 1..=rounds {
+        for (i, (name, kind)) in loads.iter().enumerate() {
+            let l = load(kind, seconds);
+            let latency = if l.mean_ms > 0.0 {
+                format!("mean {:>6.2} ms", l.mean_ms)
+            } else {
+                format!("p50 {:>6.2} ms   p99 {:>6.2} ms", l.p50_ms, l.p99_ms)
+            };
+            println!(
+                "  round {round}  {name:<28} {:>8.0} /s   {latency}   errors {}",
+                l.rate, l.errors
+            );
+            results[i].push(l);
+        }
+    }
+    let medians: Vec<f64> = results
+        .iter()
+        .map(|r| median(r.iter().map(|l| l.rate).collect()))
+        .collect();
+    let errors: u64 = results.iter().flatten().map(|l| l.errors).sum();
+    println!("\n  median rates:");
+    for ((name, _), rate) in loads.iter().zip(&medians) {
+        println!(
+            "    {name:<28} {rate:>8.0} /s   {:>5.1}% of the fixed pool",
+            100.0 * rate / medians[1]
+        );
+    }
+    println!(
+        "  fixed pool / pgbench:                 {:>5.1}% (goal 50%)",
+        100.0 * medians[1] / medians[0]
+    );
+    println!(
+        "  {schema_tenants} schema tenants / fixed pool:   {:>5.1}% (goal 90%)",
+        100.0 * medians[4] / medians[1]
+    );
+    println!(
+        "  {schema_tenants} / 100 schema tenants:          {:>5.1}% (goal: no fall)",
+        100.0 * medians[4] / medians[3]
+    );
+    let (rss, peak) = routed.rss_mib();
+    println!("  router memory after the run: {rss:.1} MiB (peak {peak:.1} MiB)");
+    println!("  failed requests: {errors}");
 }

@@ -12,13 +12,32 @@ use std::{
 
 mod common;
 
-use axum::http::Request;
+use std::{collections::HashMap, sync::Arc};
+
+use axum::{
+    Json,
+    extract::{Query, State},
+    http::{HeaderMap, Request, StatusCode},
+    response::{IntoResponse, Response},
+    routing::get,
+};
 use common::{
     env_or, login_token, median, process_threads, seed, seed_as, settings, start, throughput_as,
 };
+use sea_orm::{QueryOrder, QuerySelect};
 use tenant_router::{
     auth::{JwtKey, Role},
+    db::{
+        self,
+        conn::{Checkout, TenantConn},
+        pool::{ConnPool, ServerBudget, Target},
+    },
+    entities::product::{self, Entity as Product},
     identify::identify_tenant,
+    routes::{
+        pagination::{Page, PageQuery},
+        soft_delete::live,
+    },
     settings::IdentifySettings,
     tenant::{TenantRegistry, parse_tenants_toml},
 };
@@ -145,6 +164,94 @@ async fn routed_app(dir: &Path, tenants: u64, extra: &[(&str, String)]) -> Strin
     start(settings(&env)).await
 }
 
+type DirectPools = Arc<HashMap<String, Arc<ConnPool>>>;
+
+/// A product as GET /api/products shows it.
+#[derive(serde::Serialize)]
+struct ProductView {
+    id: uuid::Uuid,
+    name: String,
+    price: f64,
+    created_at: chrono::DateTime<chrono::Utc>,
+    updated_at: chrono::DateTime<chrono::Utc>,
+}
+
+/// GET /api/products without routing: the pool is picked from a map by the
+/// `X-Tenant-ID` header as is, then the handler's query and page are the same.
+async fn direct_list(
+    State(pools): State<DirectPools>,
+    Query(query): Query<PageQuery>,
+    headers: HeaderMap,
+) -> Response {
+    let Some(pool) = headers
+        .get("x-tenant-id")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|id| pools.get(id))
+    else {
+        return StatusCode::NOT_FOUND.into_response();
+    };
+    let Ok(page) = query.checked() else {
+        return StatusCode::UNPROCESSABLE_ENTITY.into_response();
+    };
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let Ok(conn) = pool.checkout(None, deadline).await else {
+        return StatusCode::SERVICE_UNAVAILABLE.into_response();
+    };
+    let db = TenantConn::new(Checkout::new(conn, pool.clone(), None));
+    let rows = live::<Product>()
+        .order_by_desc(product::Column::CreatedAt)
+        .order_by_desc(product::Column::Id)
+        .limit(page.fetch())
+        .offset(page.offset)
+        .all(&db)
+        .await;
+    match rows {
+        Ok(rows) => Json(Page::from_rows(rows, page, |m: product::Model| {
+            ProductView {
+                id: m.id,
+                name: m.name,
+                price: m.price_cents as f64 / 100.0,
+                created_at: m.created_at,
+                updated_at: m.updated_at,
+            }
+        }))
+        .into_response(),
+        Err(_) => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
+    }
+}
+
+/// The routed service's `tenants` files reached through pools picked directly: no
+/// identification, registry, feature gate, request span or tenant permit, but the
+/// same pools (one per file, under one budget of real connections) and handler.
+async fn direct_app(dir: &Path, tenants: u64) -> String {
+    let pools = settings(&[]).pools();
+    let mut map = HashMap::new();
+    let mut budget = None;
+    for i in 0..tenants {
+        let url = format!("sqlite://{}/tenant_{i:04}.db", dir.display());
+        let target = Target::parse(&db::prepare_url(&url).expect("url")).expect("target");
+        let server = budget
+            .get_or_insert_with(|| ServerBudget::new(&target, None, None, pools.connect_timeout))
+            .clone();
+        let pool = ConnPool::new(
+            server,
+            target,
+            pools.connection_idle_timeout,
+            pools.connect_timeout,
+        );
+        map.insert(format!("tenant_{i:04}"), pool);
+    }
+    let app = axum::Router::new()
+        .route("/api/products", get(direct_list))
+        .with_state(Arc::new(map));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let address = format!("http://{}", listener.local_addr().expect("addr"));
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    address
+}
+
 /// Three services with the same handler: routed over `tenants` tenants, routed
 /// with one tenant (the routing layer alone), and single-tenant mode (one fixed
 /// pool). Rounds are interleaved so that drift on the machine hits all alike.
@@ -183,23 +290,26 @@ async fn http_comparison(tenants: u64, concurrency: u64, seconds: u64, rounds: u
     seed(&single_addr, None, 10).await;
     let token = login_token(&jwt_addr, &one[0]).await;
     seed_as(&jwt_addr, Some(&one[0]), Some(&token), 10).await;
+    // The many-tenant service's files, now created, migrated and seeded.
+    let direct_addr = direct_app(&dir.path().join("many").join("data"), tenants).await;
 
     println!(
         "\n== HTTP throughput, GET /api/products?limit=10 ({concurrency} connections, \
          {seconds} s x {rounds} rounds each, interleaved)"
     );
-    let targets: [(&str, &str, &[String], Option<&str>); 4] = [
+    let targets: [(&str, &str, &[String], Option<&str>); 5] = [
         ("routed, many tenants", &many_addr, &ids, None),
         ("routed, one tenant", &one_addr, &one, None),
         ("single pool", &single_addr, &[], None),
         ("one tenant, jwt", &jwt_addr, &one, Some(&token)),
+        ("direct pools, many", &direct_addr, &ids, None),
     ];
-    // BENCH_PROFILE=N: load only target N (0 to 3) for a profiler, then stop.
+    // BENCH_PROFILE=N: load only target N (0 to 4) for a profiler, then stop.
     if let Some(n) = std::env::var("BENCH_PROFILE")
         .ok()
         .and_then(|v| v.parse::<usize>().ok())
     {
-        let (name, address, ids, token) = targets[n.min(3)];
+        let (name, address, ids, token) = targets[n.min(4)];
         let (rate, _) = throughput_as(address, ids, token, concurrency, seconds).await;
         println!("  profile run, {name}: {rate:.0} req/s");
         return;
@@ -228,6 +338,10 @@ async fn http_comparison(tenants: u64, concurrency: u64, seconds: u64, rounds: u
     println!(
         "  routed over {tenants} tenants / single pool: {:.1}% (goal: at least 95%)",
         100.0 * medians[0] / single
+    );
+    println!(
+        "  routed over {tenants} tenants / the same {tenants} files through pools picked directly: {:.1}% (what routing costs)",
+        100.0 * medians[0] / medians[4]
     );
     println!(
         "  routed with one tenant / single pool: {:.1}% (the routing layer alone)",
