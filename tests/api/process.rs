@@ -858,8 +858,16 @@ fn a_flood_of_failed_logins_keeps_memory_bounded() {
 
 /// Migrations recorded in a SQLite tenant file, and whether its tables exist.
 async fn migration_state(file: &Path) -> (usize, bool) {
+    tokio::time::timeout(Duration::from_secs(30), migration_state_now(file))
+        .await
+        .unwrap_or_else(|_| panic!("reading {} took over 30 s", file.display()))
+}
+
+async fn migration_state_now(file: &Path) -> (usize, bool) {
     use sea_orm::{ConnectionTrait, Database, Statement};
-    let db = Database::connect(format!("sqlite://{}?mode=ro", file.display()))
+    // Read-write: a file whose writer was killed may need its WAL recovered, which
+    // a read-only connection cannot do.
+    let db = Database::connect(format!("sqlite://{}", file.display()))
         .await
         .unwrap();
     let count = |sql: &'static str| {
