@@ -432,6 +432,21 @@ fn run(cwd: &Path, args: &[&str]) -> (i32, String, String) {
     )
 }
 
+/// A tenants.toml in `dir` with a tenant per id, each on a SQLite file beside it.
+fn write_sqlite_tenants(dir: &Path, ids: &[impl AsRef<str>]) {
+    let toml: String = ids
+        .iter()
+        .map(|id| {
+            let id = id.as_ref();
+            format!(
+                "[tenants.{id}]\ndatabase_url = 'sqlite://{}/{id}.db'\n",
+                dir.display()
+            )
+        })
+        .collect();
+    std::fs::write(dir.join("tenants.toml"), toml).unwrap();
+}
+
 fn report_rows(path: &Path) -> Vec<serde_json::Value> {
     let report: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
@@ -441,17 +456,7 @@ fn report_rows(path: &Path) -> Vec<serde_json::Value> {
 #[test]
 fn migrate_all_carries_on_past_a_broken_tenant_and_a_second_run_finishes() {
     let dir = tempfile::tempdir().unwrap();
-    let ids = ["t1", "t2", "t3", "t4", "broken"];
-    let toml: String = ids
-        .iter()
-        .map(|id| {
-            format!(
-                "[tenants.{id}]\ndatabase_url = 'sqlite://{}/{id}.db'\n",
-                dir.path().display()
-            )
-        })
-        .collect();
-    std::fs::write(dir.path().join("tenants.toml"), toml).unwrap();
+    write_sqlite_tenants(dir.path(), &["t1", "t2", "t3", "t4", "broken"]);
     // A directory where the broken tenant's database file should be.
     std::fs::create_dir(dir.path().join("broken.db")).unwrap();
 
@@ -901,16 +906,7 @@ fn migrate_all_killed_at_any_moment_leaves_each_tenant_before_or_after_and_a_rer
     for kill_after_ms in (0..12).map(|k| 20 + k * 40) {
         let dir = tempfile::tempdir().unwrap();
         let ids: Vec<String> = (0..24).map(|i| format!("t{i:02}")).collect();
-        let toml: String = ids
-            .iter()
-            .map(|id| {
-                format!(
-                    "[tenants.{id}]\ndatabase_url = 'sqlite://{}/{id}.db'\n",
-                    dir.path().display()
-                )
-            })
-            .collect();
-        std::fs::write(dir.path().join("tenants.toml"), toml).unwrap();
+        write_sqlite_tenants(dir.path(), &ids);
         let mut child = command(dir.path(), &[])
             .args(["migrate", "--all"])
             .stdout(Stdio::null())
