@@ -53,6 +53,15 @@ pub enum TenantCommand {
     /// Seal every database URL in the control database with SECRET_KEY (after a key
     /// rotation, with the old key in SECRET_KEY_PREVIOUS).
     Reencrypt,
+    /// Provisionings that have not finished (under way, or cut short by a crash).
+    Unfinished,
+    /// Roll back an unfinished provisioning: drop the storage it made and free the
+    /// id. Refused while its process is alive, unless --force.
+    Abandon {
+        id: String,
+        #[arg(long)]
+        force: bool,
+    },
     /// Remove a tenant added at run time.
     Delete {
         id: String,
@@ -291,6 +300,37 @@ pub async fn tenants(settings: Settings, command: TenantCommand) -> ExitCode {
             .await
             .map(|n| println!("sealed {n} database URLs with the current key"))
             .map_err(|e| crate::db::redact_error(&e)),
+        TenantCommand::Unfinished => ctx
+            .lifecycle
+            .unfinished()
+            .await
+            .map(|rows| {
+                for row in rows {
+                    println!(
+                        "{:<32} {:<11} storage {:<8} {} {}",
+                        row.id,
+                        if row.abandoned {
+                            "abandoned"
+                        } else {
+                            "under way"
+                        },
+                        match row.made_storage {
+                            Some(true) => "new",
+                            Some(false) => "existing",
+                            None => "-",
+                        },
+                        row.updated_at.to_rfc3339(),
+                        row.claimed_by.as_deref().unwrap_or("-"),
+                    );
+                }
+            })
+            .map_err(|e| e.to_string()),
+        TenantCommand::Abandon { id, force } => ctx
+            .lifecycle
+            .abandon(&id, force)
+            .await
+            .map(|_| println!("rolled back the provisioning of {id}"))
+            .map_err(|e| e.to_string()),
         TenantCommand::Delete { id, drop_database } => ctx
             .lifecycle
             .deprovision(&id, drop_database)

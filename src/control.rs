@@ -40,6 +40,10 @@ pub mod tenant_config {
         pub max_connections: Option<i32>,
         pub isolation: String,
         pub state: String,
+        /// The process provisioning the tenant (`host/pid/nonce`), while it does.
+        pub claimed_by: Option<String>,
+        /// `existing` or `new`: the storage as provisioning found it.
+        pub storage: Option<String>,
         pub created_at: DateTimeUtc,
         pub updated_at: DateTimeUtc,
     }
@@ -54,6 +58,23 @@ use tenant_config::{ActiveModel, Column, Entity as TenantConfigs, Model};
 
 const PROVISIONING: &str = "provisioning";
 const READY: &str = "ready";
+const STORAGE_EXISTING: &str = "existing";
+const STORAGE_NEW: &str = "new";
+
+/// A provisioning that has not finished (see [`ControlStore::unfinished`]).
+#[derive(Debug)]
+pub struct Unfinished {
+    pub id: String,
+    /// The process that claimed it (`host/pid/nonce`).
+    pub claimed_by: Option<String>,
+    /// Whether provisioning found no storage and so makes it; `None` before it
+    /// looked (nothing was made yet).
+    pub made_storage: Option<bool>,
+    /// The last step it recorded.
+    pub updated_at: chrono::DateTime<Utc>,
+    /// Its configuration, needed to drop what it made.
+    pub config: Result<TenantConfig, String>,
+}
 
 /// What changed in the control database, cheaply: row count and newest update.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -111,10 +132,11 @@ impl ControlStore {
         Ok((tenants, errors))
     }
 
-    /// Claims `config.id` for provisioning. `false` if the id is taken (by a ready
-    /// tenant or by a provisioning under way elsewhere).
-    pub async fn claim(&self, config: &TenantConfig) -> Result<bool, DbErr> {
-        let row = self.active_model(config, PROVISIONING)?;
+    /// Claims `config.id` for provisioning by `claimer`. `false` if the id is taken
+    /// (by a ready tenant or by a provisioning under way elsewhere).
+    pub async fn claim(&self, config: &TenantConfig, claimer: &str) -> Result<bool, DbErr> {
+        let mut row = self.active_model(config, PROVISIONING)?;
+        row.claimed_by = Set(Some(claimer.to_string()));
         match TenantConfigs::insert(row).exec(&self.db).await {
             Ok(_) => Ok(true),
             Err(e) if is_unique_violation(&e) => Ok(false),
@@ -122,10 +144,79 @@ impl ControlStore {
         }
     }
 
+    /// Records, before any storage is made, whether the claimed tenant's storage
+    /// existed already: a roll-back drops only storage that provisioning made.
+    pub async fn record_storage(&self, id: &str, existed: bool) -> Result<(), DbErr> {
+        TenantConfigs::update_many()
+            .col_expr(
+                Column::Storage,
+                Expr::value(if existed {
+                    STORAGE_EXISTING
+                } else {
+                    STORAGE_NEW
+                }),
+            )
+            .col_expr(Column::UpdatedAt, Expr::value(Utc::now()))
+            .filter(Column::Id.eq(id))
+            .filter(Column::State.eq(PROVISIONING))
+            .exec(&self.db)
+            .await
+            .map(|_| ())
+    }
+
+    /// Every provisioning that has not finished: under way, or cut short by a crash.
+    pub async fn unfinished(&self) -> Result<Vec<Unfinished>, DbErr> {
+        let rows = TenantConfigs::find()
+            .filter(Column::State.eq(PROVISIONING))
+            .all(&self.db)
+            .await?;
+        Ok(rows
+            .into_iter()
+            .map(|row| {
+                let config = self
+                    .secrets
+                    .open(&row.database_url)
+                    .map_err(|e| format!("database_url cannot be opened: {e}"))
+                    .and_then(|url| {
+                        parse_tenant_entry(&row.id, &entry_of(&row, url), TenantSource::Control)
+                            .map_err(|errors| {
+                                errors
+                                    .iter()
+                                    .map(ToString::to_string)
+                                    .collect::<Vec<_>>()
+                                    .join("; ")
+                            })
+                    });
+                Unfinished {
+                    id: row.id,
+                    claimed_by: row.claimed_by,
+                    made_storage: match row.storage.as_deref() {
+                        Some(STORAGE_NEW) => Some(true),
+                        Some(_) => Some(false),
+                        None => None,
+                    },
+                    updated_at: row.updated_at,
+                    config,
+                }
+            })
+            .collect())
+    }
+
+    /// Removes the row of an unfinished provisioning (and only such a row).
+    pub async fn release(&self, id: &str) -> Result<bool, DbErr> {
+        let result = TenantConfigs::delete_many()
+            .filter(Column::Id.eq(id))
+            .filter(Column::State.eq(PROVISIONING))
+            .exec(&self.db)
+            .await?;
+        Ok(result.rows_affected > 0)
+    }
+
     /// Marks a claimed tenant ready: from now on it is loaded and served.
     pub async fn mark_ready(&self, id: &str) -> Result<(), DbErr> {
         TenantConfigs::update_many()
             .col_expr(Column::State, Expr::value(READY))
+            .col_expr(Column::ClaimedBy, Expr::value(Option::<String>::None))
             .col_expr(Column::UpdatedAt, Expr::value(Utc::now()))
             .filter(Column::Id.eq(id))
             .exec(&self.db)
@@ -230,6 +321,8 @@ fn active_model(config: &TenantConfig, state: &str, sealed_url: String) -> Activ
             .unwrap_or("database")
             .to_string()),
         state: Set(state.to_string()),
+        claimed_by: Set(None),
+        storage: Set(None),
         created_at: Set(now),
         updated_at: Set(now),
     }

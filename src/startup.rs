@@ -145,6 +145,18 @@ impl Application {
             lifecycle::spawn_reload_on_sighup(Arc::downgrade(&lifecycle), settings.clone());
             lifecycle
         });
+        if let Some(lifecycle) = &lifecycle {
+            // Provisionings that a crash cut short: drop what they made, free the ids.
+            match lifecycle.recover().await {
+                Ok(ids) if !ids.is_empty() => {
+                    tracing::warn!(tenants = ?ids, "rolled back unfinished provisionings")
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::error!(error = %crate::db::redact_error(&e), "cannot read unfinished provisionings")
+                }
+            }
+        }
         let state = AppState(Arc::new(AppStateInner {
             registry,
             identify: Arc::new(settings.identification()),

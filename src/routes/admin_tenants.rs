@@ -32,6 +32,11 @@ pub fn router() -> Router<AppState> {
         .route("/api/admin/tenants/{id}/migrate", post(migrate))
         .route("/api/admin/tenants/{id}/migrations", get(migrations))
         .route("/api/admin/tenants/{id}/users", post(create_user))
+        .route("/api/admin/provisionings", get(unfinished))
+        .route(
+            "/api/admin/provisionings/{id}",
+            axum::routing::delete(abandon),
+        )
 }
 
 fn lifecycle(state: &AppState) -> Result<&Lifecycle> {
@@ -72,6 +77,30 @@ async fn remove(
     lifecycle(&state)?
         .deprovision(id.as_str(), query.drop_database)
         .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Provisionings that have not finished: under way, or cut short by a crash
+/// (`abandoned`), which start-up rolls back and an operator may roll back here.
+async fn unfinished(State(state): State<AppState>) -> Result<Json<Value>> {
+    let rows = lifecycle(&state)?.unfinished().await?;
+    Ok(Json(json!({ "provisionings": rows })))
+}
+
+#[derive(Debug, Deserialize)]
+struct AbandonQuery {
+    #[serde(default)]
+    force: bool,
+}
+
+/// Rolls back an unfinished provisioning: drops the storage it made and frees the
+/// id. 409 while its process is alive, unless `?force=true`.
+async fn abandon(
+    State(state): State<AppState>,
+    TenantPath(id): TenantPath,
+    ApiQuery(query): ApiQuery<AbandonQuery>,
+) -> Result<StatusCode> {
+    lifecycle(&state)?.abandon(id.as_str(), query.force).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 

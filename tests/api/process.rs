@@ -940,3 +940,293 @@ fn migrate_all_killed_at_any_moment_leaves_each_tenant_before_or_after_and_a_rer
         }
     }
 }
+
+/// Provisioning rows of the control database at `dir/data/control.db`, by state.
+async fn provisioning_rows(dir: &Path) -> Vec<(String, Option<String>)> {
+    use sea_orm::{ConnectionTrait, Database, Statement};
+    let file = dir.join("data").join("control.db");
+    if !file.exists() {
+        return Vec::new();
+    }
+    let db = Database::connect(format!("sqlite://{}", file.display()))
+        .await
+        .unwrap();
+    let rows = db
+        .query_all_raw(Statement::from_string(
+            db.get_database_backend(),
+            "SELECT id, storage FROM tenant_configs WHERE state = 'provisioning'",
+        ))
+        .await
+        // The table is created by the first start; before that, there is nothing.
+        .unwrap_or_default();
+    let rows = rows
+        .iter()
+        .map(|r| {
+            (
+                r.try_get_by_index::<String>(0).unwrap(),
+                r.try_get_by_index::<Option<String>>(1).unwrap(),
+            )
+        })
+        .collect();
+    db.close().await.unwrap();
+    rows
+}
+
+#[test]
+fn provisioning_killed_at_any_moment_leaves_the_tenant_complete_or_absent_after_a_restart() {
+    let dir = dir_with_sqlite_tenant("demo");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let client = reqwest::Client::new();
+    // How each round picks its moment: once the claim is visible, once the storage
+    // is recorded as new, once the file exists, or at a fixed time after sending.
+    enum KillAt {
+        Claimed,
+        StorageRecorded,
+        FileMade,
+        After(u64),
+    }
+    let rounds = [
+        KillAt::Claimed,
+        KillAt::StorageRecorded,
+        KillAt::FileMade,
+        KillAt::After(0),
+        KillAt::After(15),
+        KillAt::After(40),
+        KillAt::After(100),
+        KillAt::After(250),
+        KillAt::After(600),
+        KillAt::After(1500),
+    ];
+    let mut cut_short = 0;
+    for (round, kill_at) in rounds.iter().enumerate() {
+        let id = format!("p{round:02}");
+        let file = dir.path().join(format!("{id}.db"));
+        let body = serde_json::json!({
+            "id": id,
+            "database_url": format!("sqlite://{}", file.display()),
+            "domain": "dental",
+            "seed_demo_data": true,
+            "owner": { "username": "owner", "password": "a long enough owner password" },
+        });
+        let mut server = Server::start(command(dir.path(), &[]));
+        let post = {
+            let request = client
+                .post(format!("{}/api/admin/tenants", server.address))
+                .bearer_auth(ADMIN)
+                .json(&body);
+            rt.spawn(async move { request.send().await.map(|r| r.status().as_u16()) })
+        };
+        rt.block_on(async {
+            let deadline = std::time::Instant::now() + Duration::from_secs(30);
+            let reached = || async {
+                match kill_at {
+                    KillAt::Claimed => !provisioning_rows(dir.path()).await.is_empty(),
+                    KillAt::StorageRecorded => provisioning_rows(dir.path())
+                        .await
+                        .iter()
+                        .any(|(_, storage)| storage.is_some()),
+                    KillAt::FileMade => file.exists(),
+                    KillAt::After(_) => true,
+                }
+            };
+            if let KillAt::After(ms) = kill_at {
+                tokio::time::sleep(Duration::from_millis(*ms)).await;
+            }
+            // A round whose moment passes unseen (provisioning finished first)
+            // still kills: it then checks the "complete" side.
+            while !reached().await && !post.is_finished() && std::time::Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        });
+        let _ = server.child.kill(); // SIGKILL
+        let _ = server.child.wait();
+        let _ = rt.block_on(post);
+        let unfinished = rt.block_on(provisioning_rows(dir.path()));
+        if !unfinished.is_empty() {
+            cut_short += 1;
+        }
+
+        // After a restart the id is complete or absent; nothing is left half-made.
+        let mut server = Server::start(command(dir.path(), &[]));
+        let address = server.address.clone();
+        rt.block_on(async {
+            let admin = |method: Method, path: &str| {
+                client
+                    .request(method, format!("{address}{path}"))
+                    .bearer_auth(ADMIN)
+            };
+            let pending: serde_json::Value = admin(Method::GET, "/api/admin/provisionings")
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            assert_eq!(
+                pending["provisionings"],
+                serde_json::json!([]),
+                "round {round}"
+            );
+            let config = admin(Method::GET, &format!("/api/tenants/{id}/config"))
+                .send()
+                .await
+                .unwrap()
+                .status();
+            if config == 404 {
+                assert!(
+                    !file.exists(),
+                    "round {round}: {id} is absent but its file was left behind"
+                );
+                let retry = admin(Method::POST, "/api/admin/tenants")
+                    .json(&body)
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(retry.status(), 201, "round {round}: retry of {id}");
+            } else {
+                assert_eq!(config, 200, "round {round}");
+            }
+            // Complete: its demo data is there.
+            let products: serde_json::Value = client
+                .get(format!("{address}/api/products"))
+                .header("X-Tenant-ID", &id)
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            assert!(
+                products["items"].as_array().is_some_and(|a| !a.is_empty()),
+                "round {round}: {products}"
+            );
+        });
+        assert!(server.stop());
+    }
+    // The moments chosen by what the test saw land inside provisioning, so the
+    // roll-back is exercised, not only the two ends.
+    assert!(cut_short >= 1, "no kill landed inside a provisioning");
+}
+
+/// Writes an unfinished provisioning of `id` (on `dir/<id>.db`, made by it) into
+/// the control database, claimed by `claimer`.
+async fn insert_unfinished(dir: &Path, id: &str, claimer: &str) {
+    use sea_orm::{ConnectionTrait, Database, DbBackend, Statement};
+    let file = dir.join(format!("{id}.db"));
+    std::fs::write(&file, b"").unwrap();
+    let db = Database::connect(format!(
+        "sqlite://{}",
+        dir.join("data").join("control.db").display()
+    ))
+    .await
+    .unwrap();
+    let now = chrono::Utc::now();
+    db.execute_raw(Statement::from_sql_and_values(
+        DbBackend::Sqlite,
+        "INSERT INTO tenant_configs (id, database_url, domain, subdomain, branding, \
+         contact_info, is_active, demo, isolation, state, claimed_by, storage, created_at, \
+         updated_at) VALUES (?, ?, 'default', ?, '{}', '{}', true, false, 'database', \
+         'provisioning', ?, 'new', ?, ?)",
+        [
+            id.into(),
+            format!("sqlite://{}", file.display()).into(),
+            id.into(),
+            claimer.into(),
+            now.into(),
+            now.into(),
+        ],
+    ))
+    .await
+    .unwrap();
+    db.close().await.unwrap();
+}
+
+#[test]
+fn an_operator_sees_unfinished_provisionings_and_rolls_them_back_with_the_cli_and_the_api() {
+    let dir = dir_with_sqlite_tenant("demo");
+    // A first start creates the control database.
+    let mut server = Server::start(command(dir.path(), &[]));
+    assert!(server.stop());
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    // One whose process on this host is gone, one under way on another host.
+    rt.block_on(insert_unfinished(
+        dir.path(),
+        "crashed",
+        &format!("{}/4194304/dead", host.trim()),
+    ));
+    rt.block_on(insert_unfinished(dir.path(), "remote", "elsewhere/1/live"));
+
+    let (code, out, err) = run(dir.path(), &["tenants", "unfinished"]);
+    assert_eq!(code, 0, "{err}");
+    let line = |id: &str| out.lines().find(|l| l.starts_with(id)).unwrap_or("");
+    assert!(line("crashed").contains("abandoned"), "{out}");
+    assert!(line("remote").contains("under way"), "{out}");
+    let (code, _, err) = run(dir.path(), &["tenants", "abandon", "remote"]);
+    assert_ne!(
+        code, 0,
+        "a live provisioning is not rolled back without --force"
+    );
+    assert!(err.contains("under way"), "{err}");
+    let (code, out, err) = run(dir.path(), &["tenants", "abandon", "crashed"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(!dir.path().join("crashed.db").exists());
+
+    // Start-up rolls back only what is abandoned: the remote one stays, for the
+    // operator to see and, knowing better, to roll back through the API.
+    let mut server = Server::start(command(dir.path(), &[]));
+    let address = server.address.clone();
+    rt.block_on(async {
+        let client = reqwest::Client::new();
+        let admin = |method: Method, path: &str| {
+            client
+                .request(method, format!("{address}{path}"))
+                .bearer_auth(ADMIN)
+        };
+        let pending: serde_json::Value = admin(Method::GET, "/api/admin/provisionings")
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let rows = pending["provisionings"].as_array().unwrap();
+        assert_eq!(rows.len(), 1, "{pending}");
+        assert_eq!(rows[0]["id"], "remote");
+        assert_eq!(rows[0]["abandoned"], false);
+        assert_eq!(rows[0]["made_storage"], true);
+        let body = serde_json::json!({
+            "id": "remote",
+            "database_url": format!("sqlite://{}/remote.db", dir.path().display()),
+        });
+        let taken = admin(Method::POST, "/api/admin/tenants")
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(taken.status(), 409);
+        let refused = admin(Method::DELETE, "/api/admin/provisionings/remote")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(refused.status(), 409);
+        let forced = admin(Method::DELETE, "/api/admin/provisionings/remote?force=true")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(forced.status(), 204);
+        assert!(!dir.path().join("remote.db").exists());
+        let missing = admin(Method::DELETE, "/api/admin/provisionings/remote")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(missing.status(), 404);
+        let created = admin(Method::POST, "/api/admin/tenants")
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(created.status(), 201);
+    });
+    assert!(server.stop());
+}

@@ -5,6 +5,7 @@
 use sea_orm_migration::prelude::*;
 
 mod m20261123_100001_create_tenant_configs;
+mod m20261124_100002_add_provisioning_claims;
 
 /// Builds and upgrades the control database.
 pub struct ControlMigrator;
@@ -12,7 +13,10 @@ pub struct ControlMigrator;
 #[async_trait::async_trait]
 impl MigratorTrait for ControlMigrator {
     fn migrations() -> Vec<Box<dyn MigrationTrait>> {
-        vec![Box::new(m20261123_100001_create_tenant_configs::Migration)]
+        vec![
+            Box::new(m20261123_100001_create_tenant_configs::Migration),
+            Box::new(m20261124_100002_add_provisioning_claims::Migration),
+        ]
     }
 
     fn migration_table_name() -> DynIden {
