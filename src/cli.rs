@@ -189,6 +189,7 @@ async fn context(settings: Settings) -> Result<Context, String> {
         eprintln!("warning: control database tenant left out: {e}");
     }
     let registry = TenantRegistry::new(lifecycle::merge(&base, rows), settings.pools());
+    registry.set_ledger(Arc::new(control.clone()));
     let lifecycle = Arc::new(Lifecycle::new(
         registry.clone(),
         control.clone(),
@@ -394,6 +395,7 @@ pub async fn migrate(settings: Settings, args: MigrateArgs) -> ExitCode {
             concurrency: args.concurrency,
             dry_run: args.dry_run,
         },
+        Some(&ctx.control),
         |done, total| {
             if on_terminal {
                 let width = 30;

@@ -54,6 +54,25 @@ pub mod tenant_config {
     impl ActiveModelBehavior for ActiveModel {}
 }
 
+/// The `initialised_storage` table (see [`crate::db::StorageLedger`]).
+pub mod initialised_storage {
+    use sea_orm::entity::prelude::*;
+
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "initialised_storage")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub storage_key: String,
+        pub tenant_id: String,
+        pub created_at: DateTimeUtc,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
 use tenant_config::{ActiveModel, Column, Entity as TenantConfigs, Model};
 
 const PROVISIONING: &str = "provisioning";
@@ -92,6 +111,7 @@ impl ControlStore {
     /// Opens (creating a SQLite file if needed) and migrates the control database.
     pub async fn open(url: &str, secrets: Arc<SecretBox>) -> Result<Self, DbErr> {
         let url = crate::db::prepare_url(url)?;
+        crate::db::make_sqlite_dir(&url)?;
         let mut options = ConnectOptions::new(url);
         options
             .max_connections(4)
@@ -285,6 +305,50 @@ impl ControlStore {
             .await?
             .flatten();
         Ok(Fingerprint(count, newest))
+    }
+}
+
+impl ControlStore {
+    /// Forgets the tenant storage at `key` (it was dropped on purpose): a tenant
+    /// there later is new, and its storage is created.
+    pub async fn forget_storage(&self, key: &str) -> Result<(), DbErr> {
+        initialised_storage::Entity::delete_by_id(key)
+            .exec(&self.db)
+            .await
+            .map(|_| ())
+    }
+}
+
+impl crate::db::StorageLedger for ControlStore {
+    fn is_initialised<'a>(&'a self, key: &'a str) -> crate::db::LedgerFuture<'a, bool> {
+        Box::pin(async move {
+            Ok(initialised_storage::Entity::find_by_id(key)
+                .count(&self.db)
+                .await?
+                > 0)
+        })
+    }
+
+    fn record_initialised<'a>(
+        &'a self,
+        key: &'a str,
+        tenant: &'a str,
+    ) -> crate::db::LedgerFuture<'a, ()> {
+        Box::pin(async move {
+            let row = initialised_storage::ActiveModel {
+                storage_key: Set(key.to_string()),
+                tenant_id: Set(tenant.to_string()),
+                created_at: Set(Utc::now()),
+            };
+            match initialised_storage::Entity::insert(row)
+                .exec(&self.db)
+                .await
+            {
+                // Another replica recorded it first.
+                Err(e) if is_unique_violation(&e) => Ok(()),
+                other => other.map(|_| ()),
+            }
+        })
     }
 }
 

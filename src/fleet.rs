@@ -51,6 +51,7 @@ pub async fn migrate_fleet(
     tenants: Vec<TenantConfig>,
     settings: &PoolSettings,
     options: FleetOptions,
+    ledger: Option<&dyn db::StorageLedger>,
     progress: impl Fn(usize, usize),
 ) -> Vec<TenantMigration> {
     let total = tenants.len();
@@ -60,7 +61,7 @@ pub async fn migrate_fleet(
     let settings = &settings;
     let mut done = 0;
     let mut rows: Vec<TenantMigration> = futures::stream::iter(tenants)
-        .map(|tenant| async move { migrate_one(&tenant, settings, options.dry_run).await })
+        .map(|tenant| async move { migrate_one(&tenant, settings, options.dry_run, ledger).await })
         .buffer_unordered(options.concurrency.max(1))
         .inspect(|_| {
             done += 1;
@@ -76,6 +77,7 @@ async fn migrate_one(
     tenant: &TenantConfig,
     settings: &PoolSettings,
     dry_run: bool,
+    ledger: Option<&dyn db::StorageLedger>,
 ) -> TenantMigration {
     let started = Instant::now();
     let mut row = TenantMigration {
@@ -87,7 +89,7 @@ async fn migrate_one(
         duration_ms: 0,
         error: None,
     };
-    match run(tenant, settings, dry_run, &mut row).await {
+    match run(tenant, settings, dry_run, ledger, &mut row).await {
         Ok(status) => row.status = status,
         Err(e) => row.error = Some(db::redact_error(&e)),
     }
@@ -99,11 +101,9 @@ async fn run(
     tenant: &TenantConfig,
     settings: &PoolSettings,
     dry_run: bool,
+    ledger: Option<&dyn db::StorageLedger>,
     row: &mut TenantMigration,
 ) -> Result<Outcome, sea_orm::DbErr> {
-    if !dry_run && settings.auto_create_databases {
-        db::ensure_tenant_storage(tenant, settings).await?;
-    }
     // A dry run changes nothing, not even by creating a SQLite file that is not
     // there yet: such a tenant has every migration pending.
     if dry_run
@@ -116,7 +116,8 @@ async fn run(
             .collect();
         return Ok(Outcome::Pending);
     }
-    let pool = db::open_pool(tenant, 1, settings).await?;
+    // Creates the storage only of a tenant never initialised; a vanished one fails.
+    let pool = db::open_tenant_storage(tenant, 1, settings, ledger).await?;
     let result = async {
         let (applied, pending) = versions(&pool).await?;
         row.before = applied.clone();

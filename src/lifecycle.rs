@@ -245,12 +245,19 @@ impl Lifecycle {
                 let _ = pool.close().await;
                 filled?;
             }
+            // From now on the storage is known: if it disappears, it is reported,
+            // not made again empty.
+            if let Some(key) = db::storage_key(config).map_err(|e| storage_error("record", &e))? {
+                db::StorageLedger::record_initialised(&self.control, &key, config.id.as_str())
+                    .await
+                    .map_err(|e| storage_error("record", &e))?;
+            }
             Ok(())
         }
         .await;
         if result.is_err()
             && !existed
-            && let Err(e) = db::drop_storage(config, &self.pools).await
+            && let Err(e) = self.drop_storage(config).await
         {
             tracing::error!(tenant_id = %config.id, error = %db::redact_error(&e), "could not remove half-made storage");
         }
@@ -329,7 +336,7 @@ impl Lifecycle {
             .map_err(|e| storage_error("delete", &e))?;
         self.registry.remove(&current.id).await;
         if drop_storage {
-            db::drop_storage(&current, &self.pools)
+            self.drop_storage(&current)
                 .await
                 .map_err(|e| storage_error("drop storage", &e))?;
         }
@@ -415,7 +422,7 @@ impl Lifecycle {
     async fn roll_back(&self, row: &crate::control::Unfinished) -> Result<(), String> {
         if row.made_storage == Some(true) {
             let config = row.config.as_ref().map_err(Clone::clone)?;
-            db::drop_storage(config, &self.pools)
+            self.drop_storage(config)
                 .await
                 .map_err(|e| format!("dropping its storage: {}", db::redact_error(&e)))?;
         }
@@ -423,6 +430,16 @@ impl Lifecycle {
             .release(&row.id)
             .await
             .map_err(|e| format!("removing its row: {}", db::redact_error(&e)))?;
+        Ok(())
+    }
+
+    /// Drops the tenant's storage and forgets it was initialised, so a tenant
+    /// there later starts afresh.
+    async fn drop_storage(&self, config: &TenantConfig) -> Result<(), DbErr> {
+        db::drop_storage(config, &self.pools).await?;
+        if let Some(key) = db::storage_key(config)? {
+            self.control.forget_storage(&key).await?;
+        }
         Ok(())
     }
 

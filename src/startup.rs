@@ -128,6 +128,9 @@ impl Application {
 
         let auth = Arc::new(settings.auth_service().map_err(StartupError::Settings)?);
         let registry = TenantRegistry::new(tenants, settings.pools());
+        if let Some((control, _)) = &control {
+            registry.set_ledger(Arc::new(control.clone()));
+        }
         let lifecycle = control.map(|(control, base)| {
             let lifecycle = Arc::new(Lifecycle::new(
                 registry.clone(),

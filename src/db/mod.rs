@@ -51,6 +51,87 @@ pub async fn check_reachable(url: &str, timeout: Duration) -> Result<(), DbErr> 
     }
 }
 
+/// The boxed future a [`StorageLedger`] answers with.
+pub type LedgerFuture<'a, T> =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<T, DbErr>> + Send + 'a>>;
+
+/// Remembers which tenant storages (a SQLite file, a PostgreSQL database or schema,
+/// by [`storage_key`]) have been initialised, so that one that disappears is
+/// reported rather than silently created again, empty. Kept in the control
+/// database, shared by every replica.
+pub trait StorageLedger: Send + Sync {
+    fn is_initialised<'a>(&'a self, key: &'a str) -> LedgerFuture<'a, bool>;
+    fn record_initialised<'a>(&'a self, key: &'a str, tenant: &'a str) -> LedgerFuture<'a, ()>;
+}
+
+/// Where a tenant's data is, without credentials: `sqlite:<absolute path>`, or
+/// `postgres:<host>:<port>/<database>` with `/<schema>` for a schema-mode tenant;
+/// `None` for an in-memory database.
+pub fn storage_key(tenant: &TenantConfig) -> Result<Option<String>, DbErr> {
+    let url = tenant.database_url.expose();
+    if !url.starts_with("postgres") {
+        let Some(path) = sqlite_path(url) else {
+            return Ok(None);
+        };
+        let absolute = std::path::absolute(&path).map_err(|e| {
+            DbErr::Custom(format!("cannot resolve the tenant's database file: {e}"))
+        })?;
+        return Ok(Some(format!("sqlite:{}", absolute.display())));
+    }
+    let parsed = url::Url::parse(url).map_err(|_| DbErr::Custom("invalid database URL".into()))?;
+    let mut key = format!(
+        "postgres:{}:{}/{}",
+        parsed.host_str().unwrap_or_default(),
+        parsed.port().unwrap_or(5432),
+        parsed.path().trim_start_matches('/')
+    );
+    if let Some(schema) = tenant.schema_name() {
+        key.push('/');
+        key.push_str(&schema);
+    }
+    Ok(Some(key))
+}
+
+/// Opens the tenant's database for the work of `open_pool` (see there), creating
+/// its storage only if it has never been initialised: a storage the ledger knows
+/// that is gone is an error (a 503 for requests), logged naming the tenant, and
+/// nothing is created. Records a storage the ledger did not know once it is open.
+/// Without a ledger (single-tenant mode) the storage is created whenever missing.
+pub async fn open_tenant_storage(
+    tenant: &TenantConfig,
+    max_connections: u32,
+    settings: &PoolSettings,
+    ledger: Option<&dyn StorageLedger>,
+) -> Result<DatabaseConnection, DbErr> {
+    let key = storage_key(tenant)?;
+    let ledger = ledger.zip(key.as_deref());
+    let known = match ledger {
+        Some((ledger, key)) => ledger.is_initialised(key).await?,
+        None => false,
+    };
+    if known {
+        if !storage_exists(tenant, settings).await? {
+            tracing::error!(tenant_id = %tenant.id, "the tenant's database has disappeared; it is not created again: restore it, or remove and provision the tenant again");
+            return Err(missing_storage());
+        }
+    } else if settings.auto_create_databases {
+        ensure_tenant_storage(tenant, settings).await?;
+    }
+    let db = open_pool_with(tenant, max_connections, settings, !known).await?;
+    if !known && let Some((ledger, key)) = ledger {
+        ledger.record_initialised(key, tenant.id.as_str()).await?;
+    }
+    Ok(db)
+}
+
+/// The error of a tenant whose initialised storage has gone: a connection error,
+/// so the tenant answers 503 `tenant_unavailable`.
+pub fn missing_storage() -> DbErr {
+    DbErr::Conn(RuntimeErr::Internal(
+        "the tenant's database has disappeared".into(),
+    ))
+}
+
 /// Opens a sea-orm pool of its own for `tenant` with at most `max_connections`,
 /// bounded by the connect timeout, and applies pending migrations when the settings
 /// say so: for the migrator, provisioning and the CLI, which need sea-orm's own
@@ -62,7 +143,23 @@ pub async fn open_pool(
     max_connections: u32,
     settings: &PoolSettings,
 ) -> Result<DatabaseConnection, DbErr> {
+    open_pool_with(tenant, max_connections, settings, true).await
+}
+
+/// [`open_pool`], creating a missing SQLite file only if `create`.
+async fn open_pool_with(
+    tenant: &TenantConfig,
+    max_connections: u32,
+    settings: &PoolSettings,
+    create: bool,
+) -> Result<DatabaseConnection, DbErr> {
     let url = prepare_url(tenant.database_url.expose())?;
+    let url = if create {
+        make_sqlite_dir(&url)?;
+        url
+    } else {
+        without_create(&url)
+    };
     let mut options = ConnectOptions::new(url);
     options
         .max_connections(max_connections)
@@ -205,8 +302,7 @@ pub async fn ensure_tenant_storage(
 ) -> Result<(), DbErr> {
     let url = tenant.database_url.expose();
     if !url.starts_with("postgres") {
-        prepare_url(url)?;
-        return Ok(());
+        return make_sqlite_dir(url);
     }
     match tenant.schema_name() {
         Some(schema) => {
@@ -514,8 +610,9 @@ pub fn is_unavailable(err: &DbErr) -> bool {
     }
 }
 
-/// For SQLite, creates the parent directory and asks for the file to be created
-/// (`mode=rwc`) unless the URL chose a mode itself.
+/// For SQLite, asks for the file to be created (`mode=rwc`) unless the URL chose a
+/// mode itself; `postgresql://` becomes `postgres://`. Touches no file: see
+/// [`make_sqlite_dir`].
 pub fn prepare_url(url: &str) -> Result<String, DbErr> {
     if let Some(rest) = url.strip_prefix("postgresql://") {
         return Ok(format!("postgres://{rest}"));
@@ -531,19 +628,43 @@ pub fn prepare_url(url: &str) -> Result<String, DbErr> {
     if path.is_empty() || path.starts_with(":memory:") {
         return Ok(url.to_string());
     }
-    if let Some(dir) = Path::new(path).parent()
-        && !dir.as_os_str().is_empty()
-    {
-        std::fs::create_dir_all(dir).map_err(|e| {
-            DbErr::Custom(format!("cannot create the tenant's data directory: {e}"))
-        })?;
-    }
     let has_mode = query.is_some_and(|q| q.split('&').any(|kv| kv.starts_with("mode=")));
     Ok(match (query, has_mode) {
         (_, true) => url.to_string(),
         (Some(_), false) => format!("{url}&mode=rwc"),
         (None, false) => format!("{url}?mode=rwc"),
     })
+}
+
+/// Creates the directory of a SQLite URL's file; other URLs need nothing.
+pub fn make_sqlite_dir(url: &str) -> Result<(), DbErr> {
+    if let Some(path) = sqlite_path(url)
+        && let Some(dir) = Path::new(&path).parent()
+        && !dir.as_os_str().is_empty()
+    {
+        std::fs::create_dir_all(dir).map_err(|e| {
+            DbErr::Custom(format!("cannot create the tenant's data directory: {e}"))
+        })?;
+    }
+    Ok(())
+}
+
+/// A prepared SQLite URL that opens the file only if it exists (`mode=rwc` becomes
+/// `mode=rw`); other URLs unchanged.
+pub fn without_create(url: &str) -> String {
+    if !url.starts_with("sqlite:") {
+        return url.to_string();
+    }
+    match url.split_once('?') {
+        Some((path, query)) => {
+            let query: Vec<&str> = query
+                .split('&')
+                .map(|kv| if kv == "mode=rwc" { "mode=rw" } else { kv })
+                .collect();
+            format!("{path}?{}", query.join("&"))
+        }
+        None => format!("{url}?mode=rw"),
+    }
 }
 
 /// Renders a database error with any credentials it may hold removed.
@@ -619,12 +740,24 @@ mod tests {
     }
 
     #[test]
-    fn sqlite_urls_get_create_mode_and_a_directory() {
+    fn sqlite_urls_get_create_mode_and_a_directory_only_when_asked() {
         let dir = tempfile::tempdir().unwrap();
         let db = dir.path().join("nested/t.db");
         let url = format!("sqlite://{}", db.display());
         assert_eq!(prepare_url(&url).unwrap(), format!("{url}?mode=rwc"));
+        assert!(!dir.path().join("nested").exists());
+        make_sqlite_dir(&url).unwrap();
         assert!(dir.path().join("nested").is_dir());
+        // A storage that exists already is opened, never created.
+        assert_eq!(
+            without_create(&format!("{url}?mode=rwc")),
+            format!("{url}?mode=rw")
+        );
+        assert_eq!(
+            without_create(&format!("{url}?cache=shared&mode=rwc")),
+            format!("{url}?cache=shared&mode=rw")
+        );
+        assert_eq!(without_create(&url), format!("{url}?mode=rw"));
         let ro = format!("sqlite://{}?mode=ro", db.display());
         assert_eq!(prepare_url(&ro).unwrap(), ro);
         let pg = "postgres://u:p@h/db";

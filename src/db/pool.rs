@@ -97,6 +97,17 @@ impl Target {
         }
     }
 
+    /// The file of a SQLite target (not an in-memory one).
+    fn sqlite_file(&self) -> Option<&std::path::Path> {
+        match self {
+            Self::Sqlite(o) => Some(o.get_filename()).filter(|p| {
+                let name = p.to_string_lossy();
+                !name.starts_with(":memory:") && !name.starts_with("file:")
+            }),
+            Self::Postgres(_) => None,
+        }
+    }
+
     async fn connect(&self) -> Result<RawConn, sqlx::Error> {
         match self {
             Self::Postgres(o) => PgConnection::connect_with(o).await.map(RawConn::Pg),
@@ -121,6 +132,27 @@ impl Target {
 fn is_busy(err: &sqlx::Error) -> bool {
     matches!(err, sqlx::Error::Database(db)
         if db.code().is_some_and(|c| c.parse::<i32>().is_ok_and(|c| c & 0xff == 5)))
+}
+
+/// A SQLite file's device and inode: a connection made to one file notices when
+/// the file is removed or replaced under it, where it would otherwise go on
+/// reading and writing the unlinked file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct FileId(u64, u64);
+
+fn file_id(path: &std::path::Path) -> Option<FileId> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata(path)
+            .ok()
+            .map(|m| FileId(m.dev(), m.ino()))
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = path;
+        None
+    }
 }
 
 /// One real connection to a database.
@@ -197,6 +229,8 @@ pub struct Conn {
     pub(crate) raw: RawConn,
     schema: Option<Arc<str>>,
     idle_since: Instant,
+    /// The SQLite file it was opened on.
+    file: Option<FileId>,
     _member: Member,
     _slot: Slot,
 }
@@ -667,6 +701,19 @@ impl ConnPool {
         tokio::pin!(slot);
         loop {
             if let Some(conn) = self.pop_idle(&schema) {
+                if let Some(opened_on) = conn.file {
+                    let now = self.target.sqlite_file().and_then(file_id);
+                    if now != Some(opened_on) {
+                        // Removed or replaced: no connection of this pool may go on
+                        // with the old file.
+                        conn.close_later();
+                        self.discard_idle();
+                        if now.is_none() {
+                            return Err(CheckoutError::Failed(super::missing_storage()));
+                        }
+                        continue;
+                    }
+                }
                 match self.make_ready(conn, &schema).await {
                     Ok(conn) => return Ok(self.hand_out(conn)),
                     Err(_) => continue,
@@ -691,6 +738,9 @@ impl ConnPool {
     async fn open(&self, slot: Slot, schema: &Option<Arc<str>>) -> Result<Conn, CheckoutError> {
         let raw = match tokio::time::timeout(self.connect_timeout, self.target.connect()).await {
             Ok(Ok(raw)) => raw,
+            Ok(Err(_)) if self.target.sqlite_file().is_some_and(|file| !file.exists()) => {
+                return Err(CheckoutError::Failed(super::missing_storage()));
+            }
             Ok(Err(e)) => return Err(CheckoutError::Failed(conn_err(e))),
             Err(_) => {
                 return Err(CheckoutError::Failed(DbErr::Custom(
@@ -703,6 +753,7 @@ impl ConnPool {
             raw,
             schema: None,
             idle_since: Instant::now(),
+            file: self.target.sqlite_file().and_then(file_id),
             _member: Member(self.counts.clone()),
             _slot: slot,
         };

@@ -168,6 +168,9 @@ struct Inner {
     settings: PoolSettings,
     breakers: Mutex<HashMap<TenantId, Breaker>>,
     started: Instant,
+    /// Which storages have been initialised (the control database); none in
+    /// single-tenant mode.
+    ledger: std::sync::OnceLock<Arc<dyn db::StorageLedger>>,
 }
 
 /// Shared handle to the registry; cheap to clone.
@@ -210,9 +213,20 @@ impl TenantRegistry {
             settings,
             breakers: Mutex::new(HashMap::new()),
             started: Instant::now(),
+            ledger: std::sync::OnceLock::new(),
         });
         spawn_janitor(Arc::downgrade(&inner));
         Self { inner }
+    }
+
+    /// Where the registry learns which storages have been initialised, so that one
+    /// that disappears is reported and not created again. Set once, at start-up.
+    pub fn set_ledger(&self, ledger: Arc<dyn db::StorageLedger>) {
+        let _ = self.inner.ledger.set(ledger);
+    }
+
+    fn ledger(&self) -> Option<&dyn db::StorageLedger> {
+        self.inner.ledger.get().map(|l| l.as_ref())
     }
 
     fn table(&self) -> Arc<TenantTable> {
@@ -477,7 +491,11 @@ impl TenantRegistry {
     /// connection slots, like any other connection.
     async fn open(&self, tenant: &TenantConfig) -> Result<TenantHandle, OpenError> {
         let settings = &self.inner.settings;
-        let url = db::prepare_url(tenant.database_url.expose()).map_err(OpenError::Db)?;
+        // Request connections never create a SQLite file: `prepare` has made it if
+        // it may be made.
+        let url = db::without_create(
+            &db::prepare_url(tenant.database_url.expose()).map_err(OpenError::Db)?,
+        );
         let pool = self.pool_for(&url).map_err(OpenError::Db)?;
         if !self.ready().contains(&tenant.id) {
             self.prepare(tenant, &url, &pool).await?;
@@ -523,12 +541,7 @@ impl TenantRegistry {
         db::check_reachable(url, settings.connect_timeout)
             .await
             .map_err(OpenError::Db)?;
-        if settings.auto_create_databases {
-            db::ensure_tenant_storage(tenant, settings)
-                .await
-                .map_err(OpenError::Db)?;
-        }
-        let db = db::open_pool(tenant, 1, settings)
+        let db = db::open_tenant_storage(tenant, 1, settings, self.ledger())
             .await
             .map_err(OpenError::Db)?;
         let prepared = async {
@@ -613,7 +626,7 @@ impl TenantRegistry {
         work: impl AsyncFnOnce(&sea_orm::DatabaseConnection) -> Result<T, DbErr>,
     ) -> Result<T, AppError> {
         let settings = &self.inner.settings;
-        let url = db::prepare_url(tenant.database_url.expose())?;
+        let url = db::without_create(&db::prepare_url(tenant.database_url.expose())?);
         let pool = self.pool_for(&url)?;
         let deadline = Instant::now() + settings.acquire_timeout;
         let slot = match pool.server().slot(deadline, None).await {
@@ -624,7 +637,7 @@ impl TenantRegistry {
         db::check_reachable(&url, settings.connect_timeout).await?;
         let mut own = settings.clone();
         own.auto_migrate = false;
-        let db = db::open_pool(tenant, 1, &own).await?;
+        let db = db::open_tenant_storage(tenant, 1, &own, self.ledger()).await?;
         let result = work(&db).await;
         let _ = db.close().await;
         drop(slot);

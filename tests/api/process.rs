@@ -1230,3 +1230,104 @@ fn an_operator_sees_unfinished_provisionings_and_rolls_them_back_with_the_cli_an
     });
     assert!(server.stop());
 }
+
+#[test]
+fn a_vanished_tenant_database_is_reported_not_recreated_even_after_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("gone_dir");
+    std::fs::write(
+        dir.path().join("tenants.toml"),
+        format!(
+            "[tenants.gone]\ndatabase_url = 'sqlite://{}/gone.db?mode=rwc'\n\
+             [tenants.steady]\ndatabase_url = 'sqlite://{}/steady.db'\n",
+            data.display(),
+            dir.path().display()
+        ),
+    )
+    .unwrap();
+    let envs = [("BREAKER_COOLDOWN_SECS", "1")];
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let client = reqwest::Client::new();
+    let request = |address: &str, method: Method, tenant: &str| {
+        let request = client
+            .request(method.clone(), format!("{address}/api/products"))
+            .header("X-Tenant-ID", tenant);
+        let request = if method == Method::POST {
+            request.json(&serde_json::json!({ "name": "kept", "price": 1.0 }))
+        } else {
+            request
+        };
+        async move {
+            let response = request.send().await.unwrap();
+            let status = response.status().as_u16();
+            (status, response.text().await.unwrap())
+        }
+    };
+    let backup = dir.path().join("gone.backup");
+
+    let mut server = Server::start(command(dir.path(), &envs));
+    let address = server.address.clone();
+    rt.block_on(async {
+        for tenant in ["gone", "steady"] {
+            assert_eq!(request(&address, Method::POST, tenant).await.0, 201);
+        }
+        // A copy taken while nothing writes (the file and its write-ahead log): the
+        // operator's backup.
+        std::fs::create_dir_all(&backup).unwrap();
+        for name in ["gone.db", "gone.db-wal"] {
+            if data.join(name).exists() {
+                std::fs::copy(data.join(name), backup.join(name)).unwrap();
+            }
+        }
+        std::fs::remove_dir_all(&data).unwrap();
+        // Writes and reads fail at once, with the service's 503, and make nothing.
+        for method in [Method::POST, Method::GET, Method::POST] {
+            let (status, body) = request(&address, method, "gone").await;
+            assert_eq!(status, 503, "{body}");
+            assert!(body.contains("tenant_unavailable"), "{body}");
+        }
+        // Past the breaker's pause the tenant is tried again, and still refused.
+        let past_pause = std::time::Instant::now() + Duration::from_millis(2500);
+        while std::time::Instant::now() < past_pause {
+            assert_eq!(request(&address, Method::GET, "gone").await.0, 503);
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert_eq!(request(&address, Method::GET, "steady").await.0, 200);
+    });
+    assert!(!data.exists(), "the vanished database was created again");
+    assert!(server.stop());
+    let log = server.log();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("has disappeared") && l.contains("gone") && l.contains("ERROR")),
+        "{log}"
+    );
+
+    // A restart does not forget: still refused, still nothing made.
+    let mut server = Server::start(command(dir.path(), &envs));
+    let address = server.address.clone();
+    rt.block_on(async {
+        assert_eq!(request(&address, Method::GET, "gone").await.0, 503);
+        assert!(
+            !data.exists(),
+            "the vanished database was created on restart"
+        );
+        // The operator restores the backup: the tenant answers with its data.
+        std::fs::create_dir_all(&data).unwrap();
+        for entry in std::fs::read_dir(&backup).unwrap() {
+            let entry = entry.unwrap();
+            std::fs::copy(entry.path(), data.join(entry.file_name())).unwrap();
+        }
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        let body = loop {
+            let (status, body) = request(&address, Method::GET, "gone").await;
+            if status == 200 {
+                break body;
+            }
+            assert!(std::time::Instant::now() < deadline, "{status} {body}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        assert!(body.contains("kept"), "{body}");
+    });
+    assert!(server.stop());
+}

@@ -6,6 +6,7 @@ use sea_orm_migration::prelude::*;
 
 mod m20261123_100001_create_tenant_configs;
 mod m20261124_100002_add_provisioning_claims;
+mod m20261124_100003_create_initialised_storage;
 
 /// Builds and upgrades the control database.
 pub struct ControlMigrator;
@@ -16,6 +17,7 @@ impl MigratorTrait for ControlMigrator {
         vec![
             Box::new(m20261123_100001_create_tenant_configs::Migration),
             Box::new(m20261124_100002_add_provisioning_claims::Migration),
+            Box::new(m20261124_100003_create_initialised_storage::Migration),
         ]
     }
 
