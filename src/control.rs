@@ -44,6 +44,8 @@ pub mod tenant_config {
         pub claimed_by: Option<String>,
         /// `existing` or `new`: the storage as provisioning found it.
         pub storage: Option<String>,
+        /// Where the tenant's data is (no credentials); unique.
+        pub storage_key: Option<String>,
         pub created_at: DateTimeUtc,
         pub updated_at: DateTimeUtc,
     }
@@ -79,6 +81,16 @@ const PROVISIONING: &str = "provisioning";
 const READY: &str = "ready";
 const STORAGE_EXISTING: &str = "existing";
 const STORAGE_NEW: &str = "new";
+
+/// What [`ControlStore::claim`] got.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Claim {
+    Claimed,
+    /// A tenant (ready, or being provisioned) has the id.
+    IdTaken,
+    /// Another tenant has the database or the subdomain.
+    StorageOrSubdomainTaken,
+}
 
 /// A provisioning that has not finished (see [`ControlStore::unfinished`]).
 #[derive(Debug)]
@@ -154,12 +166,16 @@ impl ControlStore {
 
     /// Claims `config.id` for provisioning by `claimer`. `false` if the id is taken
     /// (by a ready tenant or by a provisioning under way elsewhere).
-    pub async fn claim(&self, config: &TenantConfig, claimer: &str) -> Result<bool, DbErr> {
+    pub async fn claim(&self, config: &TenantConfig, claimer: &str) -> Result<Claim, DbErr> {
         let mut row = self.active_model(config, PROVISIONING)?;
         row.claimed_by = Set(Some(claimer.to_string()));
         match TenantConfigs::insert(row).exec(&self.db).await {
-            Ok(_) => Ok(true),
-            Err(e) if is_unique_violation(&e) => Ok(false),
+            Ok(_) => Ok(Claim::Claimed),
+            Err(e) if is_unique_violation(&e) => Ok(if self.contains(config.id.as_str()).await? {
+                Claim::IdTaken
+            } else {
+                Claim::StorageOrSubdomainTaken
+            }),
             Err(e) => Err(e),
         }
     }
@@ -387,6 +403,7 @@ fn active_model(config: &TenantConfig, state: &str, sealed_url: String) -> Activ
         state: Set(state.to_string()),
         claimed_by: Set(None),
         storage: Set(None),
+        storage_key: Set(config.storage_identity()),
         created_at: Set(now),
         updated_at: Set(now),
     }

@@ -17,7 +17,7 @@ use serde_json::{Map, Value};
 
 use crate::{
     auth::users::{self, NewUser},
-    control::{ControlStore, Fingerprint},
+    control::{Claim, ControlStore, Fingerprint},
     db, demo,
     error::{AppError, Result},
     settings::PoolSettings,
@@ -59,11 +59,19 @@ pub fn merge(base: &[TenantConfig], control: Vec<TenantConfig>) -> Vec<TenantCon
         .cloned()
         .collect();
     let mut labels: HashSet<String> = merged.iter().map(|t| t.subdomain.clone()).collect();
+    let mut storages: HashSet<String> =
+        merged.iter().filter_map(|t| t.storage_identity()).collect();
     for tenant in control {
-        if labels.insert(tenant.subdomain.clone()) {
-            merged.push(tenant);
-        } else {
+        if labels.contains(&tenant.subdomain) {
             tracing::error!(tenant_id = %tenant.id, subdomain = %tenant.subdomain, "control database tenant left out: its subdomain is taken");
+        } else if let Some(storage) = tenant.storage_identity()
+            && storages.contains(&storage)
+        {
+            tracing::error!(tenant_id = %tenant.id, "control database tenant left out: another tenant uses its database");
+        } else {
+            labels.insert(tenant.subdomain.clone());
+            storages.extend(tenant.storage_identity());
+            merged.push(tenant);
         }
     }
     merged.sort_by(|a, b| a.id.cmp(&b.id));
@@ -174,16 +182,24 @@ impl Lifecycle {
         let config = parse_tenant_entry(&id, &Value::Object(fields), TenantSource::Control)
             .map_err(validation)?;
         self.check_free(&config, None)?;
-        if !self
+        match self
             .control
             .claim(&config, this_process())
             .await
             .map_err(|e| storage_error("claim", &e))?
         {
-            return Err(AppError::Conflict(format!(
-                "tenant '{}' already exists",
-                config.id
-            )));
+            Claim::Claimed => {}
+            Claim::IdTaken => {
+                return Err(AppError::Conflict(format!(
+                    "tenant '{}' already exists",
+                    config.id
+                )));
+            }
+            Claim::StorageOrSubdomainTaken => {
+                return Err(AppError::Conflict(
+                    "another tenant has this database or subdomain".into(),
+                ));
+            }
         }
         match self.make_storage(&config, seed, owner).await {
             Ok(()) => {}
@@ -275,6 +291,18 @@ impl Lifecycle {
                 config.id
             )));
         }
+        if let Some(storage) = config.storage_identity()
+            && let Some(other) = self
+                .registry
+                .list()
+                .into_iter()
+                .find(|t| t.id != config.id && t.storage_identity().as_ref() == Some(&storage))
+        {
+            return Err(AppError::Conflict(format!(
+                "the database is already used by tenant '{}': each tenant needs its own database (or schema)",
+                other.id
+            )));
+        }
         if let Some(owner) = self.registry.by_subdomain(&config.subdomain)
             && owner != config.id
         {
@@ -328,6 +356,20 @@ impl Lifecycle {
         if current.source != TenantSource::Control {
             return Err(AppError::Conflict(format!(
                 "tenant '{id}' is defined in the tenants file or TENANT_CONFIGS: remove it there"
+            )));
+        }
+        // Dropping a database takes the schemas of other tenants in it along.
+        if drop_storage
+            && let Some(storage) = current.storage_identity()
+            && let Some(other) = self.registry.list().into_iter().find(|t| {
+                t.id != current.id
+                    && t.storage_identity()
+                        .is_some_and(|s| s.starts_with(&format!("{storage}/")))
+            })
+        {
+            return Err(AppError::Conflict(format!(
+                "tenant '{}' keeps its schema in this database: remove it first, or remove this tenant without drop_database",
+                other.id
             )));
         }
         self.control

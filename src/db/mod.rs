@@ -64,32 +64,9 @@ pub trait StorageLedger: Send + Sync {
     fn record_initialised<'a>(&'a self, key: &'a str, tenant: &'a str) -> LedgerFuture<'a, ()>;
 }
 
-/// Where a tenant's data is, without credentials: `sqlite:<absolute path>`, or
-/// `postgres:<host>:<port>/<database>` with `/<schema>` for a schema-mode tenant;
-/// `None` for an in-memory database.
+/// Where a tenant's data is (see [`TenantConfig::storage_identity`]).
 pub fn storage_key(tenant: &TenantConfig) -> Result<Option<String>, DbErr> {
-    let url = tenant.database_url.expose();
-    if !url.starts_with("postgres") {
-        let Some(path) = sqlite_path(url) else {
-            return Ok(None);
-        };
-        let absolute = std::path::absolute(&path).map_err(|e| {
-            DbErr::Custom(format!("cannot resolve the tenant's database file: {e}"))
-        })?;
-        return Ok(Some(format!("sqlite:{}", absolute.display())));
-    }
-    let parsed = url::Url::parse(url).map_err(|_| DbErr::Custom("invalid database URL".into()))?;
-    let mut key = format!(
-        "postgres:{}:{}/{}",
-        parsed.host_str().unwrap_or_default(),
-        parsed.port().unwrap_or(5432),
-        parsed.path().trim_start_matches('/')
-    );
-    if let Some(schema) = tenant.schema_name() {
-        key.push('/');
-        key.push_str(&schema);
-    }
-    Ok(Some(key))
+    Ok(tenant.storage_identity())
 }
 
 /// Opens the tenant's database for the work of `open_pool` (see there), creating

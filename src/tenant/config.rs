@@ -115,6 +115,46 @@ impl TenantConfig {
     pub fn schema_name(&self) -> Option<String> {
         (self.isolation == Isolation::Schema).then(|| format!("tenant_{}", self.id))
     }
+
+    /// Where this tenant's data is, without credentials: `sqlite:<absolute path>`,
+    /// or `postgres:<host>:<port>/<database>` with `/<schema>` for a schema-mode
+    /// tenant; `None` for an in-memory database. Two tenants with the same identity
+    /// would share (and could drop) each other's data.
+    pub fn storage_identity(&self) -> Option<String> {
+        let url = self.database_url.expose();
+        if let Some(rest) = url.strip_prefix("sqlite:") {
+            let rest = rest.strip_prefix("//").unwrap_or(rest);
+            let path = rest.split('?').next().unwrap_or(rest);
+            if path.is_empty() || path.starts_with(":memory:") {
+                return None;
+            }
+            let absolute = std::path::absolute(path).ok()?;
+            return Some(format!("sqlite:{}", absolute.display()));
+        }
+        let parsed = url::Url::parse(url).ok()?;
+        let mut key = format!(
+            "postgres:{}:{}/{}",
+            parsed.host_str().unwrap_or_default().to_ascii_lowercase(),
+            parsed.port().unwrap_or(5432),
+            parsed.path().trim_start_matches('/')
+        );
+        if let Some(schema) = self.schema_name() {
+            key.push('/');
+            key.push_str(&schema);
+        }
+        Some(key)
+    }
+}
+
+/// The error for `tenant`, whose storage is `other`'s too.
+pub fn shared_storage_error(tenant: &TenantId, other: &TenantId) -> ConfigError {
+    ConfigError::new(
+        Some(tenant.as_str()),
+        "database_url",
+        format!(
+            "the same database as tenant '{other}': each tenant needs its own database (or schema)"
+        ),
+    )
 }
 
 /// An entry as written, before validation.
@@ -667,6 +707,14 @@ pub fn load_tenants(
             ));
         }
     }
+    let mut storages: HashMap<String, &TenantId> = HashMap::new();
+    for t in &tenants {
+        if let Some(key) = t.storage_identity()
+            && let Some(other) = storages.insert(key, &t.id)
+        {
+            errors.push(shared_storage_error(&t.id, other));
+        }
+    }
     if errors.is_empty() {
         Ok(tenants)
     } else {
@@ -859,6 +907,34 @@ mod tests {
                 .iter()
                 .any(|e| e.to_string().contains("branding.company_name"))
         );
+    }
+
+    #[test]
+    fn two_tenants_on_one_database_are_refused_wherever_they_come_from() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("tenants.toml");
+        std::fs::write(
+            &file,
+            "[tenants.a]\ndatabase_url = 'sqlite://data/a.db?mode=rwc'\n\
+             [tenants.s1]\ndatabase_url = 'postgres://u:p@db.example:5432/shared'\nisolation = 'schema'\n\
+             [tenants.s2]\ndatabase_url = 'postgres://v:q@db.example/shared'\nisolation = 'schema'\n\
+             [tenants.whole]\ndatabase_url = 'postgres://u:p@db.example/shared'\n",
+        )
+        .unwrap();
+        // Schema tenants of one database, and a database tenant beside them, differ.
+        assert_eq!(load_tenants(Some(&file), true, None).unwrap().len(), 4);
+        // The same file spelt another way, from the environment.
+        let env = r#"{"b": {"database_url": "sqlite:data/./a.db"}}"#;
+        let errs = load_tenants(Some(&file), true, Some(env)).unwrap_err();
+        assert_eq!(errs.len(), 1, "{errs:?}");
+        assert_eq!(errs[0].field, "database_url");
+        assert!(errs[0].message.contains("tenant 'a'"), "{}", errs[0]);
+        // The same database under other credentials.
+        let env = r#"{"c": {"database_url": "postgres://x:y@DB.example:5432/shared"}}"#;
+        let errs = load_tenants(Some(&file), true, Some(env)).unwrap_err();
+        let text = errs[0].to_string();
+        assert!(text.contains("'whole'") && text.contains("'c'"), "{text}");
+        assert!(!errs[0].to_string().contains("x:y"), "{}", errs[0]);
     }
 
     #[test]

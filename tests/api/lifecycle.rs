@@ -246,7 +246,64 @@ async fn two_provisionings_of_one_id_at_once_make_one_tenant(backend: Backend) {
     app.create_product("racer", "after the race", 1.0).await;
 }
 
+async fn a_second_tenant_on_a_database_in_use_is_refused(backend: Backend) {
+    let app = spawn_app_with(AppSpec::new(standard_tenants()).on(backend)).await;
+    let first = provision_body(&app, backend, "owner_one").await;
+    assert_eq!(provision(&app, &first).await.status(), 201);
+    // The same database (database mode) or schema (schema mode: the schema comes
+    // from the id, so only the database tenant's own URL can collide), under
+    // another id: refused, and the first tenant's data is untouched.
+    let mut second = first.clone();
+    second["id"] = json!("owner_two");
+    if backend == Backend::PgSchema {
+        second.as_object_mut().unwrap().remove("isolation");
+        let beside = provision(&app, &second).await;
+        // A database tenant beside schema tenants keeps to `public`: allowed once,
+        // and it may not drop the database that holds their schemas.
+        assert_eq!(beside.status(), 201);
+        let drop = app
+            .admin(
+                Method::DELETE,
+                "/api/admin/tenants/owner_two?drop_database=true",
+            )
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(drop.status(), 409);
+        second["id"] = json!("owner_three");
+    }
+    let refused = provision(&app, &second).await;
+    assert_eq!(refused.status(), 409);
+    let text = refused.text().await.unwrap();
+    assert!(text.contains("already used by tenant"), "{text}");
+    assert!(
+        !text.contains("sqlite") && !text.contains("postgres"),
+        "{text}"
+    );
+    let products = app
+        .product_names(app.as_tenant(Method::GET, "owner_one", "/api/products"))
+        .await;
+    assert!(!products.is_empty());
+
+    // Two provisionings racing onto one new database under two ids: one wins.
+    let mut a = provision_body(&app, backend, "race_a").await;
+    let mut b = a.clone();
+    b["id"] = json!("race_b");
+    if backend == Backend::PgSchema {
+        a.as_object_mut().unwrap().remove("isolation");
+        b.as_object_mut().unwrap().remove("isolation");
+        let fresh = pg::fresh_database("trs").await;
+        a["database_url"] = json!(fresh);
+        b["database_url"] = json!(fresh);
+    }
+    let (ra, rb) = tokio::join!(provision(&app, &a), provision(&app, &b));
+    let mut statuses = [ra.status().as_u16(), rb.status().as_u16()];
+    statuses.sort();
+    assert_eq!(statuses, [201, 409]);
+}
+
 crate::on_every_backend!(
+    a_second_tenant_on_a_database_in_use_is_refused,
     two_provisionings_of_one_id_at_once_make_one_tenant,
     a_provisioned_tenant_answers_at_once_with_its_demo_data,
     duplicates_and_bad_bodies_are_refused,

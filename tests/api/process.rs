@@ -88,6 +88,11 @@ fn each_kind_of_invalid_entry_stops_start_up_naming_tenant_and_field() {
             "c",
             "subdomain",
         ),
+        (
+            "[tenants.a]\ndatabase_url = 'sqlite://data/a.db?mode=rwc'\n[tenants.b]\ndatabase_url = 'sqlite:data/./a.db'",
+            "b",
+            "database_url",
+        ),
     ];
     for (toml, tenant, field) in cases {
         let stderr = refused_start(toml);

@@ -1,7 +1,9 @@
 //! Who is provisioning a tenant and what it did to the storage, so that a
 //! provisioning cut short by a crash can be rolled back: `claimed_by` names the
 //! process (`host/pid/nonce`), `storage` is `existing` or `new` once checked (a new
-//! storage is dropped on roll-back, an existing one is left alone).
+//! storage is dropped on roll-back, an existing one is left alone). And where the
+//! tenant's data is (`storage_key`, unique), so that two provisionings racing onto
+//! one database cannot both succeed.
 
 use sea_orm_migration::{prelude::*, schema::*};
 
@@ -27,11 +29,37 @@ impl MigrationTrait for Migration {
                     .add_column(string_len_null("storage", 20))
                     .to_owned(),
             )
+            .await?;
+        manager
+            .alter_table(
+                Table::alter()
+                    .table("tenant_configs")
+                    .add_column(string_len_null("storage_key", 1000))
+                    .to_owned(),
+            )
+            .await?;
+        manager
+            .create_index(
+                Index::create()
+                    .name("tenant_configs_storage_key")
+                    .table("tenant_configs")
+                    .col("storage_key")
+                    .unique()
+                    .to_owned(),
+            )
             .await
     }
 
     async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
-        for column in ["storage", "claimed_by"] {
+        manager
+            .drop_index(
+                Index::drop()
+                    .name("tenant_configs_storage_key")
+                    .table("tenant_configs")
+                    .to_owned(),
+            )
+            .await?;
+        for column in ["storage_key", "storage", "claimed_by"] {
             manager
                 .alter_table(
                     Table::alter()
