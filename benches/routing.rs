@@ -26,7 +26,7 @@ use common::{
 };
 use sea_orm::{QueryOrder, QuerySelect};
 use tenant_router::{
-    auth::{JwtKey, Role},
+    auth::{JwtKey, Role, jwt::TokenUser},
     db::{
         self,
         conn::{Checkout, TenantConn},
@@ -140,9 +140,12 @@ async fn routing_cost(tenants: u64) {
     let key = JwtKey::new(&[42u8; 32]).expect("key");
     let token = key.issue(
         &config.id,
-        uuid::Uuid::new_v4(),
-        "bench",
-        Role::Staff,
+        &config.generation,
+        TokenUser {
+            id: uuid::Uuid::new_v4(),
+            name: "bench",
+            role: Role::Staff,
+        },
         chrono::Utc::now().timestamp(),
         900,
     );

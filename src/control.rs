@@ -46,6 +46,8 @@ pub mod tenant_config {
         pub storage: Option<String>,
         /// Where the tenant's data is (no credentials); unique.
         pub storage_key: Option<String>,
+        /// The tenant's incarnation (see `TenantConfig::generation`).
+        pub generation: Option<String>,
         pub created_at: DateTimeUtc,
         pub updated_at: DateTimeUtc,
     }
@@ -157,7 +159,12 @@ impl ControlStore {
                 }
             };
             match parse_tenant_entry(&row.id, &entry_of(&row, url), TenantSource::Control) {
-                Ok(config) => tenants.push(config),
+                Ok(mut config) => {
+                    if let Some(generation) = row.generation {
+                        config.generation = generation;
+                    }
+                    tenants.push(config)
+                }
                 Err(mut e) => errors.append(&mut e),
             }
         }
@@ -404,6 +411,7 @@ fn active_model(config: &TenantConfig, state: &str, sealed_url: String) -> Activ
         claimed_by: Set(None),
         storage: Set(None),
         storage_key: Set(config.storage_identity()),
+        generation: Set(Some(config.generation.clone())),
         created_at: Set(now),
         updated_at: Set(now),
     }

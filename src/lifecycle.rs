@@ -179,8 +179,10 @@ impl Lifecycle {
             }
         };
         let owner = fields.remove("owner").map(owner_from).transpose()?;
-        let config = parse_tenant_entry(&id, &Value::Object(fields), TenantSource::Control)
+        let mut config = parse_tenant_entry(&id, &Value::Object(fields), TenantSource::Control)
             .map_err(validation)?;
+        // A new incarnation: tokens of an earlier tenant with this id are refused.
+        config.generation = uuid::Uuid::new_v4().simple().to_string();
         self.check_free(&config, None)?;
         match self
             .control
@@ -337,8 +339,10 @@ impl Lifecycle {
             }
             entry.insert(key, value);
         }
-        let config = parse_tenant_entry(id, &Value::Object(entry), TenantSource::Control)
+        let mut config = parse_tenant_entry(id, &Value::Object(entry), TenantSource::Control)
             .map_err(validation)?;
+        // The same tenant, changed: its tokens stay good.
+        config.generation = current.generation.clone();
         self.check_free(&config, Some(&current.id))?;
         self.control
             .save(&config)

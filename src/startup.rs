@@ -228,5 +228,7 @@ fn single_tenant_config(settings: &Settings) -> TenantConfig {
         pool: PoolOverrides::default(),
         isolation: Isolation::Database,
         source: TenantSource::SingleTenant,
+        generation: String::new(),
     }
+    .with_derived_generation()
 }

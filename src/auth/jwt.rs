@@ -27,9 +27,20 @@ pub struct Claims {
     pub usr: String,
     /// The tenant the token was issued by.
     pub tid: String,
+    /// That tenant's generation (see `TenantConfig::generation`).
+    #[serde(default)]
+    pub tgen: String,
     pub role: String,
     pub iat: i64,
     pub exp: i64,
+}
+
+/// Whom a token is issued to.
+#[derive(Debug, Clone, Copy)]
+pub struct TokenUser<'a> {
+    pub id: Uuid,
+    pub name: &'a str,
+    pub role: Role,
 }
 
 /// A verified token's claims, parsed.
@@ -38,6 +49,8 @@ pub struct VerifiedToken {
     pub user_id: Uuid,
     pub username: String,
     pub tenant: TenantId,
+    /// The incarnation of the tenant it was issued by.
+    pub tenant_generation: String,
     pub role: Role,
 }
 
@@ -101,22 +114,23 @@ impl JwtKey {
         format!("{signing_input}.{signature}")
     }
 
-    /// Issues a token for `user` of `tenant` valid for `ttl_secs` from `now`.
+    /// Issues a token for `user` of `tenant` (in its generation `tenant_generation`)
+    /// valid for `ttl_secs` from `now`.
     pub fn issue(
         &self,
         tenant: &TenantId,
-        user_id: Uuid,
-        username: &str,
-        role: Role,
+        tenant_generation: &str,
+        user: TokenUser<'_>,
         now: i64,
         ttl_secs: i64,
     ) -> String {
         self.sign(&Claims {
             iss: ISSUER.into(),
-            sub: user_id,
-            usr: username.into(),
+            sub: user.id,
+            usr: user.name.into(),
             tid: tenant.to_string(),
-            role: role.as_str().into(),
+            tgen: tenant_generation.into(),
+            role: user.role.as_str().into(),
             iat: now,
             exp: now + ttl_secs,
         })
@@ -162,6 +176,7 @@ impl JwtKey {
             user_id: claims.sub,
             username: claims.usr,
             tenant: TenantId::parse(&claims.tid).map_err(|_| TokenError::Claims)?,
+            tenant_generation: claims.tgen,
             role: Role::parse(&claims.role).ok_or(TokenError::Claims)?,
         })
     }
@@ -182,7 +197,17 @@ mod tests {
     #[test]
     fn a_signed_token_verifies_and_carries_its_claims() {
         let id = Uuid::new_v4();
-        let token = key().issue(&tenant(), id, "ann", Role::Manager, 1_000, 60);
+        let token = key().issue(
+            &tenant(),
+            "g1",
+            TokenUser {
+                id,
+                name: "ann",
+                role: Role::Manager,
+            },
+            1_000,
+            60,
+        );
         let v = key().verify(&token, 1_010).unwrap();
         assert_eq!(v.user_id, id);
         assert_eq!(v.tenant, tenant());
@@ -192,7 +217,17 @@ mod tests {
 
     #[test]
     fn expiry_wrong_key_and_tampering_are_refused() {
-        let token = key().issue(&tenant(), Uuid::new_v4(), "ann", Role::Staff, 1_000, 60);
+        let token = key().issue(
+            &tenant(),
+            "g1",
+            TokenUser {
+                id: Uuid::new_v4(),
+                name: "ann",
+                role: Role::Staff,
+            },
+            1_000,
+            60,
+        );
         assert_eq!(
             key().verify(&token, 1_060).unwrap_err(),
             TokenError::Expired
@@ -225,7 +260,17 @@ mod tests {
 
     #[test]
     fn alg_none_and_other_algorithms_are_refused() {
-        let token = key().issue(&tenant(), Uuid::new_v4(), "ann", Role::Owner, 1_000, 60);
+        let token = key().issue(
+            &tenant(),
+            "g1",
+            TokenUser {
+                id: Uuid::new_v4(),
+                name: "ann",
+                role: Role::Owner,
+            },
+            1_000,
+            60,
+        );
         let payload = token.split('.').nth(1).unwrap();
         for header in [
             r#"{"alg":"none","typ":"JWT"}"#,

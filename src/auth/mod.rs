@@ -186,6 +186,7 @@ impl AuthService {
             users: Cache::builder()
                 .max_capacity(100_000)
                 .time_to_live(recheck)
+                .support_invalidation_closures()
                 .build(),
             forgotten: Cache::builder()
                 .max_capacity(100_000)
@@ -201,6 +202,18 @@ impl AuthService {
             .insert(key.clone(), std::time::Instant::now())
             .await;
         self.users.invalidate(&key).await;
+    }
+
+    /// Drops everything remembered of a tenant's users: the tenant was removed or
+    /// provisioned again.
+    pub fn forget_tenant(&self, tenant: &TenantId) {
+        let tenant = tenant.clone();
+        if let Err(e) = self
+            .users
+            .invalidate_entries_if(move |(id, _), _| *id == tenant)
+        {
+            tracing::warn!(error = %e, "cannot drop the tenant's cached users");
+        }
     }
 
     /// The user's current role, or `None` if the user is gone or deactivated.

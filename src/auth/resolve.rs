@@ -125,6 +125,12 @@ pub async fn resolve(
     let principal = match credential {
         None => None,
         Some(Credential::Token(token)) => {
+            // Issued by an earlier tenant with this id (deleted, then provisioned
+            // again): not this tenant's.
+            if token.tenant_generation != config.generation {
+                tracing::info!(user_id = %token.user_id, "token of an earlier incarnation of the tenant refused");
+                return Err(AppError::Unauthenticated);
+            }
             // The role is the user's current one, not the one at login.
             let role = state
                 .auth

@@ -51,6 +51,7 @@ async fn create(
     ApiJson(body): ApiJson<Value>,
 ) -> Result<(StatusCode, Json<Value>)> {
     let tenant = lifecycle(&state)?.provision(body).await?;
+    state.auth.forget_tenant(&tenant.id);
     Ok((StatusCode::CREATED, Json(tenant_view(&state, &tenant))))
 }
 
@@ -77,6 +78,7 @@ async fn remove(
     lifecycle(&state)?
         .deprovision(id.as_str(), query.drop_database)
         .await?;
+    state.auth.forget_tenant(&id);
     Ok(StatusCode::NO_CONTENT)
 }
 

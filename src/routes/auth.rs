@@ -10,7 +10,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::{
-    auth::{ClientAddress, LoginThrottle, Principal, password, users},
+    auth::{ClientAddress, LoginThrottle, Principal, jwt::TokenUser, password, users},
     error::{AppError, Result},
     extract::{ApiJson, TenantDb},
     identify::TenantContext,
@@ -71,9 +71,12 @@ async fn login(
     let ttl = state.auth.token_ttl_secs;
     let token = state.auth.jwt.issue(
         &tenant.config.id,
-        user.id,
-        &user.username,
-        role,
+        &tenant.config.generation,
+        TokenUser {
+            id: user.id,
+            name: &user.username,
+            role,
+        },
         Utc::now().timestamp(),
         ttl,
     );

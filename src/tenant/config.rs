@@ -108,12 +108,33 @@ pub struct TenantConfig {
     pub pool: PoolOverrides,
     pub isolation: Isolation,
     pub source: TenantSource,
+    /// Which incarnation of the tenant this is: a tenant provisioned again under
+    /// the same id gets a new one, and tokens carry it, so a token of the earlier
+    /// tenant is refused. Random for a provisioned tenant (kept in the control
+    /// database); for a tenant of the file or the environment, derived from its id
+    /// and where its data is.
+    pub generation: String,
 }
 
 impl TenantConfig {
     /// The PostgreSQL schema of a schema-mode tenant.
     pub fn schema_name(&self) -> Option<String> {
         (self.isolation == Isolation::Schema).then(|| format!("tenant_{}", self.id))
+    }
+
+    /// This configuration with the generation derived from its id and storage (see
+    /// [`TenantConfig::generation`]).
+    pub fn with_derived_generation(mut self) -> Self {
+        let seed = format!(
+            "{}\n{}",
+            self.id,
+            self.storage_identity().unwrap_or_default()
+        );
+        let hash = seed.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+        });
+        self.generation = format!("{hash:016x}");
+        self
     }
 
     /// Where this tenant's data is, without credentials: `sqlite:<absolute path>`,
@@ -544,7 +565,9 @@ fn validate(
                 },
                 isolation,
                 source,
-            })
+                generation: String::new(),
+            }
+            .with_derived_generation())
         }
         _ => Err(errors),
     }

@@ -8,7 +8,7 @@ use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
 use chrono::Utc;
 use reqwest::{Method, RequestBuilder, StatusCode};
 use serde_json::{Value, json};
-use tenant_router::auth::{JwtKey, Role};
+use tenant_router::auth::{JwtKey, Role, jwt::TokenUser};
 use uuid::Uuid;
 
 use crate::helpers::{
@@ -56,9 +56,12 @@ fn expired_token() -> String {
     let alpha = tenant_router::tenant::TenantId::parse("alpha").unwrap();
     key().issue(
         &alpha,
-        Uuid::new_v4(),
-        "olivia",
-        Role::Owner,
+        "",
+        TokenUser {
+            id: Uuid::new_v4(),
+            name: "olivia",
+            role: Role::Owner,
+        },
         now() - 7200,
         3600,
     )
@@ -1174,4 +1177,55 @@ async fn guesses_spread_over_many_addresses_meet_the_per_user_ceiling() {
     assert_error(refused, 429, "too_many_requests").await;
     // Other users are not affected.
     app.login("beta", "bert", OWNER_PASSWORD).await;
+}
+
+#[tokio::test]
+async fn a_token_of_a_removed_tenant_does_not_open_a_tenant_provisioned_again_under_its_id() {
+    let app = auth_app(|s| s).await;
+    let url = format!("sqlite://{}/delta.db", app.data_dir().display());
+    let provision = |body: Value| {
+        let request = app.admin(Method::POST, "/api/admin/tenants").json(&body);
+        async move { request.send().await.unwrap().status() }
+    };
+    let remove = |query: &'static str| {
+        let request = app.admin(Method::DELETE, &format!("/api/admin/tenants/delta{query}"));
+        async move { request.send().await.unwrap().status() }
+    };
+    let products = |token: String| {
+        let request = app.request(Method::GET, "/api/products").bearer_auth(token);
+        async move { request.send().await.unwrap() }
+    };
+    let owner = json!({ "username": "dora", "password": "delta-owner-pw" });
+    let body = json!({ "id": "delta", "database_url": url, "owner": owner });
+    assert_eq!(provision(body.clone()).await, 201);
+    let first = app.login("delta", "dora", "delta-owner-pw").await;
+    assert_eq!(products(first.clone()).await.status(), 200);
+
+    // Removed, and provisioned again on the same (kept) database: its users are
+    // still there, but a token of the first tenant is not this one's.
+    assert_eq!(remove("").await, 204);
+    assert_eq!(
+        provision(json!({ "id": "delta", "database_url": url })).await,
+        201
+    );
+    assert_error(products(first.clone()).await, 401, "unauthorized").await;
+    let second = app.login("delta", "dora", "delta-owner-pw").await;
+    assert_eq!(products(second.clone()).await.status(), 200);
+
+    // Removed with its database and made afresh: the same.
+    assert_eq!(remove("?drop_database=true").await, 204);
+    assert_eq!(provision(body).await, 201);
+    assert_error(products(second).await, 401, "unauthorized").await;
+    let third = app.login("delta", "dora", "delta-owner-pw").await;
+    assert_eq!(products(third).await.status(), 200);
+    // A change to the tenant is not a new incarnation: its tokens stay good.
+    let fourth = app.login("delta", "dora", "delta-owner-pw").await;
+    let patched = app
+        .admin(Method::PATCH, "/api/admin/tenants/delta")
+        .json(&json!({ "branding": { "company_name": "Delta" } }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(patched.status(), 200);
+    assert_eq!(products(fourth).await.status(), 200);
 }

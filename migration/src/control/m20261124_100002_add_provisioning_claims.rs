@@ -3,7 +3,8 @@
 //! process (`host/pid/nonce`), `storage` is `existing` or `new` once checked (a new
 //! storage is dropped on roll-back, an existing one is left alone). And where the
 //! tenant's data is (`storage_key`, unique), so that two provisionings racing onto
-//! one database cannot both succeed.
+//! one database cannot both succeed. And the tenant's `generation`: a tenant
+//! provisioned again under the same id gets a new one, which its tokens carry.
 
 use sea_orm_migration::{prelude::*, schema::*};
 
@@ -39,6 +40,14 @@ impl MigrationTrait for Migration {
             )
             .await?;
         manager
+            .alter_table(
+                Table::alter()
+                    .table("tenant_configs")
+                    .add_column(string_len_null("generation", 64))
+                    .to_owned(),
+            )
+            .await?;
+        manager
             .create_index(
                 Index::create()
                     .name("tenant_configs_storage_key")
@@ -59,7 +68,7 @@ impl MigrationTrait for Migration {
                     .to_owned(),
             )
             .await?;
-        for column in ["storage_key", "storage", "claimed_by"] {
+        for column in ["generation", "storage_key", "storage", "claimed_by"] {
             manager
                 .alter_table(
                     Table::alter()
