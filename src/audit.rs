@@ -3,9 +3,12 @@
 //! (entity, id, action), when, and in which request.
 //!
 //! [`record_writes`] is a route layer over every tenant route, so a route added later
-//! is audited without remembering to: a successful `POST`, `PUT`, `PATCH` or `DELETE`
-//! is recorded after the handler has answered, with the entity and action read from
-//! the route's path and the id from the path or from the created record.
+//! is audited without remembering to: a `POST`, `PUT`, `PATCH` or `DELETE` runs in
+//! one transaction on one connection (the handler's [`crate::extract::TenantDb`]),
+//! and a successful one gets its row in that transaction before it commits, with
+//! the entity and action read from the route's path and the id from the path or
+//! from the created record. A write and its audit row commit together or not at
+//! all; a failed write leaves nothing.
 
 use axum::{
     body::Body,
@@ -192,6 +195,24 @@ pub async fn record_writes(
         .unwrap_or_default();
     let path_id = path_id(&path, request.uri().path());
 
+    // The whole body is read before the transaction begins: a slow client must
+    // not hold the tenant's write lock.
+    let mut request = match crate::extract::buffer_body(request, &state).await {
+        Ok(request) => request,
+        Err(e) => return e.into_response(),
+    };
+    let conn = match state.registry.connect(&tenant.config).await {
+        Ok(conn) => conn,
+        Err(e) => return e.into_response(),
+    };
+    let txn = match crate::db::begin_write(&conn).await {
+        Ok(txn) => txn,
+        Err(e) => return AppError::from(e).into_response(),
+    };
+    request
+        .extensions_mut()
+        .insert(crate::extract::RequestConn(conn));
+
     // The write and its row run in a task of their own: a client that hangs up
     // cancels the request's future, and must not cancel it between the two.
     let guard = state.writes.enter();
@@ -199,6 +220,10 @@ pub async fn record_writes(
         let _guard = guard;
         let response = next.run(request).await;
         if !response.status().is_success() {
+            // Nothing of a failed write stays, even what it wrote before failing.
+            if let Err(e) = txn.rollback().await {
+                tracing::warn!(error = %crate::db::redact_error(&e), "rolling back a failed write failed");
+            }
             return response;
         }
         let (entity, action) = describe(&method, &path);
@@ -213,15 +238,21 @@ pub async fn record_writes(
             action: &action,
             request_id: &request_id,
         };
-        let written = match state.registry.connect(&tenant.config).await {
-            Ok(db) => record(&db, event)
-                .await
-                .map_err(|e| crate::db::redact_error(&e)),
-            Err(e) => Err(e.to_string()),
+        // The write and its audit row commit together, or neither does.
+        let committed = match record(&txn, event).await {
+            Ok(()) => txn.commit().await,
+            Err(e) => {
+                let _ = txn.rollback().await;
+                Err(e)
+            }
         };
-        if let Err(e) = written {
-            // The write itself has happened; say loudly that its audit row is missing.
-            tracing::error!(error = %e, %entity, %action, "audit row could not be written");
+        if let Err(e) = committed {
+            tracing::error!(error = %crate::db::redact_error(&e), %entity, %action, "write not committed: its audit row could not be written");
+            return AppError::from(e).into_response();
+        }
+        // Changes to users take effect once committed.
+        if let Some(ForgetUser(user)) = response.extensions().get::<ForgetUser>() {
+            state.auth.forget_user(&tenant.config.id, *user).await;
         }
         response
     };
@@ -230,6 +261,11 @@ pub async fn record_writes(
         Err(e) => AppError::internal(format!("write task failed: {e}")).into_response(),
     }
 }
+
+/// Set on a write's response by a handler that changed a user: once the write has
+/// committed, what is cached of the user is dropped.
+#[derive(Debug, Clone, Copy)]
+pub struct ForgetUser(pub uuid::Uuid);
 
 /// The `{id}` segment of `actual` where the route pattern `pattern` has one.
 fn path_id(pattern: &str, actual: &str) -> Option<String> {

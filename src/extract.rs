@@ -27,6 +27,49 @@ impl Default for BodyTimeout {
     }
 }
 
+/// Reads a whole request body the way [`ApiJson`] does (refused on a
+/// `Content-Length` over [`MAX_BODY_BYTES`], as it streams past the router's limit,
+/// or after [`BodyTimeout`]), so that a layer can hold the body before it takes a
+/// database lock, and hand the request on with the body in memory.
+pub async fn buffer_body<S: Send + Sync>(request: Request, state: &S) -> Result<Request, AppError> {
+    let too_large = || {
+        AppError::validation(
+            "body",
+            format!("the body is larger than {MAX_BODY_BYTES} bytes"),
+        )
+    };
+    if request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
+        .is_some_and(|n| n > MAX_BODY_BYTES as u64)
+    {
+        return Err(too_large());
+    }
+    let BodyTimeout(timeout) = request
+        .extensions()
+        .get::<BodyTimeout>()
+        .copied()
+        .unwrap_or_default();
+    let (parts, body) = request.into_parts();
+    let partial = Request::from_parts(parts.clone(), body);
+    let bytes = match tokio::time::timeout(timeout, Bytes::from_request(partial, state)).await {
+        Err(_) => return Err(AppError::RequestTimeout),
+        Ok(Err(rejection)) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+            return Err(too_large());
+        }
+        Ok(Err(_)) => return Err(AppError::validation("body", "the body could not be read")),
+        Ok(Ok(bytes)) => bytes,
+    };
+    Ok(Request::from_parts(parts, axum::body::Body::from(bytes)))
+}
+
+/// The connection (in its open transaction) that the audit layer holds for a
+/// write request: [`TenantDb`] hands the handler this one, so that the write and
+/// its audit row commit together.
+#[derive(Clone)]
+pub struct RequestConn(pub TenantConn);
+
 /// `Json<T>` with the service's error shape.
 pub struct ApiJson<T>(pub T);
 
@@ -186,6 +229,9 @@ impl FromRequestParts<AppState> for TenantDb {
         parts: &mut Parts,
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
+        if let Some(RequestConn(conn)) = parts.extensions.get::<RequestConn>() {
+            return Ok(TenantDb(conn.clone()));
+        }
         let ctx = TenantContext::from_request_parts(parts, state).await?;
         state.registry.connect(&ctx.config).await.map(TenantDb)
     }

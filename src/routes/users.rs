@@ -106,7 +106,7 @@ async fn update(
     principal: Principal,
     TenantDb(db): TenantDb,
     ApiJson(patch): ApiJson<UserPatch>,
-) -> Result<Json<UserView>> {
+) -> Result<(axum::Extension<crate::audit::ForgetUser>, Json<UserView>)> {
     refuse_keys(&principal)?;
     let new_role = patch.role.as_deref().map(parse_role).transpose()?;
     if new_role.is_some_and(|r| r > principal.role) {
@@ -171,9 +171,13 @@ async fn update(
     model.updated_at = Set(Utc::now());
     let updated = model.update(&txn).await?;
     txn.commit().await?;
-    // Its tokens carry the new role, or stop working, from the next request on.
+    // Its tokens carry the new role, or stop working, from the next request on:
+    // forgotten now and, by the audit layer, again once the change has committed.
     state.auth.forget_user(&tenant.config.id, id).await;
-    Ok(Json(updated.into()))
+    Ok((
+        axum::Extension(crate::audit::ForgetUser(id)),
+        Json(updated.into()),
+    ))
 }
 
 /// Takes the locks a change of user `id` needs before anything is read, so that two

@@ -157,3 +157,135 @@ async fn per_tenant_max_connections_is_accepted_and_served() {
         "{stats}"
     );
 }
+
+/// Products and audit rows of one tenant (AUTH_MODE=none: the caller is its owner).
+async fn products_and_audit_rows(app: &TestApp, tenant: &str) -> (usize, usize) {
+    let count = |path: &'static str| async move {
+        let mut total = 0;
+        let mut offset = 0;
+        loop {
+            let page: Value = app
+                .as_tenant(
+                    Method::GET,
+                    tenant,
+                    &format!(
+                        "{path}{}limit=100&offset={offset}",
+                        if path.contains('?') { "&" } else { "?" }
+                    ),
+                )
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            let items = page["items"].as_array().unwrap().len();
+            total += items;
+            if items < 100 {
+                return total;
+            }
+            offset += 100;
+        }
+    };
+    (
+        count("/api/products").await,
+        count("/api/audit?entity=products").await,
+    )
+}
+
+#[tokio::test]
+async fn closing_pools_under_load_fails_no_request_and_every_write_keeps_its_audit_row() {
+    // Far more tenants in use than handles allowed: handles are closed all the time
+    // while requests hold their connections.
+    let ids: Vec<String> = (0..40).map(|i| format!("t{i:02}")).collect();
+    let tenants = ids.iter().map(|id| Tenant::new(id, "default")).collect();
+    let app = spawn_app_with(AppSpec::new(tenants).env("MAX_OPEN_POOLS", "4")).await;
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let worker = || async {
+        let mut statuses = Vec::new();
+        loop {
+            let n = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            if n >= 800 {
+                return statuses;
+            }
+            // Spread over every tenant, in an order no cache keeps up with.
+            let tenant = &ids[(n * 7) % ids.len()];
+            let (method, body) = if n.is_multiple_of(3) {
+                (Method::GET, None)
+            } else {
+                (
+                    Method::POST,
+                    Some(serde_json::json!({ "name": format!("p{n}"), "price": 1.0 })),
+                )
+            };
+            let mut request = app.as_tenant(method, tenant, "/api/products");
+            if let Some(body) = body {
+                request = request.json(&body);
+            }
+            let response = request.send().await.unwrap();
+            statuses.push(response.status().as_u16());
+        }
+    };
+    let all: Vec<u16> = futures::future::join_all((0..24).map(|_| worker()))
+        .await
+        .into_iter()
+        .flatten()
+        .collect();
+    let failed: Vec<&u16> = all.iter().filter(|s| !matches!(s, 200 | 201)).collect();
+    assert!(
+        failed.is_empty(),
+        "{} of {} failed: {failed:?}",
+        failed.len(),
+        all.len()
+    );
+    let stats = app.pool_stats().await;
+    assert!(
+        stats["pools_closed"].as_u64().unwrap() > 20,
+        "handles were not closed under the load: {stats}"
+    );
+    let mut written = 0;
+    for id in &ids {
+        let (products, audited) = products_and_audit_rows(&app, id).await;
+        assert_eq!(products, audited, "{id}: every product has its audit row");
+        written += products;
+    }
+    assert_eq!(written, all.iter().filter(|s| **s == 201).count());
+}
+
+#[tokio::test]
+async fn a_write_whose_audit_row_cannot_be_written_is_not_kept() {
+    let app = spawn_app().await;
+    app.create_product("demo", "before", 1.0).await;
+    // The tenant's database refuses audit rows from now on.
+    let db = sea_orm::Database::connect(format!(
+        "sqlite://{}",
+        app.data_dir().join("demo.db").display()
+    ))
+    .await
+    .unwrap();
+    sea_orm::ConnectionTrait::execute_unprepared(
+        &db,
+        "CREATE TRIGGER refuse_audit BEFORE INSERT ON audit_log \
+         BEGIN SELECT RAISE(ABORT, 'audit refused'); END",
+    )
+    .await
+    .unwrap();
+    db.close().await.unwrap();
+
+    let response = app
+        .as_tenant(Method::POST, "demo", "/api/products")
+        .json(&serde_json::json!({ "name": "unaudited", "price": 1.0 }))
+        .send()
+        .await
+        .unwrap();
+    assert!(response.status().is_server_error(), "{}", response.status());
+    let text = response.text().await.unwrap();
+    assert!(
+        !text.contains("audit refused"),
+        "internal text leaked: {text}"
+    );
+    let names = app
+        .product_names(app.as_tenant(Method::GET, "demo", "/api/products"))
+        .await;
+    assert_eq!(names, ["before"], "the unaudited write was kept");
+}
