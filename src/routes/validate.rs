@@ -105,6 +105,10 @@ mod tests {
         assert!(money_to_cents("price", 1.001).is_err());
         assert!(money_to_cents("price", -1.0).is_err());
         assert!(money_to_cents("price", f64::NAN).is_err());
+        // Bounded at input, so that sums of many stay far from overflowing.
+        assert!(money_to_cents("price", 1e13).is_ok());
+        assert!(money_to_cents("price", 1.01e13).is_err());
+        assert!(money_to_cents("price", f64::INFINITY).is_err());
     }
 
     #[test]
