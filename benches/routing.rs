@@ -33,10 +33,12 @@ use tenant_router::{
         pool::{ConnPool, ServerBudget, Target},
     },
     entities::product::{self, Entity as Product},
-    identify::identify_tenant,
-    routes::{
-        pagination::{Page, PageQuery},
-        soft_delete::live,
+    http::{
+        identify::identify_tenant,
+        routes::{
+            pagination::{Page, PageQuery},
+            soft_delete::live,
+        },
     },
     settings::IdentifySettings,
     tenant::{TenantRegistry, parse_tenants_toml},

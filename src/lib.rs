@@ -4,8 +4,6 @@
 //! tenant's lazily built connection pool ([`tenant::TenantRegistry`]), and allowed
 //! only the features the tenant has ([`feature_gate`]).
 
-pub mod admin;
-pub mod audit;
 pub mod auth;
 pub mod cli;
 pub mod control;
@@ -13,19 +11,16 @@ pub mod db;
 pub mod demo;
 pub mod entities;
 pub mod error;
-pub mod extract;
-pub mod feature_gate;
 pub mod fleet;
-pub mod identify;
+pub mod http;
 pub mod lifecycle;
-pub mod routes;
 pub mod secret;
-pub mod server;
 pub mod settings;
 pub mod startup;
 pub mod telemetry;
 pub mod tenant;
 
 pub use error::{AppError, Result};
+pub use http::AppState;
 pub use settings::Settings;
-pub use startup::{AppState, Application, StartupError};
+pub use startup::{Application, StartupError};

@@ -255,7 +255,8 @@ impl Lifecycle {
                             .map_err(|e| storage_error("seed", &e))?;
                     }
                     if let Some(owner) = owner {
-                        crate::audit::create_user_as_operator(&pool, owner, "provisioning").await?;
+                        crate::http::audit::create_user_as_operator(&pool, owner, "provisioning")
+                            .await?;
                     }
                     Ok::<(), AppError>(())
                 }

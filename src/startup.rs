@@ -6,44 +6,16 @@ use axum::Router;
 use tokio::net::TcpListener;
 
 use crate::{
-    admin,
-    auth::AuthService,
     control::ControlStore,
+    http::{self, AppState, AppStateInner},
     lifecycle::{self, Lifecycle},
     secret::Secret,
-    settings::{IdentifySettings, Settings},
+    settings::Settings,
     tenant::{
         Branding, ConfigError, ContactInfo, Domain, FeatureSet, Isolation, PoolOverrides,
         TenantConfig, TenantId, TenantRegistry, TenantSource,
     },
 };
-
-/// What every handler and middleware can read: one `Arc`, so that the clone each
-/// extractor and middleware makes is one counter, not one per field.
-#[derive(Clone)]
-pub struct AppState(Arc<AppStateInner>);
-
-impl std::ops::Deref for AppState {
-    type Target = AppStateInner;
-
-    fn deref(&self) -> &AppStateInner {
-        &self.0
-    }
-}
-
-/// The fields of [`AppState`].
-pub struct AppStateInner {
-    pub registry: TenantRegistry,
-    pub identify: Arc<IdentifySettings>,
-    /// `Some` in single-tenant mode: the one tenant every request is served as.
-    pub single_tenant: Option<Arc<TenantConfig>>,
-    pub admin_token: Arc<Secret>,
-    /// Provisioning and changes at run time (multi-tenant mode).
-    pub lifecycle: Option<Arc<Lifecycle>>,
-    pub auth: Arc<AuthService>,
-    /// Audited writes still running; shutdown waits for them.
-    pub writes: Arc<crate::audit::WritesInFlight>,
-}
 
 /// Why the service could not start.
 #[derive(Debug)]
@@ -119,7 +91,7 @@ impl Application {
         let admin_token = match &settings.admin_token {
             Some(token) => token.clone(),
             None => {
-                let token = admin::generate_token();
+                let token = http::admin::generate_token();
                 // Logged once, on purpose: it is the only way the operator learns it.
                 tracing::warn!("ADMIN_TOKEN is not set; the admin token for this run is {token}");
                 Secret::new(token)
@@ -160,7 +132,7 @@ impl Application {
                 }
             }
         }
-        let state = AppState(Arc::new(AppStateInner {
+        let state = AppState::new(AppStateInner {
             registry,
             identify: Arc::new(settings.identification()),
             single_tenant,
@@ -168,12 +140,12 @@ impl Application {
             lifecycle,
             auth,
             writes: Arc::default(),
-        }));
+        });
         let listener = TcpListener::bind((settings.host.as_str(), settings.port))
             .await
             .map_err(StartupError::Bind)?;
-        let router = crate::routes::router(state.clone()).layer(axum::Extension(
-            crate::extract::BodyTimeout(std::time::Duration::from_secs(
+        let router = crate::http::router(state.clone()).layer(axum::Extension(
+            crate::http::extract::BodyTimeout(std::time::Duration::from_secs(
                 settings.http_body_timeout_secs,
             )),
         ));
@@ -202,7 +174,7 @@ impl Application {
     ) -> std::io::Result<()> {
         let registry = self.state.registry.clone();
         let writes = self.state.writes.clone();
-        crate::server::serve(self.listener, self.router, self.header_timeout, shutdown).await;
+        crate::http::server::serve(self.listener, self.router, self.header_timeout, shutdown).await;
         // Writes whose clients left run on detached; let them finish with their
         // audit rows before the pools close.
         writes.wait_idle(std::time::Duration::from_secs(30)).await;

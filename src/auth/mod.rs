@@ -31,7 +31,7 @@ use serde::Serialize;
 use crate::{
     entities::user as user_row,
     error::AppError,
-    startup::AppState,
+    http::AppState,
     tenant::{TenantConfig, TenantId},
 };
 

@@ -12,8 +12,8 @@ use super::{API_KEY_HEADER, ActorKind, AuthMode, AuthService, Principal, Role, a
 use crate::{
     entities::api_key as api_key_row,
     error::AppError,
-    identify::identify_tenant,
-    startup::AppState,
+    http::AppState,
+    http::identify::identify_tenant,
     tenant::{TenantConfig, TenantId},
 };
 

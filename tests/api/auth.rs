@@ -141,7 +141,7 @@ async fn every_tenant_route_refuses_every_bad_credential_and_accepts_a_valid_one
     ];
 
     // The paths come from the router itself: a route added later is walked too.
-    let routes = tenant_router::routes::tenant_routes();
+    let routes = tenant_router::http::routes::tenant_routes();
     let mut walked = 0;
     for path in routes.paths() {
         let concrete = path.replace("{id}", &Uuid::new_v4().to_string());

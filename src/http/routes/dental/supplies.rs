@@ -11,11 +11,11 @@ use serde::{Deserialize, Serialize};
 use crate::{
     entities::dental_supply::{self, Entity as DentalSupply},
     error::{AppError, Result},
-    extract::{ApiJson, ApiQuery, IdPath, TenantDb},
-    feature_gate::gate,
-    routes::RouteSet,
-    routes::soft_delete::{find_live, live, soft_delete},
-    routes::{
+    http::extract::{ApiJson, ApiQuery, IdPath, TenantDb},
+    http::feature_gate::gate,
+    http::routes::RouteSet,
+    http::routes::soft_delete::{find_live, live, soft_delete},
+    http::routes::{
         pagination::{Page, PageQuery},
         validate::{non_negative, required_text},
     },

@@ -15,11 +15,11 @@ use uuid::Uuid;
 use crate::{
     entities::{bom, bom_item, material},
     error::{AppError, Result},
-    extract::{ApiJson, ApiQuery, IdPath, TenantDb},
-    feature_gate::gate,
-    routes::RouteSet,
-    routes::soft_delete::{find_live, live, soft_delete},
-    routes::{
+    http::extract::{ApiJson, ApiQuery, IdPath, TenantDb},
+    http::feature_gate::gate,
+    http::routes::RouteSet,
+    http::routes::soft_delete::{find_live, live, soft_delete},
+    http::routes::{
         pagination::{Page, PageQuery},
         validate::required_text,
     },

@@ -12,13 +12,13 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::{
-    audit,
     auth::users::{NewUser, UserView},
     error::{AppError, Result},
-    extract::{ApiJson, ApiQuery, TenantPath},
+    http::AppState,
+    http::audit,
+    http::extract::{ApiJson, ApiQuery, TenantPath},
+    http::routes::tenants::{tenant_from_path, tenant_view},
     lifecycle::Lifecycle,
-    routes::tenants::{tenant_from_path, tenant_view},
-    startup::AppState,
     telemetry::RequestId,
 };
 

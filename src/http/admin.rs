@@ -7,7 +7,7 @@ use axum::{
     response::{IntoResponse, Response},
 };
 
-use crate::{auth::LoginThrottle, error::AppError, secret::constant_time_eq, startup::AppState};
+use crate::{auth::LoginThrottle, error::AppError, http::AppState, secret::constant_time_eq};
 
 /// Lets the request through only with the admin token, compared in constant time.
 /// Wrong tokens count against the client's address: past

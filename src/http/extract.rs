@@ -11,7 +11,7 @@ use axum::{
 };
 use serde::de::DeserializeOwned;
 
-use crate::{db::conn::TenantConn, error::AppError, identify::TenantContext, startup::AppState};
+use crate::{db::conn::TenantConn, error::AppError, http::AppState, http::identify::TenantContext};
 
 /// Largest JSON body accepted; the router refuses a longer one as it streams in.
 pub const MAX_BODY_BYTES: usize = 256 * 1024;

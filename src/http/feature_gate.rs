@@ -7,7 +7,9 @@ use axum::{
     response::{IntoResponse, Response},
 };
 
-use crate::{error::AppError, identify::TenantContext, routes::RouteSet, tenant::Feature};
+use crate::{
+    error::AppError, http::identify::TenantContext, http::routes::RouteSet, tenant::Feature,
+};
 
 /// Middleware body; mount it with [`gate`].
 pub async fn require_feature(

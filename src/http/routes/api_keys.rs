@@ -16,9 +16,9 @@ use crate::{
     auth::{ActorKind, Principal, Role, api_key, users::parse_role},
     entities::api_key as row,
     error::{AppError, Result},
-    extract::{ApiJson, ApiQuery, IdPath, TenantDb},
-    identify::TenantContext,
-    routes::{
+    http::extract::{ApiJson, ApiQuery, IdPath, TenantDb},
+    http::identify::TenantContext,
+    http::routes::{
         RouteSet, for_role,
         pagination::{Page, PageQuery},
         validate::required_text,

@@ -16,14 +16,14 @@ use crate::{
     },
     entities::user,
     error::{AppError, Result},
-    extract::{ApiJson, ApiQuery, IdPath, TenantDb},
-    identify::TenantContext,
-    routes::{
+    http::AppState,
+    http::extract::{ApiJson, ApiQuery, IdPath, TenantDb},
+    http::identify::TenantContext,
+    http::routes::{
         RouteSet, for_role,
         pagination::{Page, PageQuery},
         validate::optional_email,
     },
-    startup::AppState,
 };
 
 pub fn router() -> RouteSet {
@@ -106,7 +106,10 @@ async fn update(
     principal: Principal,
     TenantDb(db): TenantDb,
     ApiJson(patch): ApiJson<UserPatch>,
-) -> Result<(axum::Extension<crate::audit::ForgetUser>, Json<UserView>)> {
+) -> Result<(
+    axum::Extension<crate::http::audit::ForgetUser>,
+    Json<UserView>,
+)> {
     refuse_keys(&principal)?;
     let new_role = patch.role.as_deref().map(parse_role).transpose()?;
     if new_role.is_some_and(|r| r > principal.role) {
@@ -175,7 +178,7 @@ async fn update(
     // forgotten now and, by the audit layer, again once the change has committed.
     state.auth.forget_user(&tenant.config.id, id).await;
     Ok((
-        axum::Extension(crate::audit::ForgetUser(id)),
+        axum::Extension(crate::http::audit::ForgetUser(id)),
         Json(updated.into()),
     ))
 }

@@ -14,11 +14,11 @@ use crate::{
         treatment::{self, Entity as Treatment},
     },
     error::{AppError, Result},
-    extract::{ApiJson, ApiQuery, IdPath, TenantDb},
-    feature_gate::gate,
-    routes::RouteSet,
-    routes::soft_delete::{find_live, live, soft_delete},
-    routes::{
+    http::extract::{ApiJson, ApiQuery, IdPath, TenantDb},
+    http::feature_gate::gate,
+    http::routes::RouteSet,
+    http::routes::soft_delete::{find_live, live, soft_delete},
+    http::routes::{
         pagination::{Page, PageQuery},
         validate::{cents_to_money, money_to_cents, required_text},
     },

@@ -9,8 +9,8 @@ use serde_json::{Value, json};
 
 use crate::{
     error::{AppError, Result},
-    extract::TenantPath,
-    startup::AppState,
+    http::AppState,
+    http::extract::TenantPath,
     tenant::{
         Branding, ContactInfo, Domain, FeatureSet, Isolation, PoolOverrides, PoolStats,
         TenantConfig, TenantId, TenantSource,

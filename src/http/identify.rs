@@ -16,8 +16,8 @@ use axum::{
 
 use crate::{
     error::{AppError, UnavailableCause},
+    http::AppState,
     settings::IdentifySettings,
-    startup::AppState,
     tenant::{TenantConfig, TenantId},
 };
 

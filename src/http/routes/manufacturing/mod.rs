@@ -5,7 +5,7 @@ mod boms;
 mod materials;
 mod production_orders;
 
-use crate::routes::RouteSet;
+use crate::http::routes::RouteSet;
 
 pub fn router() -> RouteSet {
     RouteSet::new()

@@ -11,8 +11,8 @@ use crate::{
     auth::Role,
     entities::audit_entry as entry,
     error::{AppError, Result},
-    extract::{ApiQuery, TenantDb},
-    routes::{
+    http::extract::{ApiQuery, TenantDb},
+    http::routes::{
         RouteSet, for_role,
         pagination::{Page, PageQuery},
     },

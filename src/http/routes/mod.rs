@@ -16,71 +16,13 @@ pub mod tenants;
 pub mod users;
 pub mod validate;
 
-use axum::{
-    Json, Router, middleware,
-    routing::{MethodRouter, get},
-};
-use serde_json::{Value, json};
+use axum::{Router, middleware, routing::MethodRouter};
 
 use crate::{
-    admin::require_admin,
-    auth::{Role, require_auth, require_role},
-    error::AppError,
-    identify::resolve_tenant,
-    startup::AppState,
-    telemetry,
+    auth::{Role, require_role},
+    http::AppState,
+    http::admin::require_admin,
 };
-
-/// The whole application router.
-pub fn router(state: AppState) -> Router {
-    Router::new()
-        .route("/health", get(health))
-        .merge(tenants::public_router())
-        .merge(admin_routes(&state))
-        .merge(
-            // Tenant-scoped: identified, then authenticated, then audited.
-            tenant_routes()
-                .into_router()
-                .route_layer(middleware::from_fn_with_state(
-                    state.clone(),
-                    crate::audit::record_writes,
-                ))
-                .route_layer(middleware::from_fn(require_auth))
-                .merge(auth::login_router())
-                .route_layer(middleware::from_fn_with_state(
-                    state.clone(),
-                    resolve_tenant,
-                )),
-        )
-        .fallback(|| async { AppError::NotFound("no such route".into()) })
-        .method_not_allowed_fallback(|| async { AppError::MethodNotAllowed })
-        .layer(middleware::from_fn(single_host))
-        .layer(axum::extract::DefaultBodyLimit::max(
-            crate::extract::MAX_BODY_BYTES,
-        ))
-        .layer(middleware::from_fn(telemetry::request_span))
-        .with_state(state)
-}
-
-/// Refuses a request with more than one `Host` header (400 `bad_request`): which
-/// one names the tenant would be a guess, and a proxy may have read the other.
-async fn single_host(
-    request: axum::extract::Request,
-    next: middleware::Next,
-) -> axum::response::Response {
-    use axum::response::IntoResponse;
-    if request
-        .headers()
-        .get_all(axum::http::header::HOST)
-        .iter()
-        .nth(1)
-        .is_some()
-    {
-        return AppError::BadRequest("the request has more than one Host header".into())
-            .into_response();
-    }
-    next.run(request).await
-}
 
 /// Every route that serves one tenant's data to an authenticated caller, each behind
 /// its feature and role. [`router`] adds identification, authentication and the
@@ -98,14 +40,10 @@ pub fn tenant_routes() -> RouteSet {
         .merge(audit::router())
 }
 
-fn admin_routes(state: &AppState) -> Router<AppState> {
+pub fn admin_routes(state: &AppState) -> Router<AppState> {
     tenants::admin_router()
         .merge(admin_tenants::router())
         .route_layer(middleware::from_fn_with_state(state.clone(), require_admin))
-}
-
-async fn health() -> Json<Value> {
-    Json(json!({ "status": "ok" }))
 }
 
 /// A router that remembers the paths it serves, so that the whole set of tenant

@@ -21,11 +21,11 @@ use uuid::Uuid;
 use crate::{
     entities::{material, production_order as order},
     error::{AppError, Result},
-    extract::{ApiJson, ApiQuery, IdPath, TenantDb},
-    feature_gate::gate,
-    routes::RouteSet,
-    routes::soft_delete::{find_live, live},
-    routes::{manufacturing::boms, pagination::PageQuery},
+    http::extract::{ApiJson, ApiQuery, IdPath, TenantDb},
+    http::feature_gate::gate,
+    http::routes::RouteSet,
+    http::routes::soft_delete::{find_live, live},
+    http::routes::{manufacturing::boms, pagination::PageQuery},
     tenant::Feature,
 };
 
@@ -97,7 +97,7 @@ fn not_found() -> AppError {
 async fn list(
     ApiQuery(query): ApiQuery<ListQuery>,
     TenantDb(db): TenantDb,
-) -> Result<Json<crate::routes::pagination::Page<OrderView>>> {
+) -> Result<Json<crate::http::routes::pagination::Page<OrderView>>> {
     let page = PageQuery {
         limit: query.limit,
         offset: query.offset,
@@ -120,7 +120,7 @@ async fn list(
         .offset(page.offset)
         .all(&db)
         .await?;
-    Ok(Json(crate::routes::pagination::Page::from_rows(
+    Ok(Json(crate::http::routes::pagination::Page::from_rows(
         rows,
         page,
         OrderView::from,

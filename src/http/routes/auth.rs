@@ -12,10 +12,10 @@ use serde_json::{Value, json};
 use crate::{
     auth::{ClientAddress, LoginThrottle, Principal, jwt::TokenUser, password, users},
     error::{AppError, Result},
-    extract::{ApiJson, TenantDb},
-    identify::TenantContext,
-    routes::RouteSet,
-    startup::AppState,
+    http::AppState,
+    http::extract::{ApiJson, TenantDb},
+    http::identify::TenantContext,
+    http::routes::RouteSet,
 };
 
 /// `POST /api/auth/login`: the one tenant route that needs no credential.

@@ -12,10 +12,10 @@ use super::{
 use crate::{
     entities::product::{self, Entity as Product},
     error::{AppError, Result},
-    extract::{ApiJson, ApiQuery, IdPath, TenantDb},
-    feature_gate::gate,
-    routes::RouteSet,
-    routes::soft_delete::{find_live, live, soft_delete},
+    http::extract::{ApiJson, ApiQuery, IdPath, TenantDb},
+    http::feature_gate::gate,
+    http::routes::RouteSet,
+    http::routes::soft_delete::{find_live, live, soft_delete},
     tenant::Feature,
 };
 

@@ -8,11 +8,11 @@ use serde::{Deserialize, Serialize};
 use crate::{
     entities::patient::{self, Entity as Patient},
     error::{AppError, Result},
-    extract::{ApiJson, ApiQuery, IdPath, TenantDb},
-    feature_gate::gate,
-    routes::RouteSet,
-    routes::soft_delete::{find_live, live, soft_delete},
-    routes::{
+    http::extract::{ApiJson, ApiQuery, IdPath, TenantDb},
+    http::feature_gate::gate,
+    http::routes::RouteSet,
+    http::routes::soft_delete::{find_live, live, soft_delete},
+    http::routes::{
         pagination::{Page, PageQuery},
         validate::{optional_email, optional_text, required_text},
     },

@@ -16,11 +16,11 @@ use crate::{
     auth::Role,
     entities::cash_flow_entry as entry,
     error::{AppError, Result},
-    extract::{ApiJson, ApiQuery, IdPath, TenantDb},
-    feature_gate::gate,
-    routes::soft_delete::{find_live, live, soft_delete},
-    routes::{RouteSet, for_role},
-    routes::{
+    http::extract::{ApiJson, ApiQuery, IdPath, TenantDb},
+    http::feature_gate::gate,
+    http::routes::soft_delete::{find_live, live, soft_delete},
+    http::routes::{RouteSet, for_role},
+    http::routes::{
         pagination::{Page, PageQuery},
         validate::{cents_to_money, money_to_cents, optional_text},
     },

@@ -4,7 +4,7 @@
 //!
 //! [`record_writes`] is a route layer over every tenant route, so a route added later
 //! is audited without remembering to: a `POST`, `PUT`, `PATCH` or `DELETE` runs in
-//! one transaction on one connection (the handler's [`crate::extract::TenantDb`]),
+//! one transaction on one connection (the handler's [`crate::http::extract::TenantDb`]),
 //! and a successful one gets its row in that transaction before it commits, with
 //! the entity and action read from the route's path and the id from the path or
 //! from the created record. A write and its audit row commit together or not at
@@ -28,8 +28,8 @@ use crate::{
     },
     entities::{audit_entry, user},
     error::AppError,
-    identify::TenantContext,
-    startup::AppState,
+    http::AppState,
+    http::identify::TenantContext,
     telemetry::RequestId,
 };
 
@@ -197,7 +197,7 @@ pub async fn record_writes(
 
     // The whole body is read before the transaction begins: a slow client must
     // not hold the tenant's write lock.
-    let mut request = match crate::extract::buffer_body(request, &state).await {
+    let mut request = match crate::http::extract::buffer_body(request, &state).await {
         Ok(request) => request,
         Err(e) => return e.into_response(),
     };
@@ -211,7 +211,7 @@ pub async fn record_writes(
     };
     request
         .extensions_mut()
-        .insert(crate::extract::RequestConn(conn));
+        .insert(crate::http::extract::RequestConn(conn));
 
     // The write and its row run in a task of their own: a client that hangs up
     // cancels the request's future, and must not cancel it between the two.

@@ -13,9 +13,9 @@ use crate::{
     auth::Role,
     demo,
     error::Result,
-    extract::TenantDb,
-    identify::TenantContext,
-    routes::{RouteSet, for_role},
+    http::extract::TenantDb,
+    http::identify::TenantContext,
+    http::routes::{RouteSet, for_role},
 };
 
 pub fn router() -> RouteSet {

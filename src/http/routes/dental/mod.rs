@@ -4,7 +4,7 @@ mod patients;
 mod supplies;
 mod treatments;
 
-use crate::routes::RouteSet;
+use crate::http::routes::RouteSet;
 
 pub fn router() -> RouteSet {
     RouteSet::new()

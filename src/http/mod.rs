@@ -1,0 +1,83 @@
+//! The HTTP layer: [`AppState`], the middleware a request passes through
+//! (identification, authentication, feature gate, audit), extractors, error
+//! responses, the routes and the server loop. Nothing below this module knows axum
+//! or [`AppState`]; see ARCHITECTURE.md.
+
+pub mod admin;
+pub mod audit;
+pub mod extract;
+pub mod feature_gate;
+pub mod identify;
+pub mod routes;
+pub mod server;
+mod state;
+
+pub use state::{AppState, AppStateInner};
+
+use axum::{Json, Router, middleware, routing::get};
+use serde_json::{Value, json};
+
+use crate::{
+    auth::require_auth,
+    error::AppError,
+    http::{
+        identify::resolve_tenant,
+        routes::{admin_routes, tenant_routes},
+    },
+    telemetry,
+};
+
+/// The whole application router.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/health", get(health))
+        .merge(routes::tenants::public_router())
+        .merge(admin_routes(&state))
+        .merge(
+            // Tenant-scoped: identified, then authenticated, then audited.
+            tenant_routes()
+                .into_router()
+                .route_layer(middleware::from_fn_with_state(
+                    state.clone(),
+                    crate::http::audit::record_writes,
+                ))
+                .route_layer(middleware::from_fn(require_auth))
+                .merge(routes::auth::login_router())
+                .route_layer(middleware::from_fn_with_state(
+                    state.clone(),
+                    resolve_tenant,
+                )),
+        )
+        .fallback(|| async { AppError::NotFound("no such route".into()) })
+        .method_not_allowed_fallback(|| async { AppError::MethodNotAllowed })
+        .layer(middleware::from_fn(single_host))
+        .layer(axum::extract::DefaultBodyLimit::max(
+            crate::http::extract::MAX_BODY_BYTES,
+        ))
+        .layer(middleware::from_fn(telemetry::request_span))
+        .with_state(state)
+}
+
+/// Refuses a request with more than one `Host` header (400 `bad_request`): which
+/// one names the tenant would be a guess, and a proxy may have read the other.
+async fn single_host(
+    request: axum::extract::Request,
+    next: middleware::Next,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    if request
+        .headers()
+        .get_all(axum::http::header::HOST)
+        .iter()
+        .nth(1)
+        .is_some()
+    {
+        return AppError::BadRequest("the request has more than one Host header".into())
+            .into_response();
+    }
+    next.run(request).await
+}
+
+async fn health() -> Json<Value> {
+    Json(json!({ "status": "ok" }))
+}

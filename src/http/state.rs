@@ -1,0 +1,46 @@
+//! [`AppState`]: what every handler and middleware can read. Only the HTTP layer
+//! knows it; the layers below take the parts they need.
+
+use std::sync::Arc;
+
+use crate::{
+    auth::AuthService,
+    http::audit::WritesInFlight,
+    lifecycle::Lifecycle,
+    secret::Secret,
+    settings::IdentifySettings,
+    tenant::{TenantConfig, TenantRegistry},
+};
+
+/// What every handler and middleware can read: one `Arc`, so that the clone each
+/// extractor and middleware makes is one counter, not one per field.
+#[derive(Clone)]
+pub struct AppState(Arc<AppStateInner>);
+
+impl AppState {
+    pub fn new(inner: AppStateInner) -> Self {
+        Self(Arc::new(inner))
+    }
+}
+
+impl std::ops::Deref for AppState {
+    type Target = AppStateInner;
+
+    fn deref(&self) -> &AppStateInner {
+        &self.0
+    }
+}
+
+/// The fields of [`AppState`].
+pub struct AppStateInner {
+    pub registry: TenantRegistry,
+    pub identify: Arc<IdentifySettings>,
+    /// `Some` in single-tenant mode: the one tenant every request is served as.
+    pub single_tenant: Option<Arc<TenantConfig>>,
+    pub admin_token: Arc<Secret>,
+    /// Provisioning and changes at run time (multi-tenant mode).
+    pub lifecycle: Option<Arc<Lifecycle>>,
+    pub auth: Arc<AuthService>,
+    /// Audited writes still running; shutdown waits for them.
+    pub writes: Arc<WritesInFlight>,
+}
