@@ -1,15 +1,8 @@
-//! The service's one error type and its JSON shape.
-//!
-//! Every error leaves as `{"error": {"code": "...", "message": "..."}}` with a stable
-//! code. Internal details (database errors, paths, URLs) are logged with the tenant
-//! id and never sent to the client.
-
-use axum::{
-    Json,
-    http::{HeaderValue, StatusCode, header},
-    response::{IntoResponse, Response},
-};
-use serde_json::json;
+//! The service's one error type, as data: each kind has a stable code and a message
+//! for the client. Internal details (database errors, paths, URLs) are logged with
+//! the tenant id and never sent to the client. The HTTP layer turns an error into a
+//! response (`http::error`); the database layer turns a `DbErr` into one
+//! (`db::errors`).
 
 use crate::tenant::{Feature, TenantId};
 
@@ -24,21 +17,6 @@ pub enum UnavailableCause {
     DatabaseFailed,
     /// No connection came within the deadline: a busy pool or a dead server.
     AcquireTimeout,
-}
-
-impl UnavailableCause {
-    fn of(err: &sea_orm::DbErr) -> Self {
-        if crate::db::is_database_failure(err) {
-            Self::DatabaseFailed
-        } else if matches!(
-            err,
-            sea_orm::DbErr::ConnectionAcquire(sea_orm::ConnAcquireErr::Timeout)
-        ) {
-            Self::AcquireTimeout
-        } else {
-            Self::Router
-        }
-    }
 }
 
 /// `Result` with the service's error type as the default.
@@ -130,32 +108,6 @@ impl AppError {
         }
     }
 
-    pub fn status_code(&self) -> StatusCode {
-        match self {
-            Self::TenantRequired | Self::InvalidTenantId(_) | Self::TenantConflict { .. } => {
-                StatusCode::BAD_REQUEST
-            }
-            Self::TenantNotFound(_) | Self::UnknownSubdomain(_) | Self::NotFound(_) => {
-                StatusCode::NOT_FOUND
-            }
-            Self::TenantInactive(_)
-            | Self::FeatureNotEnabled(_)
-            | Self::Forbidden(_)
-            | Self::TenantMismatch { .. } => StatusCode::FORBIDDEN,
-            Self::TenantUnavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
-            Self::Validation { .. } => StatusCode::UNPROCESSABLE_ENTITY,
-            Self::Unauthorized | Self::Unauthenticated | Self::LoginFailed => {
-                StatusCode::UNAUTHORIZED
-            }
-            Self::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
-            Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
-            Self::Conflict(_) => StatusCode::CONFLICT,
-            Self::BadRequest(_) => StatusCode::BAD_REQUEST,
-            Self::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
-            Self::Internal { .. } => StatusCode::INTERNAL_SERVER_ERROR,
-        }
-    }
-
     /// The stable, documented error code.
     pub fn code(&self) -> &'static str {
         match self {
@@ -177,64 +129,6 @@ impl AppError {
             Self::BadRequest(_) => "bad_request",
             Self::RequestTimeout => "request_timeout",
             Self::Internal { .. } => "internal_error",
-        }
-    }
-}
-
-impl IntoResponse for AppError {
-    fn into_response(self) -> Response {
-        if let Self::Internal { detail } = &self {
-            // The span of the request carries the tenant id.
-            tracing::error!(error = %detail, "request failed");
-        }
-        let mut body = json!({ "error": { "code": self.code(), "message": self.to_string() } });
-        if let Self::Validation {
-            field: Some(field), ..
-        } = &self
-        {
-            body["error"]["field"] = json!(field);
-        }
-        let mut response = (self.status_code(), Json(body)).into_response();
-        match &self {
-            Self::TenantUnavailable {
-                retry_after_secs,
-                cause,
-            } => {
-                response
-                    .headers_mut()
-                    .insert(header::RETRY_AFTER, HeaderValue::from(*retry_after_secs));
-                if *cause != UnavailableCause::Router {
-                    response.extensions_mut().insert(*cause);
-                }
-            }
-            Self::TooManyRequests { retry_after_secs } => {
-                response
-                    .headers_mut()
-                    .insert(header::RETRY_AFTER, HeaderValue::from(*retry_after_secs));
-            }
-            Self::Unauthorized | Self::Unauthenticated => {
-                response
-                    .headers_mut()
-                    .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-            }
-            _ => {}
-        }
-        response
-    }
-}
-
-impl From<sea_orm::DbErr> for AppError {
-    fn from(err: sea_orm::DbErr) -> Self {
-        // A database that is down, gone or saturated is the client's to retry, and
-        // the tenant's alone: the resolve_tenant middleware reports it to the registry.
-        if crate::db::is_unavailable(&err) {
-            tracing::warn!(error = %crate::db::redact_error(&err), "tenant database unavailable");
-            Self::TenantUnavailable {
-                retry_after_secs: 1,
-                cause: UnavailableCause::of(&err),
-            }
-        } else {
-            Self::internal(crate::db::redact_error(&err))
         }
     }
 }

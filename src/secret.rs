@@ -50,6 +50,50 @@ pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
         == 0
 }
 
+/// Removes the user-info part of every `scheme://user:password@host` and the value
+/// of every `password=` pair from `text`.
+pub fn redact(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(pos) = rest.find("://") {
+        let (head, tail) = rest.split_at(pos + 3);
+        out.push_str(head);
+        let authority_end = tail
+            .find(|c: char| {
+                c == '/' || c == '?' || c == '#' || c.is_whitespace() || c == '"' || c == '\''
+            })
+            .unwrap_or(tail.len());
+        match tail[..authority_end].rfind('@') {
+            Some(at) => {
+                out.push_str("***");
+                rest = &tail[at..];
+            }
+            None => rest = tail,
+        }
+    }
+    out.push_str(rest);
+    redact_password_pairs(&out)
+}
+
+fn redact_password_pairs(text: &str) -> String {
+    let lower = text.to_ascii_lowercase();
+    let mut out = String::with_capacity(text.len());
+    let mut last = 0;
+    let mut search_from = 0;
+    while let Some(found) = lower[search_from..].find("password=") {
+        let value_start = search_from + found + "password=".len();
+        let value_end = text[value_start..]
+            .find(|c: char| c == '&' || c.is_whitespace() || c == '"' || c == '\'')
+            .map_or(text.len(), |n| value_start + n);
+        out.push_str(&text[last..value_start]);
+        out.push_str("***");
+        last = value_end;
+        search_from = value_end;
+    }
+    out.push_str(&text[last..]);
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -218,5 +262,23 @@ mod box_tests {
     fn bad_keys_are_refused() {
         assert!(SecretBox::from_hex("abc", None).is_err());
         assert!(SecretBox::from_hex(&"g".repeat(64), None).is_err());
+    }
+    #[test]
+    fn redact_removes_user_info_and_password_pairs() {
+        let text = "error connecting to postgres://app:hunter2@db.internal:5432/t1?sslmode=require \
+                    (host=db password=hunter3 user=app)";
+        let clean = redact(text);
+        assert!(!clean.contains("hunter2"), "{clean}");
+        assert!(!clean.contains("hunter3"), "{clean}");
+        assert!(
+            clean.contains("postgres://***@db.internal:5432/t1"),
+            "{clean}"
+        );
+    }
+
+    #[test]
+    fn redact_leaves_plain_text_alone() {
+        assert_eq!(redact("no such table: products"), "no such table: products");
+        assert_eq!(redact("sqlite://data/a.db"), "sqlite://data/a.db");
     }
 }

@@ -26,7 +26,7 @@ pub fn init(level: &str) {
         .try_init();
 }
 
-/// Standard output with credentials removed from every line (see [`crate::db::redact`]).
+/// Standard output with credentials removed from every line (see [`crate::secret::redact`]).
 /// The fmt layer writes each event with one `write_all` of the whole line, so a URL
 /// is never split across two writes.
 pub struct RedactingStdout;
@@ -34,7 +34,7 @@ pub struct RedactingStdout;
 impl std::io::Write for RedactingStdout {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
         let text = String::from_utf8_lossy(buf);
-        let clean = crate::db::redact(&text);
+        let clean = crate::secret::redact(&text);
         std::io::stdout().lock().write_all(clean.as_bytes())?;
         Ok(buf.len())
     }

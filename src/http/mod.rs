@@ -5,6 +5,7 @@
 
 pub mod admin;
 pub mod audit;
+mod error;
 pub mod extract;
 pub mod feature_gate;
 pub mod identify;
