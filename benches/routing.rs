@@ -40,8 +40,9 @@ use tenant_router::{
             soft_delete::live,
         },
     },
+    registry::TenantRegistry,
     settings::IdentifySettings,
-    tenant::{TenantRegistry, parse_tenants_toml},
+    tenant::parse_tenants_toml,
 };
 
 fn tenants_toml(n: u64, dir: &Path) -> String {

@@ -12,8 +12,9 @@ use crate::{
     control::ControlStore,
     fleet::{FleetOptions, Outcome, migrate_fleet},
     lifecycle::{self, Lifecycle},
+    registry::TenantRegistry,
     settings::Settings,
-    tenant::{TenantConfig, TenantRegistry},
+    tenant::TenantConfig,
 };
 
 /// A database-per-tenant HTTP service. Settings come from the environment (see the
@@ -190,6 +191,9 @@ async fn context(settings: Settings) -> Result<Context, String> {
     }
     let registry = TenantRegistry::new(lifecycle::merge(&base, rows), settings.pools());
     registry.set_ledger(Arc::new(control.clone()));
+    registry.set_initialiser(Arc::new(crate::demo::DemoSeed {
+        demo_login: !settings.is_production(),
+    }));
     let lifecycle = Arc::new(Lifecycle::new(
         registry.clone(),
         control.clone(),

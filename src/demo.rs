@@ -11,8 +11,35 @@ use crate::{
         bom, bom_item, cash_flow_entry, dental_supply, material, patient, product,
         production_order, treatment,
     },
+    registry::{InitFuture, TenantInitialiser},
     tenant::{Feature, TenantConfig},
 };
+
+/// A demo tenant's first use: sample data when its database holds none, and the
+/// demo login when `demo_login` (outside production). The registry runs it after
+/// the tenant's migrations.
+pub struct DemoSeed {
+    pub demo_login: bool,
+}
+
+impl TenantInitialiser for DemoSeed {
+    fn initialise<'a>(
+        &'a self,
+        db: &'a sea_orm::DatabaseConnection,
+        tenant: &'a TenantConfig,
+    ) -> InitFuture<'a> {
+        Box::pin(async move {
+            if tenant.demo && is_empty(db).await? {
+                seed(db, tenant).await?;
+                tracing::info!("demo tenant seeded");
+            }
+            if tenant.demo && self.demo_login {
+                ensure_demo_user(db).await?;
+            }
+            Ok(())
+        })
+    }
+}
 
 /// Whether the tenant's database holds no business data yet: a demo tenant is
 /// seeded only then, so that what a visitor adds is never doubled up.

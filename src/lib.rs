@@ -1,7 +1,7 @@
 //! tenant-router: a database-per-tenant HTTP service.
 //!
 //! A request is identified as belonging to a tenant ([`identify`]), routed to that
-//! tenant's lazily built connection pool ([`tenant::TenantRegistry`]), and allowed
+//! tenant's lazily built connection pool ([`registry::TenantRegistry`]), and allowed
 //! only the features the tenant has ([`feature_gate`]).
 
 pub mod auth;
@@ -14,6 +14,7 @@ pub mod error;
 pub mod fleet;
 pub mod http;
 pub mod lifecycle;
+pub mod registry;
 pub mod secret;
 pub mod settings;
 pub mod startup;

@@ -20,10 +20,9 @@ use crate::{
     control::{Claim, ControlStore, Fingerprint},
     db, demo,
     error::{AppError, Result},
+    registry::TenantRegistry,
     settings::PoolSettings,
-    tenant::{
-        ConfigError, TenantConfig, TenantId, TenantRegistry, TenantSource, parse_tenant_entry,
-    },
+    tenant::{ConfigError, TenantConfig, TenantId, TenantSource, parse_tenant_entry},
 };
 
 /// Fields `PATCH /api/admin/tenants/{id}` may change.

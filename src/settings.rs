@@ -466,7 +466,6 @@ impl Settings {
             max_total_connections: (self.max_total_connections > 0)
                 .then_some(self.max_total_connections),
             breaker_cooldown: Duration::from_secs(self.breaker_cooldown_secs.max(1)),
-            demo_login: !self.is_production(),
         }
     }
 }
@@ -538,8 +537,6 @@ pub struct PoolSettings {
     pub auto_create_databases: bool,
     pub max_total_connections: Option<u32>,
     pub breaker_cooldown: Duration,
-    /// Give `demo = true` tenants their well-known login (never in production).
-    pub demo_login: bool,
 }
 
 #[cfg(test)]

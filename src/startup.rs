@@ -9,11 +9,12 @@ use crate::{
     control::ControlStore,
     http::{self, AppState, AppStateInner},
     lifecycle::{self, Lifecycle},
+    registry::TenantRegistry,
     secret::Secret,
     settings::Settings,
     tenant::{
         Branding, ConfigError, ContactInfo, Domain, FeatureSet, Isolation, PoolOverrides,
-        TenantConfig, TenantId, TenantRegistry, TenantSource,
+        TenantConfig, TenantId, TenantSource,
     },
 };
 
@@ -100,6 +101,9 @@ impl Application {
 
         let auth = Arc::new(settings.auth_service().map_err(StartupError::Settings)?);
         let registry = TenantRegistry::new(tenants, settings.pools());
+        registry.set_initialiser(Arc::new(crate::demo::DemoSeed {
+            demo_login: !settings.is_production(),
+        }));
         if let Some((control, _)) = &control {
             registry.set_ledger(Arc::new(control.clone()));
         }

@@ -4,12 +4,8 @@
 use std::sync::Arc;
 
 use crate::{
-    auth::AuthService,
-    http::audit::WritesInFlight,
-    lifecycle::Lifecycle,
-    secret::Secret,
-    settings::IdentifySettings,
-    tenant::{TenantConfig, TenantRegistry},
+    auth::AuthService, http::audit::WritesInFlight, lifecycle::Lifecycle, registry::TenantRegistry,
+    secret::Secret, settings::IdentifySettings, tenant::TenantConfig,
 };
 
 /// What every handler and middleware can read: one `Arc`, so that the clone each

@@ -2,7 +2,6 @@
 
 mod config;
 mod id;
-mod registry;
 
 pub use config::{
     Branding, ConfigError, ContactInfo, Isolation, MAX_SCHEMA_TENANT_ID_LEN, PoolOverrides,
@@ -11,7 +10,6 @@ pub use config::{
 };
 pub(crate) use config::{check_database_url, toml_syntax_error};
 pub use id::TenantId;
-pub use registry::{ConnectionPoolDetail, PoolDetail, PoolStats, TenantRegistry};
 
 use serde::Serialize;
 

@@ -11,9 +11,10 @@ use crate::{
     error::{AppError, Result},
     http::AppState,
     http::extract::TenantPath,
+    registry::PoolStats,
     tenant::{
-        Branding, ContactInfo, Domain, FeatureSet, Isolation, PoolOverrides, PoolStats,
-        TenantConfig, TenantId, TenantSource,
+        Branding, ContactInfo, Domain, FeatureSet, Isolation, PoolOverrides, TenantConfig,
+        TenantId, TenantSource,
     },
 };
 
@@ -118,9 +119,9 @@ struct PoolsView {
     /// Tenants with a handle (in use recently).
     open: Vec<TenantId>,
     /// Each tenant handle: connections held and where its pool is.
-    pools: Vec<crate::tenant::PoolDetail>,
+    pools: Vec<crate::registry::PoolDetail>,
     /// Each connection pool: a database (shared by its schema tenants) or a file.
-    connection_pools: Vec<crate::tenant::ConnectionPoolDetail>,
+    connection_pools: Vec<crate::registry::ConnectionPoolDetail>,
     /// Each server's connections against its budget.
     servers: Vec<crate::db::pool::ServerStats>,
 }

@@ -31,7 +31,6 @@ use sea_orm::DbErr;
 use serde::Serialize;
 use tokio::sync::Semaphore;
 
-use super::{TenantConfig, TenantId};
 use crate::{
     db::{
         self,
@@ -40,7 +39,22 @@ use crate::{
     },
     error::{AppError, UnavailableCause},
     settings::PoolSettings,
+    tenant::{TenantConfig, TenantId},
 };
+
+/// What [`TenantInitialiser::initialise`] returns.
+pub type InitFuture<'a> =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), DbErr>> + Send + 'a>>;
+
+/// Work done on a tenant's database after its migrations and before its first
+/// connection is handed out, by this process, for each storage.
+pub trait TenantInitialiser: Send + Sync {
+    fn initialise<'a>(
+        &'a self,
+        db: &'a sea_orm::DatabaseConnection,
+        tenant: &'a TenantConfig,
+    ) -> InitFuture<'a>;
+}
 
 /// Longest pause of a tripped breaker.
 const MAX_COOLDOWN: Duration = Duration::from_secs(60);
@@ -171,6 +185,8 @@ struct Inner {
     /// Which storages have been initialised (the control database); none in
     /// single-tenant mode.
     ledger: std::sync::OnceLock<Arc<dyn db::StorageLedger>>,
+    /// Work on a tenant's database after its migrations (the demo seed).
+    initialiser: std::sync::OnceLock<Arc<dyn TenantInitialiser>>,
 }
 
 /// Shared handle to the registry; cheap to clone.
@@ -214,6 +230,7 @@ impl TenantRegistry {
             breakers: Mutex::new(HashMap::new()),
             started: Instant::now(),
             ledger: std::sync::OnceLock::new(),
+            initialiser: std::sync::OnceLock::new(),
         });
         spawn_janitor(Arc::downgrade(&inner));
         Self { inner }
@@ -223,6 +240,12 @@ impl TenantRegistry {
     /// that disappears is reported and not created again. Set once, at start-up.
     pub fn set_ledger(&self, ledger: Arc<dyn db::StorageLedger>) {
         let _ = self.inner.ledger.set(ledger);
+    }
+
+    /// What is done to a tenant's database once it is migrated, before it serves
+    /// (the demo seed, from a layer above this one). Set once, at start-up.
+    pub fn set_initialiser(&self, initialiser: Arc<dyn TenantInitialiser>) {
+        let _ = self.inner.initialiser.set(initialiser);
     }
 
     fn ledger(&self) -> Option<&dyn db::StorageLedger> {
@@ -521,7 +544,7 @@ impl TenantRegistry {
     }
 
     /// Checks (and creates if asked to) the tenant's storage, applies its
-    /// migrations and seeds a demo tenant. The work holds one of the server's
+    /// migrations and runs the initialiser (the demo seed). The work holds one of the server's
     /// connection slots, like any other connection.
     async fn prepare(
         &self,
@@ -544,18 +567,10 @@ impl TenantRegistry {
         let db = db::open_tenant_storage(tenant, 1, settings, self.ledger())
             .await
             .map_err(OpenError::Db)?;
-        let prepared = async {
-            // A demo tenant shows sample data from its first request on.
-            if tenant.demo && crate::demo::is_empty(&db).await? {
-                crate::demo::seed(&db, tenant).await?;
-                tracing::info!("demo tenant seeded");
-            }
-            if tenant.demo && settings.demo_login {
-                crate::demo::ensure_demo_user(&db).await?;
-            }
-            Ok::<_, DbErr>(())
-        }
-        .await;
+        let prepared = match self.inner.initialiser.get() {
+            Some(initialiser) => initialiser.initialise(&db, tenant).await,
+            None => Ok(()),
+        };
         let _ = db.close().await;
         drop(slot);
         prepared.map_err(OpenError::Db)
