@@ -365,7 +365,7 @@ async fn add_user(ctx: &Context, args: AddUserArgs) -> Result<(), String> {
         .connect(&tenant)
         .await
         .map_err(|e| e.to_string())?;
-    let created = crate::http::audit::create_user_as_operator(&db, new, "cli").await;
+    let created = crate::audit::create_user_as_operator(&db, new, "cli").await;
     drop(db);
     ctx.registry.close_all().await;
     let user = created.map_err(|e| e.to_string())?;

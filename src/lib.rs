@@ -4,6 +4,7 @@
 //! tenant's lazily built connection pool ([`registry::TenantRegistry`]), and allowed
 //! only the features the tenant has ([`feature_gate`]).
 
+pub mod audit;
 pub mod auth;
 pub mod cli;
 pub mod control;
@@ -20,6 +21,7 @@ pub mod settings;
 pub mod startup;
 pub mod telemetry;
 pub mod tenant;
+pub mod validate;
 
 pub use error::{AppError, Result};
 pub use http::AppState;

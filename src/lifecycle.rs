@@ -254,8 +254,7 @@ impl Lifecycle {
                             .map_err(|e| storage_error("seed", &e))?;
                     }
                     if let Some(owner) = owner {
-                        crate::http::audit::create_user_as_operator(&pool, owner, "provisioning")
-                            .await?;
+                        crate::audit::create_user_as_operator(&pool, owner, "provisioning").await?;
                     }
                     Ok::<(), AppError>(())
                 }

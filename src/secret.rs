@@ -94,6 +94,15 @@ fn redact_password_pairs(text: &str) -> String {
     out
 }
 
+/// A random token for when `ADMIN_TOKEN` is unset: 244 random bits from two v4 UUIDs.
+pub fn generate_token() -> String {
+    format!(
+        "{}{}",
+        uuid::Uuid::new_v4().simple(),
+        uuid::Uuid::new_v4().simple()
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -9,7 +9,7 @@ use std::{collections::HashMap, path::PathBuf, time::Duration};
 use config::{Config, Environment, File, FileFormat};
 use serde::Deserialize;
 
-use crate::{auth::AuthMode, secret::Secret};
+use crate::secret::Secret;
 
 /// Environment variables the service reads; each maps to the lowercase field below.
 pub const ENV_KEYS: &[&str] = &[
@@ -277,10 +277,12 @@ impl Settings {
         }
         self.auth_mode()?;
         match &self.jwt_secret {
-            Some(key) => {
-                crate::auth::JwtKey::new(key.expose().as_bytes())
-                    .map_err(|e| format!("settings: {e}"))?;
+            Some(key) if key.expose().len() < JWT_SECRET_MIN_LEN => {
+                return Err(format!(
+                    "settings: JWT_SECRET must be at least {JWT_SECRET_MIN_LEN} bytes"
+                ));
             }
+            Some(_) => {}
             None if self.is_production() && self.auth_mode()? == AuthMode::Jwt => {
                 return Err(
                     "settings: JWT_SECRET is required when APP_ENV=production (at least 32 bytes)"
@@ -331,43 +333,6 @@ impl Settings {
                 "settings: AUTH_MODE must be jwt or none, not '{other}'"
             )),
         }
-    }
-
-    /// The authentication service: the token key (generated for this run when
-    /// `JWT_SECRET` is unset outside production) and the login throttle.
-    pub fn auth_service(&self) -> Result<crate::auth::AuthService, String> {
-        let mode = self.auth_mode()?;
-        let jwt = match &self.jwt_secret {
-            Some(key) => crate::auth::JwtKey::new(key.expose().as_bytes()),
-            None => {
-                if mode == AuthMode::Jwt {
-                    tracing::warn!("JWT_SECRET is not set: access tokens are signed with a key made for this run (they end with it, and other replicas refuse them); set JWT_SECRET in production");
-                }
-                crate::auth::JwtKey::new(crate::secret::SecretBox::generate_hex().as_bytes())
-            }
-        }
-        .map_err(|e| format!("settings: {e}"))?;
-        if mode == AuthMode::None {
-            tracing::warn!(
-                "AUTH_MODE=none: tenant routes do not check credentials; every request acts as the tenant's owner. Run this only behind a gateway that authenticates callers"
-            );
-        }
-        Ok(crate::auth::AuthService::new(
-            mode,
-            jwt,
-            self.jwt_ttl_secs as i64,
-            crate::auth::LoginThrottle::new(
-                Duration::from_secs(self.login_throttle_secs),
-                crate::auth::throttle::Limits {
-                    per_user_address: self.login_max_failures,
-                    per_user: self.login_max_failures_per_user,
-                    per_address: self.login_max_failures_per_address,
-                    admin_per_address: self.admin_max_failures_per_address,
-                },
-            ),
-            self.trust_forwarded_for,
-            Duration::from_secs(self.auth_recheck_secs),
-        ))
     }
 
     /// The box that seals database URLs in the control database: `SECRET_KEY` (and
@@ -519,6 +484,18 @@ pub struct IdentifySettings {
     pub base_domain: String,
     pub ignored_subdomains: Vec<String>,
 }
+
+/// `AUTH_MODE`: `jwt` (every tenant route needs a token or key) or `none` (a gateway
+/// in front has authenticated the caller; every request acts as an owner).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthMode {
+    Jwt,
+    None,
+}
+
+/// The shortest `JWT_SECRET` accepted, in bytes (HS256 wants a key as long as
+/// its hash).
+pub const JWT_SECRET_MIN_LEN: usize = 32;
 
 /// Bounds on the tenant handles and connections the registry keeps open.
 #[derive(Debug, Clone)]

@@ -7,7 +7,7 @@ use tokio::net::TcpListener;
 
 use crate::{
     control::ControlStore,
-    http::{self, AppState, AppStateInner},
+    http::{AppState, AppStateInner},
     lifecycle::{self, Lifecycle},
     registry::TenantRegistry,
     secret::Secret,
@@ -92,14 +92,16 @@ impl Application {
         let admin_token = match &settings.admin_token {
             Some(token) => token.clone(),
             None => {
-                let token = http::admin::generate_token();
+                let token = crate::secret::generate_token();
                 // Logged once, on purpose: it is the only way the operator learns it.
                 tracing::warn!("ADMIN_TOKEN is not set; the admin token for this run is {token}");
                 Secret::new(token)
             }
         };
 
-        let auth = Arc::new(settings.auth_service().map_err(StartupError::Settings)?);
+        let auth = Arc::new(
+            crate::auth::AuthService::from_settings(&settings).map_err(StartupError::Settings)?,
+        );
         let registry = TenantRegistry::new(tenants, settings.pools());
         registry.set_initialiser(Arc::new(crate::demo::DemoSeed {
             demo_login: !settings.is_production(),

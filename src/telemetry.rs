@@ -1,15 +1,6 @@
-//! Logging: the subscriber, and the per-request span that every log line of a
-//! request is written in (it carries the tenant id once identified).
+//! Logging: the subscriber, writing to standard output with credentials removed.
+//! The per-request span is the HTTP layer's (`http::request_span`).
 
-use std::time::Instant;
-
-use axum::{
-    extract::Request,
-    http::{HeaderName, HeaderValue},
-    middleware::Next,
-    response::Response,
-};
-use tracing::Instrument;
 use tracing_subscriber::EnvFilter;
 
 /// Installs the global subscriber. `level` is an `EnvFilter` directive such as
@@ -42,75 +33,4 @@ impl std::io::Write for RedactingStdout {
     fn flush(&mut self) -> std::io::Result<()> {
         std::io::stdout().flush()
     }
-}
-
-/// The header carrying a request's id, in and out.
-pub static REQUEST_ID_HEADER: HeaderName = HeaderName::from_static("x-request-id");
-
-/// The id of a request: the caller's `X-Request-Id` when it is a sane token (so a
-/// gateway's id follows the request), else a new UUID. In the request's extensions,
-/// on every log line of the request and on the response.
-#[derive(Debug, Clone)]
-pub struct RequestId(pub String);
-
-impl RequestId {
-    fn of(request: &Request) -> Self {
-        let incoming = request
-            .headers()
-            .get(&REQUEST_ID_HEADER)
-            .and_then(|v| v.to_str().ok())
-            .filter(|v| {
-                (1..=64).contains(&v.len())
-                    && v.bytes()
-                        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
-            });
-        Self(incoming.map_or_else(|| uuid::Uuid::new_v4().to_string(), str::to_string))
-    }
-}
-
-impl<S: Send + Sync> axum::extract::FromRequestParts<S> for RequestId {
-    type Rejection = std::convert::Infallible;
-
-    async fn from_request_parts(
-        parts: &mut axum::http::request::Parts,
-        _state: &S,
-    ) -> Result<Self, Self::Rejection> {
-        Ok(parts
-            .extensions
-            .get::<RequestId>()
-            .cloned()
-            .unwrap_or_else(|| RequestId(uuid::Uuid::new_v4().to_string())))
-    }
-}
-
-/// Opens the request's span (method, path, request id, and an empty `tenant_id` that
-/// tenant resolution fills in) and logs the outcome.
-pub async fn request_span(mut request: Request, next: Next) -> Response {
-    let request_id = RequestId::of(&request);
-    let span = tracing::info_span!(
-        "request",
-        method = %request.method(),
-        path = %request.uri().path(),
-        request_id = %request_id.0,
-        tenant_id = tracing::field::Empty,
-    );
-    let header_value = HeaderValue::from_str(&request_id.0).ok();
-    request.extensions_mut().insert(request_id);
-    let started = Instant::now();
-    async move {
-        let mut response = next.run(request).await;
-        if let Some(value) = header_value {
-            response
-                .headers_mut()
-                .insert(REQUEST_ID_HEADER.clone(), value);
-        }
-        tracing::info!(
-            status = response.status().as_u16(),
-            latency_us = started.elapsed().as_micros() as u64,
-            "request finished"
-        );
-        response
-    }
-    .instrument(span)
-    .await
 }

@@ -44,7 +44,7 @@ pub struct NewKey {
 
 pub fn generate(tenant: &TenantId) -> NewKey {
     let id = Uuid::new_v4();
-    let secret = crate::http::admin::generate_token();
+    let secret = crate::secret::generate_token();
     NewKey {
         key: format!("{PREFIX}{tenant}.{}.{secret}", id.simple()),
         id,

@@ -85,7 +85,7 @@ pub enum TokenError {
 
 impl JwtKey {
     /// Minimum key length: HS256 wants at least as many key bytes as hash bytes.
-    pub const MIN_LEN: usize = 32;
+    pub const MIN_LEN: usize = crate::settings::JWT_SECRET_MIN_LEN;
 
     pub fn new(key: &[u8]) -> Result<Self, String> {
         if key.len() < Self::MIN_LEN {

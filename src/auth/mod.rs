@@ -10,20 +10,12 @@
 //! routes.
 
 pub mod api_key;
+mod credential;
 pub mod jwt;
 pub mod password;
-mod resolve;
 pub mod throttle;
 pub mod users;
 
-use std::net::SocketAddr;
-
-use axum::{
-    extract::{ConnectInfo, FromRequestParts, Request, State},
-    http::{HeaderName, request::Parts},
-    middleware::Next,
-    response::{IntoResponse, Response},
-};
 use moka::future::Cache;
 use sea_orm::EntityTrait;
 use serde::Serialize;
@@ -31,16 +23,14 @@ use serde::Serialize;
 use crate::{
     entities::user as user_row,
     error::AppError,
-    http::AppState,
+    registry::TenantRegistry,
+    settings::{AuthMode, Settings},
     tenant::{TenantConfig, TenantId},
 };
 
+pub use credential::{Credential, Presented};
 pub use jwt::JwtKey;
-pub use resolve::resolve;
 pub use throttle::LoginThrottle;
-
-/// The header an API key may come in (besides `Authorization: Bearer`).
-pub static API_KEY_HEADER: HeaderName = HeaderName::from_static("x-api-key");
 
 /// What a caller may do within its tenant; each role can do what the ones below it
 /// can.
@@ -72,14 +62,6 @@ impl Role {
             Role::Owner => "owner",
         }
     }
-}
-
-/// `AUTH_MODE`: `jwt` (every tenant route needs a token or key) or `none` (a gateway
-/// in front has authenticated the caller; every request acts as an owner).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum AuthMode {
-    Jwt,
-    None,
 }
 
 /// Who made a request, as the audit log records it.
@@ -117,7 +99,8 @@ pub struct Principal {
 }
 
 impl Principal {
-    fn gateway() -> Self {
+    /// Whoever the gateway let through (`AUTH_MODE=none`).
+    pub fn gateway() -> Self {
         Self {
             kind: ActorKind::Gateway,
             id: None,
@@ -134,18 +117,6 @@ impl Principal {
             name: None,
             role: Role::Owner,
         }
-    }
-}
-
-impl<S: Send + Sync> FromRequestParts<S> for Principal {
-    type Rejection = AppError;
-
-    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
-        parts
-            .extensions
-            .get::<Principal>()
-            .cloned()
-            .ok_or(AppError::Unauthenticated)
     }
 }
 
@@ -195,6 +166,43 @@ impl AuthService {
         }
     }
 
+    /// The service the settings describe: the token key (generated for this run when
+    /// `JWT_SECRET` is unset outside production) and the login throttle.
+    pub fn from_settings(settings: &Settings) -> Result<Self, String> {
+        let mode = settings.auth_mode()?;
+        let jwt = match &settings.jwt_secret {
+            Some(key) => JwtKey::new(key.expose().as_bytes()),
+            None => {
+                if mode == AuthMode::Jwt {
+                    tracing::warn!("JWT_SECRET is not set: access tokens are signed with a key made for this run (they end with it, and other replicas refuse them); set JWT_SECRET in production");
+                }
+                JwtKey::new(crate::secret::SecretBox::generate_hex().as_bytes())
+            }
+        }
+        .map_err(|e| format!("settings: {e}"))?;
+        if mode == AuthMode::None {
+            tracing::warn!(
+                "AUTH_MODE=none: tenant routes do not check credentials; every request acts as the tenant's owner. Run this only behind a gateway that authenticates callers"
+            );
+        }
+        Ok(Self::new(
+            mode,
+            jwt,
+            settings.jwt_ttl_secs as i64,
+            LoginThrottle::new(
+                std::time::Duration::from_secs(settings.login_throttle_secs),
+                throttle::Limits {
+                    per_user_address: settings.login_max_failures,
+                    per_user: settings.login_max_failures_per_user,
+                    per_address: settings.login_max_failures_per_address,
+                    admin_per_address: settings.admin_max_failures_per_address,
+                },
+            ),
+            settings.trust_forwarded_for,
+            std::time::Duration::from_secs(settings.auth_recheck_secs),
+        ))
+    }
+
     /// Drops what is remembered of a user, after a change to it has committed.
     pub async fn forget_user(&self, tenant: &TenantId, user: uuid::Uuid) {
         let key = (tenant.clone(), user);
@@ -219,7 +227,7 @@ impl AuthService {
     /// The user's current role, or `None` if the user is gone or deactivated.
     async fn current_role(
         &self,
-        state: &AppState,
+        registry: &TenantRegistry,
         config: &TenantConfig,
         user: uuid::Uuid,
     ) -> Result<Option<Role>, AppError> {
@@ -227,7 +235,7 @@ impl AuthService {
         if let Some(known) = self.users.get(&key).await {
             return Ok(known);
         }
-        let db = state.registry.connect(config).await?;
+        let db = registry.connect(config).await?;
         let started = std::time::Instant::now();
         let role = user_row::Entity::find_by_id(user)
             .one(&db)
@@ -245,63 +253,6 @@ impl AuthService {
             self.users.insert(key, role).await;
         }
         Ok(role)
-    }
-
-    /// The client's address, for login throttling.
-    pub fn client_address(&self, parts: &Parts) -> String {
-        if self.trust_forwarded_for
-            && let Some(last) = parts
-                .headers
-                .get("x-forwarded-for")
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.rsplit(',').next())
-                .map(str::trim)
-                .filter(|v| !v.is_empty())
-        {
-            return last.to_string();
-        }
-        parts
-            .extensions
-            .get::<ConnectInfo<SocketAddr>>()
-            .map(|ConnectInfo(addr)| addr.ip().to_string())
-            .unwrap_or_else(|| "unknown".into())
-    }
-}
-
-/// The client's address (see [`AuthService::client_address`]).
-pub struct ClientAddress(pub String);
-
-impl FromRequestParts<AppState> for ClientAddress {
-    type Rejection = AppError;
-
-    async fn from_request_parts(
-        parts: &mut Parts,
-        state: &AppState,
-    ) -> Result<Self, Self::Rejection> {
-        Ok(Self(state.auth.client_address(parts)))
-    }
-}
-
-/// Middleware: the route needs an authenticated caller (401 `unauthorized` without).
-pub async fn require_auth(request: Request, next: Next) -> Response {
-    if request.extensions().get::<Principal>().is_some() {
-        next.run(request).await
-    } else {
-        AppError::Unauthenticated.into_response()
-    }
-}
-
-/// Middleware: the caller's role must be at least `min` (403 `forbidden` else).
-pub async fn require_role(State(min): State<Role>, request: Request, next: Next) -> Response {
-    match request.extensions().get::<Principal>() {
-        Some(p) if p.role >= min => next.run(request).await,
-        Some(p) => AppError::Forbidden(format!(
-            "this needs the {} role or higher; the caller is {}",
-            min.as_str(),
-            p.role.as_str()
-        ))
-        .into_response(),
-        None => AppError::Unauthenticated.into_response(),
     }
 }
 

@@ -45,7 +45,7 @@ pub fn verify(password: &str, stored: &str) -> bool {
 /// answer's timing does not tell which usernames are real.
 pub fn verify_nobody(password: &str) {
     static DUMMY: OnceLock<Option<String>> = OnceLock::new();
-    if let Some(stored) = DUMMY.get_or_init(|| hash(&crate::http::admin::generate_token()).ok()) {
+    if let Some(stored) = DUMMY.get_or_init(|| hash(&crate::secret::generate_token()).ok()) {
         let _ = verify(password, stored);
     }
 }

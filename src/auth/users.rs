@@ -12,7 +12,7 @@ use super::{Role, password};
 use crate::{
     entities::user,
     error::{AppError, Result},
-    http::routes::validate::optional_email,
+    validate::optional_email,
 };
 
 /// A user to create, as a client or an operator sends it.

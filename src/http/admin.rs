@@ -19,7 +19,7 @@ pub async fn require_admin(
     next: Next,
 ) -> Response {
     let (parts, body) = request.into_parts();
-    let address = state.auth.client_address(&parts);
+    let address = super::authenticate::client_address(&state.auth, &parts);
     let key = LoginThrottle::admin_key(&address);
     let throttle = &state.auth.throttle;
     if let Err(retry_after_secs) = throttle.begin_attempt(&[&key]).await {
@@ -41,13 +41,4 @@ pub async fn require_admin(
     }
     throttle.give_back(&[&key]).await;
     next.run(Request::from_parts(parts, body)).await
-}
-
-/// A random token for when `ADMIN_TOKEN` is unset: 244 random bits from two v4 UUIDs.
-pub fn generate_token() -> String {
-    format!(
-        "{}{}",
-        uuid::Uuid::new_v4().simple(),
-        uuid::Uuid::new_v4().simple()
-    )
 }

@@ -2,20 +2,20 @@
 //! `Host`, the `X-Tenant-ID` header or the `tenant_id` query parameter.
 //!
 //! [`identify_tenant`] is a pure function over the request head; the middleware
-//! [`resolve_tenant`] adds the registry lookup, the active check, the log span field
-//! and the `X-Tenant-ID` response header.
+//! [`identify`] runs it for tenant-scoped routes and leaves what the request names
+//! ([`Named`]) to the authentication step, which settles the tenant.
 
 use std::sync::Arc;
 
 use axum::{
     extract::{FromRequestParts, Request, State},
-    http::{HeaderMap, HeaderName, HeaderValue, Uri, header, request::Parts},
+    http::{HeaderMap, HeaderName, Uri, header, request::Parts},
     middleware::Next,
     response::{IntoResponse, Response},
 };
 
 use crate::{
-    error::{AppError, UnavailableCause},
+    error::AppError,
     http::AppState,
     settings::IdentifySettings,
     tenant::{TenantConfig, TenantId},
@@ -155,8 +155,8 @@ fn subdomain_label(
     Ok(Some(prefix.to_string()))
 }
 
-/// The tenant a request was identified as; put in the request's extensions by
-/// [`resolve_tenant`] and read by handlers.
+/// The tenant a request is served as; put in the request's extensions by
+/// [`super::authenticate::authenticate`] and read by handlers.
 #[derive(Clone, Debug)]
 pub struct TenantContext {
     pub config: Arc<TenantConfig>,
@@ -170,44 +170,40 @@ impl<S: Send + Sync> FromRequestParts<S> for TenantContext {
             .extensions
             .get::<TenantContext>()
             .cloned()
-            .ok_or_else(|| AppError::internal("tenant route mounted without resolve_tenant"))
+            .ok_or_else(|| AppError::internal("tenant route mounted without authenticate"))
     }
 }
 
-/// Middleware for tenant-scoped routes: identifies the tenant and the caller (see
-/// [`crate::auth::resolve`]), checks that the tenant exists and is active, records
-/// it on the request's log span, and tags the response.
-pub async fn resolve_tenant(
-    State(state): State<AppState>,
-    mut request: Request,
-    next: Next,
-) -> Response {
-    let (config, principal) =
-        match crate::auth::resolve(&state, request.headers(), request.uri()).await {
-            Ok(found) => found,
+/// What a request names as its tenant, in its extensions: put there by
+/// [`identify`], settled with the caller's credential by
+/// [`super::authenticate::authenticate`].
+#[derive(Clone, Debug)]
+pub enum Named {
+    Tenant(TenantId),
+    /// No source names a tenant.
+    Nothing,
+    /// The host is `<label>.<base domain>` and no tenant has that subdomain (a
+    /// host such as `api.example.com`): a 404 unless a credential names the tenant.
+    UnknownSubdomain(String),
+}
+
+/// Middleware, the first step for tenant-scoped routes: finds what the request
+/// names as its tenant (nothing to find in single-tenant mode) and refuses
+/// malformed or conflicting names.
+pub async fn identify(State(state): State<AppState>, mut request: Request, next: Next) -> Response {
+    let named = match &state.single_tenant {
+        Some(single) => Named::Tenant(single.id.clone()),
+        None => match identify_tenant(request.headers(), request.uri(), &state.identify, |label| {
+            state.registry.by_subdomain(label)
+        }) {
+            Ok((id, _source)) => Named::Tenant(id),
+            Err(AppError::TenantRequired) => Named::Nothing,
+            Err(AppError::UnknownSubdomain(label)) => Named::UnknownSubdomain(label),
             Err(e) => return e.into_response(),
-        };
-    if let Some(principal) = principal {
-        request.extensions_mut().insert(principal);
-    }
-    // Single-tenant mode serves one implicit tenant: no header, nothing to report.
-    if state.single_tenant.is_some() {
-        request.extensions_mut().insert(TenantContext { config });
-        return next.run(request).await;
-    }
-    tracing::Span::current().record("tenant_id", config.id.as_str());
-    let header_value = HeaderValue::from_str(config.id.as_str()).ok();
-    let id = config.id.clone();
-    request.extensions_mut().insert(TenantContext { config });
-    let started = std::time::Instant::now();
-    let mut response = next.run(request).await;
-    if let Some(cause) = response.extensions().get::<UnavailableCause>().copied() {
-        state.registry.report_unavailable(&id, cause, started).await;
-    }
-    if let Some(value) = header_value {
-        response.headers_mut().insert(TENANT_HEADER.clone(), value);
-    }
-    response
+        },
+    };
+    request.extensions_mut().insert(named);
+    next.run(request).await
 }
 
 #[cfg(test)]
@@ -299,7 +295,7 @@ mod tests {
         let non_ascii = get("/")
             .header(
                 "x-tenant-id",
-                HeaderValue::from_bytes("caf\u{e9}".as_bytes()).unwrap(),
+                axum::http::HeaderValue::from_bytes("caf\u{e9}".as_bytes()).unwrap(),
             )
             .body(())
             .unwrap();

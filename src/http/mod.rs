@@ -5,10 +5,12 @@
 
 pub mod admin;
 pub mod audit;
+pub mod authenticate;
 mod error;
 pub mod extract;
 pub mod feature_gate;
 pub mod identify;
+pub mod request_span;
 pub mod routes;
 pub mod server;
 mod state;
@@ -19,13 +21,12 @@ use axum::{Json, Router, middleware, routing::get};
 use serde_json::{Value, json};
 
 use crate::{
-    auth::require_auth,
     error::AppError,
     http::{
-        identify::resolve_tenant,
+        authenticate::{authenticate, require_auth},
+        identify::identify,
         routes::{admin_routes, tenant_routes},
     },
-    telemetry,
 };
 
 /// The whole application router.
@@ -44,10 +45,8 @@ pub fn router(state: AppState) -> Router {
                 ))
                 .route_layer(middleware::from_fn(require_auth))
                 .merge(routes::auth::login_router())
-                .route_layer(middleware::from_fn_with_state(
-                    state.clone(),
-                    resolve_tenant,
-                )),
+                .route_layer(middleware::from_fn_with_state(state.clone(), authenticate))
+                .route_layer(middleware::from_fn_with_state(state.clone(), identify)),
         )
         .fallback(|| async { AppError::NotFound("no such route".into()) })
         .method_not_allowed_fallback(|| async { AppError::MethodNotAllowed })
@@ -55,7 +54,7 @@ pub fn router(state: AppState) -> Router {
         .layer(axum::extract::DefaultBodyLimit::max(
             crate::http::extract::MAX_BODY_BYTES,
         ))
-        .layer(middleware::from_fn(telemetry::request_span))
+        .layer(middleware::from_fn(request_span::request_span))
         .with_state(state)
 }
 

@@ -60,5 +60,5 @@ fn the_shipped_env_file_refuses_to_start_until_its_secrets_are_filled_in() {
     assert!(settings.trust_forwarded_for);
     assert_eq!(settings.auth_mode.as_str(), "jwt");
     assert!(settings.secret_box().is_ok(), "SECRET_KEY opens the box");
-    assert!(settings.auth_service().is_ok());
+    assert!(tenant_router::auth::AuthService::from_settings(&settings).is_ok());
 }

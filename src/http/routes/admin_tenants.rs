@@ -12,14 +12,14 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::{
+    audit,
     auth::users::{NewUser, UserView},
     error::{AppError, Result},
     http::AppState,
-    http::audit,
     http::extract::{ApiJson, ApiQuery, TenantPath},
+    http::request_span::RequestId,
     http::routes::tenants::{tenant_from_path, tenant_view},
     lifecycle::Lifecycle,
-    telemetry::RequestId,
 };
 
 pub fn router() -> Router<AppState> {

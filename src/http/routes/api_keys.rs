@@ -21,8 +21,8 @@ use crate::{
     http::routes::{
         RouteSet, for_role,
         pagination::{Page, PageQuery},
-        validate::required_text,
     },
+    validate::required_text,
 };
 
 pub fn router() -> RouteSet {

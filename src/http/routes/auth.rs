@@ -10,9 +10,10 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::{
-    auth::{ClientAddress, LoginThrottle, Principal, jwt::TokenUser, password, users},
+    auth::{LoginThrottle, Principal, jwt::TokenUser, password, users},
     error::{AppError, Result},
     http::AppState,
+    http::authenticate::ClientAddress,
     http::extract::{ApiJson, TenantDb},
     http::identify::TenantContext,
     http::routes::RouteSet,

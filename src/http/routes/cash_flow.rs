@@ -18,13 +18,11 @@ use crate::{
     error::{AppError, Result},
     http::extract::{ApiJson, ApiQuery, IdPath, TenantDb},
     http::feature_gate::gate,
+    http::routes::pagination::{Page, PageQuery},
     http::routes::soft_delete::{find_live, live, soft_delete},
     http::routes::{RouteSet, for_role},
-    http::routes::{
-        pagination::{Page, PageQuery},
-        validate::{cents_to_money, money_to_cents, optional_text},
-    },
     tenant::Feature,
+    validate::{cents_to_money, money_to_cents, optional_text},
 };
 
 const KINDS: [&str; 2] = ["income", "expense"];

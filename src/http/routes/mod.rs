@@ -14,14 +14,11 @@ pub mod products;
 pub mod soft_delete;
 pub mod tenants;
 pub mod users;
-pub mod validate;
 
 use axum::{Router, middleware, routing::MethodRouter};
 
 use crate::{
-    auth::{Role, require_role},
-    http::AppState,
-    http::admin::require_admin,
+    auth::Role, http::AppState, http::admin::require_admin, http::authenticate::require_role,
 };
 
 /// Every route that serves one tenant's data to an authenticated caller, each behind

@@ -5,10 +5,7 @@ use chrono::Utc;
 use sea_orm::{ActiveModelTrait, ActiveValue::Set, QueryOrder, QuerySelect};
 use serde::{Deserialize, Serialize};
 
-use super::{
-    pagination::{Page, PageQuery},
-    validate::{cents_to_money, money_to_cents, required_text},
-};
+use super::pagination::{Page, PageQuery};
 use crate::{
     entities::product::{self, Entity as Product},
     error::{AppError, Result},
@@ -17,6 +14,7 @@ use crate::{
     http::routes::RouteSet,
     http::routes::soft_delete::{find_live, live, soft_delete},
     tenant::Feature,
+    validate::{cents_to_money, money_to_cents, required_text},
 };
 
 pub fn router() -> RouteSet {

@@ -22,8 +22,8 @@ use crate::{
     http::routes::{
         RouteSet, for_role,
         pagination::{Page, PageQuery},
-        validate::optional_email,
     },
+    validate::optional_email,
 };
 
 pub fn router() -> RouteSet {

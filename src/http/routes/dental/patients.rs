@@ -11,12 +11,10 @@ use crate::{
     http::extract::{ApiJson, ApiQuery, IdPath, TenantDb},
     http::feature_gate::gate,
     http::routes::RouteSet,
+    http::routes::pagination::{Page, PageQuery},
     http::routes::soft_delete::{find_live, live, soft_delete},
-    http::routes::{
-        pagination::{Page, PageQuery},
-        validate::{optional_email, optional_text, required_text},
-    },
     tenant::Feature,
+    validate::{optional_email, optional_text, required_text},
 };
 
 pub fn router() -> RouteSet {

@@ -14,12 +14,10 @@ use crate::{
     http::extract::{ApiJson, ApiQuery, IdPath, TenantDb},
     http::feature_gate::gate,
     http::routes::RouteSet,
+    http::routes::pagination::{Page, PageQuery},
     http::routes::soft_delete::{find_live, live, soft_delete},
-    http::routes::{
-        pagination::{Page, PageQuery},
-        validate::{non_negative, required_text},
-    },
     tenant::Feature,
+    validate::{non_negative, required_text},
 };
 
 /// Longest name and unit; the widths of their columns.

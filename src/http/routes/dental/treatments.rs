@@ -17,12 +17,10 @@ use crate::{
     http::extract::{ApiJson, ApiQuery, IdPath, TenantDb},
     http::feature_gate::gate,
     http::routes::RouteSet,
+    http::routes::pagination::{Page, PageQuery},
     http::routes::soft_delete::{find_live, live, soft_delete},
-    http::routes::{
-        pagination::{Page, PageQuery},
-        validate::{cents_to_money, money_to_cents, required_text},
-    },
     tenant::Feature,
+    validate::{cents_to_money, money_to_cents, required_text},
 };
 
 /// Longest description; the column is 500 characters wide.
