@@ -20,10 +20,7 @@ use std::{
 use common::{env_or, median, quantile, seed, settings, start_stoppable};
 use futures::StreamExt;
 use sea_orm::{ConnectionTrait, Database};
-use tenant_router::{
-    db,
-    tenant::{TenantConfig, parse_tenants_toml},
-};
+use tenant_router::{db, settings::parse_tenants_toml, tenant::TenantConfig};
 
 /// `server` with its database replaced by `name`, and BENCH_PG_SSLMODE (if set) as
 /// its `sslmode`.

@@ -42,7 +42,7 @@ use tenant_router::{
     },
     registry::TenantRegistry,
     settings::IdentifySettings,
-    tenant::parse_tenants_toml,
+    settings::parse_tenants_toml,
 };
 
 fn tenants_toml(n: u64, dir: &Path) -> String {

@@ -283,7 +283,8 @@ impl Lifecycle {
 
     /// A 409 if `config`'s id (when `replacing` is `None`) or subdomain is taken.
     fn check_free(&self, config: &TenantConfig, replacing: Option<&TenantId>) -> Result<()> {
-        if let Some(e) = crate::tenant::ignored_subdomain_error(config, &self.ignored_subdomains) {
+        if let Some(e) = crate::settings::ignored_subdomain_error(config, &self.ignored_subdomains)
+        {
             return Err(AppError::validation("subdomain", e.message));
         }
         if replacing.is_none() && self.registry.get(config.id.as_str()).is_some() {

@@ -1,14 +1,15 @@
 //! What a tenant is: its validated id, its domain and the features it may use.
 
 mod config;
+mod entry;
 mod id;
 
 pub use config::{
-    Branding, ConfigError, ContactInfo, Isolation, MAX_SCHEMA_TENANT_ID_LEN, PoolOverrides,
-    TenantConfig, TenantSource, check_ignored_subdomains, ignored_subdomain_error, load_tenants,
-    parse_tenant_entry, parse_tenants_json, parse_tenants_toml,
+    Branding, ContactInfo, Isolation, MAX_SCHEMA_TENANT_ID_LEN, PoolOverrides, TenantConfig,
+    TenantSource, shared_storage_error,
 };
-pub(crate) use config::{check_database_url, toml_syntax_error};
+pub use entry::{ConfigError, check_database_url, parse_tenant_entry};
+pub(crate) use entry::{RawTenant, path_error, validate_entries};
 pub use id::TenantId;
 
 use serde::Serialize;

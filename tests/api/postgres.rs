@@ -13,7 +13,7 @@ use std::{
 
 use reqwest::Method;
 use serde_json::Value;
-use tenant_router::{Settings, db, tenant::parse_tenants_toml};
+use tenant_router::{Settings, db, settings::parse_tenants_toml};
 
 use crate::{
     helpers::{AppSpec, TestApp, assert_error, spawn_app_with},

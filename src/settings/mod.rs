@@ -11,6 +11,13 @@ use serde::Deserialize;
 
 use crate::secret::Secret;
 
+mod tenants;
+
+pub use tenants::{
+    check_ignored_subdomains, ignored_subdomain_error, load_tenants, parse_tenants_json,
+    parse_tenants_toml,
+};
+
 /// Environment variables the service reads; each maps to the lowercase field below.
 pub const ENV_KEYS: &[&str] = &[
     "HOST",
@@ -169,7 +176,7 @@ impl Settings {
         {
             return Err(format!(
                 "settings: {path}: {}",
-                crate::tenant::toml_syntax_error(&text, &e)
+                tenants::toml_syntax_error(&text, &e)
             ));
         }
         let known: config::Map<String, String> = env
@@ -389,11 +396,8 @@ impl Settings {
     ) -> Result<Vec<crate::tenant::TenantConfig>, Vec<crate::tenant::ConfigError>> {
         let (file, required) = self.tenants_file();
         let env = self.tenant_configs.as_ref().map(|s| s.expose());
-        let tenants = crate::tenant::load_tenants(Some(&file), required, env)?;
-        crate::tenant::check_ignored_subdomains(
-            &tenants,
-            &self.identification().ignored_subdomains,
-        )?;
+        let tenants = load_tenants(Some(&file), required, env)?;
+        check_ignored_subdomains(&tenants, &self.identification().ignored_subdomains)?;
         Ok(tenants)
     }
 

@@ -1,0 +1,412 @@
+//! Loading the tenants of `tenants.toml` and the `TENANT_CONFIGS` environment
+//! variable (a JSON object of the same shape; its entries replace the file's with
+//! the same id), each entry validated by [`crate::tenant::parse_tenant_entry`]'s
+//! rules, all errors reported at once.
+
+use std::{collections::HashMap, path::Path};
+
+use crate::tenant::{
+    ConfigError, RawTenant, TenantConfig, TenantId, TenantSource, path_error, shared_storage_error,
+    validate_entries,
+};
+
+/// Parses the text of a tenants file: a `[tenants.<id>]` table per tenant.
+pub fn parse_tenants_toml(text: &str) -> Result<Vec<TenantConfig>, Vec<ConfigError>> {
+    let doc: toml::Table = toml::from_str(text).map_err(|e| {
+        vec![ConfigError::new(
+            None,
+            "tenants",
+            toml_syntax_error(text, &e),
+        )]
+    })?;
+    if let Some(key) = doc.keys().find(|k| k.as_str() != "tenants") {
+        return Err(vec![ConfigError::new(
+            None,
+            key.as_str(),
+            "unknown top-level key (tenants go under [tenants.<id>])",
+        )]);
+    }
+    let Some(tenants) = doc.get("tenants") else {
+        return Ok(Vec::new());
+    };
+    let Some(tenants) = tenants.as_table() else {
+        return Err(vec![ConfigError::new(
+            None,
+            "tenants",
+            "must be a table of tenants keyed by id",
+        )]);
+    };
+    validate_entries(
+        tenants.iter().map(|(id, value)| {
+            let raw = serde_path_to_error::deserialize::<_, RawTenant>(value.clone());
+            (id.as_str(), raw.map_err(path_error))
+        }),
+        TenantSource::File,
+    )
+}
+
+/// Describes a TOML syntax error by its message and position only: the error's own
+/// text quotes the offending line, which may hold a database password.
+pub fn toml_syntax_error(text: &str, err: &toml::de::Error) -> String {
+    let position = err
+        .span()
+        .map(|span| {
+            let before = &text[..span.start.min(text.len())];
+            let line = before.matches('\n').count() + 1;
+            let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+            format!(" at line {line}, column {column}")
+        })
+        .unwrap_or_default();
+    format!("not valid TOML{position}: {}", err.message())
+}
+
+/// Parses `TENANT_CONFIGS`: a JSON object keyed by tenant id, with the file's fields.
+pub fn parse_tenants_json(text: &str) -> Result<Vec<TenantConfig>, Vec<ConfigError>> {
+    let map: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_str(text).map_err(|e| {
+            vec![ConfigError::new(
+                None,
+                "TENANT_CONFIGS",
+                format!("must be a JSON object keyed by tenant id: {e}"),
+            )]
+        })?;
+    validate_entries(
+        map.iter().map(|(id, value)| {
+            let raw = serde_path_to_error::deserialize::<_, RawTenant>(value);
+            (id.as_str(), raw.map_err(path_error))
+        }),
+        TenantSource::Env,
+    )
+}
+
+/// Reads the tenants file (if given or present) and `TENANT_CONFIGS`, lets env
+/// entries replace file entries with the same id, and checks that no two tenants
+/// share a subdomain.
+/// Refuses a tenant whose subdomain is one of `ignored` (such as `www`): requests
+/// for that label are never identified by subdomain, so the tenant could not be
+/// reached that way.
+pub fn check_ignored_subdomains(
+    tenants: &[TenantConfig],
+    ignored: &[String],
+) -> Result<(), Vec<ConfigError>> {
+    let errors: Vec<ConfigError> = tenants
+        .iter()
+        .filter_map(|t| ignored_subdomain_error(t, ignored))
+        .collect();
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(errors)
+    }
+}
+
+/// The error for one tenant whose subdomain is in `ignored`, if it is.
+pub fn ignored_subdomain_error(tenant: &TenantConfig, ignored: &[String]) -> Option<ConfigError> {
+    ignored.contains(&tenant.subdomain).then(|| {
+        ConfigError::new(
+            Some(tenant.id.as_str()),
+            "subdomain",
+            format!(
+                "'{}' is in IGNORED_SUBDOMAINS, so it never names a tenant; choose another",
+                tenant.subdomain
+            ),
+        )
+    })
+}
+
+pub fn load_tenants(
+    file: Option<&Path>,
+    file_required: bool,
+    env_json: Option<&str>,
+) -> Result<Vec<TenantConfig>, Vec<ConfigError>> {
+    let mut errors = Vec::new();
+    let mut by_id: HashMap<TenantId, TenantConfig> = HashMap::new();
+
+    if let Some(path) = file {
+        match std::fs::read_to_string(path) {
+            Ok(text) => match parse_tenants_toml(&text) {
+                Ok(list) => by_id.extend(list.into_iter().map(|t| (t.id.clone(), t))),
+                Err(mut e) => errors.append(&mut e),
+            },
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !file_required => {}
+            Err(e) => errors.push(ConfigError::new(
+                None,
+                "TENANTS_FILE",
+                format!("cannot read {}: {e}", path.display()),
+            )),
+        }
+    }
+    if let Some(json) = env_json {
+        match parse_tenants_json(json) {
+            Ok(list) => by_id.extend(list.into_iter().map(|t| (t.id.clone(), t))),
+            Err(mut e) => errors.append(&mut e),
+        }
+    }
+
+    let mut tenants: Vec<TenantConfig> = by_id.into_values().collect();
+    tenants.sort_by(|a, b| a.id.cmp(&b.id));
+    let mut labels: HashMap<&str, &TenantId> = HashMap::new();
+    for t in &tenants {
+        if let Some(other) = labels.insert(&t.subdomain, &t.id) {
+            errors.push(ConfigError::new(
+                Some(t.id.as_str()),
+                "subdomain",
+                format!(
+                    "'{}' is already the subdomain of tenant '{other}'",
+                    t.subdomain
+                ),
+            ));
+        }
+    }
+    let mut storages: HashMap<String, &TenantId> = HashMap::new();
+    for t in &tenants {
+        if let Some(key) = t.storage_identity()
+            && let Some(other) = storages.insert(key, &t.id)
+        {
+            errors.push(shared_storage_error(&t.id, other));
+        }
+    }
+    if errors.is_empty() {
+        Ok(tenants)
+    } else {
+        Err(errors)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tenant::{Domain, Feature};
+
+    fn one_error(toml: &str) -> ConfigError {
+        let errs = parse_tenants_toml(toml).expect_err("should be refused");
+        assert_eq!(errs.len(), 1, "{errs:?}");
+        errs.into_iter().next().unwrap()
+    }
+
+    #[test]
+    fn parses_a_full_entry() {
+        let list = parse_tenants_toml(
+            r##"
+            [tenants.dental_clinic_abc]
+            database_url = "sqlite://data/a.db?mode=rwc"
+            domain = "dental"
+            gst_number = "GST1"
+            branding = { company_name = "ABC", primary_color = "#2E86AB" }
+            contact_info = { phone = "+91-1", email = "info@abc.com" }
+            "##,
+        )
+        .unwrap();
+        let t = &list[0];
+        assert_eq!(t.id.as_str(), "dental_clinic_abc");
+        assert_eq!(t.subdomain, "dental-clinic-abc");
+        assert_eq!(t.domain, Domain::Dental);
+        assert!(t.features.contains(Feature::PatientManagement));
+        assert!(t.is_active);
+        assert_eq!(t.source, TenantSource::File);
+    }
+
+    #[test]
+    fn names_tenant_and_field_for_each_kind_of_bad_entry() {
+        let cases = [
+            ("[tenants.Bad]\ndatabase_url='sqlite://x.db'", "Bad", "id"),
+            (
+                "[tenants.a]\ndatabase_url='sqlite://x.db'\ndomain='retail'",
+                "a",
+                "domain",
+            ),
+            (
+                "[tenants.a]\ndatabase_url='sqlite://x.db'\nfeatures=['teleport']",
+                "a",
+                "features",
+            ),
+            (
+                "[tenants.a]\ndatabase_url='mysql://u:p@h/db'",
+                "a",
+                "database_url",
+            ),
+            ("[tenants.a]\ndomain='dental'", "a", "database_url"),
+            (
+                "[tenants.a]\ndatabase_url='sqlite://x.db'\nbranding={primary_color='blue'}",
+                "a",
+                "branding.primary_color",
+            ),
+            (
+                "[tenants.a]\ndatabase_url='sqlite://x.db'\nis_active='yes'",
+                "a",
+                "is_active",
+            ),
+            (
+                "[tenants.a]\ndatabase_url='sqlite://x.db'\ncolour='x'",
+                "a",
+                "colour",
+            ),
+        ];
+        for (text, tenant, field) in cases {
+            let e = one_error(text);
+            assert_eq!(e.tenant.as_deref(), Some(tenant), "{text}");
+            assert_eq!(e.field, field, "{text}: {e}");
+        }
+    }
+
+    #[test]
+    fn schema_isolation_needs_postgres_and_a_short_id() {
+        let e = one_error("[tenants.a]\ndatabase_url='sqlite://x.db'\nisolation='schema'");
+        assert_eq!(e.field, "isolation");
+        let e = one_error("[tenants.a]\ndatabase_url='postgres://u:p@h/db'\nisolation='shared'");
+        assert_eq!(e.field, "isolation");
+        let long = "a".repeat(57);
+        let e = one_error(&format!(
+            "[tenants.{long}]\ndatabase_url='postgres://u:p@h/db'\nisolation='schema'"
+        ));
+        assert_eq!(e.field, "isolation");
+        let ok = parse_tenants_toml(
+            "[tenants.a]\ndatabase_url='postgres://u:p@h/db?sslmode=require'\nisolation='schema'",
+        )
+        .unwrap();
+        assert_eq!(ok[0].schema_name().as_deref(), Some("tenant_a"));
+    }
+
+    #[test]
+    fn postgres_database_names_must_be_plain() {
+        for url in [
+            "postgres://u:p@h/",
+            "postgres://u:p@h/a%22b",
+            "postgres://u:p@h/a;b",
+            "postgres:///db",
+        ] {
+            let e = one_error(&format!("[tenants.a]\ndatabase_url='{url}'"));
+            assert_eq!(e.field, "database_url", "{url}");
+        }
+    }
+
+    #[test]
+    fn unsupported_scheme_message_does_not_echo_the_url() {
+        let e = one_error("[tenants.a]\ndatabase_url='mysql://user:hunter2@h/db'");
+        assert!(e.message.contains("mysql"));
+        assert!(!e.to_string().contains("hunter2"));
+    }
+
+    #[test]
+    fn a_syntax_error_does_not_quote_the_line() {
+        let e = one_error(
+            "[tenants.a]\ndatabase_url = \"postgres://u:hunter2@h/db\"\ndatabase_url = \"x\"\n",
+        );
+        assert!(e.message.contains("line 3"), "{e}");
+        assert!(!e.message.contains("hunter2"), "{e}");
+        let e = one_error("[tenants.a]\ndatabase_url = \"postgres://u:hunter2@h/db\n");
+        assert!(!e.message.contains("hunter2"), "{e}");
+    }
+
+    #[test]
+    fn explicit_features_replace_the_preset() {
+        let list = parse_tenants_toml(
+            "[tenants.a]\ndatabase_url='sqlite://x.db'\ndomain='dental'\nfeatures=['bom_management']",
+        )
+        .unwrap();
+        assert!(list[0].features.contains(Feature::BomManagement));
+        assert!(!list[0].features.contains(Feature::PatientManagement));
+    }
+
+    #[test]
+    fn env_entry_replaces_file_entry_with_the_same_id() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tenants.toml");
+        std::fs::write(
+            &path,
+            "[tenants.a]\ndatabase_url='sqlite://a.db'\ndomain='dental'\n",
+        )
+        .unwrap();
+        let env = r#"{"a": {"database_url": "sqlite://b.db", "domain": "manufacturing"},
+                      "c": {"database_url": "sqlite://c.db"}}"#;
+        let list = load_tenants(Some(&path), true, Some(env)).unwrap();
+        assert_eq!(list.len(), 2);
+        assert_eq!(list[0].domain, Domain::Manufacturing);
+        assert_eq!(list[0].source, TenantSource::Env);
+        assert_eq!(list[0].database_url.expose(), "sqlite://b.db");
+    }
+
+    #[test]
+    fn logo_urls_are_web_addresses_or_paths_and_names_are_plain_text() {
+        for (logo, ok) in [
+            ("https://cdn.example.com/logo.png", true),
+            ("http://example.com/l.png", true),
+            ("/assets/branding/a/logo.png", true),
+            ("javascript:alert(1)", false),
+            ("JavaScript:alert(1)", false),
+            ("data:image/png;base64,AAAA", false),
+            ("//evil.example/logo.png", false),
+            ("/logo.png\" onerror=\"x", false),
+        ] {
+            let toml = format!(
+                "[tenants.a]\ndatabase_url='sqlite://x.db'\nbranding={{logo_url={logo:?}}}"
+            );
+            let result = parse_tenants_toml(&toml);
+            assert_eq!(result.is_ok(), ok, "{logo}: {result:?}");
+            if let Err(errors) = result {
+                assert!(
+                    errors
+                        .iter()
+                        .any(|e| e.to_string().contains("branding.logo_url"))
+                );
+            }
+        }
+        let markup =
+            "[tenants.a]\ndatabase_url='sqlite://x.db'\nbranding={company_name='<b>ABC</b>'}";
+        let errors = parse_tenants_toml(markup).unwrap_err();
+        assert!(
+            errors
+                .iter()
+                .any(|e| e.to_string().contains("branding.company_name"))
+        );
+    }
+
+    #[test]
+    fn two_tenants_on_one_database_are_refused_wherever_they_come_from() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("tenants.toml");
+        std::fs::write(
+            &file,
+            "[tenants.a]\ndatabase_url = 'sqlite://data/a.db?mode=rwc'\n\
+             [tenants.s1]\ndatabase_url = 'postgres://u:p@db.example:5432/shared'\nisolation = 'schema'\n\
+             [tenants.s2]\ndatabase_url = 'postgres://v:q@db.example/shared'\nisolation = 'schema'\n\
+             [tenants.whole]\ndatabase_url = 'postgres://u:p@db.example/shared'\n",
+        )
+        .unwrap();
+        // Schema tenants of one database, and a database tenant beside them, differ.
+        assert_eq!(load_tenants(Some(&file), true, None).unwrap().len(), 4);
+        // The same file spelt another way, from the environment.
+        let env = r#"{"b": {"database_url": "sqlite:data/./a.db"}}"#;
+        let errs = load_tenants(Some(&file), true, Some(env)).unwrap_err();
+        assert_eq!(errs.len(), 1, "{errs:?}");
+        assert_eq!(errs[0].field, "database_url");
+        assert!(errs[0].message.contains("tenant 'a'"), "{}", errs[0]);
+        // The same database under other credentials.
+        let env = r#"{"c": {"database_url": "postgres://x:y@DB.example:5432/shared"}}"#;
+        let errs = load_tenants(Some(&file), true, Some(env)).unwrap_err();
+        let text = errs[0].to_string();
+        assert!(text.contains("'whole'") && text.contains("'c'"), "{text}");
+        assert!(!errs[0].to_string().contains("x:y"), "{}", errs[0]);
+    }
+
+    #[test]
+    fn duplicate_subdomain_is_refused() {
+        let env = r#"{"a_b": {"database_url": "sqlite://1.db"},
+                      "x": {"database_url": "sqlite://2.db", "subdomain": "a-b"}}"#;
+        let errs = load_tenants(None, false, Some(env)).unwrap_err();
+        assert_eq!(errs.len(), 1);
+        assert_eq!(errs[0].field, "subdomain");
+    }
+
+    #[test]
+    fn missing_default_file_is_fine_but_a_named_one_is_not() {
+        let missing = Path::new("/nonexistent/tenants.toml");
+        assert!(
+            load_tenants(Some(missing), false, Some("{}"))
+                .unwrap()
+                .is_empty()
+        );
+        let errs = load_tenants(Some(missing), true, None).unwrap_err();
+        assert_eq!(errs[0].field, "TENANTS_FILE");
+    }
+}
