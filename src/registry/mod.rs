@@ -26,16 +26,24 @@ use std::{
     time::{Duration, Instant},
 };
 
+mod breaker;
+mod stats;
+mod table;
+
+use breaker::Breaker;
+use stats::Counters;
+pub use stats::{ConnectionPoolDetail, PoolDetail, PoolStats};
+use table::TenantTable;
+
 use moka::{future::Cache, notification::RemovalCause, policy::EvictionPolicy};
 use sea_orm::DbErr;
-use serde::Serialize;
 use tokio::sync::Semaphore;
 
 use crate::{
     db::{
         self,
         conn::{Checkout, TenantConn},
-        pool::{CheckoutError, ConnPool, ServerBudget, ServerStats, Target},
+        pool::{CheckoutError, ConnPool, ServerBudget, Target},
     },
     error::{AppError, UnavailableCause},
     settings::PoolSettings,
@@ -54,79 +62,6 @@ pub trait TenantInitialiser: Send + Sync {
         db: &'a sea_orm::DatabaseConnection,
         tenant: &'a TenantConfig,
     ) -> InitFuture<'a>;
-}
-
-/// Longest pause of a tripped breaker.
-const MAX_COOLDOWN: Duration = Duration::from_secs(60);
-/// Configurations by id and by subdomain label; replaced as a whole.
-#[derive(Default)]
-struct TenantTable {
-    by_id: HashMap<TenantId, Arc<TenantConfig>>,
-    by_subdomain: HashMap<String, TenantId>,
-}
-
-impl TenantTable {
-    fn new(tenants: Vec<TenantConfig>) -> Self {
-        let mut table = Self::default();
-        for t in tenants {
-            table.by_subdomain.insert(t.subdomain.clone(), t.id.clone());
-            table.by_id.insert(t.id.clone(), Arc::new(t));
-        }
-        table
-    }
-}
-
-#[derive(Default)]
-struct Counters {
-    built: AtomicU64,
-    open: AtomicU64,
-    failures: AtomicU64,
-    closed: AtomicU64,
-    short_circuited: AtomicU64,
-    budget_timeouts: AtomicU64,
-}
-
-/// A snapshot of the counters.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-pub struct PoolStats {
-    /// Tenant handles built since start-up (a tenant's first use, or its first use
-    /// after its handle was dropped).
-    pub pools_built: u64,
-    /// Tenant handles open now.
-    pub pools_open: u64,
-    /// Tenant handles dropped since start-up (idle, capacity, change or failure).
-    pub pools_closed: u64,
-    /// Attempts to reach a tenant's database that failed.
-    pub pool_failures: u64,
-    /// Requests answered 503 at once because the tenant's breaker was open.
-    pub short_circuited: u64,
-    /// Requests that waited for a connection past their deadline.
-    pub budget_timeouts: u64,
-    /// Real connections open now, on every server.
-    pub connections_open: u64,
-    /// `MAX_TOTAL_CONNECTIONS` (0: no process-wide cap).
-    pub connections_budget: u64,
-}
-
-/// One tenant handle, as `GET /api/admin/pools` shows it.
-#[derive(Debug, Clone, Serialize)]
-pub struct PoolDetail {
-    pub tenant_id: TenantId,
-    /// Connections the tenant holds now.
-    pub connections: u32,
-    /// The most it may hold at once.
-    pub max_connections: u32,
-    pub server: String,
-    pub database: String,
-}
-
-/// One connection pool (a database or a SQLite file), with how many tenant
-/// handles use it.
-#[derive(Debug, Clone, Serialize)]
-pub struct ConnectionPoolDetail {
-    #[serde(flatten)]
-    pub pool: db::pool::PoolStats,
-    pub tenants: u32,
 }
 
 /// A tenant in use: its pool, its schema there, and its share of connections.
@@ -159,11 +94,6 @@ impl TenantHandle {
         self.max_connections
             .saturating_sub(self.permits.available_permits() as u32)
     }
-}
-
-struct Breaker {
-    failures: u32,
-    open_until: Instant,
 }
 
 struct Inner {
@@ -250,103 +180,6 @@ impl TenantRegistry {
 
     fn ledger(&self) -> Option<&dyn db::StorageLedger> {
         self.inner.ledger.get().map(|l| l.as_ref())
-    }
-
-    fn table(&self) -> Arc<TenantTable> {
-        // A poisoned lock still holds a whole table: it is only ever swapped.
-        match self.inner.table.read() {
-            Ok(guard) => guard.clone(),
-            Err(poisoned) => poisoned.into_inner().clone(),
-        }
-    }
-
-    /// Replaces every tenant at once (a reload). Pools of tenants that are gone, or
-    /// whose database settings changed, are closed; the others stay open.
-    pub async fn replace_all(&self, tenants: Vec<TenantConfig>) {
-        let new = Arc::new(TenantTable::new(tenants));
-        let old = self.swap_table(new.clone());
-        for (id, before) in &old.by_id {
-            let keep = new
-                .by_id
-                .get(id)
-                .is_some_and(|after| same_storage(before, after));
-            if !keep {
-                self.ready().remove(id);
-                self.inner.handles.invalidate(id).await;
-            }
-        }
-        self.inner.handles.run_pending_tasks().await;
-    }
-
-    /// Adds or replaces one tenant; its pool is closed if its database settings
-    /// changed, so the next request opens the new one.
-    pub async fn upsert(&self, tenant: TenantConfig) {
-        let id = tenant.id.clone();
-        let mut changed_storage = false;
-        self.update_table(|table| {
-            if let Some(old) = table.by_id.get(&id) {
-                table.by_subdomain.remove(&old.subdomain);
-                changed_storage = !same_storage(old, &tenant);
-            }
-            table
-                .by_subdomain
-                .insert(tenant.subdomain.clone(), id.clone());
-            table.by_id.insert(id.clone(), Arc::new(tenant));
-        });
-        if changed_storage {
-            self.ready().remove(&id);
-            self.inner.handles.invalidate(&id).await;
-        }
-    }
-
-    /// Removes a tenant and closes its pool; returns its last configuration.
-    pub async fn remove(&self, id: &TenantId) -> Option<Arc<TenantConfig>> {
-        let mut removed = None;
-        self.update_table(|table| {
-            removed = table.by_id.remove(id);
-            if let Some(old) = &removed {
-                table.by_subdomain.remove(&old.subdomain);
-            }
-        });
-        self.ready().remove(id);
-        self.inner.handles.invalidate(id).await;
-        self.inner.handles.run_pending_tasks().await;
-        self.breakers().remove(id);
-        removed
-    }
-
-    fn swap_table(&self, new: Arc<TenantTable>) -> Arc<TenantTable> {
-        let mut guard = self.inner.table.write().unwrap_or_else(|p| p.into_inner());
-        std::mem::replace(&mut *guard, new)
-    }
-
-    /// Copies the table, changes the copy, and swaps it in; readers never wait on
-    /// the change.
-    fn update_table(&self, change: impl FnOnce(&mut TenantTable)) {
-        let mut guard = self.inner.table.write().unwrap_or_else(|p| p.into_inner());
-        let mut table = TenantTable {
-            by_id: guard.by_id.clone(),
-            by_subdomain: guard.by_subdomain.clone(),
-        };
-        change(&mut table);
-        *guard = Arc::new(table);
-    }
-
-    /// The tenant's configuration, if it is registered.
-    pub fn get(&self, id: &str) -> Option<Arc<TenantConfig>> {
-        self.table().by_id.get(id).cloned()
-    }
-
-    /// The tenant whose subdomain label is `label`.
-    pub fn by_subdomain(&self, label: &str) -> Option<TenantId> {
-        self.table().by_subdomain.get(label).cloned()
-    }
-
-    /// All tenants, sorted by id.
-    pub fn list(&self) -> Vec<Arc<TenantConfig>> {
-        let mut all: Vec<_> = self.table().by_id.values().cloned().collect();
-        all.sort_by(|a, b| a.id.cmp(&b.id));
-        all
     }
 
     fn now_ms(&self) -> u64 {
@@ -580,58 +413,6 @@ impl TenantRegistry {
         self.inner.ready.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn breakers(&self) -> std::sync::MutexGuard<'_, HashMap<TenantId, Breaker>> {
-        self.inner
-            .breakers
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// A fast 503 while the tenant's breaker is open.
-    fn check_breaker(&self, id: &TenantId) -> Result<(), AppError> {
-        let now = Instant::now();
-        if let Some(b) = self.breakers().get(id)
-            && b.open_until > now
-        {
-            self.inner
-                .counters
-                .short_circuited
-                .fetch_add(1, Ordering::Relaxed);
-            let left = b.open_until - now;
-            return Err(AppError::TenantUnavailable {
-                retry_after_secs: left.as_secs_f64().ceil().max(1.0) as u64,
-                cause: crate::error::UnavailableCause::Router,
-            });
-        }
-        Ok(())
-    }
-
-    /// Records a failure of the tenant's database; returns the pause in seconds.
-    fn trip_breaker(&self, id: &TenantId) -> u64 {
-        self.inner.counters.failures.fetch_add(1, Ordering::Relaxed);
-        // Its storage may have gone or been replaced: check it again on recovery.
-        self.ready().remove(id);
-        let base = self.inner.settings.breaker_cooldown;
-        let mut breakers = self.breakers();
-        let breaker = breakers.entry(id.clone()).or_insert(Breaker {
-            failures: 0,
-            open_until: Instant::now(),
-        });
-        breaker.failures = breaker.failures.saturating_add(1);
-        let pause = base
-            .saturating_mul(1 << breaker.failures.saturating_sub(1).min(16))
-            .min(MAX_COOLDOWN);
-        breaker.open_until = Instant::now() + pause;
-        tracing::warn!(tenant_id = %id, pause_secs = pause.as_secs(), "tenant database failing; pausing attempts");
-        pause.as_secs().max(1)
-    }
-
-    fn reset_breaker(&self, id: &TenantId) {
-        if self.breakers().remove(id).is_some() {
-            tracing::info!(tenant_id = %id, "tenant database recovered");
-        }
-    }
-
     /// Runs `work` on a connection of its own to the tenant's database (pointed at
     /// its schema), for what needs sea-orm's own connection type, such as the
     /// migrator. The connection holds one of the server's slots while it lives.
@@ -657,130 +438,6 @@ impl TenantRegistry {
         let _ = db.close().await;
         drop(slot);
         Ok(result?)
-    }
-
-    /// Called when a request of `tenant` that started at `started` could not use its
-    /// database. A certain failure trips the breaker and drops the handle, so that
-    /// the next requests fail fast; reports about a handle built since, or already
-    /// reported, change nothing.
-    pub async fn report_unavailable(
-        &self,
-        tenant: &TenantId,
-        cause: UnavailableCause,
-        started: Instant,
-    ) {
-        let Some(handle) = self.inner.handles.get(tenant).await else {
-            return;
-        };
-        let failed = match cause {
-            UnavailableCause::DatabaseFailed => true,
-            UnavailableCause::AcquireTimeout => handle.pool.stats().open == 0,
-            UnavailableCause::Router => false,
-        };
-        if !failed || handle.opened_at > started || handle.reported.swap(true, Ordering::Relaxed) {
-            return;
-        }
-        self.trip_breaker(tenant);
-        self.inner.handles.invalidate(tenant).await;
-    }
-
-    /// Whether the tenant has a handle now (it has been used recently).
-    pub fn is_open(&self, id: &TenantId) -> bool {
-        self.inner.handles.contains_key(id)
-    }
-
-    /// Each tenant handle: connections held, its cap, and where its pool is.
-    pub fn pool_details(&self) -> Vec<PoolDetail> {
-        let mut details: Vec<PoolDetail> = self
-            .inner
-            .handles
-            .iter()
-            .map(|(id, handle)| {
-                let pool = handle.pool.stats();
-                PoolDetail {
-                    tenant_id: (*id).clone(),
-                    connections: handle.in_use(),
-                    max_connections: handle.max_connections,
-                    server: pool.server,
-                    database: pool.database,
-                }
-            })
-            .collect();
-        details.sort_by(|a, b| a.tenant_id.cmp(&b.tenant_id));
-        details
-    }
-
-    /// Each connection pool, with the number of tenant handles using it.
-    pub fn connection_pools(&self) -> Vec<ConnectionPoolDetail> {
-        let mut tenants: HashMap<*const ConnPool, u32> = HashMap::new();
-        for (_, handle) in self.inner.handles.iter() {
-            *tenants.entry(Arc::as_ptr(&handle.pool)).or_default() += 1;
-        }
-        let pools: Vec<Arc<ConnPool>> = self
-            .inner
-            .pools
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .values()
-            .filter_map(Weak::upgrade)
-            .collect();
-        let mut details: Vec<ConnectionPoolDetail> = pools
-            .iter()
-            .map(|pool| ConnectionPoolDetail {
-                pool: pool.stats(),
-                tenants: tenants.get(&Arc::as_ptr(pool)).copied().unwrap_or(0),
-            })
-            .collect();
-        details.sort_by(|a, b| {
-            (&a.pool.server, &a.pool.database).cmp(&(&b.pool.server, &b.pool.database))
-        });
-        details
-    }
-
-    /// Each server's connections and budget.
-    pub fn servers(&self) -> Vec<ServerStats> {
-        let mut servers: Vec<ServerStats> = self
-            .inner
-            .servers
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .values()
-            .map(|s| s.stats())
-            .collect();
-        servers.sort_by(|a, b| a.server.cmp(&b.server));
-        servers
-    }
-
-    /// Ids of the tenants with a handle.
-    pub fn open_pools(&self) -> Vec<TenantId> {
-        let mut ids: Vec<TenantId> = self
-            .inner
-            .handles
-            .iter()
-            .map(|(k, _)| (*k).clone())
-            .collect();
-        ids.sort();
-        ids
-    }
-
-    /// Counters of handles built, open, closed and failed, and connections open.
-    pub fn stats(&self) -> PoolStats {
-        let c = &self.inner.counters;
-        let connections_open = self.servers().iter().map(|s| s.open).sum();
-        PoolStats {
-            pools_built: c.built.load(Ordering::Relaxed),
-            pools_open: c.open.load(Ordering::Relaxed),
-            pools_closed: c.closed.load(Ordering::Relaxed),
-            pool_failures: c.failures.load(Ordering::Relaxed),
-            short_circuited: c.short_circuited.load(Ordering::Relaxed),
-            budget_timeouts: c.budget_timeouts.load(Ordering::Relaxed),
-            connections_open,
-            connections_budget: self
-                .inner
-                .settings
-                .max_total_connections
-                .map_or(0, u64::from),
-        }
     }
 
     /// Runs pending handle evictions (idle and capacity) and closes connections
