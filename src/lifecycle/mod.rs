@@ -1,0 +1,257 @@
+//! Tenant lifecycle without restarts: provisioning, changing, suspending and
+//! removing tenants, kept in the control database and applied to the registry of
+//! this replica at once and of the others on their next poll.
+//!
+//! The registry serves the tenants of `tenants.toml` and `TENANT_CONFIGS` (the
+//! base) with the control database's rows on top: a row replaces a base entry with
+//! the same id (a change made through the API to a file tenant).
+
+mod provision;
+mod recovery;
+mod reload;
+
+pub use recovery::{UnfinishedView, this_process};
+pub use reload::{spawn_poller, spawn_reload_on_sighup};
+
+use std::{
+    collections::HashSet,
+    sync::{Arc, Mutex, RwLock},
+};
+
+use sea_orm::DbErr;
+use serde_json::{Map, Value};
+
+use crate::{
+    control::{ControlStore, Fingerprint},
+    db,
+    error::{AppError, Result},
+    registry::TenantRegistry,
+    settings::PoolSettings,
+    tenant::{ConfigError, TenantConfig, TenantId, TenantSource, parse_tenant_entry},
+};
+
+/// Fields `PATCH /api/admin/tenants/{id}` may change.
+const PATCHABLE: [&str; 8] = [
+    "is_active",
+    "features",
+    "branding",
+    "contact_info",
+    "gst_number",
+    "domain",
+    "subdomain",
+    "max_connections",
+];
+
+/// Provisioning, changes and removal of tenants.
+pub struct Lifecycle {
+    registry: TenantRegistry,
+    control: ControlStore,
+    base: RwLock<Vec<TenantConfig>>,
+    pools: PoolSettings,
+    /// `IGNORED_SUBDOMAINS`: labels no tenant may take.
+    ignored_subdomains: Vec<String>,
+    seen: Mutex<Option<Fingerprint>>,
+}
+
+/// The base tenants with the control rows on top. A control row whose subdomain
+/// another tenant already uses is left out (and logged).
+pub fn merge(base: &[TenantConfig], control: Vec<TenantConfig>) -> Vec<TenantConfig> {
+    let overridden: HashSet<&TenantId> = control.iter().map(|t| &t.id).collect();
+    let mut merged: Vec<TenantConfig> = base
+        .iter()
+        .filter(|t| !overridden.contains(&t.id))
+        .cloned()
+        .collect();
+    let mut labels: HashSet<String> = merged.iter().map(|t| t.subdomain.clone()).collect();
+    let mut storages: HashSet<String> =
+        merged.iter().filter_map(|t| t.storage_identity()).collect();
+    for tenant in control {
+        if labels.contains(&tenant.subdomain) {
+            tracing::error!(tenant_id = %tenant.id, subdomain = %tenant.subdomain, "control database tenant left out: its subdomain is taken");
+        } else if let Some(storage) = tenant.storage_identity()
+            && storages.contains(&storage)
+        {
+            tracing::error!(tenant_id = %tenant.id, "control database tenant left out: another tenant uses its database");
+        } else {
+            labels.insert(tenant.subdomain.clone());
+            storages.extend(tenant.storage_identity());
+            merged.push(tenant);
+        }
+    }
+    merged.sort_by(|a, b| a.id.cmp(&b.id));
+    merged
+}
+
+fn validation(errors: Vec<ConfigError>) -> AppError {
+    let field = errors.first().map(|e| e.field.clone());
+    let message = errors
+        .iter()
+        .map(|e| format!("{}: {}", e.field, e.message))
+        .collect::<Vec<_>>()
+        .join("; ");
+    AppError::Validation { field, message }
+}
+
+fn storage_error(step: &str, err: &DbErr) -> AppError {
+    tracing::warn!(step, error = %db::redact_error(err), "provisioning step failed");
+    if db::is_unavailable(err) {
+        AppError::TenantUnavailable {
+            retry_after_secs: 1,
+            cause: crate::error::UnavailableCause::Router,
+        }
+    } else {
+        AppError::internal(format!("{step}: {}", db::redact_error(err)))
+    }
+}
+
+impl Lifecycle {
+    pub fn new(
+        registry: TenantRegistry,
+        control: ControlStore,
+        base: Vec<TenantConfig>,
+        pools: PoolSettings,
+        ignored_subdomains: Vec<String>,
+    ) -> Self {
+        Self {
+            registry,
+            control,
+            base: RwLock::new(base),
+            pools,
+            ignored_subdomains,
+            seen: Mutex::new(None),
+        }
+    }
+
+    fn base(&self) -> Vec<TenantConfig> {
+        self.base.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Replaces the base tenants (a reload of the file) and re-applies the control
+    /// rows on top.
+    pub async fn set_base(&self, base: Vec<TenantConfig>) -> Result<(), DbErr> {
+        *self.base.write().unwrap_or_else(|p| p.into_inner()) = base;
+        self.refresh().await
+    }
+
+    /// Reloads the control rows into the registry.
+    pub async fn refresh(&self) -> Result<(), DbErr> {
+        let (rows, errors) = self.control.load().await?;
+        for e in errors {
+            tracing::error!(error = %e, "control database tenant left out");
+        }
+        self.registry.replace_all(merge(&self.base(), rows)).await;
+        Ok(())
+    }
+
+    /// Refreshes when the control database changed since the last look: how a
+    /// change made through another replica reaches this one.
+    pub async fn poll(&self) -> Result<bool, DbErr> {
+        let now = self.control.fingerprint().await?;
+        let changed = {
+            let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+            let changed = seen.as_ref() != Some(&now);
+            *seen = Some(now);
+            changed
+        };
+        if changed {
+            self.refresh().await?;
+        }
+        Ok(changed)
+    }
+
+    /// Applies a partial change (activate or suspend, features, branding, contact
+    /// details, domain, subdomain, pool size); takes effect on the next request.
+    pub async fn update(&self, id: &str, patch: Value) -> Result<Arc<TenantConfig>> {
+        let current = self.existing(id)?;
+        let Value::Object(patch) = patch else {
+            return Err(AppError::validation("body", "expected a JSON object"));
+        };
+        let mut entry: Map<String, Value> = match current.to_entry() {
+            Value::Object(map) => map,
+            _ => return Err(AppError::internal("tenant entry is not an object")),
+        };
+        for (key, value) in patch {
+            if !PATCHABLE.contains(&key.as_str()) {
+                return Err(AppError::validation(
+                    key.clone(),
+                    format!(
+                        "{key} cannot be changed here (changeable: {})",
+                        PATCHABLE.join(", ")
+                    ),
+                ));
+            }
+            entry.insert(key, value);
+        }
+        let mut config = parse_tenant_entry(id, &Value::Object(entry), TenantSource::Control)
+            .map_err(validation)?;
+        // The same tenant, changed: its tokens stay good.
+        config.generation = current.generation.clone();
+        self.check_free(&config, Some(&current.id))?;
+        self.control
+            .save(&config)
+            .await
+            .map_err(|e| storage_error("save", &e))?;
+        self.registry.upsert(config).await;
+        tracing::info!(tenant_id = %id, "tenant changed");
+        self.existing(id)
+    }
+
+    /// Removes a tenant added at run time: its row goes, its pool closes, and its
+    /// storage is dropped only when `drop_storage` says so.
+    pub async fn deprovision(&self, id: &str, drop_storage: bool) -> Result<()> {
+        let current = self.existing(id)?;
+        if current.source != TenantSource::Control {
+            return Err(AppError::Conflict(format!(
+                "tenant '{id}' is defined in the tenants file or TENANT_CONFIGS: remove it there"
+            )));
+        }
+        // Dropping a database takes the schemas of other tenants in it along.
+        if drop_storage
+            && let Some(storage) = current.storage_identity()
+            && let Some(other) = self.registry.list().into_iter().find(|t| {
+                t.id != current.id
+                    && t.storage_identity()
+                        .is_some_and(|s| s.starts_with(&format!("{storage}/")))
+            })
+        {
+            return Err(AppError::Conflict(format!(
+                "tenant '{}' keeps its schema in this database: remove it first, or remove this tenant without drop_database",
+                other.id
+            )));
+        }
+        self.control
+            .delete(id)
+            .await
+            .map_err(|e| storage_error("delete", &e))?;
+        self.registry.remove(&current.id).await;
+        if drop_storage {
+            self.drop_storage(&current)
+                .await
+                .map_err(|e| storage_error("drop storage", &e))?;
+        }
+        // A file tenant that the removed row had overridden comes back.
+        self.refresh()
+            .await
+            .map_err(|e| storage_error("refresh", &e))?;
+        tracing::info!(tenant_id = %id, dropped_storage = drop_storage, "tenant deprovisioned");
+        Ok(())
+    }
+
+    /// Drops the tenant's storage and forgets it was initialised, so a tenant
+    /// there later starts afresh.
+    async fn drop_storage(&self, config: &TenantConfig) -> Result<(), DbErr> {
+        db::drop_storage(config, &self.pools).await?;
+        if let Some(key) = db::storage_key(config)? {
+            self.control.forget_storage(&key).await?;
+        }
+        Ok(())
+    }
+
+    fn existing(&self, raw: &str) -> Result<Arc<TenantConfig>> {
+        let id =
+            TenantId::parse(raw).map_err(|m| AppError::InvalidTenantId(format!("path: {m}")))?;
+        self.registry
+            .get(id.as_str())
+            .ok_or_else(|| AppError::TenantNotFound(id.to_string()))
+    }
+}

@@ -1,0 +1,204 @@
+//! Provisioning a tenant: validate the entry, claim its id and storage in the
+//! control database, make and migrate its storage, create its first owner, and
+//! register it; each step recorded so that a crash leaves it complete or undone.
+
+use std::sync::Arc;
+
+use serde_json::Value;
+
+use super::{Lifecycle, storage_error, this_process, validation};
+use crate::{
+    auth::users::{self, NewUser},
+    control::Claim,
+    db, demo,
+    error::{AppError, Result},
+    tenant::{TenantConfig, TenantId, TenantSource, parse_tenant_entry},
+};
+
+/// The `owner` of a provisioning request: a user whose role is always `owner`,
+/// checked before anything is created.
+fn owner_from(value: Value) -> Result<NewUser> {
+    let mut owner: NewUser = serde_json::from_value(value)
+        // serde's message may quote a value, and the value may be the password.
+        .map_err(|_| {
+            AppError::validation(
+                "owner",
+                "owner must be an object with username, password and optionally email",
+            )
+        })?;
+    owner.role = crate::auth::Role::Owner.as_str().into();
+    users::normalize_username(&owner.username).map_err(|_| {
+        AppError::validation("owner.username", "owner.username is not a valid username")
+    })?;
+    crate::auth::password::check_policy(&owner.password)
+        .map_err(|m| AppError::validation("owner.password", format!("owner.{m}")))?;
+    Ok(owner)
+}
+
+impl Lifecycle {
+    /// Provisions a tenant from `body` (the fields of a tenants-file entry, plus
+    /// `id` and optionally `seed_demo_data`): validate, claim the id, create and
+    /// migrate its storage, seed, register. A failure undoes what this call made,
+    /// so a retry starts clean.
+    pub async fn provision(&self, body: Value) -> Result<Arc<TenantConfig>> {
+        let Value::Object(mut fields) = body else {
+            return Err(AppError::validation("body", "expected a JSON object"));
+        };
+        let id = match fields.remove("id") {
+            Some(Value::String(id)) => id,
+            Some(_) => return Err(AppError::validation("id", "id must be a string")),
+            None => return Err(AppError::validation("id", "id is required")),
+        };
+        let seed = match fields.remove("seed_demo_data") {
+            None | Some(Value::Bool(false)) => false,
+            Some(Value::Bool(true)) => true,
+            Some(_) => {
+                return Err(AppError::validation(
+                    "seed_demo_data",
+                    "seed_demo_data must be true or false",
+                ));
+            }
+        };
+        let owner = fields.remove("owner").map(owner_from).transpose()?;
+        let mut config = parse_tenant_entry(&id, &Value::Object(fields), TenantSource::Control)
+            .map_err(validation)?;
+        // A new incarnation: tokens of an earlier tenant with this id are refused.
+        config.generation = uuid::Uuid::new_v4().simple().to_string();
+        self.check_free(&config, None)?;
+        match self
+            .control
+            .claim(&config, this_process())
+            .await
+            .map_err(|e| storage_error("claim", &e))?
+        {
+            Claim::Claimed => {}
+            Claim::IdTaken => {
+                return Err(AppError::Conflict(format!(
+                    "tenant '{}' already exists",
+                    config.id
+                )));
+            }
+            Claim::StorageOrSubdomainTaken => {
+                return Err(AppError::Conflict(
+                    "another tenant has this database or subdomain".into(),
+                ));
+            }
+        }
+        match self.make_storage(&config, seed, owner).await {
+            Ok(()) => {}
+            Err(e) => {
+                if let Err(undo) = self.control.delete(config.id.as_str()).await {
+                    tracing::error!(tenant_id = %config.id, error = %db::redact_error(&undo), "could not release the claim");
+                }
+                return Err(e);
+            }
+        }
+        self.control
+            .mark_ready(config.id.as_str())
+            .await
+            .map_err(|e| storage_error("register", &e))?;
+        self.registry.upsert(config.clone()).await;
+        tracing::info!(tenant_id = %config.id, "tenant provisioned");
+        self.registry
+            .get(config.id.as_str())
+            .ok_or_else(|| AppError::internal("provisioned tenant missing from the registry"))
+    }
+
+    /// Creates and migrates the storage, seeds it and creates its first owner; drops
+    /// what it created if a later step fails.
+    pub(super) async fn make_storage(
+        &self,
+        config: &TenantConfig,
+        seed: bool,
+        owner: Option<NewUser>,
+    ) -> Result<()> {
+        let existed = db::storage_exists(config, &self.pools)
+            .await
+            .map_err(|e| storage_error("check storage", &e))?;
+        // Written before anything is made: after a crash, start-up knows whether
+        // the storage is provisioning's to drop.
+        self.control
+            .record_storage(config.id.as_str(), existed)
+            .await
+            .map_err(|e| storage_error("record storage", &e))?;
+        let result = async {
+            db::create_tenant_database(config, &self.pools)
+                .await
+                .map_err(|e| storage_error("create and migrate", &e))?;
+            if seed || owner.is_some() {
+                let pool = db::open_pool(config, 1, &self.pools)
+                    .await
+                    .map_err(|e| storage_error("seed", &e))?;
+                let filled = async {
+                    if seed {
+                        demo::seed(&pool, config)
+                            .await
+                            .map_err(|e| storage_error("seed", &e))?;
+                    }
+                    if let Some(owner) = owner {
+                        crate::audit::create_user_as_operator(&pool, owner, "provisioning").await?;
+                    }
+                    Ok::<(), AppError>(())
+                }
+                .await;
+                let _ = pool.close().await;
+                filled?;
+            }
+            // From now on the storage is known: if it disappears, it is reported,
+            // not made again empty.
+            if let Some(key) = db::storage_key(config).map_err(|e| storage_error("record", &e))? {
+                db::StorageLedger::record_initialised(&self.control, &key, config.id.as_str())
+                    .await
+                    .map_err(|e| storage_error("record", &e))?;
+            }
+            Ok(())
+        }
+        .await;
+        if result.is_err()
+            && !existed
+            && let Err(e) = self.drop_storage(config).await
+        {
+            tracing::error!(tenant_id = %config.id, error = %db::redact_error(&e), "could not remove half-made storage");
+        }
+        result
+    }
+
+    /// A 409 if `config`'s id (when `replacing` is `None`) or subdomain is taken.
+    pub(super) fn check_free(
+        &self,
+        config: &TenantConfig,
+        replacing: Option<&TenantId>,
+    ) -> Result<()> {
+        if let Some(e) = crate::settings::ignored_subdomain_error(config, &self.ignored_subdomains)
+        {
+            return Err(AppError::validation("subdomain", e.message));
+        }
+        if replacing.is_none() && self.registry.get(config.id.as_str()).is_some() {
+            return Err(AppError::Conflict(format!(
+                "tenant '{}' already exists",
+                config.id
+            )));
+        }
+        if let Some(storage) = config.storage_identity()
+            && let Some(other) = self
+                .registry
+                .list()
+                .into_iter()
+                .find(|t| t.id != config.id && t.storage_identity().as_ref() == Some(&storage))
+        {
+            return Err(AppError::Conflict(format!(
+                "the database is already used by tenant '{}': each tenant needs its own database (or schema)",
+                other.id
+            )));
+        }
+        if let Some(owner) = self.registry.by_subdomain(&config.subdomain)
+            && owner != config.id
+        {
+            return Err(AppError::Conflict(format!(
+                "subdomain '{}' belongs to tenant '{owner}'",
+                config.subdomain
+            )));
+        }
+        Ok(())
+    }
+}

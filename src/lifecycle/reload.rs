@@ -1,0 +1,67 @@
+//! Keeping this replica's registry current: polling the control database, and
+//! reloading `tenants.toml` on SIGHUP.
+
+use std::time::Duration;
+
+use super::Lifecycle;
+use crate::db;
+
+/// Polls the control database every `every` so that changes made through other
+/// replicas arrive here. Ends when the lifecycle is dropped.
+pub fn spawn_poller(lifecycle: std::sync::Weak<Lifecycle>, every: Duration) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let Some(lifecycle) = lifecycle.upgrade() else {
+                break;
+            };
+            if let Err(e) = lifecycle.poll().await {
+                tracing::warn!(error = %db::redact_error(&e), "polling the control database failed");
+            }
+        }
+    });
+}
+
+/// Reloads the tenants file and `TENANT_CONFIGS` on SIGHUP. The registry is swapped
+/// whole, so requests in flight finish on the configuration they started with and
+/// none is dropped; an invalid file keeps the old configuration and logs why.
+pub fn spawn_reload_on_sighup(
+    lifecycle: std::sync::Weak<Lifecycle>,
+    settings: crate::settings::Settings,
+) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut hangups = match signal(SignalKind::hangup()) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for SIGHUP; reload is off");
+                return;
+            }
+        };
+        tokio::spawn(async move {
+            while hangups.recv().await.is_some() {
+                let Some(lifecycle) = lifecycle.upgrade() else {
+                    break;
+                };
+                match settings.load_tenants() {
+                    Ok(base) => match lifecycle.set_base(base).await {
+                        Ok(()) => tracing::info!("tenants reloaded on SIGHUP"),
+                        Err(e) => {
+                            tracing::error!(error = %db::redact_error(&e), "reload failed; keeping the old tenants")
+                        }
+                    },
+                    Err(errors) => {
+                        for e in errors {
+                            tracing::error!(error = %e, "reload refused: invalid tenant configuration; keeping the old tenants");
+                        }
+                    }
+                }
+            }
+        });
+    }
+    #[cfg(not(unix))]
+    let _ = (lifecycle, settings);
+}
