@@ -4,14 +4,18 @@
 //! `MULTI_TENANT_ENABLED`, ...). Only those names are read, so an unrelated variable
 //! in the environment can never change the service.
 
-use std::{collections::HashMap, path::PathBuf, time::Duration};
+use std::{collections::HashMap, path::PathBuf};
 
 use config::{Config, Environment, File, FileFormat};
 use serde::Deserialize;
 
 use crate::secret::Secret;
 
+mod parts;
+mod secret_key;
 mod tenants;
+
+pub use parts::{AuthMode, IdentifySettings, JWT_SECRET_MIN_LEN, PoolSettings};
 
 pub use tenants::{
     check_ignored_subdomains, ignored_subdomain_error, load_tenants, parse_tenants_json,
@@ -332,52 +336,6 @@ impl Settings {
         self.app_env == "production"
     }
 
-    pub fn auth_mode(&self) -> Result<AuthMode, String> {
-        match self.auth_mode.as_str() {
-            "jwt" => Ok(AuthMode::Jwt),
-            "none" => Ok(AuthMode::None),
-            other => Err(format!(
-                "settings: AUTH_MODE must be jwt or none, not '{other}'"
-            )),
-        }
-    }
-
-    /// The box that seals database URLs in the control database: `SECRET_KEY` (and
-    /// `SECRET_KEY_PREVIOUS`), or else a key generated once into `SECRET_KEY_FILE`.
-    pub fn secret_box(&self) -> Result<crate::secret::SecretBox, String> {
-        use crate::secret::SecretBox;
-        let previous = self
-            .secret_key_previous
-            .as_ref()
-            .map(|k| k.expose().to_string());
-        if let Some(key) = &self.secret_key {
-            return SecretBox::from_hex(key.expose(), previous.as_deref())
-                .map_err(|e| format!("settings: {e}"));
-        }
-        let path = &self.secret_key_file;
-        let key = match std::fs::read_to_string(path) {
-            Ok(key) => key,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                let key = SecretBox::generate_hex();
-                match write_private_once(path, &key) {
-                    Ok(true) => {
-                        tracing::warn!(file = %path.display(), "SECRET_KEY is not set: generated a key into this file; set SECRET_KEY in production");
-                        key
-                    }
-                    // Another process (a replica starting beside this one) got there first.
-                    Ok(false) => std::fs::read_to_string(path)
-                        .map_err(|e| format!("settings: cannot read {}: {e}", path.display()))?,
-                    Err(e) => {
-                        return Err(format!("settings: cannot write {}: {e}", path.display()));
-                    }
-                }
-            }
-            Err(e) => return Err(format!("settings: cannot read {}: {e}", path.display())),
-        };
-        SecretBox::from_hex(&key, previous.as_deref())
-            .map_err(|e| format!("settings: {}: {e}", path.display()))
-    }
-
     /// The tenants file to read, and whether its absence is an error.
     pub fn tenants_file(&self) -> (PathBuf, bool) {
         match &self.tenants_file {
@@ -400,124 +358,6 @@ impl Settings {
         check_ignored_subdomains(&tenants, &self.identification().ignored_subdomains)?;
         Ok(tenants)
     }
-
-    pub fn identification(&self) -> IdentifySettings {
-        IdentifySettings {
-            by_subdomain: self.identify_by_subdomain,
-            by_header: self.identify_by_header,
-            by_query: self.identify_by_query,
-            base_domain: self.base_domain.to_ascii_lowercase(),
-            ignored_subdomains: self
-                .ignored_subdomains
-                .split(',')
-                .map(|s| s.trim().to_ascii_lowercase())
-                .filter(|s| !s.is_empty())
-                .collect(),
-        }
-    }
-
-    pub fn pools(&self) -> PoolSettings {
-        PoolSettings {
-            idle_timeout: Duration::from_secs(self.pool_idle_timeout_secs),
-            max_open_pools: self.max_open_pools,
-            max_connections_per_tenant: self
-                .max_connections_per_tenant
-                .or(self.default_max_connections)
-                .unwrap_or(DEFAULT_MAX_CONNECTIONS_PER_TENANT)
-                .max(1),
-            max_connections_per_server: (self.max_connections_per_server > 0)
-                .then_some(self.max_connections_per_server),
-            connection_idle_timeout: Duration::from_secs(self.connection_idle_timeout_secs.max(1)),
-            connect_timeout: Duration::from_secs(self.pool_connect_timeout_secs.max(1)),
-            acquire_timeout: Duration::from_secs(self.pool_acquire_timeout_secs.max(1)),
-            auto_migrate: self.auto_migrate,
-            auto_create_databases: self.auto_create_databases,
-            max_total_connections: (self.max_total_connections > 0)
-                .then_some(self.max_total_connections),
-            breaker_cooldown: Duration::from_secs(self.breaker_cooldown_secs.max(1)),
-        }
-    }
-}
-
-/// Writes a new file readable by its owner only.
-/// Creates `path` (mode 0600) holding `text`, all or nothing: the text goes to a
-/// temporary file that is synced and then linked to `path`, so a crash at any moment
-/// leaves either no file or the whole text, never an empty or partial key. `Ok(false)`
-/// when `path` already exists (it is left as it is).
-fn write_private_once(path: &std::path::Path, text: &str) -> std::io::Result<bool> {
-    use std::io::Write;
-    let dir = match path.parent() {
-        Some(dir) if !dir.as_os_str().is_empty() => dir,
-        _ => std::path::Path::new("."),
-    };
-    std::fs::create_dir_all(dir)?;
-    let name = path.file_name().unwrap_or_default().to_string_lossy();
-    let temp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
-    // A temporary file of an earlier crashed process with the same pid.
-    let _ = std::fs::remove_file(&temp);
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create_new(true);
-    #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    let written = (|| {
-        let mut file = options.open(&temp)?;
-        file.write_all(text.as_bytes())?;
-        file.sync_all()
-    })();
-    let linked = written.and_then(|()| std::fs::hard_link(&temp, path));
-    let _ = std::fs::remove_file(&temp);
-    match linked {
-        Ok(()) => {
-            // Make the new name itself durable.
-            if let Ok(dir) = std::fs::File::open(dir) {
-                let _ = dir.sync_all();
-            }
-            Ok(true)
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(false),
-        Err(e) => Err(e),
-    }
-}
-
-/// Which request parts may name the tenant, and the base domain for subdomains.
-#[derive(Debug, Clone)]
-pub struct IdentifySettings {
-    pub by_subdomain: bool,
-    pub by_header: bool,
-    pub by_query: bool,
-    pub base_domain: String,
-    pub ignored_subdomains: Vec<String>,
-}
-
-/// `AUTH_MODE`: `jwt` (every tenant route needs a token or key) or `none` (a gateway
-/// in front has authenticated the caller; every request acts as an owner).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum AuthMode {
-    Jwt,
-    None,
-}
-
-/// The shortest `JWT_SECRET` accepted, in bytes (HS256 wants a key as long as
-/// its hash).
-pub const JWT_SECRET_MIN_LEN: usize = 32;
-
-/// Bounds on the tenant handles and connections the registry keeps open.
-#[derive(Debug, Clone)]
-pub struct PoolSettings {
-    /// How long a tenant's handle lives unused.
-    pub idle_timeout: Duration,
-    pub max_open_pools: u64,
-    pub max_connections_per_tenant: u32,
-    /// `None`: read from each server.
-    pub max_connections_per_server: Option<u32>,
-    /// How long a connection may sit idle in its pool before it is closed.
-    pub connection_idle_timeout: Duration,
-    pub connect_timeout: Duration,
-    pub acquire_timeout: Duration,
-    pub auto_migrate: bool,
-    pub auto_create_databases: bool,
-    pub max_total_connections: Option<u32>,
-    pub breaker_cooldown: Duration,
 }
 
 #[cfg(test)]
@@ -635,25 +475,5 @@ mod tests {
         assert!(
             Settings::from_map(&env(&[("APP_ENV", "production"), ("AUTH_MODE", "none")])).is_ok()
         );
-    }
-
-    #[test]
-    fn a_generated_key_file_is_written_once_whole_and_leaves_no_temporary_file() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("keys").join("secret.key");
-        assert!(write_private_once(&path, "first").unwrap());
-        assert!(!write_private_once(&path, "second").unwrap());
-        assert_eq!(std::fs::read_to_string(&path).unwrap(), "first");
-        let names: Vec<_> = std::fs::read_dir(path.parent().unwrap())
-            .unwrap()
-            .map(|e| e.unwrap().file_name())
-            .collect();
-        assert_eq!(names, vec![std::ffi::OsString::from("secret.key")]);
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::PermissionsExt;
-            let mode = std::fs::metadata(&path).unwrap().permissions().mode();
-            assert_eq!(mode & 0o777, 0o600);
-        }
     }
 }
