@@ -1,0 +1,87 @@
+//! `tenant-router migrate --all`: every tenant's migrations, a bounded number at a
+//! time, with a row per tenant.
+
+use std::{io::IsTerminal, process::ExitCode};
+
+use serde_json::json;
+
+use super::{MigrateArgs, context, fail};
+use crate::{
+    fleet::{FleetOptions, Outcome, migrate_fleet},
+    settings::Settings,
+    tenant::TenantConfig,
+};
+
+/// Runs `migrate`: exit 0 when every tenant is up to date or migrated (or, in a dry
+/// run, checked), 1 when any failed, 2 on bad usage.
+pub async fn migrate(settings: Settings, args: MigrateArgs) -> ExitCode {
+    let ctx = match context(settings).await {
+        Ok(ctx) => ctx,
+        Err(e) => return fail(e),
+    };
+    let mut tenants: Vec<TenantConfig> =
+        ctx.registry.list().iter().map(|t| (**t).clone()).collect();
+    if !args.all {
+        for id in &args.tenant {
+            if ctx.registry.get(id).is_none() {
+                return fail(format!("no tenant '{id}'"));
+            }
+        }
+        tenants.retain(|t| args.tenant.iter().any(|id| id == t.id.as_str()));
+    }
+    let on_terminal = std::io::stderr().is_terminal();
+    let started = std::time::Instant::now();
+    let rows = migrate_fleet(
+        tenants,
+        &ctx.settings.pools(),
+        FleetOptions {
+            concurrency: args.concurrency,
+            dry_run: args.dry_run,
+        },
+        Some(&ctx.control),
+        |done, total| {
+            if on_terminal {
+                let width = 30;
+                let filled = (done * width).checked_div(total).unwrap_or(width);
+                eprint!(
+                    "\r[{}{}] {done}/{total}",
+                    "#".repeat(filled),
+                    " ".repeat(width - filled)
+                );
+                if done == total {
+                    eprintln!();
+                }
+            }
+        },
+    )
+    .await;
+    let count = |o: Outcome| rows.iter().filter(|r| r.status == o).count();
+    let failed = count(Outcome::Failed);
+    for row in rows.iter().filter(|r| r.status == Outcome::Failed) {
+        eprintln!(
+            "failed: {}: {}",
+            row.tenant_id,
+            row.error.as_deref().unwrap_or("unknown error")
+        );
+    }
+    println!(
+        "{} tenants in {:.1} s: {} migrated, {} up to date, {} pending, {} failed",
+        rows.len(),
+        started.elapsed().as_secs_f64(),
+        count(Outcome::Migrated),
+        count(Outcome::UpToDate),
+        count(Outcome::Pending),
+        failed
+    );
+    if let Some(path) = &args.report {
+        let report = json!({ "dry_run": args.dry_run, "tenants": rows });
+        if let Err(e) = std::fs::write(path, format!("{report:#}\n")) {
+            return fail(format!("cannot write the report {}: {e}", path.display()));
+        }
+    }
+    if failed > 0 {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    }
+}

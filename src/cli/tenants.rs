@@ -1,0 +1,194 @@
+//! `tenant-router tenants …`: list, show, create, change, suspend, remove and
+//! migrate tenants, add users, and see or abandon unfinished provisionings, on the
+//! control database the admin API uses.
+
+use std::{io::IsTerminal, process::ExitCode};
+
+use serde_json::{Value, json};
+
+use super::{AddUserArgs, Context, TenantCommand, context, fail};
+use crate::{settings::Settings, tenant::TenantConfig};
+
+/// The environment variable a new user's password may come in (never an argument,
+/// which other users of the machine can read in the process list).
+pub const PASSWORD_ENV: &str = "TENANT_USER_PASSWORD";
+
+/// The password from [`PASSWORD_ENV`], or the first line of standard input.
+fn read_password() -> Result<String, String> {
+    if let Ok(password) = std::env::var(PASSWORD_ENV) {
+        return Ok(password);
+    }
+    if std::io::stdin().is_terminal() {
+        eprint!("password: ");
+    }
+    let mut line = String::new();
+    std::io::stdin()
+        .read_line(&mut line)
+        .map_err(|e| format!("cannot read the password: {e}"))?;
+    let password = line.trim_end_matches(['\r', '\n']).to_string();
+    if password.is_empty() {
+        return Err(format!(
+            "no password: set {PASSWORD_ENV} or write it on standard input"
+        ));
+    }
+    Ok(password)
+}
+
+fn view(t: &TenantConfig) -> Value {
+    json!({
+        "id": t.id,
+        "domain": t.domain,
+        "subdomain": t.subdomain,
+        "features": t.features,
+        "branding": t.branding,
+        "gst_number": t.gst_number,
+        "contact_info": t.contact_info,
+        "is_active": t.is_active,
+        "isolation": t.isolation,
+        "source": t.source,
+    })
+}
+
+/// Runs a `tenants` command.
+pub async fn tenants(settings: Settings, command: TenantCommand) -> ExitCode {
+    let ctx = match context(settings).await {
+        Ok(ctx) => ctx,
+        Err(e) => return fail(e),
+    };
+    let result = match command {
+        TenantCommand::List => {
+            for t in ctx.registry.list() {
+                println!(
+                    "{:<32} {:<14} {:<8} {:<9} {}",
+                    t.id.as_str(),
+                    format!("{:?}", t.domain).to_lowercase(),
+                    format!("{:?}", t.source).to_lowercase(),
+                    if t.is_active { "active" } else { "suspended" },
+                    t.subdomain
+                );
+            }
+            Ok(())
+        }
+        TenantCommand::Show { id } => match ctx.registry.get(&id) {
+            Some(t) => {
+                println!("{:#}", view(&t));
+                Ok(())
+            }
+            None => Err(format!("no tenant '{id}'")),
+        },
+        TenantCommand::Create(args) => {
+            let mut body = json!({
+                "id": args.id,
+                "database_url": args.database_url,
+                "domain": args.domain,
+                "seed_demo_data": args.seed_demo_data,
+            });
+            if let Some(s) = args.subdomain {
+                body["subdomain"] = json!(s);
+            }
+            if let Some(i) = args.isolation {
+                body["isolation"] = json!(i);
+            }
+            if let Some(c) = args.company_name {
+                body["branding"] = json!({ "company_name": c });
+            }
+            if let Some(owner) = args.owner {
+                match read_password() {
+                    Ok(password) => {
+                        body["owner"] = json!({ "username": owner, "password": password });
+                    }
+                    Err(e) => return fail(e),
+                }
+            }
+            ctx.lifecycle
+                .provision(body)
+                .await
+                .map(|t| println!("{:#}", view(&t)))
+                .map_err(|e| e.to_string())
+        }
+        TenantCommand::AddUser(args) => add_user(&ctx, args).await,
+        TenantCommand::Suspend { id } => ctx
+            .lifecycle
+            .update(&id, json!({ "is_active": false }))
+            .await
+            .map(|_| println!("suspended {id}"))
+            .map_err(|e| e.to_string()),
+        TenantCommand::Activate { id } => ctx
+            .lifecycle
+            .update(&id, json!({ "is_active": true }))
+            .await
+            .map(|_| println!("activated {id}"))
+            .map_err(|e| e.to_string()),
+        TenantCommand::Reencrypt => ctx
+            .control
+            .reseal_all()
+            .await
+            .map(|n| println!("sealed {n} database URLs with the current key"))
+            .map_err(|e| crate::db::redact_error(&e)),
+        TenantCommand::Unfinished => ctx
+            .lifecycle
+            .unfinished()
+            .await
+            .map(|rows| {
+                for row in rows {
+                    println!(
+                        "{:<32} {:<11} storage {:<8} {} {}",
+                        row.id,
+                        if row.abandoned {
+                            "abandoned"
+                        } else {
+                            "under way"
+                        },
+                        match row.made_storage {
+                            Some(true) => "new",
+                            Some(false) => "existing",
+                            None => "-",
+                        },
+                        row.updated_at.to_rfc3339(),
+                        row.claimed_by.as_deref().unwrap_or("-"),
+                    );
+                }
+            })
+            .map_err(|e| e.to_string()),
+        TenantCommand::Abandon { id, force } => ctx
+            .lifecycle
+            .abandon(&id, force)
+            .await
+            .map(|_| println!("rolled back the provisioning of {id}"))
+            .map_err(|e| e.to_string()),
+        TenantCommand::Delete { id, drop_database } => ctx
+            .lifecycle
+            .deprovision(&id, drop_database)
+            .await
+            .map(|_| println!("deleted {id}"))
+            .map_err(|e| e.to_string()),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => fail(e),
+    }
+}
+
+async fn add_user(ctx: &Context, args: AddUserArgs) -> Result<(), String> {
+    let tenant = ctx
+        .registry
+        .get(&args.id)
+        .ok_or_else(|| format!("no tenant '{}'", args.id))?;
+    let new = crate::auth::users::NewUser {
+        username: args.username,
+        password: read_password()?,
+        email: args.email,
+        role: args.role,
+    };
+    let db = ctx
+        .registry
+        .connect(&tenant)
+        .await
+        .map_err(|e| e.to_string())?;
+    let created = crate::audit::create_user_as_operator(&db, new, "cli").await;
+    drop(db);
+    ctx.registry.close_all().await;
+    let user = created.map_err(|e| e.to_string())?;
+    println!("added {} ({}) to {}", user.username, user.role, tenant.id);
+    Ok(())
+}
