@@ -1,0 +1,202 @@
+//! The command line: `migrate --all` and its dry run, tenant commands, users.
+
+use super::*;
+
+#[test]
+fn migrate_all_carries_on_past_a_broken_tenant_and_a_second_run_finishes() {
+    let dir = tempfile::tempdir().unwrap();
+    write_sqlite_tenants(dir.path(), &["t1", "t2", "t3", "t4", "broken"]);
+    // A directory where the broken tenant's database file should be.
+    std::fs::create_dir(dir.path().join("broken.db")).unwrap();
+
+    let report = dir.path().join("report.json");
+    let (code, stdout, stderr) = run(
+        dir.path(),
+        &["migrate", "--all", "--report", report.to_str().unwrap()],
+    );
+    assert_eq!(code, 1, "{stdout}{stderr}");
+    let rows = report_rows(&report);
+    assert_eq!(rows.len(), 5);
+    for row in &rows {
+        if row["tenant_id"] == "broken" {
+            assert_eq!(row["status"], "failed");
+            assert!(
+                row["error"].as_str().is_some_and(|e| !e.is_empty()),
+                "{row}"
+            );
+        } else {
+            assert_eq!(row["status"], "migrated", "{row}");
+            assert!(row["before"].is_null());
+            assert!(row["after"].as_str().is_some(), "{row}");
+        }
+    }
+
+    // Repaired, the second run migrates the broken tenant and only checks the rest.
+    std::fs::remove_dir(dir.path().join("broken.db")).unwrap();
+    let (code, stdout, stderr) = run(
+        dir.path(),
+        &["migrate", "--all", "--report", report.to_str().unwrap()],
+    );
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    for row in report_rows(&report) {
+        let want = if row["tenant_id"] == "broken" {
+            "migrated"
+        } else {
+            "up_to_date"
+        };
+        assert_eq!(row["status"], want, "{row}");
+    }
+}
+
+#[test]
+fn migrate_dry_run_reports_pending_and_changes_nothing() {
+    let dir = dir_with_sqlite_tenant("one");
+    let report = dir.path().join("dry.json");
+    for _ in 0..2 {
+        let (code, _, stderr) = run(
+            dir.path(),
+            &[
+                "migrate",
+                "--tenant",
+                "one",
+                "--dry-run",
+                "--report",
+                report.to_str().unwrap(),
+            ],
+        );
+        assert_eq!(code, 0, "{stderr}");
+        let rows = report_rows(&report);
+        assert_eq!(rows[0]["status"], "pending");
+        assert!(!rows[0]["pending"].as_array().unwrap().is_empty());
+        assert!(
+            !dir.path().join("one.db").exists(),
+            "a dry run created the database file"
+        );
+    }
+    let (code, _, stderr) = run(dir.path(), &["migrate", "--tenant", "nobody"]);
+    assert_eq!(code, 2, "{stderr}");
+}
+
+#[test]
+fn tenant_commands_manage_the_control_database() {
+    let dir = dir_with_sqlite_tenant("from_file");
+    let url = format!("sqlite://{}/cli_made.db", dir.path().display());
+    let (code, stdout, stderr) = run(
+        dir.path(),
+        &[
+            "tenants",
+            "create",
+            "--id",
+            "cli_made",
+            "--database-url",
+            &url,
+            "--domain",
+            "dental",
+            "--seed-demo-data",
+        ],
+    );
+    assert_eq!(code, 0, "{stderr}");
+    assert!(
+        !stdout.contains(&url),
+        "the database URL was printed: {stdout}"
+    );
+    assert!(dir.path().join("cli_made.db").exists());
+
+    let (_, list, _) = run(dir.path(), &["tenants", "list"]);
+    assert!(
+        list.contains("cli_made") && list.contains("from_file"),
+        "{list}"
+    );
+    assert_eq!(run(dir.path(), &["tenants", "suspend", "cli_made"]).0, 0);
+    let (_, shown, _) = run(dir.path(), &["tenants", "show", "cli_made"]);
+    let shown: serde_json::Value = serde_json::from_str(&shown).unwrap();
+    assert_eq!(shown["is_active"], false);
+    assert_eq!(run(dir.path(), &["tenants", "activate", "cli_made"]).0, 0);
+    let (code, _, stderr) = run(dir.path(), &["tenants", "delete", "from_file"]);
+    assert_eq!(code, 2, "a file tenant is not deleted here: {stderr}");
+    assert_eq!(
+        run(
+            dir.path(),
+            &["tenants", "delete", "cli_made", "--drop-database"]
+        )
+        .0,
+        0
+    );
+    assert!(!dir.path().join("cli_made.db").exists());
+    let (_, list, _) = run(dir.path(), &["tenants", "list"]);
+    assert!(!list.contains("cli_made"), "{list}");
+}
+
+#[test]
+fn the_cli_gives_a_new_tenant_its_owner_and_a_file_tenant_its_users() {
+    let dir = dir_with_sqlite_tenant("from_file");
+    let url = format!("sqlite://{}/cli_owned.db", dir.path().display());
+    let create = [
+        "tenants",
+        "create",
+        "--id",
+        "cli_owned",
+        "--database-url",
+        &url,
+        "--owner",
+        "boss",
+    ];
+    // The password comes from the environment (or standard input), never an argument.
+    let (code, out) = run_with(
+        dir.path(),
+        &[("TENANT_USER_PASSWORD", "cli-owner-password")],
+        &create,
+        "",
+    );
+    assert_eq!(code, 0, "{out}");
+    assert!(!out.contains("cli-owner-password"), "{out}");
+    let add = [
+        "tenants",
+        "add-user",
+        "from_file",
+        "--username",
+        "clerk",
+        "--role",
+        "manager",
+    ];
+    let (code, out) = run_with(dir.path(), &[], &add, "clerk-password-1\n");
+    assert_eq!(code, 0, "{out}");
+    let (code, out) = run_with(dir.path(), &[], &add, "clerk-password-1\n");
+    assert_eq!(code, 2, "a second user of that name is refused: {out}");
+    let (code, out) = run_with(
+        dir.path(),
+        &[],
+        &["tenants", "add-user", "from_file", "--username", "weak"],
+        "short\n",
+    );
+    assert_eq!(code, 2, "{out}");
+    assert!(out.contains("password"), "{out}");
+
+    let mut server = Server::start(command(
+        dir.path(),
+        &[
+            ("AUTH_MODE", "jwt"),
+            ("JWT_SECRET", "cli-test-jwt-secret-0123456789abcdef"),
+        ],
+    ));
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let client = reqwest::Client::new();
+        for (tenant, user, password, role) in [
+            ("cli_owned", "boss", "cli-owner-password", "owner"),
+            ("from_file", "clerk", "clerk-password-1", "manager"),
+        ] {
+            let response = client
+                .post(format!("{}/api/auth/login", server.address))
+                .header("X-Tenant-ID", tenant)
+                .json(&serde_json::json!({ "username": user, "password": password }))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(response.status(), 200, "{user}@{tenant}");
+            let body: serde_json::Value = response.json().await.unwrap();
+            assert_eq!(body["role"], role);
+        }
+    });
+    server.stop();
+}

@@ -1,0 +1,230 @@
+//! Starting and stopping: bad configuration refused naming tenant and field,
+//! production's requirements, SIGTERM and SIGHUP.
+
+use super::*;
+
+#[test]
+fn each_kind_of_invalid_entry_stops_start_up_naming_tenant_and_field() {
+    let cases = [
+        (
+            "[tenants.Bad_Id]\ndatabase_url = 'sqlite://a.db'",
+            "Bad_Id",
+            "id",
+        ),
+        (
+            "[tenants.a]\ndatabase_url = 'sqlite://a.db'\ndomain = 'retail'",
+            "a",
+            "domain",
+        ),
+        (
+            "[tenants.a]\ndatabase_url = 'sqlite://a.db'\nfeatures = ['teleport']",
+            "a",
+            "features",
+        ),
+        (
+            "[tenants.a]\ndatabase_url = 'mysql://u:Pw0rdX@h/db'",
+            "a",
+            "database_url",
+        ),
+        (
+            "[tenants.a]\ndatabase_url = 'sqlite://a.db'\nbranding = { primary_color = 'red' }",
+            "a",
+            "branding.primary_color",
+        ),
+        (
+            "[tenants.a_b]\ndatabase_url = 'sqlite://a.db'\n[tenants.c]\ndatabase_url = 'sqlite://c.db'\nsubdomain = 'a-b'",
+            "c",
+            "subdomain",
+        ),
+        (
+            "[tenants.a]\ndatabase_url = 'sqlite://data/a.db?mode=rwc'\n[tenants.b]\ndatabase_url = 'sqlite:data/./a.db'",
+            "b",
+            "database_url",
+        ),
+    ];
+    for (toml, tenant, field) in cases {
+        let stderr = refused_start(toml);
+        let expected = format!("tenant '{tenant}': field '{field}'");
+        assert!(
+            stderr.contains(&expected),
+            "want {expected:?} in:\n{stderr}"
+        );
+        assert!(!stderr.contains("Pw0rdX"), "password leaked:\n{stderr}");
+    }
+}
+
+#[test]
+fn a_missing_tenants_file_is_refused_unless_tenant_configs_is_set() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = command(dir.path(), &[]).output().unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("TENANTS_FILE"));
+
+    let json = format!(
+        r#"{{"solo": {{"database_url": "sqlite://{}/solo.db"}}}}"#,
+        dir.path().display()
+    );
+    let mut server = Server::start(command(dir.path(), &[("TENANT_CONFIGS", &json)]));
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let status = rt.block_on(async {
+        reqwest::Client::new()
+            .get(format!("{}/api/products", server.address))
+            .header("X-Tenant-ID", "solo")
+            .send()
+            .await
+            .unwrap()
+            .status()
+    });
+    assert_eq!(status, 200);
+    server.stop();
+}
+
+#[test]
+fn sigterm_closes_the_server_cleanly() {
+    let dir = dir_with_sqlite_tenant("demo");
+    let mut server = Server::start(command(dir.path(), &[]));
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let status = rt.block_on(async {
+        reqwest::Client::new()
+            .get(format!("{}/api/products", server.address))
+            .header("X-Tenant-ID", "demo")
+            .send()
+            .await
+            .unwrap()
+            .status()
+    });
+    assert_eq!(status, 200);
+    assert!(server.stop());
+    assert!(
+        server.log().contains("tenant pool closed"),
+        "{}",
+        server.log()
+    );
+}
+
+#[test]
+fn sighup_reloads_the_tenants_file_under_load_and_refuses_an_invalid_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let entry = |id: &str| {
+        format!(
+            "[tenants.{id}]\ndatabase_url = 'sqlite://{}/{id}.db'\n",
+            dir.path().display()
+        )
+    };
+    let file = dir.path().join("tenants.toml");
+    std::fs::write(&file, entry("demo")).unwrap();
+    let mut server = Server::start(command(dir.path(), &[]));
+    let pid = server.child.id().to_string();
+    let hangup = || {
+        let status = Command::new("kill").args(["-HUP", &pid]).status().unwrap();
+        assert!(status.success());
+    };
+
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let client = reqwest::Client::new();
+        let address = server.address.clone();
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let load = {
+            let (client, address, stop) = (client.clone(), address.clone(), stop.clone());
+            tokio::spawn(async move {
+                let (mut ok, mut failed) = (0u64, 0u64);
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let status = client
+                        .get(format!("{address}/api/products"))
+                        .header("X-Tenant-ID", "demo")
+                        .send()
+                        .await
+                        .map(|r| r.status().as_u16());
+                    if status.as_ref().is_ok_and(|s| *s == 200) {
+                        ok += 1
+                    } else {
+                        failed += 1
+                    }
+                }
+                (ok, failed)
+            })
+        };
+        let status_of = |id: &'static str| {
+            let (client, address) = (client.clone(), address.clone());
+            async move {
+                client
+                    .get(format!("{address}/api/products"))
+                    .header("X-Tenant-ID", id)
+                    .send()
+                    .await
+                    .unwrap()
+                    .status()
+                    .as_u16()
+            }
+        };
+        assert_eq!(status_of("extra").await, 404);
+
+        // A new tenant in the file is served after SIGHUP, with no restart.
+        std::fs::write(&file, format!("{}{}", entry("demo"), entry("extra"))).unwrap();
+        hangup();
+        let mut served = false;
+        for _ in 0..50 {
+            if status_of("extra").await == 200 {
+                served = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(served, "extra never served after SIGHUP");
+
+        // An invalid file is refused and the old tenants stay.
+        std::fs::write(
+            &file,
+            format!(
+                "{}[tenants.broken]\ndatabase_url = 'sqlite://x.db'\ndomain = 'retail'\n",
+                entry("demo")
+            ),
+        )
+        .unwrap();
+        hangup();
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert_eq!(
+            status_of("extra").await,
+            200,
+            "an invalid reload dropped a tenant"
+        );
+
+        // More reloads while the load runs.
+        std::fs::write(&file, format!("{}{}", entry("demo"), entry("extra"))).unwrap();
+        for _ in 0..5 {
+            hangup();
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let (ok, failed) = load.await.unwrap();
+        assert!(ok > 0);
+        assert_eq!(failed, 0, "requests lost during reloads");
+    });
+    assert!(server.stop());
+    let log = server.log();
+    assert!(log.contains("reload refused"), "{log}");
+    assert!(log.contains("tenant 'broken': field 'domain'"), "{log}");
+}
+
+#[test]
+fn production_refuses_to_start_without_a_jwt_secret_and_auth_mode_none_warns() {
+    let dir = dir_with_sqlite_tenant("a");
+    let output = command(
+        dir.path(),
+        &[("APP_ENV", "production"), ("AUTH_MODE", "jwt")],
+    )
+    .output()
+    .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("JWT_SECRET"), "{stderr}");
+
+    let mut server = Server::start(command(dir.path(), &[("AUTH_MODE", "none")]));
+    assert!(server.stop());
+    let log = server.log();
+    assert!(
+        log.contains("WARN") && log.contains("AUTH_MODE=none"),
+        "AUTH_MODE=none should warn at start-up:\n{log}"
+    );
+}
