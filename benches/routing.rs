@@ -37,7 +37,7 @@ use tenant_router::{
         identify::identify_tenant,
         routes::{
             pagination::{Page, PageQuery},
-            soft_delete::live,
+            records::live,
         },
     },
     registry::TenantRegistry,

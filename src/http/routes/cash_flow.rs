@@ -19,7 +19,7 @@ use crate::{
     http::extract::{ApiJson, ApiQuery, IdPath, TenantDb},
     http::feature_gate::gate,
     http::routes::pagination::{Page, PageQuery},
-    http::routes::soft_delete::{find_live, live, soft_delete},
+    http::routes::records::{delete_or_404, live, live_or_404},
     http::routes::{RouteSet, for_role},
     tenant::Feature,
     validate::{cents_to_money, money_to_cents, optional_text},
@@ -157,22 +157,13 @@ async fn create(
     Ok((StatusCode::CREATED, Json(model.into())))
 }
 
-fn not_found() -> AppError {
-    AppError::NotFound("no cash-flow entry with that id".into())
-}
-
 async fn show(IdPath(id): IdPath, TenantDb(db): TenantDb) -> Result<Json<EntryView>> {
-    let model = find_live::<entry::Entity>(&db, id)
-        .await?
-        .ok_or_else(not_found)?;
+    let model = live_or_404::<entry::Entity>(&db, id).await?;
     Ok(Json(model.into()))
 }
 
 async fn remove(IdPath(id): IdPath, TenantDb(db): TenantDb) -> Result<StatusCode> {
-    if !soft_delete::<entry::Entity>(&db, id).await? {
-        return Err(not_found());
-    }
-    Ok(StatusCode::NO_CONTENT)
+    delete_or_404::<entry::Entity>(&db, id).await
 }
 
 #[derive(Debug, Deserialize)]

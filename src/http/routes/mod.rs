@@ -11,7 +11,7 @@ pub mod dental;
 pub mod manufacturing;
 pub mod pagination;
 pub mod products;
-pub mod soft_delete;
+pub mod records;
 pub mod tenants;
 pub mod users;
 

@@ -2,17 +2,17 @@
 
 use axum::{Json, http::StatusCode, routing::get};
 use chrono::Utc;
-use sea_orm::{ActiveModelTrait, ActiveValue::Set, QueryOrder, QuerySelect};
+use sea_orm::{ActiveModelTrait, ActiveValue::Set};
 use serde::{Deserialize, Serialize};
 
 use super::pagination::{Page, PageQuery};
 use crate::{
     entities::product::{self, Entity as Product},
-    error::{AppError, Result},
+    error::Result,
     http::extract::{ApiJson, ApiQuery, IdPath, TenantDb},
     http::feature_gate::gate,
     http::routes::RouteSet,
-    http::routes::soft_delete::{find_live, live, soft_delete},
+    http::routes::records::{delete_or_404, live, live_or_404, newest_first},
     tenant::Feature,
     validate::{cents_to_money, money_to_cents, required_text},
 };
@@ -54,22 +54,12 @@ impl From<product::Model> for ProductView {
     }
 }
 
-fn not_found() -> AppError {
-    AppError::NotFound("no product with that id".into())
-}
-
 async fn list(
     ApiQuery(query): ApiQuery<PageQuery>,
     TenantDb(db): TenantDb,
 ) -> Result<Json<Page<ProductView>>> {
     let page = query.checked()?;
-    let rows = live::<Product>()
-        .order_by_desc(product::Column::CreatedAt)
-        .order_by_desc(product::Column::Id)
-        .limit(page.fetch())
-        .offset(page.offset)
-        .all(&db)
-        .await?;
+    let rows = newest_first(live::<Product>(), page, &db).await?;
     Ok(Json(Page::from_rows(rows, page, ProductView::from)))
 }
 
@@ -94,7 +84,7 @@ async fn create(
 }
 
 async fn show(IdPath(id): IdPath, TenantDb(db): TenantDb) -> Result<Json<ProductView>> {
-    let model = find_live::<Product>(&db, id).await?.ok_or_else(not_found)?;
+    let model = live_or_404::<Product>(&db, id).await?;
     Ok(Json(model.into()))
 }
 
@@ -105,7 +95,7 @@ async fn update(
 ) -> Result<Json<ProductView>> {
     let name = required_text("name", &input.name, 200)?;
     let price_cents = money_to_cents("price", input.price)?;
-    let existing = find_live::<Product>(&db, id).await?.ok_or_else(not_found)?;
+    let existing = live_or_404::<Product>(&db, id).await?;
     let mut model: product::ActiveModel = existing.into();
     model.name = Set(name);
     model.price_cents = Set(price_cents);
@@ -114,8 +104,5 @@ async fn update(
 }
 
 async fn remove(IdPath(id): IdPath, TenantDb(db): TenantDb) -> Result<StatusCode> {
-    if !soft_delete::<product::Entity>(&db, id).await? {
-        return Err(not_found());
-    }
-    Ok(StatusCode::NO_CONTENT)
+    delete_or_404::<product::Entity>(&db, id).await
 }

@@ -2,7 +2,7 @@
 
 use axum::{Json, http::StatusCode, routing::get};
 use chrono::{NaiveDate, Utc};
-use sea_orm::{ActiveModelTrait, ActiveValue::Set, QueryOrder, QuerySelect};
+use sea_orm::{ActiveModelTrait, ActiveValue::Set};
 use serde::{Deserialize, Serialize};
 
 use crate::{
@@ -12,7 +12,7 @@ use crate::{
     http::feature_gate::gate,
     http::routes::RouteSet,
     http::routes::pagination::{Page, PageQuery},
-    http::routes::soft_delete::{find_live, live, soft_delete},
+    http::routes::records::{delete_or_404, live, live_or_404, newest_first},
     tenant::Feature,
     validate::{optional_email, optional_text, required_text},
 };
@@ -68,13 +68,7 @@ async fn list(
     TenantDb(db): TenantDb,
 ) -> Result<Json<Page<PatientView>>> {
     let page = query.checked()?;
-    let rows = live::<Patient>()
-        .order_by_desc(patient::Column::CreatedAt)
-        .order_by_desc(patient::Column::Id)
-        .limit(page.fetch())
-        .offset(page.offset)
-        .all(&db)
-        .await?;
+    let rows = newest_first(live::<Patient>(), page, &db).await?;
     Ok(Json(Page::from_rows(rows, page, PatientView::from)))
 }
 
@@ -109,15 +103,10 @@ async fn create(
 }
 
 async fn show(IdPath(id): IdPath, TenantDb(db): TenantDb) -> Result<Json<PatientView>> {
-    let model = find_live::<Patient>(&db, id)
-        .await?
-        .ok_or_else(|| AppError::NotFound("no patient with that id".into()))?;
+    let model = live_or_404::<Patient>(&db, id).await?;
     Ok(Json(model.into()))
 }
 
 async fn remove(IdPath(id): IdPath, TenantDb(db): TenantDb) -> Result<StatusCode> {
-    if !soft_delete::<patient::Entity>(&db, id).await? {
-        return Err(AppError::NotFound("no patient with that id".into()));
-    }
-    Ok(StatusCode::NO_CONTENT)
+    delete_or_404::<patient::Entity>(&db, id).await
 }

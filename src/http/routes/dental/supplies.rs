@@ -3,19 +3,19 @@
 use axum::{Json, http::StatusCode, routing::get};
 use chrono::Utc;
 use sea_orm::{
-    ActiveModelTrait, ActiveValue::Set, ColumnTrait, ConnectionTrait, QueryFilter, QueryOrder,
-    QuerySelect, sea_query::ExprTrait,
+    ActiveModelTrait, ActiveValue::Set, ColumnTrait, ConnectionTrait, QueryFilter,
+    sea_query::ExprTrait,
 };
 use serde::{Deserialize, Serialize};
 
 use crate::{
     entities::dental_supply::{self, Entity as DentalSupply},
-    error::{AppError, Result},
+    error::Result,
     http::extract::{ApiJson, ApiQuery, IdPath, TenantDb},
     http::feature_gate::gate,
     http::routes::RouteSet,
     http::routes::pagination::{Page, PageQuery},
-    http::routes::soft_delete::{find_live, live, soft_delete},
+    http::routes::records::{delete_or_404, live, live_or_404, newest_first},
     tenant::Feature,
     validate::{non_negative, required_text},
 };
@@ -94,10 +94,6 @@ impl From<dental_supply::Model> for SupplyView {
     }
 }
 
-fn not_found() -> AppError {
-    AppError::NotFound("no supply with that id".into())
-}
-
 async fn list(
     ApiQuery(query): ApiQuery<PageQuery>,
     ApiQuery(filter): ApiQuery<SupplyFilter>,
@@ -116,13 +112,7 @@ async fn list(
             stock.gt(level)
         });
     }
-    let rows = select
-        .order_by_desc(dental_supply::Column::CreatedAt)
-        .order_by_desc(dental_supply::Column::Id)
-        .limit(page.fetch())
-        .offset(page.offset)
-        .all(&db)
-        .await?;
+    let rows = newest_first(select, page, &db).await?;
     Ok(Json(Page::from_rows(rows, page, SupplyView::from)))
 }
 
@@ -152,9 +142,7 @@ async fn create(
 
 /// The supply with `id`, unless it is soft-deleted.
 async fn live_supply(db: &impl ConnectionTrait, id: uuid::Uuid) -> Result<dental_supply::Model> {
-    find_live::<DentalSupply>(db, id)
-        .await?
-        .ok_or_else(not_found)
+    live_or_404::<DentalSupply>(db, id).await
 }
 
 async fn show(IdPath(id): IdPath, TenantDb(db): TenantDb) -> Result<Json<SupplyView>> {
@@ -202,10 +190,5 @@ async fn update(
 }
 
 async fn remove(IdPath(id): IdPath, TenantDb(db): TenantDb) -> Result<StatusCode> {
-    // One conditional UPDATE: a second DELETE, or one racing the first, finds no
-    // live row and answers 404.
-    if !soft_delete::<dental_supply::Entity>(&db, id).await? {
-        return Err(not_found());
-    }
-    Ok(StatusCode::NO_CONTENT)
+    delete_or_404::<dental_supply::Entity>(&db, id).await
 }

@@ -2,10 +2,7 @@
 
 use axum::{Json, http::StatusCode, routing::get};
 use chrono::{NaiveDate, Utc};
-use sea_orm::{
-    ActiveModelTrait, ActiveValue::Set, ColumnTrait, ConnectionTrait, QueryFilter, QueryOrder,
-    QuerySelect,
-};
+use sea_orm::{ActiveModelTrait, ActiveValue::Set, ColumnTrait, ConnectionTrait, QueryFilter};
 use serde::{Deserialize, Deserializer, Serialize};
 
 use crate::{
@@ -18,7 +15,7 @@ use crate::{
     http::feature_gate::gate,
     http::routes::RouteSet,
     http::routes::pagination::{Page, PageQuery},
-    http::routes::soft_delete::{find_live, live, soft_delete},
+    http::routes::records::{delete_or_404, find_live, live, live_or_404, newest_first},
     tenant::Feature,
     validate::{cents_to_money, money_to_cents, required_text},
 };
@@ -130,10 +127,6 @@ impl From<treatment::Model> for TreatmentView {
     }
 }
 
-fn not_found() -> AppError {
-    AppError::NotFound("no treatment with that id".into())
-}
-
 async fn list(
     ApiQuery(query): ApiQuery<PageQuery>,
     ApiQuery(filter): ApiQuery<TreatmentFilter>,
@@ -147,13 +140,7 @@ async fn list(
     if let Some(status) = filter.status {
         select = select.filter(treatment::Column::Status.eq(status.as_str()));
     }
-    let rows = select
-        .order_by_desc(treatment::Column::CreatedAt)
-        .order_by_desc(treatment::Column::Id)
-        .limit(page.fetch())
-        .offset(page.offset)
-        .all(&db)
-        .await?;
+    let rows = newest_first(select, page, &db).await?;
     Ok(Json(Page::from_rows(rows, page, TreatmentView::from)))
 }
 
@@ -191,7 +178,7 @@ async fn create(
 
 /// The treatment with `id`, unless it is soft-deleted.
 async fn live_treatment(db: &impl ConnectionTrait, id: uuid::Uuid) -> Result<treatment::Model> {
-    find_live::<Treatment>(db, id).await?.ok_or_else(not_found)
+    live_or_404::<Treatment>(db, id).await
 }
 
 async fn show(IdPath(id): IdPath, TenantDb(db): TenantDb) -> Result<Json<TreatmentView>> {
@@ -230,10 +217,5 @@ async fn update(
 }
 
 async fn remove(IdPath(id): IdPath, TenantDb(db): TenantDb) -> Result<StatusCode> {
-    // One conditional UPDATE: a second DELETE, or one racing the first, finds no
-    // live row and answers 404.
-    if !soft_delete::<treatment::Entity>(&db, id).await? {
-        return Err(not_found());
-    }
-    Ok(StatusCode::NO_CONTENT)
+    delete_or_404::<treatment::Entity>(&db, id).await
 }

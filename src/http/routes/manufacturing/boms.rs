@@ -19,7 +19,7 @@ use crate::{
     http::feature_gate::gate,
     http::routes::RouteSet,
     http::routes::pagination::{Page, PageQuery},
-    http::routes::soft_delete::{find_live, live, soft_delete},
+    http::routes::records::{delete_or_404, find_live, live, not_found},
     tenant::Feature,
     validate::required_text,
 };
@@ -54,10 +54,6 @@ struct BomView {
     items: Vec<ItemInput>,
     created_at: chrono::DateTime<Utc>,
     updated_at: chrono::DateTime<Utc>,
-}
-
-fn not_found() -> AppError {
-    AppError::NotFound("no bill of materials with that id".into())
 }
 
 /// A live (not deleted) BOM with its items.
@@ -179,18 +175,15 @@ async fn create(
     .exec(&txn)
     .await?;
     txn.commit().await?;
-    let (header, items) = load(&db, id).await?.ok_or_else(not_found)?;
+    let (header, items) = load(&db, id).await?.ok_or_else(not_found::<bom::Entity>)?;
     Ok((StatusCode::CREATED, Json(view(header, items))))
 }
 
 async fn show(IdPath(id): IdPath, TenantDb(db): TenantDb) -> Result<Json<BomView>> {
-    let (header, items) = load(&db, id).await?.ok_or_else(not_found)?;
+    let (header, items) = load(&db, id).await?.ok_or_else(not_found::<bom::Entity>)?;
     Ok(Json(view(header, items)))
 }
 
 async fn remove(IdPath(id): IdPath, TenantDb(db): TenantDb) -> Result<StatusCode> {
-    if !soft_delete::<bom::Entity>(&db, id).await? {
-        return Err(not_found());
-    }
-    Ok(StatusCode::NO_CONTENT)
+    delete_or_404::<bom::Entity>(&db, id).await
 }

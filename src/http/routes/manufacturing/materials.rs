@@ -2,17 +2,17 @@
 
 use axum::{Json, http::StatusCode, routing::get};
 use chrono::Utc;
-use sea_orm::{ActiveModelTrait, ActiveValue::Set, QueryOrder, QuerySelect};
+use sea_orm::{ActiveModelTrait, ActiveValue::Set};
 use serde::{Deserialize, Serialize};
 
 use crate::{
     entities::material::{self, Entity as Material},
-    error::{AppError, Result},
+    error::Result,
     http::extract::{ApiJson, ApiQuery, IdPath, TenantDb},
     http::feature_gate::gate,
     http::routes::RouteSet,
     http::routes::pagination::{Page, PageQuery},
-    http::routes::soft_delete::{find_live, live, soft_delete},
+    http::routes::records::{delete_or_404, live, live_or_404, newest_first},
     tenant::Feature,
     validate::{non_negative, required_text},
 };
@@ -66,13 +66,7 @@ async fn list(
     TenantDb(db): TenantDb,
 ) -> Result<Json<Page<MaterialView>>> {
     let page = query.checked()?;
-    let rows = live::<Material>()
-        .order_by_desc(material::Column::CreatedAt)
-        .order_by_desc(material::Column::Id)
-        .limit(page.fetch())
-        .offset(page.offset)
-        .all(&db)
-        .await?;
+    let rows = newest_first(live::<Material>(), page, &db).await?;
     Ok(Json(Page::from_rows(rows, page, MaterialView::from)))
 }
 
@@ -99,15 +93,10 @@ async fn create(
 }
 
 async fn show(IdPath(id): IdPath, TenantDb(db): TenantDb) -> Result<Json<MaterialView>> {
-    let model = find_live::<Material>(&db, id)
-        .await?
-        .ok_or_else(|| AppError::NotFound("no material with that id".into()))?;
+    let model = live_or_404::<Material>(&db, id).await?;
     Ok(Json(model.into()))
 }
 
 async fn remove(IdPath(id): IdPath, TenantDb(db): TenantDb) -> Result<StatusCode> {
-    if !soft_delete::<material::Entity>(&db, id).await? {
-        return Err(AppError::NotFound("no material with that id".into()));
-    }
-    Ok(StatusCode::NO_CONTENT)
+    delete_or_404::<material::Entity>(&db, id).await
 }

@@ -12,7 +12,7 @@ use chrono::Utc;
 use sea_orm::{
     ActiveModelTrait,
     ActiveValue::Set,
-    ColumnTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect,
+    ColumnTrait, EntityTrait, QueryFilter,
     sea_query::{Expr, ExprTrait},
 };
 use serde::{Deserialize, Serialize};
@@ -24,7 +24,7 @@ use crate::{
     http::extract::{ApiJson, ApiQuery, IdPath, TenantDb},
     http::feature_gate::gate,
     http::routes::RouteSet,
-    http::routes::soft_delete::{find_live, live},
+    http::routes::records::{live, live_or_404, newest_first},
     http::routes::{manufacturing::boms, pagination::PageQuery},
     tenant::Feature,
 };
@@ -90,10 +90,6 @@ impl From<order::Model> for OrderView {
     }
 }
 
-fn not_found() -> AppError {
-    AppError::NotFound("no production order with that id".into())
-}
-
 async fn list(
     ApiQuery(query): ApiQuery<ListQuery>,
     TenantDb(db): TenantDb,
@@ -113,13 +109,7 @@ async fn list(
         }
         select = select.filter(order::Column::Status.eq(status.as_str()));
     }
-    let rows = select
-        .order_by_desc(order::Column::CreatedAt)
-        .order_by_desc(order::Column::Id)
-        .limit(page.fetch())
-        .offset(page.offset)
-        .all(&db)
-        .await?;
+    let rows = newest_first(select, page, &db).await?;
     Ok(Json(crate::http::routes::pagination::Page::from_rows(
         rows,
         page,
@@ -156,9 +146,7 @@ async fn create(
 }
 
 async fn find(db: &impl sea_orm::ConnectionTrait, id: Uuid) -> Result<order::Model> {
-    find_live::<order::Entity>(db, id)
-        .await?
-        .ok_or_else(not_found)
+    live_or_404::<order::Entity>(db, id).await
 }
 
 async fn show(IdPath(id): IdPath, TenantDb(db): TenantDb) -> Result<Json<OrderView>> {
