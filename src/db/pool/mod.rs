@@ -1,0 +1,403 @@
+//! Connection pools that belong to where the data is, and the budget of real
+//! connections of each database server.
+//!
+//! A [`ConnPool`] keeps the idle connections of one PostgreSQL database (every
+//! schema-mode tenant of that database shares it) or of one SQLite file. A
+//! [`ServerBudget`] counts the connections open on one server across all its pools:
+//! a connection exists only while it holds one of the budget's slots, and a slot is
+//! given back only once its connection is closed, so the count can never pass the
+//! limit. Pools open connections one at a time, on demand, and close those idle past
+//! a short timeout.
+//!
+//! A checkout that finds no idle connection and no free slot waits in the server's
+//! queue (first come, first served) until its deadline. While it waits, idle
+//! connections of the server's other pools are closed, least recently used first,
+//! and a connection given back while others wait for the server is closed rather
+//! than kept idle, so that the slot goes to the head of the queue.
+
+mod budget;
+mod target;
+
+use budget::*;
+pub use budget::{ServerBudget, ServerStats};
+use target::*;
+pub use target::{RawConn, Target};
+
+use std::{
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use sea_orm::{DbErr, RuntimeErr, sqlx};
+use tokio::sync::Notify;
+
+use super::quote_ident;
+
+/// How long the checkout at the head of a server's queue may be passed over for a
+/// waiter of the pool a connection returns to.
+const REUSE_GRACE: Duration = Duration::from_millis(20);
+/// A connection idle longer than this is checked before it is handed out, unless
+/// switching its schema checks it anyway.
+const CHECK_IF_IDLE_FOR: Duration = Duration::from_secs(5);
+#[derive(Default)]
+struct PoolCounts {
+    open: AtomicU32,
+    in_use: AtomicU32,
+}
+
+/// An open connection, the schema its `search_path` points at now, and its slot.
+pub struct Conn {
+    pub(crate) raw: RawConn,
+    schema: Option<Arc<str>>,
+    idle_since: Instant,
+    /// The SQLite file it was opened on.
+    file: Option<FileId>,
+    _member: Member,
+    _slot: Slot,
+}
+
+impl Conn {
+    async fn close(self) {
+        let Conn {
+            raw,
+            _member,
+            _slot,
+            ..
+        } = self;
+        raw.close().await;
+        // The slot goes back only now that the server has let the connection go.
+        drop(_member);
+        drop(_slot);
+    }
+
+    /// Closes the connection in the background (from a `Drop`).
+    fn close_later(self) {
+        match tokio::runtime::Handle::try_current() {
+            Ok(handle) => {
+                handle.spawn(self.close());
+            }
+            Err(_) => drop(self),
+        }
+    }
+}
+
+/// Why a checkout gave up.
+#[derive(Debug)]
+pub enum CheckoutError {
+    /// No connection could be had before the deadline.
+    Timeout,
+    /// The database refused or failed.
+    Failed(DbErr),
+}
+
+/// Counters of one pool.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct PoolStats {
+    pub server: String,
+    pub database: String,
+    pub open: u32,
+    pub in_use: u32,
+    pub idle: u32,
+}
+
+/// Ids of pools, for the server's queue; 0 is no pool.
+static NEXT_POOL_ID: AtomicUsize = AtomicUsize::new(1);
+
+/// The idle connections of one database or file.
+pub struct ConnPool {
+    id: usize,
+    server: Arc<ServerBudget>,
+    target: Target,
+    database: String,
+    idle: Mutex<Vec<Conn>>,
+    returned: Notify,
+    counts: Arc<PoolCounts>,
+    closed: AtomicBool,
+    idle_timeout: Duration,
+    connect_timeout: Duration,
+}
+
+impl ConnPool {
+    /// A pool with no connection yet, counted against `server`.
+    pub fn new(
+        server: Arc<ServerBudget>,
+        target: Target,
+        idle_timeout: Duration,
+        connect_timeout: Duration,
+    ) -> Arc<Self> {
+        let pool = Arc::new(Self {
+            id: NEXT_POOL_ID.fetch_add(1, Ordering::Relaxed),
+            database: target.database(),
+            server: server.clone(),
+            target,
+            idle: Mutex::new(Vec::new()),
+            returned: Notify::new(),
+            counts: Arc::default(),
+            closed: AtomicBool::new(false),
+            idle_timeout,
+            connect_timeout,
+        });
+        server.register(&pool);
+        pool
+    }
+
+    pub fn server(&self) -> &Arc<ServerBudget> {
+        &self.server
+    }
+
+    pub fn is_postgres(&self) -> bool {
+        matches!(self.target, Target::Postgres(_))
+    }
+
+    fn idle(&self) -> std::sync::MutexGuard<'_, Vec<Conn>> {
+        self.idle.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn idle_count(&self) -> usize {
+        self.idle().len()
+    }
+
+    fn oldest_idle(&self) -> Option<Instant> {
+        self.idle().first().map(|c| c.idle_since)
+    }
+
+    fn take_oldest_idle(&self) -> Option<Conn> {
+        let mut idle = self.idle();
+        (!idle.is_empty()).then(|| idle.remove(0))
+    }
+
+    /// The most recently used idle connection already on `schema`, else the most
+    /// recently used one.
+    fn pop_idle(&self, schema: &Option<Arc<str>>) -> Option<Conn> {
+        let mut idle = self.idle();
+        let index = idle
+            .iter()
+            .rposition(|c| c.schema == *schema)
+            .or_else(|| idle.len().checked_sub(1))?;
+        Some(idle.remove(index))
+    }
+
+    /// A connection pointed at `schema` (`None`: the database's default search
+    /// path), waiting up to `deadline`.
+    pub async fn checkout(
+        self: &Arc<Self>,
+        schema: Option<Arc<str>>,
+        deadline: Instant,
+    ) -> Result<Conn, CheckoutError> {
+        if self.closed.load(Ordering::Relaxed) {
+            return Err(CheckoutError::Failed(DbErr::ConnectionAcquire(
+                sea_orm::ConnAcquireErr::ConnectionClosed,
+            )));
+        }
+        let slot = self.server.slot(deadline, Some(self.as_ref()));
+        tokio::pin!(slot);
+        loop {
+            if let Some(conn) = self.pop_idle(&schema) {
+                if let Some(opened_on) = conn.file {
+                    let now = self.target.sqlite_file().and_then(file_id);
+                    if now != Some(opened_on) {
+                        // Removed or replaced: no connection of this pool may go on
+                        // with the old file.
+                        conn.close_later();
+                        self.discard_idle();
+                        if now.is_none() {
+                            return Err(CheckoutError::Failed(super::missing_storage()));
+                        }
+                        continue;
+                    }
+                }
+                match self.make_ready(conn, &schema).await {
+                    Ok(conn) => return Ok(self.hand_out(conn)),
+                    Err(_) => continue,
+                }
+            }
+            tokio::select! {
+                biased;
+                slot = &mut slot => {
+                    let conn = self.open(slot?, &schema).await?;
+                    return Ok(self.hand_out(conn));
+                }
+                _ = self.returned.notified() => {}
+            }
+        }
+    }
+
+    fn hand_out(&self, conn: Conn) -> Conn {
+        self.counts.in_use.fetch_add(1, Ordering::Relaxed);
+        conn
+    }
+
+    async fn open(&self, slot: Slot, schema: &Option<Arc<str>>) -> Result<Conn, CheckoutError> {
+        let raw = match tokio::time::timeout(self.connect_timeout, self.target.connect()).await {
+            Ok(Ok(raw)) => raw,
+            Ok(Err(_)) if self.target.sqlite_file().is_some_and(|file| !file.exists()) => {
+                return Err(CheckoutError::Failed(super::missing_storage()));
+            }
+            Ok(Err(e)) => return Err(CheckoutError::Failed(conn_err(e))),
+            Err(_) => {
+                return Err(CheckoutError::Failed(DbErr::Custom(
+                    "connecting to the tenant database timed out".into(),
+                )));
+            }
+        };
+        self.counts.open.fetch_add(1, Ordering::Relaxed);
+        let conn = Conn {
+            raw,
+            schema: None,
+            idle_since: Instant::now(),
+            file: self.target.sqlite_file().and_then(file_id),
+            _member: Member(self.counts.clone()),
+            _slot: slot,
+        };
+        match self.switch(conn, schema).await {
+            Ok(conn) => Ok(conn),
+            Err((conn, e)) => {
+                conn.close_later();
+                Err(CheckoutError::Failed(e))
+            }
+        }
+    }
+
+    /// Checks a connection that sat idle, and points it at `schema`.
+    async fn make_ready(&self, mut conn: Conn, schema: &Option<Arc<str>>) -> Result<Conn, DbErr> {
+        if conn.schema == *schema && conn.idle_since.elapsed() > CHECK_IF_IDLE_FOR {
+            // Switching the schema is a round trip that checks the connection too.
+            if let Err(e) = conn.raw.ping().await {
+                conn.close_later();
+                return Err(conn_err(e));
+            }
+        }
+        self.switch(conn, schema).await.map_err(|(conn, e)| {
+            conn.close_later();
+            e
+        })
+    }
+
+    async fn switch(
+        &self,
+        mut conn: Conn,
+        schema: &Option<Arc<str>>,
+    ) -> Result<Conn, (Conn, DbErr)> {
+        if conn.schema == *schema || !self.is_postgres() {
+            return Ok(conn);
+        }
+        let sql = match schema {
+            // Only the tenant's schema: no fallback to `public`, where a
+            // database-mode tenant sharing this database keeps its tables.
+            Some(name) => format!("SET search_path TO {}", quote_ident(name)),
+            None => "SET search_path TO DEFAULT".to_string(),
+        };
+        // Outside any transaction (a connection in one is never pooled), so no
+        // rollback can undo it.
+        match conn.raw.execute_simple(&sql).await {
+            Ok(()) => {
+                conn.schema = schema.clone();
+                Ok(conn)
+            }
+            Err(e) => Err((conn, query_err(e))),
+        }
+    }
+
+    /// Takes back a connection a request is done with. A connection that may be in
+    /// an unknown state (a query was cut short, a transaction left open, an error
+    /// of the connection itself) is closed instead.
+    pub fn give_back(&self, mut conn: Conn, reusable: bool) {
+        self.counts.in_use.fetch_sub(1, Ordering::Relaxed);
+        let reusable = reusable && conn.raw.transaction_depth() == 0;
+        if !reusable || self.closed.load(Ordering::Relaxed) {
+            conn.close_later();
+            return;
+        }
+        // First come, first served per server: when the checkout that has waited
+        // longest is another pool's, the slot goes to it (closing this connection
+        // frees it) rather than to a later checkout of this pool. Only for a moment
+        // may a waiter of this pool take the connection first: reusing it costs
+        // nothing, where closing it makes both pools open a connection (a process
+        // fork and a TLS handshake on PostgreSQL), which under churn costs more
+        // than the queries themselves.
+        if let Some((head, since)) = self.server.head_of_queue()
+            && head != self.id
+            && !(since.elapsed() < REUSE_GRACE && self.server.is_waiting(self.id))
+        {
+            self.server.close_counted(conn);
+            return;
+        }
+        conn.idle_since = Instant::now();
+        self.idle().push(conn);
+        self.returned.notify_one();
+    }
+
+    /// Closes connections idle past the timeout; returns how many.
+    pub fn close_idle_expired(&self) -> usize {
+        let now = Instant::now();
+        let expired: Vec<Conn> = {
+            let mut idle = self.idle();
+            let keep_from = idle
+                .iter()
+                .position(|c| now.duration_since(c.idle_since) < self.idle_timeout)
+                .unwrap_or(idle.len());
+            idle.drain(..keep_from).collect()
+        };
+        let n = expired.len();
+        for conn in expired {
+            conn.close_later();
+        }
+        n
+    }
+
+    /// Closes every idle connection now; connections in use close when given back.
+    pub async fn close(&self) {
+        self.closed.store(true, Ordering::Relaxed);
+        let idle: Vec<Conn> = self.idle().drain(..).collect();
+        for conn in idle {
+            conn.close().await;
+        }
+        tracing::info!(server = %self.server.name, database = %self.database, "tenant pool closed");
+    }
+
+    /// Closes the idle connections (kept open: the next checkout opens new ones),
+    /// after one of them failed in a way that says the others may be dead too.
+    pub fn discard_idle(&self) {
+        let idle: Vec<Conn> = self.idle().drain(..).collect();
+        for conn in idle {
+            conn.close_later();
+        }
+    }
+
+    pub fn stats(&self) -> PoolStats {
+        PoolStats {
+            server: self.server.name.clone(),
+            database: self.database.clone(),
+            open: self.counts.open.load(Ordering::Relaxed),
+            in_use: self.counts.in_use.load(Ordering::Relaxed),
+            idle: self.idle_count() as u32,
+        }
+    }
+}
+
+impl Drop for ConnPool {
+    fn drop(&mut self) {
+        let idle: Vec<Conn> = self.idle().drain(..).collect();
+        for conn in idle {
+            conn.close_later();
+        }
+    }
+}
+
+pub(crate) fn conn_err(e: sqlx::Error) -> DbErr {
+    DbErr::Conn(RuntimeErr::SqlxError(e.into()))
+}
+
+pub(crate) fn query_err(e: sqlx::Error) -> DbErr {
+    DbErr::Query(RuntimeErr::SqlxError(e.into()))
+}
+
+pub(crate) fn exec_err(e: sqlx::Error) -> DbErr {
+    DbErr::Exec(RuntimeErr::SqlxError(e.into()))
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,659 @@
+//! The connection layer's guarantees, on real SQLite files (and one PostgreSQL
+//! database when `TEST_DATABASE_URL` is set). Waits are bounded loops on a
+//! condition, never a fixed sleep that the test relies on.
+
+use std::{
+    path::Path,
+    sync::atomic::{AtomicBool, AtomicU64, Ordering},
+};
+
+use sea_orm::{
+    ConnectionTrait, DbBackend, SqliteTransactionMode, Statement, TransactionOptions,
+    TransactionTrait,
+};
+
+use super::*;
+use crate::db::conn::{Checkout, TenantConn};
+
+const CONNECT: Duration = Duration::from_secs(5);
+/// Long enough that no checkout meant to succeed runs into it.
+const PATIENT: Duration = Duration::from_secs(30);
+
+fn sqlite_target(dir: &Path, file: &str) -> Target {
+    let url = format!("sqlite://{}", dir.join(file).display());
+    Target::parse(&crate::db::prepare_url(&url).unwrap()).unwrap()
+}
+
+fn budget(target: &Target, limit: u32) -> Arc<ServerBudget> {
+    ServerBudget::new(target, Some(limit), None, CONNECT)
+}
+
+fn pool(server: &Arc<ServerBudget>, target: Target, idle_timeout: Duration) -> Arc<ConnPool> {
+    ConnPool::new(server.clone(), target, idle_timeout, CONNECT)
+}
+
+fn in_(d: Duration) -> Instant {
+    Instant::now() + d
+}
+
+/// Polls `cond` every 10 ms for up to 30 s.
+async fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
+    for _ in 0..3000 {
+        if cond() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("timed out waiting until {what}");
+}
+
+/// A request's connection, as the registry hands it out.
+async fn tenant_conn(pool: &Arc<ConnPool>, schema: Option<&str>) -> TenantConn {
+    let conn = pool
+        .checkout(schema.map(Arc::from), in_(PATIENT))
+        .await
+        .unwrap();
+    TenantConn::new(Checkout::new(conn, pool.clone(), None))
+}
+
+async fn int(db: &impl ConnectionTrait, sql: &str) -> i64 {
+    let row = db
+        .query_one_raw(Statement::from_string(db.get_database_backend(), sql))
+        .await
+        .unwrap()
+        .unwrap();
+    row.try_get_by_index::<i64>(0).unwrap()
+}
+
+async fn ints(db: &impl ConnectionTrait, sql: &str) -> Vec<i64> {
+    db.query_all_raw(Statement::from_string(db.get_database_backend(), sql))
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.try_get_by_index::<i32>(0).map(i64::from).unwrap())
+        .collect()
+}
+
+/// Guarantee 1: however many checkouts run at once across the pools of one
+/// server, no more than its limit of connections is ever open, and every
+/// checkout is served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_budget_is_never_exceeded() {
+    const LIMIT: u32 = 3;
+    let dir = tempfile::tempdir().unwrap();
+    let first = sqlite_target(dir.path(), "t0.db");
+    let server = budget(&first, LIMIT);
+    let mut pools = vec![pool(&server, first, PATIENT)];
+    for i in 1..4 {
+        pools.push(pool(
+            &server,
+            sqlite_target(dir.path(), &format!("t{i}.db")),
+            PATIENT,
+        ));
+    }
+
+    // Samples the counts while the checkouts run: the server's own count and,
+    // independently, the sum of the pools' open connections.
+    let done = Arc::new(AtomicBool::new(false));
+    let max_seen = Arc::new(AtomicU64::new(0));
+    let monitor = {
+        let (done, max_seen, server, pools) = (
+            done.clone(),
+            max_seen.clone(),
+            server.clone(),
+            pools.clone(),
+        );
+        tokio::spawn(async move {
+            while !done.load(Ordering::Relaxed) {
+                let by_pools: u64 = pools.iter().map(|p| u64::from(p.stats().open)).sum();
+                max_seen.fetch_max(server.stats().open.max(by_pools), Ordering::Relaxed);
+                tokio::task::yield_now().await;
+            }
+        })
+    };
+
+    let mut tasks = Vec::new();
+    for i in 0..48 {
+        let pool = pools[i % pools.len()].clone();
+        tasks.push(tokio::spawn(async move {
+            for _ in 0..3 {
+                let mut conn = pool.checkout(None, in_(PATIENT)).await?;
+                conn.raw.execute_simple("SELECT 1").await.unwrap();
+                tokio::task::yield_now().await;
+                pool.give_back(conn, true);
+            }
+            Ok::<(), CheckoutError>(())
+        }));
+    }
+    for task in tasks {
+        task.await.unwrap().unwrap();
+    }
+    done.store(true, Ordering::Relaxed);
+    monitor.await.unwrap();
+
+    let stats = server.stats();
+    assert!(
+        max_seen.load(Ordering::Relaxed) <= u64::from(LIMIT),
+        "{} connections open at once, limit {LIMIT}",
+        max_seen.load(Ordering::Relaxed)
+    );
+    assert!(stats.open <= u64::from(LIMIT), "{stats:?}");
+    // The load did reach the limit, and slots moved between the pools.
+    assert_eq!(stats.peak_open, u64::from(LIMIT), "{stats:?}");
+    assert!(stats.opened > u64::from(LIMIT), "{stats:?}");
+    assert_eq!((stats.timeouts, stats.waiting), (0, 0), "{stats:?}");
+}
+
+/// Guarantee 2: a checkout on a full server is served well before its deadline
+/// by closing an idle connection of another pool of that server.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiting_checkout_gets_room_from_another_pools_idle_connection() {
+    const LIMIT: u32 = 2;
+    let dir = tempfile::tempdir().unwrap();
+    let target_a = sqlite_target(dir.path(), "a.db");
+    let server = budget(&target_a, LIMIT);
+    let a = pool(&server, target_a, PATIENT);
+    let b = pool(&server, sqlite_target(dir.path(), "b.db"), PATIENT);
+
+    let c1 = a.checkout(None, in_(PATIENT)).await.unwrap();
+    let c2 = a.checkout(None, in_(PATIENT)).await.unwrap();
+    a.give_back(c1, true);
+    a.give_back(c2, true);
+    assert_eq!(a.stats().idle, 2);
+    assert_eq!(server.stats().open, u64::from(LIMIT));
+
+    let started = Instant::now();
+    let got = b.checkout(None, in_(Duration::from_secs(5))).await;
+    let waited = started.elapsed();
+    let conn = got.unwrap_or_else(|e| panic!("no room made for pool B: {e:?}"));
+    assert!(waited < Duration::from_secs(2), "waited {waited:?}");
+    // One idle connection of A was closed for it, not both.
+    assert_eq!(a.stats().idle, 1, "{:?}", a.stats());
+    wait_until("A holds one connection", || a.stats().open == 1).await;
+    let stats = server.stats();
+    assert_eq!(stats.open, u64::from(LIMIT), "{stats:?}");
+    assert_eq!(stats.peak_open, u64::from(LIMIT), "{stats:?}");
+    assert_eq!(stats.timeouts, 0, "{stats:?}");
+    b.give_back(conn, true);
+}
+
+/// Guarantee 3: when every slot is held by a connection in use, a checkout gives
+/// up with `Timeout` at its deadline (not before, not much after), counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_checkout_times_out_at_its_deadline_when_every_slot_is_in_use() {
+    const LIMIT: u32 = 2;
+    let dir = tempfile::tempdir().unwrap();
+    let target_a = sqlite_target(dir.path(), "a.db");
+    let server = budget(&target_a, LIMIT);
+    let a = pool(&server, target_a, PATIENT);
+    let b = pool(&server, sqlite_target(dir.path(), "b.db"), PATIENT);
+    let held = [
+        a.checkout(None, in_(PATIENT)).await.unwrap(),
+        a.checkout(None, in_(PATIENT)).await.unwrap(),
+    ];
+
+    let patience = Duration::from_millis(300);
+    for (n, pool) in [(1, &b), (2, &a)] {
+        let started = Instant::now();
+        let got = tokio::time::timeout(PATIENT, pool.checkout(None, started + patience))
+            .await
+            .expect("the checkout ignored its deadline");
+        let waited = started.elapsed();
+        assert!(
+            matches!(got, Err(CheckoutError::Timeout)),
+            "expected a timeout, got {:?}",
+            got.map(|_| "a connection")
+        );
+        assert!(waited >= patience, "gave up early, after {waited:?}");
+        assert!(waited < Duration::from_secs(3), "gave up late, {waited:?}");
+        let stats = server.stats();
+        assert_eq!(stats.timeouts, n, "{stats:?}");
+        assert_eq!(stats.waiting, 0, "{stats:?}");
+        // Connections in use were not closed to make room.
+        assert_eq!((stats.open, stats.in_use), (2, 2), "{stats:?}");
+    }
+
+    // It was only the lack of a slot: one given back serves the next checkout.
+    let [c1, c2] = held;
+    a.give_back(c1, true);
+    let conn = b.checkout(None, in_(PATIENT)).await.unwrap();
+    b.give_back(conn, true);
+    a.give_back(c2, true);
+    assert_eq!(server.stats().timeouts, 2);
+}
+
+/// Guarantee 4: connections idle past the timeout are closed and their slots
+/// given back; a connection idle for less is kept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_connections_close_after_the_idle_timeout() {
+    let idle_timeout = Duration::from_millis(300);
+    let dir = tempfile::tempdir().unwrap();
+    let target = sqlite_target(dir.path(), "a.db");
+    let server = budget(&target, 4);
+    let a = pool(&server, target, idle_timeout);
+    let c1 = a.checkout(None, in_(PATIENT)).await.unwrap();
+    let c2 = a.checkout(None, in_(PATIENT)).await.unwrap();
+    a.give_back(c1, true);
+    assert_eq!(a.close_idle_expired(), 0, "closed a fresh idle connection");
+    wait_until(
+        "the first connection has been idle past the timeout",
+        || {
+            a.idle()
+                .first()
+                .is_some_and(|c| c.idle_since.elapsed() > idle_timeout)
+        },
+    )
+    .await;
+    a.give_back(c2, true);
+    assert_eq!(server.stats().open, 2);
+
+    assert_eq!(a.close_idle_expired(), 1);
+    assert_eq!(a.stats().idle, 1, "the fresh idle connection is kept");
+    wait_until("the expired connection's slot is back", || {
+        server.stats().open == 1
+    })
+    .await;
+    assert_eq!(a.stats().open, 1);
+
+    let mut closed = 0;
+    wait_until("the second connection expires too", || {
+        closed += a.close_idle_expired();
+        closed == 1
+    })
+    .await;
+    wait_until("every slot is back", || {
+        server.stats().open == 0 && a.stats().open == 0
+    })
+    .await;
+    let stats = server.stats();
+    assert_eq!(
+        (stats.opened, stats.closed, stats.idle),
+        (2, 2, 0),
+        "{stats:?}"
+    );
+
+    // The pool still works: the next checkout opens a new connection.
+    let conn = a.checkout(None, in_(PATIENT)).await.unwrap();
+    assert_eq!(server.stats().opened, 3);
+    a.give_back(conn, true);
+}
+
+/// Guarantee 5: a connection whose query was cut short (the request's future
+/// dropped mid-query) is closed, never handed to the next checkout; one whose
+/// query finished is reused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_cut_short_mid_query_is_not_reused() {
+    let dir = tempfile::tempdir().unwrap();
+    let target = sqlite_target(dir.path(), "a.db");
+    let server = budget(&target, 2);
+    let a = pool(&server, target, PATIENT);
+
+    // A query that finishes: the connection goes back to the idle list.
+    let db = tenant_conn(&a, None).await;
+    assert_eq!(int(&db, "SELECT 7").await, 7);
+    drop(db);
+    assert_eq!(a.stats().idle, 1);
+    let db = tenant_conn(&a, None).await;
+    assert_eq!(server.stats().opened, 1, "the idle connection is reused");
+
+    // A query cut short.
+    let long = "WITH RECURSIVE c(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM c \
+                WHERE n < 10000000) SELECT count(*) FROM c";
+    let cut = tokio::time::timeout(
+        Duration::from_millis(20),
+        db.query_one_raw(Statement::from_string(DbBackend::Sqlite, long)),
+    )
+    .await;
+    assert!(cut.is_err(), "the long query finished within 20 ms");
+    drop(db);
+    let stats = a.stats();
+    assert_eq!((stats.idle, stats.in_use), (0, 0), "{stats:?}");
+    wait_until("the cut-short connection is closed", || {
+        server.stats().open == 0
+    })
+    .await;
+    assert_eq!(server.stats().closed, 1);
+
+    // The next checkout gets a fresh connection, which works.
+    let db = tenant_conn(&a, None).await;
+    assert_eq!(
+        server.stats().opened,
+        2,
+        "the cut-short connection was reused"
+    );
+    assert_eq!(int(&db, "SELECT 8").await, 8);
+}
+
+/// Guarantee 6: a transaction dropped without commit is rolled back, and its
+/// connection is closed rather than returned to the idle list.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transaction_left_open_is_rolled_back_and_its_connection_closed() {
+    let dir = tempfile::tempdir().unwrap();
+    let target = sqlite_target(dir.path(), "a.db");
+    let server = budget(&target, 2);
+    let a = pool(&server, target, PATIENT);
+
+    let db = tenant_conn(&a, None).await;
+    db.execute_unprepared("CREATE TABLE t(x INTEGER)")
+        .await
+        .unwrap();
+    let txn = db.begin().await.unwrap();
+    txn.execute_unprepared("INSERT INTO t VALUES (1)")
+        .await
+        .unwrap();
+    assert_eq!(int(&txn, "SELECT count(*) FROM t").await, 1);
+    drop(txn);
+    drop(db);
+    let stats = a.stats();
+    assert_eq!((stats.idle, stats.in_use), (0, 0), "{stats:?}");
+    wait_until("the connection is closed", || server.stats().open == 0).await;
+
+    let db = tenant_conn(&a, None).await;
+    assert_eq!(server.stats().opened, 2, "the connection was reused");
+    assert_eq!(
+        int(&db, "SELECT count(*) FROM t").await,
+        0,
+        "not rolled back"
+    );
+    // Nothing holds the file's write lock either.
+    let txn = crate::db::begin_write(&db).await.unwrap();
+    txn.execute_unprepared("INSERT INTO t VALUES (2)")
+        .await
+        .unwrap();
+    txn.commit().await.unwrap();
+    assert_eq!(ints(&db, "SELECT x FROM t").await, vec![2]);
+}
+
+/// Guarantee 7: a transaction begun inside a transaction is a savepoint: rolled
+/// back, it undoes only its own writes; the connection ends clean and reusable.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nested_transactions_are_savepoints() {
+    let dir = tempfile::tempdir().unwrap();
+    let target = sqlite_target(dir.path(), "a.db");
+    let server = budget(&target, 2);
+    let a = pool(&server, target, PATIENT);
+    let db = tenant_conn(&a, None).await;
+    db.execute_unprepared("CREATE TABLE t(x INTEGER)")
+        .await
+        .unwrap();
+
+    let outer = db.begin().await.unwrap();
+    outer
+        .execute_unprepared("INSERT INTO t VALUES (1)")
+        .await
+        .unwrap();
+    let inner = outer.begin().await.unwrap();
+    inner
+        .execute_unprepared("INSERT INTO t VALUES (2)")
+        .await
+        .unwrap();
+    assert_eq!(ints(&inner, "SELECT x FROM t ORDER BY x").await, vec![1, 2]);
+    inner.rollback().await.unwrap();
+    assert_eq!(ints(&outer, "SELECT x FROM t ORDER BY x").await, vec![1]);
+    // A savepoint in a write transaction, begun the way handlers begin them.
+    let inner = crate::db::begin_write(&outer).await.unwrap();
+    inner
+        .execute_unprepared("INSERT INTO t VALUES (3)")
+        .await
+        .unwrap();
+    inner.commit().await.unwrap();
+    outer
+        .execute_unprepared("INSERT INTO t VALUES (4)")
+        .await
+        .unwrap();
+    outer.commit().await.unwrap();
+    drop(db);
+
+    // Committed, and the connection went back to the pool for reuse.
+    assert_eq!(a.stats().idle, 1);
+    let db = tenant_conn(&a, None).await;
+    assert_eq!(server.stats().opened, 1);
+    assert_eq!(ints(&db, "SELECT x FROM t ORDER BY x").await, vec![1, 3, 4]);
+}
+
+/// Guarantee 8: `BEGIN IMMEDIATE` through `begin_with_options`: a second write
+/// transaction on the same file queues on the busy timeout until the first
+/// commits, then reads the first's row and writes; neither fails. (With a
+/// deferred begin the second would read a snapshot the first makes stale and
+/// fail on its write.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn immediate_transactions_on_one_file_queue_instead_of_failing() {
+    let dir = tempfile::tempdir().unwrap();
+    let target = sqlite_target(dir.path(), "a.db");
+    let server = budget(&target, 2);
+    let a = pool(&server, target, PATIENT);
+    let setup = tenant_conn(&a, None).await;
+    setup
+        .execute_unprepared("CREATE TABLE t(x INTEGER)")
+        .await
+        .unwrap();
+    drop(setup);
+    let immediate = || TransactionOptions {
+        sqlite_transaction_mode: Some(SqliteTransactionMode::Immediate),
+        ..Default::default()
+    };
+    let first = tenant_conn(&a, None).await;
+    let second = tenant_conn(&a, None).await;
+
+    let (holding_tx, holding) = tokio::sync::oneshot::channel::<()>();
+    let (commit_tx, commit) = tokio::sync::oneshot::channel::<()>();
+    let one = tokio::spawn(async move {
+        let txn = first.begin_with_options(immediate()).await?;
+        let seen = int(&txn, "SELECT count(*) FROM t").await;
+        txn.execute_unprepared("INSERT INTO t VALUES (1)").await?;
+        holding_tx.send(()).unwrap();
+        commit.await.unwrap();
+        txn.commit().await?;
+        Ok::<i64, DbErr>(seen)
+    });
+    holding.await.unwrap();
+    let (read_tx, mut read) = tokio::sync::oneshot::channel::<()>();
+    let two = tokio::spawn(async move {
+        let txn = second.begin_with_options(immediate()).await?;
+        let seen = int(&txn, "SELECT count(*) FROM t").await;
+        let _ = read_tx.send(());
+        txn.execute_unprepared("INSERT INTO t VALUES (2)").await?;
+        txn.commit().await?;
+        Ok::<i64, DbErr>(seen)
+    });
+    // The second must not get as far as reading while the first holds the
+    // write lock. Give it the chance (bounded), then let the first commit.
+    let read_early = tokio::time::timeout(Duration::from_millis(300), &mut read)
+        .await
+        .is_ok();
+    commit_tx.send(()).unwrap();
+    let seen_one = one.await.unwrap().unwrap();
+    let seen_two = two.await.unwrap().unwrap();
+    assert!(
+        !read_early,
+        "the second transaction began while the first wrote"
+    );
+    assert_eq!((seen_one, seen_two), (0, 1), "not serialised");
+    let db = tenant_conn(&a, None).await;
+    assert_eq!(ints(&db, "SELECT x FROM t ORDER BY x").await, vec![1, 2]);
+}
+
+/// The issue's "fair queue (first come, first served per server)": a checkout
+/// queued on a full server is not overtaken indefinitely by later checkouts of
+/// a busy pool that keeps giving back and taking its connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_busy_pool_does_not_starve_a_checkout_queued_before_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let target_a = sqlite_target(dir.path(), "a.db");
+    let server = budget(&target_a, 1);
+    let a = pool(&server, target_a, PATIENT);
+    let b = pool(&server, sqlite_target(dir.path(), "b.db"), PATIENT);
+
+    let held = a.checkout(None, in_(PATIENT)).await.unwrap();
+    let queued = {
+        let b = b.clone();
+        tokio::spawn(async move {
+            let got = b.checkout(None, in_(Duration::from_secs(2))).await;
+            got.map(|conn| b.give_back(conn, true))
+        })
+    };
+    wait_until("B's checkout waits for the server", || {
+        server.stats().waiting == 1
+    })
+    .await;
+
+    // Pool A stays busy: four requests at a time, each taking the connection
+    // and giving it back, for longer than B's deadline unless B gets served.
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut hot = Vec::new();
+    for _ in 0..4 {
+        let (a, stop) = (a.clone(), stop.clone());
+        hot.push(tokio::spawn(async move {
+            let until = in_(Duration::from_secs(4));
+            while !stop.load(Ordering::Relaxed) && Instant::now() < until {
+                if let Ok(mut conn) = a.checkout(None, in_(PATIENT)).await {
+                    conn.raw.execute_simple("SELECT 1").await.unwrap();
+                    a.give_back(conn, true);
+                }
+            }
+        }));
+    }
+    a.give_back(held, true);
+    let outcome = queued.await.unwrap();
+    stop.store(true, Ordering::Relaxed);
+    for task in hot {
+        task.await.unwrap();
+    }
+    assert!(
+        outcome.is_ok(),
+        "B, queued first, timed out while A's later checkouts were served: {:?}",
+        server.stats()
+    );
+}
+
+/// The same, step by step: with the server full, pool B's checkout queues
+/// first and pool A's second; when A's connection is given back, B (the head of
+/// the server's queue) is served first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_head_of_the_servers_queue_is_served_first() {
+    let dir = tempfile::tempdir().unwrap();
+    let target_a = sqlite_target(dir.path(), "a.db");
+    let server = budget(&target_a, 1);
+    let a = pool(&server, target_a, PATIENT);
+    let b = pool(&server, sqlite_target(dir.path(), "b.db"), PATIENT);
+    let order = Arc::new(Mutex::new(Vec::new()));
+    let checkout = |pool: &Arc<ConnPool>, name: &'static str| {
+        let (pool, order) = (pool.clone(), order.clone());
+        tokio::spawn(async move {
+            let conn = pool.checkout(None, in_(PATIENT)).await.unwrap();
+            order.lock().unwrap().push(name);
+            pool.give_back(conn, true);
+        })
+    };
+
+    let held = a.checkout(None, in_(PATIENT)).await.unwrap();
+    let first = checkout(&b, "B, queued first");
+    wait_until("B waits", || server.stats().waiting == 1).await;
+    let second = checkout(&a, "A, queued second");
+    wait_until("A waits too", || server.stats().waiting == 2).await;
+    // Past the moment in which A's own waiter could reuse the connection.
+    tokio::time::sleep(REUSE_GRACE * 2).await;
+    a.give_back(held, true);
+    first.await.unwrap();
+    second.await.unwrap();
+    let order = order.lock().unwrap().clone();
+    assert_eq!(order, ["B, queued first", "A, queued second"]);
+}
+
+/// PostgreSQL: one real connection (a budget of one slot) serves two schemas in
+/// turn, each checkout seeing only its own schema's rows, also after an error
+/// inside a transaction on the other schema.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_one_connection_switches_schemas_without_leaking_rows() {
+    let Ok(base) = std::env::var("TEST_DATABASE_URL") else {
+        println!("TEST_DATABASE_URL is not set: skipping the PostgreSQL test");
+        return;
+    };
+    let name = format!(
+        "pooltest_{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..12]
+    );
+    let with_db = |db: &str| {
+        let mut url = url::Url::parse(&base).unwrap();
+        url.set_path(&format!("/{db}"));
+        url.to_string()
+    };
+    let admin = sea_orm::Database::connect(with_db("postgres"))
+        .await
+        .unwrap();
+    admin
+        .execute_unprepared(&format!("CREATE DATABASE \"{name}\""))
+        .await
+        .unwrap();
+    let url = crate::db::prepare_url(&with_db(&name)).unwrap();
+    let setup = sea_orm::Database::connect(url.clone()).await.unwrap();
+    setup
+        .execute_unprepared(
+            "CREATE SCHEMA a; CREATE SCHEMA b; \
+             CREATE TABLE a.t(x int); CREATE TABLE b.t(x int); \
+             INSERT INTO b.t VALUES (2)",
+        )
+        .await
+        .unwrap();
+    setup.close().await.unwrap();
+
+    let target = Target::parse(&url).unwrap();
+    let server = budget(&target, 1);
+    let p = pool(&server, target, PATIENT);
+    let pid = "SELECT pg_backend_pid()::int8";
+
+    let db = tenant_conn(&p, Some("a")).await;
+    let first_pid = int(&db, pid).await;
+    db.execute_unprepared("INSERT INTO t VALUES (1)")
+        .await
+        .unwrap();
+    assert_eq!(ints(&db, "SELECT x FROM t").await, vec![1]);
+    drop(db);
+
+    let db = tenant_conn(&p, Some("b")).await;
+    assert_eq!(int(&db, pid).await, first_pid, "not the same connection");
+    assert_eq!(ints(&db, "SELECT x FROM t").await, vec![2]);
+    drop(db);
+
+    // An error inside a transaction on A, rolled back.
+    let db = tenant_conn(&p, Some("a")).await;
+    let txn = db.begin().await.unwrap();
+    txn.execute_unprepared("INSERT INTO t VALUES (10)")
+        .await
+        .unwrap();
+    assert!(txn.execute_unprepared("SELECT 1 / 0").await.is_err());
+    txn.rollback().await.unwrap();
+    drop(db);
+
+    let db = tenant_conn(&p, Some("b")).await;
+    assert_eq!(int(&db, pid).await, first_pid, "not the same connection");
+    assert_eq!(ints(&db, "SELECT x FROM t").await, vec![2]);
+    drop(db);
+
+    // An error inside a transaction on A, dropped without a rollback.
+    let db = tenant_conn(&p, Some("a")).await;
+    let txn = db.begin().await.unwrap();
+    txn.execute_unprepared("INSERT INTO t VALUES (11)")
+        .await
+        .unwrap();
+    assert!(txn.execute_unprepared("SELECT 1 / 0").await.is_err());
+    drop(txn);
+    drop(db);
+
+    let db = tenant_conn(&p, Some("b")).await;
+    assert_eq!(ints(&db, "SELECT x FROM t").await, vec![2]);
+    drop(db);
+    let db = tenant_conn(&p, Some("a")).await;
+    assert_eq!(ints(&db, "SELECT x FROM t").await, vec![1]);
+    drop(db);
+    let stats = server.stats();
+    assert!(stats.peak_open <= 1, "{stats:?}");
+
+    p.close().await;
+    drop(p);
+    admin
+        .execute_unprepared(&format!("DROP DATABASE \"{name}\" WITH (FORCE)"))
+        .await
+        .unwrap();
+    admin.close().await.unwrap();
+}
