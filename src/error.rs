@@ -51,7 +51,7 @@ pub enum AppError {
     #[error("this tenant's database is temporarily unavailable; retry later")]
     TenantUnavailable {
         retry_after_secs: u64,
-        /// Why; the resolve_tenant middleware tells the registry about database
+        /// Why; the authenticate middleware tells the registry about database
         /// failures, so that it can close the pool and pause attempts.
         cause: UnavailableCause,
     },

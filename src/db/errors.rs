@@ -126,7 +126,7 @@ impl UnavailableCause {
 impl From<sea_orm::DbErr> for AppError {
     fn from(err: sea_orm::DbErr) -> Self {
         // A database that is down, gone or saturated is the client's to retry, and
-        // the tenant's alone: the resolve_tenant middleware reports it to the registry.
+        // the tenant's alone: the authenticate middleware reports it to the registry.
         if is_unavailable(&err) {
             tracing::warn!(error = %redact_error(&err), "tenant database unavailable");
             Self::TenantUnavailable {
