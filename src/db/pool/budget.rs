@@ -3,7 +3,6 @@
 //! room made by closing other pools' idle connections.
 
 use std::{
-    collections::BTreeMap,
     sync::{
         Arc, Mutex, Weak,
         atomic::{AtomicU64, Ordering},
@@ -18,6 +17,10 @@ use super::*;
 
 /// How often a waiting checkout asks the server's other pools for room.
 pub(super) const MAKE_ROOM_EVERY: Duration = Duration::from_millis(20);
+/// How long a connection must have been idle before it is closed to make room for
+/// a pool that has connections in use: under a load that keeps every pool busy,
+/// none sits idle that long, so pools keep their connections.
+pub(super) const COLD_AFTER: Duration = Duration::from_secs(1);
 /// The share of a server's connections left to other clients, at least 3.
 pub(super) const MARGIN_PERCENT: u32 = 10;
 
@@ -79,12 +82,14 @@ pub struct ServerBudget {
     pub(super) global: Option<Arc<Semaphore>>,
     pub(super) pools: Mutex<Vec<Weak<ConnPool>>>,
     pub(super) connect_timeout: Duration,
-    /// Checkouts waiting for a slot, by arrival: ticket → the pool asking (its
-    /// id; 0 for work outside any pool). The first is the head of the queue.
-    /// Checkouts waiting for a slot: ticket → (pool id, since when).
-    pub(super) queue: Mutex<BTreeMap<u64, (usize, Instant)>>,
-    pub(super) next_ticket: AtomicU64,
+    /// Starved checkouts queued for a slot.
     pub(super) waiting: AtomicU64,
+    /// Checkouts waiting a moment for their own pool's connection, outside the
+    /// queue.
+    pub(super) deferring: AtomicU64,
+    /// How long a connection must have been idle before a busy pool's checkout
+    /// may have it closed ([`COLD_AFTER`]; longer in tests).
+    pub(super) cold_after: Duration,
     pub(super) closing: AtomicU64,
     pub(super) open: AtomicU64,
     pub(super) peak: AtomicU64,
@@ -103,6 +108,17 @@ impl ServerBudget {
         global: Option<Arc<Semaphore>>,
         connect_timeout: Duration,
     ) -> Arc<Self> {
+        Self::with_cold_after(target, limit, global, connect_timeout, COLD_AFTER)
+    }
+
+    /// [`ServerBudget::new`] with another [`COLD_AFTER`].
+    pub(super) fn with_cold_after(
+        target: &Target,
+        limit: Option<u32>,
+        global: Option<Arc<Semaphore>>,
+        connect_timeout: Duration,
+        cold_after: Duration,
+    ) -> Arc<Self> {
         let configured = match target {
             Target::Sqlite(_) => Some(limit.unwrap_or(64)),
             Target::Postgres(_) => limit,
@@ -116,9 +132,9 @@ impl ServerBudget {
             global,
             pools: Mutex::new(Vec::new()),
             connect_timeout,
-            queue: Mutex::new(BTreeMap::new()),
-            next_ticket: AtomicU64::new(0),
             waiting: AtomicU64::new(0),
+            deferring: AtomicU64::new(0),
+            cold_after,
             closing: AtomicU64::new(0),
             open: AtomicU64::new(0),
             peak: AtomicU64::new(0),
@@ -190,29 +206,26 @@ impl ServerBudget {
         }
     }
 
-    pub(super) fn queue(&self) -> std::sync::MutexGuard<'_, BTreeMap<u64, (usize, Instant)>> {
-        self.queue.lock().unwrap_or_else(|p| p.into_inner())
-    }
-    /// The pool whose checkout has waited longest for this server, if any waits.
-    /// The pool of the checkout that has waited longest, and since when.
-    pub(super) fn head_of_queue(&self) -> Option<(usize, Instant)> {
-        self.queue().first_key_value().map(|(_, head)| *head)
-    }
-
-    /// Whether a checkout of pool `id` is waiting.
-    pub(super) fn is_waiting(&self, id: usize) -> bool {
-        self.queue().values().any(|(pool, _)| *pool == id)
-    }
-
     pub(super) fn register(&self, pool: &Arc<ConnPool>) {
         let mut pools = self.pools.lock().unwrap_or_else(|p| p.into_inner());
         pools.retain(|p| p.strong_count() > 0);
         pools.push(Arc::downgrade(pool));
     }
 
-    /// A slot for one connection, waiting in the server's queue up to `deadline`.
-    /// `asking` is the pool that will use it: room is never made by closing its own
-    /// idle connections (it would use them instead).
+    /// A slot for one connection, waiting up to `deadline`. `asking` is the pool
+    /// that will use it: room is never made by closing its own idle connections
+    /// (it would use them instead).
+    ///
+    /// A checkout whose pool has no connection at all (starved) waits in the
+    /// server's queue, first come first served, and room is made for it from any
+    /// idle connection. A checkout whose pool has connections in use (busy) is
+    /// served first by one of those coming back (the checkout takes it, dropping
+    /// this future): most do within a millisecond, where a new connection costs a
+    /// process fork and a TLS handshake on PostgreSQL and another pool's connection
+    /// closed for it. So it waits outside the queue, and takes only a slot that is
+    /// free or that of a connection idle for [`COLD_AFTER`]: a hot pool grows
+    /// into connections that others have stopped using, and pools that all serve
+    /// requests keep their connections instead of trading them.
     pub async fn slot(
         self: &Arc<Self>,
         deadline: Instant,
@@ -221,52 +234,14 @@ impl ServerBudget {
         self.ensure_limit().await.map_err(CheckoutError::Failed)?;
         let permit = match self.slots.clone().try_acquire_owned() {
             Ok(permit) => permit,
-            Err(_) => {
-                let _waiting = Waiting::new(self, asking.map_or(0, |p| p.id));
-                let acquire = self.slots.clone().acquire_owned();
-                tokio::pin!(acquire);
-                // A pool with connections in use first waits a moment for one of
-                // its own to come back: reusing it is cheaper than closing another
-                // pool's connection to open a new one.
-                let busy = asking.is_some_and(|p| p.counts.in_use.load(Ordering::Relaxed) > 0);
-                let first =
-                    tokio::time::Instant::now() + if busy { REUSE_GRACE } else { Duration::ZERO };
-                let mut tick = tokio::time::interval_at(first, MAKE_ROOM_EVERY);
-                loop {
-                    tokio::select! {
-                        permit = &mut acquire => match permit {
-                            Ok(p) => break p,
-                            Err(_) => return Err(CheckoutError::Timeout),
-                        },
-                        _ = tick.tick() => self.make_room(asking),
-                        _ = tokio::time::sleep_until(deadline.into()) => {
-                            self.timeouts.fetch_add(1, Ordering::Relaxed);
-                            return Err(CheckoutError::Timeout);
-                        }
-                    }
-                }
-            }
+            Err(_) => self.wait_for(&self.slots, deadline, asking).await?,
         };
         let global = match &self.global {
             None => None,
-            Some(global) => {
-                let acquire = global.clone().acquire_owned();
-                tokio::pin!(acquire);
-                let mut tick = tokio::time::interval(MAKE_ROOM_EVERY);
-                loop {
-                    tokio::select! {
-                        permit = &mut acquire => match permit {
-                            Ok(p) => break Some(p),
-                            Err(_) => return Err(CheckoutError::Timeout),
-                        },
-                        _ = tick.tick() => self.make_room(asking),
-                        _ = tokio::time::sleep_until(deadline.into()) => {
-                            self.timeouts.fetch_add(1, Ordering::Relaxed);
-                            return Err(CheckoutError::Timeout);
-                        }
-                    }
-                }
-            }
+            Some(global) => match global.clone().try_acquire_owned() {
+                Ok(permit) => Some(permit),
+                Err(_) => Some(self.wait_for(global, deadline, asking).await?),
+            },
         };
         let open = self.open.fetch_add(1, Ordering::Relaxed) + 1;
         self.peak.fetch_max(open, Ordering::Relaxed);
@@ -278,10 +253,66 @@ impl ServerBudget {
         })
     }
 
-    /// Closes an idle connection of another pool (of the one with most idle), unless
-    /// enough closes are already under way for the checkouts waiting.
-    pub(super) fn make_room(&self, asking: Option<&ConnPool>) {
-        if self.closing.load(Ordering::Relaxed) >= self.waiting.load(Ordering::Relaxed) {
+    /// A permit of `semaphore` before `deadline`, making room meanwhile: from any
+    /// idle connection for a starved checkout, queued for the permit; only from
+    /// cold ones for a busy checkout, which takes a permit only when one is free
+    /// (so that a starved checkout queued for it gets it first).
+    async fn wait_for(
+        &self,
+        semaphore: &Arc<Semaphore>,
+        deadline: Instant,
+        asking: Option<&ConnPool>,
+    ) -> Result<OwnedSemaphorePermit, CheckoutError> {
+        let timeout = || {
+            self.timeouts.fetch_add(1, Ordering::Relaxed);
+            CheckoutError::Timeout
+        };
+        let busy = || asking.is_some_and(|p| p.counts.in_use.load(Ordering::Relaxed) > 0);
+        let mut tick = tokio::time::interval(MAKE_ROOM_EVERY);
+        if busy() {
+            let _deferring = Deferring::new(self);
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => {
+                        if let Ok(permit) = semaphore.clone().try_acquire_owned() {
+                            return Ok(permit);
+                        }
+                        if !busy() {
+                            // Nothing of its own can come back now: it is starved.
+                            break;
+                        }
+                        if let Some(cold) = Instant::now().checked_sub(self.cold_after) {
+                            self.make_room(asking, Some(cold));
+                        }
+                    }
+                    _ = tokio::time::sleep_until(deadline.into()) => return Err(timeout()),
+                }
+            }
+        }
+        let _waiting = Waiting::new(self);
+        let acquire = semaphore.clone().acquire_owned();
+        tokio::pin!(acquire);
+        loop {
+            tokio::select! {
+                permit = &mut acquire => return permit.map_err(|_| CheckoutError::Timeout),
+                _ = tick.tick() => self.make_room(asking, None),
+                _ = tokio::time::sleep_until(deadline.into()) => return Err(timeout()),
+            }
+        }
+    }
+
+    /// Whether a starved checkout waits for room that no close under way will make.
+    pub(super) fn needs_room(&self) -> bool {
+        self.waiting.load(Ordering::Relaxed) > self.closing.load(Ordering::Relaxed)
+    }
+
+    /// Closes an idle connection of another pool than `asking` (of the one with
+    /// most idle, the longest idle on a tie), so that as many pools as possible
+    /// keep one; with `idle_before`, only one idle since before then. Nothing is
+    /// closed when enough closes are already under way for the checkouts waiting.
+    pub(super) fn make_room(&self, asking: Option<&ConnPool>, idle_before: Option<Instant>) {
+        let waiting = self.waiting.load(Ordering::Relaxed) + self.deferring.load(Ordering::Relaxed);
+        if self.closing.load(Ordering::Relaxed) >= waiting {
             return;
         }
         let pools: Vec<Arc<ConnPool>> = self
@@ -291,15 +322,14 @@ impl ServerBudget {
             .iter()
             .filter_map(Weak::upgrade)
             .collect();
-        // The pool with the most idle connections gives one up (the longest idle
-        // on a tie), so that as many pools as possible keep one.
         let oldest = pools
             .iter()
             .filter(|p| !asking.is_some_and(|a| std::ptr::eq(a, p.as_ref())))
             .filter_map(|p| p.oldest_idle().map(|since| (p.idle_count(), since, p)))
+            .filter(|(_, since, _)| idle_before.is_none_or(|before| *since <= before))
             .min_by_key(|(count, since, _)| (std::cmp::Reverse(*count), *since))
-            .map(|(_, since, p)| (since, p));
-        if let Some((_, pool)) = oldest
+            .map(|(_, _, p)| p);
+        if let Some(pool) = oldest
             && let Some(conn) = pool.take_oldest_idle()
         {
             self.close_counted(conn);
@@ -343,7 +373,7 @@ impl ServerBudget {
             open: self.open.load(Ordering::Relaxed),
             in_use,
             idle,
-            waiting: self.waiting.load(Ordering::Relaxed),
+            waiting: self.waiting.load(Ordering::Relaxed) + self.deferring.load(Ordering::Relaxed),
             peak_open: self.peak.load(Ordering::Relaxed),
             opened: self.opened.load(Ordering::Relaxed),
             closed: self.closed.load(Ordering::Relaxed),
@@ -352,24 +382,35 @@ impl ServerBudget {
     }
 }
 
-/// A place in a server's queue, held for as long as its checkout waits.
-pub(super) struct Waiting<'a> {
-    pub(super) server: &'a ServerBudget,
-    pub(super) ticket: u64,
-}
+/// A place in a server's queue, held for as long as its checkout waits (the
+/// semaphore keeps the order).
+pub(super) struct Waiting<'a>(&'a ServerBudget);
 
 impl<'a> Waiting<'a> {
-    pub(super) fn new(server: &'a ServerBudget, pool: usize) -> Self {
-        let ticket = server.next_ticket.fetch_add(1, Ordering::Relaxed);
-        server.queue().insert(ticket, (pool, Instant::now()));
+    pub(super) fn new(server: &'a ServerBudget) -> Self {
         server.waiting.fetch_add(1, Ordering::Relaxed);
-        Self { server, ticket }
+        Self(server)
     }
 }
 
 impl Drop for Waiting<'_> {
     fn drop(&mut self) {
-        self.server.queue().remove(&self.ticket);
-        self.server.waiting.fetch_sub(1, Ordering::Relaxed);
+        self.0.waiting.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// A busy pool's checkout waiting for a connection, outside the queue.
+pub(super) struct Deferring<'a>(&'a ServerBudget);
+
+impl<'a> Deferring<'a> {
+    pub(super) fn new(server: &'a ServerBudget) -> Self {
+        server.deferring.fetch_add(1, Ordering::Relaxed);
+        Self(server)
+    }
+}
+
+impl Drop for Deferring<'_> {
+    fn drop(&mut self) {
+        self.0.deferring.fetch_sub(1, Ordering::Relaxed);
     }
 }

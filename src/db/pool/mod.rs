@@ -13,7 +13,10 @@
 //! queue (first come, first served) until its deadline. While it waits, idle
 //! connections of the server's other pools are closed, least recently used first,
 //! and a connection given back while others wait for the server is closed rather
-//! than kept idle, so that the slot goes to the head of the queue.
+//! than kept idle, so that the slot goes to the head of the queue. A checkout of a
+//! pool whose connections are all in use first waits a moment for one of them,
+//! outside the queue: most come back within a millisecond, and taking a slot
+//! instead would close another pool's connection and open a new one.
 
 mod budget;
 mod target;
@@ -26,7 +29,7 @@ pub use target::{RawConn, Target};
 use std::{
     sync::{
         Arc, Mutex,
-        atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering},
+        atomic::{AtomicBool, AtomicU32, Ordering},
     },
     time::{Duration, Instant},
 };
@@ -36,9 +39,6 @@ use tokio::sync::Notify;
 
 use super::quote_ident;
 
-/// How long the checkout at the head of a server's queue may be passed over for a
-/// waiter of the pool a connection returns to.
-const REUSE_GRACE: Duration = Duration::from_millis(20);
 /// A connection idle longer than this is checked before it is handed out, unless
 /// switching its schema checks it anyway.
 const CHECK_IF_IDLE_FOR: Duration = Duration::from_secs(5);
@@ -103,12 +103,8 @@ pub struct PoolStats {
     pub idle: u32,
 }
 
-/// Ids of pools, for the server's queue; 0 is no pool.
-static NEXT_POOL_ID: AtomicUsize = AtomicUsize::new(1);
-
 /// The idle connections of one database or file.
 pub struct ConnPool {
-    id: usize,
     server: Arc<ServerBudget>,
     target: Target,
     database: String,
@@ -129,7 +125,6 @@ impl ConnPool {
         connect_timeout: Duration,
     ) -> Arc<Self> {
         let pool = Arc::new(Self {
-            id: NEXT_POOL_ID.fetch_add(1, Ordering::Relaxed),
             database: target.database(),
             server: server.clone(),
             target,
@@ -311,22 +306,14 @@ impl ConnPool {
             conn.close_later();
             return;
         }
-        // First come, first served per server: when the checkout that has waited
-        // longest is another pool's, the slot goes to it (closing this connection
-        // frees it) rather than to a later checkout of this pool. Only for a moment
-        // may a waiter of this pool take the connection first: reusing it costs
-        // nothing, where closing it makes both pools open a connection (a process
-        // fork and a TLS handshake on PostgreSQL), which under churn costs more
-        // than the queries themselves.
-        if let Some((head, since)) = self.server.head_of_queue()
-            && head != self.id
-            && !(since.elapsed() < REUSE_GRACE && self.server.is_waiting(self.id))
-        {
-            self.server.close_counted(conn);
-            return;
-        }
         conn.idle_since = Instant::now();
         self.idle().push(conn);
+        // A checkout whose pool has no connection waits for the server: room for
+        // it comes first, from the longest idle connection of the pool with most
+        // idle, which may be this one when no other is idle.
+        if self.server.needs_room() {
+            self.server.make_room(None, None);
+        }
         self.returned.notify_one();
     }
 

@@ -526,9 +526,10 @@ async fn a_busy_pool_does_not_starve_a_checkout_queued_before_it() {
     );
 }
 
-/// The same, step by step: with the server full, pool B's checkout queues
-/// first and pool A's second; when A's connection is given back, B (the head of
-/// the server's queue) is served first.
+/// The same, step by step: with the server full, pool B (no connection) queues
+/// first, then a second checkout of pool A (its connection in use) waits; when
+/// A's connection is given back, B is served first: a checkout whose pool has no
+/// connection is never passed over for a busy pool's.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_head_of_the_servers_queue_is_served_first() {
     let dir = tempfile::tempdir().unwrap();
@@ -551,13 +552,76 @@ async fn the_head_of_the_servers_queue_is_served_first() {
     wait_until("B waits", || server.stats().waiting == 1).await;
     let second = checkout(&a, "A, queued second");
     wait_until("A waits too", || server.stats().waiting == 2).await;
-    // Past the moment in which A's own waiter could reuse the connection.
-    tokio::time::sleep(REUSE_GRACE * 2).await;
     a.give_back(held, true);
     first.await.unwrap();
     second.await.unwrap();
     let order = order.lock().unwrap().clone();
     assert_eq!(order, ["B, queued first", "A, queued second"]);
+}
+
+/// A checkout of a busy pool on a full server waits for its own pool's connection
+/// rather than taking a slot: meanwhile another pool's connection given back is
+/// kept (not closed to make room), and no connection is opened. Without this,
+/// 100 database tenants on a full budget closed and opened a connection on every
+/// collision of two requests for one tenant.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_busy_pools_checkout_reuses_its_own_connection_instead_of_closing_anothers() {
+    let dir = tempfile::tempdir().unwrap();
+    let target_a = sqlite_target(dir.path(), "a.db");
+    // No connection turns cold during the test: B's stays hot.
+    let server = ServerBudget::with_cold_after(&target_a, Some(2), None, CONNECT, PATIENT);
+    let a = pool(&server, target_a, PATIENT);
+    let b = pool(&server, sqlite_target(dir.path(), "b.db"), PATIENT);
+    let held_a = a.checkout(None, in_(PATIENT)).await.unwrap();
+    let held_b = b.checkout(None, in_(PATIENT)).await.unwrap();
+
+    let second_a = {
+        let a = a.clone();
+        tokio::spawn(async move {
+            let conn = a.checkout(None, in_(PATIENT)).await;
+            conn.map(|conn| a.give_back(conn, true))
+        })
+    };
+    wait_until("A's second checkout waits", || server.stats().waiting == 1).await;
+    b.give_back(held_b, true);
+    assert_eq!(
+        b.stats().idle,
+        1,
+        "B's connection was closed for a checkout that could wait for its own pool's: {:?}",
+        server.stats()
+    );
+    a.give_back(held_a, true);
+    second_a.await.unwrap().unwrap();
+    let stats = server.stats();
+    assert_eq!((stats.opened, stats.open), (2, 2), "{stats:?}");
+    assert_eq!((a.stats().idle, b.stats().idle), (1, 1));
+}
+
+/// A busy pool on a full server still grows, into connections that other pools
+/// have stopped using: a connection idle past the cold threshold is closed for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_busy_pool_grows_into_a_connection_another_pool_stopped_using() {
+    let cold_after = Duration::from_millis(200);
+    let dir = tempfile::tempdir().unwrap();
+    let target_a = sqlite_target(dir.path(), "a.db");
+    let server = ServerBudget::with_cold_after(&target_a, Some(2), None, CONNECT, cold_after);
+    let a = pool(&server, target_a, PATIENT);
+    let b = pool(&server, sqlite_target(dir.path(), "b.db"), PATIENT);
+    let held_a = a.checkout(None, in_(PATIENT)).await.unwrap();
+    let b_conn = b.checkout(None, in_(PATIENT)).await.unwrap();
+    b.give_back(b_conn, true);
+
+    let started = Instant::now();
+    let second_a = a.checkout(None, in_(PATIENT)).await.unwrap();
+    assert!(
+        started.elapsed() >= cold_after / 2,
+        "B's connection was taken while still warm"
+    );
+    wait_until("B's connection is closed", || b.stats().open == 0).await;
+    assert_eq!(a.stats().open, 2, "{:?}", a.stats());
+    assert_eq!(server.stats().timeouts, 0);
+    a.give_back(second_a, true);
+    a.give_back(held_a, true);
 }
 
 /// PostgreSQL: one real connection (a budget of one slot) serves two schemas in
