@@ -21,6 +21,11 @@ pub(super) const MAKE_ROOM_EVERY: Duration = Duration::from_millis(20);
 /// a pool that has connections in use: under a load that keeps every pool busy,
 /// none sits idle that long, so pools keep their connections.
 pub(super) const COLD_AFTER: Duration = Duration::from_secs(1);
+/// How long a busy pool's checkout waits for one of its own connections before it
+/// takes a free slot, or a cold connection's, to grow the pool: its own usually
+/// comes back within milliseconds, where opening one takes a fork and a TLS
+/// handshake.
+pub(super) const GROW_AFTER: Duration = Duration::from_millis(50);
 /// The share of a server's connections left to other clients, at least 3.
 pub(super) const MARGIN_PERCENT: u32 = 10;
 
@@ -87,6 +92,9 @@ pub struct ServerBudget {
     /// Checkouts waiting a moment for their own pool's connection, outside the
     /// queue.
     pub(super) deferring: AtomicU64,
+    /// How long a busy pool's checkout waits for its own connection before it
+    /// grows the pool ([`GROW_AFTER`]; longer in tests).
+    pub(super) grow_after: Duration,
     /// How long a connection must have been idle before a busy pool's checkout
     /// may have it closed ([`COLD_AFTER`]; longer in tests).
     pub(super) cold_after: Duration,
@@ -108,15 +116,23 @@ impl ServerBudget {
         global: Option<Arc<Semaphore>>,
         connect_timeout: Duration,
     ) -> Arc<Self> {
-        Self::with_cold_after(target, limit, global, connect_timeout, COLD_AFTER)
+        Self::with_timing(
+            target,
+            limit,
+            global,
+            connect_timeout,
+            GROW_AFTER,
+            COLD_AFTER,
+        )
     }
 
-    /// [`ServerBudget::new`] with another [`COLD_AFTER`].
-    pub(super) fn with_cold_after(
+    /// [`ServerBudget::new`] with another [`GROW_AFTER`] and [`COLD_AFTER`].
+    pub(super) fn with_timing(
         target: &Target,
         limit: Option<u32>,
         global: Option<Arc<Semaphore>>,
         connect_timeout: Duration,
+        grow_after: Duration,
         cold_after: Duration,
     ) -> Arc<Self> {
         let configured = match target {
@@ -134,6 +150,7 @@ impl ServerBudget {
             connect_timeout,
             waiting: AtomicU64::new(0),
             deferring: AtomicU64::new(0),
+            grow_after,
             cold_after,
             closing: AtomicU64::new(0),
             open: AtomicU64::new(0),
@@ -218,12 +235,14 @@ impl ServerBudget {
     ///
     /// A checkout whose pool has no connection at all (starved) waits in the
     /// server's queue, first come first served, and room is made for it from any
-    /// idle connection. A checkout whose pool has connections in use (busy) is
-    /// served first by one of those coming back (the checkout takes it, dropping
-    /// this future): most do within a millisecond, where a new connection costs a
+    /// idle connection. A checkout whose pool has connections in use or on their
+    /// way (busy: being opened, or queued for by a starved checkout) is served
+    /// first by one of those coming back (the checkout takes it, dropping this
+    /// future): most do within a millisecond, where a new connection costs a
     /// process fork and a TLS handshake on PostgreSQL and another pool's connection
-    /// closed for it. So it waits outside the queue, and takes only a slot that is
-    /// free or that of a connection idle for [`COLD_AFTER`]: a hot pool grows
+    /// closed for it. So it waits outside the queue, and only after [`GROW_AFTER`]
+    /// takes a slot that is free or that of a connection idle for
+    /// [`COLD_AFTER`]: a hot pool grows
     /// into connections that others have stopped using, and pools that all serve
     /// requests keep their connections instead of trading them.
     pub async fn slot(
@@ -232,8 +251,16 @@ impl ServerBudget {
         asking: Option<&ConnPool>,
     ) -> Result<Slot, CheckoutError> {
         self.ensure_limit().await.map_err(CheckoutError::Failed)?;
+        let busy = asking.is_some_and(|p| p.counts.busy());
         let permit = match self.slots.clone().try_acquire_owned() {
-            Ok(permit) => permit,
+            Ok(permit) if !busy => permit,
+            // Even with a slot free, a busy pool first waits for its own: a slot
+            // freed by an idle connection closing would otherwise be taken, and
+            // its connection left idle in turn, over and over.
+            Ok(permit) => {
+                drop(permit);
+                self.wait_for(&self.slots, deadline, asking).await?
+            }
             Err(_) => self.wait_for(&self.slots, deadline, asking).await?,
         };
         let global = match &self.global {
@@ -267,10 +294,11 @@ impl ServerBudget {
             self.timeouts.fetch_add(1, Ordering::Relaxed);
             CheckoutError::Timeout
         };
-        let busy = || asking.is_some_and(|p| p.counts.in_use.load(Ordering::Relaxed) > 0);
-        let mut tick = tokio::time::interval(MAKE_ROOM_EVERY);
+        let busy = || asking.is_some_and(|p| p.counts.busy());
         if busy() {
             let _deferring = Deferring::new(self);
+            let start = tokio::time::Instant::now() + self.grow_after;
+            let mut tick = tokio::time::interval_at(start, MAKE_ROOM_EVERY);
             loop {
                 tokio::select! {
                     _ = tick.tick() => {
@@ -289,7 +317,10 @@ impl ServerBudget {
                 }
             }
         }
+        let mut tick = tokio::time::interval(MAKE_ROOM_EVERY);
         let _waiting = Waiting::new(self);
+        // Later checkouts of the same pool wait for this one's connection.
+        let _pending = asking.map(|p| Pending::new(&p.counts));
         let acquire = semaphore.clone().acquire_owned();
         tokio::pin!(acquire);
         loop {

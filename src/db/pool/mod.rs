@@ -46,6 +46,33 @@ const CHECK_IF_IDLE_FOR: Duration = Duration::from_secs(5);
 struct PoolCounts {
     open: AtomicU32,
     in_use: AtomicU32,
+    /// Connections of this pool on their way: being opened, or queued for a slot
+    /// by a checkout that found the pool without any.
+    pending: AtomicU32,
+}
+
+impl PoolCounts {
+    /// Whether a connection of this pool is in use or on its way, so that a
+    /// checkout can expect one to come to it soon.
+    fn busy(&self) -> bool {
+        self.in_use.load(Ordering::Relaxed) + self.pending.load(Ordering::Relaxed) > 0
+    }
+}
+
+/// Counts a connection on its way to a pool for as long as it lives.
+struct Pending(Arc<PoolCounts>);
+
+impl Pending {
+    fn new(counts: &Arc<PoolCounts>) -> Self {
+        counts.pending.fetch_add(1, Ordering::Relaxed);
+        Self(counts.clone())
+    }
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        self.0.pending.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// An open connection, the schema its `search_path` points at now, and its slot.
@@ -226,6 +253,7 @@ impl ConnPool {
     }
 
     async fn open(&self, slot: Slot, schema: &Option<Arc<str>>) -> Result<Conn, CheckoutError> {
+        let _pending = Pending::new(&self.counts);
         let raw = match tokio::time::timeout(self.connect_timeout, self.target.connect()).await {
             Ok(Ok(raw)) => raw,
             Ok(Err(_)) if self.target.sqlite_file().is_some_and(|file| !file.exists()) => {

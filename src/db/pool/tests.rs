@@ -569,7 +569,7 @@ async fn a_busy_pools_checkout_reuses_its_own_connection_instead_of_closing_anot
     let dir = tempfile::tempdir().unwrap();
     let target_a = sqlite_target(dir.path(), "a.db");
     // No connection turns cold during the test: B's stays hot.
-    let server = ServerBudget::with_cold_after(&target_a, Some(2), None, CONNECT, PATIENT);
+    let server = ServerBudget::with_timing(&target_a, Some(2), None, CONNECT, GROW_AFTER, PATIENT);
     let a = pool(&server, target_a, PATIENT);
     let b = pool(&server, sqlite_target(dir.path(), "b.db"), PATIENT);
     let held_a = a.checkout(None, in_(PATIENT)).await.unwrap();
@@ -597,6 +597,48 @@ async fn a_busy_pools_checkout_reuses_its_own_connection_instead_of_closing_anot
     assert_eq!((a.stats().idle, b.stats().idle), (1, 1));
 }
 
+/// Even with a slot free, a busy pool's checkout first waits for one of its own
+/// connections: a slot freed by an idle connection closing would otherwise go to
+/// a new connection that then sits idle until it closes in turn.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_busy_pool_reuses_its_own_connection_before_opening_into_a_free_slot() {
+    let dir = tempfile::tempdir().unwrap();
+    let target = sqlite_target(dir.path(), "a.db");
+    // It never grows during the test.
+    let server = ServerBudget::with_timing(&target, Some(3), None, CONNECT, PATIENT, PATIENT);
+    let a = pool(&server, target, PATIENT);
+    let held = a.checkout(None, in_(PATIENT)).await.unwrap();
+    let second = {
+        let a = a.clone();
+        tokio::spawn(async move {
+            a.checkout(None, in_(PATIENT))
+                .await
+                .map(|c| a.give_back(c, true))
+        })
+    };
+    wait_until("the second checkout waits", || server.stats().waiting == 1).await;
+    a.give_back(held, true);
+    second.await.unwrap().unwrap();
+    let stats = server.stats();
+    assert_eq!((stats.opened, stats.open), (1, 1), "{stats:?}");
+
+    // And past its wait, it does grow into the free slot.
+    let server = ServerBudget::with_timing(
+        &sqlite_target(dir.path(), "b.db"),
+        Some(3),
+        None,
+        CONNECT,
+        Duration::from_millis(50),
+        PATIENT,
+    );
+    let b = pool(&server, sqlite_target(dir.path(), "b.db"), PATIENT);
+    let held = b.checkout(None, in_(PATIENT)).await.unwrap();
+    let grown = b.checkout(None, in_(PATIENT)).await.unwrap();
+    assert_eq!(server.stats().opened, 2);
+    b.give_back(grown, true);
+    b.give_back(held, true);
+}
+
 /// A busy pool on a full server still grows, into connections that other pools
 /// have stopped using: a connection idle past the cold threshold is closed for it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -604,7 +646,8 @@ async fn a_busy_pool_grows_into_a_connection_another_pool_stopped_using() {
     let cold_after = Duration::from_millis(200);
     let dir = tempfile::tempdir().unwrap();
     let target_a = sqlite_target(dir.path(), "a.db");
-    let server = ServerBudget::with_cold_after(&target_a, Some(2), None, CONNECT, cold_after);
+    let server =
+        ServerBudget::with_timing(&target_a, Some(2), None, CONNECT, GROW_AFTER, cold_after);
     let a = pool(&server, target_a, PATIENT);
     let b = pool(&server, sqlite_target(dir.path(), "b.db"), PATIENT);
     let held_a = a.checkout(None, in_(PATIENT)).await.unwrap();
