@@ -110,13 +110,21 @@ pub async fn record_writes(
     request: Request,
     next: Next,
 ) -> Response {
-    let method = request.method().clone();
     if !matches!(
-        method,
+        *request.method(),
         Method::POST | Method::PUT | Method::PATCH | Method::DELETE
     ) {
         return next.run(request).await;
     }
+    // Boxed: the write path's state is large, and a read should not carry it
+    // (every layer's future is moved into a box of its own).
+    Box::pin(record_write(state, request, next)).await
+}
+
+/// [`record_writes`] for a write: buffer the body, begin the transaction, run the
+/// handler, write the audit row, commit.
+async fn record_write(state: AppState, request: Request, next: Next) -> Response {
+    let method = request.method().clone();
     let extensions = request.extensions();
     let (Some(path), Some(tenant), Some(principal)) = (
         extensions

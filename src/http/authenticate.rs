@@ -40,7 +40,9 @@ pub async fn authenticate(
     let Some(named) = request.extensions_mut().remove::<Named>() else {
         return AppError::internal("tenant route mounted without identify").into_response();
     };
-    let (config, principal) = match settle(&state, named, request.headers()).await {
+    // Boxed: finding the caller's principal in the tenant's database is a large
+    // future, which would otherwise be copied with this layer's on every request.
+    let (config, principal) = match Box::pin(settle(&state, named, request.headers())).await {
         Ok(found) => found,
         Err(e) => return e.into_response(),
     };
@@ -59,7 +61,7 @@ pub async fn authenticate(
     let started = std::time::Instant::now();
     let mut response = next.run(request).await;
     if let Some(cause) = response.extensions().get::<UnavailableCause>().copied() {
-        state.registry.report_unavailable(&id, cause, started).await;
+        Box::pin(state.registry.report_unavailable(&id, cause, started)).await;
     }
     if let Some(value) = header_value {
         response.headers_mut().insert(TENANT_HEADER.clone(), value);
