@@ -296,7 +296,7 @@ impl ServerBudget {
         };
         let busy = || asking.is_some_and(|p| p.counts.busy());
         if busy() {
-            let _deferring = Deferring::new(self);
+            let _deferring = Waiter::new(&self.deferring);
             let start = tokio::time::Instant::now() + self.grow_after;
             let mut tick = tokio::time::interval_at(start, MAKE_ROOM_EVERY);
             loop {
@@ -318,7 +318,7 @@ impl ServerBudget {
             }
         }
         let mut tick = tokio::time::interval(MAKE_ROOM_EVERY);
-        let _waiting = Waiting::new(self);
+        let _waiting = Waiter::new(&self.waiting);
         // Later checkouts of the same pool wait for this one's connection.
         let _pending = asking.map(|p| Pending::new(&p.counts));
         let acquire = semaphore.clone().acquire_owned();
@@ -413,35 +413,20 @@ impl ServerBudget {
     }
 }
 
-/// A place in a server's queue, held for as long as its checkout waits (the
-/// semaphore keeps the order).
-pub(super) struct Waiting<'a>(&'a ServerBudget);
+/// One waiting checkout, counted in `waiting` (queued for a slot; the semaphore
+/// keeps the order) or `deferring` (a busy pool's, outside the queue) for as long
+/// as it waits.
+pub(super) struct Waiter<'a>(&'a AtomicU64);
 
-impl<'a> Waiting<'a> {
-    pub(super) fn new(server: &'a ServerBudget) -> Self {
-        server.waiting.fetch_add(1, Ordering::Relaxed);
-        Self(server)
+impl<'a> Waiter<'a> {
+    pub(super) fn new(count: &'a AtomicU64) -> Self {
+        count.fetch_add(1, Ordering::Relaxed);
+        Self(count)
     }
 }
 
-impl Drop for Waiting<'_> {
+impl Drop for Waiter<'_> {
     fn drop(&mut self) {
-        self.0.waiting.fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
-/// A busy pool's checkout waiting for a connection, outside the queue.
-pub(super) struct Deferring<'a>(&'a ServerBudget);
-
-impl<'a> Deferring<'a> {
-    pub(super) fn new(server: &'a ServerBudget) -> Self {
-        server.deferring.fetch_add(1, Ordering::Relaxed);
-        Self(server)
-    }
-}
-
-impl Drop for Deferring<'_> {
-    fn drop(&mut self) {
-        self.0.deferring.fetch_sub(1, Ordering::Relaxed);
+        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }
