@@ -137,6 +137,11 @@ impl ControlStore {
         Ok(Self { db, secrets })
     }
 
+    /// A round trip to the control database.
+    pub async fn ping(&self) -> Result<(), DbErr> {
+        self.db.ping().await
+    }
+
     /// Every ready tenant, validated; rows that fail validation are returned as
     /// errors (naming the tenant and field) rather than served.
     pub async fn load(&self) -> Result<(Vec<TenantConfig>, Vec<ConfigError>), DbErr> {

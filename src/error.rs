@@ -87,6 +87,10 @@ pub enum AppError {
     BadRequest(String),
     #[error("the request body was not received in time")]
     RequestTimeout,
+    /// The service is up but cannot serve yet (its control database does not
+    /// answer); `GET /ready` says so, so that a load balancer sends requests elsewhere.
+    #[error("{0}")]
+    NotReady(String),
     /// A failure the client cannot fix; `detail` goes to the log, never to the client.
     #[error("internal error")]
     Internal { detail: String },
@@ -128,6 +132,7 @@ impl AppError {
             Self::Conflict(_) => "conflict",
             Self::BadRequest(_) => "bad_request",
             Self::RequestTimeout => "request_timeout",
+            Self::NotReady(_) => "not_ready",
             Self::Internal { .. } => "internal_error",
         }
     }

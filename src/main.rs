@@ -28,18 +28,18 @@ async fn main() -> ExitCode {
         None | Some(Command::Serve) => serve(settings).await,
         Some(Command::Tenants(command)) => {
             // Commands print their results; the log says only what went wrong.
-            telemetry::init("warn");
+            telemetry::init("warn", false);
             cli::tenants(settings, command).await
         }
         Some(Command::Migrate(args)) => {
-            telemetry::init("warn");
+            telemetry::init("warn", false);
             cli::migrate(settings, args).await
         }
     }
 }
 
 async fn serve(settings: Settings) -> ExitCode {
-    telemetry::init(&settings.log_level);
+    telemetry::init(&settings.log_level, settings.log_json().unwrap_or(false));
     let app = match Application::build(settings).await {
         Ok(app) => app,
         Err(e) => {

@@ -4,17 +4,29 @@
 use tracing_subscriber::EnvFilter;
 
 /// Installs the global subscriber. `level` is an `EnvFilter` directive such as
-/// `info` or `tenant_router=debug,info`. Every line passes through
+/// `info` or `tenant_router=debug,info`; `json` writes one JSON object per line,
+/// the event's fields at the top and the request span's (method, path, route,
+/// request id, tenant id) under `span`. Every line passes through
 /// [`RedactingStdout`], so a URL with credentials that a dependency puts in a span
 /// field (sea-orm's `connect` span holds the whole connection string) is scrubbed.
-pub fn init(level: &str) {
+pub fn init(level: &str, json: bool) {
     let filter = EnvFilter::try_new(level).unwrap_or_else(|_| EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_target(false)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
-        .with_writer(|| RedactingStdout)
-        .try_init();
+        .with_writer(|| RedactingStdout);
+    let _ = if json {
+        builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .with_span_list(false)
+            .try_init()
+    } else {
+        builder
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
+            .try_init()
+    };
 }
 
 /// Standard output with credentials removed from every line (see [`crate::secret::redact`]).

@@ -33,6 +33,7 @@ use crate::{
 pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/health", get(health))
+        .route("/ready", get(ready))
         .merge(routes::tenants::public_router())
         .merge(admin_routes(&state))
         .merge(
@@ -80,4 +81,31 @@ async fn single_host(
 
 async fn health() -> Json<Value> {
     Json(json!({ "status": "ok" }))
+}
+
+/// How long `/ready` waits for the control database.
+const READY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Ready to serve: the listener answers (this request is the proof) and, in
+/// multi-tenant mode, the control database, where the tenants live, answers too.
+/// 503 `not_ready` otherwise, so that a load balancer or an orchestrator's
+/// readiness probe sends requests to another replica; `/health` stays 200 (alive).
+async fn ready(
+    axum::extract::State(state): axum::extract::State<AppState>,
+) -> Result<Json<Value>, AppError> {
+    if let Some(lifecycle) = &state.lifecycle {
+        let answer = tokio::time::timeout(READY_TIMEOUT, lifecycle.control_answers()).await;
+        let failure = match answer {
+            Ok(Ok(())) => None,
+            Ok(Err(e)) => Some(crate::db::redact_error(&e)),
+            Err(_) => Some(format!("no answer within {READY_TIMEOUT:?}")),
+        };
+        if let Some(error) = failure {
+            tracing::warn!(%error, "not ready: the control database does not answer");
+            return Err(AppError::NotReady(
+                "the control database does not answer".into(),
+            ));
+        }
+    }
+    Ok(Json(json!({ "status": "ready" })))
 }

@@ -58,9 +58,14 @@ pub async fn request_span(mut request: Request, next: Next) -> Response {
         "request",
         method = %request.method(),
         path = %request.uri().path(),
+        route = tracing::field::Empty,
         request_id = %request_id.0,
         tenant_id = tracing::field::Empty,
     );
+    // The route pattern (`/api/products/{id}`), where the request matched one.
+    if let Some(route) = request.extensions().get::<axum::extract::MatchedPath>() {
+        span.record("route", route.as_str());
+    }
     let header_value = HeaderValue::from_str(&request_id.0).ok();
     request.extensions_mut().insert(request_id);
     let started = Instant::now();

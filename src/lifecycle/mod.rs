@@ -128,6 +128,11 @@ impl Lifecycle {
 
     /// Replaces the base tenants (a reload of the file) and re-applies the control
     /// rows on top.
+    /// Whether the control database answers.
+    pub async fn control_answers(&self) -> Result<(), DbErr> {
+        self.control.ping().await
+    }
+
     pub async fn set_base(&self, base: Vec<TenantConfig>) -> Result<(), DbErr> {
         *self.base.write().unwrap_or_else(|p| p.into_inner()) = base;
         self.refresh().await

@@ -33,6 +33,7 @@ pub const ENV_KEYS: &[&str] = &[
     "BASE_DOMAIN",
     "ADMIN_TOKEN",
     "LOG_LEVEL",
+    "LOG_FORMAT",
     "POOL_IDLE_TIMEOUT_SECS",
     "MAX_OPEN_POOLS",
     "DEFAULT_MAX_CONNECTIONS",
@@ -90,6 +91,8 @@ pub struct Settings {
     pub base_domain: String,
     pub admin_token: Option<Secret>,
     pub log_level: String,
+    /// `text` (default) or `json`: one JSON object per line.
+    pub log_format: String,
     pub pool_idle_timeout_secs: u64,
     pub max_open_pools: u64,
     /// Older name of `max_connections_per_tenant`, still read when that is unset.
@@ -195,6 +198,7 @@ impl Settings {
             .and_then(|b| b.set_default("database_url", "sqlite://data/app.db?mode=rwc"))
             .and_then(|b| b.set_default("base_domain", "localhost"))
             .and_then(|b| b.set_default("log_level", "info"))
+            .and_then(|b| b.set_default("log_format", "text"))
             .and_then(|b| b.set_default("pool_idle_timeout_secs", 300))
             .and_then(|b| b.set_default("max_open_pools", 10_000))
             .and_then(|b| b.set_default("max_connections_per_server", 0))
@@ -242,7 +246,17 @@ impl Settings {
         Ok(settings)
     }
 
+    /// Whether log lines are JSON objects (`LOG_FORMAT=json`) rather than text.
+    pub fn log_json(&self) -> Result<bool, String> {
+        match self.log_format.as_str() {
+            "text" => Ok(false),
+            "json" => Ok(true),
+            _ => Err("settings: LOG_FORMAT must be text or json".into()),
+        }
+    }
+
     fn validate(&self) -> Result<(), String> {
+        self.log_json()?;
         if self.max_open_pools == 0 {
             return Err("settings: MAX_OPEN_POOLS must be at least 1".into());
         }

@@ -128,6 +128,33 @@ async fn service_health_needs_nothing() {
     );
 }
 
+/// `/ready` answers 200 while the control database answers, and 503 `not_ready`
+/// (in bounded time) once it does not, while `/health` (alive) stays 200.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readiness_follows_the_control_database_and_health_does_not() {
+    let cluster = crate::pg::PgCluster::start(20);
+    let app = spawn_app_with(AppSpec::new(vec![]).env("CONTROL_DATABASE_URL", &cluster.url)).await;
+    let ready = || app.request(Method::GET, "/ready").send();
+    let response = ready().await.unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(
+        response.json::<Value>().await.unwrap(),
+        serde_json::json!({ "status": "ready" })
+    );
+
+    cluster.stop();
+    let started = std::time::Instant::now();
+    let response = ready().await.unwrap();
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(10),
+        "took {:?}",
+        started.elapsed()
+    );
+    assert_error(response, 503, "not_ready").await;
+    let health = app.request(Method::GET, "/health").send().await.unwrap();
+    assert_eq!(health.status(), 200);
+}
+
 #[tokio::test]
 async fn wrong_admin_tokens_are_throttled_per_address_and_any_length_is_refused_alike() {
     let app = spawn_app_with(

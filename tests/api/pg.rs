@@ -164,7 +164,8 @@ impl PgCluster {
         std::fs::read_to_string(self.log_path()).unwrap_or_default()
     }
 
-    fn stop(&self) {
+    /// Stops the server at once (`-m immediate`); also done when dropped.
+    pub fn stop(&self) {
         let _ = pg_command(self.bin.join("pg_ctl"))
             .arg("-D")
             .arg(self.dir.path().join("data"))

@@ -1,11 +1,12 @@
 //! The real binary, where the behaviour is about a process: starting and stopping
 //! ([`startup`]), secrets in logs ([`secrets`]), the command line ([`cli`]),
-//! memory ([`memory`]), SIGKILL at any moment ([`crashes`]) and what an operator
+//! memory ([`memory`]), log lines ([`logs`]), SIGKILL at any moment ([`crashes`]) and what an operator
 //! does after trouble ([`recovery`]). Shared here: starting the binary and
 //! reading its output.
 
 mod cli;
 mod crashes;
+mod logs;
 mod memory;
 mod recovery;
 mod secrets;
@@ -93,8 +94,12 @@ impl Server {
                 panic!("server exited before listening: {}", log.lock().unwrap());
             }
             log.lock().unwrap().push_str(&line);
+            // `addr=127.0.0.1:1234` in text logs, `"addr":"127.0.0.1:1234"` in JSON.
             if let Some(pos) = line.find("addr=") {
                 address = Some(format!("http://{}", line[pos + 5..].trim()));
+            } else if let Some(pos) = line.find("\"addr\":\"") {
+                let rest = &line[pos + 8..];
+                address = rest.find('"').map(|end| format!("http://{}", &rest[..end]));
             }
         }
         let out_log = log.clone();
