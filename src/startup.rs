@@ -146,6 +146,7 @@ impl Application {
             lifecycle,
             auth,
             writes: Arc::default(),
+            metrics: Arc::new(crate::metrics::Metrics::new(settings.metrics_max_tenants)),
         });
         let listener = TcpListener::bind((settings.host.as_str(), settings.port))
             .await

@@ -23,7 +23,10 @@ const LAYERS: &[(&str, &[&str])] = &[
     ("configuration", &["settings", "telemetry"]),
     ("connections", &["db", "registry", "control"]),
     ("auth", &["auth"]),
-    ("operations", &["audit", "demo", "fleet", "lifecycle"]),
+    (
+        "operations",
+        &["audit", "demo", "fleet", "lifecycle", "metrics"],
+    ),
     ("http", &["http"]),
     ("entry", &["startup", "cli"]),
 ];

@@ -55,7 +55,10 @@ pub fn router(state: AppState) -> Router {
         .layer(axum::extract::DefaultBodyLimit::max(
             crate::http::extract::MAX_BODY_BYTES,
         ))
-        .layer(middleware::from_fn(request_span::request_span))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            request_span::request_span,
+        ))
         .with_state(state)
 }
 

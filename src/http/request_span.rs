@@ -52,7 +52,11 @@ impl<S: Send + Sync> axum::extract::FromRequestParts<S> for RequestId {
 
 /// Opens the request's span (method, path, request id, and an empty `tenant_id` that
 /// tenant resolution fills in) and logs the outcome.
-pub async fn request_span(mut request: Request, next: Next) -> Response {
+pub async fn request_span(
+    axum::extract::State(state): axum::extract::State<crate::http::AppState>,
+    mut request: Request,
+    next: Next,
+) -> Response {
     let request_id = RequestId::of(&request);
     let span = tracing::info_span!(
         "request",
@@ -63,7 +67,11 @@ pub async fn request_span(mut request: Request, next: Next) -> Response {
         tenant_id = tracing::field::Empty,
     );
     // The route pattern (`/api/products/{id}`), where the request matched one.
-    if let Some(route) = request.extensions().get::<axum::extract::MatchedPath>() {
+    let route = request
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map(|route| route.as_str().to_owned());
+    if let Some(route) = &route {
         span.record("route", route.as_str());
     }
     let header_value = HeaderValue::from_str(&request_id.0).ok();
@@ -76,10 +84,31 @@ pub async fn request_span(mut request: Request, next: Next) -> Response {
                 .headers_mut()
                 .insert(REQUEST_ID_HEADER.clone(), value);
         }
+        let elapsed = started.elapsed();
+        let status = response.status().as_u16();
         tracing::info!(
-            status = response.status().as_u16(),
-            latency_us = started.elapsed().as_micros() as u64,
+            status,
+            latency_us = elapsed.as_micros() as u64,
             "request finished"
+        );
+        // The tenant the request was settled as: named on the response (only
+        // after the registry found it), or single-tenant mode's one tenant.
+        let tenant = response
+            .headers()
+            .get(&crate::http::identify::TENANT_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .or_else(|| {
+                state
+                    .single_tenant
+                    .as_ref()
+                    .filter(|_| route.is_some())
+                    .map(|t| t.id.as_str())
+            });
+        state.metrics.observe(
+            tenant,
+            route.as_deref().unwrap_or("unmatched"),
+            status,
+            elapsed,
         );
         response
     }

@@ -39,4 +39,6 @@ pub struct AppStateInner {
     pub auth: Arc<AuthService>,
     /// Audited writes still running; shutdown waits for them.
     pub writes: Arc<WritesInFlight>,
+    /// Requests and latency per tenant and route, for `GET /metrics`.
+    pub metrics: Arc<crate::metrics::Metrics>,
 }

@@ -17,6 +17,7 @@ mod isolation;
 mod lifecycle;
 mod limits;
 mod manufacturing;
+mod metrics;
 mod pg;
 mod pools;
 mod postgres;

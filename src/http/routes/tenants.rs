@@ -25,6 +25,7 @@ pub fn admin_router() -> Router<AppState> {
         .route("/api/tenants/{id}/config", get(config))
         .route("/api/tenants/{id}/health", get(health))
         .route("/api/admin/pools", get(pools))
+        .route("/metrics", get(metrics))
 }
 
 /// Routes anyone may call.
@@ -150,4 +151,17 @@ async fn branding(
         "branding": tenant.branding,
         "contact_info": tenant.contact_info,
     })))
+}
+
+/// `GET /metrics`: Prometheus metrics (admin token), see [`crate::metrics`].
+async fn metrics(State(state): State<AppState>) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        state.metrics.encode(&state.registry),
+    )
+        .into_response()
 }

@@ -1,0 +1,257 @@
+//! Prometheus metrics (`GET /metrics`): requests and their latency per tenant and
+//! route pattern, counted as they happen, and the connection layer's and the
+//! registry's counters, read at each scrape.
+//!
+//! The series stay bounded however many tenants there are: the first
+//! `METRICS_MAX_TENANTS` tenants seen get series of their own, every later one is
+//! counted under `tenant="other"`, and only a tenant the registry settled gets a
+//! label at all (a request naming an unknown tenant counts as `tenant="none"`), so
+//! a client cannot make series by inventing ids. Routes are the route table's
+//! patterns (`/api/products/{id}`), or `unmatched`.
+
+use std::{collections::HashSet, sync::RwLock, time::Duration};
+
+use prometheus_client::{
+    encoding::{EncodeLabelSet, text::encode},
+    metrics::{
+        counter::Counter,
+        family::Family,
+        gauge::Gauge,
+        histogram::{Histogram, exponential_buckets},
+    },
+    registry::Registry,
+};
+
+use crate::registry::TenantRegistry;
+
+/// The label of requests of no settled tenant.
+pub const NO_TENANT: &str = "none";
+/// The label of the tenants past the cap.
+pub const OTHER_TENANTS: &str = "other";
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RequestLabels {
+    tenant: String,
+    route: String,
+    status: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct LatencyLabels {
+    tenant: String,
+    route: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ServerLabels {
+    server: String,
+}
+
+fn latency_histogram() -> Histogram {
+    // 0.5 ms to about 4 s.
+    Histogram::new(exponential_buckets(0.0005, 2.0, 14))
+}
+
+/// The metrics of one process.
+pub struct Metrics {
+    requests: Family<RequestLabels, Counter>,
+    latency: Family<LatencyLabels, Histogram, fn() -> Histogram>,
+    labelled: RwLock<HashSet<String>>,
+    max_tenants: usize,
+}
+
+impl Metrics {
+    /// Metrics that give at most `max_tenants` tenants series of their own.
+    pub fn new(max_tenants: usize) -> Self {
+        Self {
+            requests: Family::default(),
+            latency: Family::new_with_constructor(latency_histogram),
+            labelled: RwLock::new(HashSet::new()),
+            max_tenants,
+        }
+    }
+
+    /// The label for `tenant`: its id while under the cap, else `other`.
+    fn tenant_label(&self, tenant: Option<&str>) -> String {
+        let Some(id) = tenant else {
+            return NO_TENANT.to_string();
+        };
+        let known = self
+            .labelled
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(id);
+        if known {
+            return id.to_string();
+        }
+        let mut labelled = self.labelled.write().unwrap_or_else(|p| p.into_inner());
+        if labelled.contains(id) || labelled.len() < self.max_tenants {
+            labelled.insert(id.to_string());
+            id.to_string()
+        } else {
+            OTHER_TENANTS.to_string()
+        }
+    }
+
+    /// Counts one finished request: its tenant (`None`: not settled), route
+    /// pattern, status and time taken.
+    pub fn observe(&self, tenant: Option<&str>, route: &str, status: u16, elapsed: Duration) {
+        let tenant = self.tenant_label(tenant);
+        let class = match status {
+            100..=199 => "1xx",
+            200..=299 => "2xx",
+            300..=399 => "3xx",
+            400..=499 => "4xx",
+            _ => "5xx",
+        };
+        self.requests
+            .get_or_create(&RequestLabels {
+                tenant: tenant.clone(),
+                route: route.to_string(),
+                status: class.to_string(),
+            })
+            .inc();
+        self.latency
+            .get_or_create(&LatencyLabels {
+                tenant,
+                route: route.to_string(),
+            })
+            .observe(elapsed.as_secs_f64());
+    }
+
+    /// Everything, in the Prometheus (OpenMetrics) text format.
+    pub fn encode(&self, registry: &TenantRegistry) -> String {
+        let mut out = Registry::with_prefix("tenant_router");
+        out.register(
+            "requests",
+            "Requests by tenant, route pattern and status class",
+            self.requests.clone(),
+        );
+        out.register(
+            "request_duration_seconds",
+            "Time to answer a request, by tenant and route pattern",
+            self.latency.clone(),
+        );
+
+        let server_gauge =
+            |out: &mut Registry, name: &str, help: &str, values: Vec<(String, i64)>| {
+                let family = Family::<ServerLabels, Gauge>::default();
+                for (server, value) in values {
+                    family.get_or_create(&ServerLabels { server }).set(value);
+                }
+                out.register(name, help, family);
+            };
+        let server_counter =
+            |out: &mut Registry, name: &str, help: &str, values: Vec<(String, u64)>| {
+                let family = Family::<ServerLabels, Counter>::default();
+                for (server, value) in values {
+                    family.get_or_create(&ServerLabels { server }).inc_by(value);
+                }
+                out.register(name, help, family);
+            };
+        let servers = registry.servers();
+        let per = |f: &dyn Fn(&crate::db::pool::ServerStats) -> u64| -> Vec<(String, u64)> {
+            servers.iter().map(|s| (s.server.clone(), f(s))).collect()
+        };
+        let as_gauge = |v: Vec<(String, u64)>| -> Vec<(String, i64)> {
+            v.into_iter()
+                .map(|(k, n)| (k, i64::try_from(n).unwrap_or(i64::MAX)))
+                .collect()
+        };
+        server_gauge(
+            &mut out,
+            "server_connection_limit",
+            "Connections the router may hold on the server (0: not read yet)",
+            as_gauge(per(&|s| u64::from(s.limit))),
+        );
+        server_gauge(
+            &mut out,
+            "server_connections_open",
+            "Connections open on the server",
+            as_gauge(per(&|s| s.open)),
+        );
+        server_gauge(
+            &mut out,
+            "server_connections_in_use",
+            "Connections serving a request",
+            as_gauge(per(&|s| s.in_use)),
+        );
+        server_gauge(
+            &mut out,
+            "server_connections_idle",
+            "Connections idle in their pools",
+            as_gauge(per(&|s| s.idle)),
+        );
+        server_gauge(
+            &mut out,
+            "server_checkouts_waiting",
+            "Checkouts waiting for a connection of the server",
+            as_gauge(per(&|s| s.waiting)),
+        );
+        server_counter(
+            &mut out,
+            "server_connections_opened",
+            "Connections opened on the server",
+            per(&|s| s.opened),
+        );
+        server_counter(
+            &mut out,
+            "server_connections_closed",
+            "Connections closed on the server",
+            per(&|s| s.closed),
+        );
+        server_counter(
+            &mut out,
+            "server_checkout_timeouts",
+            "Checkouts that found no connection before their deadline",
+            per(&|s| s.timeouts),
+        );
+
+        let stats = registry.stats();
+        let gauge = |out: &mut Registry, name: &str, help: &str, value: u64| {
+            let g = Gauge::<i64>::default();
+            g.set(i64::try_from(value).unwrap_or(i64::MAX));
+            out.register(name, help, g);
+        };
+        let counter = |out: &mut Registry, name: &str, help: &str, value: u64| {
+            let c = Counter::<u64>::default();
+            c.inc_by(value);
+            out.register(name, help, c);
+        };
+        gauge(
+            &mut out,
+            "tenant_pools_open",
+            "Tenant handles open",
+            stats.pools_open,
+        );
+        counter(
+            &mut out,
+            "tenant_pools_built",
+            "Tenant handles built (a tenant's first use, or again after it closed)",
+            stats.pools_built,
+        );
+        counter(
+            &mut out,
+            "tenant_pool_failures",
+            "Tenant databases that failed to open or answer",
+            stats.pool_failures,
+        );
+        counter(
+            &mut out,
+            "breaker_short_circuits",
+            "Requests answered 503 at once because their tenant's breaker was open",
+            stats.short_circuited,
+        );
+        counter(
+            &mut out,
+            "budget_timeouts",
+            "Requests that waited past their deadline for a connection",
+            stats.budget_timeouts,
+        );
+
+        let mut text = String::new();
+        // Writing to a String cannot fail.
+        let _ = encode(&mut text, &out);
+        text
+    }
+}

@@ -1,0 +1,189 @@
+//! `GET /metrics`: per-tenant series with the right counts after real traffic, the
+//! connection layer's gauges, the admin token, and a bounded number of series
+//! however many tenants there are.
+
+use std::collections::BTreeSet;
+
+use futures::StreamExt;
+use reqwest::Method;
+
+use crate::helpers::{AppSpec, Tenant, TestApp, spawn_app, spawn_app_with};
+
+async fn scrape(app: &TestApp) -> String {
+    let response = app.admin(Method::GET, "/metrics").send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    let kind = response.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    assert!(kind.starts_with("application/openmetrics-text"), "{kind}");
+    response.text().await.unwrap()
+}
+
+/// The value of the sample `name{labels}`, if present.
+fn sample(text: &str, name_and_labels: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name_and_labels))
+        .and_then(|rest| rest.trim().parse().ok())
+}
+
+#[tokio::test]
+async fn metrics_count_each_tenants_requests_by_route_and_status() {
+    let app = spawn_app().await;
+    for _ in 0..3 {
+        let r = app
+            .as_tenant(Method::GET, "dental_clinic_abc", "/api/products")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+    }
+    for _ in 0..2 {
+        let r = app
+            .as_tenant(Method::GET, "acme_manufacturing", "/api/products")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+    }
+    let refused = app
+        .as_tenant(Method::GET, "acme_manufacturing", "/api/dental/patients")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 403);
+    let unknown = app
+        .as_tenant(Method::GET, "no_such_tenant", "/api/products")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(unknown.status(), 404);
+
+    let text = scrape(&app).await;
+    let requests = |tenant: &str, route: &str, status: &str| {
+        sample(
+            &text,
+            &format!(
+                "tenant_router_requests_total{{tenant=\"{tenant}\",route=\"{route}\",status=\"{status}\"}}"
+            ),
+        )
+    };
+    assert_eq!(
+        requests("dental_clinic_abc", "/api/products", "2xx"),
+        Some(3.0),
+        "{text}"
+    );
+    assert_eq!(
+        requests("acme_manufacturing", "/api/products", "2xx"),
+        Some(2.0),
+        "{text}"
+    );
+    assert_eq!(
+        requests("acme_manufacturing", "/api/dental/patients", "4xx"),
+        Some(1.0),
+        "{text}"
+    );
+    // A tenant the registry does not know gets no series of its own.
+    assert_eq!(
+        requests("none", "/api/products", "4xx"),
+        Some(1.0),
+        "{text}"
+    );
+    assert!(!text.contains("no_such_tenant"), "{text}");
+    assert_eq!(
+        sample(
+            &text,
+            "tenant_router_request_duration_seconds_count{tenant=\"dental_clinic_abc\",route=\"/api/products\"}"
+        ),
+        Some(3.0),
+        "{text}"
+    );
+    // The connection layer: the tenants' SQLite files are one server.
+    assert!(
+        sample(
+            &text,
+            "tenant_router_server_connections_open{server=\"sqlite\"}"
+        )
+        .is_some(),
+        "{text}"
+    );
+    assert!(
+        sample(
+            &text,
+            "tenant_router_server_connections_opened_total{server=\"sqlite\"}"
+        )
+        .unwrap_or(0.0)
+            >= 2.0,
+        "{text}"
+    );
+    assert_eq!(
+        sample(&text, "tenant_router_tenant_pools_open"),
+        Some(2.0),
+        "{text}"
+    );
+    assert!(text.trim_end().ends_with("# EOF"), "{text}");
+    assert!(!text.contains("sqlite://"), "a database URL in the metrics");
+}
+
+#[tokio::test]
+async fn metrics_need_the_admin_token() {
+    let app = spawn_app().await;
+    let none = app.request(Method::GET, "/metrics").send().await.unwrap();
+    assert_eq!(none.status(), 401);
+    let wrong = app
+        .request(Method::GET, "/metrics")
+        .bearer_auth("not-the-admin-token")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(wrong.status(), 401);
+}
+
+/// 2,000 tenants and requests naming unknown ones: the tenant label takes at most
+/// METRICS_MAX_TENANTS ids, plus `other` and `none`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metric_series_stay_bounded_with_two_thousand_tenants() {
+    const TENANTS: usize = 2000;
+    const CAP: usize = 50;
+    let tenants = (0..TENANTS)
+        .map(|i| Tenant::new(&format!("t{i:04}"), "dental"))
+        .collect();
+    let app =
+        spawn_app_with(AppSpec::new(tenants).env("METRICS_MAX_TENANTS", &CAP.to_string())).await;
+    // A manufacturing route: refused by the feature gate, after the tenant is
+    // settled and without opening its database.
+    let requests = (0..TENANTS)
+        .map(|i| format!("t{i:04}"))
+        .chain((0..200).map(|i| format!("unknown{i}")));
+    futures::stream::iter(requests)
+        .map(|id| {
+            let request = app.as_tenant(Method::GET, &id, "/api/manufacturing/materials");
+            async move { request.send().await.unwrap().status().as_u16() }
+        })
+        .buffer_unordered(16)
+        .for_each(|status| async move { assert!(status == 403 || status == 404, "{status}") })
+        .await;
+
+    let text = scrape(&app).await;
+    let lines: Vec<&str> = text
+        .lines()
+        .filter(|l| l.starts_with("tenant_router_requests_total{"))
+        .collect();
+    let tenants: BTreeSet<&str> = lines
+        .iter()
+        .filter_map(|l| l.split("tenant=\"").nth(1)?.split('"').next())
+        .collect();
+    assert!(
+        tenants.contains("other") && tenants.contains("none"),
+        "{tenants:?}"
+    );
+    assert_eq!(tenants.len(), CAP + 2, "{tenants:?}");
+    let total: f64 = lines
+        .iter()
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    assert!(total >= (TENANTS + 200) as f64, "{total}");
+    // The documented bound: (cap + 2) tenant labels x routes x status classes.
+    let series = text.lines().filter(|l| !l.starts_with('#')).count();
+    assert!(series < 2_000, "{series} series");
+}
