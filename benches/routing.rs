@@ -278,6 +278,14 @@ async fn http_comparison(tenants: u64, concurrency: u64, seconds: u64, rounds: u
         ],
     )
     .await;
+    // The one-tenant service again, counting no metrics: what metrics cost.
+    std::fs::create_dir_all(dir.path().join("one_nometrics")).expect("dir");
+    let nometrics_addr = routed_app(
+        &dir.path().join("one_nometrics"),
+        1,
+        &[("METRICS_ENABLED", "false".into())],
+    )
+    .await;
     let single_addr = start(settings(&[
         ("MULTI_TENANT_ENABLED", "false".into()),
         (
@@ -294,6 +302,7 @@ async fn http_comparison(tenants: u64, concurrency: u64, seconds: u64, rounds: u
     let one = vec!["tenant_0000".to_string()];
     seed(&one_addr, Some(&one[0]), 10).await;
     seed(&single_addr, None, 10).await;
+    seed(&nometrics_addr, Some(&one[0]), 10).await;
     let token = login_token(&jwt_addr, &one[0]).await;
     seed_as(&jwt_addr, Some(&one[0]), Some(&token), 10).await;
     // The many-tenant service's files, now created, migrated and seeded.
@@ -303,19 +312,20 @@ async fn http_comparison(tenants: u64, concurrency: u64, seconds: u64, rounds: u
         "\n== HTTP throughput, GET /api/products?limit=10 ({concurrency} connections, \
          {seconds} s x {rounds} rounds each, interleaved)"
     );
-    let targets: [(&str, &str, &[String], Option<&str>); 5] = [
+    let targets: [(&str, &str, &[String], Option<&str>); 6] = [
         ("routed, many tenants", &many_addr, &ids, None),
         ("routed, one tenant", &one_addr, &one, None),
         ("single pool", &single_addr, &[], None),
         ("one tenant, jwt", &jwt_addr, &one, Some(&token)),
         ("direct pools, many", &direct_addr, &ids, None),
+        ("one tenant, no metrics", &nometrics_addr, &one, None),
     ];
-    // BENCH_PROFILE=N: load only target N (0 to 4) for a profiler, then stop.
+    // BENCH_PROFILE=N: load only target N (0 to 5) for a profiler, then stop.
     if let Some(n) = std::env::var("BENCH_PROFILE")
         .ok()
         .and_then(|v| v.parse::<usize>().ok())
     {
-        let (name, address, ids, token) = targets[n.min(4)];
+        let (name, address, ids, token) = targets[n.min(5)];
         let (rate, _) = throughput_as(address, ids, token, concurrency, seconds).await;
         println!("  profile run, {name}: {rate:.0} req/s");
         return;
@@ -356,6 +366,10 @@ async fn http_comparison(tenants: u64, concurrency: u64, seconds: u64, rounds: u
     println!(
         "  one tenant with AUTH_MODE=jwt / without: {:.1}% (what checking a token costs)",
         100.0 * medians[3] / medians[1]
+    );
+    println!(
+        "  one tenant with metrics / without: {:.1}% (what metrics cost; goal: at least 97%)",
+        100.0 * medians[1] / medians[5]
     );
     println!("  failed requests: {failed}");
     println!("  threads in this process: {}", process_threads());

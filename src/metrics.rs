@@ -58,17 +58,25 @@ pub struct Metrics {
     latency: Family<LatencyLabels, Histogram, fn() -> Histogram>,
     labelled: RwLock<HashSet<String>>,
     max_tenants: usize,
+    enabled: bool,
 }
 
 impl Metrics {
-    /// Metrics that give at most `max_tenants` tenants series of their own.
-    pub fn new(max_tenants: usize) -> Self {
+    /// Metrics that give at most `max_tenants` tenants series of their own;
+    /// `enabled: false` counts nothing (`METRICS_ENABLED=false`).
+    pub fn new(max_tenants: usize, enabled: bool) -> Self {
         Self {
             requests: Family::default(),
             latency: Family::new_with_constructor(latency_histogram),
             labelled: RwLock::new(HashSet::new()),
             max_tenants,
+            enabled,
         }
+    }
+
+    /// Whether requests are counted and `/metrics` answers.
+    pub fn is_enabled(&self) -> bool {
+        self.enabled
     }
 
     /// The label for `tenant`: its id while under the cap, else `other`.
@@ -96,6 +104,9 @@ impl Metrics {
     /// Counts one finished request: its tenant (`None`: not settled), route
     /// pattern, status and time taken.
     pub fn observe(&self, tenant: Option<&str>, route: &str, status: u16, elapsed: Duration) {
+        if !self.enabled {
+            return;
+        }
         let tenant = self.tenant_label(tenant);
         let class = match status {
             100..=199 => "1xx",

@@ -146,7 +146,10 @@ impl Application {
             lifecycle,
             auth,
             writes: Arc::default(),
-            metrics: Arc::new(crate::metrics::Metrics::new(settings.metrics_max_tenants)),
+            metrics: Arc::new(crate::metrics::Metrics::new(
+                settings.metrics_max_tenants,
+                settings.metrics_enabled,
+            )),
         });
         let listener = TcpListener::bind((settings.host.as_str(), settings.port))
             .await

@@ -35,6 +35,7 @@ pub const ENV_KEYS: &[&str] = &[
     "LOG_LEVEL",
     "LOG_FORMAT",
     "METRICS_MAX_TENANTS",
+    "METRICS_ENABLED",
     "POOL_IDLE_TIMEOUT_SECS",
     "MAX_OPEN_POOLS",
     "DEFAULT_MAX_CONNECTIONS",
@@ -96,6 +97,8 @@ pub struct Settings {
     pub log_format: String,
     /// Tenants that get metric series of their own; later ones count as `other`.
     pub metrics_max_tenants: usize,
+    /// `false`: no request is counted and `/metrics` answers 404.
+    pub metrics_enabled: bool,
     pub pool_idle_timeout_secs: u64,
     pub max_open_pools: u64,
     /// Older name of `max_connections_per_tenant`, still read when that is unset.
@@ -203,6 +206,7 @@ impl Settings {
             .and_then(|b| b.set_default("log_level", "info"))
             .and_then(|b| b.set_default("log_format", "text"))
             .and_then(|b| b.set_default("metrics_max_tenants", 1000))
+            .and_then(|b| b.set_default("metrics_enabled", true))
             .and_then(|b| b.set_default("pool_idle_timeout_secs", 300))
             .and_then(|b| b.set_default("max_open_pools", 10_000))
             .and_then(|b| b.set_default("max_connections_per_server", 0))

@@ -187,3 +187,19 @@ async fn metric_series_stay_bounded_with_two_thousand_tenants() {
     let series = text.lines().filter(|l| !l.starts_with('#')).count();
     assert!(series < 2_000, "{series} series");
 }
+
+#[tokio::test]
+async fn metrics_switched_off_count_nothing_and_answer_404() {
+    let app = spawn_app_with(
+        AppSpec::new(crate::helpers::standard_tenants()).env("METRICS_ENABLED", "false"),
+    )
+    .await;
+    let r = app
+        .as_tenant(Method::GET, "dental_clinic_abc", "/api/products")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let response = app.admin(Method::GET, "/metrics").send().await.unwrap();
+    crate::helpers::assert_error(response, 404, "not_found").await;
+}

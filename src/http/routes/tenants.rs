@@ -156,6 +156,10 @@ async fn branding(
 /// `GET /metrics`: Prometheus metrics (admin token), see [`crate::metrics`].
 async fn metrics(State(state): State<AppState>) -> axum::response::Response {
     use axum::response::IntoResponse;
+    if !state.metrics.is_enabled() {
+        return AppError::NotFound("metrics are switched off (METRICS_ENABLED=false)".into())
+            .into_response();
+    }
     (
         [(
             axum::http::header::CONTENT_TYPE,
