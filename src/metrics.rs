@@ -43,6 +43,32 @@ struct LatencyLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct LoginLabels {
+    tenant: String,
+    outcome: String,
+}
+
+/// How a login attempt ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LoginOutcome {
+    Succeeded,
+    /// Wrong password, unknown or inactive user.
+    Failed,
+    /// Refused before checking: too many failures (429).
+    Throttled,
+}
+
+impl LoginOutcome {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Succeeded => "succeeded",
+            Self::Failed => "failed",
+            Self::Throttled => "throttled",
+        }
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ServerLabels {
     server: String,
 }
@@ -56,6 +82,7 @@ fn latency_histogram() -> Histogram {
 pub struct Metrics {
     requests: Family<RequestLabels, Counter>,
     latency: Family<LatencyLabels, Histogram, fn() -> Histogram>,
+    logins: Family<LoginLabels, Counter>,
     labelled: RwLock<HashSet<String>>,
     max_tenants: usize,
     enabled: bool,
@@ -68,6 +95,7 @@ impl Metrics {
         Self {
             requests: Family::default(),
             latency: Family::new_with_constructor(latency_histogram),
+            logins: Family::default(),
             labelled: RwLock::new(HashSet::new()),
             max_tenants,
             enabled,
@@ -130,6 +158,19 @@ impl Metrics {
             .observe(elapsed.as_secs_f64());
     }
 
+    /// Counts one login attempt of `tenant`.
+    pub fn login(&self, tenant: &str, outcome: LoginOutcome) {
+        if !self.enabled {
+            return;
+        }
+        self.logins
+            .get_or_create(&LoginLabels {
+                tenant: self.tenant_label(Some(tenant)),
+                outcome: outcome.as_str().to_string(),
+            })
+            .inc();
+    }
+
     /// Everything, in the Prometheus (OpenMetrics) text format.
     pub fn encode(&self, registry: &TenantRegistry) -> String {
         let mut out = Registry::with_prefix("tenant_router");
@@ -142,6 +183,11 @@ impl Metrics {
             "request_duration_seconds",
             "Time to answer a request, by tenant and route pattern",
             self.latency.clone(),
+        );
+        out.register(
+            "logins",
+            "Login attempts by tenant and outcome (succeeded, failed, throttled)",
+            self.logins.clone(),
         );
 
         let server_gauge =

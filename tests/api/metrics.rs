@@ -203,3 +203,36 @@ async fn metrics_switched_off_count_nothing_and_answer_404() {
     let response = app.admin(Method::GET, "/metrics").send().await.unwrap();
     crate::helpers::assert_error(response, 404, "not_found").await;
 }
+
+/// Logins by outcome: a success, wrong passwords, then the throttle's refusals.
+#[tokio::test]
+async fn logins_are_counted_by_tenant_and_outcome() {
+    let app = spawn_app_with(
+        AppSpec::new(vec![Tenant::new("demo", "default").with("demo = true")])
+            .with_auth()
+            .env("LOGIN_MAX_FAILURES", "2"),
+    )
+    .await;
+    app.login("demo", "demo", "demo123").await;
+    let attempt = || {
+        app.as_tenant(Method::POST, "demo", "/api/auth/login")
+            .json(&serde_json::json!({ "username": "demo", "password": "wrong-password" }))
+            .send()
+    };
+    let mut statuses = Vec::new();
+    for _ in 0..4 {
+        statuses.push(attempt().await.unwrap().status().as_u16());
+    }
+    assert_eq!(statuses, [401, 401, 429, 429]);
+
+    let text = scrape(&app).await;
+    let logins = |outcome: &str| {
+        sample(
+            &text,
+            &format!("tenant_router_logins_total{{tenant=\"demo\",outcome=\"{outcome}\"}}"),
+        )
+    };
+    assert_eq!(logins("succeeded"), Some(1.0), "{text}");
+    assert_eq!(logins("failed"), Some(2.0), "{text}");
+    assert_eq!(logins("throttled"), Some(2.0), "{text}");
+}

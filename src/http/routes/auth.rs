@@ -9,6 +9,7 @@ use chrono::Utc;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
+use crate::metrics::LoginOutcome;
 use crate::{
     auth::{LoginThrottle, Principal, jwt::TokenUser, password, users},
     error::{AppError, Result},
@@ -49,6 +50,9 @@ async fn login(
     if let Err(retry_after_secs) = throttle.begin_attempt(&key_refs(&keys)).await {
         // The username is not logged: people type passwords into that field.
         tracing::warn!(%address, "login refused: too many failures");
+        state
+            .metrics
+            .login(tenant.config.id.as_str(), LoginOutcome::Throttled);
         return Err(AppError::TooManyRequests { retry_after_secs });
     }
     let attempt = Attempt {
@@ -64,9 +68,15 @@ async fn login(
     let keys = attempt.settle();
     let Some(user) = user.filter(|_| verified) else {
         tracing::warn!(%address, "login failed");
+        state
+            .metrics
+            .login(tenant.config.id.as_str(), LoginOutcome::Failed);
         return Err(AppError::LoginFailed);
     };
     throttle.succeeded(&key_refs(&keys)).await;
+    state
+        .metrics
+        .login(tenant.config.id.as_str(), LoginOutcome::Succeeded);
     let role = users::parse_role(&user.role)
         .map_err(|_| AppError::internal(format!("user {} has an unknown role", user.id)))?;
     let ttl = state.auth.token_ttl_secs;
