@@ -15,6 +15,7 @@ pub mod error;
 pub mod fleet;
 pub mod http;
 pub mod lifecycle;
+pub mod limits;
 pub mod metrics;
 pub mod registry;
 pub mod secret;

@@ -146,6 +146,13 @@ impl Application {
             lifecycle,
             auth,
             writes: Arc::default(),
+            limits: Arc::new(crate::limits::TenantLimiter::new(
+                crate::limits::LimitDefaults {
+                    rate_limit_per_sec: settings.tenant_rate_limit_per_sec,
+                    rate_limit_burst: settings.tenant_rate_limit_burst,
+                    max_concurrent_requests: settings.tenant_max_concurrent_requests,
+                },
+            )),
             metrics: Arc::new(crate::metrics::Metrics::new(
                 settings.metrics_max_tenants,
                 settings.metrics_enabled,
@@ -208,6 +215,7 @@ fn single_tenant_config(settings: &Settings) -> TenantConfig {
         is_active: true,
         demo: false,
         pool: PoolOverrides::default(),
+        limits: Default::default(),
         isolation: Isolation::Database,
         source: TenantSource::SingleTenant,
         generation: String::new(),

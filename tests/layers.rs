@@ -25,7 +25,7 @@ const LAYERS: &[(&str, &[&str])] = &[
     ("auth", &["auth"]),
     (
         "operations",
-        &["audit", "demo", "fleet", "lifecycle", "metrics"],
+        &["audit", "demo", "fleet", "lifecycle", "limits", "metrics"],
     ),
     ("http", &["http"]),
     ("entry", &["startup", "cli"]),

@@ -28,6 +28,29 @@ use crate::{
 /// The header an API key may come in (besides `Authorization: Bearer`).
 pub static API_KEY_HEADER: HeaderName = HeaderName::from_static("x-api-key");
 
+/// Middleware, right after [`authenticate`]: the tenant's request rate and
+/// concurrency limits (see [`crate::limits`]); a refused request never reaches
+/// the tenant's database.
+pub async fn limit(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let admitted = match request.extensions().get::<TenantContext>() {
+        Some(tenant) => state.limits.admit(&tenant.config),
+        None => {
+            return AppError::internal("limit layer mounted outside tenant resolution")
+                .into_response();
+        }
+    };
+    match admitted {
+        // Held until the response is made: the tenant's place among its
+        // concurrent requests.
+        Ok(place) => {
+            let response = next.run(request).await;
+            drop(place);
+            response
+        }
+        Err(e) => e.into_response(),
+    }
+}
+
 /// Middleware: settles the request's tenant and caller (see the module's
 /// documentation), records the tenant on the request's log span, tags the
 /// response with `X-Tenant-ID`, and tells the registry when the tenant's database

@@ -46,6 +46,10 @@ pub fn router(state: AppState) -> Router {
                 ))
                 .route_layer(middleware::from_fn(require_auth))
                 .merge(routes::auth::login_router())
+                .route_layer(middleware::from_fn_with_state(
+                    state.clone(),
+                    crate::http::authenticate::limit,
+                ))
                 .route_layer(middleware::from_fn_with_state(state.clone(), authenticate))
                 .route_layer(middleware::from_fn_with_state(state.clone(), identify)),
         )

@@ -39,6 +39,8 @@ pub struct AppStateInner {
     pub auth: Arc<AuthService>,
     /// Audited writes still running; shutdown waits for them.
     pub writes: Arc<WritesInFlight>,
+    /// Per-tenant request rate and concurrency limits.
+    pub limits: Arc<crate::limits::TenantLimiter>,
     /// Requests and latency per tenant and route, for `GET /metrics`.
     pub metrics: Arc<crate::metrics::Metrics>,
 }

@@ -31,7 +31,7 @@ use crate::{
 };
 
 /// Fields `PATCH /api/admin/tenants/{id}` may change.
-const PATCHABLE: [&str; 8] = [
+const PATCHABLE: [&str; 11] = [
     "is_active",
     "features",
     "branding",
@@ -40,6 +40,9 @@ const PATCHABLE: [&str; 8] = [
     "domain",
     "subdomain",
     "max_connections",
+    "rate_limit_per_sec",
+    "rate_limit_burst",
+    "max_concurrent_requests",
 ];
 
 /// Provisioning, changes and removal of tenants.

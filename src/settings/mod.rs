@@ -36,6 +36,9 @@ pub const ENV_KEYS: &[&str] = &[
     "LOG_FORMAT",
     "METRICS_MAX_TENANTS",
     "METRICS_ENABLED",
+    "TENANT_RATE_LIMIT_PER_SEC",
+    "TENANT_RATE_LIMIT_BURST",
+    "TENANT_MAX_CONCURRENT_REQUESTS",
     "POOL_IDLE_TIMEOUT_SECS",
     "MAX_OPEN_POOLS",
     "DEFAULT_MAX_CONNECTIONS",
@@ -99,6 +102,10 @@ pub struct Settings {
     pub metrics_max_tenants: usize,
     /// `false`: no request is counted and `/metrics` answers 404.
     pub metrics_enabled: bool,
+    /// Default request limits of every tenant (0: none); a tenant's own override them.
+    pub tenant_rate_limit_per_sec: u32,
+    pub tenant_rate_limit_burst: u32,
+    pub tenant_max_concurrent_requests: u32,
     pub pool_idle_timeout_secs: u64,
     pub max_open_pools: u64,
     /// Older name of `max_connections_per_tenant`, still read when that is unset.
@@ -207,6 +214,9 @@ impl Settings {
             .and_then(|b| b.set_default("log_format", "text"))
             .and_then(|b| b.set_default("metrics_max_tenants", 1000))
             .and_then(|b| b.set_default("metrics_enabled", true))
+            .and_then(|b| b.set_default("tenant_rate_limit_per_sec", 0))
+            .and_then(|b| b.set_default("tenant_rate_limit_burst", 0))
+            .and_then(|b| b.set_default("tenant_max_concurrent_requests", 0))
             .and_then(|b| b.set_default("pool_idle_timeout_secs", 300))
             .and_then(|b| b.set_default("max_open_pools", 10_000))
             .and_then(|b| b.set_default("max_connections_per_server", 0))

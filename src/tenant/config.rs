@@ -83,6 +83,22 @@ pub struct PoolOverrides {
     pub max_connections: Option<u32>,
 }
 
+/// Per-tenant request limits that override the service-wide defaults
+/// (`TENANT_RATE_LIMIT_PER_SEC`, `TENANT_RATE_LIMIT_BURST`,
+/// `TENANT_MAX_CONCURRENT_REQUESTS`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+pub struct RequestLimits {
+    /// Requests per second, on average (0: no limit).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rate_limit_per_sec: Option<u32>,
+    /// Requests that may come at once above the average.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rate_limit_burst: Option<u32>,
+    /// Requests served at the same time (0: no limit).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_concurrent_requests: Option<u32>,
+}
+
 /// One tenant, validated. `database_url` is a [`Secret`]; every other field is safe
 /// to show to an operator.
 #[derive(Debug, Clone)]
@@ -101,6 +117,7 @@ pub struct TenantConfig {
     /// A demo tenant: seeded with sample data on first use, and again on reset.
     pub demo: bool,
     pub pool: PoolOverrides,
+    pub limits: RequestLimits,
     pub isolation: Isolation,
     pub source: TenantSource,
     /// Which incarnation of the tenant this is: a tenant provisioned again under

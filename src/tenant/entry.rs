@@ -30,6 +30,9 @@ pub(crate) struct RawTenant {
     contact_info: ContactInfo,
     is_active: Option<bool>,
     max_connections: Option<u32>,
+    rate_limit_per_sec: Option<u32>,
+    rate_limit_burst: Option<u32>,
+    max_concurrent_requests: Option<u32>,
     isolation: Option<String>,
     demo: Option<bool>,
 }
@@ -103,6 +106,9 @@ impl TenantConfig {
             "contact_info": self.contact_info,
             "is_active": self.is_active,
             "max_connections": self.pool.max_connections,
+            "rate_limit_per_sec": self.limits.rate_limit_per_sec,
+            "rate_limit_burst": self.limits.rate_limit_burst,
+            "max_concurrent_requests": self.limits.max_concurrent_requests,
             "isolation": self.isolation,
             "demo": self.demo,
         })
@@ -280,6 +286,21 @@ fn validate(
     {
         err("max_connections", format!("{n} is outside 1..=1000"));
     }
+    for (field, value, max) in [
+        ("rate_limit_per_sec", raw.rate_limit_per_sec, 1_000_000),
+        ("rate_limit_burst", raw.rate_limit_burst, 1_000_000),
+        (
+            "max_concurrent_requests",
+            raw.max_concurrent_requests,
+            100_000,
+        ),
+    ] {
+        if let Some(n) = value
+            && n > max
+        {
+            err(field, format!("{n} is above {max}"));
+        }
+    }
     let is_postgres = database_url
         .as_ref()
         .is_some_and(|u| u.expose().starts_with("postgres"));
@@ -330,6 +351,11 @@ fn validate(
                 demo: raw.demo.unwrap_or(false),
                 pool: PoolOverrides {
                     max_connections: raw.max_connections,
+                },
+                limits: crate::tenant::RequestLimits {
+                    rate_limit_per_sec: raw.rate_limit_per_sec,
+                    rate_limit_burst: raw.rate_limit_burst,
+                    max_concurrent_requests: raw.max_concurrent_requests,
                 },
                 isolation,
                 source,

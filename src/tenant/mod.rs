@@ -5,8 +5,8 @@ mod entry;
 mod id;
 
 pub use config::{
-    Branding, ContactInfo, Isolation, MAX_SCHEMA_TENANT_ID_LEN, PoolOverrides, TenantConfig,
-    TenantSource, shared_storage_error,
+    Branding, ContactInfo, Isolation, MAX_SCHEMA_TENANT_ID_LEN, PoolOverrides, RequestLimits,
+    TenantConfig, TenantSource, shared_storage_error,
 };
 pub use entry::{ConfigError, check_database_url, parse_tenant_entry};
 pub(crate) use entry::{RawTenant, path_error, validate_entries};

@@ -25,3 +25,4 @@ mod process;
 mod products;
 mod settings;
 mod single_tenant;
+mod tenant_limits;

@@ -1,0 +1,191 @@
+//! Per-tenant request limits: a tenant over its rate or its concurrency gets 429
+//! `too_many_requests` with `Retry-After`, and the other tenants are served as
+//! before; limits change at run time through PATCH.
+
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use reqwest::Method;
+use serde_json::json;
+use tokio::io::AsyncWriteExt;
+
+use crate::helpers::{AppSpec, Tenant, TestApp, assert_error, spawn_app_with};
+
+/// Statuses and latencies of `n` requests to `tenant`, one after another.
+async fn serve(app: &TestApp, tenant: &str, n: usize) -> (Vec<u16>, Vec<Duration>) {
+    let mut statuses = Vec::with_capacity(n);
+    let mut latencies = Vec::with_capacity(n);
+    for _ in 0..n {
+        let started = Instant::now();
+        let status = app
+            .as_tenant(Method::GET, tenant, "/api/products")
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16();
+        latencies.push(started.elapsed());
+        statuses.push(status);
+    }
+    (statuses, latencies)
+}
+
+fn p99(latencies: &mut [Duration]) -> Duration {
+    latencies.sort();
+    latencies[(latencies.len() * 99 / 100).min(latencies.len() - 1)]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenant_past_its_rate_limit_gets_429_while_another_is_served_as_before() {
+    let app = spawn_app_with(AppSpec::new(vec![
+        Tenant::new("hot", "dental").with("rate_limit_per_sec = 5\nrate_limit_burst = 5"),
+        Tenant::new("calm", "dental"),
+    ]))
+    .await;
+    let (statuses, mut alone) = serve(&app, "calm", 100).await;
+    assert!(statuses.iter().all(|s| *s == 200));
+
+    // The hot tenant floods, 16 at a time, while the calm one is served again.
+    let started = Instant::now();
+    let flood = {
+        let requests: Vec<_> = (0..400)
+            .map(|_| app.as_tenant(Method::GET, "hot", "/api/products"))
+            .collect();
+        tokio::spawn(async move {
+            futures::stream::iter(requests)
+                .map(|r| async move {
+                    let response = r.send().await.unwrap();
+                    let retry_after = response.headers().get("retry-after").is_some();
+                    (response.status().as_u16(), retry_after)
+                })
+                .buffer_unordered(16)
+                .collect::<Vec<_>>()
+                .await
+        })
+    };
+    let (statuses, mut beside) = serve(&app, "calm", 100).await;
+    let hot = flood.await.unwrap();
+    let elapsed = started.elapsed().as_secs_f64();
+
+    let calm_errors = statuses.iter().filter(|s| **s != 200).count();
+    assert_eq!(
+        calm_errors, 0,
+        "the calm tenant failed requests: {statuses:?}"
+    );
+    let served = hot.iter().filter(|(s, _)| *s == 200).count();
+    let refused: Vec<_> = hot.iter().filter(|(s, _)| *s == 429).collect();
+    assert_eq!(served + refused.len(), hot.len(), "{hot:?}");
+    assert!(refused.iter().all(|(_, retry_after)| *retry_after));
+    // The burst, and 5 a second after it.
+    let allowed = 5.0 + 5.0 * elapsed + 1.0;
+    assert!(
+        served as f64 <= allowed,
+        "{served} served in {elapsed:.1} s, over the limit"
+    );
+    assert!(!refused.is_empty());
+    println!(
+        "calm tenant p99 alone {:?}, beside the flood {:?}; hot tenant {served} served, {} refused in {elapsed:.1} s",
+        p99(&mut alone),
+        p99(&mut beside),
+        refused.len()
+    );
+
+    let one = app
+        .as_tenant(Method::GET, "hot", "/api/products")
+        .send()
+        .await
+        .unwrap();
+    if one.status() == 429 {
+        assert_error(one, 429, "too_many_requests").await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_requests_past_a_tenants_limit_get_429_until_one_ends() {
+    let app = spawn_app_with(AppSpec::new(vec![
+        Tenant::new("narrow", "dental").with("max_concurrent_requests = 1"),
+    ]))
+    .await;
+    // Opens the tenant's database before the held request.
+    assert_eq!(serve(&app, "narrow", 1).await.0, [200]);
+
+    // One request held inside the service: its body stalls half way.
+    let address = app.address.trim_start_matches("http://").to_string();
+    let mut held = tokio::net::TcpStream::connect(&address).await.unwrap();
+    let body = r#"{"name":"held","price":1.5}"#;
+    held.write_all(
+        format!(
+            "POST /api/products HTTP/1.1\r\nHost: {address}\r\nX-Tenant-ID: narrow\r\n\
+             Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{}",
+            body.len(),
+            &body[..5]
+        )
+        .as_bytes(),
+    )
+    .await
+    .unwrap();
+
+    // Wait (a condition, bounded) until the held request has taken the place.
+    let mut refused = None;
+    for _ in 0..200 {
+        let response = app
+            .as_tenant(Method::GET, "narrow", "/api/products")
+            .send()
+            .await
+            .unwrap();
+        if response.status() == 429 {
+            refused = Some(response);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    let refused = refused.expect("a second request was never refused while one was held");
+    assert!(refused.headers().get("retry-after").is_some());
+    assert_error(refused, 429, "too_many_requests").await;
+
+    // The held request ends; the next is served.
+    held.write_all(&body.as_bytes()[5..]).await.unwrap();
+    let mut served = false;
+    for _ in 0..200 {
+        if serve(&app, "narrow", 1).await.0 == [200] {
+            served = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert!(served, "the tenant stayed refused after its request ended");
+}
+
+#[tokio::test]
+async fn a_tenants_limit_changes_at_run_time() {
+    let app = spawn_app_with(AppSpec::new(vec![Tenant::new("t1", "dental")])).await;
+    assert_eq!(serve(&app, "t1", 20).await.0, [200; 20]);
+    let patched = app
+        .admin(Method::PATCH, "/api/admin/tenants/t1")
+        .json(&json!({ "rate_limit_per_sec": 1, "rate_limit_burst": 2 }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(patched.status(), 200);
+    let statuses = serve(&app, "t1", 5).await.0;
+    assert_eq!(&statuses[..2], [200, 200], "{statuses:?}");
+    assert!(statuses[2..].contains(&429), "{statuses:?}");
+    // The configuration shows it.
+    let config: serde_json::Value = app
+        .admin(Method::GET, "/api/tenants/t1/config")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(config["limits"]["rate_limit_per_sec"], 1, "{config}");
+
+    let bad = app
+        .admin(Method::PATCH, "/api/admin/tenants/t1")
+        .json(&json!({ "max_concurrent_requests": 100_000_000 }))
+        .send()
+        .await
+        .unwrap();
+    assert_error(bad, 422, "validation_failed").await;
+}
