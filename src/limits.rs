@@ -1,7 +1,8 @@
 //! Per-tenant request limits: a rate (a token bucket: an average per second and a
 //! burst above it) and a number of requests served at once. A tenant over either
-//! is refused with 429 `too_many_requests` and `Retry-After` before its request
-//! reaches its database, so a noisy tenant spends its own budget, not the others'.
+//! is refused with 429 `too_many_requests` and `Retry-After` before its handler
+//! runs or takes a connection, so a noisy tenant spends its own budget, not the
+//! others'.
 //! The defaults come from settings; a tenant's configuration overrides them.
 
 use std::{

@@ -30,7 +30,8 @@ pub static API_KEY_HEADER: HeaderName = HeaderName::from_static("x-api-key");
 
 /// Middleware, right after [`authenticate`]: the tenant's request rate and
 /// concurrency limits (see [`crate::limits`]); a refused request never reaches
-/// the tenant's database.
+/// its handler nor takes a connection (only the credential check, cached for
+/// tokens, comes before).
 pub async fn limit(State(state): State<AppState>, request: Request, next: Next) -> Response {
     let admitted = match request.extensions().get::<TenantContext>() {
         Some(tenant) => state.limits.admit(&tenant.config),
