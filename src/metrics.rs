@@ -22,7 +22,7 @@ use prometheus_client::{
     registry::Registry,
 };
 
-use crate::registry::TenantRegistry;
+use crate::{db::pool::ServerStats, registry::TenantRegistry};
 
 /// The label of requests of no settled tenant.
 pub const NO_TENANT: &str = "none";
@@ -190,79 +190,74 @@ impl Metrics {
             self.logins.clone(),
         );
 
-        let server_gauge =
-            |out: &mut Registry, name: &str, help: &str, values: Vec<(String, i64)>| {
-                let family = Family::<ServerLabels, Gauge>::default();
-                for (server, value) in values {
-                    family.get_or_create(&ServerLabels { server }).set(value);
-                }
-                out.register(name, help, family);
-            };
-        let server_counter =
-            |out: &mut Registry, name: &str, help: &str, values: Vec<(String, u64)>| {
-                let family = Family::<ServerLabels, Counter>::default();
-                for (server, value) in values {
-                    family.get_or_create(&ServerLabels { server }).inc_by(value);
-                }
-                out.register(name, help, family);
-            };
+        type Read = fn(&ServerStats) -> u64;
         let servers = registry.servers();
-        let per = |f: &dyn Fn(&crate::db::pool::ServerStats) -> u64| -> Vec<(String, u64)> {
-            servers.iter().map(|s| (s.server.clone(), f(s))).collect()
-        };
-        let as_gauge = |v: Vec<(String, u64)>| -> Vec<(String, i64)> {
-            v.into_iter()
-                .map(|(k, n)| (k, i64::try_from(n).unwrap_or(i64::MAX)))
-                .collect()
-        };
-        server_gauge(
-            &mut out,
-            "server_connection_limit",
-            "Connections the router may hold on the server (0: not read yet)",
-            as_gauge(per(&|s| u64::from(s.limit))),
-        );
-        server_gauge(
-            &mut out,
-            "server_connections_open",
-            "Connections open on the server",
-            as_gauge(per(&|s| s.open)),
-        );
-        server_gauge(
-            &mut out,
-            "server_connections_in_use",
-            "Connections serving a request",
-            as_gauge(per(&|s| s.in_use)),
-        );
-        server_gauge(
-            &mut out,
-            "server_connections_idle",
-            "Connections idle in their pools",
-            as_gauge(per(&|s| s.idle)),
-        );
-        server_gauge(
-            &mut out,
-            "server_checkouts_waiting",
-            "Checkouts waiting for a connection of the server",
-            as_gauge(per(&|s| s.waiting)),
-        );
-        server_counter(
-            &mut out,
-            "server_connections_opened",
-            "Connections opened on the server",
-            per(&|s| s.opened),
-        );
-        server_counter(
-            &mut out,
-            "server_connections_closed",
-            "Connections closed on the server",
-            per(&|s| s.closed),
-        );
-        server_counter(
-            &mut out,
-            "server_checkout_timeouts",
-            "Checkouts that found no connection before their deadline",
-            per(&|s| s.timeouts),
-        );
+        let gauges: [(&str, &str, Read); 5] = [
+            (
+                "server_connection_limit",
+                "Connections the router may hold on the server (0: not read yet)",
+                |s| u64::from(s.limit),
+            ),
+            (
+                "server_connections_open",
+                "Connections open on the server",
+                |s| s.open,
+            ),
+            (
+                "server_connections_in_use",
+                "Connections serving a request",
+                |s| s.in_use,
+            ),
+            (
+                "server_connections_idle",
+                "Connections idle in their pools",
+                |s| s.idle,
+            ),
+            (
+                "server_checkouts_waiting",
+                "Checkouts waiting for a connection of the server",
+                |s| s.waiting,
+            ),
+        ];
+        for (name, help, read) in gauges {
+            let family = Family::<ServerLabels, Gauge>::default();
+            for server in &servers {
+                family
+                    .get_or_create(&ServerLabels {
+                        server: server.server.clone(),
+                    })
+                    .set(i64::try_from(read(server)).unwrap_or(i64::MAX));
+            }
+            out.register(name, help, family);
+        }
+        let counters: [(&str, &str, Read); 3] = [
+            (
+                "server_connections_opened",
+                "Connections opened on the server",
+                |s| s.opened,
+            ),
+            (
+                "server_connections_closed",
+                "Connections closed on the server",
+                |s| s.closed,
+            ),
+            (
+                "server_checkout_timeouts",
+                "Checkouts that found no connection before their deadline",
+                |s| s.timeouts,
+            ),
+        ];
+        for (name, help, read) in counters {
+            let family = Family::<ServerLabels, Counter>::default();
+            for server in &servers {
+                family
+                    .get_or_create(&ServerLabels {
+                        server: server.server.clone(),
+                    })
+                    .inc_by(read(server));
+            }
+            out.register(name, help, family);
+        }
 
         let stats = registry.stats();
         let gauge = |out: &mut Registry, name: &str, help: &str, value: u64| {
