@@ -87,6 +87,12 @@ pub enum AppError {
     BadRequest(String),
     #[error("the request body was not received in time")]
     RequestTimeout,
+    /// A body longer than the limit, refused before more of it is read.
+    #[error("the body is larger than {limit} bytes")]
+    PayloadTooLarge { limit: usize },
+    /// The request ran past `HTTP_REQUEST_TIMEOUT_SECS`; its work was cancelled.
+    #[error("the request did not finish within {secs} s")]
+    Timeout { secs: u64 },
     /// The service is up but cannot serve yet (its control database does not
     /// answer); `GET /ready` says so, so that a load balancer sends requests elsewhere.
     #[error("{0}")]
@@ -132,6 +138,8 @@ impl AppError {
             Self::Conflict(_) => "conflict",
             Self::BadRequest(_) => "bad_request",
             Self::RequestTimeout => "request_timeout",
+            Self::PayloadTooLarge { .. } => "payload_too_large",
+            Self::Timeout { .. } => "timeout",
             Self::NotReady(_) => "not_ready",
             Self::Internal { .. } => "internal_error",
         }

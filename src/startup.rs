@@ -161,11 +161,15 @@ impl Application {
         let listener = TcpListener::bind((settings.host.as_str(), settings.port))
             .await
             .map_err(StartupError::Bind)?;
-        let router = crate::http::router(state.clone()).layer(axum::Extension(
-            crate::http::extract::BodyTimeout(std::time::Duration::from_secs(
-                settings.http_body_timeout_secs,
-            )),
-        ));
+        let router = crate::http::router(
+            state.clone(),
+            crate::http::stack::StackOptions {
+                body_timeout: std::time::Duration::from_secs(settings.http_body_timeout_secs),
+                request_timeout: std::time::Duration::from_secs(settings.http_request_timeout_secs),
+                cors_origins: settings.cors_origins().map_err(StartupError::Settings)?,
+                observer: None,
+            },
+        );
         Ok(Self {
             header_timeout: std::time::Duration::from_secs(settings.http_header_timeout_secs),
             listener,

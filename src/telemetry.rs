@@ -27,6 +27,12 @@ pub fn init(level: &str, json: bool) {
             .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
             .try_init()
     };
+    // A panic's message goes to the log like any error, scrubbed, in the span of
+    // the request that panicked (the HTTP stack answers it 500 and goes on);
+    // the default hook would print it raw to standard error.
+    std::panic::set_hook(Box::new(|panic| {
+        tracing::error!(panic = %crate::secret::redact(&panic.to_string()), "panicked");
+    }));
 }
 
 /// Standard output with credentials removed from every line (see [`crate::secret::redact`]).

@@ -1,7 +1,7 @@
 //! `tenant-router migrate --all`: every tenant's migrations, a bounded number at a
 //! time, with a row per tenant.
 
-use std::{io::IsTerminal, process::ExitCode};
+use std::process::ExitCode;
 
 use serde_json::json;
 
@@ -29,7 +29,16 @@ pub async fn migrate(settings: Settings, args: MigrateArgs) -> ExitCode {
         }
         tenants.retain(|t| args.tenant.iter().any(|id| id == t.id.as_str()));
     }
-    let on_terminal = std::io::stderr().is_terminal();
+    // Drawn only when standard error is a terminal.
+    let bar = indicatif::ProgressBar::with_draw_target(
+        Some(tenants.len() as u64),
+        indicatif::ProgressDrawTarget::stderr(),
+    );
+    if let Ok(style) =
+        indicatif::ProgressStyle::with_template("[{bar:30}] {pos}/{len} tenants, {elapsed}")
+    {
+        bar.set_style(style.progress_chars("#>-"));
+    }
     let started = std::time::Instant::now();
     let rows = migrate_fleet(
         tenants,
@@ -40,21 +49,12 @@ pub async fn migrate(settings: Settings, args: MigrateArgs) -> ExitCode {
         },
         Some(&ctx.control),
         |done, total| {
-            if on_terminal {
-                let width = 30;
-                let filled = (done * width).checked_div(total).unwrap_or(width);
-                eprint!(
-                    "\r[{}{}] {done}/{total}",
-                    "#".repeat(filled),
-                    " ".repeat(width - filled)
-                );
-                if done == total {
-                    eprintln!();
-                }
-            }
+            bar.set_length(total as u64);
+            bar.set_position(done as u64);
         },
     )
     .await;
+    bar.finish();
     let count = |o: Outcome| rows.iter().filter(|r| r.status == o).count();
     let failed = count(Outcome::Failed);
     for row in rows.iter().filter(|r| r.status == Outcome::Failed) {

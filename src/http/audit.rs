@@ -135,10 +135,7 @@ async fn record_write(state: AppState, request: Request, next: Next) -> Response
     ) else {
         return AppError::internal("audit layer mounted outside tenant resolution").into_response();
     };
-    let request_id = extensions
-        .get::<RequestId>()
-        .map(|r| r.0.clone())
-        .unwrap_or_default();
+    let request_id = RequestId::of(extensions).0;
     let path_id = path_id(&path, request.uri().path());
 
     // The whole body is read before the transaction begins: a slow client must

@@ -35,6 +35,8 @@ impl AppError {
             Self::Conflict(_) => StatusCode::CONFLICT,
             Self::BadRequest(_) => StatusCode::BAD_REQUEST,
             Self::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
+            Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::Timeout { .. } => StatusCode::SERVICE_UNAVAILABLE,
             Self::NotReady(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal { .. } => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -66,6 +68,11 @@ impl IntoResponse for AppError {
                 if *cause != UnavailableCause::Router {
                     response.extensions_mut().insert(*cause);
                 }
+            }
+            Self::Timeout { .. } => {
+                response
+                    .headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from(1));
             }
             Self::TooManyRequests { retry_after_secs } => {
                 response

@@ -2,8 +2,6 @@
 //! strings and path ids that fail to parse become 422 `validation_failed` naming
 //! the field, and [`TenantDb`] hands a handler its tenant's pool.
 
-use std::time::Duration;
-
 use axum::{
     body::Bytes,
     extract::{FromRequest, FromRequestParts, Request},
@@ -13,54 +11,45 @@ use serde::de::DeserializeOwned;
 
 use crate::{db::conn::TenantConn, error::AppError, http::AppState, http::identify::TenantContext};
 
-/// Largest JSON body accepted; the router refuses a longer one as it streams in.
+/// Largest request body accepted. The HTTP stack (`http::stack`) refuses a longer
+/// one: on its `Content-Length` before a byte is read, or once the limit has
+/// streamed in.
 pub const MAX_BODY_BYTES: usize = 256 * 1024;
 
-/// How long a client may take to send a request body (`HTTP_BODY_TIMEOUT_SECS`);
-/// the router puts it in each request's extensions.
-#[derive(Debug, Clone, Copy)]
-pub struct BodyTimeout(pub Duration);
-
-impl Default for BodyTimeout {
-    fn default() -> Self {
-        Self(Duration::from_secs(30))
+/// Reads a whole request body: 413 `payload_too_large` past [`MAX_BODY_BYTES`],
+/// 408 `request_timeout` when the client stops sending it for
+/// `HTTP_BODY_TIMEOUT_SECS` (the stack's body timeout), 422 for any other failure.
+async fn read_body<S: Send + Sync>(request: Request, state: &S) -> Result<Bytes, AppError> {
+    match Bytes::from_request(request, state).await {
+        Ok(bytes) => Ok(bytes),
+        Err(rejection) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+            Err(AppError::PayloadTooLarge {
+                limit: MAX_BODY_BYTES,
+            })
+        }
+        Err(rejection) if timed_out(&rejection) => Err(AppError::RequestTimeout),
+        Err(_) => Err(AppError::validation("body", "the body could not be read")),
     }
 }
 
-/// Reads a whole request body the way [`ApiJson`] does (refused on a
-/// `Content-Length` over [`MAX_BODY_BYTES`], as it streams past the router's limit,
-/// or after [`BodyTimeout`]), so that a layer can hold the body before it takes a
-/// database lock, and hand the request on with the body in memory.
-pub async fn buffer_body<S: Send + Sync>(request: Request, state: &S) -> Result<Request, AppError> {
-    let too_large = || {
-        AppError::validation(
-            "body",
-            format!("the body is larger than {MAX_BODY_BYTES} bytes"),
-        )
-    };
-    if request
-        .headers()
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
-        .is_some_and(|n| n > MAX_BODY_BYTES as u64)
-    {
-        return Err(too_large());
-    }
-    let BodyTimeout(timeout) = request
-        .extensions()
-        .get::<BodyTimeout>()
-        .copied()
-        .unwrap_or_default();
-    let (parts, body) = request.into_parts();
-    let partial = Request::from_parts(parts.clone(), body);
-    let bytes = match tokio::time::timeout(timeout, Bytes::from_request(partial, state)).await {
-        Err(_) => return Err(AppError::RequestTimeout),
-        Ok(Err(rejection)) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => {
-            return Err(too_large());
+/// Whether a body failed because the stack's body timeout fired.
+fn timed_out(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cause = Some(error);
+    while let Some(error) = cause {
+        if error.is::<tower_http::timeout::TimeoutError>() {
+            return true;
         }
-        Ok(Err(_)) => return Err(AppError::validation("body", "the body could not be read")),
-        Ok(Ok(bytes)) => bytes,
-    };
+        cause = error.source();
+    }
+    false
+}
+
+/// Reads a whole request body the way [`ApiJson`] does, so that a layer can hold
+/// the body before it takes a database lock, and hand the request on with the body
+/// in memory.
+pub async fn buffer_body<S: Send + Sync>(request: Request, state: &S) -> Result<Request, AppError> {
+    let (parts, body) = request.into_parts();
+    let bytes = read_body(Request::from_parts(parts.clone(), body), state).await?;
     Ok(Request::from_parts(parts, axum::body::Body::from(bytes)))
 }
 
@@ -91,35 +80,7 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
                 "expected a JSON body with Content-Type: application/json",
             ));
         }
-        let too_large = || {
-            AppError::validation(
-                "body",
-                format!("the body is larger than {MAX_BODY_BYTES} bytes"),
-            )
-        };
-        // Announced too long: refused before a byte of it is read.
-        if request
-            .headers()
-            .get(header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
-            .is_some_and(|n| n > MAX_BODY_BYTES as u64)
-        {
-            return Err(too_large());
-        }
-        let BodyTimeout(timeout) = request
-            .extensions()
-            .get::<BodyTimeout>()
-            .copied()
-            .unwrap_or_default();
-        // Bytes reads no further than the router's DefaultBodyLimit.
-        let bytes = match tokio::time::timeout(timeout, Bytes::from_request(request, state)).await {
-            Err(_) => return Err(AppError::RequestTimeout),
-            Ok(Err(rejection)) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => {
-                return Err(too_large());
-            }
-            Ok(Err(_)) => return Err(AppError::validation("body", "the body could not be read")),
-            Ok(Ok(bytes)) => bytes,
-        };
+        let bytes = read_body(request, state).await?;
         let mut de = serde_json::Deserializer::from_slice(&bytes);
         let value = serde_path_to_error::deserialize(&mut de)
             .map_err(|e| serde_error(e.path().to_string(), e.inner()))?;

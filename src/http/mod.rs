@@ -13,6 +13,7 @@ pub mod identify;
 pub mod request_span;
 pub mod routes;
 pub mod server;
+pub mod stack;
 mod state;
 
 pub use state::{AppState, AppStateInner};
@@ -29,9 +30,14 @@ use crate::{
     },
 };
 
-/// The whole application router.
-pub fn router(state: AppState) -> Router {
-    Router::new()
+/// The whole application: its routes in the HTTP stack (`stack`), which counts
+/// each request in the state's metrics.
+pub fn router(state: AppState, mut stack: stack::StackOptions) -> Router {
+    stack.observer = Some(request_span::Observer {
+        metrics: state.metrics.clone(),
+        single_tenant: state.single_tenant.as_ref().map(|t| t.id.to_string()),
+    });
+    let routes = Router::new()
         .route("/health", get(health))
         .route("/ready", get(ready))
         .merge(routes::tenants::public_router())
@@ -56,14 +62,8 @@ pub fn router(state: AppState) -> Router {
         .fallback(|| async { AppError::NotFound("no such route".into()) })
         .method_not_allowed_fallback(|| async { AppError::MethodNotAllowed })
         .layer(middleware::from_fn(single_host))
-        .layer(axum::extract::DefaultBodyLimit::max(
-            crate::http::extract::MAX_BODY_BYTES,
-        ))
-        .layer(middleware::from_fn_with_state(
-            state.clone(),
-            request_span::request_span,
-        ))
-        .with_state(state)
+        .with_state(state);
+    stack::wrap(routes, &stack)
 }
 
 /// Refuses a request with more than one `Host` header (400 `bad_request`): which

@@ -69,6 +69,8 @@ pub const ENV_KEYS: &[&str] = &[
     "LOGIN_MAX_FAILURES_PER_USER",
     "HTTP_HEADER_TIMEOUT_SECS",
     "HTTP_BODY_TIMEOUT_SECS",
+    "HTTP_REQUEST_TIMEOUT_SECS",
+    "CORS_ALLOWED_ORIGINS",
     "ADMIN_MAX_FAILURES_PER_ADDRESS",
     "LOGIN_THROTTLE_SECS",
     "TRUST_FORWARDED_FOR",
@@ -160,8 +162,14 @@ pub struct Settings {
     /// Seconds a client has to send a request's head, and to start the next request
     /// on a kept-alive connection.
     pub http_header_timeout_secs: u64,
-    /// Seconds a client has to send a request's body.
+    /// Seconds a client may leave a request's body without sending more of it.
     pub http_body_timeout_secs: u64,
+    /// Seconds a whole request may take, body and handler, before it is answered
+    /// 503 `timeout` (and its work cancelled).
+    pub http_request_timeout_secs: u64,
+    /// Origins (`https://app.example.com`, comma separated) whose browser pages may
+    /// call the API; empty: none (no CORS headers are sent).
+    pub cors_allowed_origins: String,
     pub admin_max_failures_per_address: u32,
     pub login_throttle_secs: u64,
     pub trust_forwarded_for: bool,
@@ -244,6 +252,8 @@ impl Settings {
             .and_then(|b| b.set_default("login_max_failures_per_user", 50))
             .and_then(|b| b.set_default("http_header_timeout_secs", 30))
             .and_then(|b| b.set_default("http_body_timeout_secs", 30))
+            .and_then(|b| b.set_default("http_request_timeout_secs", 60))
+            .and_then(|b| b.set_default("cors_allowed_origins", ""))
             .and_then(|b| b.set_default("admin_max_failures_per_address", 20))
             .and_then(|b| b.set_default("login_throttle_secs", 300))
             .and_then(|b| b.set_default("trust_forwarded_for", false))
@@ -352,16 +362,48 @@ impl Settings {
         }
         if !(1..=3600).contains(&self.http_header_timeout_secs)
             || !(1..=3600).contains(&self.http_body_timeout_secs)
+            || !(1..=3600).contains(&self.http_request_timeout_secs)
         {
             return Err(
-                "settings: HTTP_HEADER_TIMEOUT_SECS and HTTP_BODY_TIMEOUT_SECS must be within 1..=3600"
+                "settings: HTTP_HEADER_TIMEOUT_SECS, HTTP_BODY_TIMEOUT_SECS and HTTP_REQUEST_TIMEOUT_SECS must be within 1..=3600"
                     .into(),
             );
         }
+        self.cors_origins()?;
         if self.login_throttle_secs == 0 {
             return Err("settings: LOGIN_THROTTLE_SECS must be at least 1".into());
         }
         Ok(())
+    }
+
+    /// The origins of `CORS_ALLOWED_ORIGINS`, each checked to be a bare origin
+    /// (`scheme://host[:port]`, no path), lowercased as browsers send them.
+    pub fn cors_origins(&self) -> Result<Vec<String>, String> {
+        self.cors_allowed_origins
+            .split(',')
+            .map(str::trim)
+            .filter(|o| !o.is_empty())
+            .map(|origin| {
+                let refused = || {
+                    format!(
+                        "settings: CORS_ALLOWED_ORIGINS: '{origin}' is not an origin such as https://app.example.com"
+                    )
+                };
+                let url = url::Url::parse(origin).map_err(|_| refused())?;
+                let bare = matches!(url.scheme(), "http" | "https")
+                    && url.host_str().is_some()
+                    && url.username().is_empty()
+                    && url.password().is_none()
+                    && url.path() == "/"
+                    && url.query().is_none()
+                    && url.fragment().is_none()
+                    && !origin.ends_with('/');
+                if !bare {
+                    return Err(refused());
+                }
+                Ok(url.origin().ascii_serialization())
+            })
+            .collect()
     }
 
     pub fn is_production(&self) -> bool {

@@ -20,6 +20,60 @@ async fn app_with_timeouts() -> TestApp {
     .await
 }
 
+#[tokio::test]
+async fn a_request_past_its_deadline_gets_503_timeout_even_while_its_body_keeps_coming() {
+    let app = spawn_app_with(
+        AppSpec::new(standard_tenants())
+            .env("HTTP_REQUEST_TIMEOUT_SECS", "1")
+            .env("HTTP_BODY_TIMEOUT_SECS", "30"),
+    )
+    .await;
+    let mut stream = connect(&app).await;
+    stream
+        .write_all(
+            b"POST /api/products HTTP/1.1\r\nHost: localhost\r\nX-Tenant-ID: demo\r\n\
+              Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"name\":",
+        )
+        .await
+        .unwrap();
+    // A byte every 100 ms: never idle long enough for the body timeout, but the
+    // whole request runs past its 1 s deadline.
+    let (mut reader, mut writer) = stream.split();
+    let trickle = async {
+        for _ in 0..200 {
+            if writer.write_all(b" ").await.is_err() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("the server kept reading a request for 20 s");
+    };
+    let answer = async {
+        let mut received = Vec::new();
+        let mut buf = [0u8; 4096];
+        loop {
+            match reader.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => received.extend_from_slice(&buf[..n]),
+            }
+            if received.windows(4).any(|w| w == b"\r\n\r\n") && received.ends_with(b"}}") {
+                break;
+            }
+        }
+        String::from_utf8_lossy(&received).into_owned()
+    };
+    let answer = tokio::select! {
+        () = trickle => unreachable!(),
+        answer = answer => answer,
+    };
+    assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
+    assert!(answer.contains("\"timeout\""), "{answer}");
+    assert!(
+        answer.to_ascii_lowercase().contains("retry-after: 1"),
+        "{answer}"
+    );
+}
+
 async fn connect(app: &TestApp) -> TcpStream {
     TcpStream::connect(app.address.trim_start_matches("http://"))
         .await
@@ -115,7 +169,8 @@ async fn a_body_over_the_limit_is_refused_before_it_is_all_sent() {
         .await
         .unwrap();
     let answer = read_until_closed(&mut stream).await;
-    assert!(answer.starts_with("HTTP/1.1 422"), "{answer}");
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+    assert!(answer.contains("payload_too_large"), "{answer}");
     assert!(answer.contains("larger than"), "{answer}");
 
     // Chunked, with no length: refused once the limit has streamed in, while the
@@ -133,6 +188,7 @@ async fn a_body_over_the_limit_is_refused_before_it_is_all_sent() {
         stream.write_all(chunk.as_bytes()).await.unwrap();
     }
     let answer = read_until_closed(&mut stream).await;
-    assert!(answer.starts_with("HTTP/1.1 422"), "{answer}");
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+    assert!(answer.contains("payload_too_large"), "{answer}");
     assert!(answer.contains("larger than"), "{answer}");
 }

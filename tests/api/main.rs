@@ -12,6 +12,7 @@ mod dental;
 mod deploy;
 mod feature_gate;
 mod helpers;
+mod http_stack;
 mod identification;
 mod isolation;
 mod lifecycle;

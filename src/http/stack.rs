@@ -1,0 +1,209 @@
+//! What every request passes through around the routes, from tower-http: its
+//! request id (kept from the caller when sane, else a new UUID; on the response),
+//! its trace span and closing log line, CORS for the configured origins, gzip, a
+//! deadline for the whole request, a caught panic, and the body's limit and
+//! timeout. Whatever these layers answer by themselves leaves in the service's JSON
+//! error shape.
+
+use std::{any::Any, time::Duration};
+
+use axum::{
+    Router,
+    body::Body,
+    extract::Request,
+    http::{HeaderValue, Method, StatusCode, header},
+    middleware,
+    response::{IntoResponse, Response},
+};
+use tower::ServiceBuilder;
+use tower_http::{
+    catch_panic::CatchPanicLayer,
+    compression::CompressionLayer,
+    cors::{AllowOrigin, CorsLayer},
+    limit::RequestBodyLimitLayer,
+    request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer},
+    timeout::{RequestBodyTimeoutLayer, TimeoutLayer},
+    trace::TraceLayer,
+};
+
+use crate::{
+    error::AppError,
+    http::{
+        extract::MAX_BODY_BYTES,
+        request_span::{Observer, REQUEST_ID_HEADER, log_response, observe, request_span},
+    },
+};
+
+/// How the stack is set up (from settings).
+#[derive(Clone)]
+pub struct StackOptions {
+    /// How long a client may pause while sending a body (`HTTP_BODY_TIMEOUT_SECS`).
+    pub body_timeout: Duration,
+    /// How long a whole request may take (`HTTP_REQUEST_TIMEOUT_SECS`).
+    pub request_timeout: Duration,
+    /// Origins allowed to call the API from a browser (`CORS_ALLOWED_ORIGINS`),
+    /// already checked; empty: no CORS headers.
+    pub cors_origins: Vec<String>,
+    /// Where each request's figures go, if anywhere.
+    pub observer: Option<Observer>,
+}
+
+impl Default for StackOptions {
+    fn default() -> Self {
+        Self {
+            body_timeout: Duration::from_secs(30),
+            request_timeout: Duration::from_secs(60),
+            cors_origins: Vec::new(),
+            observer: None,
+        }
+    }
+}
+
+/// Wraps `router` (every route and its fallback) in the stack, outermost first.
+pub fn wrap(router: Router, options: &StackOptions) -> Router {
+    let request_timeout_secs = options.request_timeout.as_secs().max(1);
+    // Each `layer` call boxes the services below it once: the tower-http layers go
+    // in groups, axum's middleware functions (which want axum's own body type) between.
+    router
+        .layer(
+            ServiceBuilder::new()
+                .layer(TimeoutLayer::with_status_code(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    options.request_timeout,
+                ))
+                .layer(CatchPanicLayer::custom(panic_response))
+                .layer(RequestBodyTimeoutLayer::new(options.body_timeout))
+                .layer(RequestBodyLimitLayer::new(MAX_BODY_BYTES)),
+        )
+        .layer(middleware::map_response_with_state(
+            request_timeout_secs,
+            json_errors,
+        ))
+        .layer(
+            ServiceBuilder::new()
+                .option_layer(cors(&options.cors_origins))
+                .layer(CompressionLayer::new().gzip(true)),
+        )
+        .layer(middleware::from_fn_with_state(
+            options.observer.clone(),
+            observe,
+        ))
+        .layer(
+            ServiceBuilder::new()
+                .layer(SetRequestIdLayer::new(
+                    REQUEST_ID_HEADER.clone(),
+                    MakeRequestUuid,
+                ))
+                .layer(
+                    TraceLayer::new_for_http()
+                        .make_span_with(request_span)
+                        .on_request(())
+                        .on_response(log_response)
+                        // Errors are logged where they happen, with their cause.
+                        .on_failure(()),
+                )
+                .layer(PropagateRequestIdLayer::new(REQUEST_ID_HEADER.clone())),
+        )
+        .layer(middleware::map_request(drop_unsafe_request_id))
+}
+
+/// An `X-Request-Id` from the caller is kept only when it is a short token of
+/// letters, digits and `-_.`: it goes into every log line of the request.
+async fn drop_unsafe_request_id(mut request: Request) -> Request {
+    let sane = |v: &HeaderValue| {
+        (1..=64).contains(&v.len())
+            && v.as_bytes()
+                .iter()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+    };
+    let headers = request.headers_mut();
+    let values = headers.get_all(&REQUEST_ID_HEADER);
+    let keep = values.iter().count() == 1 && values.iter().all(sane);
+    if !keep {
+        headers.remove(&REQUEST_ID_HEADER);
+    }
+    request
+}
+
+/// CORS for `origins`, or none: a browser page from anywhere else gets no
+/// `Access-Control-Allow-Origin` and cannot read a response.
+fn cors(origins: &[String]) -> Option<CorsLayer> {
+    if origins.is_empty() {
+        return None;
+    }
+    let origins: Vec<HeaderValue> = origins
+        .iter()
+        .filter_map(|o| HeaderValue::from_str(o).ok())
+        .collect();
+    Some(
+        CorsLayer::new()
+            .allow_origin(AllowOrigin::list(origins))
+            .allow_methods([
+                Method::GET,
+                Method::POST,
+                Method::PUT,
+                Method::PATCH,
+                Method::DELETE,
+            ])
+            .allow_headers([
+                header::AUTHORIZATION,
+                header::CONTENT_TYPE,
+                crate::http::identify::TENANT_HEADER.clone(),
+                REQUEST_ID_HEADER.clone(),
+            ])
+            .expose_headers([
+                crate::http::identify::TENANT_HEADER.clone(),
+                REQUEST_ID_HEADER.clone(),
+                header::RETRY_AFTER,
+            ])
+            .max_age(Duration::from_secs(600)),
+    )
+}
+
+/// The layers below answer some requests themselves, without a JSON body: a body
+/// over the limit (413) and a request past its deadline (503). Those answers get
+/// the service's error shape; every answer of the service's own is JSON already.
+async fn json_errors(
+    axum::extract::State(request_timeout_secs): axum::extract::State<u64>,
+    response: Response,
+) -> Response {
+    let is_json = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    if is_json {
+        return response;
+    }
+    match response.status() {
+        StatusCode::PAYLOAD_TOO_LARGE => AppError::PayloadTooLarge {
+            limit: MAX_BODY_BYTES,
+        }
+        .into_response(),
+        StatusCode::SERVICE_UNAVAILABLE => {
+            tracing::warn!(
+                timeout_secs = request_timeout_secs,
+                "request cancelled at its deadline"
+            );
+            AppError::Timeout {
+                secs: request_timeout_secs,
+            }
+            .into_response()
+        }
+        _ => response,
+    }
+}
+
+/// A handler that panicked: 500 `internal_error`, the panic's message (redacted)
+/// in the log, and the server goes on.
+fn panic_response(panic: Box<dyn Any + Send + 'static>) -> Response<Body> {
+    let message = panic
+        .downcast_ref::<String>()
+        .map(String::as_str)
+        .or_else(|| panic.downcast_ref::<&str>().copied())
+        .unwrap_or("a panic without a message");
+    AppError::internal(format!(
+        "the handler panicked: {}",
+        crate::secret::redact(message)
+    ))
+    .into_response()
+}
