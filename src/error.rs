@@ -90,6 +90,12 @@ pub enum AppError {
     /// A body longer than the limit, refused before more of it is read.
     #[error("the body is larger than {limit} bytes")]
     PayloadTooLarge { limit: usize },
+    /// The tenant's storage is at or past its quota; writes that add data are
+    /// refused until deletes bring it under.
+    #[error(
+        "the tenant's storage ({used} bytes) is at its quota of {quota} bytes; delete data or raise the quota"
+    )]
+    QuotaExceeded { used: u64, quota: u64 },
     /// The request ran past `HTTP_REQUEST_TIMEOUT_SECS`; its work was cancelled.
     #[error("the request did not finish within {secs} s")]
     Timeout { secs: u64 },
@@ -140,6 +146,7 @@ impl AppError {
             Self::RequestTimeout => "request_timeout",
             Self::PayloadTooLarge { .. } => "payload_too_large",
             Self::Timeout { .. } => "timeout",
+            Self::QuotaExceeded { .. } => "quota_exceeded",
             Self::NotReady(_) => "not_ready",
             Self::Internal { .. } => "internal_error",
         }

@@ -23,6 +23,7 @@ pub mod settings;
 pub mod startup;
 pub mod telemetry;
 pub mod tenant;
+pub mod usage;
 pub mod validate;
 
 pub use error::{AppError, Result};

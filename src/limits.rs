@@ -150,6 +150,7 @@ mod tests {
             rate_limit_per_sec: Some(1),
             rate_limit_burst: Some(3),
             max_concurrent_requests: None,
+            storage_quota_bytes: None,
         });
         for _ in 0..3 {
             assert!(limiter.admit(&t).is_ok());

@@ -69,6 +69,16 @@ impl LoginOutcome {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TenantLabels {
+    tenant: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabels {
+    outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ServerLabels {
     server: String,
 }
@@ -83,6 +93,12 @@ pub struct Metrics {
     requests: Family<RequestLabels, Counter>,
     latency: Family<LatencyLabels, Histogram, fn() -> Histogram>,
     logins: Family<LoginLabels, Counter>,
+    limit_refusals: Family<TenantLabels, Counter>,
+    breaker_trips: Family<TenantLabels, Counter>,
+    /// The tenants whose breaker tripped since start-up (by id): each gets a
+    /// `tenant_breaker_open` gauge, 0 or 1.
+    tripped: RwLock<HashSet<String>>,
+    tenant_opens: Family<OutcomeLabels, Histogram, fn() -> Histogram>,
     labelled: RwLock<HashSet<String>>,
     max_tenants: usize,
     enabled: bool,
@@ -96,6 +112,10 @@ impl Metrics {
             requests: Family::default(),
             latency: Family::new_with_constructor(latency_histogram),
             logins: Family::default(),
+            limit_refusals: Family::default(),
+            breaker_trips: Family::default(),
+            tripped: RwLock::new(HashSet::new()),
+            tenant_opens: Family::new_with_constructor(latency_histogram),
             labelled: RwLock::new(HashSet::new()),
             max_tenants,
             enabled,
@@ -171,6 +191,18 @@ impl Metrics {
             .inc();
     }
 
+    /// A request of `tenant` refused by its rate or concurrency limit (429).
+    pub fn limit_refused(&self, tenant: &str) {
+        if !self.enabled {
+            return;
+        }
+        self.limit_refusals
+            .get_or_create(&TenantLabels {
+                tenant: self.tenant_label(Some(tenant)),
+            })
+            .inc();
+    }
+
     /// Everything, in the Prometheus (OpenMetrics) text format.
     pub fn encode(&self, registry: &TenantRegistry) -> String {
         let mut out = Registry::with_prefix("tenant_router");
@@ -188,6 +220,59 @@ impl Metrics {
             "logins",
             "Login attempts by tenant and outcome (succeeded, failed, throttled)",
             self.logins.clone(),
+        );
+        out.register(
+            "limit_refusals",
+            "Requests refused 429 by their tenant's rate or concurrency limit",
+            self.limit_refusals.clone(),
+        );
+        out.register(
+            "breaker_trips",
+            "Times a tenant's breaker tripped (its database failed for certain)",
+            self.breaker_trips.clone(),
+        );
+        let open: HashSet<String> = registry
+            .open_breakers()
+            .into_iter()
+            .map(|id| id.to_string())
+            .collect();
+        let breaker_open = Family::<TenantLabels, Gauge>::default();
+        for id in self
+            .tripped
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+        {
+            breaker_open
+                .get_or_create(&TenantLabels {
+                    tenant: self.tenant_label(Some(id)),
+                })
+                .inc_by(i64::from(open.contains(id)));
+        }
+        out.register(
+            "tenant_breaker_open",
+            "1 while the tenant's breaker is open (requests get a fast 503), else 0; for tenants whose breaker tripped since start-up",
+            breaker_open,
+        );
+        out.register(
+            "tenant_open_duration_seconds",
+            "Time to make a tenant ready on first use (storage checked, migrations applied, seed), by outcome (ready, failed)",
+            self.tenant_opens.clone(),
+        );
+        let (applied, failed) = crate::db::migration_totals();
+        let migrations_applied = Counter::<u64>::default();
+        migrations_applied.inc_by(applied);
+        out.register(
+            "migrations_applied",
+            "Tenant migrations this process applied",
+            migrations_applied,
+        );
+        let migration_failures = Counter::<u64>::default();
+        migration_failures.inc_by(failed);
+        out.register(
+            "migration_failures",
+            "Tenant migration runs of this process that failed (and rolled back)",
+            migration_failures,
         );
 
         type Read = fn(&ServerStats) -> u64;
@@ -305,5 +390,34 @@ impl Metrics {
         // Writing to a String cannot fail.
         let _ = encode(&mut text, &out);
         text
+    }
+}
+
+impl crate::registry::RegistryEvents for Metrics {
+    fn tenant_opened(&self, _tenant: &crate::tenant::TenantId, took: Duration, ok: bool) {
+        if !self.enabled {
+            return;
+        }
+        let outcome = if ok { "ready" } else { "failed" };
+        self.tenant_opens
+            .get_or_create(&OutcomeLabels {
+                outcome: outcome.to_string(),
+            })
+            .observe(took.as_secs_f64());
+    }
+
+    fn breaker_tripped(&self, tenant: &crate::tenant::TenantId) {
+        if !self.enabled {
+            return;
+        }
+        self.tripped
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(tenant.to_string());
+        self.breaker_trips
+            .get_or_create(&TenantLabels {
+                tenant: self.tenant_label(Some(tenant.as_str())),
+            })
+            .inc();
     }
 }

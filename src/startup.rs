@@ -138,6 +138,23 @@ impl Application {
                 }
             }
         }
+        let usage = lifecycle.as_ref().map(|lifecycle| {
+            let meter = Arc::new(crate::usage::UsageMeter::new(
+                lifecycle.control().clone(),
+                registry.clone(),
+                settings.tenant_storage_quota_bytes,
+            ));
+            crate::usage::spawn_flusher(
+                Arc::downgrade(&meter),
+                std::time::Duration::from_secs(settings.usage_flush_secs),
+            );
+            meter
+        });
+        let metrics = Arc::new(crate::metrics::Metrics::new(
+            settings.metrics_max_tenants,
+            settings.metrics_enabled,
+        ));
+        registry.set_events(metrics.clone());
         let state = AppState::new(AppStateInner {
             registry,
             identify: Arc::new(settings.identification()),
@@ -153,10 +170,8 @@ impl Application {
                     max_concurrent_requests: settings.tenant_max_concurrent_requests,
                 },
             )),
-            metrics: Arc::new(crate::metrics::Metrics::new(
-                settings.metrics_max_tenants,
-                settings.metrics_enabled,
-            )),
+            metrics,
+            usage,
         });
         let listener = TcpListener::bind((settings.host.as_str(), settings.port))
             .await
@@ -199,6 +214,10 @@ impl Application {
         // Writes whose clients left run on detached; let them finish with their
         // audit rows before the pools close.
         writes.wait_idle(std::time::Duration::from_secs(30)).await;
+        // This replica's last counts, measured while the pools are still open.
+        if let Some(usage) = &self.state.usage {
+            usage.flush().await;
+        }
         registry.close_all().await;
         Ok(())
     }

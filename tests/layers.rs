@@ -25,7 +25,15 @@ const LAYERS: &[(&str, &[&str])] = &[
     ("auth", &["auth"]),
     (
         "operations",
-        &["audit", "demo", "fleet", "lifecycle", "limits", "metrics"],
+        &[
+            "audit",
+            "demo",
+            "fleet",
+            "lifecycle",
+            "limits",
+            "metrics",
+            "usage",
+        ],
     ),
     ("http", &["http"]),
     ("entry", &["startup", "cli"]),

@@ -66,6 +66,21 @@ pub enum TenantCommand {
         #[arg(long)]
         force: bool,
     },
+    /// A tenant's usage per day (requests, writes, active users, storage), from
+    /// the control database; a running replica adds its counts every
+    /// USAGE_FLUSH_SECS.
+    Usage {
+        id: String,
+        /// The first day, YYYY-MM-DD (default: 29 days before --to).
+        #[arg(long)]
+        from: Option<String>,
+        /// The last day, YYYY-MM-DD (default: today, UTC).
+        #[arg(long)]
+        to: Option<String>,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Remove a tenant added at run time.
     Delete {
         id: String,

@@ -107,6 +107,9 @@ pub async fn tenants(settings: Settings, command: TenantCommand) -> ExitCode {
                 .map_err(|e| e.to_string())
         }
         TenantCommand::AddUser(args) => add_user(&ctx, args).await,
+        TenantCommand::Usage { id, from, to, json } => {
+            usage(&ctx, &id, from.as_deref(), to.as_deref(), json).await
+        }
         TenantCommand::Suspend { id } => ctx
             .lifecycle
             .update(&id, json!({ "is_active": false }))
@@ -190,5 +193,51 @@ async fn add_user(ctx: &Context, args: AddUserArgs) -> Result<(), String> {
     ctx.registry.close_all().await;
     let user = created.map_err(|e| e.to_string())?;
     println!("added {} ({}) to {}", user.username, user.role, tenant.id);
+    Ok(())
+}
+
+/// Prints a tenant's usage: a row per day and the totals, or the report as JSON.
+async fn usage(
+    ctx: &Context,
+    id: &str,
+    from: Option<&str>,
+    to: Option<&str>,
+    as_json: bool,
+) -> Result<(), String> {
+    let range = crate::usage::UsageRange::parse(from, to).map_err(|e| e.to_string())?;
+    let report = crate::usage::report(&ctx.control, id, range)
+        .await
+        .map_err(|e| crate::db::redact_error(&e))?;
+    if ctx.registry.get(id).is_none() && report.days.is_empty() {
+        return Err(format!("no tenant '{id}' and no usage on record for it"));
+    }
+    if as_json {
+        println!("{:#}", json!(report));
+        return Ok(());
+    }
+    let storage = |b: Option<u64>| b.map_or_else(|| "-".to_string(), |b| b.to_string());
+    println!(
+        "{:<10} {:>10} {:>8} {:>12} {:>14}",
+        "day", "requests", "writes", "active users", "storage bytes"
+    );
+    for d in &report.days {
+        println!(
+            "{:<10} {:>10} {:>8} {:>12} {:>14}",
+            d.day,
+            d.requests,
+            d.writes,
+            d.active_users,
+            storage(d.storage_bytes)
+        );
+    }
+    let t = &report.total;
+    println!(
+        "{:<10} {:>10} {:>8} {:>12} {:>14}",
+        "total",
+        t.requests,
+        t.writes,
+        t.active_users,
+        storage(t.storage_bytes)
+    );
     Ok(())
 }

@@ -14,6 +14,9 @@ use serde_json::Value;
 
 use std::sync::Arc;
 
+mod usage;
+pub use usage::{ActiveUser, UsageCounts, UsageDay};
+
 use crate::{
     secret::SecretBox,
     tenant::{ConfigError, TenantConfig, TenantSource, parse_tenant_entry},

@@ -4,22 +4,51 @@
 use super::{
     begin_write, database_name, is_sqlite_busy, is_unique_violation, redact_error, sql_state,
 };
-use std::time::Duration;
+use std::{
+    sync::atomic::{AtomicU64, Ordering},
+    time::Duration,
+};
 
 use migration::{Migrator, MigratorTrait};
 use sea_orm::{ConnectionTrait, DatabaseConnection, DbBackend, DbErr, Statement, TransactionTrait};
 
 use crate::tenant::TenantConfig;
 
+/// Tenant migrations this process applied, and tenant migration runs that failed
+/// (process totals, for `GET /metrics`).
+static APPLIED: AtomicU64 = AtomicU64::new(0);
+static FAILED: AtomicU64 = AtomicU64::new(0);
+
+/// The process's tenant migration totals: (migrations applied, runs failed).
+pub fn migration_totals() -> (u64, u64) {
+    (
+        APPLIED.load(Ordering::Relaxed),
+        FAILED.load(Ordering::Relaxed),
+    )
+}
+
 /// Applies pending migrations to the tenant's database (see [`migrate_with`]),
-/// keyed by the tenant's storage.
+/// keyed by the tenant's storage; counts them in [`migration_totals`].
 pub async fn migrate(db: &DatabaseConnection, tenant: &TenantConfig) -> Result<(), DbErr> {
     let key = format!(
         "tenant-router:{}:{}",
         database_name(tenant.database_url.expose())?,
         tenant.schema_name().unwrap_or_default()
     );
-    migrate_with::<Migrator>(db, &key).await
+    match migrate_with::<Migrator>(db, &key).await {
+        Ok(applied) => {
+            let applied = applied as u64;
+            APPLIED.fetch_add(applied, Ordering::Relaxed);
+            if applied > 0 {
+                tracing::info!(tenant_id = %tenant.id, applied, "tenant migrations applied");
+            }
+            Ok(())
+        }
+        Err(e) => {
+            FAILED.fetch_add(1, Ordering::Relaxed);
+            Err(e)
+        }
+    }
 }
 
 /// Applies `M`'s pending migrations in one transaction, so that two replicas (or a
@@ -31,12 +60,14 @@ pub async fn migrate(db: &DatabaseConnection, tenant: &TenantConfig) -> Result<(
 pub async fn migrate_with<M: MigratorTrait>(
     db: &DatabaseConnection,
     key: &str,
-) -> Result<(), DbErr> {
+) -> Result<usize, DbErr> {
     if db.get_database_backend() != DbBackend::Postgres {
         return retry_lost_race(|| async {
             let txn = begin_write(db).await?;
+            let pending = M::get_pending_migrations_read_only(&txn).await?.len();
             M::up(&txn, None).await?;
-            txn.commit().await
+            txn.commit().await?;
+            Ok(pending)
         })
         .await;
     }
@@ -47,8 +78,11 @@ pub async fn migrate_with<M: MigratorTrait>(
         [lock_key(key).into()],
     ))
     .await?;
+    // Counted under the lock: what this run applies.
+    let pending = M::get_pending_migrations_read_only(&txn).await?.len();
     M::up(&txn, None).await?;
-    txn.commit().await
+    txn.commit().await?;
+    Ok(pending)
 }
 
 /// Runs a migration again when it lost a race with another process (a second
@@ -57,13 +91,13 @@ pub async fn migrate_with<M: MigratorTrait>(
 /// duplicate row in the migration table. Its next run finds the work done. Any other
 /// failure is returned at once; if the retries fail too, the first error is the one
 /// returned, since it names the cause.
-pub(super) async fn retry_lost_race<F, Fut>(mut run: F) -> Result<(), DbErr>
+pub(super) async fn retry_lost_race<T, F, Fut>(mut run: F) -> Result<T, DbErr>
 where
     F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<(), DbErr>>,
+    Fut: std::future::Future<Output = Result<T, DbErr>>,
 {
     let first = match run().await {
-        Ok(()) => return Ok(()),
+        Ok(done) => return Ok(done),
         Err(e) if lost_race(&e) => e,
         Err(e) => return Err(e),
     };
@@ -71,7 +105,7 @@ where
     for tries in 1..=5u64 {
         tokio::time::sleep(Duration::from_millis(100 * tries)).await;
         match run().await {
-            Ok(()) => return Ok(()),
+            Ok(done) => return Ok(done),
             Err(e) if lost_race(&e) => continue,
             Err(_) => break,
         }

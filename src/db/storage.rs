@@ -236,3 +236,43 @@ pub(super) async fn create_database_if_missing(
     let _ = admin.close().await;
     result
 }
+
+/// The bytes a SQLite tenant's data takes: its file with its write-ahead log.
+/// `None` for a PostgreSQL tenant (see [`server_storage_bytes`]).
+pub fn file_storage_bytes(tenant: &TenantConfig) -> Option<u64> {
+    let url = tenant.database_url.expose();
+    if url.starts_with("postgres") {
+        return None;
+    }
+    let path = sqlite_path(url)?;
+    let size = |suffix: &str| std::fs::metadata(format!("{path}{suffix}")).map_or(0, |m| m.len());
+    Some(size("") + size("-wal"))
+}
+
+/// The bytes a PostgreSQL tenant's data takes, asked over `conn` (a connection to
+/// its database): the database (`pg_database_size`), or in schema mode its
+/// schema's tables with their indexes and TOAST.
+pub async fn server_storage_bytes(
+    tenant: &TenantConfig,
+    conn: &impl ConnectionTrait,
+) -> Result<u64, DbErr> {
+    let statement = match tenant.schema_name() {
+        Some(schema) => Statement::from_sql_and_values(
+            DbBackend::Postgres,
+            "SELECT COALESCE(SUM(pg_total_relation_size(c.oid)), 0)::bigint AS bytes \
+             FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+             WHERE n.nspname = $1 AND c.relkind IN ('r', 'm')",
+            [schema.into()],
+        ),
+        None => Statement::from_string(
+            DbBackend::Postgres,
+            "SELECT pg_database_size(current_database())::bigint AS bytes",
+        ),
+    };
+    let row = conn
+        .query_one_raw(statement)
+        .await?
+        .ok_or_else(|| DbErr::Custom("the storage size query returned no row".into()))?;
+    let bytes: i64 = row.try_get("", "bytes")?;
+    Ok(u64::try_from(bytes).unwrap_or(0))
+}

@@ -137,6 +137,13 @@ async fn record_write(state: AppState, request: Request, next: Next) -> Response
     };
     let request_id = RequestId::of(extensions).0;
     let path_id = path_id(&path, request.uri().path());
+    // A tenant at its storage quota may still delete, never add.
+    if method != Method::DELETE
+        && let Some(usage) = &state.usage
+        && let Err(e) = usage.check_quota(&tenant.config)
+    {
+        return e.into_response();
+    }
 
     // The whole body is read before the transaction begins: a slow client must
     // not hold the tenant's write lock.
@@ -192,6 +199,9 @@ async fn record_write(state: AppState, request: Request, next: Next) -> Response
         if let Err(e) = committed {
             tracing::error!(error = %crate::db::redact_error(&e), %entity, %action, "write not committed: its audit row could not be written");
             return AppError::from(e).into_response();
+        }
+        if let Some(usage) = &state.usage {
+            usage.write(tenant.config.id.as_str());
         }
         // Changes to users take effect once committed.
         if let Some(ForgetUser(user)) = response.extensions().get::<ForgetUser>() {

@@ -48,7 +48,12 @@ pub async fn limit(State(state): State<AppState>, request: Request, next: Next) 
             drop(place);
             response
         }
-        Err(e) => e.into_response(),
+        Err(e) => {
+            if let Some(tenant) = request.extensions().get::<TenantContext>() {
+                state.metrics.limit_refused(tenant.config.id.as_str());
+            }
+            e.into_response()
+        }
     }
 }
 
@@ -79,6 +84,12 @@ pub async fn authenticate(
         return next.run(request).await;
     }
     tracing::Span::current().record("tenant_id", config.id.as_str());
+    if let (Some(usage), Some(principal)) = (&state.usage, request.extensions().get::<Principal>())
+        && principal.kind == crate::auth::ActorKind::User
+        && let Some(user) = principal.id
+    {
+        usage.user(config.id.as_str(), user);
+    }
     let header_value = HeaderValue::from_str(config.id.as_str()).ok();
     let id = config.id.clone();
     request.extensions_mut().insert(TenantContext { config });

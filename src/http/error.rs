@@ -37,6 +37,7 @@ impl AppError {
             Self::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::Timeout { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            Self::QuotaExceeded { .. } => StatusCode::INSUFFICIENT_STORAGE,
             Self::NotReady(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal { .. } => StatusCode::INTERNAL_SERVER_ERROR,
         }

@@ -36,6 +36,7 @@ pub fn router(state: AppState, mut stack: stack::StackOptions) -> Router {
     stack.observer = Some(request_span::Observer {
         metrics: state.metrics.clone(),
         single_tenant: state.single_tenant.as_ref().map(|t| t.id.to_string()),
+        usage: state.usage.clone(),
     });
     let routes = Router::new()
         .route("/health", get(health))

@@ -73,6 +73,8 @@ pub fn log_response<B>(response: &axum::http::Response<B>, latency: Duration, _:
 pub struct Observer {
     pub metrics: std::sync::Arc<crate::metrics::Metrics>,
     pub single_tenant: Option<String>,
+    /// Where a tenant's requests are counted for its usage (multi-tenant mode).
+    pub usage: Option<std::sync::Arc<crate::usage::UsageMeter>>,
 }
 
 /// Counts the request for `GET /metrics`: its tenant, route pattern, status and
@@ -94,16 +96,19 @@ pub async fn observe(
     let response = next.run(request).await;
     // The tenant the request was settled as: named on the response (only after
     // the registry found it), or single-tenant mode's one tenant.
-    let tenant = response
+    let named = response
         .headers()
         .get(&crate::http::identify::TENANT_HEADER)
-        .and_then(|v| v.to_str().ok())
-        .or_else(|| {
-            observer
-                .single_tenant
-                .as_deref()
-                .filter(|_| route.is_some())
-        });
+        .and_then(|v| v.to_str().ok());
+    if let (Some(usage), Some(tenant)) = (&observer.usage, named) {
+        usage.request(tenant);
+    }
+    let tenant = named.or_else(|| {
+        observer
+            .single_tenant
+            .as_deref()
+            .filter(|_| route.is_some())
+    });
     observer.metrics.observe(
         tenant,
         route.as_deref().unwrap_or("unmatched"),

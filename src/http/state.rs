@@ -43,4 +43,6 @@ pub struct AppStateInner {
     pub limits: Arc<crate::limits::TenantLimiter>,
     /// Requests and latency per tenant and route, for `GET /metrics`.
     pub metrics: Arc<crate::metrics::Metrics>,
+    /// Usage per tenant and the storage quota (multi-tenant mode).
+    pub usage: Option<Arc<crate::usage::UsageMeter>>,
 }

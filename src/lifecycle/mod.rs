@@ -31,7 +31,7 @@ use crate::{
 };
 
 /// Fields `PATCH /api/admin/tenants/{id}` may change.
-const PATCHABLE: [&str; 11] = [
+const PATCHABLE: [&str; 12] = [
     "is_active",
     "features",
     "branding",
@@ -43,6 +43,7 @@ const PATCHABLE: [&str; 11] = [
     "rate_limit_per_sec",
     "rate_limit_burst",
     "max_concurrent_requests",
+    "storage_quota_bytes",
 ];
 
 /// Provisioning, changes and removal of tenants.
@@ -131,6 +132,11 @@ impl Lifecycle {
 
     /// Replaces the base tenants (a reload of the file) and re-applies the control
     /// rows on top.
+    /// The control database.
+    pub fn control(&self) -> &ControlStore {
+        &self.control
+    }
+
     /// Whether the control database answers.
     pub async fn control_answers(&self) -> Result<(), DbErr> {
         self.control.ping().await

@@ -66,6 +66,10 @@ impl TenantRegistry {
             .saturating_mul(1 << breaker.failures.saturating_sub(1).min(16))
             .min(MAX_COOLDOWN);
         breaker.open_until = Instant::now() + pause;
+        drop(breakers);
+        if let Some(events) = self.events() {
+            events.breaker_tripped(id);
+        }
         tracing::warn!(tenant_id = %id, pause_secs = pause.as_secs(), "tenant database failing; pausing attempts");
         pause.as_secs().max(1)
     }
@@ -99,6 +103,16 @@ impl TenantRegistry {
         }
         self.trip_breaker(tenant);
         self.inner.handles.invalidate(tenant).await;
+    }
+
+    /// The tenants whose breaker is open now.
+    pub fn open_breakers(&self) -> Vec<TenantId> {
+        let now = Instant::now();
+        self.breakers()
+            .iter()
+            .filter(|(_, b)| b.open_until > now)
+            .map(|(id, _)| id.clone())
+            .collect()
     }
 
     /// Whether the tenant has a handle now (it has been used recently).

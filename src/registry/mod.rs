@@ -64,6 +64,16 @@ pub trait TenantInitialiser: Send + Sync {
     ) -> InitFuture<'a>;
 }
 
+/// What the registry tells whoever watches it (the metrics, which start-up
+/// supplies): each tenant made ready or not, and each trip of a breaker.
+pub trait RegistryEvents: Send + Sync {
+    /// A tenant's handle was built (`ok`), or its database failed to open, after
+    /// `took` (its storage checked, migrations applied, demo data seeded).
+    fn tenant_opened(&self, tenant: &TenantId, took: std::time::Duration, ok: bool);
+    /// The tenant's breaker tripped: its database failed for certain.
+    fn breaker_tripped(&self, tenant: &TenantId);
+}
+
 /// A tenant in use: its pool, its schema there, and its share of connections.
 struct TenantHandle {
     pool: Arc<ConnPool>,
@@ -117,6 +127,7 @@ struct Inner {
     ledger: std::sync::OnceLock<Arc<dyn db::StorageLedger>>,
     /// Work on a tenant's database after its migrations (the demo seed).
     initialiser: std::sync::OnceLock<Arc<dyn TenantInitialiser>>,
+    events: std::sync::OnceLock<Arc<dyn RegistryEvents>>,
 }
 
 /// Shared handle to the registry; cheap to clone.
@@ -161,6 +172,7 @@ impl TenantRegistry {
             started: Instant::now(),
             ledger: std::sync::OnceLock::new(),
             initialiser: std::sync::OnceLock::new(),
+            events: std::sync::OnceLock::new(),
         });
         spawn_janitor(Arc::downgrade(&inner));
         Self { inner }
@@ -176,6 +188,15 @@ impl TenantRegistry {
     /// (the demo seed, from a layer above this one). Set once, at start-up.
     pub fn set_initialiser(&self, initialiser: Arc<dyn TenantInitialiser>) {
         let _ = self.inner.initialiser.set(initialiser);
+    }
+
+    /// Who hears of tenants opened and breakers tripped (once, at start-up).
+    pub fn set_events(&self, events: Arc<dyn RegistryEvents>) {
+        let _ = self.inner.events.set(events);
+    }
+
+    pub(crate) fn events(&self) -> Option<&Arc<dyn RegistryEvents>> {
+        self.inner.events.get()
     }
 
     fn ledger(&self) -> Option<&dyn db::StorageLedger> {
@@ -270,6 +291,9 @@ impl TenantRegistry {
                     // Runs once per attempt, however many requests wait on it.
                     Err(OpenError::Db(err)) => {
                         tracing::warn!(error = %db::redact_error(&err), "opening tenant pool failed");
+                        if let Some(events) = self.events() {
+                            events.tenant_opened(&tenant.id, started.elapsed(), false);
+                        }
                         Err(OpenError::Failed {
                             retry_after_secs: self.trip_breaker(&tenant.id),
                         })
@@ -282,6 +306,9 @@ impl TenantRegistry {
             Ok(handle) => {
                 if opened_here.load(Ordering::Relaxed) {
                     self.reset_breaker(&tenant.id);
+                    if let Some(events) = self.events() {
+                        events.tenant_opened(&tenant.id, started.elapsed(), true);
+                    }
                     tracing::info!(
                         elapsed_ms = started.elapsed().as_millis() as u64,
                         "tenant ready"

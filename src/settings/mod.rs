@@ -39,6 +39,8 @@ pub const ENV_KEYS: &[&str] = &[
     "TENANT_RATE_LIMIT_PER_SEC",
     "TENANT_RATE_LIMIT_BURST",
     "TENANT_MAX_CONCURRENT_REQUESTS",
+    "TENANT_STORAGE_QUOTA_BYTES",
+    "USAGE_FLUSH_SECS",
     "POOL_IDLE_TIMEOUT_SECS",
     "MAX_OPEN_POOLS",
     "DEFAULT_MAX_CONNECTIONS",
@@ -107,6 +109,11 @@ pub struct Settings {
     /// Default request limits of every tenant (0: none); a tenant's own override them.
     pub tenant_rate_limit_per_sec: u32,
     pub tenant_rate_limit_burst: u32,
+    /// Default storage quota of a tenant, in bytes (0: none).
+    pub tenant_storage_quota_bytes: u64,
+    /// Seconds between two writes of a replica's usage counts to the control
+    /// database.
+    pub usage_flush_secs: u64,
     pub tenant_max_concurrent_requests: u32,
     pub pool_idle_timeout_secs: u64,
     pub max_open_pools: u64,
@@ -224,6 +231,8 @@ impl Settings {
             .and_then(|b| b.set_default("metrics_enabled", true))
             .and_then(|b| b.set_default("tenant_rate_limit_per_sec", 0))
             .and_then(|b| b.set_default("tenant_rate_limit_burst", 0))
+            .and_then(|b| b.set_default("tenant_storage_quota_bytes", 0))
+            .and_then(|b| b.set_default("usage_flush_secs", 10))
             .and_then(|b| b.set_default("tenant_max_concurrent_requests", 0))
             .and_then(|b| b.set_default("pool_idle_timeout_secs", 300))
             .and_then(|b| b.set_default("max_open_pools", 10_000))
@@ -370,6 +379,9 @@ impl Settings {
             );
         }
         self.cors_origins()?;
+        if !(1..=3600).contains(&self.usage_flush_secs) {
+            return Err("settings: USAGE_FLUSH_SECS must be within 1..=3600".into());
+        }
         if self.login_throttle_secs == 0 {
             return Err("settings: LOGIN_THROTTLE_SECS must be at least 1".into());
         }

@@ -97,6 +97,9 @@ pub struct RequestLimits {
     /// Requests served at the same time (0: no limit).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_concurrent_requests: Option<u32>,
+    /// Bytes of storage before writes are refused (0: no quota).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub storage_quota_bytes: Option<u64>,
 }
 
 /// One tenant, validated. `database_url` is a [`Secret`]; every other field is safe

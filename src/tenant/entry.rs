@@ -33,6 +33,7 @@ pub(crate) struct RawTenant {
     rate_limit_per_sec: Option<u32>,
     rate_limit_burst: Option<u32>,
     max_concurrent_requests: Option<u32>,
+    storage_quota_bytes: Option<u64>,
     isolation: Option<String>,
     demo: Option<bool>,
 }
@@ -109,6 +110,7 @@ impl TenantConfig {
             "rate_limit_per_sec": self.limits.rate_limit_per_sec,
             "rate_limit_burst": self.limits.rate_limit_burst,
             "max_concurrent_requests": self.limits.max_concurrent_requests,
+            "storage_quota_bytes": self.limits.storage_quota_bytes,
             "isolation": self.isolation,
             "demo": self.demo,
         })
@@ -356,6 +358,7 @@ fn validate(
                     rate_limit_per_sec: raw.rate_limit_per_sec,
                     rate_limit_burst: raw.rate_limit_burst,
                     max_concurrent_requests: raw.max_concurrent_requests,
+                    storage_quota_bytes: raw.storage_quota_bytes,
                 },
                 isolation,
                 source,

@@ -27,3 +27,4 @@ mod products;
 mod settings;
 mod single_tenant;
 mod tenant_limits;
+mod usage;

@@ -236,3 +236,119 @@ async fn logins_are_counted_by_tenant_and_outcome() {
     assert_eq!(logins("failed"), Some(2.0), "{text}");
     assert_eq!(logins("throttled"), Some(2.0), "{text}");
 }
+
+/// A tenant whose database cannot open: its breaker's trip and state, the time its
+/// open took by outcome, and a working tenant's open beside it.
+#[tokio::test]
+async fn breaker_trips_and_state_and_tenant_open_times_are_reported() {
+    // A pause long enough to be still open at the scrape on a busy machine.
+    let app = spawn_app_with(
+        AppSpec::new(vec![
+            Tenant::new("good", "default"),
+            Tenant::new("broken", "default"),
+        ])
+        .env("BREAKER_COOLDOWN_SECS", "60"),
+    )
+    .await;
+    std::fs::create_dir_all(app.data_dir().join("broken.db")).unwrap();
+    let before = scrape(&app).await;
+    assert_eq!(
+        sample(
+            &before,
+            "tenant_router_breaker_trips_total{tenant=\"broken\"}"
+        ),
+        None,
+        "{before}"
+    );
+    let refused = app
+        .as_tenant(Method::GET, "broken", "/api/products")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 503);
+    let served = app
+        .as_tenant(Method::GET, "good", "/api/products")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(served.status(), 200);
+
+    let text = scrape(&app).await;
+    assert_eq!(
+        sample(
+            &text,
+            "tenant_router_breaker_trips_total{tenant=\"broken\"}"
+        ),
+        Some(1.0),
+        "{text}"
+    );
+    assert_eq!(
+        sample(
+            &text,
+            "tenant_router_tenant_breaker_open{tenant=\"broken\"}"
+        ),
+        Some(1.0),
+        "{text}"
+    );
+    assert_eq!(
+        sample(&text, "tenant_router_breaker_trips_total{tenant=\"good\"}"),
+        None
+    );
+    for outcome in ["ready", "failed"] {
+        assert_eq!(
+            sample(
+                &text,
+                &format!(
+                    "tenant_router_tenant_open_duration_seconds_count{{outcome=\"{outcome}\"}}"
+                )
+            ),
+            Some(1.0),
+            "{outcome}: {text}"
+        );
+    }
+    // Every tenant migration the process applied is counted: the good tenant's
+    // (other tests in this process add theirs).
+    let applied = sample(&text, "tenant_router_migrations_applied_total").unwrap();
+    let known = <migration::Migrator as migration::MigratorTrait>::migrations().len();
+    assert!(applied >= known as f64, "{text}");
+}
+
+/// Requests refused by a tenant's rate limit are counted for that tenant only.
+#[tokio::test]
+async fn limit_refusals_are_counted_per_tenant() {
+    let app = spawn_app_with(AppSpec::new(vec![
+        Tenant::new("limited", "default")
+            .with("rate_limit_per_sec = 1")
+            .with("rate_limit_burst = 2"),
+        Tenant::new("free", "default"),
+    ]))
+    .await;
+    let mut refused = 0;
+    for _ in 0..5 {
+        for tenant in ["limited", "free"] {
+            let r = app
+                .as_tenant(Method::GET, tenant, "/api/products")
+                .send()
+                .await
+                .unwrap();
+            if r.status() == 429 {
+                assert_eq!(tenant, "limited");
+                refused += 1;
+            }
+        }
+    }
+    assert!(refused >= 2, "{refused}");
+    let text = scrape(&app).await;
+    assert_eq!(
+        sample(
+            &text,
+            "tenant_router_limit_refusals_total{tenant=\"limited\"}"
+        ),
+        Some(f64::from(refused)),
+        "{text}"
+    );
+    assert_eq!(
+        sample(&text, "tenant_router_limit_refusals_total{tenant=\"free\"}"),
+        None
+    );
+}

@@ -7,6 +7,7 @@ use sea_orm_migration::prelude::*;
 mod m20261123_100001_create_tenant_configs;
 mod m20261124_100002_add_provisioning_claims;
 mod m20261124_100003_create_initialised_storage;
+mod m20261201_100004_create_tenant_usage;
 
 /// Builds and upgrades the control database.
 pub struct ControlMigrator;
@@ -18,6 +19,7 @@ impl MigratorTrait for ControlMigrator {
             Box::new(m20261123_100001_create_tenant_configs::Migration),
             Box::new(m20261124_100002_add_provisioning_claims::Migration),
             Box::new(m20261124_100003_create_initialised_storage::Migration),
+            Box::new(m20261201_100004_create_tenant_usage::Migration),
         ]
     }
 

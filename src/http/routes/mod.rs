@@ -13,6 +13,7 @@ pub mod pagination;
 pub mod products;
 pub mod records;
 pub mod tenants;
+pub mod usage;
 pub mod users;
 
 use axum::{Router, middleware, routing::MethodRouter};
@@ -40,6 +41,7 @@ pub fn tenant_routes() -> RouteSet {
 pub fn admin_routes(state: &AppState) -> Router<AppState> {
     tenants::admin_router()
         .merge(admin_tenants::router())
+        .merge(usage::router())
         .route_layer(middleware::from_fn_with_state(state.clone(), require_admin))
 }
 

@@ -200,3 +200,55 @@ fn the_cli_gives_a_new_tenant_its_owner_and_a_file_tenant_its_users() {
     });
     server.stop();
 }
+
+#[test]
+fn usage_counted_until_shutdown_is_kept_and_the_cli_reports_it() {
+    let dir = dir_with_sqlite_tenant("t1");
+    // No flush but the one at shutdown.
+    let mut server = Server::start(command(dir.path(), &[("USAGE_FLUSH_SECS", "3600")]));
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let client = reqwest::Client::new();
+        for n in 0..3 {
+            let created = client
+                .post(format!("{}/api/products", server.address))
+                .header("X-Tenant-ID", "t1")
+                .json(&serde_json::json!({ "name": format!("p{n}"), "price": 1.0 }))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(created.status(), 201);
+        }
+        let listed = client
+            .get(format!("{}/api/products", server.address))
+            .header("X-Tenant-ID", "t1")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(listed.status(), 200);
+    });
+    assert!(server.stop(), "{}", server.log());
+
+    let (code, stdout, stderr) = run(dir.path(), &["tenants", "usage", "t1", "--json"]);
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    let report: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(report["total"]["requests"], 4, "{report}");
+    assert_eq!(report["total"]["writes"], 3, "{report}");
+    assert!(
+        report["total"]["storage_bytes"].as_u64().unwrap() > 0,
+        "{report}"
+    );
+
+    let (code, table, _) = run(dir.path(), &["tenants", "usage", "t1"]);
+    assert_eq!(code, 0);
+    let total = table.lines().find(|l| l.starts_with("total")).unwrap();
+    let columns: Vec<&str> = total.split_whitespace().collect();
+    assert_eq!(columns[1..3], ["4", "3"], "{table}");
+
+    let (code, _, stderr) = run(dir.path(), &["tenants", "usage", "t1", "--from", "soon"]);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("YYYY-MM-DD"), "{stderr}");
+    let (code, _, stderr) = run(dir.path(), &["tenants", "usage", "nobody"]);
+    assert_ne!(code, 0);
+    assert!(stderr.contains("nobody"), "{stderr}");
+}
