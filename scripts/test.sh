@@ -7,7 +7,11 @@
 # PostgreSQL from Debian's packages when it is missing, starts a throwaway cluster on
 # 127.0.0.1 under a temporary directory, runs the tests, and removes the cluster.
 #
-# Extra arguments go to `cargo test` (for example a test name filter).
+# Then the contract test (scripts/contract.sh): schemathesis against the live
+# service, and /docs rendered in headless Chromium.
+#
+# Extra arguments go to `cargo test` (for example a test name filter); with any,
+# the contract test is skipped.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib/pg.sh
@@ -23,3 +27,7 @@ else
 fi
 
 cargo test --workspace --locked "$@"
+# The OpenAPI contract against the live service (skipped when a test filter is given).
+if [ $# -eq 0 ]; then
+  ./scripts/contract.sh
+fi

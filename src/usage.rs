@@ -28,8 +28,9 @@ use crate::{
 /// Counts not yet in the control database.
 #[derive(Default)]
 struct Pending {
-    /// Keyed by tenant id and day.
-    counts: HashMap<(String, String), UsageCounts>,
+    /// By day, then tenant id (looked up by `&str`: counting a request allocates
+    /// nothing once its tenant has counts that day).
+    counts: HashMap<NaiveDate, HashMap<String, UsageCounts>>,
     users: HashSet<ActiveUser>,
     /// Tenants written since their storage was last measured.
     written: HashSet<String>,
@@ -44,8 +45,8 @@ pub struct UsageMeter {
     sizes: Mutex<HashMap<String, u64>>,
 }
 
-fn today() -> String {
-    chrono::Utc::now().format("%Y-%m-%d").to_string()
+fn today() -> NaiveDate {
+    chrono::Utc::now().date_naive()
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -53,20 +54,30 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Pending {
-    fn entry(&mut self, tenant: &str, day: &str) -> &mut UsageCounts {
-        self.counts
-            .entry((tenant.to_owned(), day.to_owned()))
-            .or_insert_with(|| UsageCounts {
-                tenant_id: tenant.to_owned(),
-                day: day.to_owned(),
-                ..UsageCounts::default()
-            })
+    fn entry(&mut self, tenant: &str, day: NaiveDate) -> &mut UsageCounts {
+        let tenants = self.counts.entry(day).or_default();
+        if !tenants.contains_key(tenant) {
+            tenants.insert(
+                tenant.to_owned(),
+                UsageCounts {
+                    tenant_id: tenant.to_owned(),
+                    day: day.to_string(),
+                    ..UsageCounts::default()
+                },
+            );
+        }
+        tenants
+            .get_mut(tenant)
+            .unwrap_or_else(|| unreachable!("inserted above"))
     }
 
     /// Puts back what a failed flush took, under what came meanwhile.
     fn restore(&mut self, counts: Vec<UsageCounts>, users: Vec<ActiveUser>) {
         for old in counts {
-            let now = self.entry(&old.tenant_id, &old.day);
+            let Ok(day) = NaiveDate::parse_from_str(&old.day, "%Y-%m-%d") else {
+                continue;
+            };
+            let now = self.entry(&old.tenant_id, day);
             now.requests += old.requests;
             now.writes += old.writes;
             now.storage_bytes = now.storage_bytes.or(old.storage_bytes);
@@ -88,13 +99,13 @@ impl UsageMeter {
 
     /// A request served for `tenant` (any status).
     pub fn request(&self, tenant: &str) {
-        lock(&self.pending).entry(tenant, &today()).requests += 1;
+        lock(&self.pending).entry(tenant, today()).requests += 1;
     }
 
     /// A committed write of `tenant`'s; its storage is measured at the next flush.
     pub fn write(&self, tenant: &str) {
         let mut pending = lock(&self.pending);
-        pending.entry(tenant, &today()).writes += 1;
+        pending.entry(tenant, today()).writes += 1;
         pending.written.insert(tenant.to_owned());
     }
 
@@ -102,10 +113,10 @@ impl UsageMeter {
     pub fn user(&self, tenant: &str, user: uuid::Uuid) {
         let day = today();
         let mut pending = lock(&self.pending);
-        pending.entry(tenant, &day);
+        pending.entry(tenant, day);
         pending.users.insert(ActiveUser {
             tenant_id: tenant.to_owned(),
-            day,
+            day: day.to_string(),
             user_id: user.to_string(),
         });
     }
@@ -147,7 +158,7 @@ impl UsageMeter {
         };
         lock(&self.sizes).insert(tenant.id.to_string(), bytes);
         lock(&self.pending)
-            .entry(tenant.id.as_str(), &today())
+            .entry(tenant.id.as_str(), today())
             .storage_bytes = Some(bytes);
         Ok(bytes)
     }
@@ -170,6 +181,7 @@ impl UsageMeter {
             (
                 std::mem::take(&mut pending.counts)
                     .into_values()
+                    .flat_map(HashMap::into_values)
                     .collect::<Vec<_>>(),
                 std::mem::take(&mut pending.users)
                     .into_iter()

@@ -16,7 +16,7 @@ use crate::{
 };
 
 /// A user to create, as a client or an operator sends it.
-#[derive(Clone, Deserialize)]
+#[derive(Clone, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewUser {
     pub username: String,
@@ -43,7 +43,7 @@ fn default_role() -> String {
 }
 
 /// What a client sees of a user.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct UserView {
     pub id: Uuid,
     pub username: String,

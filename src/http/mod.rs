@@ -10,6 +10,7 @@ mod error;
 pub mod extract;
 pub mod feature_gate;
 pub mod identify;
+pub mod openapi;
 pub mod request_span;
 pub mod routes;
 pub mod server;
@@ -42,6 +43,7 @@ pub fn router(state: AppState, mut stack: stack::StackOptions) -> Router {
         .route("/health", get(health))
         .route("/ready", get(ready))
         .merge(routes::tenants::public_router())
+        .merge(openapi::router())
         .merge(admin_routes(&state))
         .merge(
             // Tenant-scoped: identified, then authenticated, then audited.
@@ -87,7 +89,10 @@ async fn single_host(
     next.run(request).await
 }
 
-async fn health() -> Json<Value> {
+/// Alive: answers while the process serves.
+#[utoipa::path(get, path = "/health", tag = "service",
+    responses((status = 200, description = "Alive", body = Object, example = json!({"status": "ok"}))))]
+pub(crate) async fn health() -> Json<Value> {
     Json(json!({ "status": "ok" }))
 }
 
@@ -98,7 +103,12 @@ const READY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 /// multi-tenant mode, the control database, where the tenants live, answers too.
 /// 503 `not_ready` otherwise, so that a load balancer or an orchestrator's
 /// readiness probe sends requests to another replica; `/health` stays 200 (alive).
-async fn ready(
+#[utoipa::path(get, path = "/ready", tag = "service",
+    responses(
+        (status = 200, description = "Ready", body = Object, example = json!({"status": "ready"})),
+        (status = 503, description = "The control database does not answer (`not_ready`)", body = crate::http::openapi::ErrorBody),
+    ))]
+pub(crate) async fn ready(
     axum::extract::State(state): axum::extract::State<AppState>,
 ) -> Result<Json<Value>, AppError> {
     if let Some(lifecycle) = &state.lifecycle {

@@ -19,6 +19,7 @@ mod lifecycle;
 mod limits;
 mod manufacturing;
 mod metrics;
+mod openapi;
 mod pg;
 mod pools;
 mod postgres;

@@ -46,7 +46,9 @@ fn lifecycle(state: &AppState) -> Result<&Lifecycle> {
         .ok_or_else(|| AppError::NotFound("tenant management is off in single-tenant mode".into()))
 }
 
-async fn create(
+#[utoipa::path(post, path = "/api/admin/tenants", tag = "tenants", request_body = Object,
+    responses((status = 201, description = "Provisioned", body = Object)))]
+pub(crate) async fn create(
     State(state): State<AppState>,
     ApiJson(body): ApiJson<Value>,
 ) -> Result<(StatusCode, Json<Value>)> {
@@ -55,7 +57,9 @@ async fn create(
     Ok((StatusCode::CREATED, Json(tenant_view(&state, &tenant))))
 }
 
-async fn update(
+#[utoipa::path(patch, path = "/api/admin/tenants/{id}", tag = "tenants", params(("id" = String, Path, description = "The tenant id")), request_body = Object,
+    responses((status = 200, description = "Changed", body = Object)))]
+pub(crate) async fn update(
     State(state): State<AppState>,
     TenantPath(id): TenantPath,
     ApiJson(body): ApiJson<Value>,
@@ -64,13 +68,16 @@ async fn update(
     Ok(Json(tenant_view(&state, &tenant)))
 }
 
-#[derive(Debug, Deserialize)]
-struct RemoveQuery {
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub(crate) struct RemoveQuery {
     #[serde(default)]
     drop_database: bool,
 }
 
-async fn remove(
+#[utoipa::path(delete, path = "/api/admin/tenants/{id}", tag = "tenants", params(("id" = String, Path, description = "The tenant id"), RemoveQuery),
+    responses((status = 204, description = "Removed")))]
+pub(crate) async fn remove(
     State(state): State<AppState>,
     TenantPath(id): TenantPath,
     ApiQuery(query): ApiQuery<RemoveQuery>,
@@ -84,20 +91,25 @@ async fn remove(
 
 /// Provisionings that have not finished: under way, or cut short by a crash
 /// (`abandoned`), which start-up rolls back and an operator may roll back here.
-async fn unfinished(State(state): State<AppState>) -> Result<Json<Value>> {
+#[utoipa::path(get, path = "/api/admin/provisionings", tag = "tenants",
+    responses((status = 200, description = "Unfinished provisionings", body = Object)))]
+pub(crate) async fn unfinished(State(state): State<AppState>) -> Result<Json<Value>> {
     let rows = lifecycle(&state)?.unfinished().await?;
     Ok(Json(json!({ "provisionings": rows })))
 }
 
-#[derive(Debug, Deserialize)]
-struct AbandonQuery {
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub(crate) struct AbandonQuery {
     #[serde(default)]
     force: bool,
 }
 
 /// Rolls back an unfinished provisioning: drops the storage it made and frees the
 /// id. 409 while its process is alive, unless `?force=true`.
-async fn abandon(
+#[utoipa::path(delete, path = "/api/admin/provisionings/{id}", tag = "tenants", params(("id" = String, Path, description = "The tenant id"), AbandonQuery),
+    responses((status = 204, description = "Rolled back")))]
+pub(crate) async fn abandon(
     State(state): State<AppState>,
     TenantPath(id): TenantPath,
     ApiQuery(query): ApiQuery<AbandonQuery>,
@@ -115,7 +127,12 @@ async fn migration_list(db: &sea_orm::DatabaseConnection) -> Result<Vec<Value>, 
         .collect())
 }
 
-async fn migrate(State(state): State<AppState>, TenantPath(id): TenantPath) -> Result<Json<Value>> {
+#[utoipa::path(post, path = "/api/admin/tenants/{id}/migrate", tag = "tenants", params(("id" = String, Path, description = "The tenant id")),
+    responses((status = 200, description = "Migrated", body = Object)))]
+pub(crate) async fn migrate(
+    State(state): State<AppState>,
+    TenantPath(id): TenantPath,
+) -> Result<Json<Value>> {
     let tenant = tenant_from_path(&state, &id)?;
     let (applied, migrations) = state
         .registry
@@ -132,7 +149,9 @@ async fn migrate(State(state): State<AppState>, TenantPath(id): TenantPath) -> R
     })))
 }
 
-async fn migrations(
+#[utoipa::path(get, path = "/api/admin/tenants/{id}/migrations", tag = "tenants", params(("id" = String, Path, description = "The tenant id")),
+    responses((status = 200, description = "Applied and pending migrations", body = Object)))]
+pub(crate) async fn migrations(
     State(state): State<AppState>,
     TenantPath(id): TenantPath,
 ) -> Result<Json<Value>> {
@@ -148,7 +167,9 @@ async fn migrations(
 
 /// Adds a user (any role) to a tenant: how an operator gives a tenant from the
 /// tenants file its first owner. Audited as the operator.
-async fn create_user(
+#[utoipa::path(post, path = "/api/admin/tenants/{id}/users", tag = "tenants", params(("id" = String, Path, description = "The tenant id")), request_body = NewUser,
+    responses((status = 201, description = "Created", body = UserView)))]
+pub(crate) async fn create_user(
     State(state): State<AppState>,
     TenantPath(id): TenantPath,
     request_id: RequestId,

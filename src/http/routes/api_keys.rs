@@ -34,8 +34,8 @@ pub fn router() -> RouteSet {
     )
 }
 
-#[derive(Debug, Serialize)]
-struct KeyView {
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub(crate) struct KeyView {
     id: Uuid,
     name: String,
     role: String,
@@ -59,9 +59,9 @@ impl From<row::Model> for KeyView {
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct KeyInput {
+pub(crate) struct KeyInput {
     name: String,
     #[serde(default = "staff")]
     role: String,
@@ -71,7 +71,9 @@ fn staff() -> String {
     Role::Staff.as_str().into()
 }
 
-async fn list(
+#[utoipa::path(get, path = "/api/api-keys", tag = "api-keys", params(PageQuery),
+    responses((status = 200, description = "The API keys (never the keys themselves)", body = Page<KeyView>)))]
+pub(crate) async fn list(
     ApiQuery(query): ApiQuery<PageQuery>,
     TenantDb(db): TenantDb,
 ) -> Result<Json<Page<KeyView>>> {
@@ -86,7 +88,9 @@ async fn list(
     Ok(Json(Page::from_rows(rows, page, KeyView::from)))
 }
 
-async fn create(
+#[utoipa::path(post, path = "/api/api-keys", tag = "api-keys", request_body = KeyInput,
+    responses((status = 201, description = "Created; the only answer that holds the key", body = Object)))]
+pub(crate) async fn create(
     tenant: TenantContext,
     principal: Principal,
     TenantDb(db): TenantDb,
@@ -124,7 +128,9 @@ async fn create(
     Ok((StatusCode::CREATED, Json(body)))
 }
 
-async fn show(IdPath(id): IdPath, TenantDb(db): TenantDb) -> Result<Json<KeyView>> {
+#[utoipa::path(get, path = "/api/api-keys/{id}", tag = "api-keys", params(("id" = uuid::Uuid, Path, description = "The record's id")),
+    responses((status = 200, description = "The API key", body = KeyView)))]
+pub(crate) async fn show(IdPath(id): IdPath, TenantDb(db): TenantDb) -> Result<Json<KeyView>> {
     let model = row::Entity::find_by_id(id)
         .one(&db)
         .await?
@@ -132,7 +138,9 @@ async fn show(IdPath(id): IdPath, TenantDb(db): TenantDb) -> Result<Json<KeyView
     Ok(Json(model.into()))
 }
 
-async fn revoke(
+#[utoipa::path(delete, path = "/api/api-keys/{id}", tag = "api-keys", params(("id" = uuid::Uuid, Path, description = "The record's id")),
+    responses((status = 204, description = "Revoked")))]
+pub(crate) async fn revoke(
     IdPath(id): IdPath,
     principal: Principal,
     TenantDb(db): TenantDb,

@@ -22,8 +22,9 @@ pub fn router() -> RouteSet {
     for_role(RouteSet::new().route("/api/audit", get(list)), Role::Admin)
 }
 
-#[derive(Debug, Deserialize)]
-struct AuditQuery {
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub(crate) struct AuditQuery {
     entity: Option<String>,
     entity_id: Option<String>,
     from: Option<String>,
@@ -32,8 +33,9 @@ struct AuditQuery {
     offset: Option<u64>,
 }
 
-#[derive(Debug, Serialize)]
-struct EntryView {
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[schema(as = AuditEntry)]
+pub(crate) struct EntryView {
     id: Uuid,
     at: DateTime<Utc>,
     actor: ActorView,
@@ -43,8 +45,8 @@ struct EntryView {
     request_id: String,
 }
 
-#[derive(Debug, Serialize)]
-struct ActorView {
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub(crate) struct ActorView {
     kind: String,
     id: Option<String>,
     name: Option<String>,
@@ -80,7 +82,9 @@ fn timestamp(field: &str, value: Option<&str>) -> Result<Option<DateTime<Utc>>> 
         .transpose()
 }
 
-async fn list(
+#[utoipa::path(get, path = "/api/audit", tag = "audit", params(AuditQuery),
+    responses((status = 200, description = "The audit log, newest first", body = Page<EntryView>)))]
+pub(crate) async fn list(
     ApiQuery(query): ApiQuery<AuditQuery>,
     TenantDb(db): TenantDb,
 ) -> Result<Json<Page<EntryView>>> {

@@ -30,14 +30,16 @@ pub fn router() -> RouteSet {
     RouteSet::new().route("/api/auth/me", get(me))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct LoginInput {
+pub(crate) struct LoginInput {
     username: String,
     password: String,
 }
 
-async fn login(
+#[utoipa::path(post, path = "/api/auth/login", tag = "auth", request_body = LoginInput,
+    responses((status = 200, description = "Logged in", body = Object)))]
+pub(crate) async fn login(
     State(state): State<AppState>,
     tenant: TenantContext,
     ClientAddress(address): ClientAddress,
@@ -128,7 +130,9 @@ fn key_refs(keys: &[String; 3]) -> [&str; 3] {
     [&keys[0], &keys[1], &keys[2]]
 }
 
-async fn me(tenant: TenantContext, principal: Principal) -> Json<Value> {
+#[utoipa::path(get, path = "/api/auth/me", tag = "auth",
+    responses((status = 200, description = "The caller", body = Object)))]
+pub(crate) async fn me(tenant: TenantContext, principal: Principal) -> Json<Value> {
     Json(json!({
         "tenant_id": tenant.config.id,
         "kind": principal.kind,

@@ -41,9 +41,10 @@ pub fn router() -> RouteSet {
     )
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct EntryInput {
+#[schema(as = CashFlowEntryInput)]
+pub(crate) struct EntryInput {
     kind: String,
     amount: f64,
     #[serde(default)]
@@ -52,8 +53,9 @@ struct EntryInput {
     description: Option<String>,
 }
 
-#[derive(Debug, Serialize)]
-struct EntryView {
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[schema(as = CashFlowEntry)]
+pub(crate) struct EntryView {
     id: Uuid,
     kind: String,
     amount: f64,
@@ -87,8 +89,9 @@ fn check_kind(kind: &str) -> Result<()> {
     }
 }
 
-#[derive(Debug, Deserialize)]
-struct ListQuery {
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub(crate) struct ListQuery {
     limit: Option<u64>,
     offset: Option<u64>,
     kind: Option<String>,
@@ -96,7 +99,9 @@ struct ListQuery {
     to: Option<NaiveDate>,
 }
 
-async fn list(
+#[utoipa::path(get, path = "/api/cash-flow", tag = "cash-flow", params(ListQuery),
+    responses((status = 200, description = "The entries, filtered by kind and dates", body = Page<EntryView>)))]
+pub(crate) async fn list(
     ApiQuery(query): ApiQuery<ListQuery>,
     TenantDb(db): TenantDb,
 ) -> Result<Json<Page<EntryView>>> {
@@ -126,7 +131,9 @@ async fn list(
     Ok(Json(Page::from_rows(rows, page, EntryView::from)))
 }
 
-async fn create(
+#[utoipa::path(post, path = "/api/cash-flow", tag = "cash-flow", request_body = EntryInput,
+    responses((status = 201, description = "Created", body = EntryView)))]
+pub(crate) async fn create(
     TenantDb(db): TenantDb,
     ApiJson(input): ApiJson<EntryInput>,
 ) -> Result<(StatusCode, Json<EntryView>)> {
@@ -157,17 +164,22 @@ async fn create(
     Ok((StatusCode::CREATED, Json(model.into())))
 }
 
-async fn show(IdPath(id): IdPath, TenantDb(db): TenantDb) -> Result<Json<EntryView>> {
+#[utoipa::path(get, path = "/api/cash-flow/{id}", tag = "cash-flow", params(("id" = uuid::Uuid, Path, description = "The record's id")),
+    responses((status = 200, description = "The entry", body = EntryView)))]
+pub(crate) async fn show(IdPath(id): IdPath, TenantDb(db): TenantDb) -> Result<Json<EntryView>> {
     let model = live_or_404::<entry::Entity>(&db, id).await?;
     Ok(Json(model.into()))
 }
 
-async fn remove(IdPath(id): IdPath, TenantDb(db): TenantDb) -> Result<StatusCode> {
+#[utoipa::path(delete, path = "/api/cash-flow/{id}", tag = "cash-flow", params(("id" = uuid::Uuid, Path, description = "The record's id")),
+    responses((status = 204, description = "Deleted")))]
+pub(crate) async fn remove(IdPath(id): IdPath, TenantDb(db): TenantDb) -> Result<StatusCode> {
     delete_or_404::<entry::Entity>(&db, id).await
 }
 
-#[derive(Debug, Deserialize)]
-struct SummaryQuery {
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub(crate) struct SummaryQuery {
     year: Option<i32>,
 }
 
@@ -206,7 +218,9 @@ impl Sums {
 
 /// Income, expense, their tax and the net of each month of `year` (default: this
 /// year), and the year's totals. Deleted entries do not count.
-async fn summary(
+#[utoipa::path(get, path = "/api/cash-flow/summary", tag = "cash-flow", params(SummaryQuery),
+    responses((status = 200, description = "Income, expenses and balance", body = serde_json::Value)))]
+pub(crate) async fn summary(
     ApiQuery(query): ApiQuery<SummaryQuery>,
     TenantDb(db): TenantDb,
 ) -> Result<Json<serde_json::Value>> {

@@ -29,13 +29,17 @@ pub fn router() -> RouteSet {
     ))
 }
 
-async fn status(tenant: TenantContext, TenantDb(db): TenantDb) -> Result<Json<Value>> {
+#[utoipa::path(get, path = "/api/data/status", tag = "data",
+    responses((status = 200, description = "What the tenant holds", body = Object)))]
+pub(crate) async fn status(tenant: TenantContext, TenantDb(db): TenantDb) -> Result<Json<Value>> {
     Ok(Json(
         json!({ "tenant_id": tenant.config.id, "tables": demo::status(&db).await? }),
     ))
 }
 
-async fn reset(tenant: TenantContext, TenantDb(db): TenantDb) -> Result<Json<Value>> {
+#[utoipa::path(post, path = "/api/data/reset", tag = "data",
+    responses((status = 200, description = "The demo data, seeded again", body = Object)))]
+pub(crate) async fn reset(tenant: TenantContext, TenantDb(db): TenantDb) -> Result<Json<Value>> {
     let txn = crate::db::begin_write(&db).await?;
     demo::clear(&txn).await?;
     txn.commit().await?;

@@ -11,9 +11,13 @@ const MAX_LIMIT: u64 = 200;
 /// The query parameters as sent. (Routes with filters of their own repeat these two
 /// fields rather than `#[serde(flatten)]` them: flattening makes serde_urlencoded
 /// read numbers as strings.)
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct PageQuery {
+    /// Items per page, 1 to 200 (default 50).
+    #[param(minimum = 1, maximum = 200)]
     pub limit: Option<u64>,
+    /// Items to skip (default 0).
     pub offset: Option<u64>,
 }
 
@@ -49,11 +53,12 @@ impl PageParams {
 }
 
 /// One page of a list.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct Page<T> {
     pub items: Vec<T>,
     pub limit: u64,
     pub offset: u64,
+    /// The offset of the next page; null on the last one.
     pub next_offset: Option<u64>,
 }
 

@@ -26,15 +26,18 @@ pub fn router() -> RouteSet {
     )
 }
 
-#[derive(Debug, Deserialize)]
+/// A product to create or replace.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct ProductInput {
+pub(crate) struct ProductInput {
+    /// 1 to 200 characters.
     name: String,
+    /// In the currency's units, two decimals at most, not negative.
     price: f64,
 }
 
-#[derive(Debug, Serialize)]
-struct ProductView {
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub(crate) struct ProductView {
     id: uuid::Uuid,
     name: String,
     price: f64,
@@ -54,7 +57,9 @@ impl From<product::Model> for ProductView {
     }
 }
 
-async fn list(
+#[utoipa::path(get, path = "/api/products", tag = "products", params(PageQuery),
+    responses((status = 200, description = "The tenant's products, newest first", body = Page<ProductView>)))]
+pub(crate) async fn list(
     ApiQuery(query): ApiQuery<PageQuery>,
     TenantDb(db): TenantDb,
 ) -> Result<Json<Page<ProductView>>> {
@@ -63,7 +68,9 @@ async fn list(
     Ok(Json(Page::from_rows(rows, page, ProductView::from)))
 }
 
-async fn create(
+#[utoipa::path(post, path = "/api/products", tag = "products", request_body = ProductInput,
+    responses((status = 201, description = "Created", body = ProductView)))]
+pub(crate) async fn create(
     TenantDb(db): TenantDb,
     ApiJson(input): ApiJson<ProductInput>,
 ) -> Result<(StatusCode, Json<ProductView>)> {
@@ -83,12 +90,17 @@ async fn create(
     Ok((StatusCode::CREATED, Json(model.into())))
 }
 
-async fn show(IdPath(id): IdPath, TenantDb(db): TenantDb) -> Result<Json<ProductView>> {
+#[utoipa::path(get, path = "/api/products/{id}", tag = "products", params(("id" = uuid::Uuid, Path)),
+    responses((status = 200, description = "The product", body = ProductView)))]
+pub(crate) async fn show(IdPath(id): IdPath, TenantDb(db): TenantDb) -> Result<Json<ProductView>> {
     let model = live_or_404::<Product>(&db, id).await?;
     Ok(Json(model.into()))
 }
 
-async fn update(
+#[utoipa::path(put, path = "/api/products/{id}", tag = "products", params(("id" = uuid::Uuid, Path)),
+    request_body = ProductInput,
+    responses((status = 200, description = "Replaced", body = ProductView)))]
+pub(crate) async fn update(
     IdPath(id): IdPath,
     TenantDb(db): TenantDb,
     ApiJson(input): ApiJson<ProductInput>,
@@ -103,6 +115,8 @@ async fn update(
     Ok(Json(model.update(&db).await?.into()))
 }
 
-async fn remove(IdPath(id): IdPath, TenantDb(db): TenantDb) -> Result<StatusCode> {
+#[utoipa::path(delete, path = "/api/products/{id}", tag = "products", params(("id" = uuid::Uuid, Path)),
+    responses((status = 204, description = "Deleted")))]
+pub(crate) async fn remove(IdPath(id): IdPath, TenantDb(db): TenantDb) -> Result<StatusCode> {
     delete_or_404::<product::Entity>(&db, id).await
 }

@@ -84,7 +84,9 @@ pub fn tenant_view(state: &AppState, tenant: &TenantConfig) -> Value {
     json!(TenantView::new(tenant, state.registry.is_open(&tenant.id)))
 }
 
-async fn list(State(state): State<AppState>) -> Json<Value> {
+#[utoipa::path(get, path = "/api/tenants", tag = "tenants",
+    responses((status = 200, description = "Every tenant", body = Object)))]
+pub(crate) async fn list(State(state): State<AppState>) -> Json<Value> {
     let tenants = state.registry.list();
     let views: Vec<_> = tenants
         .iter()
@@ -93,7 +95,12 @@ async fn list(State(state): State<AppState>) -> Json<Value> {
     Json(json!({ "tenants": views }))
 }
 
-async fn config(State(state): State<AppState>, TenantPath(id): TenantPath) -> Result<Json<Value>> {
+#[utoipa::path(get, path = "/api/tenants/{id}/config", tag = "tenants", params(("id" = String, Path, description = "The tenant id")),
+    responses((status = 200, description = "The tenant's configuration, without secrets", body = Object)))]
+pub(crate) async fn config(
+    State(state): State<AppState>,
+    TenantPath(id): TenantPath,
+) -> Result<Json<Value>> {
     let tenant = tenant_from_path(&state, &id)?;
     let view = TenantView::new(&tenant, state.registry.is_open(&tenant.id));
     Ok(Json(json!(view)))
@@ -101,7 +108,12 @@ async fn config(State(state): State<AppState>, TenantPath(id): TenantPath) -> Re
 
 /// Pings the tenant's database (opening its pool if needed) and reports the
 /// round-trip time.
-async fn health(State(state): State<AppState>, TenantPath(id): TenantPath) -> Result<Json<Value>> {
+#[utoipa::path(get, path = "/api/tenants/{id}/health", tag = "tenants", params(("id" = String, Path, description = "The tenant id")),
+    responses((status = 200, description = "A round trip to the tenant's database", body = Object)))]
+pub(crate) async fn health(
+    State(state): State<AppState>,
+    TenantPath(id): TenantPath,
+) -> Result<Json<Value>> {
     let tenant = tenant_from_path(&state, &id)?;
     let started = Instant::now();
     let db = state.registry.connect(&tenant).await?;
@@ -129,7 +141,9 @@ struct PoolsView {
     servers: Vec<crate::db::pool::ServerStats>,
 }
 
-async fn pools(State(state): State<AppState>) -> Json<Value> {
+#[utoipa::path(get, path = "/api/admin/pools", tag = "tenants",
+    responses((status = 200, description = "Pool and connection counters", body = Object)))]
+pub(crate) async fn pools(State(state): State<AppState>) -> Json<Value> {
     Json(json!(PoolsView {
         stats: state.registry.stats(),
         open: state.registry.open_pools(),
@@ -140,7 +154,9 @@ async fn pools(State(state): State<AppState>) -> Json<Value> {
 }
 
 /// Public branding and contact details, for a tenant's login page.
-async fn branding(
+#[utoipa::path(get, path = "/api/tenants/{id}/branding", tag = "tenants", params(("id" = String, Path, description = "The tenant id")),
+    responses((status = 200, description = "Branding and contact details", body = Object)))]
+pub(crate) async fn branding(
     State(state): State<AppState>,
     TenantPath(id): TenantPath,
 ) -> Result<Json<Value>> {

@@ -19,13 +19,16 @@ pub fn router() -> Router<AppState> {
     Router::new().route("/api/admin/tenants/{id}/usage", get(usage))
 }
 
-#[derive(Deserialize)]
-struct Range {
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub(crate) struct Range {
     from: Option<String>,
     to: Option<String>,
 }
 
-async fn usage(
+#[utoipa::path(get, path = "/api/admin/tenants/{id}/usage", tag = "tenants", params(("id" = String, Path, description = "The tenant id"), Range),
+    responses((status = 200, description = "The tenant's usage per day", body = Object)))]
+pub(crate) async fn usage(
     State(state): State<AppState>,
     TenantPath(id): TenantPath,
     ApiQuery(range): ApiQuery<Range>,

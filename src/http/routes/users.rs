@@ -54,7 +54,9 @@ fn outranked(what: &str) -> AppError {
     AppError::Forbidden(format!("{what} needs a role at least as high"))
 }
 
-async fn list(
+#[utoipa::path(get, path = "/api/users", tag = "users", params(PageQuery),
+    responses((status = 200, description = "The users", body = Page<UserView>)))]
+pub(crate) async fn list(
     ApiQuery(query): ApiQuery<PageQuery>,
     TenantDb(db): TenantDb,
 ) -> Result<Json<Page<UserView>>> {
@@ -68,7 +70,9 @@ async fn list(
     Ok(Json(Page::from_rows(rows, page, UserView::from)))
 }
 
-async fn create(
+#[utoipa::path(post, path = "/api/users", tag = "users", request_body = NewUser,
+    responses((status = 201, description = "Created", body = UserView)))]
+pub(crate) async fn create(
     principal: Principal,
     TenantDb(db): TenantDb,
     ApiJson(input): ApiJson<NewUser>,
@@ -81,7 +85,9 @@ async fn create(
     Ok((StatusCode::CREATED, Json(model.into())))
 }
 
-async fn show(IdPath(id): IdPath, TenantDb(db): TenantDb) -> Result<Json<UserView>> {
+#[utoipa::path(get, path = "/api/users/{id}", tag = "users", params(("id" = uuid::Uuid, Path, description = "The record's id")),
+    responses((status = 200, description = "The user", body = UserView)))]
+pub(crate) async fn show(IdPath(id): IdPath, TenantDb(db): TenantDb) -> Result<Json<UserView>> {
     let model = user::Entity::find_by_id(id)
         .one(&db)
         .await?
@@ -90,16 +96,18 @@ async fn show(IdPath(id): IdPath, TenantDb(db): TenantDb) -> Result<Json<UserVie
 }
 
 // No Debug: it may hold a password.
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct UserPatch {
+pub(crate) struct UserPatch {
     email: Option<String>,
     role: Option<String>,
     is_active: Option<bool>,
     password: Option<String>,
 }
 
-async fn update(
+#[utoipa::path(patch, path = "/api/users/{id}", tag = "users", params(("id" = uuid::Uuid, Path, description = "The record's id")), request_body = UserPatch,
+    responses((status = 200, description = "Changed", body = UserView)))]
+pub(crate) async fn update(
     State(state): State<AppState>,
     tenant: TenantContext,
     IdPath(id): IdPath,

@@ -1,8 +1,8 @@
 //! `/api/dental/…`: routes of the dental domain, each behind its feature.
 
-mod patients;
-mod supplies;
-mod treatments;
+pub(crate) mod patients;
+pub(crate) mod supplies;
+pub(crate) mod treatments;
 
 use crate::http::routes::RouteSet;
 

@@ -26,9 +26,9 @@ pub fn router() -> RouteSet {
     )
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct PatientInput {
+pub(crate) struct PatientInput {
     name: String,
     date_of_birth: Option<NaiveDate>,
     phone: Option<String>,
@@ -36,8 +36,8 @@ struct PatientInput {
     notes: Option<String>,
 }
 
-#[derive(Debug, Serialize)]
-struct PatientView {
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub(crate) struct PatientView {
     id: uuid::Uuid,
     name: String,
     date_of_birth: Option<NaiveDate>,
@@ -63,7 +63,9 @@ impl From<patient::Model> for PatientView {
     }
 }
 
-async fn list(
+#[utoipa::path(get, path = "/api/dental/patients", tag = "dental", params(PageQuery),
+    responses((status = 200, description = "The patients, newest first", body = Page<PatientView>)))]
+pub(crate) async fn list(
     ApiQuery(query): ApiQuery<PageQuery>,
     TenantDb(db): TenantDb,
 ) -> Result<Json<Page<PatientView>>> {
@@ -72,7 +74,9 @@ async fn list(
     Ok(Json(Page::from_rows(rows, page, PatientView::from)))
 }
 
-async fn create(
+#[utoipa::path(post, path = "/api/dental/patients", tag = "dental", request_body = PatientInput,
+    responses((status = 201, description = "Created", body = PatientView)))]
+pub(crate) async fn create(
     TenantDb(db): TenantDb,
     ApiJson(input): ApiJson<PatientInput>,
 ) -> Result<(StatusCode, Json<PatientView>)> {
@@ -102,11 +106,15 @@ async fn create(
     Ok((StatusCode::CREATED, Json(model.into())))
 }
 
-async fn show(IdPath(id): IdPath, TenantDb(db): TenantDb) -> Result<Json<PatientView>> {
+#[utoipa::path(get, path = "/api/dental/patients/{id}", tag = "dental", params(("id" = uuid::Uuid, Path, description = "The record's id")),
+    responses((status = 200, description = "The patient", body = PatientView)))]
+pub(crate) async fn show(IdPath(id): IdPath, TenantDb(db): TenantDb) -> Result<Json<PatientView>> {
     let model = live_or_404::<Patient>(&db, id).await?;
     Ok(Json(model.into()))
 }
 
-async fn remove(IdPath(id): IdPath, TenantDb(db): TenantDb) -> Result<StatusCode> {
+#[utoipa::path(delete, path = "/api/dental/patients/{id}", tag = "dental", params(("id" = uuid::Uuid, Path, description = "The record's id")),
+    responses((status = 204, description = "Deleted")))]
+pub(crate) async fn remove(IdPath(id): IdPath, TenantDb(db): TenantDb) -> Result<StatusCode> {
     delete_or_404::<patient::Entity>(&db, id).await
 }

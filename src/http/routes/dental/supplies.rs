@@ -38,16 +38,17 @@ pub fn router() -> RouteSet {
 
 /// The list filters. Read by its own extractor next to [`PageQuery`]: a flattened
 /// struct would hand serde_urlencoded's numbers over as strings and break `limit`.
-#[derive(Debug, Deserialize)]
-struct SupplyFilter {
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub(crate) struct SupplyFilter {
     /// `true`: only supplies at or below their reorder level; `false`: only those
     /// above it; absent: all.
     low_stock: Option<bool>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct SupplyInput {
+pub(crate) struct SupplyInput {
     name: String,
     unit: String,
     #[serde(default)]
@@ -57,17 +58,17 @@ struct SupplyInput {
 }
 
 /// A PATCH body: absent fields stay as they are.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct SupplyChange {
+pub(crate) struct SupplyChange {
     name: Option<String>,
     unit: Option<String>,
     stock: Option<f64>,
     reorder_level: Option<f64>,
 }
 
-#[derive(Debug, Serialize)]
-struct SupplyView {
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub(crate) struct SupplyView {
     id: uuid::Uuid,
     name: String,
     unit: String,
@@ -94,7 +95,9 @@ impl From<dental_supply::Model> for SupplyView {
     }
 }
 
-async fn list(
+#[utoipa::path(get, path = "/api/dental/supplies", tag = "dental", params(PageQuery, SupplyFilter),
+    responses((status = 200, description = "The supplies; ?low_stock=true: at or under their reorder level", body = Page<SupplyView>)))]
+pub(crate) async fn list(
     ApiQuery(query): ApiQuery<PageQuery>,
     ApiQuery(filter): ApiQuery<SupplyFilter>,
     TenantDb(db): TenantDb,
@@ -116,7 +119,9 @@ async fn list(
     Ok(Json(Page::from_rows(rows, page, SupplyView::from)))
 }
 
-async fn create(
+#[utoipa::path(post, path = "/api/dental/supplies", tag = "dental", request_body = SupplyInput,
+    responses((status = 201, description = "Created", body = SupplyView)))]
+pub(crate) async fn create(
     TenantDb(db): TenantDb,
     ApiJson(input): ApiJson<SupplyInput>,
 ) -> Result<(StatusCode, Json<SupplyView>)> {
@@ -145,11 +150,15 @@ async fn live_supply(db: &impl ConnectionTrait, id: uuid::Uuid) -> Result<dental
     live_or_404::<DentalSupply>(db, id).await
 }
 
-async fn show(IdPath(id): IdPath, TenantDb(db): TenantDb) -> Result<Json<SupplyView>> {
+#[utoipa::path(get, path = "/api/dental/supplies/{id}", tag = "dental", params(("id" = uuid::Uuid, Path, description = "The record's id")),
+    responses((status = 200, description = "The supply", body = SupplyView)))]
+pub(crate) async fn show(IdPath(id): IdPath, TenantDb(db): TenantDb) -> Result<Json<SupplyView>> {
     Ok(Json(live_supply(&db, id).await?.into()))
 }
 
-async fn update(
+#[utoipa::path(patch, path = "/api/dental/supplies/{id}", tag = "dental", params(("id" = uuid::Uuid, Path, description = "The record's id")), request_body = SupplyChange,
+    responses((status = 200, description = "Changed", body = SupplyView)))]
+pub(crate) async fn update(
     IdPath(id): IdPath,
     TenantDb(db): TenantDb,
     ApiJson(input): ApiJson<SupplyChange>,
@@ -189,6 +198,8 @@ async fn update(
     Ok(Json(model.update(&db).await?.into()))
 }
 
-async fn remove(IdPath(id): IdPath, TenantDb(db): TenantDb) -> Result<StatusCode> {
+#[utoipa::path(delete, path = "/api/dental/supplies/{id}", tag = "dental", params(("id" = uuid::Uuid, Path, description = "The record's id")),
+    responses((status = 204, description = "Deleted")))]
+pub(crate) async fn remove(IdPath(id): IdPath, TenantDb(db): TenantDb) -> Result<StatusCode> {
     delete_or_404::<dental_supply::Entity>(&db, id).await
 }

@@ -37,9 +37,9 @@ pub fn router() -> RouteSet {
 
 /// Where a treatment stands. Parsed by serde, so that an unknown value is a 422
 /// naming the field, in bodies and query strings alike.
-#[derive(Debug, Clone, Copy, Default, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
-enum Status {
+pub(crate) enum Status {
     #[default]
     Planned,
     InProgress,
@@ -61,15 +61,16 @@ impl Status {
 
 /// The list filters. Read by its own extractor next to [`PageQuery`]: a flattened
 /// struct would hand serde_urlencoded's numbers over as strings and break `limit`.
-#[derive(Debug, Deserialize)]
-struct TreatmentFilter {
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub(crate) struct TreatmentFilter {
     patient_id: Option<uuid::Uuid>,
     status: Option<Status>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct TreatmentInput {
+pub(crate) struct TreatmentInput {
     patient_id: uuid::Uuid,
     description: String,
     cost: f64,
@@ -79,9 +80,9 @@ struct TreatmentInput {
 }
 
 /// A PATCH body: absent fields stay as they are.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct TreatmentChange {
+pub(crate) struct TreatmentChange {
     description: Option<String>,
     cost: Option<f64>,
     status: Option<Status>,
@@ -100,8 +101,8 @@ where
     T::deserialize(deserializer).map(Some)
 }
 
-#[derive(Debug, Serialize)]
-struct TreatmentView {
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub(crate) struct TreatmentView {
     id: uuid::Uuid,
     patient_id: uuid::Uuid,
     description: String,
@@ -127,7 +128,9 @@ impl From<treatment::Model> for TreatmentView {
     }
 }
 
-async fn list(
+#[utoipa::path(get, path = "/api/dental/treatments", tag = "dental", params(PageQuery, TreatmentFilter),
+    responses((status = 200, description = "The treatments, filtered by patient and status", body = Page<TreatmentView>)))]
+pub(crate) async fn list(
     ApiQuery(query): ApiQuery<PageQuery>,
     ApiQuery(filter): ApiQuery<TreatmentFilter>,
     TenantDb(db): TenantDb,
@@ -144,7 +147,9 @@ async fn list(
     Ok(Json(Page::from_rows(rows, page, TreatmentView::from)))
 }
 
-async fn create(
+#[utoipa::path(post, path = "/api/dental/treatments", tag = "dental", request_body = TreatmentInput,
+    responses((status = 201, description = "Created", body = TreatmentView)))]
+pub(crate) async fn create(
     TenantDb(db): TenantDb,
     ApiJson(input): ApiJson<TreatmentInput>,
 ) -> Result<(StatusCode, Json<TreatmentView>)> {
@@ -181,11 +186,18 @@ async fn live_treatment(db: &impl ConnectionTrait, id: uuid::Uuid) -> Result<tre
     live_or_404::<Treatment>(db, id).await
 }
 
-async fn show(IdPath(id): IdPath, TenantDb(db): TenantDb) -> Result<Json<TreatmentView>> {
+#[utoipa::path(get, path = "/api/dental/treatments/{id}", tag = "dental", params(("id" = uuid::Uuid, Path, description = "The record's id")),
+    responses((status = 200, description = "The treatment", body = TreatmentView)))]
+pub(crate) async fn show(
+    IdPath(id): IdPath,
+    TenantDb(db): TenantDb,
+) -> Result<Json<TreatmentView>> {
     Ok(Json(live_treatment(&db, id).await?.into()))
 }
 
-async fn update(
+#[utoipa::path(patch, path = "/api/dental/treatments/{id}", tag = "dental", params(("id" = uuid::Uuid, Path, description = "The record's id")), request_body = TreatmentChange,
+    responses((status = 200, description = "Changed", body = TreatmentView)))]
+pub(crate) async fn update(
     IdPath(id): IdPath,
     TenantDb(db): TenantDb,
     ApiJson(input): ApiJson<TreatmentChange>,
@@ -216,6 +228,8 @@ async fn update(
     Ok(Json(model.update(&db).await?.into()))
 }
 
-async fn remove(IdPath(id): IdPath, TenantDb(db): TenantDb) -> Result<StatusCode> {
+#[utoipa::path(delete, path = "/api/dental/treatments/{id}", tag = "dental", params(("id" = uuid::Uuid, Path, description = "The record's id")),
+    responses((status = 204, description = "Deleted")))]
+pub(crate) async fn remove(IdPath(id): IdPath, TenantDb(db): TenantDb) -> Result<StatusCode> {
     delete_or_404::<treatment::Entity>(&db, id).await
 }

@@ -33,22 +33,22 @@ pub fn router() -> RouteSet {
     )
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct BomInput {
+pub(crate) struct BomInput {
     name: String,
     items: Vec<ItemInput>,
 }
 
-#[derive(Debug, Deserialize, Serialize, Clone)]
+#[derive(Debug, Deserialize, Serialize, Clone, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct ItemInput {
+pub(crate) struct ItemInput {
     material_id: Uuid,
     quantity: f64,
 }
 
-#[derive(Debug, Serialize)]
-struct BomView {
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub(crate) struct BomView {
     id: Uuid,
     name: String,
     items: Vec<ItemInput>,
@@ -88,7 +88,9 @@ fn view(header: bom::Model, items: Vec<bom_item::Model>) -> BomView {
     }
 }
 
-async fn list(
+#[utoipa::path(get, path = "/api/manufacturing/boms", tag = "manufacturing", params(PageQuery),
+    responses((status = 200, description = "The bills of materials", body = Page<BomView>)))]
+pub(crate) async fn list(
     ApiQuery(query): ApiQuery<PageQuery>,
     TenantDb(db): TenantDb,
 ) -> Result<Json<Page<BomView>>> {
@@ -148,7 +150,9 @@ async fn check_items(db: &impl ConnectionTrait, items: &[ItemInput]) -> Result<(
     Ok(())
 }
 
-async fn create(
+#[utoipa::path(post, path = "/api/manufacturing/boms", tag = "manufacturing", request_body = BomInput,
+    responses((status = 201, description = "Created", body = BomView)))]
+pub(crate) async fn create(
     TenantDb(db): TenantDb,
     ApiJson(input): ApiJson<BomInput>,
 ) -> Result<(StatusCode, Json<BomView>)> {
@@ -179,11 +183,15 @@ async fn create(
     Ok((StatusCode::CREATED, Json(view(header, items))))
 }
 
-async fn show(IdPath(id): IdPath, TenantDb(db): TenantDb) -> Result<Json<BomView>> {
+#[utoipa::path(get, path = "/api/manufacturing/boms/{id}", tag = "manufacturing", params(("id" = uuid::Uuid, Path, description = "The record's id")),
+    responses((status = 200, description = "The bill of materials", body = BomView)))]
+pub(crate) async fn show(IdPath(id): IdPath, TenantDb(db): TenantDb) -> Result<Json<BomView>> {
     let (header, items) = load(&db, id).await?.ok_or_else(not_found::<bom::Entity>)?;
     Ok(Json(view(header, items)))
 }
 
-async fn remove(IdPath(id): IdPath, TenantDb(db): TenantDb) -> Result<StatusCode> {
+#[utoipa::path(delete, path = "/api/manufacturing/boms/{id}", tag = "manufacturing", params(("id" = uuid::Uuid, Path, description = "The record's id")),
+    responses((status = 204, description = "Deleted")))]
+pub(crate) async fn remove(IdPath(id): IdPath, TenantDb(db): TenantDb) -> Result<StatusCode> {
     delete_or_404::<bom::Entity>(&db, id).await
 }

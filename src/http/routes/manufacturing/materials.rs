@@ -29,17 +29,17 @@ pub fn router() -> RouteSet {
     )
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct MaterialInput {
+pub(crate) struct MaterialInput {
     name: String,
     unit: String,
     #[serde(default)]
     stock: f64,
 }
 
-#[derive(Debug, Serialize)]
-struct MaterialView {
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub(crate) struct MaterialView {
     id: uuid::Uuid,
     name: String,
     unit: String,
@@ -61,7 +61,9 @@ impl From<material::Model> for MaterialView {
     }
 }
 
-async fn list(
+#[utoipa::path(get, path = "/api/manufacturing/materials", tag = "manufacturing", params(PageQuery),
+    responses((status = 200, description = "The materials", body = Page<MaterialView>)))]
+pub(crate) async fn list(
     ApiQuery(query): ApiQuery<PageQuery>,
     TenantDb(db): TenantDb,
 ) -> Result<Json<Page<MaterialView>>> {
@@ -70,7 +72,9 @@ async fn list(
     Ok(Json(Page::from_rows(rows, page, MaterialView::from)))
 }
 
-async fn create(
+#[utoipa::path(post, path = "/api/manufacturing/materials", tag = "manufacturing", request_body = MaterialInput,
+    responses((status = 201, description = "Created", body = MaterialView)))]
+pub(crate) async fn create(
     TenantDb(db): TenantDb,
     ApiJson(input): ApiJson<MaterialInput>,
 ) -> Result<(StatusCode, Json<MaterialView>)> {
@@ -92,11 +96,15 @@ async fn create(
     Ok((StatusCode::CREATED, Json(model.into())))
 }
 
-async fn show(IdPath(id): IdPath, TenantDb(db): TenantDb) -> Result<Json<MaterialView>> {
+#[utoipa::path(get, path = "/api/manufacturing/materials/{id}", tag = "manufacturing", params(("id" = uuid::Uuid, Path, description = "The record's id")),
+    responses((status = 200, description = "The material", body = MaterialView)))]
+pub(crate) async fn show(IdPath(id): IdPath, TenantDb(db): TenantDb) -> Result<Json<MaterialView>> {
     let model = live_or_404::<Material>(&db, id).await?;
     Ok(Json(model.into()))
 }
 
-async fn remove(IdPath(id): IdPath, TenantDb(db): TenantDb) -> Result<StatusCode> {
+#[utoipa::path(delete, path = "/api/manufacturing/materials/{id}", tag = "manufacturing", params(("id" = uuid::Uuid, Path, description = "The record's id")),
+    responses((status = 204, description = "Deleted")))]
+pub(crate) async fn remove(IdPath(id): IdPath, TenantDb(db): TenantDb) -> Result<StatusCode> {
     delete_or_404::<material::Entity>(&db, id).await
 }

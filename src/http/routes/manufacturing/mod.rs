@@ -1,9 +1,9 @@
 //! `/api/manufacturing/…`: routes of the manufacturing domain, each behind its
 //! feature.
 
-mod boms;
-mod materials;
-mod production_orders;
+pub(crate) mod boms;
+pub(crate) mod materials;
+pub(crate) mod production_orders;
 
 use crate::http::routes::RouteSet;
 

@@ -53,22 +53,23 @@ pub fn router() -> RouteSet {
     )
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct OrderInput {
+pub(crate) struct OrderInput {
     bom_id: Uuid,
     quantity: f64,
 }
 
-#[derive(Debug, Deserialize)]
-struct ListQuery {
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub(crate) struct ListQuery {
     limit: Option<u64>,
     offset: Option<u64>,
     status: Option<String>,
 }
 
-#[derive(Debug, Serialize)]
-struct OrderView {
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub(crate) struct OrderView {
     id: Uuid,
     bom_id: Uuid,
     quantity: f64,
@@ -90,7 +91,9 @@ impl From<order::Model> for OrderView {
     }
 }
 
-async fn list(
+#[utoipa::path(get, path = "/api/manufacturing/production-orders", tag = "manufacturing", params(ListQuery),
+    responses((status = 200, description = "The production orders, filtered by status", body = crate::http::routes::pagination::Page<OrderView>)))]
+pub(crate) async fn list(
     ApiQuery(query): ApiQuery<ListQuery>,
     TenantDb(db): TenantDb,
 ) -> Result<Json<crate::http::routes::pagination::Page<OrderView>>> {
@@ -117,7 +120,9 @@ async fn list(
     )))
 }
 
-async fn create(
+#[utoipa::path(post, path = "/api/manufacturing/production-orders", tag = "manufacturing", request_body = OrderInput,
+    responses((status = 201, description = "Planned", body = OrderView)))]
+pub(crate) async fn create(
     TenantDb(db): TenantDb,
     ApiJson(input): ApiJson<OrderInput>,
 ) -> Result<(StatusCode, Json<OrderView>)> {
@@ -149,7 +154,9 @@ async fn find(db: &impl sea_orm::ConnectionTrait, id: Uuid) -> Result<order::Mod
     live_or_404::<order::Entity>(db, id).await
 }
 
-async fn show(IdPath(id): IdPath, TenantDb(db): TenantDb) -> Result<Json<OrderView>> {
+#[utoipa::path(get, path = "/api/manufacturing/production-orders/{id}", tag = "manufacturing", params(("id" = uuid::Uuid, Path, description = "The record's id")),
+    responses((status = 200, description = "The order", body = OrderView)))]
+pub(crate) async fn show(IdPath(id): IdPath, TenantDb(db): TenantDb) -> Result<Json<OrderView>> {
     Ok(Json(find(&db, id).await?.into()))
 }
 
@@ -179,14 +186,21 @@ async fn transition(
     )))
 }
 
-async fn start(IdPath(id): IdPath, TenantDb(db): TenantDb) -> Result<Json<OrderView>> {
+#[utoipa::path(post, path = "/api/manufacturing/production-orders/{id}/start", tag = "manufacturing", params(("id" = uuid::Uuid, Path, description = "The record's id")),
+    responses((status = 200, description = "Started (planned → in_progress)", body = OrderView)))]
+pub(crate) async fn start(IdPath(id): IdPath, TenantDb(db): TenantDb) -> Result<Json<OrderView>> {
     transition(&db, id, PLANNED, IN_PROGRESS).await?;
     Ok(Json(find(&db, id).await?.into()))
 }
 
 /// Consumes the BOM's materials and marks the order done, in one transaction: a
 /// short material refuses the whole completion and consumes nothing.
-async fn complete(IdPath(id): IdPath, TenantDb(db): TenantDb) -> Result<Json<OrderView>> {
+#[utoipa::path(post, path = "/api/manufacturing/production-orders/{id}/complete", tag = "manufacturing", params(("id" = uuid::Uuid, Path, description = "The record's id")),
+    responses((status = 200, description = "Completed (in_progress → done), its materials consumed", body = OrderView)))]
+pub(crate) async fn complete(
+    IdPath(id): IdPath,
+    TenantDb(db): TenantDb,
+) -> Result<Json<OrderView>> {
     let txn = crate::db::begin_write(&db).await?;
     let current = find(&txn, id).await?;
     let (_, mut items) = boms::load(&txn, current.bom_id)
