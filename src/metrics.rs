@@ -99,6 +99,7 @@ pub struct Metrics {
     /// `tenant_breaker_open` gauge, 0 or 1.
     tripped: RwLock<HashSet<String>>,
     tenant_opens: Family<OutcomeLabels, Histogram, fn() -> Histogram>,
+    migrations_pending: Family<TenantLabels, Gauge>,
     labelled: RwLock<HashSet<String>>,
     max_tenants: usize,
     enabled: bool,
@@ -116,6 +117,7 @@ impl Metrics {
             breaker_trips: Family::default(),
             tripped: RwLock::new(HashSet::new()),
             tenant_opens: Family::new_with_constructor(latency_histogram),
+            migrations_pending: Family::default(),
             labelled: RwLock::new(HashSet::new()),
             max_tenants,
             enabled,
@@ -258,6 +260,11 @@ impl Metrics {
             "tenant_open_duration_seconds",
             "Time to make a tenant ready on first use (storage checked, migrations applied, seed), by outcome (ready, failed)",
             self.tenant_opens.clone(),
+        );
+        out.register(
+            "tenant_migrations_pending",
+            "Migrations a tenant has not applied, as its last open (or an operator's migration) found them",
+            self.migrations_pending.clone(),
         );
         let (applied, failed) = crate::db::migration_totals();
         let migrations_applied = Counter::<u64>::default();
@@ -404,6 +411,17 @@ impl crate::registry::RegistryEvents for Metrics {
                 outcome: outcome.to_string(),
             })
             .observe(took.as_secs_f64());
+    }
+
+    fn migrations_pending(&self, tenant: &crate::tenant::TenantId, pending: usize) {
+        if !self.enabled {
+            return;
+        }
+        self.migrations_pending
+            .get_or_create(&TenantLabels {
+                tenant: self.tenant_label(Some(tenant.as_str())),
+            })
+            .set(i64::try_from(pending).unwrap_or(i64::MAX));
     }
 
     fn breaker_tripped(&self, tenant: &crate::tenant::TenantId) {

@@ -51,6 +51,12 @@ pub async fn migrate(db: &DatabaseConnection, tenant: &TenantConfig) -> Result<(
     }
 }
 
+/// How many tenant migrations the database has not applied (it is not changed:
+/// no migration table is created).
+pub async fn pending_migrations(db: &DatabaseConnection) -> Result<usize, DbErr> {
+    Ok(Migrator::get_pending_migrations_read_only(db).await?.len())
+}
+
 /// Applies `M`'s pending migrations in one transaction, so that two replicas (or a
 /// request and the CLI) migrating the same database take turns instead of colliding
 /// on the catalog, and DDL rolls back whole if a step fails. On PostgreSQL the

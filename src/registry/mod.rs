@@ -72,6 +72,9 @@ pub trait RegistryEvents: Send + Sync {
     fn tenant_opened(&self, tenant: &TenantId, took: std::time::Duration, ok: bool);
     /// The tenant's breaker tripped: its database failed for certain.
     fn breaker_tripped(&self, tenant: &TenantId);
+    /// The tenant's migrations not applied, as its open found them (more than 0
+    /// with `AUTO_MIGRATE=false`), or after an operator migrated it.
+    fn migrations_pending(&self, tenant: &TenantId, pending: usize);
 }
 
 /// A tenant in use: its pool, its schema there, and its share of connections.
@@ -427,6 +430,14 @@ impl TenantRegistry {
         let db = db::open_tenant_storage(tenant, 1, settings, self.ledger())
             .await
             .map_err(OpenError::Db)?;
+        if let Some(events) = self.events() {
+            match db::pending_migrations(&db).await {
+                Ok(pending) => events.migrations_pending(&tenant.id, pending),
+                Err(e) => {
+                    tracing::warn!(error = %db::redact_error(&e), "cannot count the tenant's pending migrations")
+                }
+            }
+        }
         let prepared = match self.inner.initialiser.get() {
             Some(initialiser) => initialiser.initialise(&db, tenant).await,
             None => Ok(()),

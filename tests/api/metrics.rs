@@ -352,3 +352,37 @@ async fn limit_refusals_are_counted_per_tenant() {
         None
     );
 }
+
+/// With AUTO_MIGRATE=false a tenant opens with its migrations pending: the gauge
+/// says how many, until the operator migrates it.
+#[tokio::test]
+async fn pending_migrations_are_reported_until_the_tenant_is_migrated() {
+    let app = spawn_app_with(
+        AppSpec::new(vec![Tenant::new("t1", "default")]).env("AUTO_MIGRATE", "false"),
+    )
+    .await;
+    let health = app
+        .admin(Method::GET, "/api/tenants/t1/health")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(health.status(), 200);
+    let known = <migration::Migrator as migration::MigratorTrait>::migrations().len();
+    let pending = |text: &str| {
+        sample(
+            text,
+            "tenant_router_tenant_migrations_pending{tenant=\"t1\"}",
+        )
+    };
+    let text = scrape(&app).await;
+    assert_eq!(pending(&text), Some(known as f64), "{text}");
+
+    let migrated = app
+        .admin(Method::POST, "/api/admin/tenants/t1/migrate")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(migrated.status(), 200);
+    let text = scrape(&app).await;
+    assert_eq!(pending(&text), Some(0.0), "{text}");
+}

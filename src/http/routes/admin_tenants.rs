@@ -142,6 +142,7 @@ pub(crate) async fn migrate(
             Ok((pending_before, migration_list(db).await?))
         })
         .await?;
+    crate::registry::RegistryEvents::migrations_pending(&*state.metrics, &tenant.id, 0);
     Ok(Json(json!({
         "tenant_id": tenant.id,
         "applied": applied,
