@@ -80,6 +80,7 @@ impl Pending {
             let now = self.entry(&old.tenant_id, day);
             now.requests += old.requests;
             now.writes += old.writes;
+            now.rows_written += old.rows_written;
             now.storage_bytes = now.storage_bytes.or(old.storage_bytes);
         }
         self.users.extend(users);
@@ -102,10 +103,13 @@ impl UsageMeter {
         lock(&self.pending).entry(tenant, today()).requests += 1;
     }
 
-    /// A committed write of `tenant`'s; its storage is measured at the next flush.
-    pub fn write(&self, tenant: &str) {
+    /// A committed write of `tenant`'s that changed `rows` rows; its storage is
+    /// measured at the next flush.
+    pub fn write(&self, tenant: &str, rows: u64) {
         let mut pending = lock(&self.pending);
-        pending.entry(tenant, today()).writes += 1;
+        let counts = pending.entry(tenant, today());
+        counts.writes += 1;
+        counts.rows_written += rows;
         pending.written.insert(tenant.to_owned());
     }
 
@@ -264,6 +268,7 @@ pub struct UsageReport {
 pub struct UsageTotal {
     pub requests: u64,
     pub writes: u64,
+    pub rows_written: u64,
     /// Distinct users over the whole range.
     pub active_users: u64,
     /// The latest size measured within the range.
@@ -281,6 +286,7 @@ pub async fn report(
     let total = UsageTotal {
         requests: days.iter().map(|d| d.requests).sum(),
         writes: days.iter().map(|d| d.writes).sum(),
+        rows_written: days.iter().map(|d| d.rows_written).sum(),
         active_users,
         storage_bytes: days.iter().rev().find_map(|d| d.storage_bytes),
     };

@@ -217,25 +217,27 @@ async fn usage(
     }
     let storage = |b: Option<u64>| b.map_or_else(|| "-".to_string(), |b| b.to_string());
     println!(
-        "{:<10} {:>10} {:>8} {:>12} {:>14}",
-        "day", "requests", "writes", "active users", "storage bytes"
+        "{:<10} {:>10} {:>8} {:>12} {:>12} {:>14}",
+        "day", "requests", "writes", "rows written", "active users", "storage bytes"
     );
     for d in &report.days {
         println!(
-            "{:<10} {:>10} {:>8} {:>12} {:>14}",
+            "{:<10} {:>10} {:>8} {:>12} {:>12} {:>14}",
             d.day,
             d.requests,
             d.writes,
+            d.rows_written,
             d.active_users,
             storage(d.storage_bytes)
         );
     }
     let t = &report.total;
     println!(
-        "{:<10} {:>10} {:>8} {:>12} {:>14}",
+        "{:<10} {:>10} {:>8} {:>12} {:>12} {:>14}",
         "total",
         t.requests,
         t.writes,
+        t.rows_written,
         t.active_users,
         storage(t.storage_bytes)
     );

@@ -25,6 +25,7 @@ pub mod tenant_usage {
         pub day: String,
         pub requests: i64,
         pub writes: i64,
+        pub rows_written: i64,
         pub storage_bytes: Option<i64>,
     }
 
@@ -63,6 +64,7 @@ pub struct UsageCounts {
     pub day: String,
     pub requests: u64,
     pub writes: u64,
+    pub rows_written: u64,
     /// The size last measured, if it was measured since.
     pub storage_bytes: Option<u64>,
 }
@@ -84,6 +86,8 @@ pub struct UsageDay {
     /// Committed writes: POST, PUT, PATCH and DELETE requests answered 2xx, each
     /// with its audit row.
     pub writes: u64,
+    /// Rows those writes inserted, updated or deleted (their audit rows aside).
+    pub rows_written: u64,
     /// The storage's size last measured that day.
     pub storage_bytes: Option<u64>,
     /// Distinct users who made a request that day.
@@ -114,6 +118,7 @@ impl ControlStore {
                 day: Set(c.day.clone()),
                 requests: Set(stored(c.requests)),
                 writes: Set(stored(c.writes)),
+                rows_written: Set(stored(c.rows_written)),
                 storage_bytes: Set(c.storage_bytes.map(stored)),
             };
             tenant_usage::Entity::insert(row)
@@ -126,6 +131,10 @@ impl ControlStore {
                         .value(
                             Column::Writes,
                             Expr::cust("tenant_usage.writes + excluded.writes"),
+                        )
+                        .value(
+                            Column::RowsWritten,
+                            Expr::cust("tenant_usage.rows_written + excluded.rows_written"),
                         )
                         .value(
                             Column::StorageBytes,
@@ -206,6 +215,7 @@ impl ControlStore {
                 active_users: users_on(&r.day),
                 requests: count(r.requests),
                 writes: count(r.writes),
+                rows_written: count(r.rows_written),
                 storage_bytes: r.storage_bytes.map(count),
                 day: r.day,
             })

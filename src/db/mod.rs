@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use sea_orm::{
     ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbBackend, DbErr, RuntimeErr,
-    TransactionTrait,
+    Statement, TransactionTrait,
 };
 
 use crate::{settings::PoolSettings, tenant::TenantConfig};
@@ -148,6 +148,36 @@ pub(super) async fn connect_one(
     tokio::time::timeout(settings.connect_timeout, Database::connect(options))
         .await
         .map_err(|_| DbErr::Custom("connecting to the database server timed out".into()))?
+}
+
+/// Rows the connection has inserted, updated or deleted: SQLite's
+/// `total_changes()`; on PostgreSQL the counts of the tables in its schema that
+/// the session has not yet reported (`pg_stat_xact_user_tables`, which also holds
+/// earlier transactions' counts until the session reports them, never inside a
+/// transaction). Read at the start and the end of one transaction, the difference
+/// is what the transaction wrote.
+pub async fn rows_written_mark(txn: &impl ConnectionTrait) -> Result<i64, DbErr> {
+    let sql = if txn.get_database_backend() == DbBackend::Sqlite {
+        "SELECT total_changes() AS n"
+    } else {
+        "SELECT COALESCE(SUM(n_tup_ins + n_tup_upd + n_tup_del), 0)::bigint AS n \
+         FROM pg_stat_xact_user_tables WHERE schemaname = current_schema()"
+    };
+    count_query(txn, sql).await
+}
+
+/// Rows written in the transaction since [`rows_written_mark`] gave `mark`.
+pub async fn rows_written_since(txn: &impl ConnectionTrait, mark: i64) -> Result<u64, DbErr> {
+    let now = rows_written_mark(txn).await?;
+    Ok(u64::try_from(now - mark).unwrap_or(0))
+}
+
+async fn count_query(txn: &impl ConnectionTrait, sql: &str) -> Result<i64, DbErr> {
+    let row = txn
+        .query_one_raw(Statement::from_string(txn.get_database_backend(), sql))
+        .await?
+        .ok_or_else(|| DbErr::Custom("a count query returned no row".into()))?;
+    row.try_get("", "n")
 }
 
 /// Starts a transaction that will write. On SQLite it is `BEGIN IMMEDIATE`: the

@@ -159,6 +159,14 @@ async fn record_write(state: AppState, request: Request, next: Next) -> Response
         Ok(txn) => txn,
         Err(e) => return AppError::from(e).into_response(),
     };
+    // For the tenant's usage: the rows this write changes, its audit row aside.
+    let rows_mark = match &state.usage {
+        Some(_) => match crate::db::rows_written_mark(&txn).await {
+            Ok(mark) => Some(mark),
+            Err(e) => return AppError::from(e).into_response(),
+        },
+        None => None,
+    };
     request
         .extensions_mut()
         .insert(crate::http::extract::RequestConn(conn));
@@ -176,6 +184,17 @@ async fn record_write(state: AppState, request: Request, next: Next) -> Response
             }
             return response;
         }
+        let rows_written = match rows_mark {
+            Some(mark) => match crate::db::rows_written_since(&txn, mark).await {
+                Ok(rows) => rows,
+                Err(e) => {
+                    // Counted as none rather than failing the write.
+                    tracing::warn!(error = %crate::db::redact_error(&e), "cannot count the rows a write changed");
+                    0
+                }
+            },
+            None => 0,
+        };
         let (entity, action) = describe(&method, &path);
         let (response, entity_id) = match path_id {
             Some(id) => (response, Some(id)),
@@ -201,7 +220,7 @@ async fn record_write(state: AppState, request: Request, next: Next) -> Response
             return AppError::from(e).into_response();
         }
         if let Some(usage) = &state.usage {
-            usage.write(tenant.config.id.as_str());
+            usage.write(tenant.config.id.as_str(), rows_written);
         }
         // Changes to users take effect once committed.
         if let Some(ForgetUser(user)) = response.extensions().get::<ForgetUser>() {

@@ -94,6 +94,8 @@ async fn figures_match_what_the_test_did(backend: Backend) {
         assert_eq!(day["day"], today.as_str(), "{report}");
         assert_eq!(day["requests"], seen.requests[tenant], "{tenant}: {report}");
         assert_eq!(day["writes"], writes, "{tenant}: {report}");
+        // One product row per write (the audit rows aside).
+        assert_eq!(day["rows_written"], writes, "{tenant}: {report}");
         assert_eq!(day["active_users"], users, "{tenant}: {report}");
         assert!(day["storage_bytes"].as_u64().unwrap() > 0, "{report}");
         assert_eq!(report["total"]["requests"], seen.requests[tenant]);
@@ -182,7 +184,40 @@ async fn the_quota_refuses_writes_past_it_and_lets_deletes_through(backend: Back
     app.create_product("t1", "after the raise", 1.0).await;
 }
 
+/// A write that changes several rows counts each of them: a bill of materials is
+/// its own row and one per item.
+async fn rows_written_count_every_row_a_write_changes(backend: Backend) {
+    let app =
+        spawn_app_with(AppSpec::new(vec![Tenant::new("maker", "manufacturing")]).on(backend)).await;
+    let mut materials = Vec::new();
+    for name in ["steel", "bolts"] {
+        let created = app
+            .as_tenant(Method::POST, "maker", "/api/manufacturing/materials")
+            .json(&json!({ "name": name, "unit": "kg", "stock": 100.0 }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(created.status(), 201);
+        let body: Value = created.json().await.unwrap();
+        materials.push(body["id"].as_str().unwrap().to_string());
+    }
+    let bom = app
+        .as_tenant(Method::POST, "maker", "/api/manufacturing/boms")
+        .json(&json!({ "name": "frame", "items": [
+            { "material_id": materials[0], "quantity": 2.0 },
+            { "material_id": materials[1], "quantity": 8.0 },
+        ]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bom.status(), 201);
+    let report = usage(&app, "maker").await;
+    assert_eq!(report["total"]["writes"], 3, "{report}");
+    assert_eq!(report["total"]["rows_written"], 2 + 3, "{report}");
+}
+
 crate::on_every_backend!(
+    rows_written_count_every_row_a_write_changes,
     figures_match_what_the_test_did,
     the_quota_refuses_writes_past_it_and_lets_deletes_through
 );

@@ -21,6 +21,7 @@ impl MigrationTrait for Migration {
                     .col(string_len("day", 10))
                     .col(big_integer("requests").default(0))
                     .col(big_integer("writes").default(0))
+                    .col(big_integer("rows_written").default(0))
                     // The last size measured that day.
                     .col(big_integer_null("storage_bytes"))
                     .primary_key(Index::create().col("tenant_id").col("day"))

@@ -234,6 +234,7 @@ fn usage_counted_until_shutdown_is_kept_and_the_cli_reports_it() {
     let report: serde_json::Value = serde_json::from_str(&stdout).unwrap();
     assert_eq!(report["total"]["requests"], 4, "{report}");
     assert_eq!(report["total"]["writes"], 3, "{report}");
+    assert_eq!(report["total"]["rows_written"], 3, "{report}");
     assert!(
         report["total"]["storage_bytes"].as_u64().unwrap() > 0,
         "{report}"
@@ -243,7 +244,7 @@ fn usage_counted_until_shutdown_is_kept_and_the_cli_reports_it() {
     assert_eq!(code, 0);
     let total = table.lines().find(|l| l.starts_with("total")).unwrap();
     let columns: Vec<&str> = total.split_whitespace().collect();
-    assert_eq!(columns[1..3], ["4", "3"], "{table}");
+    assert_eq!(columns[1..4], ["4", "3", "3"], "{table}");
 
     let (code, _, stderr) = run(dir.path(), &["tenants", "usage", "t1", "--from", "soon"]);
     assert_eq!(code, 2, "{stderr}");
