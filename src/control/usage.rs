@@ -94,6 +94,9 @@ pub struct UsageDay {
     pub active_users: u64,
 }
 
+/// Rows per statement: 6 bound values each, well under SQLite's limit of 32,766.
+const CHUNK: usize = 500;
+
 fn count(n: i64) -> u64 {
     u64::try_from(n).unwrap_or(0)
 }
@@ -111,17 +114,19 @@ impl ControlStore {
         users: &[ActiveUser],
     ) -> Result<(), DbErr> {
         use tenant_usage::Column;
+        // A few statements whatever the number of tenants: the transaction holds
+        // the control database's write lock (SQLite) for as short a time as can be.
         let txn = self.db.begin().await?;
-        for c in counts {
-            let row = tenant_usage::ActiveModel {
+        for chunk in counts.chunks(CHUNK) {
+            let rows = chunk.iter().map(|c| tenant_usage::ActiveModel {
                 tenant_id: Set(c.tenant_id.clone()),
                 day: Set(c.day.clone()),
                 requests: Set(stored(c.requests)),
                 writes: Set(stored(c.writes)),
                 rows_written: Set(stored(c.rows_written)),
                 storage_bytes: Set(c.storage_bytes.map(stored)),
-            };
-            tenant_usage::Entity::insert(row)
+            });
+            tenant_usage::Entity::insert_many(rows)
                 .on_conflict(
                     OnConflict::columns([Column::TenantId, Column::Day])
                         .value(
@@ -147,8 +152,8 @@ impl ControlStore {
                 .exec_without_returning(&txn)
                 .await?;
         }
-        if !users.is_empty() {
-            let rows = users.iter().map(|u| tenant_active_user::ActiveModel {
+        for chunk in users.chunks(CHUNK) {
+            let rows = chunk.iter().map(|u| tenant_active_user::ActiveModel {
                 tenant_id: Set(u.tenant_id.clone()),
                 day: Set(u.day.clone()),
                 user_id: Set(u.user_id.clone()),

@@ -54,7 +54,43 @@ pub async fn migrate(db: &DatabaseConnection, tenant: &TenantConfig) -> Result<(
 /// How many tenant migrations the database has not applied (it is not changed:
 /// no migration table is created).
 pub async fn pending_migrations(db: &DatabaseConnection) -> Result<usize, DbErr> {
-    Ok(Migrator::get_pending_migrations_read_only(db).await?.len())
+    let applied = applied_count::<Migrator>(db).await?;
+    Ok(Migrator::migrations().len().saturating_sub(applied))
+}
+
+/// Rows of `M`'s migration table, 0 when it does not exist yet. Cheap on a server
+/// with thousands of schemas: `to_regclass` on the search path (PostgreSQL) or
+/// `sqlite_master`, where sea-orm's own check reads `information_schema`.
+async fn applied_count<M: MigratorTrait>(db: &impl ConnectionTrait) -> Result<usize, DbErr> {
+    let table = M::migration_table_name().to_string();
+    let backend = db.get_database_backend();
+    let exists = match backend {
+        DbBackend::Postgres => Statement::from_sql_and_values(
+            backend,
+            "SELECT (CASE WHEN to_regclass($1) IS NULL THEN 0 ELSE 1 END)::bigint AS n",
+            [super::quote_ident(&table).into()],
+        ),
+        _ => Statement::from_sql_and_values(
+            backend,
+            "SELECT count(*) AS n FROM sqlite_master WHERE type = 'table' AND name = ?",
+            [table.clone().into()],
+        ),
+    };
+    if count(db, exists).await? == 0 {
+        return Ok(0);
+    }
+    let rows = Statement::from_string(
+        backend,
+        format!("SELECT count(*) AS n FROM {}", super::quote_ident(&table)),
+    );
+    Ok(usize::try_from(count(db, rows).await?).unwrap_or(0))
+}
+
+async fn count(db: &impl ConnectionTrait, statement: Statement) -> Result<i64, DbErr> {
+    db.query_one_raw(statement)
+        .await?
+        .ok_or_else(|| DbErr::Custom("a count returned no row".into()))?
+        .try_get("", "n")
 }
 
 /// Applies `M`'s pending migrations in one transaction, so that two replicas (or a
@@ -70,10 +106,11 @@ pub async fn migrate_with<M: MigratorTrait>(
     if db.get_database_backend() != DbBackend::Postgres {
         return retry_lost_race(|| async {
             let txn = begin_write(db).await?;
-            let pending = M::get_pending_migrations_read_only(&txn).await?.len();
+            let before = applied_count::<M>(&txn).await?;
             M::up(&txn, None).await?;
+            let applied = applied_count::<M>(&txn).await?.saturating_sub(before);
             txn.commit().await?;
-            Ok(pending)
+            Ok(applied)
         })
         .await;
     }
@@ -85,10 +122,11 @@ pub async fn migrate_with<M: MigratorTrait>(
     ))
     .await?;
     // Counted under the lock: what this run applies.
-    let pending = M::get_pending_migrations_read_only(&txn).await?.len();
+    let before = applied_count::<M>(&txn).await?;
     M::up(&txn, None).await?;
+    let applied = applied_count::<M>(&txn).await?.saturating_sub(before);
     txn.commit().await?;
-    Ok(pending)
+    Ok(applied)
 }
 
 /// Runs a migration again when it lost a race with another process (a second

@@ -430,8 +430,14 @@ impl TenantRegistry {
         let db = db::open_tenant_storage(tenant, 1, settings, self.ledger())
             .await
             .map_err(OpenError::Db)?;
+        // Migrated just now, unless AUTO_MIGRATE=false: then count what is left.
         if let Some(events) = self.events() {
-            match db::pending_migrations(&db).await {
+            let pending = if settings.auto_migrate {
+                Ok(0)
+            } else {
+                db::pending_migrations(&db).await
+            };
+            match pending {
                 Ok(pending) => events.migrations_pending(&tenant.id, pending),
                 Err(e) => {
                     tracing::warn!(error = %db::redact_error(&e), "cannot count the tenant's pending migrations")

@@ -672,7 +672,9 @@ async fn a_thousand_schema_tenants_and_two_hundred_database_tenants_share_a_serv
     const REQUESTS: usize = 6_000;
     const CLIENTS: usize = 32;
     const REQUEST_TIMEOUT: Duration = Duration::from_secs(20);
-    const LOAD_DEADLINE: Duration = Duration::from_secs(120);
+    // Far past what the load takes (60-100 s here), so that a busy machine does not
+    // fail it; it only bounds a run where the service stops answering.
+    const LOAD_DEADLINE: Duration = Duration::from_secs(300);
     let started = Instant::now();
     let cluster = pg::PgCluster::start(MAX_CONNECTIONS as u32);
     pg::admin_execute(&cluster.url, "CREATE DATABASE shared").await;
