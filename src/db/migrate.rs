@@ -76,21 +76,14 @@ async fn applied_count<M: MigratorTrait>(db: &impl ConnectionTrait) -> Result<us
             [table.clone().into()],
         ),
     };
-    if count(db, exists).await? == 0 {
+    if super::count(db, exists).await? == 0 {
         return Ok(0);
     }
     let rows = Statement::from_string(
         backend,
         format!("SELECT count(*) AS n FROM {}", super::quote_ident(&table)),
     );
-    Ok(usize::try_from(count(db, rows).await?).unwrap_or(0))
-}
-
-async fn count(db: &impl ConnectionTrait, statement: Statement) -> Result<i64, DbErr> {
-    db.query_one_raw(statement)
-        .await?
-        .ok_or_else(|| DbErr::Custom("a count returned no row".into()))?
-        .try_get("", "n")
+    Ok(usize::try_from(super::count(db, rows).await?).unwrap_or(0))
 }
 
 /// Applies `M`'s pending migrations in one transaction, so that two replicas (or a

@@ -163,7 +163,7 @@ pub async fn rows_written_mark(txn: &impl ConnectionTrait) -> Result<i64, DbErr>
         "SELECT COALESCE(SUM(n_tup_ins + n_tup_upd + n_tup_del), 0)::bigint AS n \
          FROM pg_stat_xact_user_tables WHERE schemaname = current_schema()"
     };
-    count_query(txn, sql).await
+    count(txn, Statement::from_string(txn.get_database_backend(), sql)).await
 }
 
 /// Rows written in the transaction since [`rows_written_mark`] gave `mark`.
@@ -172,12 +172,12 @@ pub async fn rows_written_since(txn: &impl ConnectionTrait, mark: i64) -> Result
     Ok(u64::try_from(now - mark).unwrap_or(0))
 }
 
-async fn count_query(txn: &impl ConnectionTrait, sql: &str) -> Result<i64, DbErr> {
-    let row = txn
-        .query_one_raw(Statement::from_string(txn.get_database_backend(), sql))
+/// Runs `statement`, one row with one integer column `n`, and returns it.
+pub(crate) async fn count(db: &impl ConnectionTrait, statement: Statement) -> Result<i64, DbErr> {
+    db.query_one_raw(statement)
         .await?
-        .ok_or_else(|| DbErr::Custom("a count query returned no row".into()))?;
-    row.try_get("", "n")
+        .ok_or_else(|| DbErr::Custom("a count query returned no row".into()))?
+        .try_get("", "n")
 }
 
 /// Starts a transaction that will write. On SQLite it is `BEGIN IMMEDIATE`: the

@@ -259,20 +259,15 @@ pub async fn server_storage_bytes(
     let statement = match tenant.schema_name() {
         Some(schema) => Statement::from_sql_and_values(
             DbBackend::Postgres,
-            "SELECT COALESCE(SUM(pg_total_relation_size(c.oid)), 0)::bigint AS bytes \
+            "SELECT COALESCE(SUM(pg_total_relation_size(c.oid)), 0)::bigint AS n \
              FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
              WHERE n.nspname = $1 AND c.relkind IN ('r', 'm')",
             [schema.into()],
         ),
         None => Statement::from_string(
             DbBackend::Postgres,
-            "SELECT pg_database_size(current_database())::bigint AS bytes",
+            "SELECT pg_database_size(current_database())::bigint AS n",
         ),
     };
-    let row = conn
-        .query_one_raw(statement)
-        .await?
-        .ok_or_else(|| DbErr::Custom("the storage size query returned no row".into()))?;
-    let bytes: i64 = row.try_get("", "bytes")?;
-    Ok(u64::try_from(bytes).unwrap_or(0))
+    Ok(u64::try_from(super::count(conn, statement).await?).unwrap_or(0))
 }
