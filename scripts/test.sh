@@ -7,6 +7,9 @@
 # PostgreSQL from Debian's packages when it is missing, starts a throwaway cluster on
 # 127.0.0.1 under a temporary directory, runs the tests, and removes the cluster.
 #
+# The admin console's tests drive Debian's headless Chromium through chromedriver:
+# both are installed when missing.
+#
 # Then the contract test (scripts/contract.sh): schemathesis against the live
 # service, and /docs rendered in headless Chromium.
 #
@@ -24,6 +27,11 @@ else
   log "using the PostgreSQL server in TEST_DATABASE_URL"
   # Some tests start small clusters of their own: they need the server's programs.
   ensure_pg_bin
+fi
+
+if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then
+  log "Chromium or chromedriver not found: installing them from Debian's packages (for the console tests)"
+  apt_install chromium chromium-driver
 fi
 
 cargo test --workspace --locked "$@"

@@ -161,3 +161,268 @@ async fn versions(
 fn duration_ms(d: Duration) -> u64 {
     d.as_millis().min(u128::from(u64::MAX)) as u64
 }
+
+/// Where one tenant of a fleet job is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JobTenantState {
+    Queued,
+    Running,
+    UpToDate,
+    Migrated,
+    Failed,
+}
+
+/// One tenant of a fleet job, as the admin API shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct JobTenant {
+    pub tenant_id: String,
+    pub state: JobTenantState,
+    /// The last applied migration before and after.
+    pub before: Option<String>,
+    pub after: Option<String>,
+    /// What was pending when the tenant was checked.
+    pub pending: Vec<String>,
+    pub duration_ms: Option<u64>,
+    /// Why it failed (no secret: URLs and passwords are removed).
+    pub error: Option<String>,
+}
+
+/// A fleet migration run by the service (`POST /api/admin/migrations`): each
+/// tenant's state, live.
+#[derive(Debug, Clone, Serialize)]
+pub struct JobView {
+    pub id: u64,
+    /// `running` or `finished`.
+    pub status: &'static str,
+    pub started_at: chrono::DateTime<chrono::Utc>,
+    pub finished_at: Option<chrono::DateTime<chrono::Utc>>,
+    pub total: usize,
+    pub done: usize,
+    pub migrated: usize,
+    pub up_to_date: usize,
+    pub failed: usize,
+    pub tenants: Vec<JobTenant>,
+}
+
+impl JobView {
+    fn recount(&mut self) {
+        let count = |s: JobTenantState| self.tenants.iter().filter(|t| t.state == s).count();
+        self.migrated = count(JobTenantState::Migrated);
+        self.up_to_date = count(JobTenantState::UpToDate);
+        self.failed = count(JobTenantState::Failed);
+        self.done = self.migrated + self.up_to_date + self.failed;
+    }
+}
+
+/// Why a job could not start.
+#[derive(Debug, PartialEq, Eq)]
+pub enum StartError {
+    /// Another job of this replica is running (its id).
+    Running(u64),
+    NoTenants,
+}
+
+/// The fleet migrations of this process: one runs at a time; the last
+/// [`FleetJobs::KEPT`] are kept for their reports. A job belongs to the replica that
+/// runs it; each tenant's migration takes the database's migration lock, so jobs
+/// started on two replicas at once are safe, just not shown on both.
+pub struct FleetJobs {
+    jobs: std::sync::Mutex<Vec<std::sync::Arc<std::sync::Mutex<JobView>>>>,
+    next_id: std::sync::atomic::AtomicU64,
+}
+
+impl Default for FleetJobs {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl FleetJobs {
+    pub const KEPT: usize = 20;
+
+    pub fn new() -> Self {
+        Self {
+            jobs: std::sync::Mutex::new(Vec::new()),
+            next_id: std::sync::atomic::AtomicU64::new(1),
+        }
+    }
+
+    fn jobs(&self) -> std::sync::MutexGuard<'_, Vec<std::sync::Arc<std::sync::Mutex<JobView>>>> {
+        self.jobs.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Starts migrating `tenants`, `concurrency` at a time, through the
+    /// registry's connections (they count against each server's budget), and
+    /// returns the job as it starts. The job runs on even if nobody watches it.
+    pub fn start(
+        &self,
+        registry: crate::registry::TenantRegistry,
+        tenants: Vec<std::sync::Arc<TenantConfig>>,
+        concurrency: usize,
+    ) -> Result<JobView, StartError> {
+        if tenants.is_empty() {
+            return Err(StartError::NoTenants);
+        }
+        let mut jobs = self.jobs();
+        if let Some(running) = jobs.iter().find_map(|j| {
+            let j = j.lock().unwrap_or_else(|p| p.into_inner());
+            (j.status == "running").then_some(j.id)
+        }) {
+            return Err(StartError::Running(running));
+        }
+        let id = self
+            .next_id
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let view = JobView {
+            id,
+            status: "running",
+            started_at: chrono::Utc::now(),
+            finished_at: None,
+            total: tenants.len(),
+            done: 0,
+            migrated: 0,
+            up_to_date: 0,
+            failed: 0,
+            tenants: tenants
+                .iter()
+                .map(|t| JobTenant {
+                    tenant_id: t.id.to_string(),
+                    state: JobTenantState::Queued,
+                    before: None,
+                    after: None,
+                    pending: Vec::new(),
+                    duration_ms: None,
+                    error: None,
+                })
+                .collect(),
+        };
+        let job = std::sync::Arc::new(std::sync::Mutex::new(view.clone()));
+        jobs.push(job.clone());
+        let excess = jobs.len().saturating_sub(Self::KEPT);
+        jobs.drain(..excess);
+        drop(jobs);
+        tracing::info!(job = id, tenants = tenants.len(), "fleet migration started");
+        tokio::spawn(run_job(job, registry, tenants, concurrency.max(1)));
+        Ok(view)
+    }
+
+    /// A job as it stands now.
+    pub fn get(&self, id: u64) -> Option<JobView> {
+        self.jobs()
+            .iter()
+            .map(|j| j.lock().unwrap_or_else(|p| p.into_inner()))
+            .find(|j| j.id == id)
+            .map(|j| j.clone())
+    }
+
+    /// Every kept job, newest first.
+    pub fn list(&self) -> Vec<JobView> {
+        let mut jobs: Vec<JobView> = self
+            .jobs()
+            .iter()
+            .map(|j| j.lock().unwrap_or_else(|p| p.into_inner()).clone())
+            .collect();
+        jobs.reverse();
+        jobs
+    }
+}
+
+async fn run_job(
+    job: std::sync::Arc<std::sync::Mutex<JobView>>,
+    registry: crate::registry::TenantRegistry,
+    tenants: Vec<std::sync::Arc<TenantConfig>>,
+    concurrency: usize,
+) {
+    let update = |index: usize, f: &dyn Fn(&mut JobTenant)| {
+        let mut view = job.lock().unwrap_or_else(|p| p.into_inner());
+        f(&mut view.tenants[index]);
+        view.recount();
+    };
+    let registry = &registry;
+    let update = &update;
+    futures::stream::iter(tenants.into_iter().enumerate())
+        .for_each_concurrent(concurrency, |(index, tenant)| async move {
+            update(index, &|t| t.state = JobTenantState::Running);
+            let started = Instant::now();
+            let outcome = migrate_in_registry(registry, &tenant).await;
+            let took = duration_ms(started.elapsed());
+            match &outcome {
+                Ok(_) => {
+                    if let Some(events) = registry.events() {
+                        events.migrations_pending(&tenant.id, 0);
+                    }
+                }
+                Err(error) => {
+                    tracing::warn!(tenant_id = %tenant.id, %error, "fleet migration: the tenant failed")
+                }
+            }
+            update(index, &|t| {
+                t.duration_ms = Some(took);
+                match &outcome {
+                    Ok(row) => {
+                        t.state = row.state;
+                        t.before = row.before.clone();
+                        t.after = row.after.clone();
+                        t.pending = row.pending.clone();
+                    }
+                    Err(error) => {
+                        t.state = JobTenantState::Failed;
+                        t.error = Some(error.clone());
+                    }
+                }
+            });
+        })
+        .await;
+    let mut view = job.lock().unwrap_or_else(|p| p.into_inner());
+    view.status = "finished";
+    view.finished_at = Some(chrono::Utc::now());
+    tracing::info!(
+        job = view.id,
+        migrated = view.migrated,
+        up_to_date = view.up_to_date,
+        failed = view.failed,
+        "fleet migration finished"
+    );
+}
+
+/// What one tenant's migration found and did.
+struct Migrated {
+    state: JobTenantState,
+    before: Option<String>,
+    after: Option<String>,
+    pending: Vec<String>,
+}
+
+/// Migrates one tenant on a connection of the registry's; the error is the
+/// redacted text an operator may see.
+async fn migrate_in_registry(
+    registry: &crate::registry::TenantRegistry,
+    tenant: &TenantConfig,
+) -> Result<Migrated, String> {
+    let result = registry
+        .with_own_connection(tenant, async |db| {
+            let (before, pending) = versions(db).await?;
+            if pending.is_empty() {
+                return Ok(Migrated {
+                    state: JobTenantState::UpToDate,
+                    after: before.clone(),
+                    before,
+                    pending,
+                });
+            }
+            db::migrate(db, tenant).await?;
+            let (after, _) = versions(db).await?;
+            Ok(Migrated {
+                state: JobTenantState::Migrated,
+                before,
+                after,
+                pending,
+            })
+        })
+        .await;
+    result.map_err(|e| match e {
+        crate::error::AppError::Internal { detail } => crate::secret::redact(&detail),
+        other => other.to_string(),
+    })
+}

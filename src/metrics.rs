@@ -100,6 +100,10 @@ pub struct Metrics {
     tripped: RwLock<HashSet<String>>,
     tenant_opens: Family<OutcomeLabels, Histogram, fn() -> Histogram>,
     migrations_pending: Family<TenantLabels, Gauge>,
+    /// Each tenant's answered requests and 5xx answers, for the admin console's
+    /// rates (not exported: `requests` has them by route).
+    answered: Family<TenantLabels, Counter>,
+    failed: Family<TenantLabels, Counter>,
     labelled: RwLock<HashSet<String>>,
     max_tenants: usize,
     enabled: bool,
@@ -118,6 +122,8 @@ impl Metrics {
             tripped: RwLock::new(HashSet::new()),
             tenant_opens: Family::new_with_constructor(latency_histogram),
             migrations_pending: Family::default(),
+            answered: Family::default(),
+            failed: Family::default(),
             labelled: RwLock::new(HashSet::new()),
             max_tenants,
             enabled,
@@ -165,6 +171,13 @@ impl Metrics {
             400..=499 => "4xx",
             _ => "5xx",
         };
+        let of_tenant = TenantLabels {
+            tenant: tenant.clone(),
+        };
+        self.answered.get_or_create(&of_tenant).inc();
+        if class == "5xx" {
+            self.failed.get_or_create(&of_tenant).inc();
+        }
         self.requests
             .get_or_create(&RequestLabels {
                 tenant: tenant.clone(),
@@ -178,6 +191,35 @@ impl Metrics {
                 route: route.to_string(),
             })
             .observe(elapsed.as_secs_f64());
+    }
+
+    /// The requests `tenant` has had answered since start-up and how many of them
+    /// got a 5xx; `None` when it has no series of its own (past the cap) or
+    /// metrics are off.
+    pub fn tenant_totals(&self, tenant: &str) -> Option<(u64, u64)> {
+        if !self.enabled {
+            return None;
+        }
+        let known = self
+            .labelled
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(tenant);
+        if !known {
+            return (self
+                .labelled
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .len()
+                < self.max_tenants)
+                .then_some((0, 0));
+        }
+        let labels = TenantLabels {
+            tenant: tenant.to_string(),
+        };
+        let answered = self.answered.get(&labels).map_or(0, |c| c.get());
+        let failed = self.failed.get(&labels).map_or(0, |c| c.get());
+        Some((answered, failed))
     }
 
     /// Counts one login attempt of `tenant`.

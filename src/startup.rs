@@ -159,6 +159,8 @@ impl Application {
             registry,
             identify: Arc::new(settings.identification()),
             single_tenant,
+            console: Arc::new(crate::auth::console::ConsoleSessions::new(&admin_token)),
+            fleet: Arc::new(crate::fleet::FleetJobs::new()),
             admin_token: Arc::new(admin_token),
             lifecycle,
             auth,

@@ -10,6 +10,7 @@
 //! routes.
 
 pub mod api_key;
+pub mod console;
 mod credential;
 pub mod jwt;
 pub mod password;

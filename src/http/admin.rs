@@ -1,4 +1,6 @@
-//! Operator authentication: `Authorization: Bearer <ADMIN_TOKEN>`.
+//! Operator authentication: `Authorization: Bearer <ADMIN_TOKEN>`, or the admin
+//! console's session cookie (see [`crate::auth::console`]), whose writes must also
+//! carry the session's `X-CSRF-Token`.
 
 use axum::{
     extract::{Request, State},
@@ -32,13 +34,61 @@ pub async fn require_admin(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(str::trim);
-    let allowed = presented.is_some_and(|token| {
-        constant_time_eq(token.as_bytes(), state.admin_token.expose().as_bytes())
-    });
+    let allowed = match presented {
+        Some(token) => constant_time_eq(token.as_bytes(), state.admin_token.expose().as_bytes()),
+        None => match console_session(&state, &parts.headers) {
+            Some(session) => {
+                if !parts.method.is_safe() && !csrf_matches(&state, &session, &parts.headers) {
+                    tracing::warn!(%address, method = %parts.method, "console write refused: no valid CSRF token");
+                    return csrf_refused().into_response();
+                }
+                true
+            }
+            None => false,
+        },
+    };
     if !allowed {
         tracing::warn!(%address, "admin request refused: wrong or missing token");
         return AppError::Unauthorized.into_response();
     }
     throttle.give_back(&[&key]).await;
     next.run(Request::from_parts(parts, body)).await
+}
+
+/// The console session the request's cookie stands for, if any.
+pub fn console_session(
+    state: &AppState,
+    headers: &axum::http::HeaderMap,
+) -> Option<crate::auth::console::Session> {
+    let value = cookie(headers, crate::auth::console::COOKIE_NAME)?;
+    state.console.verify(value)
+}
+
+/// Whether the request carries `session`'s CSRF token (`X-CSRF-Token`).
+pub fn csrf_matches(
+    state: &AppState,
+    session: &crate::auth::console::Session,
+    headers: &axum::http::HeaderMap,
+) -> bool {
+    headers
+        .get("x-csrf-token")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|presented| state.console.csrf_matches(session, presented))
+}
+
+/// The value of the cookie `name` in the request's `Cookie` headers.
+fn cookie<'a>(headers: &'a axum::http::HeaderMap, name: &str) -> Option<&'a str> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(key, _)| *key == name)
+        .map(|(_, value)| value)
+}
+
+/// The answer to a console write without its CSRF token: 403 `forbidden`.
+pub fn csrf_refused() -> AppError {
+    AppError::Forbidden("a console write needs its session's X-CSRF-Token header".into())
 }

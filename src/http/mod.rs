@@ -6,6 +6,7 @@
 pub mod admin;
 pub mod audit;
 pub mod authenticate;
+pub mod console;
 mod error;
 pub mod extract;
 pub mod feature_gate;
@@ -44,6 +45,7 @@ pub fn router(state: AppState, mut stack: stack::StackOptions) -> Router {
         .route("/ready", get(ready))
         .merge(routes::tenants::public_router())
         .merge(openapi::router())
+        .merge(console::router())
         .merge(admin_routes(&state))
         .merge(
             // Tenant-scoped: identified, then authenticated, then audited.

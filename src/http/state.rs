@@ -45,4 +45,8 @@ pub struct AppStateInner {
     pub metrics: Arc<crate::metrics::Metrics>,
     /// Usage per tenant and the storage quota (multi-tenant mode).
     pub usage: Option<Arc<crate::usage::UsageMeter>>,
+    /// Sessions of the admin console, signed with a key from the admin token.
+    pub console: Arc<crate::auth::console::ConsoleSessions>,
+    /// Fleet migrations started through the admin API (multi-tenant mode).
+    pub fleet: Arc<crate::fleet::FleetJobs>,
 }

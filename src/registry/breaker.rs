@@ -115,6 +115,12 @@ impl TenantRegistry {
             .collect()
     }
 
+    /// Whether the tenant's breaker is open now (its requests get 503 at once).
+    pub fn breaker_open(&self, id: &TenantId) -> bool {
+        let now = Instant::now();
+        self.breakers().get(id).is_some_and(|b| b.open_until > now)
+    }
+
     /// Whether the tenant has a handle now (it has been used recently).
     pub fn is_open(&self, id: &TenantId) -> bool {
         self.inner.handles.contains_key(id)

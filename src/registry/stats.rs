@@ -169,3 +169,12 @@ impl TenantRegistry {
         }
     }
 }
+
+impl TenantRegistry {
+    /// The server a tenant's data lives on, as the pools name it (`host:port`, or
+    /// `sqlite`), without opening anything; `None` for a URL that cannot be read.
+    pub fn server_of(&self, tenant: &crate::tenant::TenantConfig) -> Option<String> {
+        let url = db::prepare_url(tenant.database_url.expose()).ok()?;
+        db::pool::Target::parse(&url).ok().map(|t| t.server())
+    }
+}

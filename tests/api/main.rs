@@ -5,8 +5,11 @@
 
 mod admin;
 mod auth;
+mod browser;
 mod cash_flow;
 mod connections;
+mod console;
+mod console_browser;
 mod data;
 mod dental;
 mod deploy;

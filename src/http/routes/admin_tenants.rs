@@ -24,7 +24,6 @@ use crate::{
 
 pub fn router() -> Router<AppState> {
     Router::new()
-        .route("/api/admin/tenants", post(create))
         .route(
             "/api/admin/tenants/{id}",
             axum::routing::patch(update).delete(remove),

@@ -22,6 +22,11 @@ pub fn router() -> RouteSet {
     for_role(RouteSet::new().route("/api/audit", get(list)), Role::Admin)
 }
 
+/// `GET /api/admin/tenants/{id}/audit` (admin token): the same log, for operators.
+pub fn admin_router() -> axum::Router<crate::http::AppState> {
+    axum::Router::new().route("/api/admin/tenants/{id}/audit", get(admin_list))
+}
+
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
 pub(crate) struct AuditQuery {
@@ -88,6 +93,23 @@ pub(crate) async fn list(
     ApiQuery(query): ApiQuery<AuditQuery>,
     TenantDb(db): TenantDb,
 ) -> Result<Json<Page<EntryView>>> {
+    Ok(Json(page(&db, &query).await?))
+}
+
+/// A tenant's audit log, newest first, as an operator sees it.
+#[utoipa::path(get, path = "/api/admin/tenants/{id}/audit", tag = "tenants", params(("id" = String, Path, description = "The tenant id"), AuditQuery),
+    responses((status = 200, description = "The tenant's audit log, newest first", body = Page<EntryView>)))]
+pub(crate) async fn admin_list(
+    axum::extract::State(state): axum::extract::State<crate::http::AppState>,
+    crate::http::extract::TenantPath(id): crate::http::extract::TenantPath,
+    ApiQuery(query): ApiQuery<AuditQuery>,
+) -> Result<Json<Page<EntryView>>> {
+    let tenant = crate::http::routes::tenants::tenant_from_path(&state, &id)?;
+    let db = state.registry.connect(&tenant).await?;
+    Ok(Json(page(&db, &query).await?))
+}
+
+async fn page(db: &impl sea_orm::ConnectionTrait, query: &AuditQuery) -> Result<Page<EntryView>> {
     let page = PageQuery {
         limit: query.limit,
         offset: query.offset,
@@ -111,7 +133,7 @@ pub(crate) async fn list(
         .order_by_desc(entry::Column::Id)
         .limit(page.fetch())
         .offset(page.offset)
-        .all(&db)
+        .all(db)
         .await?;
-    Ok(Json(Page::from_rows(rows, page, EntryView::from)))
+    Ok(Page::from_rows(rows, page, EntryView::from))
 }

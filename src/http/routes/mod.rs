@@ -8,6 +8,7 @@ pub mod auth;
 pub mod cash_flow;
 pub mod data;
 pub mod dental;
+pub mod fleet;
 pub mod manufacturing;
 pub mod pagination;
 pub mod products;
@@ -42,6 +43,8 @@ pub fn admin_routes(state: &AppState) -> Router<AppState> {
     tenants::admin_router()
         .merge(admin_tenants::router())
         .merge(usage::router())
+        .merge(fleet::router())
+        .merge(audit::admin_router())
         .route_layer(middleware::from_fn_with_state(state.clone(), require_admin))
 }
 

@@ -1,0 +1,280 @@
+//! The admin console driven in a real headless Chromium (WebDriver): sign in,
+//! provision a tenant, find it in the list, suspend it (its API answers 403), run
+//! a migration of every tenant and watch it finish, delete the tenant. Each page
+//! is saved as a screenshot under `target/console/`.
+
+use reqwest::Method;
+use serde_json::Value;
+
+use crate::{
+    browser::Browser,
+    helpers::{ADMIN_TOKEN, AppSpec, TestApp, assert_error, spawn_app_with, standard_tenants},
+};
+
+const ENTER: &str = "\u{E007}";
+
+/// What no page of the console may hold: the admin token, a database URL, the
+/// data directory's path.
+async fn assert_page_holds_no_secret(browser: &Browser, app: &TestApp, page: &str) {
+    let source = browser.source().await;
+    for secret in [
+        ADMIN_TOKEN.to_string(),
+        "sqlite://".to_string(),
+        "postgres://".to_string(),
+        app.dir.path().display().to_string(),
+    ] {
+        assert!(!source.contains(&secret), "{page}: the page holds {secret}");
+    }
+}
+
+/// The console's own code logged no error (a script error, or anything the
+/// Content-Security-Policy blocked).
+async fn assert_no_console_errors(browser: &Browser, page: &str) {
+    let errors: Vec<Value> = browser
+        .console_log()
+        .await
+        .into_iter()
+        .filter(|entry| entry["level"] == "SEVERE")
+        // A refused request (the wrong token's 401, the suspended tenant's 403)
+        // is logged by the browser as a failed resource; that is what was asked.
+        .filter(|entry| {
+            !entry["message"]
+                .as_str()
+                .unwrap_or("")
+                .contains("Failed to load resource")
+        })
+        .collect();
+    assert!(errors.is_empty(), "{page}: console errors {errors:?}");
+}
+
+#[tokio::test]
+async fn an_operator_runs_a_tenants_life_from_the_console() {
+    let app = spawn_app_with(AppSpec::new(standard_tenants())).await;
+    let browser = Browser::start(1280, 900).await;
+    let console = format!("{}/admin", app.address);
+
+    // Not signed in: only the sign-in form, and the admin API refuses the page.
+    browser.goto(&console).await;
+    browser
+        .wait_for("#sign-in:not([hidden]) #admin-token")
+        .await;
+    assert!(browser.find_all("#nav:not([hidden])").await.is_empty());
+    let refused = browser
+        .run("return fetch('/api/admin/tenants', {credentials: 'same-origin'}).then(r => r.status)")
+        .await;
+    assert_eq!(refused, 401);
+    browser.screenshot("01-sign-in").await;
+
+    // A wrong token is refused with a message; the right one, typed and sent
+    // with the Enter key, signs in.
+    let token = browser.wait_for("#admin-token").await;
+    token.type_text("not-the-admin-token").await;
+    token.type_text(ENTER).await;
+    browser
+        .wait_for_text("#flash", "a valid admin token is required")
+        .await;
+    let token = browser.wait_for("#admin-token").await;
+    token.type_text(ADMIN_TOKEN).await;
+    token.type_text(ENTER).await;
+    browser
+        .wait_for("tr[data-tenant='dental_clinic_abc']")
+        .await;
+    browser.wait_for_text("#flash", "Signed in").await;
+    browser.screenshot("02-tenants").await;
+    assert_page_holds_no_secret(&browser, &app, "tenants").await;
+
+    // The session is an HttpOnly, SameSite=Strict cookie that scripts cannot
+    // read; nothing is kept in the browser's storage, and the URL has no token.
+    let cookies = browser.cookies().await;
+    let session = cookies
+        .iter()
+        .find(|c| c["name"] == "tr_console")
+        .expect("the session cookie");
+    assert_eq!(session["httpOnly"], true, "{session}");
+    assert_eq!(session["sameSite"], "Strict", "{session}");
+    assert!(!session["value"].as_str().unwrap().contains(ADMIN_TOKEN));
+    let script_view = browser
+        .run("return [document.cookie, localStorage.length, sessionStorage.length, location.href]")
+        .await;
+    assert_eq!(script_view[0], "", "{script_view}");
+    assert_eq!(script_view[1], 0);
+    assert_eq!(script_view[2], 0);
+    assert!(!script_view[3].as_str().unwrap().contains(ADMIN_TOKEN));
+
+    // Provision a tenant with its first owner.
+    browser
+        .find_all("a[data-nav='new']")
+        .await
+        .remove(0)
+        .click()
+        .await;
+    browser
+        .wait_for("#new-id")
+        .await
+        .type_text("console_clinic")
+        .await;
+    browser
+        .wait_for("#new-company")
+        .await
+        .type_text("Console Dental")
+        .await;
+    let file = app.data_dir().join("console_clinic.db");
+    browser
+        .wait_for("#new-file")
+        .await
+        .type_text(&file.display().to_string())
+        .await;
+    browser
+        .wait_for("#new-owner")
+        .await
+        .type_text("owner")
+        .await;
+    browser
+        .wait_for("#new-password")
+        .await
+        .type_text("a-long-owner-password")
+        .await;
+    browser.screenshot("03-provision").await;
+    browser.wait_for("#provision").await.click().await;
+    browser
+        .wait_for_text("#flash", "Tenant console_clinic provisioned")
+        .await;
+    browser
+        .wait_for_text("#view h1", "Tenant console_clinic")
+        .await;
+    browser.wait_for_text("main", "Console Dental").await;
+    browser.wait_for_text("main", "5 applied, 0 pending").await;
+    browser.screenshot("04-tenant").await;
+    assert_page_holds_no_secret(&browser, &app, "tenant").await;
+    assert!(file.exists());
+    let token = app
+        .login("console_clinic", "owner", "a-long-owner-password")
+        .await;
+    assert!(!token.is_empty());
+
+    // It is in the list, found by searching.
+    browser.goto(&format!("{console}#/tenants?q=console")).await;
+    browser.wait_for("tr[data-tenant='console_clinic']").await;
+    let rows = browser.find_all("tbody tr").await;
+    assert_eq!(rows.len(), 1, "the search shows only the new tenant");
+    browser.screenshot("05-search").await;
+
+    // Suspend it: its API answers 403 tenant_inactive.
+    browser
+        .goto(&format!("{console}#/tenant/console_clinic"))
+        .await;
+    browser.wait_for_text("#toggle-active", "Suspend").await;
+    browser.wait_for("#toggle-active").await.click().await;
+    browser
+        .wait_for_text("#flash", "Tenant console_clinic suspended")
+        .await;
+    browser.wait_for_text("#toggle-active", "Activate").await;
+    let response = app
+        .as_tenant(Method::GET, "console_clinic", "/api/products")
+        .send()
+        .await
+        .unwrap();
+    assert_error(response, 403, "tenant_inactive").await;
+    browser.screenshot("06-suspended").await;
+
+    // Migrate every tenant and watch the run finish: the tenants of the tenants
+    // file had never been opened, so their databases are made and migrated now.
+    browser
+        .find_all("a[data-nav='migrations']")
+        .await
+        .remove(0)
+        .click()
+        .await;
+    browser.wait_for("#migrate-all").await.click().await;
+    browser.wait_for(".job[data-status='finished']").await;
+    let run = browser.text(".job").await;
+    assert!(run.contains("4/4 done"), "{run}");
+    assert!(
+        run.contains("3 migrated") && run.contains("1 up to date"),
+        "{run}"
+    );
+    assert!(run.contains("0 failed"), "{run}");
+    browser.screenshot("07-migrations").await;
+
+    // The servers with their connections and budgets.
+    browser
+        .find_all("a[data-nav='servers']")
+        .await
+        .remove(0)
+        .click()
+        .await;
+    browser.wait_for_text("main", "sqlite").await;
+    browser.screenshot("08-servers").await;
+    assert_page_holds_no_secret(&browser, &app, "servers").await;
+
+    // On a phone-sized screen the list fits the width; wide tables scroll inside
+    // their own box.
+    browser.resize(390, 844).await;
+    browser.goto(&format!("{console}#/tenants")).await;
+    browser.wait_for("tr[data-tenant='console_clinic']").await;
+    let overflow = browser
+        .run("return document.documentElement.scrollWidth - window.innerWidth")
+        .await;
+    assert!(
+        overflow.as_i64().unwrap() <= 0,
+        "the page is wider than the screen by {overflow}"
+    );
+    browser.screenshot("09-phone").await;
+    browser.resize(1280, 900).await;
+
+    // Delete: a wrong confirmation is refused; the typed id deletes it, and its
+    // database with it when asked.
+    browser
+        .goto(&format!("{console}#/tenant/console_clinic"))
+        .await;
+    browser
+        .wait_for("#delete-confirm")
+        .await
+        .type_text("console")
+        .await;
+    browser.wait_for("#delete-tenant").await.click().await;
+    browser
+        .wait_for_text("#flash", "Type console_clinic to confirm")
+        .await;
+    let confirm = browser.wait_for("#delete-confirm").await;
+    confirm.clear().await;
+    confirm.type_text("console_clinic").await;
+    browser.wait_for("#delete-drop").await.click().await;
+    browser.screenshot("10-delete").await;
+    browser.wait_for("#delete-tenant").await.click().await;
+    browser
+        .wait_for_text(
+            "#flash",
+            "Tenant console_clinic deleted and its database dropped",
+        )
+        .await;
+    browser.wait_for("tr[data-tenant='demo']").await;
+    assert!(
+        browser
+            .find_all("tr[data-tenant='console_clinic']")
+            .await
+            .is_empty()
+    );
+    let response = app
+        .admin(Method::GET, "/api/tenants/console_clinic/config")
+        .send()
+        .await
+        .unwrap();
+    assert_error(response, 404, "tenant_not_found").await;
+    assert!(!file.exists(), "its database was dropped");
+    assert_no_console_errors(&browser, "the whole run").await;
+
+    // Signing out ends the session: the page shows the sign-in form again and
+    // the cookie it had opens nothing.
+    let cookie = format!("tr_console={}", session["value"].as_str().unwrap());
+    browser.wait_for("#sign-out").await.click().await;
+    browser.wait_for("#sign-in:not([hidden])").await;
+    let response = app
+        .request(Method::GET, "/api/admin/tenants")
+        .header("Cookie", cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_error(response, 401, "unauthorized").await;
+    browser.quit().await;
+}
