@@ -177,6 +177,49 @@ async fn an_operator_runs_a_tenants_life_from_the_console() {
     assert_error(response, 403, "tenant_inactive").await;
     browser.screenshot("06-suspended").await;
 
+    // Change its features and branding from its page: the API follows.
+    let supplies = browser
+        .wait_for("input[type=checkbox][value='dental_supplies']")
+        .await;
+    supplies.click().await;
+    let drawn = browser
+        .run("return document.querySelector('#view').dataset.render")
+        .await;
+    browser.wait_for("#save-features").await.click().await;
+    browser.wait_for_text("#flash", "Features saved").await;
+    // The page is drawn again with the saved features before the next change.
+    let redrawn = format!(
+        "#view:not([data-render='{}']) .crumbs[data-tenant='console_clinic']",
+        drawn.as_str().unwrap()
+    );
+    browser.wait_for(&redrawn).await;
+    let color = browser.wait_for("input[placeholder='#2E86AB']").await;
+    color.clear().await;
+    color.type_text("#123456").await;
+    // Sent from the keyboard: Enter in a field submits its form.
+    color.type_text(ENTER).await;
+    browser
+        .wait_for_text("#flash", "Branding and contact details saved")
+        .await;
+    let config: Value = app
+        .admin(Method::GET, "/api/tenants/console_clinic/config")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(config["branding"]["primary_color"], "#123456", "{config}");
+    let features = config["features"].as_array().unwrap();
+    assert!(
+        !features.contains(&Value::from("dental_supplies")),
+        "{config}"
+    );
+    assert!(
+        features.contains(&Value::from("patient_management")),
+        "{config}"
+    );
+
     // Migrate every tenant and watch the run finish: the tenants of the tenants
     // file had never been opened, so their databases are made and migrated now.
     browser

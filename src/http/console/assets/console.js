@@ -107,7 +107,10 @@ function setView(title, ...children) {
   stopTimer();
   state.view++;
   document.title = `${title} · tenant-router console`;
-  $("#view").replaceChildren(el("h1", { text: title }), ...children);
+  const view = $("#view");
+  view.replaceChildren(el("h1", { text: title }), ...children);
+  // Which rendering this is: tests wait for a page to be drawn anew.
+  view.dataset.render = String(state.view);
 }
 
 function stopTimer() {
@@ -336,7 +339,7 @@ async function tenantView(id) {
     const list = [...featureForm.querySelectorAll("input:checked")].map((i) => i.value).filter((f) => !COMMON.includes(f));
     if (await patch(id, { features: list }, "Features saved.")) reload();
   } } }, el("fieldset", {}, el("legend", { text: "Features (products and cash flow are every tenant's)" }), featureBoxes),
-  el("button", { type: "submit", text: "Save features" }));
+  el("button", { type: "submit", id: "save-features", text: "Save features" }));
 
   // Branding and contact
   const b = t.branding || {};
@@ -360,7 +363,7 @@ async function tenantView(id) {
   field("Company name", inputs.company_name), field("Primary colour", inputs.primary_color, "#RRGGBB"),
   field("Secondary colour", inputs.secondary_color), field("Logo URL", inputs.logo_url),
   field("Phone", inputs.phone), field("E-mail", inputs.email), field("Address", inputs.address),
-  el("button", { type: "submit", text: "Save branding" }));
+  el("button", { type: "submit", id: "save-branding", text: "Save branding" }));
 
   // Limits
   const l = t.limits || {};
@@ -382,7 +385,7 @@ async function tenantView(id) {
   field("Burst", limits.rate_limit_burst), field("Concurrent requests", limits.max_concurrent_requests, "0: no limit"),
   field("Storage quota (bytes)", limits.storage_quota_bytes, "0: no quota"),
   field("Connections at most", limits.max_connections),
-  el("button", { type: "submit", text: "Save limits" }));
+  el("button", { type: "submit", id: "save-limits", text: "Save limits" }));
 
   // Delete
   const confirmInput = el("input", { id: "delete-confirm", autocomplete: "off", spellcheck: "false" });
@@ -406,7 +409,7 @@ async function tenantView(id) {
   const audit = el("div", {}, el("p", { text: "Loading…" }));
 
   setView(`Tenant ${id}`,
-    el("p", { class: "crumbs" }, el("a", { href: "#/tenants", text: "← All tenants" })),
+    el("p", { class: "crumbs", dataset: { tenant: id } }, el("a", { href: "#/tenants", text: "← All tenants" })),
     section("Overview", dl([
       ["Status", t.is_active ? badge("active", "good") : badge("suspended", "bad")],
       ["Domain", t.domain], ["Subdomain", t.subdomain], ["Isolation", t.isolation],
