@@ -123,6 +123,7 @@ impl Application {
                     std::time::Duration::from_secs(settings.control_poll_secs),
                 );
             }
+            lifecycle::spawn_change_listener(Arc::downgrade(&lifecycle));
             lifecycle::spawn_reload_on_sighup(Arc::downgrade(&lifecycle), settings.clone());
             lifecycle
         });

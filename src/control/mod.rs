@@ -14,7 +14,10 @@ use serde_json::Value;
 
 use std::sync::Arc;
 
+pub mod notify;
 mod usage;
+
+pub use notify::{Change, ChangeFeed};
 pub use usage::{ActiveUser, UsageCounts, UsageDay};
 
 use crate::{
@@ -122,6 +125,9 @@ pub struct Fingerprint(u64, Option<chrono::DateTime<Utc>>);
 pub struct ControlStore {
     db: DatabaseConnection,
     secrets: Arc<SecretBox>,
+    /// The prepared URL of a PostgreSQL control database, for [`ChangeFeed`]s
+    /// (a secret: never logged).
+    listen_url: Option<Arc<str>>,
 }
 
 impl ControlStore {
@@ -129,6 +135,7 @@ impl ControlStore {
     pub async fn open(url: &str, secrets: Arc<SecretBox>) -> Result<Self, DbErr> {
         let url = crate::db::prepare_url(url)?;
         crate::db::make_sqlite_dir(&url)?;
+        let listen_url = url.starts_with("postgres").then(|| Arc::from(url.as_str()));
         let mut options = ConnectOptions::new(url);
         options
             .max_connections(4)
@@ -137,7 +144,11 @@ impl ControlStore {
         let db = Database::connect(options).await?;
         // Replicas starting together on a new control database race to create it.
         crate::db::migrate_with::<ControlMigrator>(&db, "tenant-router:control").await?;
-        Ok(Self { db, secrets })
+        Ok(Self {
+            db,
+            secrets,
+            listen_url,
+        })
     }
 
     /// A round trip to the control database.

@@ -11,7 +11,7 @@ mod recovery;
 mod reload;
 
 pub use recovery::{UnfinishedView, this_process};
-pub use reload::{spawn_poller, spawn_reload_on_sighup};
+pub use reload::{spawn_change_listener, spawn_poller, spawn_reload_on_sighup};
 
 use std::{
     collections::HashSet,
@@ -171,6 +171,16 @@ impl Lifecycle {
             self.refresh().await?;
         }
         Ok(changed)
+    }
+
+    /// Reloads the control rows now, whatever the fingerprint says (a change was
+    /// announced, or may have been missed), and remembers the fingerprint so the
+    /// next poll does not reload the same state again.
+    pub async fn refresh_now(&self) -> Result<(), DbErr> {
+        let now = self.control.fingerprint().await?;
+        self.refresh().await?;
+        *self.seen.lock().unwrap_or_else(|p| p.into_inner()) = Some(now);
+        Ok(())
     }
 
     /// Applies a partial change (activate or suspend, features, branding, contact

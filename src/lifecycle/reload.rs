@@ -24,6 +24,64 @@ pub fn spawn_poller(lifecycle: std::sync::Weak<Lifecycle>, every: Duration) {
     });
 }
 
+/// With a PostgreSQL control database: reloads the tenants as soon as the
+/// database announces a change (`LISTEN`), so that a change made through any
+/// replica reaches this one within moments. After a lost connection it connects
+/// again (waiting up to `RECONNECT_MAX` between tries) and reloads everything,
+/// since changes in between were not announced; the poll stays on as the fallback
+/// for a connection that is silently gone.
+pub fn spawn_change_listener(lifecycle: std::sync::Weak<Lifecycle>) {
+    const RECONNECT_MAX: Duration = Duration::from_secs(5);
+    tokio::spawn(async move {
+        let mut backoff = Duration::from_millis(100);
+        let mut connected_before = false;
+        loop {
+            let Some(strong) = lifecycle.upgrade() else {
+                break;
+            };
+            let feed = match strong.control().change_feed().await {
+                None => break,
+                Some(Ok(feed)) => feed,
+                Some(Err(e)) => {
+                    drop(strong);
+                    tracing::warn!(error = %db::redact_error(&e), retry_in = ?backoff, "cannot listen for tenant changes");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(RECONNECT_MAX);
+                    continue;
+                }
+            };
+            backoff = Duration::from_millis(100);
+            tracing::info!(again = connected_before, "listening for tenant changes");
+            // Whatever changed before the feed listened: since start-up's load, or
+            // while the feed was down.
+            if let Err(e) = strong.refresh_now().await {
+                tracing::warn!(error = %db::redact_error(&e), "reloading tenants failed");
+            }
+            connected_before = true;
+            drop(strong);
+            let mut feed = feed;
+            loop {
+                let change = feed.next().await;
+                let Some(strong) = lifecycle.upgrade() else {
+                    return;
+                };
+                match change {
+                    Ok(change) => {
+                        tracing::debug!(?change, "tenants changed: reloading");
+                        if let Err(e) = strong.refresh_now().await {
+                            tracing::warn!(error = %db::redact_error(&e), "reloading tenants failed");
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %db::redact_error(&e), "the tenant change feed was lost; connecting again");
+                        break;
+                    }
+                }
+            }
+        }
+    });
+}
+
 /// Reloads the tenants file and `TENANT_CONFIGS` on SIGHUP. The registry is swapped
 /// whole, so requests in flight finish on the configuration they started with and
 /// none is dropped; an invalid file keeps the old configuration and logs why.

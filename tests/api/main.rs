@@ -28,6 +28,7 @@ mod pools;
 mod postgres;
 mod process;
 mod products;
+mod propagation;
 mod settings;
 mod single_tenant;
 mod tenant_limits;
