@@ -13,6 +13,9 @@
 # Then the contract test (scripts/contract.sh): schemathesis against the live
 # service, and /docs rendered in headless Chromium.
 #
+# Then the deploy files (scripts/deploy-check.sh): the Kubernetes manifests and the
+# compose file against their schemas.
+#
 # Extra arguments go to `cargo test` (for example a test name filter); with any,
 # the contract test is skipped.
 set -euo pipefail
@@ -35,7 +38,9 @@ if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; the
 fi
 
 cargo test --workspace --locked "$@"
-# The OpenAPI contract against the live service (skipped when a test filter is given).
+# The OpenAPI contract against the live service, and the deploy files against the
+# Kubernetes and Compose schemas (both skipped when a test filter is given).
 if [ $# -eq 0 ]; then
   ./scripts/contract.sh
+  ./scripts/deploy-check.sh
 fi
