@@ -466,6 +466,10 @@ async fn the_tenant_list_searches_filters_pages_and_shows_each_tenants_live_stat
         ["clinic_20", "clinic_21", "clinic_22", "paused"]
     );
     assert_eq!(second["next_offset"], Value::Null);
+    // An offset past the end (however large) is an empty last page.
+    let beyond = list(&app, &format!("?offset={}", u64::MAX)).await;
+    assert_eq!(ids(&beyond), Vec::<String>::new());
+    assert_eq!(beyond["next_offset"], Value::Null);
     let small = list(&app, "?limit=5&offset=5").await;
     assert_eq!(ids(&small).len(), 5);
     assert_eq!(ids(&small)[0], "clinic_05");

@@ -164,7 +164,7 @@ pub(crate) async fn list(
         total,
         limit,
         offset,
-        next_offset: (offset + limit < total).then_some(offset + limit),
+        next_offset: (offset.saturating_add(limit) < total).then(|| offset + limit),
         read_at_ms: chrono::Utc::now().timestamp_millis(),
     }))
 }
