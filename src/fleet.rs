@@ -328,12 +328,40 @@ impl FleetJobs {
     }
 }
 
+/// Marks a job finished if its task ends without doing so (a panic), so that it
+/// never stays "running" and blocks every later run: the tenants it had not
+/// finished are failed.
+struct FinishOnDrop(std::sync::Arc<std::sync::Mutex<JobView>>);
+
+impl Drop for FinishOnDrop {
+    fn drop(&mut self) {
+        let mut view = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if view.status != "running" {
+            return;
+        }
+        for tenant in &mut view.tenants {
+            if matches!(
+                tenant.state,
+                JobTenantState::Queued | JobTenantState::Running
+            ) {
+                tenant.state = JobTenantState::Failed;
+                tenant.error = Some("the run stopped before this tenant finished".into());
+            }
+        }
+        view.recount();
+        view.status = "finished";
+        view.finished_at = Some(chrono::Utc::now());
+        tracing::error!(job = view.id, "fleet migration stopped early");
+    }
+}
+
 async fn run_job(
     job: std::sync::Arc<std::sync::Mutex<JobView>>,
     registry: crate::registry::TenantRegistry,
     tenants: Vec<std::sync::Arc<TenantConfig>>,
     concurrency: usize,
 ) {
+    let _finish = FinishOnDrop(job.clone());
     let update = |index: usize, f: &dyn Fn(&mut JobTenant)| {
         let mut view = job.lock().unwrap_or_else(|p| p.into_inner());
         f(&mut view.tenants[index]);

@@ -178,3 +178,42 @@ impl TenantRegistry {
         db::pool::Target::parse(&url).ok().map(|t| t.server())
     }
 }
+
+impl TenantRegistry {
+    /// A round trip to the tenant's database over its open pool, for operators
+    /// watching: it does not count as a use, so the handle's idle timer and place
+    /// in the LRU order stay as they were. `None` when the tenant has no handle
+    /// (nothing is opened to answer).
+    pub async fn probe(
+        &self,
+        id: &TenantId,
+        timeout: std::time::Duration,
+    ) -> Option<Result<std::time::Duration, sea_orm::DbErr>> {
+        // `iter` does not reset idle timers, unlike `get`.
+        let handle = self
+            .inner
+            .handles
+            .iter()
+            .find(|(key, _)| key.as_ref() == id)
+            .map(|(_, handle)| handle)?;
+        let started = std::time::Instant::now();
+        let deadline = started + timeout;
+        let result = match handle.pool.checkout(handle.schema.clone(), deadline).await {
+            Ok(conn) => {
+                let conn = db::conn::TenantConn::new(db::conn::Checkout::new(
+                    conn,
+                    handle.pool.clone(),
+                    None,
+                ));
+                sea_orm::ConnectionTrait::execute_unprepared(&conn, "SELECT 1")
+                    .await
+                    .map(|_| started.elapsed())
+            }
+            Err(db::pool::CheckoutError::Timeout) => Err(sea_orm::DbErr::Custom(
+                "no connection came within the probe's deadline".into(),
+            )),
+            Err(db::pool::CheckoutError::Failed(e)) => Err(e),
+        };
+        Some(result)
+    }
+}

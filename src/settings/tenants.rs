@@ -336,6 +336,7 @@ mod tests {
             ("JavaScript:alert(1)", false),
             ("data:image/png;base64,AAAA", false),
             ("//evil.example/logo.png", false),
+            ("/\\evil.example/logo.png", false),
             ("/logo.png\" onerror=\"x", false),
         ] {
             let toml = format!(

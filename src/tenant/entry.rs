@@ -381,7 +381,10 @@ fn is_safe_logo_url(url: &str) -> bool {
     allowed
         && !url
             .chars()
-            .any(|c| c.is_whitespace() || c.is_control() || matches!(c, '"' | '\'' | '<' | '>'))
+            // A backslash is a slash to browsers: `/\evil.example/x.png` is another site.
+            .any(|c| {
+                c.is_whitespace() || c.is_control() || matches!(c, '"' | '\'' | '<' | '>' | '\\')
+            })
 }
 
 pub fn check_database_url(url: &str) -> Result<(), String> {

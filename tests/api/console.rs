@@ -201,21 +201,36 @@ async fn signing_in_sets_an_http_only_strict_cookie_that_stands_for_the_admin_to
         .unwrap();
     assert_error(response, 401, "unauthorized").await;
 
-    // Behind a proxy that says the console was reached over HTTPS, the cookie is
-    // also Secure.
-    let response = app
-        .request(Method::POST, "/admin/session")
-        .header("X-Forwarded-Proto", "https")
-        .json(&json!({ "token": ADMIN_TOKEN }))
-        .send()
-        .await
-        .unwrap();
-    assert!(
-        response.headers()["set-cookie"]
+    // The cookie is Secure (HTTPS only) but for plain HTTP on this machine's
+    // loopback address, where the tests and `cargo run` reach it.
+    assert!(!set_cookie.contains("Secure"), "{set_cookie}");
+    for (host, proto, secure) in [
+        ("admin.example.com", None, true),
+        ("admin.example.com", Some("https"), true),
+        ("admin.example.com", Some("http"), true),
+        ("127.0.0.1:8000", Some("https"), true),
+        ("localhost:8000", None, false),
+        ("[::1]:8000", Some("http"), false),
+    ] {
+        let mut request = app
+            .request(Method::POST, "/admin/session")
+            .header("Host", host)
+            .json(&json!({ "token": ADMIN_TOKEN }));
+        if let Some(proto) = proto {
+            request = request.header("X-Forwarded-Proto", proto);
+        }
+        let response = request.send().await.unwrap();
+        assert_eq!(response.status(), 201, "{host} {proto:?}");
+        let cookie = response.headers()["set-cookie"]
             .to_str()
             .unwrap()
-            .contains("; Secure")
-    );
+            .to_string();
+        assert_eq!(
+            cookie.contains("; Secure"),
+            secure,
+            "{host} {proto:?}: {cookie}"
+        );
+    }
 }
 
 #[tokio::test]
@@ -310,12 +325,25 @@ async fn signing_out_ends_the_session() {
     let app = spawn_app().await;
     let session = sign_in(&app).await;
     // Signing out is a write: it needs the CSRF token too.
+    // Without it the session is not ended, but this browser's cookie is cleared.
     let response = session
         .request(&app, Method::DELETE, "/admin/session")
         .send()
         .await
         .unwrap();
+    assert!(
+        response.headers()["set-cookie"]
+            .to_str()
+            .unwrap()
+            .contains("Max-Age=0")
+    );
     assert_error(response, 403, "forbidden").await;
+    let response = session
+        .request(&app, Method::GET, "/api/admin/tenants")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200, "a refused sign-out ends nothing");
     let response = session
         .write(&app, Method::DELETE, "/admin/session")
         .send()
@@ -536,6 +564,36 @@ async fn the_tenant_list_searches_filters_pages_and_shows_each_tenants_live_stat
 }
 
 #[tokio::test]
+async fn watching_the_list_does_not_keep_an_idle_tenants_pool_open() {
+    let app = spawn_app_with(
+        AppSpec::new(vec![Tenant::new("watched", "dental")]).env("POOL_IDLE_TIMEOUT_SECS", "1"),
+    )
+    .await;
+    let response = app
+        .as_tenant(Method::GET, "watched", "/api/products")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let first = list(&app, "").await;
+    assert_eq!(first["items"][0]["health"], "ok", "{first}");
+    // The console refreshes the list; the pool still goes idle and closes.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let page = list(&app, "").await;
+        if page["items"][0]["pool_open"] == false {
+            assert_eq!(page["items"][0]["health"], "idle");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the list kept the pool open: {page}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
 async fn a_tenant_whose_database_fails_shows_its_errors_and_open_breaker_in_the_list() {
     let port = closed_port();
     let toml = format!(
@@ -649,6 +707,9 @@ async fn a_migration_run_goes_on_in_the_background_and_reports_each_tenant() {
         .unwrap();
     assert_eq!(runs["jobs"][0]["id"], rerun["id"]);
     assert_eq!(runs["jobs"][1]["id"], run["id"]);
+    // The list has each run's counts; its tenants are in the run's own answer.
+    assert_eq!(runs["jobs"][1]["failed"], 1);
+    assert_eq!(runs["jobs"][1]["tenants"], json!([]));
 
     // Bad requests.
     for (body, status, code) in [

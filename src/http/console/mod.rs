@@ -35,7 +35,7 @@ const STYLE: &str = include_str!("assets/console.css");
 /// inline script or style, no framing, no form posts, no plugins. Logos of
 /// tenants may come from any `https:` address (the branding preview).
 pub const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; script-src 'self'; \
-    style-src 'self'; img-src 'self' https: data:; connect-src 'self'; font-src 'self'; \
+    style-src 'self'; img-src 'self' https:; connect-src 'self'; font-src 'self'; \
     base-uri 'none'; form-action 'none'; frame-ancestors 'none'";
 
 pub fn router() -> Router<AppState> {
@@ -96,13 +96,33 @@ fn cross_site(headers: &HeaderMap) -> bool {
         .is_some_and(|site| site != "same-origin" && site != "none")
 }
 
-/// Whether the console was reached over HTTPS (directly or through a proxy that
-/// says so), so that its cookie is marked `Secure`.
-fn over_https(headers: &HeaderMap) -> bool {
-    headers
+/// Whether the session cookie is marked `Secure` (sent over HTTPS only): always,
+/// but for a console reached on this machine's loopback address over plain HTTP
+/// (`cargo run`, tests), which browsers would otherwise refuse to keep it for. A
+/// proxy in front says how it was reached with `X-Forwarded-Proto`.
+fn secure_cookie(headers: &HeaderMap) -> bool {
+    let forwarded = headers
         .get("x-forwarded-proto")
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|p| p.eq_ignore_ascii_case("https"))
+        .and_then(|v| v.to_str().ok());
+    if let Some(proto) = forwarded {
+        return !proto.eq_ignore_ascii_case("http") || !loopback_host(headers);
+    }
+    !loopback_host(headers)
+}
+
+/// Whether the request's `Host` is a loopback name or address.
+fn loopback_host(headers: &HeaderMap) -> bool {
+    let Some(host) = headers.get(header::HOST).and_then(|v| v.to_str().ok()) else {
+        return false;
+    };
+    let name = match host.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or(""),
+        None => host.rsplit_once(':').map_or(host, |(name, _)| name),
+    };
+    name.eq_ignore_ascii_case("localhost")
+        || name
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }
 
 fn session_cookie(value: &str, max_age: u64, secure: bool) -> HeaderValue {
@@ -144,7 +164,7 @@ struct SignIn {
 /// and throttled like the admin routes' wrong tokens; on success a session cookie.
 async fn sign_in(State(state): State<AppState>, request: Request) -> Response {
     let (parts, body) = request.into_parts();
-    let secure = over_https(&parts.headers);
+    let secure = secure_cookie(&parts.headers);
     if cross_site(&parts.headers) {
         return AppError::Forbidden("sign in from the console's own page".into()).into_response();
     }
@@ -185,20 +205,23 @@ async fn sign_in(State(state): State<AppState>, request: Request) -> Response {
     response
 }
 
-/// `DELETE /admin/session` (with the CSRF token): ends the session here and
-/// clears the cookie.
+/// `DELETE /admin/session` (with the CSRF token): ends the session here. The
+/// cookie is cleared whatever happens, so that a page whose CSRF token went stale
+/// still signs out of this browser; without the right token the session itself is
+/// not revoked (403).
 async fn sign_out(State(state): State<AppState>, headers: HeaderMap) -> Response {
-    if let Some(session) = console_session(&state, &headers) {
-        if !csrf_matches(&state, &session, &headers) {
-            return csrf_refused().into_response();
+    let mut response = match console_session(&state, &headers) {
+        Some(session) if csrf_matches(&state, &session, &headers) => {
+            state.console.revoke(&session);
+            tracing::info!("console session ended");
+            StatusCode::NO_CONTENT.into_response()
         }
-        state.console.revoke(&session);
-        tracing::info!("console session ended");
-    }
-    let mut response = StatusCode::NO_CONTENT.into_response();
+        Some(_) => csrf_refused().into_response(),
+        None => StatusCode::NO_CONTENT.into_response(),
+    };
     response.headers_mut().insert(
         header::SET_COOKIE,
-        session_cookie("", 0, over_https(&headers)),
+        session_cookie("", 0, secure_cookie(&headers)),
     );
     response
 }

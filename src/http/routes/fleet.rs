@@ -3,7 +3,7 @@
 //! tenants run by the service with their progress (`/api/admin/migrations`). The
 //! admin console (`/admin`) is built on these.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use axum::{
     Json, Router,
@@ -179,22 +179,12 @@ async fn row(
     let breaker_open = state.registry.breaker_open(&tenant.id);
     let (health, round_trip_ms) = if breaker_open {
         ("unavailable", None)
-    } else if pool_open {
-        let started = Instant::now();
-        let ping = tokio::time::timeout(PING_TIMEOUT, async {
-            state.registry.connect(tenant).await?.ping().await?;
-            Ok::<_, AppError>(())
-        })
-        .await;
-        match ping {
-            Ok(Ok(())) => (
-                "ok",
-                Some((started.elapsed().as_secs_f64() * 1e6).round() / 1e3),
-            ),
-            _ => ("failed", None),
-        }
     } else {
-        ("idle", None)
+        match state.registry.probe(&tenant.id, PING_TIMEOUT).await {
+            None => ("idle", None),
+            Some(Ok(took)) => ("ok", Some((took.as_secs_f64() * 1e6).round() / 1e3)),
+            Some(Err(_)) => ("failed", None),
+        }
     };
     let totals = state.metrics.tenant_totals(tenant.id.as_str());
     TenantRow {
@@ -257,15 +247,13 @@ pub(crate) async fn start(
         }
         Some(ids) => {
             let mut chosen = Vec::with_capacity(ids.len());
+            let mut seen = std::collections::HashSet::<TenantId>::new();
             for id in ids {
                 let id = TenantId::parse(id).map_err(|_| {
                     AppError::validation("tenants", format!("'{id:.64}' is not a valid tenant id"))
                 })?;
                 let tenant = super::tenants::tenant_from_path(&state, &id)?;
-                if !chosen
-                    .iter()
-                    .any(|t: &std::sync::Arc<TenantConfig>| t.id == tenant.id)
-                {
+                if seen.insert(tenant.id.clone()) {
                     chosen.push(tenant);
                 }
             }
@@ -284,11 +272,21 @@ pub(crate) async fn start(
     }
 }
 
-/// The runs this replica keeps (the last 20), newest first.
+/// The runs this replica keeps (the last 20), newest first, without their
+/// tenants' rows (`GET /api/admin/migrations/{job}` has them).
 #[utoipa::path(get, path = "/api/admin/migrations", tag = "tenants",
     responses((status = 200, description = "Migration runs, newest first", body = Object)))]
 pub(crate) async fn jobs(State(state): State<AppState>) -> Json<Value> {
-    Json(json!({ "jobs": state.fleet.list() }))
+    let jobs: Vec<JobView> = state
+        .fleet
+        .list()
+        .into_iter()
+        .map(|mut job| {
+            job.tenants.clear();
+            job
+        })
+        .collect();
+    Json(json!({ "jobs": jobs }))
 }
 
 /// One run with each tenant's state: queued, running, up_to_date, migrated or

@@ -111,6 +111,7 @@ function setView(title, ...children) {
   view.replaceChildren(el("h1", { text: title }), ...children);
   // Which rendering this is: tests wait for a page to be drawn anew.
   view.dataset.render = String(state.view);
+  return state.view;
 }
 
 function stopTimer() {
@@ -118,10 +119,15 @@ function stopTimer() {
   state.timer = null;
 }
 
-function every(ms, fn) {
-  const view = state.view;
+// Runs `fn` every `ms` while the page still shows `view` (the number setView
+// returned); a view left before its first load finished starts no timer.
+function every(view, ms, fn) {
+  if (view !== state.view) return;
   stopTimer();
-  state.timer = setInterval(() => { if (view === state.view && !document.hidden) fn(); }, ms);
+  state.timer = setInterval(() => {
+    if (view !== state.view) return stopTimer();
+    if (!document.hidden) fn();
+  }, ms);
 }
 
 // ---- session ----------------------------------------------------------------
@@ -208,7 +214,7 @@ async function tenantsView(params) {
   search.addEventListener("input", () => { clearTimeout(debounce); debounce = setTimeout(() => go(0), 300); });
   filter.addEventListener("change", () => go(0));
   const body = el("div", { "aria-live": "polite" }, el("p", { text: "Loading…" }));
-  setView("Tenants",
+  const view = setView("Tenants",
     el("form", { class: "filters", role: "search", on: { submit: (e) => { e.preventDefault(); go(0); } } },
       field("Search", search), field("Status", filter)),
     body);
@@ -219,7 +225,8 @@ async function tenantsView(params) {
     if (q) p.set("q", q);
     if (status) p.set("status", status);
     let page;
-    try { page = await api("GET", `/api/admin/tenants?${p}`); } catch (error) { return failed(error); }
+    try { page = await api("GET", `/api/admin/tenants?${p}`); } catch (error) { return view === state.view && failed(error); }
+    if (view !== state.view) return;
     const rows = page.items.map((t) => {
       const [rps, eps] = rate(t.id, t.requests_total, t.errors_total, page.read_at_ms);
       return el("tr", { dataset: { tenant: t.id } },
@@ -245,7 +252,7 @@ async function tenantsView(params) {
       el("p", { class: "hint", text: "Rates are this replica's, over the last 5 s; the list refreshes every 5 s." }));
   };
   await load();
-  every(5000, load);
+  every(view, 5000, load);
 }
 
 // ---- one tenant ---------------------------------------------------------------------
@@ -268,7 +275,8 @@ function brandingPreview(t) {
   if (b.primary_color) card.style.borderColor = b.primary_color;
   const head = el("div", { class: "brand-head" });
   if (b.primary_color) head.style.backgroundColor = b.primary_color;
-  if (b.logo_url && (b.logo_url.startsWith("https://") || b.logo_url.startsWith("/"))) {
+  const logo = b.logo_url || "";
+  if ((logo.startsWith("https://") || (logo.startsWith("/") && !logo.startsWith("//"))) && !logo.includes("\\")) {
     head.append(el("img", { src: b.logo_url, alt: `${b.company_name || t.id} logo`, width: "40", height: "40" }));
   }
   head.append(el("strong", { text: b.company_name || t.id }));
@@ -539,31 +547,38 @@ async function migrationsView(jobId) {
     field("Tenants at once", concurrency), el("button", { type: "submit", id: "migrate-all", text: "Migrate all tenants" }));
   const current = el("div", { "aria-live": "polite" });
   const history = el("div");
-  setView("Migrations", section("Migrate every tenant", start), section("Progress", current), section("Earlier runs", history));
+  const view = setView("Migrations", section("Migrate every tenant", start), section("Progress", current), section("Earlier runs", history));
   const load = async () => {
     let list;
-    try { list = await api("GET", "/api/admin/migrations"); } catch (error) { return failed(error); }
+    let shown = null;
+    try {
+      list = await api("GET", "/api/admin/migrations");
+      const id = jobId || (list.jobs[0] && list.jobs[0].id);
+      if (id) shown = await api("GET", `/api/admin/migrations/${enc(id)}`);
+    } catch (error) { return view === state.view && failed(error); }
+    if (view !== state.view) return;
     const jobs = list.jobs;
-    const shown = jobId ? jobs.find((j) => String(j.id) === String(jobId)) : jobs[0];
     current.replaceChildren(shown ? jobPanel(shown) : el("p", { text: "No run yet on this replica." }));
     history.replaceChildren(jobs.length ? el("ul", {}, jobs.map((j) => el("li", {},
       el("a", { href: `#/migrations/${j.id}`, text: `Run ${j.id}` }),
       ` · ${j.status} · ${j.total} tenants · ${j.failed} failed · ${new Date(j.started_at).toLocaleString()}`))) :
       el("p", { text: "None." }));
     if (!shown || shown.status === "finished") stopTimer();
+    return shown;
   };
-  await load();
-  if (!state.timer) every(1000, load);
+  const first = await load();
+  if (first && first.status === "running") every(view, 1000, load);
 }
 
 // ---- servers --------------------------------------------------------------------------------
 
 async function serversView() {
   const body = el("div", {}, el("p", { text: "Loading…" }));
-  setView("Servers", body);
+  const view = setView("Servers", body);
   const load = async () => {
     let p;
-    try { p = await api("GET", "/api/admin/pools"); } catch (error) { return failed(error); }
+    try { p = await api("GET", "/api/admin/pools"); } catch (error) { return view === state.view && failed(error); }
+    if (view !== state.view) return;
     body.replaceChildren(
       section("Servers", p.servers.length === 0 ? el("p", { text: "No connection made yet." }) :
         table(["Server", "Limit", "Open", "In use", "Idle", "Waiting", "Peak", "Opened", "Timeouts"], p.servers.map((s) => el("tr", {},
@@ -579,7 +594,7 @@ async function serversView() {
       ])));
   };
   await load();
-  every(5000, load);
+  every(view, 5000, load);
 }
 
 // ---- routing --------------------------------------------------------------------------------
@@ -588,7 +603,8 @@ function route() {
   if (!state.csrf) return;
   const hash = location.hash || "#/tenants";
   const path = hash.split("?")[0];
-  const parts = path.replace(/^#\/?/, "").split("/").map(decodeURIComponent);
+  let parts;
+  try { parts = path.replace(/^#\/?/, "").split("/").map(decodeURIComponent); } catch (error) { parts = ["tenants"]; }
   for (const link of document.querySelectorAll("[data-nav]")) {
     if (link.dataset.nav === (parts[0] === "tenant" ? "tenants" : parts[0])) link.setAttribute("aria-current", "page");
     else link.removeAttribute("aria-current");
@@ -598,7 +614,9 @@ function route() {
     return setView("Not available", el("p", { text: "This service runs as one tenant (MULTI_TENANT_ENABLED=false): tenants cannot be provisioned or migrated here." }));
   }
   switch (parts[0]) {
-    case "tenant": return tenantView(parts[1]);
+    case "tenant":
+      if (!/^[a-z0-9][a-z0-9_-]{0,62}$/.test(parts[1] || "")) return setView("No such tenant", el("p", { text: "That is not a tenant id." }));
+      return tenantView(parts[1]);
     case "new": return provisionView();
     case "migrations": return migrationsView(parts[1]);
     case "servers": return serversView();
