@@ -81,6 +81,24 @@ pub enum TenantCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Move a PostgreSQL tenant to another database or server while it serves:
+    /// copy (logical replication), catch up, pause its writes for the switch, switch.
+    /// Run it again to resume a move that failed or was cut short. The old storage
+    /// is kept, read-only, until --confirm.
+    Move {
+        id: String,
+        /// The target database URL (postgres://…), same isolation.
+        #[arg(long, required_unless_present_any = ["confirm", "abort"])]
+        to: Option<String>,
+        /// After the switch: drop the old storage and forget the move.
+        #[arg(long, conflicts_with_all = ["to", "abort"])]
+        confirm: bool,
+        /// Before the switch: stop, the tenant staying where it is.
+        #[arg(long, conflicts_with_all = ["to", "confirm"])]
+        abort: bool,
+    },
+    /// The moves under way or waiting for --confirm.
+    Moves,
     /// Remove a tenant added at run time.
     Delete {
         id: String,

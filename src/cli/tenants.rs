@@ -107,6 +107,18 @@ pub async fn tenants(settings: Settings, command: TenantCommand) -> ExitCode {
                 .map_err(|e| e.to_string())
         }
         TenantCommand::AddUser(args) => add_user(&ctx, args).await,
+        TenantCommand::Move {
+            id,
+            to,
+            confirm,
+            abort,
+        } => move_tenant(&ctx, &id, to.as_deref(), confirm, abort).await,
+        TenantCommand::Moves => ctx
+            .lifecycle
+            .moves()
+            .await
+            .map(|moves| println!("{:#}", json!({ "moves": moves })))
+            .map_err(|e| e.to_string()),
         TenantCommand::Usage { id, from, to, json } => {
             usage(&ctx, &id, from.as_deref(), to.as_deref(), json).await
         }
@@ -241,5 +253,55 @@ async fn usage(
         t.active_users,
         storage(t.storage_bytes)
     );
+    Ok(())
+}
+
+async fn move_tenant(
+    ctx: &Context,
+    id: &str,
+    to: Option<&str>,
+    confirm: bool,
+    abort: bool,
+) -> Result<(), String> {
+    if confirm {
+        ctx.lifecycle
+            .confirm_move(id)
+            .await
+            .map_err(|e| e.to_string())?;
+        println!("move of {id} confirmed: the old storage was dropped");
+        return Ok(());
+    }
+    if abort {
+        ctx.lifecycle
+            .abort_move(id)
+            .await
+            .map_err(|e| e.to_string())?;
+        println!("move of {id} aborted: it stays where it was");
+        return Ok(());
+    }
+    let to = to.ok_or("--to is required")?;
+    // Drawn only when standard error is a terminal; each step is also logged.
+    let bar =
+        indicatif::ProgressBar::with_draw_target(Some(4), indicatif::ProgressDrawTarget::stderr());
+    let progress = |step: crate::lifecycle::moves::MoveStep| {
+        use crate::lifecycle::moves::MoveStep as S;
+        let (position, message) = match &step {
+            S::Preparing => (0, "preparing the target".to_string()),
+            S::Copying { tables } => (1, format!("copying {tables} tables")),
+            S::Switching => (2, "catching up and switching".to_string()),
+            S::Switched { pause_ms } => (3, format!("switched; writes paused {pause_ms} ms")),
+            S::Cleaned => (4, "replication removed".to_string()),
+        };
+        eprintln!("move {id}: {message}");
+        bar.set_position(position);
+        bar.set_message(message);
+    };
+    let outcome = ctx
+        .lifecycle
+        .move_tenant(id, to, &progress)
+        .await
+        .map_err(|e| crate::lifecycle::moves::describe(&e))?;
+    bar.finish_and_clear();
+    println!("{:#}", json!(outcome));
     Ok(())
 }

@@ -14,9 +14,11 @@ use serde_json::Value;
 
 use std::sync::Arc;
 
+pub mod moves;
 pub mod notify;
 mod usage;
 
+pub use moves::MoveRecord;
 pub use notify::{Change, ChangeFeed};
 pub use usage::{ActiveUser, UsageCounts, UsageDay};
 

@@ -88,12 +88,15 @@ pub fn is_unavailable(err: &DbErr) -> bool {
             Some(E::Database(db)) => db.code().is_some_and(|code| {
                 // 08: connection exception; 57P: operator intervention (shutdown,
                 // terminated); 53300: too many connections; 3D000: no such database;
-                // 3F000: no such schema; SQLite 5/6: busy/locked.
+                // 3F000: no such schema; 25006: read-only (a tenant's old storage,
+                // frozen by a move: its new one is being switched to); SQLite 5/6:
+                // busy/locked.
                 code.starts_with("08")
                     || code.starts_with("57P")
                     || code == "53300"
                     || code == "3D000"
                     || code == "3F000"
+                    || code == "25006"
                     || code == "5"
                     || code == "6"
             }),

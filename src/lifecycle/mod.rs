@@ -6,6 +6,7 @@
 //! base) with the control database's rows on top: a row replaces a base entry with
 //! the same id (a change made through the API to a file tenant).
 
+pub mod moves;
 mod provision;
 mod recovery;
 mod reload;

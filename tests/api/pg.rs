@@ -139,7 +139,8 @@ impl PgCluster {
     fn pg_ctl_start(&mut self, max_connections: u32) {
         let options = format!(
             "-c listen_addresses=127.0.0.1 -p {} -k {} -c max_connections={max_connections} \
-             -c superuser_reserved_connections=0 -c fsync=off -c synchronous_commit=off",
+             -c superuser_reserved_connections=0 -c fsync=off -c synchronous_commit=off \
+             -c wal_level=logical",
             self.port,
             self.dir.path().display()
         );

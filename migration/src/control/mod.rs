@@ -9,6 +9,7 @@ mod m20261124_100002_add_provisioning_claims;
 mod m20261124_100003_create_initialised_storage;
 mod m20261201_100004_create_tenant_usage;
 mod m20261202_100005_notify_tenant_changes;
+mod m20261202_100006_create_tenant_moves;
 
 /// Builds and upgrades the control database.
 pub struct ControlMigrator;
@@ -22,6 +23,7 @@ impl MigratorTrait for ControlMigrator {
             Box::new(m20261124_100003_create_initialised_storage::Migration),
             Box::new(m20261201_100004_create_tenant_usage::Migration),
             Box::new(m20261202_100005_notify_tenant_changes::Migration),
+            Box::new(m20261202_100006_create_tenant_moves::Migration),
         ]
     }
 

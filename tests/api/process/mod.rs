@@ -8,6 +8,7 @@ mod cli;
 mod crashes;
 mod logs;
 mod memory;
+mod moves;
 mod recovery;
 mod secrets;
 mod startup;

@@ -1,0 +1,663 @@
+//! Moving a tenant to another PostgreSQL server while it serves (`tenants move`).
+//!
+//! 1. The move is recorded in the control database (`tenant_moves`).
+//! 2. The target storage is made and migrated; the tenant's tables are published on
+//!    the source and subscribed to on the target (logical replication), which copies
+//!    them and then streams every later write.
+//! 3. The switch: the source's tables are locked against writes (reads go on); a
+//!    marker row written after the lock reaches the target, so the target has every
+//!    committed write; the source's tables get triggers that refuse writes (SQLSTATE
+//!    25006, a 503 for clients), and the lock is released; then the tenant's URL is
+//!    switched in the control database, which tells every replica at once.
+//! 4. Replication is removed; the source is kept, read-only, until the operator
+//!    confirms (`--confirm` drops it).
+//!
+//! Each step can be run again: a rerun resumes (a crash before the freeze leaves the
+//! tenant served from the source, with a copy to start over; after it, the switch is
+//! made). A failure before the switch leaves the tenant on its source, writable.
+
+use std::time::{Duration, Instant};
+
+use sea_orm::{
+    ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbBackend, DbErr, Statement,
+};
+
+use super::Lifecycle;
+use crate::{
+    db::{self, quote_ident},
+    error::{AppError, Result},
+    secret::Secret,
+    tenant::TenantConfig,
+};
+
+/// The marker table a move writes through replication (in the tenant's schema).
+const MARKER: &str = "tenant_router_move";
+/// The function the freeze triggers call.
+const FROZEN: &str = "tenant_router_frozen";
+
+/// How long the initial copy may take before the attempt gives up.
+const SYNC_TIMEOUT: Duration = Duration::from_secs(600);
+/// How long writes may be held at the switch before the attempt gives up (and
+/// releases them on the source).
+const CATCH_UP_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Where a move is, for progress reports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MoveStep {
+    Preparing,
+    Copying { tables: usize },
+    Switching,
+    Switched { pause_ms: u64 },
+    Cleaned,
+}
+
+/// The result of a move.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct MoveOutcome {
+    pub tenant_id: String,
+    /// `host:port` of the old and new servers.
+    pub from: String,
+    pub to: String,
+    pub tables: usize,
+    /// How long writes were held at the switch.
+    pub pause_ms: u64,
+    /// The old storage is kept, read-only, until `--confirm`.
+    pub source_kept: bool,
+}
+
+fn server_of(url: &str) -> String {
+    url::Url::parse(url)
+        .ok()
+        .map(|u| {
+            format!(
+                "{}:{}",
+                u.host_str().unwrap_or(""),
+                u.port().unwrap_or(5432)
+            )
+        })
+        .unwrap_or_default()
+}
+
+/// The names a move of `tenant` uses on both servers: short, fixed per tenant.
+fn replication_name(tenant: &TenantConfig) -> String {
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::digest(tenant.id.as_str().as_bytes());
+    let hex: String = digest.iter().take(8).map(|b| format!("{b:02x}")).collect();
+    format!("tr_move_{hex}")
+}
+
+/// A libpq connection string for `url`, as a subscription needs it.
+fn conninfo(url: &str) -> Result<String> {
+    let parsed = url::Url::parse(url).map_err(|_| AppError::validation("to", "invalid URL"))?;
+    let quote = |v: &str| format!("'{}'", v.replace('\\', "\\\\").replace('\'', "\\'"));
+    let decode = |v: &str| percent_decode(v);
+    let mut parts = vec![
+        format!("host={}", quote(parsed.host_str().unwrap_or("localhost"))),
+        format!("port={}", quote(&parsed.port().unwrap_or(5432).to_string())),
+        format!(
+            "dbname={}",
+            quote(&decode(parsed.path().trim_start_matches('/')))
+        ),
+    ];
+    if !parsed.username().is_empty() {
+        parts.push(format!("user={}", quote(&decode(parsed.username()))));
+    }
+    if let Some(password) = parsed.password() {
+        parts.push(format!("password={}", quote(&decode(password))));
+    }
+    for (key, value) in parsed.query_pairs() {
+        if key == "sslmode" {
+            parts.push(format!("sslmode={}", quote(&value)));
+        }
+    }
+    Ok(parts.join(" "))
+}
+
+fn percent_decode(v: &str) -> String {
+    url::form_urlencoded::parse(format!("x={}", v.replace('+', "%2B")).as_bytes())
+        .next()
+        .map(|(_, v)| v.into_owned())
+        .unwrap_or_default()
+}
+
+/// A SQL string literal.
+fn literal(v: &str) -> String {
+    format!("'{}'", v.replace('\'', "''"))
+}
+
+async fn connect(url: &str) -> Result<DatabaseConnection, DbErr> {
+    let mut options = ConnectOptions::new(url.to_string());
+    options
+        .max_connections(2)
+        .min_connections(0)
+        .connect_timeout(Duration::from_secs(5))
+        .sqlx_logging(false);
+    Database::connect(options).await
+}
+
+async fn query_i64(db: &DatabaseConnection, sql: &str) -> Result<i64, DbErr> {
+    let row = db
+        .query_one_raw(Statement::from_string(DbBackend::Postgres, sql.to_string()))
+        .await?
+        .ok_or_else(|| DbErr::Custom("no row".into()))?;
+    row.try_get_by_index::<i64>(0)
+}
+
+/// The tenant's tables in `schema`, without the migration table and the marker.
+async fn tables(db: &DatabaseConnection, schema: &str) -> Result<Vec<String>, DbErr> {
+    let rows = db
+        .query_all_raw(Statement::from_sql_and_values(
+            DbBackend::Postgres,
+            "SELECT table_name::text FROM information_schema.tables \
+             WHERE table_schema = $1 AND table_type = 'BASE TABLE' \
+             AND table_name NOT IN ('seaql_migrations', 'tenant_router_move') ORDER BY 1",
+            [schema.into()],
+        ))
+        .await?;
+    rows.iter()
+        .map(|r| r.try_get_by_index::<String>(0))
+        .collect()
+}
+
+/// Whether the source's tables refuse writes (a move froze them).
+async fn is_frozen(db: &DatabaseConnection, schema: &str) -> Result<bool, DbErr> {
+    let sql = format!(
+        "SELECT count(*) FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace \
+         WHERE p.proname = '{FROZEN}' AND n.nspname = {}",
+        literal(schema)
+    );
+    Ok(query_i64(db, &sql).await? > 0)
+}
+
+fn qualified(schema: &str, table: &str) -> String {
+    format!("{}.{}", quote_ident(schema), quote_ident(table))
+}
+
+/// Removes the subscription on the target and the slot and publication on the
+/// source, if they exist.
+async fn drop_replication(
+    source: &DatabaseConnection,
+    target: &DatabaseConnection,
+    name: &str,
+) -> Result<(), DbErr> {
+    let subscribed = query_i64(
+        target,
+        &format!(
+            "SELECT count(*) FROM pg_subscription WHERE subname = {}",
+            literal(name)
+        ),
+    )
+    .await?;
+    if subscribed > 0 {
+        target
+            .execute_unprepared(&format!("ALTER SUBSCRIPTION {name} DISABLE"))
+            .await?;
+        target
+            .execute_unprepared(&format!("ALTER SUBSCRIPTION {name} SET (slot_name = NONE)"))
+            .await?;
+        target
+            .execute_unprepared(&format!("DROP SUBSCRIPTION {name}"))
+            .await?;
+    }
+    let slots = query_i64(
+        source,
+        &format!(
+            "SELECT count(*) FROM pg_replication_slots WHERE slot_name = {}",
+            literal(name)
+        ),
+    )
+    .await?;
+    if slots > 0 {
+        source
+            .execute_unprepared(&format!(
+                "SELECT pg_drop_replication_slot({})",
+                literal(name)
+            ))
+            .await?;
+    }
+    source
+        .execute_unprepared(&format!("DROP PUBLICATION IF EXISTS {name}"))
+        .await?;
+    Ok(())
+}
+
+impl Lifecycle {
+    /// Moves tenant `id` to the PostgreSQL database at `target` (same isolation:
+    /// its own database, or its schema in that database), copying while it serves
+    /// and pausing its writes only for the switch. Run again after a failure or a
+    /// crash, it resumes.
+    pub async fn move_tenant(
+        &self,
+        id: &str,
+        target: &str,
+        progress: &(dyn Fn(MoveStep) + Send + Sync),
+    ) -> Result<MoveOutcome> {
+        let tenant = self.existing(id)?;
+        let source_url = tenant.database_url.expose().to_string();
+        if !source_url.starts_with("postgres") {
+            return Err(AppError::validation(
+                "id",
+                "only a PostgreSQL tenant can be moved this way (a SQLite tenant is not supported yet)",
+            ));
+        }
+        crate::tenant::check_database_url(target).map_err(|m| AppError::validation("to", m))?;
+        let target_url =
+            db::prepare_url(target).map_err(|_| AppError::validation("to", "invalid URL"))?;
+        if !target_url.starts_with("postgres://") {
+            return Err(AppError::validation(
+                "to",
+                "the target must be a postgres:// URL",
+            ));
+        }
+        let record = self
+            .control
+            .find_move(id)
+            .await
+            .map_err(|e| storage_error(&e))?;
+        let mut target_tenant = (*tenant).clone();
+        target_tenant.database_url = Secret::new(target_url.clone());
+        match &record {
+            None => {
+                if db::storage_key(&target_tenant)? == db::storage_key(&tenant)? {
+                    return Err(AppError::validation("to", "the tenant is already there"));
+                }
+                self.check_free(&target_tenant, Some(&tenant.id))?;
+                self.control
+                    .start_move(id, &source_url, &target_url)
+                    .await
+                    .map_err(|e| storage_error(&e))?;
+            }
+            Some(r) if r.target_url.expose() != target_url => {
+                return Err(AppError::Conflict(format!(
+                    "tenant '{id}' is being moved to another server; finish or abort that move first"
+                )));
+            }
+            Some(_) => {}
+        }
+        let source_url = record
+            .as_ref()
+            .map(|r| r.source_url.expose().to_string())
+            .unwrap_or(source_url);
+        let mut source_tenant = (*tenant).clone();
+        source_tenant.database_url = Secret::new(source_url.clone());
+        let outcome = self
+            .run_move(
+                &source_tenant,
+                &target_tenant,
+                record.as_ref().is_some_and(|r| r.state == "switched"),
+                progress,
+            )
+            .await;
+        if let Err(e) = &outcome {
+            let error = describe(e);
+            let _ = self.control.note_move_error(id, Some(error.clone())).await;
+            tracing::warn!(tenant_id = %id, %error, "the move did not finish; run it again to resume");
+        }
+        outcome
+    }
+
+    async fn run_move(
+        &self,
+        source_tenant: &TenantConfig,
+        target_tenant: &TenantConfig,
+        switched: bool,
+        progress: &(dyn Fn(MoveStep) + Send + Sync),
+    ) -> Result<MoveOutcome> {
+        let id = source_tenant.id.as_str();
+        let name = replication_name(source_tenant);
+        let schema = source_tenant
+            .schema_name()
+            .unwrap_or_else(|| "public".to_string());
+        let mut pause_ms = 0;
+        let source = connect(source_tenant.database_url.expose()).await?;
+        progress(MoveStep::Preparing);
+        // The target's storage and tables (as migrations make them).
+        db::create_tenant_database(target_tenant, &self.pools).await?;
+        let target = connect(target_tenant.database_url.expose()).await?;
+        let list = tables(&source, &schema).await?;
+        if !switched {
+            if !is_frozen(&source, &schema).await? {
+                self.copy(
+                    &source,
+                    &target,
+                    &schema,
+                    &name,
+                    &list,
+                    source_tenant,
+                    progress,
+                )
+                .await?;
+                progress(MoveStep::Switching);
+                pause_ms = self.freeze(&source, &target, &schema, &list).await?;
+            }
+            // Frozen: the target has every committed write. Switch.
+            let started = Instant::now();
+            if let Err(e) = self
+                .control
+                .switch_move(target_tenant, pause_ms as i64)
+                .await
+            {
+                // Not switched: the source takes writes again.
+                unfreeze(&source, &schema, &list).await?;
+                return Err(storage_error(&e));
+            }
+            pause_ms += started.elapsed().as_millis() as u64;
+            self.registry.upsert(target_tenant.clone()).await;
+            tracing::info!(tenant_id = %id, pause_ms, from = %server_of(source_tenant.database_url.expose()), to = %server_of(target_tenant.database_url.expose()), "tenant moved");
+            progress(MoveStep::Switched { pause_ms });
+        }
+        drop_replication(&source, &target, &name).await?;
+        for (db, label) in [(&source, "source"), (&target, "target")] {
+            if let Err(e) = db
+                .execute_unprepared(&format!(
+                    "DROP TABLE IF EXISTS {}",
+                    qualified(&schema, MARKER)
+                ))
+                .await
+            {
+                tracing::warn!(tenant_id = %id, error = %db::redact_error(&e), "{label}: cannot drop the move's marker table");
+            }
+        }
+        let _ = source.close().await;
+        let _ = target.close().await;
+        progress(MoveStep::Cleaned);
+        Ok(MoveOutcome {
+            tenant_id: id.to_string(),
+            from: server_of(source_tenant.database_url.expose()),
+            to: server_of(target_tenant.database_url.expose()),
+            tables: list.len(),
+            pause_ms,
+            source_kept: true,
+        })
+    }
+
+    /// Starts (again) the copy: a fresh publication and subscription, the target's
+    /// tables emptied first (it serves nothing yet), and waits for the initial copy.
+    #[allow(clippy::too_many_arguments)]
+    async fn copy(
+        &self,
+        source: &DatabaseConnection,
+        target: &DatabaseConnection,
+        schema: &str,
+        name: &str,
+        list: &[String],
+        source_tenant: &TenantConfig,
+        progress: &(dyn Fn(MoveStep) + Send + Sync),
+    ) -> Result<()> {
+        drop_replication(source, target, name).await?;
+        let marker = format!(
+            "CREATE TABLE IF NOT EXISTS {} (nonce text PRIMARY KEY)",
+            qualified(schema, MARKER)
+        );
+        source.execute_unprepared(&marker).await?;
+        target.execute_unprepared(&marker).await?;
+        let mut all: Vec<String> = list.iter().map(|t| qualified(schema, t)).collect();
+        all.push(qualified(schema, MARKER));
+        target
+            .execute_unprepared(&format!("TRUNCATE {} CASCADE", all.join(", ")))
+            .await?;
+        source
+            .execute_unprepared(&format!(
+                "CREATE PUBLICATION {name} FOR TABLE {}",
+                all.join(", ")
+            ))
+            .await?;
+        let connection = conninfo(source_tenant.database_url.expose())?;
+        target
+            .execute_unprepared(&format!(
+                "CREATE SUBSCRIPTION {name} CONNECTION {} PUBLICATION {name} WITH (copy_data = true)",
+                literal(&connection)
+            ))
+            .await
+            .map_err(|e| AppError::internal(db::redact_error(&e)))?;
+        progress(MoveStep::Copying { tables: all.len() });
+        let deadline = Instant::now() + SYNC_TIMEOUT;
+        let pending = format!(
+            "SELECT count(*) FROM pg_subscription_rel r JOIN pg_subscription s ON s.oid = r.srsubid \
+             WHERE s.subname = {} AND r.srsubstate <> 'r'",
+            literal(name)
+        );
+        let known = format!(
+            "SELECT count(*) FROM pg_subscription_rel r JOIN pg_subscription s ON s.oid = r.srsubid \
+             WHERE s.subname = {}",
+            literal(name)
+        );
+        loop {
+            if query_i64(target, &known).await? as usize == all.len()
+                && query_i64(target, &pending).await? == 0
+            {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                return Err(AppError::internal(
+                    "the initial copy did not finish in time",
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Holds the source's writes, waits until the target has them all, and makes
+    /// the source refuse writes from then on; returns how long writes were held.
+    async fn freeze(
+        &self,
+        source: &DatabaseConnection,
+        target: &DatabaseConnection,
+        schema: &str,
+        list: &[String],
+    ) -> Result<u64> {
+        use sea_orm::TransactionTrait;
+        let all: Vec<String> = list.iter().map(|t| qualified(schema, t)).collect();
+        // All the tables at once or none (NOWAIT), tried again until they come:
+        // waiting for one table while holding others would deadlock with a write
+        // that takes them in another order.
+        let deadline = Instant::now() + CATCH_UP_TIMEOUT;
+        let lock = format!("LOCK TABLE {} IN EXCLUSIVE MODE NOWAIT", all.join(", "));
+        let txn = loop {
+            let txn = source.begin().await?;
+            match txn.execute_unprepared(&lock).await {
+                Ok(_) => break txn,
+                Err(e)
+                    if db::sql_state(&e).as_deref() == Some("55P03")
+                        && Instant::now() < deadline =>
+                {
+                    txn.rollback().await?;
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        };
+        let held = Instant::now();
+        // Written after the lock: once the target has it, it has every write
+        // committed before, since replication applies in commit order.
+        let nonce = uuid::Uuid::new_v4().simple().to_string();
+        // Flushed at commit whatever the server's synchronous_commit, so that it
+        // is sent to the target at once (WAL is sent once flushed).
+        let marker = source.begin().await?;
+        marker
+            .execute_unprepared("SET LOCAL synchronous_commit = on")
+            .await?;
+        marker
+            .execute_unprepared(&format!(
+                "INSERT INTO {} VALUES ({})",
+                qualified(schema, MARKER),
+                literal(&nonce)
+            ))
+            .await?;
+        marker.commit().await?;
+        let seen = format!(
+            "SELECT count(*) FROM {} WHERE nonce = {}",
+            qualified(schema, MARKER),
+            literal(&nonce)
+        );
+        let deadline = held + CATCH_UP_TIMEOUT;
+        while query_i64(target, &seen).await? == 0 {
+            if Instant::now() > deadline {
+                txn.rollback().await?;
+                return Err(AppError::internal(
+                    "the target did not catch up in time; writes were released",
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        txn.execute_unprepared(&format!(
+            "CREATE OR REPLACE FUNCTION {}.{FROZEN}() RETURNS trigger LANGUAGE plpgsql AS $$ \
+             BEGIN RAISE EXCEPTION 'this tenant has moved to another server' USING ERRCODE = '25006'; END $$",
+            quote_ident(schema)
+        ))
+        .await?;
+        for table in &all {
+            txn.execute_unprepared(&format!(
+                "CREATE TRIGGER {FROZEN} BEFORE INSERT OR UPDATE OR DELETE OR TRUNCATE ON {table} \
+                 FOR EACH STATEMENT EXECUTE FUNCTION {}.{FROZEN}()",
+                quote_ident(schema)
+            ))
+            .await?;
+        }
+        txn.commit().await?;
+        Ok(held.elapsed().as_millis() as u64)
+    }
+}
+
+/// Lets the source take writes again (a switch that did not happen).
+async fn unfreeze(source: &DatabaseConnection, schema: &str, list: &[String]) -> Result<(), DbErr> {
+    for table in list {
+        source
+            .execute_unprepared(&format!(
+                "DROP TRIGGER IF EXISTS {FROZEN} ON {}",
+                qualified(schema, table)
+            ))
+            .await?;
+    }
+    source
+        .execute_unprepared(&format!(
+            "DROP FUNCTION IF EXISTS {}.{FROZEN}()",
+            quote_ident(schema)
+        ))
+        .await
+        .map(|_| ())
+}
+
+/// An error as an operator should read it: the detail of an internal error
+/// (credentials removed) rather than the client's "internal error".
+pub fn describe(e: &AppError) -> String {
+    match e {
+        AppError::Internal { detail } => crate::secret::redact(detail),
+        other => other.to_string(),
+    }
+}
+
+fn storage_error(e: &DbErr) -> AppError {
+    AppError::internal(format!("control database: {}", db::redact_error(e)))
+}
+
+/// A recorded move, as operators see it (no URL).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct MoveView {
+    pub tenant_id: String,
+    pub from: String,
+    pub to: String,
+    /// `copying` (not switched yet: served from the source) or `switched` (served
+    /// from the target; the source is kept read-only until confirmed).
+    pub state: String,
+    pub pause_ms: Option<i64>,
+    pub error: Option<String>,
+    pub started_at: chrono::DateTime<chrono::Utc>,
+    pub updated_at: chrono::DateTime<chrono::Utc>,
+}
+
+impl Lifecycle {
+    /// Every recorded move.
+    pub async fn moves(&self) -> Result<Vec<MoveView>> {
+        let records = self.control.moves().await.map_err(|e| storage_error(&e))?;
+        Ok(records
+            .into_iter()
+            .map(|r| MoveView {
+                from: server_of(r.source_url.expose()),
+                to: server_of(r.target_url.expose()),
+                tenant_id: r.tenant_id,
+                state: r.state,
+                pause_ms: r.pause_ms,
+                error: r.error,
+                started_at: r.started_at,
+                updated_at: r.updated_at,
+            })
+            .collect())
+    }
+
+    /// After a switch: drops the old storage (read-only since the switch) and
+    /// forgets the move.
+    pub async fn confirm_move(&self, id: &str) -> Result<()> {
+        let tenant = self.existing(id)?;
+        let record = self
+            .control
+            .find_move(id)
+            .await
+            .map_err(|e| storage_error(&e))?
+            .ok_or_else(|| AppError::NotFound(format!("tenant '{id}' is not being moved")))?;
+        if record.state != "switched" {
+            return Err(AppError::Conflict(format!(
+                "the move of '{id}' has not switched yet: run it to the end, or abort it"
+            )));
+        }
+        let mut source = (*tenant).clone();
+        source.database_url = record.source_url.clone();
+        db::drop_storage(&source, &self.pools).await?;
+        if let Some(key) = db::storage_key(&source)? {
+            self.control
+                .forget_storage(&key)
+                .await
+                .map_err(|e| storage_error(&e))?;
+        }
+        self.control
+            .finish_move(id)
+            .await
+            .map_err(|e| storage_error(&e))?;
+        tracing::info!(tenant_id = %id, "move confirmed: the old storage was dropped");
+        Ok(())
+    }
+
+    /// Before a switch: stops the move, the tenant staying on its source (made
+    /// writable again if a cut-short switch left it frozen). The target's copy is
+    /// kept for the operator to drop.
+    pub async fn abort_move(&self, id: &str) -> Result<()> {
+        let tenant = self.existing(id)?;
+        let record = self
+            .control
+            .find_move(id)
+            .await
+            .map_err(|e| storage_error(&e))?
+            .ok_or_else(|| AppError::NotFound(format!("tenant '{id}' is not being moved")))?;
+        if record.state == "switched" {
+            return Err(AppError::Conflict(format!(
+                "the move of '{id}' has switched: confirm it instead"
+            )));
+        }
+        let schema = tenant.schema_name().unwrap_or_else(|| "public".to_string());
+        let source = connect(record.source_url.expose()).await?;
+        let list = tables(&source, &schema).await?;
+        unfreeze(&source, &schema, &list).await?;
+        match connect(record.target_url.expose()).await {
+            Ok(target) => {
+                drop_replication(&source, &target, &replication_name(&tenant)).await?;
+                let _ = target.close().await;
+            }
+            Err(e) => {
+                tracing::warn!(tenant_id = %id, error = %db::redact_error(&e), "abort: the target does not answer; its subscription is left")
+            }
+        }
+        source
+            .execute_unprepared(&format!(
+                "DROP TABLE IF EXISTS {}",
+                qualified(&schema, MARKER)
+            ))
+            .await?;
+        let _ = source.close().await;
+        self.control
+            .finish_move(id)
+            .await
+            .map_err(|e| storage_error(&e))?;
+        tracing::info!(tenant_id = %id, "move aborted: the tenant stays on its source");
+        Ok(())
+    }
+}

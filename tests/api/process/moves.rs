@@ -1,0 +1,434 @@
+//! `tenants move`: a PostgreSQL tenant moved to another server while three
+//! replicas serve it and a writer keeps inserting through all of them; and the
+//! move killed with SIGKILL at several points, then run again.
+
+use std::{
+    path::Path,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use reqwest::Method;
+use serde_json::{Value, json};
+
+use super::command;
+use crate::{
+    helpers::{AppSpec, TEST_SECRET_KEY, TestApp, spawn_app_with},
+    pg::{self, PgCluster},
+};
+
+/// What the writer saw: the names of the products each replica acknowledged
+/// (2xx), the refused attempts, and the longest stretch without an acknowledged
+/// write while it kept trying.
+#[derive(Default)]
+struct Writes {
+    acknowledged: Vec<String>,
+    refused: usize,
+    longest_gap: Duration,
+}
+
+/// Inserts products through the replicas in turn, one at a time, until `stop`
+/// or `limit` writes; a refused write is tried again (under a new name) at once.
+async fn writer(
+    apps: Vec<String>,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    limit: usize,
+) -> Writes {
+    writer_of("moving".into(), apps, stop, limit).await
+}
+
+async fn writer_of(
+    tenant: String,
+    apps: Vec<String>,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    limit: usize,
+) -> Writes {
+    let client = reqwest::Client::new();
+    let mut writes = Writes::default();
+    let mut last_ok = Instant::now();
+    let started = Instant::now();
+    for i in 0..limit {
+        if stop.load(std::sync::atomic::Ordering::Relaxed)
+            || started.elapsed() > Duration::from_secs(120)
+        {
+            break;
+        }
+        let name = format!("w{i:05}");
+        let app = &apps[i % apps.len()];
+        let response = client
+            .post(format!("{app}/api/products"))
+            .header("X-Tenant-ID", &tenant)
+            .json(&json!({ "name": name, "price": 1.0 }))
+            .timeout(Duration::from_secs(10))
+            .send()
+            .await;
+        match response {
+            Ok(r) if r.status().is_success() => {
+                writes.acknowledged.push(name);
+                writes.longest_gap = writes.longest_gap.max(last_ok.elapsed());
+                last_ok = Instant::now();
+            }
+            _ => writes.refused += 1,
+        }
+    }
+    writes
+}
+
+fn control_env(control: &str) -> Vec<(&'static str, &str)> {
+    vec![
+        ("CONTROL_DATABASE_URL", control),
+        ("SECRET_KEY", TEST_SECRET_KEY),
+        ("MULTI_TENANT_ENABLED", "true"),
+        ("AUTO_CREATE_DATABASES", "true"),
+    ]
+}
+
+fn run_move(dir: &Path, control: &str, args: &[&str]) -> (i32, String, String) {
+    run_move_of("moving", dir, control, args)
+}
+
+fn run_move_of(id: &str, dir: &Path, control: &str, args: &[&str]) -> (i32, String, String) {
+    let output = command(dir, &control_env(control))
+        .args(["tenants", "move", id])
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        output.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+async fn product_names(url: &str) -> Vec<String> {
+    use sea_orm::ConnectionTrait;
+    let db = pg::connect(url).await;
+    let rows = db
+        .query_all_raw(sea_orm::Statement::from_string(
+            sea_orm::DatabaseBackend::Postgres,
+            "SELECT name FROM products ORDER BY name".to_string(),
+        ))
+        .await
+        .unwrap();
+    db.close().await.unwrap();
+    rows.iter()
+        .map(|r| r.try_get_by_index::<String>(0).unwrap())
+        .collect()
+}
+
+struct Setup {
+    source_server: PgCluster,
+    target_server: PgCluster,
+    control: String,
+    source: String,
+    target: String,
+    apps: Vec<TestApp>,
+    dir: tempfile::TempDir,
+}
+
+async fn setup(replicas: usize) -> Setup {
+    let source_server = PgCluster::start(100);
+    let target_server = PgCluster::start(100);
+    pg::admin_execute(&source_server.url, "CREATE DATABASE control").await;
+    let control = pg::url_with_database(&source_server.url, "control");
+    let source = pg::url_with_database(&source_server.url, "t_moving");
+    let target = pg::url_with_database(&target_server.url, "t_moving");
+    let mut apps = Vec::new();
+    for _ in 0..replicas {
+        apps.push(
+            spawn_app_with(
+                AppSpec::from_toml("")
+                    .env("CONTROL_DATABASE_URL", &control)
+                    .env("AUTO_CREATE_DATABASES", "true"),
+            )
+            .await,
+        );
+    }
+    let response = apps[0]
+        .admin(Method::POST, "/api/admin/tenants")
+        .json(&json!({ "id": "moving", "domain": "dental", "database_url": source, "seed_demo_data": true }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 201, "{}", response.text().await.unwrap());
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("tenants.toml"), "").unwrap();
+    Setup {
+        source_server,
+        target_server,
+        control,
+        source,
+        target,
+        apps,
+        dir,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_tenant_moves_to_another_server_while_a_writer_keeps_writing_through_three_replicas() {
+    let s = setup(3).await;
+    let before = product_names(&s.source).await;
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let addresses: Vec<String> = s.apps.iter().map(|a| a.address.clone()).collect();
+    let writing = tokio::spawn(writer(addresses, stop.clone(), 5000));
+    // Some writes land before the move starts.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let (dir, control, target) = (
+        s.dir.path().to_path_buf(),
+        s.control.clone(),
+        s.target.clone(),
+    );
+    let (code, stdout, stderr) =
+        tokio::task::spawn_blocking(move || run_move(&dir, &control, &["--to", &target]))
+            .await
+            .unwrap();
+    assert_eq!(code, 0, "{stdout}\n{stderr}");
+    assert!(
+        !stdout.contains("postgres://") && !stderr.contains("cluster-pw"),
+        "{stdout}{stderr}"
+    );
+    let outcome: Value = serde_json::from_str(&stdout).unwrap();
+    // Writes go on after the switch, on the target.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let writes = writing.await.unwrap();
+
+    let on_target = product_names(&s.target).await;
+    let mut seen = std::collections::HashSet::new();
+    for name in &on_target {
+        assert!(seen.insert(name), "{name} is on the target twice");
+    }
+    for name in before.iter().chain(&writes.acknowledged) {
+        assert!(
+            seen.contains(name),
+            "{name} was acknowledged but is not on the target"
+        );
+    }
+    // Every replica serves the tenant from the target now.
+    for app in &s.apps {
+        let names = app
+            .product_names(app.as_tenant(Method::GET, "moving", "/api/products?limit=200"))
+            .await;
+        assert!(!names.is_empty());
+    }
+    // The source is kept, and refuses writes.
+    use sea_orm::ConnectionTrait;
+    let source = pg::connect(&s.source).await;
+    let refused = source
+        .execute_unprepared(
+            "INSERT INTO products (id, name, price) VALUES (gen_random_uuid(), 'late', 1)",
+        )
+        .await;
+    assert!(refused.is_err(), "the old storage takes writes");
+    source.close().await.unwrap();
+    eprintln!(
+        "move: {outcome}; {} writes acknowledged, {} refused and retried, longest pause seen by the writer {:?}",
+        writes.acknowledged.len(),
+        writes.refused,
+        writes.longest_gap
+    );
+    assert!(writes.acknowledged.len() > 20, "the writer kept writing");
+    assert!(
+        writes.longest_gap < Duration::from_secs(1),
+        "the writer waited {:?}",
+        writes.longest_gap
+    );
+
+    // Confirming drops the old storage and forgets the move.
+    let (dir, control) = (s.dir.path().to_path_buf(), s.control.clone());
+    let (code, stdout, stderr) =
+        tokio::task::spawn_blocking(move || run_move(&dir, &control, &["--confirm"]))
+            .await
+            .unwrap();
+    assert_eq!(code, 0, "{stdout}\n{stderr}");
+    let db = pg::connect(&pg::url_with_database(&s.source_server.url, "postgres")).await;
+    let row = db
+        .query_one_raw(sea_orm::Statement::from_string(
+            sea_orm::DatabaseBackend::Postgres,
+            "SELECT count(*) FROM pg_database WHERE datname = 't_moving'".to_string(),
+        ))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        row.try_get_by_index::<i64>(0).unwrap(),
+        0,
+        "the old database is dropped"
+    );
+    db.close().await.unwrap();
+    drop(s.target_server);
+}
+
+/// Where a round of the crash test kills the mover.
+#[derive(Debug, Clone, Copy)]
+enum KillAt {
+    /// Once the move is recorded.
+    Recorded,
+    /// Once the source publishes the tenant's tables.
+    Published,
+    /// Once the target subscribes.
+    Subscribed,
+    /// Once the source is frozen (in the moment before the switch).
+    Frozen,
+    /// Once the switch is recorded (before replication is removed).
+    Switched,
+    /// A fixed time after the start.
+    After(u64),
+}
+
+/// The first column of `sql`'s first row; 0 while the database does not exist.
+async fn count(url: &str, sql: &str) -> i64 {
+    use sea_orm::ConnectionTrait;
+    let Ok(db) = sea_orm::Database::connect(url).await else {
+        return 0;
+    };
+    let n = db
+        .query_one_raw(sea_orm::Statement::from_string(
+            sea_orm::DatabaseBackend::Postgres,
+            sql.to_string(),
+        ))
+        .await
+        .ok()
+        .flatten()
+        .and_then(|r| r.try_get_by_index::<i64>(0).ok())
+        .unwrap_or(0);
+    let _ = db.close().await;
+    n
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_move_killed_at_any_point_and_run_again_loses_and_duplicates_nothing() {
+    let s = setup(1).await;
+    let rounds = [
+        KillAt::Recorded,
+        KillAt::Published,
+        KillAt::Subscribed,
+        KillAt::Frozen,
+        KillAt::Switched,
+        KillAt::After(0),
+        KillAt::After(150),
+        KillAt::After(600),
+        KillAt::After(1500),
+    ];
+    let address = s.apps[0].address.clone();
+    let mut report = Vec::new();
+    for (round, kill_at) in rounds.iter().enumerate() {
+        let id = format!("crash_{round}");
+        let source = pg::url_with_database(&s.source_server.url, &format!("t_{id}"));
+        let target = pg::url_with_database(&s.target_server.url, &format!("t_{id}"));
+        let response = s.apps[0]
+            .admin(Method::POST, "/api/admin/tenants")
+            .json(&json!({ "id": id, "domain": "dental", "database_url": source }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 201);
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let writing = tokio::spawn(writer_of(
+            id.clone(),
+            vec![address.clone()],
+            stop.clone(),
+            100_000,
+        ));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+
+        let mut child = command(s.dir.path(), &control_env(&s.control))
+            .args(["tenants", "move", &id, "--to", &target])
+            .spawn()
+            .unwrap();
+        let started = Instant::now();
+        let name = id.clone();
+        let condition = |at: KillAt| {
+            let (control, source_db, target_db, name) = (
+                s.control.clone(),
+                source.clone(),
+                target.clone(),
+                name.clone(),
+            );
+            async move {
+                match at {
+                    KillAt::Recorded => {
+                        count(&control, &format!("SELECT count(*) FROM tenant_moves WHERE tenant_id = '{name}'")).await > 0
+                    }
+                    KillAt::Published => {
+                        count(&source_db, "SELECT count(*) FROM pg_publication WHERE pubname LIKE 'tr_move_%'").await > 0
+                    }
+                    KillAt::Subscribed => {
+                        count(&target_db, "SELECT count(*) FROM pg_subscription WHERE subname LIKE 'tr_move_%'").await > 0
+                    }
+                    KillAt::Frozen => {
+                        count(&source_db, "SELECT count(*) FROM pg_proc WHERE proname = 'tenant_router_frozen'").await > 0
+                    }
+                    KillAt::Switched => {
+                        count(&control, &format!("SELECT count(*) FROM tenant_moves WHERE tenant_id = '{name}' AND state = 'switched'")).await > 0
+                    }
+                    KillAt::After(ms) => started.elapsed() >= Duration::from_millis(ms),
+                }
+            }
+        };
+        let mut killed = false;
+        while started.elapsed() < Duration::from_secs(60) {
+            if child.try_wait().unwrap().is_some() {
+                break;
+            }
+            if condition(*kill_at).await {
+                let _ = child.kill();
+                killed = true;
+                break;
+            }
+        }
+        let _ = child.wait();
+
+        // Run again: it resumes (or, if the first run had finished, finishes
+        // what is left) and exits 0.
+        let (dir, control, target_url, id2) = (
+            s.dir.path().to_path_buf(),
+            s.control.clone(),
+            target.clone(),
+            id.clone(),
+        );
+        let (code, stdout, stderr) = tokio::task::spawn_blocking(move || {
+            run_move_of(&id2, &dir, &control, &["--to", &target_url])
+        })
+        .await
+        .unwrap();
+        assert_eq!(code, 0, "round {round} ({kill_at:?}): {stdout}\n{stderr}");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let writes = writing.await.unwrap();
+        let on_target = product_names(&target).await;
+        let mut seen = std::collections::HashSet::new();
+        for name in &on_target {
+            assert!(
+                seen.insert(name),
+                "round {round}: {name} twice on the target"
+            );
+        }
+        for name in &writes.acknowledged {
+            assert!(
+                seen.contains(name),
+                "round {round} ({kill_at:?}): {name} acknowledged but not on the target"
+            );
+        }
+        // Nothing is left of the replication on either server.
+        assert_eq!(
+            count(&source, "SELECT count(*) FROM pg_publication").await,
+            0
+        );
+        assert_eq!(
+            count(&source, "SELECT count(*) FROM pg_replication_slots").await,
+            0
+        );
+        assert_eq!(
+            count(&target, "SELECT count(*) FROM pg_subscription").await,
+            0
+        );
+        report.push(format!(
+            "{kill_at:?}: killed={killed}, {} writes, longest pause {:?}",
+            writes.acknowledged.len(),
+            writes.longest_gap
+        ));
+    }
+    eprintln!("{report:#?}");
+}
