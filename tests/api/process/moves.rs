@@ -101,12 +101,16 @@ fn run_move_of(id: &str, dir: &Path, control: &str, args: &[&str]) -> (i32, Stri
 }
 
 async fn product_names(url: &str) -> Vec<String> {
+    product_names_in(url, "public").await
+}
+
+async fn product_names_in(url: &str, schema: &str) -> Vec<String> {
     use sea_orm::ConnectionTrait;
     let db = pg::connect(url).await;
     let rows = db
         .query_all_raw(sea_orm::Statement::from_string(
             sea_orm::DatabaseBackend::Postgres,
-            "SELECT name FROM products ORDER BY name".to_string(),
+            format!("SELECT name FROM \"{schema}\".products ORDER BY name"),
         ))
         .await
         .unwrap();
@@ -127,12 +131,25 @@ struct Setup {
 }
 
 async fn setup(replicas: usize) -> Setup {
+    setup_with(replicas, false).await
+}
+
+/// Two servers, a control database on the first, `replicas` replicas, and the
+/// tenant `moving` on the first server: its own database, or (`schema`) schema
+/// `tenant_moving` of a shared database `shared` there. The target is the same
+/// kind of place on the second server.
+async fn setup_with(replicas: usize, schema: bool) -> Setup {
     let source_server = PgCluster::start(100);
     let target_server = PgCluster::start(100);
     pg::admin_execute(&source_server.url, "CREATE DATABASE control").await;
     let control = pg::url_with_database(&source_server.url, "control");
-    let source = pg::url_with_database(&source_server.url, "t_moving");
-    let target = pg::url_with_database(&target_server.url, "t_moving");
+    let database = if schema { "shared" } else { "t_moving" };
+    if schema {
+        pg::admin_execute(&source_server.url, "CREATE DATABASE shared").await;
+        pg::admin_execute(&target_server.url, "CREATE DATABASE shared").await;
+    }
+    let source = pg::url_with_database(&source_server.url, database);
+    let target = pg::url_with_database(&target_server.url, database);
     let mut apps = Vec::new();
     for _ in 0..replicas {
         apps.push(
@@ -146,7 +163,13 @@ async fn setup(replicas: usize) -> Setup {
     }
     let response = apps[0]
         .admin(Method::POST, "/api/admin/tenants")
-        .json(&json!({ "id": "moving", "domain": "dental", "database_url": source, "seed_demo_data": true }))
+        .json(&json!({
+            "id": "moving",
+            "domain": "dental",
+            "database_url": source,
+            "isolation": if schema { "schema" } else { "database" },
+            "seed_demo_data": true,
+        }))
         .send()
         .await
         .unwrap();
@@ -431,4 +454,56 @@ async fn a_move_killed_at_any_point_and_run_again_loses_and_duplicates_nothing()
         ));
     }
     eprintln!("{report:#?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_schema_tenant_moves_into_the_shared_database_of_another_server() {
+    let s = setup_with(2, true).await;
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let addresses: Vec<String> = s.apps.iter().map(|a| a.address.clone()).collect();
+    let writing = tokio::spawn(writer(addresses, stop.clone(), 5000));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let (dir, control, target) = (
+        s.dir.path().to_path_buf(),
+        s.control.clone(),
+        s.target.clone(),
+    );
+    let (code, stdout, stderr) =
+        tokio::task::spawn_blocking(move || run_move(&dir, &control, &["--to", &target]))
+            .await
+            .unwrap();
+    assert_eq!(code, 0, "{stdout}\n{stderr}");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let writes = writing.await.unwrap();
+    let on_target = product_names_in(&s.target, "tenant_moving").await;
+    let seen: std::collections::HashSet<&String> = on_target.iter().collect();
+    assert_eq!(seen.len(), on_target.len(), "a row twice on the target");
+    for name in &writes.acknowledged {
+        assert!(
+            seen.contains(name),
+            "{name} acknowledged but not on the target"
+        );
+    }
+    // Confirmed: the schema is dropped from the source's shared database, which
+    // stays.
+    let (dir, control) = (s.dir.path().to_path_buf(), s.control.clone());
+    let (code, stdout, stderr) =
+        tokio::task::spawn_blocking(move || run_move(&dir, &control, &["--confirm"]))
+            .await
+            .unwrap();
+    assert_eq!(code, 0, "{stdout}\n{stderr}");
+    assert_eq!(
+        count(
+            &s.source,
+            "SELECT count(*) FROM information_schema.schemata WHERE schema_name = 'tenant_moving'"
+        )
+        .await,
+        0
+    );
+    eprintln!(
+        "schema move: {} writes acknowledged, longest pause {:?}",
+        writes.acknowledged.len(),
+        writes.longest_gap
+    );
 }
