@@ -56,6 +56,8 @@ pub struct Lifecycle {
     /// `IGNORED_SUBDOMAINS`: labels no tenant may take.
     ignored_subdomains: Vec<String>,
     seen: Mutex<Option<Fingerprint>>,
+    /// Moves this process runs now, by tenant: the step each is at.
+    running_moves: Mutex<std::collections::HashMap<String, moves::MoveStep>>,
 }
 
 /// The base tenants with the control rows on top. A control row whose subdomain
@@ -124,6 +126,7 @@ impl Lifecycle {
             pools,
             ignored_subdomains,
             seen: Mutex::new(None),
+            running_moves: Mutex::new(std::collections::HashMap::new()),
         }
     }
 

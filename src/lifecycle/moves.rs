@@ -42,7 +42,8 @@ const SYNC_TIMEOUT: Duration = Duration::from_secs(600);
 const CATCH_UP_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Where a move is, for progress reports.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(tag = "step", rename_all = "snake_case")]
 pub enum MoveStep {
     Preparing,
     Copying { tables: usize },
@@ -232,23 +233,8 @@ impl Lifecycle {
         target: &str,
         progress: &(dyn Fn(MoveStep) + Send + Sync),
     ) -> Result<MoveOutcome> {
-        let tenant = self.existing(id)?;
+        let (tenant, target_url) = self.move_plan(id, target)?;
         let source_url = tenant.database_url.expose().to_string();
-        if !source_url.starts_with("postgres") {
-            return Err(AppError::validation(
-                "id",
-                "only a PostgreSQL tenant can be moved this way (a SQLite tenant is not supported yet)",
-            ));
-        }
-        crate::tenant::check_database_url(target).map_err(|m| AppError::validation("to", m))?;
-        let target_url =
-            db::prepare_url(target).map_err(|_| AppError::validation("to", "invalid URL"))?;
-        if !target_url.starts_with("postgres://") {
-            return Err(AppError::validation(
-                "to",
-                "the target must be a postgres:// URL",
-            ));
-        }
         let record = self
             .control
             .find_move(id)
@@ -294,6 +280,28 @@ impl Lifecycle {
             tracing::warn!(tenant_id = %id, %error, "the move did not finish; run it again to resume");
         }
         outcome
+    }
+
+    /// The checks a move passes before anything is done: a PostgreSQL tenant, a
+    /// valid `postgres://` target. Returns the tenant and the prepared target URL.
+    fn move_plan(&self, id: &str, target: &str) -> Result<(std::sync::Arc<TenantConfig>, String)> {
+        let tenant = self.existing(id)?;
+        if !tenant.database_url.expose().starts_with("postgres") {
+            return Err(AppError::validation(
+                "id",
+                "only a PostgreSQL tenant can be moved this way (a SQLite tenant is not supported yet)",
+            ));
+        }
+        crate::tenant::check_database_url(target).map_err(|m| AppError::validation("to", m))?;
+        let target_url =
+            db::prepare_url(target).map_err(|_| AppError::validation("to", "invalid URL"))?;
+        if !target_url.starts_with("postgres://") {
+            return Err(AppError::validation(
+                "to",
+                "the target must be a postgres:// URL",
+            ));
+        }
+        Ok((tenant, target_url))
     }
 
     async fn run_move(
@@ -564,21 +572,64 @@ pub struct MoveView {
     pub error: Option<String>,
     pub started_at: chrono::DateTime<chrono::Utc>,
     pub updated_at: chrono::DateTime<chrono::Utc>,
+    /// The step a move running in this process is at (`None`: none runs here).
+    pub running: Option<MoveStep>,
 }
 
 impl Lifecycle {
+    /// Starts moving `id` to `target` in the background, in this process; follow
+    /// it with [`Lifecycle::moves`]. 409 while this process moves it already.
+    pub fn start_move(self: &std::sync::Arc<Self>, id: &str, target: String) -> Result<()> {
+        let (tenant, _) = self.move_plan(id, &target)?;
+        {
+            let mut running = self.running_moves.lock().unwrap_or_else(|p| p.into_inner());
+            if running.contains_key(id) {
+                return Err(AppError::Conflict(format!(
+                    "tenant '{id}' is being moved already"
+                )));
+            }
+            running.insert(id.to_string(), MoveStep::Preparing);
+        }
+        let lifecycle = self.clone();
+        let id = tenant.id.to_string();
+        tokio::spawn(async move {
+            let progress = |step: MoveStep| {
+                tracing::info!(tenant_id = %id, ?step, "move");
+                lifecycle
+                    .running_moves
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(id.clone(), step);
+            };
+            let _ = lifecycle.move_tenant(&id, &target, &progress).await;
+            lifecycle
+                .running_moves
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&id);
+        });
+        Ok(())
+    }
+
     /// Every recorded move.
     pub async fn moves(&self) -> Result<Vec<MoveView>> {
         let records = self.control.moves().await.map_err(|e| storage_error(&e))?;
+        let running = self
+            .running_moves
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
         Ok(records
             .into_iter()
             .map(|r| MoveView {
+                running: running.get(&r.tenant_id).cloned(),
                 from: server_of(r.source_url.expose()),
                 to: server_of(r.target_url.expose()),
                 tenant_id: r.tenant_id,
                 state: r.state,
                 pause_ms: r.pause_ms,
                 error: r.error,
+
                 started_at: r.started_at,
                 updated_at: r.updated_at,
             })

@@ -10,6 +10,7 @@ pub mod data;
 pub mod dental;
 pub mod fleet;
 pub mod manufacturing;
+pub mod moves;
 pub mod pagination;
 pub mod products;
 pub mod records;
@@ -44,6 +45,7 @@ pub fn admin_routes(state: &AppState) -> Router<AppState> {
         .merge(admin_tenants::router())
         .merge(usage::router())
         .merge(fleet::router())
+        .merge(moves::router())
         .merge(audit::admin_router())
         .route_layer(middleware::from_fn_with_state(state.clone(), require_admin))
 }

@@ -507,3 +507,134 @@ async fn a_schema_tenant_moves_into_the_shared_database_of_another_server() {
         writes.longest_gap
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_move_started_through_the_admin_api_is_followed_and_confirmed_there() {
+    let s = setup(2).await;
+    let (a, b) = (&s.apps[0], &s.apps[1]);
+    a.create_product("moving", "made before the move", 2.0)
+        .await;
+    // Bad requests change nothing.
+    for (body, status) in [
+        (json!({ "to": "sqlite://somewhere.db" }), 422),
+        (json!({ "to": "not a url" }), 422),
+        (json!({ "to": s.target, "extra": 1 }), 422),
+    ] {
+        let response = a
+            .admin(Method::POST, "/api/admin/tenants/moving/move")
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), status, "{body}");
+    }
+    let response = a
+        .admin(Method::POST, "/api/admin/tenants/moving/move/confirm")
+        .send()
+        .await
+        .unwrap();
+    crate::helpers::assert_error(response, 404, "not_found").await;
+
+    let response = a
+        .admin(Method::POST, "/api/admin/tenants/moving/move")
+        .json(&json!({ "to": s.target }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 202);
+    // Followed from the other replica: the record is in the control database.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let record = loop {
+        let moves: Value = b
+            .admin(Method::GET, "/api/admin/moves")
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let text = moves.to_string();
+        assert!(
+            !text.contains("postgres://") && !text.contains("cluster-pw"),
+            "{text}"
+        );
+        if moves["moves"][0]["state"] == "switched" {
+            break moves["moves"][0].clone();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the move did not switch: {moves}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(record["pause_ms"].as_i64().unwrap() >= 0, "{record}");
+    assert_eq!(record["to"], format!("127.0.0.1:{}", s.target_server.port));
+    let names = product_names(&s.target).await;
+    assert!(
+        names.contains(&"made before the move".to_string()),
+        "{names:?}"
+    );
+    // Both replicas serve it from the target.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let response = b
+            .as_tenant(Method::POST, "moving", "/api/products")
+            .json(&json!({ "name": "made after the move", "price": 1.0 }))
+            .send()
+            .await
+            .unwrap();
+        if response.status().is_success() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no write after the move: {}",
+            response.status()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        product_names(&s.target)
+            .await
+            .contains(&"made after the move".to_string())
+    );
+    // Aborting a switched move is refused; confirming it ends it.
+    let response = a
+        .admin(Method::POST, "/api/admin/tenants/moving/move/abort")
+        .send()
+        .await
+        .unwrap();
+    crate::helpers::assert_error(response, 409, "conflict").await;
+    // The move's background task may still be removing the replication.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let moves: Value = a
+            .admin(Method::GET, "/api/admin/moves")
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if moves["moves"][0]["running"].is_null() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the move kept running: {moves}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let response = a
+        .admin(Method::POST, "/api/admin/tenants/moving/move/confirm")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 204);
+    let moves: Value = a
+        .admin(Method::GET, "/api/admin/moves")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(moves["moves"], json!([]));
+}
