@@ -85,6 +85,7 @@ pub fn is_unavailable(err: &DbErr) -> bool {
                 | E::WorkerCrashed
                 | E::Protocol(_),
             ) => true,
+            Some(E::Database(db)) if db.message().contains(TENANT_MOVED) => true,
             Some(E::Database(db)) => db.code().is_some_and(|code| {
                 // 08: connection exception; 57P: operator intervention (shutdown,
                 // terminated); 53300: too many connections; 3D000: no such database;
@@ -104,6 +105,10 @@ pub fn is_unavailable(err: &DbErr) -> bool {
         },
     }
 }
+
+/// What a tenant's old storage answers a write once a move has switched it away
+/// (its freeze triggers raise it): a 503, retried by the client on the new one.
+pub const TENANT_MOVED: &str = "this tenant has moved to another server";
 
 /// Renders a database error with any credentials it may hold removed.
 pub fn redact_error(err: &DbErr) -> String {

@@ -7,6 +7,7 @@
 //! the same id (a change made through the API to a file tenant).
 
 pub mod moves;
+mod promote;
 mod provision;
 mod recovery;
 mod reload;

@@ -66,7 +66,7 @@ pub struct MoveOutcome {
     pub source_kept: bool,
 }
 
-fn server_of(url: &str) -> String {
+pub(super) fn server_of(url: &str) -> String {
     url::Url::parse(url)
         .ok()
         .map(|u| {
@@ -126,7 +126,7 @@ fn literal(v: &str) -> String {
     format!("'{}'", v.replace('\'', "''"))
 }
 
-async fn connect(url: &str) -> Result<DatabaseConnection, DbErr> {
+pub(super) async fn connect(url: &str) -> Result<DatabaseConnection, DbErr> {
     let mut options = ConnectOptions::new(url.to_string());
     options
         .max_connections(2)
@@ -266,14 +266,15 @@ impl Lifecycle {
             .unwrap_or(source_url);
         let mut source_tenant = (*tenant).clone();
         source_tenant.database_url = Secret::new(source_url.clone());
-        let outcome = self
-            .run_move(
-                &source_tenant,
-                &target_tenant,
-                record.as_ref().is_some_and(|r| r.state == "switched"),
-                progress,
-            )
-            .await;
+        let switched = record.as_ref().is_some_and(|r| r.state == "switched");
+        let outcome = if source_url.starts_with("sqlite") {
+            target_tenant.isolation = crate::tenant::Isolation::Database;
+            self.run_promotion(&source_tenant, &target_tenant, switched, progress)
+                .await
+        } else {
+            self.run_move(&source_tenant, &target_tenant, switched, progress)
+                .await
+        };
         if let Err(e) = &outcome {
             let error = describe(e);
             let _ = self.control.note_move_error(id, Some(error.clone())).await;
@@ -286,12 +287,6 @@ impl Lifecycle {
     /// valid `postgres://` target. Returns the tenant and the prepared target URL.
     fn move_plan(&self, id: &str, target: &str) -> Result<(std::sync::Arc<TenantConfig>, String)> {
         let tenant = self.existing(id)?;
-        if !tenant.database_url.expose().starts_with("postgres") {
-            return Err(AppError::validation(
-                "id",
-                "only a PostgreSQL tenant can be moved this way (a SQLite tenant is not supported yet)",
-            ));
-        }
         crate::tenant::check_database_url(target).map_err(|m| AppError::validation("to", m))?;
         let target_url =
             db::prepare_url(target).map_err(|_| AppError::validation("to", "invalid URL"))?;
@@ -510,8 +505,9 @@ impl Lifecycle {
         }
         txn.execute_unprepared(&format!(
             "CREATE OR REPLACE FUNCTION {}.{FROZEN}() RETURNS trigger LANGUAGE plpgsql AS $$ \
-             BEGIN RAISE EXCEPTION 'this tenant has moved to another server' USING ERRCODE = '25006'; END $$",
-            quote_ident(schema)
+             BEGIN RAISE EXCEPTION '{}' USING ERRCODE = '25006'; END $$",
+            quote_ident(schema),
+            db::TENANT_MOVED
         ))
         .await?;
         for table in &all {
@@ -683,6 +679,15 @@ impl Lifecycle {
             return Err(AppError::Conflict(format!(
                 "the move of '{id}' has switched: confirm it instead"
             )));
+        }
+        if record.source_url.expose().starts_with("sqlite") {
+            super::promote::unfreeze_file(&db::prepare_url(record.source_url.expose())?).await?;
+            self.control
+                .finish_move(id)
+                .await
+                .map_err(|e| storage_error(&e))?;
+            tracing::info!(tenant_id = %id, "promotion aborted: the tenant stays on its file");
+            return Ok(());
         }
         let schema = tenant.schema_name().unwrap_or_else(|| "public".to_string());
         let source = connect(record.source_url.expose()).await?;

@@ -638,3 +638,153 @@ async fn a_move_started_through_the_admin_api_is_followed_and_confirmed_there() 
         .unwrap();
     assert_eq!(moves["moves"], json!([]));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_sqlite_tenant_promoted_to_postgres_keeps_its_data_users_keys_and_audit_rows() {
+    let server = PgCluster::start(100);
+    pg::admin_execute(&server.url, "CREATE DATABASE control").await;
+    let control = pg::url_with_database(&server.url, "control");
+    let target = pg::url_with_database(&server.url, "t_promoted");
+    let files = tempfile::tempdir().unwrap();
+    let file = files.path().join("promoted.db");
+    let app = spawn_app_with(
+        AppSpec::from_toml("")
+            .with_auth()
+            .env("CONTROL_DATABASE_URL", &control)
+            .env("AUTO_CREATE_DATABASES", "true"),
+    )
+    .await;
+    let response = app
+        .admin(Method::POST, "/api/admin/tenants")
+        .json(&json!({
+            "id": "promoted",
+            "domain": "dental",
+            "database_url": format!("sqlite://{}", file.display()),
+            "owner": { "username": "owner", "password": "a long owner password" },
+        }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 201);
+    let token = app
+        .login("promoted", "owner", "a long owner password")
+        .await;
+    let key: Value = app
+        .as_tenant(Method::POST, "promoted", "/api/api-keys")
+        .bearer_auth(&token)
+        .json(&json!({ "name": "service", "role": "staff" }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let key = key["key"].as_str().unwrap().to_string();
+    let write = |name: String| {
+        app.as_tenant(Method::POST, "promoted", "/api/products")
+            .header("X-API-Key", &key)
+            .json(&json!({ "name": name, "price": 3.5 }))
+            .send()
+    };
+    let mut acknowledged = Vec::new();
+    for i in 0..20 {
+        let name = format!("before {i}");
+        assert!(write(name.clone()).await.unwrap().status().is_success());
+        acknowledged.push(name);
+    }
+    let audit_before: Value = app
+        .admin(Method::GET, "/api/admin/tenants/promoted/audit?limit=200")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let audit_before = audit_before["items"].as_array().unwrap().len();
+
+    // Promoted while a writer keeps writing.
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("tenants.toml"), "").unwrap();
+    let mover = {
+        let (dir, control, target) = (dir.path().to_path_buf(), control.clone(), target.clone());
+        tokio::task::spawn_blocking(move || {
+            run_move_of("promoted", &dir, &control, &["--to", &target])
+        })
+    };
+    let mut i = 0;
+    let mut longest = Duration::ZERO;
+    let mut last_ok = Instant::now();
+    while !mover.is_finished() || i < 5 {
+        let name = format!("during {i}");
+        i += 1;
+        if write(name.clone()).await.unwrap().status().is_success() {
+            acknowledged.push(name);
+            longest = longest.max(last_ok.elapsed());
+            last_ok = Instant::now();
+        }
+    }
+    let (code, stdout, stderr) = mover.await.unwrap();
+    assert_eq!(code, 0, "{stdout}\n{stderr}");
+    for _ in 0..5 {
+        let name = format!("after {i}");
+        i += 1;
+        let response = write(name.clone()).await.unwrap();
+        assert!(response.status().is_success(), "{}", response.status());
+        acknowledged.push(name);
+    }
+
+    // Everything is in PostgreSQL, once.
+    let on_target = product_names(&target).await;
+    let seen: std::collections::HashSet<&String> = on_target.iter().collect();
+    assert_eq!(seen.len(), on_target.len(), "a row twice");
+    for name in &acknowledged {
+        assert!(
+            seen.contains(name),
+            "{name} acknowledged but not in PostgreSQL"
+        );
+    }
+    // The same user logs in, the same key works, the audit log is whole.
+    app.login("promoted", "owner", "a long owner password")
+        .await;
+    let response = app
+        .as_tenant(Method::GET, "promoted", "/api/products")
+        .header("X-API-Key", &key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let audit_after: Value = app
+        .admin(Method::GET, "/api/admin/tenants/promoted/audit?limit=200")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(
+        audit_after["items"].as_array().unwrap().len() >= audit_before + 5,
+        "audit rows lost: {audit_before} before"
+    );
+    // The file is kept, refusing writes, until confirmed.
+    assert!(file.exists());
+    let frozen = sea_orm::Database::connect(format!("sqlite://{}", file.display()))
+        .await
+        .unwrap();
+    use sea_orm::ConnectionTrait;
+    assert!(
+        frozen
+            .execute_unprepared("DELETE FROM products")
+            .await
+            .is_err()
+    );
+    frozen.close().await.unwrap();
+    let (code, stdout, stderr) = {
+        let (dir, control) = (dir.path().to_path_buf(), control.clone());
+        tokio::task::spawn_blocking(move || run_move_of("promoted", &dir, &control, &["--confirm"]))
+            .await
+            .unwrap()
+    };
+    assert_eq!(code, 0, "{stdout}\n{stderr}");
+    assert!(!file.exists(), "the file is dropped once confirmed");
+    eprintln!("promotion: {stdout}; writes refused for {longest:?} at most");
+}
