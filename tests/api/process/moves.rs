@@ -788,3 +788,135 @@ async fn a_sqlite_tenant_promoted_to_postgres_keeps_its_data_users_keys_and_audi
     assert!(!file.exists(), "the file is dropped once confirmed");
     eprintln!("promotion: {stdout}; writes refused for {longest:?} at most");
 }
+
+async fn sqlite_count(file: &Path, sql: &str) -> i64 {
+    use sea_orm::ConnectionTrait;
+    let Ok(db) = sea_orm::Database::connect(format!("sqlite://{}?mode=ro", file.display())).await
+    else {
+        return 0;
+    };
+    let n = db
+        .query_one_raw(sea_orm::Statement::from_string(
+            sea_orm::DatabaseBackend::Sqlite,
+            sql.to_string(),
+        ))
+        .await
+        .ok()
+        .flatten()
+        .and_then(|r| r.try_get_by_index::<i64>(0).ok())
+        .unwrap_or(0);
+    let _ = db.close().await;
+    n
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_promotion_killed_at_any_point_and_run_again_loses_and_duplicates_nothing() {
+    let server = PgCluster::start(100);
+    pg::admin_execute(&server.url, "CREATE DATABASE control").await;
+    let control = pg::url_with_database(&server.url, "control");
+    let files = tempfile::tempdir().unwrap();
+    let app = spawn_app_with(
+        AppSpec::from_toml("")
+            .env("CONTROL_DATABASE_URL", &control)
+            .env("AUTO_CREATE_DATABASES", "true"),
+    )
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("tenants.toml"), "").unwrap();
+    let rounds = [
+        KillAt::Recorded,
+        KillAt::Frozen,
+        KillAt::Switched,
+        KillAt::After(0),
+        KillAt::After(100),
+        KillAt::After(300),
+    ];
+    let mut report = Vec::new();
+    for (round, kill_at) in rounds.iter().enumerate() {
+        let id = format!("promo_{round}");
+        let file = files.path().join(format!("{id}.db"));
+        let target = pg::url_with_database(&server.url, &format!("t_{id}"));
+        let response = app
+            .admin(Method::POST, "/api/admin/tenants")
+            .json(&json!({ "id": id, "domain": "dental", "database_url": format!("sqlite://{}", file.display()) }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 201);
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let writing = tokio::spawn(writer_of(
+            id.clone(),
+            vec![app.address.clone()],
+            stop.clone(),
+            100_000,
+        ));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let mut child = command(dir.path(), &control_env(&control))
+            .args(["tenants", "move", &id, "--to", &target])
+            .spawn()
+            .unwrap();
+        let started = Instant::now();
+        let mut killed = false;
+        while started.elapsed() < Duration::from_secs(60) {
+            if child.try_wait().unwrap().is_some() {
+                break;
+            }
+            let now = match kill_at {
+                KillAt::Recorded => {
+                    count(&control, &format!("SELECT count(*) FROM tenant_moves WHERE tenant_id = '{id}'")).await > 0
+                }
+                KillAt::Frozen => {
+                    sqlite_count(&file, "SELECT count(*) FROM sqlite_master WHERE type = 'trigger'").await > 0
+                }
+                KillAt::Switched => {
+                    count(&control, &format!("SELECT count(*) FROM tenant_moves WHERE tenant_id = '{id}' AND state = 'switched'")).await > 0
+                }
+                KillAt::After(ms) => started.elapsed() >= Duration::from_millis(*ms),
+                _ => unreachable!(),
+            };
+            if now {
+                let _ = child.kill();
+                killed = true;
+                break;
+            }
+        }
+        let _ = child.wait();
+        let (code, stdout, stderr) = {
+            let (dir, control, target, id) = (
+                dir.path().to_path_buf(),
+                control.clone(),
+                target.clone(),
+                id.clone(),
+            );
+            tokio::task::spawn_blocking(move || {
+                run_move_of(&id, &dir, &control, &["--to", &target])
+            })
+            .await
+            .unwrap()
+        };
+        assert_eq!(code, 0, "round {round} ({kill_at:?}): {stdout}\n{stderr}");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let writes = writing.await.unwrap();
+        let on_target = product_names(&target).await;
+        let mut seen = std::collections::HashSet::new();
+        for name in &on_target {
+            assert!(
+                seen.insert(name),
+                "round {round}: {name} twice in PostgreSQL"
+            );
+        }
+        for name in &writes.acknowledged {
+            assert!(
+                seen.contains(name),
+                "round {round} ({kill_at:?}): {name} acknowledged but not in PostgreSQL"
+            );
+        }
+        report.push(format!(
+            "{kill_at:?}: killed={killed}, {} writes, longest pause {:?}",
+            writes.acknowledged.len(),
+            writes.longest_gap
+        ));
+    }
+    eprintln!("{report:#?}");
+}
