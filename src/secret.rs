@@ -81,10 +81,34 @@ fn redact_password_pairs(text: &str) -> String {
     let mut last = 0;
     let mut search_from = 0;
     while let Some(found) = lower[search_from..].find("password=") {
-        let value_start = search_from + found + "password=".len();
-        let value_end = text[value_start..]
-            .find(|c: char| c == '&' || c.is_whitespace() || c == '"' || c == '\'')
-            .map_or(text.len(), |n| value_start + n);
+        let mut value_start = search_from + found + "password=".len();
+        // A quoted value (`password='it''s'`, libpq style) ends at its closing
+        // quote, not at a space or quote inside it.
+        let quote = text[value_start..]
+            .chars()
+            .next()
+            .filter(|c| *c == '\'' || *c == '"');
+        let value_end = match quote {
+            Some(q) => {
+                value_start += 1;
+                let mut end = text.len();
+                let mut escaped = false;
+                for (i, c) in text[value_start..].char_indices() {
+                    if escaped {
+                        escaped = false;
+                    } else if c == '\\' {
+                        escaped = true;
+                    } else if c == q {
+                        end = value_start + i;
+                        break;
+                    }
+                }
+                end
+            }
+            None => text[value_start..]
+                .find(|c: char| c == '&' || c.is_whitespace() || c == '"' || c == '\'')
+                .map_or(text.len(), |n| value_start + n),
+        };
         out.push_str(&text[last..value_start]);
         out.push_str("***");
         last = value_end;
@@ -106,6 +130,17 @@ pub fn generate_token() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_quoted_password_is_redacted_whole() {
+        let text = r"host='db' password='se cr\'et' user='u'";
+        let redacted = redact(text);
+        assert!(
+            !redacted.contains("se cr") && !redacted.contains("et'"),
+            "{redacted}"
+        );
+        assert!(redacted.contains("user='u'"), "{redacted}");
+    }
 
     #[test]
     fn debug_and_display_hide_the_value() {

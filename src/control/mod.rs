@@ -130,6 +130,8 @@ pub struct ControlStore {
     /// The prepared URL of a PostgreSQL control database, for [`ChangeFeed`]s
     /// (a secret: never logged).
     listen_url: Option<Arc<str>>,
+    /// The directory of a SQLite control database (for move locks).
+    sqlite_dir: Option<std::path::PathBuf>,
 }
 
 impl ControlStore {
@@ -138,6 +140,12 @@ impl ControlStore {
         let url = crate::db::prepare_url(url)?;
         crate::db::make_sqlite_dir(&url)?;
         let listen_url = url.starts_with("postgres").then(|| Arc::from(url.as_str()));
+        let sqlite_dir = crate::db::sqlite_path(&url).map(|p| {
+            std::path::Path::new(&p)
+                .parent()
+                .map(std::path::Path::to_path_buf)
+                .unwrap_or_default()
+        });
         let mut options = ConnectOptions::new(url);
         options
             .max_connections(4)
@@ -150,6 +158,7 @@ impl ControlStore {
             db,
             secrets,
             listen_url,
+            sqlite_dir,
         })
     }
 

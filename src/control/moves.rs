@@ -2,7 +2,9 @@
 //! `lifecycle::moves`). URLs are sealed like the tenants' own.
 
 use chrono::Utc;
-use sea_orm::{ActiveModelTrait, EntityTrait, Set, entity::prelude::*};
+use sea_orm::{
+    ActiveModelTrait, ConnectionTrait, EntityTrait, QueryFilter, Set, entity::prelude::*,
+};
 
 use super::ControlStore;
 
@@ -27,6 +29,13 @@ pub mod tenant_move {
     pub enum Relation {}
 
     impl ActiveModelBehavior for ActiveModel {}
+}
+
+/// The right to move a tenant, held until dropped (see
+/// [`ControlStore::lock_move`]).
+pub enum MoveLock {
+    Postgres(sea_orm::DatabaseConnection),
+    File(std::fs::File),
 }
 
 /// A move as recorded, with its URLs opened.
@@ -119,39 +128,125 @@ impl ControlStore {
         .map(|_| ())
     }
 
-    /// The switch: the tenant's row now names `config`'s (new) URL and the move is
-    /// `switched`, in one transaction, so that no reader sees one without the other.
+    /// The switch: the tenant's row now names `target`'s URL (and isolation and
+    /// storage key; nothing else of the row changes, so that a change made during
+    /// the move stays) and the move is `switched`, in one transaction, so that no
+    /// reader sees one without the other. Refused when the tenant's URL is no
+    /// longer `source`, or when a tenant of the control database was removed.
+    /// A tenant of the tenants file gets its first control row here.
     pub async fn switch_move(
         &self,
-        config: &crate::tenant::TenantConfig,
+        target: &crate::tenant::TenantConfig,
+        source: &str,
         pause_ms: i64,
     ) -> Result<(), DbErr> {
         use sea_orm::TransactionTrait;
         let txn = self.db.begin().await?;
-        let existing = super::tenant_config::Entity::find_by_id(config.id.as_str())
+        let existing = super::tenant_config::Entity::find_by_id(target.id.as_str())
             .one(&txn)
             .await?;
-        let mut row = self.active_model(config, super::READY)?;
+        let fresh = self.active_model(target, super::READY)?;
         match existing {
             Some(old) => {
-                row.created_at = Set(old.created_at);
+                let current = self
+                    .secrets
+                    .open(&old.database_url)
+                    .map_err(DbErr::Custom)?;
+                if current != source {
+                    return Err(DbErr::Custom(
+                        "the tenant's database URL changed during the move".into(),
+                    ));
+                }
+                let mut row: super::ActiveModel = old.into();
+                row.database_url = fresh.database_url;
+                row.isolation = fresh.isolation;
+                row.storage_key = fresh.storage_key;
+                row.updated_at = Set(Utc::now());
                 row.update(&txn).await?;
             }
+            None if target.source == crate::tenant::TenantSource::Control => {
+                return Err(DbErr::Custom(
+                    "the tenant was removed during the move".into(),
+                ));
+            }
             None => {
-                super::tenant_config::Entity::insert(row).exec(&txn).await?;
+                super::tenant_config::Entity::insert(fresh)
+                    .exec(&txn)
+                    .await?;
             }
         }
-        tenant_move::ActiveModel {
-            tenant_id: Set(config.id.to_string()),
-            state: Set("switched".into()),
-            pause_ms: Set(Some(pause_ms)),
-            error: Set(None),
-            updated_at: Set(Utc::now()),
-            ..Default::default()
+        let updated = tenant_move::Entity::update_many()
+            .col_expr(
+                tenant_move::Column::State,
+                sea_orm::sea_query::Expr::value("switched"),
+            )
+            .col_expr(
+                tenant_move::Column::PauseMs,
+                sea_orm::sea_query::Expr::value(pause_ms),
+            )
+            .col_expr(
+                tenant_move::Column::Error,
+                sea_orm::sea_query::Expr::value(Option::<String>::None),
+            )
+            .col_expr(
+                tenant_move::Column::UpdatedAt,
+                sea_orm::sea_query::Expr::value(Utc::now()),
+            )
+            .filter(tenant_move::Column::TenantId.eq(target.id.as_str()))
+            .filter(tenant_move::Column::State.eq("copying"))
+            .exec(&txn)
+            .await?;
+        if updated.rows_affected != 1 {
+            return Err(DbErr::Custom("the move is no longer under way".into()));
         }
-        .update(&txn)
-        .await?;
         txn.commit().await
+    }
+
+    /// Holds the right to move (or abort, or confirm the move of) `tenant` until
+    /// the returned guard is dropped; `None` while another process holds it. On
+    /// PostgreSQL a session advisory lock on a connection of its own, on SQLite a
+    /// lock on a file beside the control database: either ends with its process.
+    pub async fn lock_move(&self, tenant: &str) -> Result<Option<MoveLock>, DbErr> {
+        match &self.listen_url {
+            Some(url) => {
+                let mut options = sea_orm::ConnectOptions::new(url.to_string());
+                options
+                    .max_connections(1)
+                    .min_connections(1)
+                    .sqlx_logging(false);
+                let db = sea_orm::Database::connect(options).await?;
+                let row = db
+                    .query_one_raw(sea_orm::Statement::from_sql_and_values(
+                        sea_orm::DbBackend::Postgres,
+                        "SELECT pg_try_advisory_lock(hashtextextended($1, 0))",
+                        [format!("tenant-router:move:{tenant}").into()],
+                    ))
+                    .await?
+                    .ok_or_else(|| DbErr::Custom("no row".into()))?;
+                let locked: bool = row.try_get_by_index(0)?;
+                Ok(locked.then_some(MoveLock::Postgres(db)))
+            }
+            None => {
+                let dir = self
+                    .sqlite_dir
+                    .clone()
+                    .ok_or_else(|| DbErr::Custom("no place for the move lock".into()))?;
+                let path = dir.join(format!("move-{tenant}.lock"));
+                let file = std::fs::OpenOptions::new()
+                    .create(true)
+                    .truncate(false)
+                    .write(true)
+                    .open(&path)
+                    .map_err(|e| DbErr::Custom(format!("move lock: {e}")))?;
+                match file.try_lock() {
+                    Ok(()) => Ok(Some(MoveLock::File(file))),
+                    Err(std::fs::TryLockError::WouldBlock) => Ok(None),
+                    Err(std::fs::TryLockError::Error(e)) => {
+                        Err(DbErr::Custom(format!("move lock: {e}")))
+                    }
+                }
+            }
+        }
     }
 
     /// Forgets a move (confirmed, or abandoned before its switch).

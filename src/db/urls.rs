@@ -6,7 +6,7 @@ use std::path::Path;
 use sea_orm::DbErr;
 
 /// The file of a `sqlite:` URL, unless it is in memory.
-pub(super) fn sqlite_path(url: &str) -> Option<String> {
+pub fn sqlite_path(url: &str) -> Option<String> {
     let rest = url.strip_prefix("sqlite:")?;
     let rest = rest.strip_prefix("//").unwrap_or(rest);
     let path = rest.split('?').next().unwrap_or(rest);

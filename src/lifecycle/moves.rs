@@ -115,21 +115,88 @@ fn conninfo(url: &str) -> Result<String> {
 }
 
 fn percent_decode(v: &str) -> String {
-    url::form_urlencoded::parse(format!("x={}", v.replace('+', "%2B")).as_bytes())
-        .next()
-        .map(|(_, v)| v.into_owned())
-        .unwrap_or_default()
+    percent_encoding::percent_decode_str(v)
+        .decode_utf8_lossy()
+        .into_owned()
 }
 
 /// A SQL string literal.
-fn literal(v: &str) -> String {
+pub(super) fn literal(v: &str) -> String {
     format!("'{}'", v.replace('\'', "''"))
 }
 
+/// A SQL string literal that no server setting can reinterpret (no escapes): a
+/// dollar quote whose random tag the text does not hold.
+fn dollar_literal(v: &str) -> String {
+    loop {
+        let tag = format!("tr{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
+        if !v.contains(&tag) {
+            return format!("${tag}${v}${tag}$");
+        }
+    }
+}
+
+/// The versions in the migration table of `schema`.
+pub(super) async fn migrations(
+    db: &DatabaseConnection,
+    schema: &str,
+) -> Result<Vec<String>, DbErr> {
+    let rows = db
+        .query_all_raw(Statement::from_string(
+            DbBackend::Postgres,
+            format!(
+                "SELECT version FROM {} ORDER BY 1",
+                qualified(schema, "seaql_migrations")
+            ),
+        ))
+        .await?;
+    rows.iter()
+        .map(|r| r.try_get_by_index::<String>(0))
+        .collect()
+}
+
+/// The rows of `schema.table`.
+pub(super) async fn count_rows(
+    db: &DatabaseConnection,
+    schema: &str,
+    table: &str,
+) -> Result<i64, DbErr> {
+    query_i64(
+        db,
+        &format!("SELECT count(*) FROM {}", qualified(schema, table)),
+    )
+    .await
+}
+
+/// The nonce the freeze recorded on the source (the marker the target had).
+async fn frozen_nonce(db: &DatabaseConnection, schema: &str) -> Result<Option<String>, DbErr> {
+    let row = db
+        .query_one_raw(Statement::from_string(
+            DbBackend::Postgres,
+            format!(
+                "SELECT obj_description(p.oid, 'pg_proc') FROM pg_proc p \
+                 JOIN pg_namespace n ON n.oid = p.pronamespace \
+                 WHERE p.proname = '{FROZEN}' AND n.nspname = {}",
+                literal(schema)
+            ),
+        ))
+        .await?;
+    Ok(row.and_then(|r| r.try_get_by_index::<Option<String>>(0).ok().flatten()))
+}
+
 pub(super) async fn connect(url: &str) -> Result<DatabaseConnection, DbErr> {
+    connect_with(url, 2).await
+}
+
+/// A pool of one: session settings (`SET …`) apply to every later statement.
+pub(super) async fn connect_one(url: &str) -> Result<DatabaseConnection, DbErr> {
+    connect_with(url, 1).await
+}
+
+async fn connect_with(url: &str, connections: u32) -> Result<DatabaseConnection, DbErr> {
     let mut options = ConnectOptions::new(url.to_string());
     options
-        .max_connections(2)
+        .max_connections(connections)
         .min_connections(0)
         .connect_timeout(Duration::from_secs(5))
         .sqlx_logging(false);
@@ -233,6 +300,12 @@ impl Lifecycle {
         target: &str,
         progress: &(dyn Fn(MoveStep) + Send + Sync),
     ) -> Result<MoveOutcome> {
+        self.move_plan(id, target)?;
+        // One process at a time moves (or aborts, or confirms) a tenant.
+        let _lock = self.hold_move(id).await?;
+        // The tenant as the control database has it now (another process may
+        // have changed it).
+        self.refresh_now().await.map_err(|e| storage_error(&e))?;
         let (tenant, target_url) = self.move_plan(id, target)?;
         let source_url = tenant.database_url.expose().to_string();
         let record = self
@@ -258,6 +331,11 @@ impl Lifecycle {
                     "tenant '{id}' is being moved to another server; finish or abort that move first"
                 )));
             }
+            Some(r) if r.state != "switched" && r.source_url.expose() != source_url => {
+                return Err(AppError::Conflict(format!(
+                    "tenant '{id}' changed its database during the move; abort the move"
+                )));
+            }
             Some(_) => {}
         }
         let source_url = record
@@ -267,12 +345,13 @@ impl Lifecycle {
         let mut source_tenant = (*tenant).clone();
         source_tenant.database_url = Secret::new(source_url.clone());
         let switched = record.as_ref().is_some_and(|r| r.state == "switched");
+        let fresh = record.is_none();
         let outcome = if source_url.starts_with("sqlite") {
             target_tenant.isolation = crate::tenant::Isolation::Database;
-            self.run_promotion(&source_tenant, &target_tenant, switched, progress)
+            self.run_promotion(&source_tenant, &target_tenant, switched, fresh, progress)
                 .await
         } else {
-            self.run_move(&source_tenant, &target_tenant, switched, progress)
+            self.run_move(&source_tenant, &target_tenant, switched, fresh, progress)
                 .await
         };
         if let Err(e) = &outcome {
@@ -281,6 +360,44 @@ impl Lifecycle {
             tracing::warn!(tenant_id = %id, %error, "the move did not finish; run it again to resume");
         }
         outcome
+    }
+
+    /// The move lock of `id` (see [`crate::control::ControlStore::lock_move`]).
+    pub(super) async fn hold_move(&self, id: &str) -> Result<crate::control::moves::MoveLock> {
+        self.control
+            .lock_move(id)
+            .await
+            .map_err(|e| storage_error(&e))?
+            .ok_or_else(|| {
+                AppError::Conflict(format!(
+                    "another process is moving tenant '{id}' (or aborting or confirming its move) now"
+                ))
+            })
+    }
+
+    /// Switches the tenant's URL; when the answer is lost, the record says
+    /// whether it happened. `Ok(false)`: not switched.
+    pub(super) async fn switch(
+        &self,
+        target: &TenantConfig,
+        source_url: &str,
+        pause_ms: i64,
+    ) -> Result<bool> {
+        match self.control.switch_move(target, source_url, pause_ms).await {
+            Ok(()) => Ok(true),
+            Err(e) => {
+                let record = self
+                    .control
+                    .find_move(target.id.as_str())
+                    .await
+                    .map_err(|e| storage_error(&e))?;
+                if record.is_some_and(|r| r.state == "switched") {
+                    return Ok(true);
+                }
+                tracing::warn!(tenant_id = %target.id, error = %db::redact_error(&e), "the switch did not happen");
+                Ok(false)
+            }
+        }
     }
 
     /// The checks a move passes before anything is done: a PostgreSQL tenant, a
@@ -304,6 +421,7 @@ impl Lifecycle {
         source_tenant: &TenantConfig,
         target_tenant: &TenantConfig,
         switched: bool,
+        fresh: bool,
         progress: &(dyn Fn(MoveStep) + Send + Sync),
     ) -> Result<MoveOutcome> {
         let id = source_tenant.id.as_str();
@@ -316,10 +434,51 @@ impl Lifecycle {
         progress(MoveStep::Preparing);
         // The target's storage and tables (as migrations make them).
         db::create_tenant_database(target_tenant, &self.pools).await?;
-        let target = connect(target_tenant.database_url.expose()).await?;
+        let target = connect_one(target_tenant.database_url.expose()).await?;
         let list = tables(&source, &schema).await?;
         if !switched {
-            if !is_frozen(&source, &schema).await? {
+            if migrations(&source, &schema).await? != migrations(&target, &schema).await? {
+                return Err(AppError::validation(
+                    "id",
+                    "the tenant's database is not at the latest migration: migrate it first",
+                ));
+            }
+            if fresh {
+                // A new move goes into an empty place only.
+                for table in &list {
+                    let rows = query_i64(
+                        &target,
+                        &format!("SELECT count(*) FROM {}", qualified(&schema, table)),
+                    )
+                    .await?;
+                    if rows > 0 {
+                        return Err(AppError::validation(
+                            "to",
+                            "the target already holds data: give an empty database",
+                        ));
+                    }
+                }
+            }
+            if is_frozen(&source, &schema).await? {
+                // A freeze that a crash cut short of its switch: the target had
+                // every write if it has the freeze's marker.
+                let nonce = frozen_nonce(&source, &schema).await?.unwrap_or_default();
+                let seen = query_i64(
+                    &target,
+                    &format!(
+                        "SELECT count(*) FROM {} WHERE nonce = {}",
+                        qualified(&schema, MARKER),
+                        literal(&nonce)
+                    ),
+                )
+                .await
+                .unwrap_or(0);
+                if nonce.is_empty() || seen == 0 {
+                    return Err(AppError::Conflict(
+                        "the source is frozen but the target never confirmed the freeze: abort the move, then run it again".into(),
+                    ));
+                }
+            } else {
                 self.copy(
                     &source,
                     &target,
@@ -335,14 +494,19 @@ impl Lifecycle {
             }
             // Frozen: the target has every committed write. Switch.
             let started = Instant::now();
-            if let Err(e) = self
-                .control
-                .switch_move(target_tenant, pause_ms as i64)
-                .await
+            if !self
+                .switch(
+                    target_tenant,
+                    source_tenant.database_url.expose(),
+                    pause_ms as i64,
+                )
+                .await?
             {
                 // Not switched: the source takes writes again.
                 unfreeze(&source, &schema, &list).await?;
-                return Err(storage_error(&e));
+                return Err(AppError::internal(
+                    "the switch failed; the tenant stays on its source",
+                ));
             }
             pause_ms += started.elapsed().as_millis() as u64;
             self.registry.upsert(target_tenant.clone()).await;
@@ -406,10 +570,19 @@ impl Lifecycle {
             ))
             .await?;
         let connection = conninfo(source_tenant.database_url.expose())?;
+        // The statement holds the source's password: keep it out of the target
+        // server's log (superusers may; others' statements are not logged by
+        // default either).
+        let _ = target
+            .execute_unprepared("SET log_statement = 'none'")
+            .await;
+        let _ = target
+            .execute_unprepared("SET log_min_error_statement = 'panic'")
+            .await;
         target
             .execute_unprepared(&format!(
                 "CREATE SUBSCRIPTION {name} CONNECTION {} PUBLICATION {name} WITH (copy_data = true)",
-                literal(&connection)
+                dollar_literal(&connection)
             ))
             .await
             .map_err(|e| AppError::internal(db::redact_error(&e)))?;
@@ -503,6 +676,25 @@ impl Lifecycle {
             }
             tokio::time::sleep(Duration::from_millis(2)).await;
         }
+        // No table was added since the copy began (a migration run meanwhile).
+        let now_listed: Vec<String> = txn
+            .query_all_raw(Statement::from_sql_and_values(
+                DbBackend::Postgres,
+                "SELECT table_name::text FROM information_schema.tables \
+                 WHERE table_schema = $1 AND table_type = 'BASE TABLE' \
+                 AND table_name NOT IN ('seaql_migrations', 'tenant_router_move') ORDER BY 1",
+                [schema.into()],
+            ))
+            .await?
+            .iter()
+            .map(|r| r.try_get_by_index::<String>(0))
+            .collect::<Result<_, _>>()?;
+        if now_listed != list {
+            txn.rollback().await?;
+            return Err(AppError::internal(
+                "the tenant's tables changed during the move; run it again",
+            ));
+        }
         txn.execute_unprepared(&format!(
             "CREATE OR REPLACE FUNCTION {}.{FROZEN}() RETURNS trigger LANGUAGE plpgsql AS $$ \
              BEGIN RAISE EXCEPTION '{}' USING ERRCODE = '25006'; END $$",
@@ -518,6 +710,12 @@ impl Lifecycle {
             ))
             .await?;
         }
+        txn.execute_unprepared(&format!(
+            "COMMENT ON FUNCTION {}.{FROZEN}() IS {}",
+            quote_ident(schema),
+            literal(&nonce)
+        ))
+        .await?;
         txn.commit().await?;
         Ok(held.elapsed().as_millis() as u64)
     }
@@ -635,6 +833,8 @@ impl Lifecycle {
     /// After a switch: drops the old storage (read-only since the switch) and
     /// forgets the move.
     pub async fn confirm_move(&self, id: &str) -> Result<()> {
+        let _lock = self.hold_move(id).await?;
+        self.refresh_now().await.map_err(|e| storage_error(&e))?;
         let tenant = self.existing(id)?;
         let record = self
             .control
@@ -647,8 +847,23 @@ impl Lifecycle {
                 "the move of '{id}' has not switched yet: run it to the end, or abort it"
             )));
         }
+        if tenant.database_url.expose() != record.target_url.expose() {
+            return Err(AppError::Conflict(format!(
+                "tenant '{id}' is not served from the move's target; nothing is dropped"
+            )));
+        }
         let mut source = (*tenant).clone();
         source.database_url = record.source_url.clone();
+        if !record.source_url.expose().starts_with("sqlite") {
+            // What a cut-short clean-up may have left.
+            let (from, to) = (
+                connect(record.source_url.expose()).await?,
+                connect_one(record.target_url.expose()).await?,
+            );
+            drop_replication(&from, &to, &replication_name(&tenant)).await?;
+            let _ = from.close().await;
+            let _ = to.close().await;
+        }
         db::drop_storage(&source, &self.pools).await?;
         if let Some(key) = db::storage_key(&source)? {
             self.control
@@ -668,6 +883,8 @@ impl Lifecycle {
     /// writable again if a cut-short switch left it frozen). The target's copy is
     /// kept for the operator to drop.
     pub async fn abort_move(&self, id: &str) -> Result<()> {
+        let _lock = self.hold_move(id).await?;
+        self.refresh_now().await.map_err(|e| storage_error(&e))?;
         let tenant = self.existing(id)?;
         let record = self
             .control

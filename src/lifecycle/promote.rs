@@ -133,25 +133,106 @@ async fn target_columns(
 }
 
 /// A SQLite value (its type and its text, or hex for a blob) as the text
-/// PostgreSQL reads for `udt`.
-fn as_text(kind: &str, text: Option<String>, udt: &str) -> Option<String> {
-    let text = text?;
+/// PostgreSQL reads for `udt`; an error for a blob in a column of another type.
+fn as_text(kind: &str, text: Option<String>, udt: &str) -> Result<Option<String>, DbErr> {
+    let Some(text) = text else {
+        return Ok(None);
+    };
     if kind != "blob" {
-        return Some(text);
+        return Ok(Some(text));
     }
     let hex = text.to_lowercase();
     match udt {
-        "uuid" if hex.len() == 32 => Some(format!(
+        "uuid" if hex.len() == 32 => Ok(Some(format!(
             "{}-{}-{}-{}-{}",
             &hex[0..8],
             &hex[8..12],
             &hex[12..16],
             &hex[16..20],
             &hex[20..32]
-        )),
-        "bytea" => Some(format!("\\x{hex}")),
-        _ => Some(hex),
+        ))),
+        "bytea" => Ok(Some(format!("\\x{hex}"))),
+        other => Err(DbErr::Custom(format!(
+            "a binary value in a column of type {other}: not copied"
+        ))),
     }
+}
+
+/// The versions in the SQLite file's migration table.
+async fn sqlite_migrations(db: &DatabaseConnection) -> Result<Vec<String>, DbErr> {
+    let rows = db
+        .query_all_raw(Statement::from_string(
+            DbBackend::Sqlite,
+            "SELECT version FROM seaql_migrations ORDER BY 1".to_string(),
+        ))
+        .await?;
+    rows.iter()
+        .map(|r| r.try_get_by_index::<String>(0))
+        .collect()
+}
+
+/// The column names of a SQLite table.
+async fn sqlite_columns(db: &DatabaseConnection, table: &str) -> Result<Vec<String>, DbErr> {
+    let rows = db
+        .query_all_raw(Statement::from_string(
+            DbBackend::Sqlite,
+            format!(
+                "SELECT name FROM pragma_table_info({})",
+                super::moves::literal(table)
+            ),
+        ))
+        .await?;
+    rows.iter()
+        .map(|r| r.try_get_by_index::<String>(0))
+        .collect()
+}
+
+/// `tables` ordered so that a table comes after those its foreign keys name
+/// (on the target), so that rows can be inserted with the keys checked.
+async fn in_key_order(
+    target: &DatabaseConnection,
+    tables: &[String],
+) -> Result<Vec<String>, DbErr> {
+    let rows = target
+        .query_all_raw(Statement::from_string(
+            DbBackend::Postgres,
+            "SELECT c.conrelid::regclass::text, c.confrelid::regclass::text FROM pg_constraint c \
+             JOIN pg_namespace n ON n.oid = c.connamespace \
+             WHERE c.contype = 'f' AND n.nspname = 'public'"
+                .to_string(),
+        ))
+        .await?;
+    let mut edges: Vec<(String, String)> = Vec::new();
+    for row in rows {
+        let child: String = row.try_get_by_index(0)?;
+        let parent: String = row.try_get_by_index(1)?;
+        let clean = |s: String| s.trim_matches('"').to_string();
+        edges.push((clean(child), clean(parent)));
+    }
+    let mut ordered: Vec<String> = Vec::new();
+    let mut left: Vec<String> = tables.to_vec();
+    while !left.is_empty() {
+        let ready: Vec<String> = left
+            .iter()
+            .filter(|t| {
+                edges.iter().all(|(child, parent)| {
+                    child != *t
+                        || parent == *t
+                        || ordered.contains(parent)
+                        || !left.contains(parent)
+                })
+            })
+            .cloned()
+            .collect();
+        if ready.is_empty() {
+            return Err(DbErr::Custom(
+                "the tables' foreign keys form a cycle".into(),
+            ));
+        }
+        left.retain(|t| !ready.contains(t));
+        ordered.extend(ready);
+    }
+    Ok(ordered)
 }
 
 /// Copies every row of `tables` into the (emptied) target, in one transaction.
@@ -165,20 +246,31 @@ async fn copy_rows(
     txn.execute_unprepared(&format!("TRUNCATE {} CASCADE", all.join(", ")))
         .await?;
     let mut copied = 0;
-    // Tables referenced by others first would matter with foreign keys checked per
-    // row; they are checked at commit instead.
-    txn.execute_unprepared("SET CONSTRAINTS ALL DEFERRED")
-        .await?;
-    for table in tables {
+    for table in &in_key_order(target, tables).await? {
         let columns = target_columns(target, table).await?;
         if columns.is_empty() {
-            continue;
+            return Err(DbErr::Custom(format!(
+                "table {table} is missing in PostgreSQL"
+            )));
+        }
+        // Every column of the file has its place in PostgreSQL.
+        for column in sqlite_columns(source, table).await? {
+            if !columns.iter().any(|(c, _)| *c == column) {
+                return Err(DbErr::Custom(format!(
+                    "column {table}.{column} is missing in PostgreSQL"
+                )));
+            }
         }
         let select: Vec<String> = columns
             .iter()
             .map(|(c, _)| {
                 let c = quote_ident(c);
-                format!("typeof({c}), CASE typeof({c}) WHEN 'blob' THEN hex({c}) ELSE CAST({c} AS TEXT) END")
+                // Reals in full: 17 digits round-trip a double (CAST keeps 15; SQLite's
+                // printf keeps 16 without the `!` flag).
+                format!(
+                    "typeof({c}), CASE typeof({c}) WHEN 'blob' THEN hex({c}) \
+                     WHEN 'real' THEN printf('%!.17g', {c}) ELSE CAST({c} AS TEXT) END"
+                )
             })
             .collect();
         let rows = source
@@ -204,7 +296,7 @@ async fn copy_rows(
             for (i, (_, udt)) in columns.iter().enumerate() {
                 let kind: String = row.try_get_by_index(2 * i)?;
                 let text: Option<String> = row.try_get_by_index(2 * i + 1)?;
-                values.push(Value::String(as_text(&kind, text, udt)));
+                values.push(Value::String(as_text(&kind, text, udt)?));
             }
             txn.execute_raw(Statement::from_sql_and_values(
                 DbBackend::Postgres,
@@ -226,6 +318,7 @@ impl Lifecycle {
         source_tenant: &TenantConfig,
         target_tenant: &TenantConfig,
         switched: bool,
+        fresh: bool,
         progress: &(dyn Fn(MoveStep) + Send + Sync),
     ) -> Result<MoveOutcome> {
         let id = source_tenant.id.as_str();
@@ -238,6 +331,23 @@ impl Lifecycle {
             let target = super::moves::connect(target_tenant.database_url.expose()).await?;
             let source = open_file(&source_url).await?;
             tables = sqlite_tables(&source).await?;
+            let target_migrations = super::moves::migrations(&target, "public").await?;
+            if sqlite_migrations(&source).await? != target_migrations {
+                return Err(AppError::validation(
+                    "id",
+                    "the tenant's database is not at the latest migration: migrate it first",
+                ));
+            }
+            if fresh {
+                for table in &tables {
+                    if super::moves::count_rows(&target, "public", table).await? > 0 {
+                        return Err(AppError::validation(
+                            "to",
+                            "the target already holds data: give an empty database",
+                        ));
+                    }
+                }
+            }
             progress(MoveStep::Switching);
             let started = Instant::now();
             if !is_frozen(&source).await? {
@@ -250,10 +360,20 @@ impl Lifecycle {
             let switch = match copied {
                 Ok(rows) => {
                     tracing::info!(tenant_id = %id, rows, "tenant rows copied to PostgreSQL");
-                    self.control
-                        .switch_move(target_tenant, started.elapsed().as_millis() as i64)
+                    match self
+                        .switch(
+                            target_tenant,
+                            source_tenant.database_url.expose(),
+                            started.elapsed().as_millis() as i64,
+                        )
                         .await
-                        .map_err(|e| AppError::internal(db::redact_error(&e)))
+                    {
+                        Ok(true) => Ok(()),
+                        Ok(false) => Err(AppError::internal(
+                            "the switch failed; the tenant stays on its file",
+                        )),
+                        Err(e) => Err(e),
+                    }
                 }
                 Err(e) => Err(AppError::internal(db::redact_error(&e))),
             };
