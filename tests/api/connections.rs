@@ -668,6 +668,7 @@ async fn client_backends(monitor: &sea_orm::DatabaseConnection) -> u64 {
 #[tokio::test]
 async fn a_thousand_schema_tenants_and_two_hundred_database_tenants_share_a_server_of_a_hundred_connections()
  {
+    let _heavy = crate::helpers::heavy_test().await;
     const MAX_CONNECTIONS: u64 = 100;
     const REQUESTS: usize = 6_000;
     const CLIENTS: usize = 32;

@@ -342,3 +342,23 @@ pub async fn assert_error(response: Response, status: u16, code: &str) -> Value 
     assert!(body["error"]["message"].is_string(), "{body}");
     body
 }
+
+/// Held by the tests that load the machine most (the thousand-tenant load, the
+/// moves with their writers and servers): one at a time, in this process or in
+/// another (nextest runs each test in a process of its own), so that on two cores
+/// none starves another past its deadlines. Released when dropped.
+pub async fn heavy_test() -> std::fs::File {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/heavy-tests.lock");
+    tokio::task::spawn_blocking(move || {
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .expect("the heavy-test lock file");
+        file.lock().expect("the heavy-test lock");
+        file
+    })
+    .await
+    .unwrap()
+}

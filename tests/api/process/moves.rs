@@ -192,6 +192,7 @@ async fn setup_with(replicas: usize, schema: bool) -> Setup {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_tenant_moves_to_another_server_while_a_writer_keeps_writing_through_three_replicas() {
+    let _heavy = crate::helpers::heavy_test().await;
     let s = setup(3).await;
     let before = product_names(&s.source).await;
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -325,6 +326,7 @@ async fn count(url: &str, sql: &str) -> i64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_move_killed_at_any_point_and_run_again_loses_and_duplicates_nothing() {
+    let _heavy = crate::helpers::heavy_test().await;
     let s = setup(1).await;
     let rounds = [
         KillAt::Recorded,
@@ -461,6 +463,7 @@ async fn a_move_killed_at_any_point_and_run_again_loses_and_duplicates_nothing()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_schema_tenant_moves_into_the_shared_database_of_another_server() {
+    let _heavy = crate::helpers::heavy_test().await;
     let s = setup_with(2, true).await;
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let addresses: Vec<String> = s.apps.iter().map(|a| a.address.clone()).collect();
@@ -513,6 +516,7 @@ async fn a_schema_tenant_moves_into_the_shared_database_of_another_server() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_move_started_through_the_admin_api_is_followed_and_confirmed_there() {
+    let _heavy = crate::helpers::heavy_test().await;
     let s = setup(2).await;
     let (a, b) = (&s.apps[0], &s.apps[1]);
     a.create_product("moving", "made before the move", 2.0)
@@ -644,6 +648,7 @@ async fn a_move_started_through_the_admin_api_is_followed_and_confirmed_there() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_sqlite_tenant_promoted_to_postgres_keeps_its_data_users_keys_and_audit_rows() {
+    let _heavy = crate::helpers::heavy_test().await;
     let server = PgCluster::start(100);
     pg::admin_execute(&server.url, "CREATE DATABASE control").await;
     let control = pg::url_with_database(&server.url, "control");
@@ -828,6 +833,7 @@ async fn sqlite_count(file: &Path, sql: &str) -> i64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_promotion_killed_at_any_point_and_run_again_loses_and_duplicates_nothing() {
+    let _heavy = crate::helpers::heavy_test().await;
     let server = PgCluster::start(100);
     pg::admin_execute(&server.url, "CREATE DATABASE control").await;
     let control = pg::url_with_database(&server.url, "control");
@@ -940,6 +946,7 @@ async fn a_promotion_killed_at_any_point_and_run_again_loses_and_duplicates_noth
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_manufacturing_tenant_is_promoted_with_its_foreign_keys_and_exact_numbers() {
+    let _heavy = crate::helpers::heavy_test().await;
     let server = PgCluster::start(100);
     pg::admin_execute(&server.url, "CREATE DATABASE control").await;
     let control = pg::url_with_database(&server.url, "control");
@@ -1021,4 +1028,49 @@ async fn a_manufacturing_tenant_is_promoted_with_its_foreign_keys_and_exact_numb
     let copied: f64 = row.try_get_by_index(0).unwrap();
     assert_eq!(copied.to_bits(), stock.to_bits(), "{copied} != {stock}");
     db.close().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_second_mover_of_the_same_tenant_is_refused_while_the_first_runs() {
+    let _heavy = crate::helpers::heavy_test().await;
+    let s = setup(1).await;
+    let mut first = command(s.dir.path(), &control_env(&s.control))
+        .args(["tenants", "move", "moving", "--to", &s.target])
+        .spawn()
+        .unwrap();
+    // The first has recorded the move and holds it.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while count(&s.control, "SELECT count(*) FROM tenant_moves").await == 0 {
+        assert!(Instant::now() < deadline, "the first mover did not start");
+        assert!(
+            first.try_wait().unwrap().is_none(),
+            "the first mover ended early"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let (dir, control) = (s.dir.path().to_path_buf(), s.control.clone());
+    let (code, stdout, stderr) =
+        tokio::task::spawn_blocking(move || run_move(&dir, &control, &["--abort"]))
+            .await
+            .unwrap();
+    let still_running = first.try_wait().unwrap().is_none();
+    if still_running {
+        assert_ne!(code, 0, "an abort ran beside the mover: {stdout}");
+        assert!(stderr.contains("another process is moving"), "{stderr}");
+    }
+    let status = first.wait().unwrap();
+    assert!(status.success(), "the first mover failed");
+    // It finished alone: the tenant is on the target, the move switched.
+    assert_eq!(
+        count(
+            &s.control,
+            "SELECT count(*) FROM tenant_moves WHERE state = 'switched'"
+        )
+        .await,
+        1
+    );
+    assert!(
+        still_running,
+        "the first mover finished before the second tried"
+    );
 }
