@@ -49,6 +49,8 @@ async fn assert_no_console_errors(browser: &Browser, page: &str) {
 
 #[tokio::test]
 async fn an_operator_runs_a_tenants_life_from_the_console() {
+    // Chromium and the thousand-tenant load starved each other on two cores.
+    let _heavy = crate::helpers::heavy_test().await;
     let app = spawn_app_with(AppSpec::new(standard_tenants())).await;
     let browser = Browser::start(1280, 900).await;
     let console = format!("{}/admin", app.address);

@@ -344,7 +344,7 @@ pub async fn assert_error(response: Response, status: u16, code: &str) -> Value 
 }
 
 /// Held by the tests that load the machine most (the thousand-tenant load, the
-/// moves with their writers and servers): one at a time, in this process or in
+/// moves with their writers and servers, the browser): one at a time, in this process or in
 /// another (nextest runs each test in a process of its own), so that on two cores
 /// none starves another past its deadlines. Released when dropped.
 pub async fn heavy_test() -> std::fs::File {
