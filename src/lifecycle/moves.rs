@@ -248,6 +248,14 @@ async fn drop_replication(
     target: &DatabaseConnection,
     name: &str,
 ) -> Result<(), DbErr> {
+    // A subscription still being created by a mover that was killed.
+    target
+        .execute_unprepared(&format!(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+             WHERE datname = current_database() AND pid <> pg_backend_pid() \
+             AND query LIKE 'CREATE SUBSCRIPTION {name} %'"
+        ))
+        .await?;
     let subscribed = query_i64(
         target,
         &format!(
@@ -267,21 +275,42 @@ async fn drop_replication(
             .execute_unprepared(&format!("DROP SUBSCRIPTION {name}"))
             .await?;
     }
-    let slots = query_i64(
-        source,
-        &format!(
-            "SELECT count(*) FROM pg_replication_slots WHERE slot_name = {}",
-            literal(name)
-        ),
-    )
-    .await?;
-    if slots > 0 {
+    // A slot still in use (a subscription being created by a mover that was
+    // killed, its walsender not yet gone): end its user, then drop it.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let slots = query_i64(
+            source,
+            &format!(
+                "SELECT count(*) FROM pg_replication_slots WHERE slot_name = {}",
+                literal(name)
+            ),
+        )
+        .await?;
+        if slots == 0 {
+            break;
+        }
         source
+            .execute_unprepared(&format!(
+                "SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots \
+                 WHERE slot_name = {} AND active_pid IS NOT NULL",
+                literal(name)
+            ))
+            .await?;
+        match source
             .execute_unprepared(&format!(
                 "SELECT pg_drop_replication_slot({})",
                 literal(name)
             ))
-            .await?;
+            .await
+        {
+            Ok(_) => break,
+            Err(e) if Instant::now() < deadline => {
+                tracing::debug!(error = %db::redact_error(&e), "the move's slot is still in use; trying again");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(e) => return Err(e),
+        }
     }
     source
         .execute_unprepared(&format!("DROP PUBLICATION IF EXISTS {name}"))
