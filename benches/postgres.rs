@@ -6,7 +6,8 @@
 //! Run: `./scripts/bench.sh postgres` (starts a throwaway server with room for the
 //! pools), or `cargo bench --bench postgres` with BENCH_DATABASE_URL set to a server
 //! with max_connections of at least 1,300. Knobs: BENCH_SECONDS, BENCH_ROUNDS,
-//! BENCH_CONCURRENCY, BENCH_SCHEMA_TENANTS, BENCH_DATABASE_TENANTS. It prints its
+//! BENCH_WARMUP_SECS, BENCH_CONCURRENCY, BENCH_SCHEMA_TENANTS,
+//! BENCH_DATABASE_TENANTS. It prints its
 //! figures; it asserts nothing.
 
 mod common;
@@ -399,6 +400,11 @@ fn main() {
         env_or("BENCH_SECONDS", 5),
         env_or("BENCH_ROUNDS", 3),
     );
+    // Each measured run follows this much of the same load, unmeasured: it finds
+    // the connections a service under that load keeps (open, each tenant's
+    // statements prepared), where the loads between rounds would otherwise have
+    // taken them for their own pools or let them expire.
+    let warmup = env_or("BENCH_WARMUP_SECS", 10);
     // The routed service, the fixed pool (32) and pgbench (32) must fit the
     // server's 200 connections (3 reserved for superusers) together.
     let router_connections = env_or("BENCH_ROUTER_CONNECTIONS", 125);
@@ -546,8 +552,9 @@ fn main() {
 
     println!(
         "\n== Throughput, GET /api/products (20 rows), uniformly random tenant per request \
-         ({concurrency} connections, {seconds} s x {rounds} rounds, interleaved; \
-         router budget {router_connections} connections on the server)"
+         ({concurrency} connections, {seconds} s x {rounds} rounds, interleaved, each \
+         after {warmup} s of the same load; router budget {router_connections} \
+         connections on the server)"
     );
     let wrk_on = |address: &str, prefix: &str, count: usize| LoadKind::Wrk {
         address: address.to_string(),
@@ -585,12 +592,14 @@ fn main() {
             count,
         } => wrk(dir.path(), address, prefix, *count, concurrency, seconds),
     };
-    for (_, kind) in &loads {
-        load(kind, 2);
-    }
     let mut results: Vec<Vec<Load>> = vec![Vec::new(); loads.len()];
+    // Failed requests of the warm-ups count with the rest.
+    let mut warmup_errors = 0;
     for round in 1..=rounds {
         for (i, (name, kind)) in loads.iter().enumerate() {
+            if warmup > 0 {
+                warmup_errors += load(kind, warmup).errors;
+            }
             let l = load(kind, seconds);
             let latency = if l.mean_ms > 0.0 {
                 format!("mean {:>6.2} ms", l.mean_ms)
@@ -608,7 +617,7 @@ fn main() {
         .iter()
         .map(|r| median(r.iter().map(|l| l.rate).collect()))
         .collect();
-    let errors: u64 = results.iter().flatten().map(|l| l.errors).sum();
+    let errors: u64 = warmup_errors + results.iter().flatten().map(|l| l.errors).sum::<u64>();
     println!("\n  median rates:");
     for ((name, _), rate) in loads.iter().zip(&medians) {
         println!(

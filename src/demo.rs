@@ -296,7 +296,8 @@ pub async fn clear(db: &impl ConnectionTrait) -> Result<(), DbErr> {
         "products",
         "cash_flow_entries",
     ] {
-        db.execute_unprepared(&format!("DELETE FROM {table}"))
+        // Quoted, so that a schema tenant's statement is qualified with its schema.
+        db.execute_unprepared(&format!("DELETE FROM \"{table}\""))
             .await?;
     }
     Ok(())
@@ -317,7 +318,7 @@ pub async fn status(
         "boms",
         "production_orders",
     ] {
-        let sql = format!("SELECT COUNT(*) AS n FROM {table} WHERE deleted_at IS NULL");
+        let sql = format!("SELECT COUNT(*) AS n FROM \"{table}\" WHERE deleted_at IS NULL");
         let row = db
             .query_one_raw(sea_orm::Statement::from_string(
                 db.get_database_backend(),

@@ -1,6 +1,8 @@
 //! A request's connection: one real connection checked out of its pool for the
-//! request's whole life, already pointed at the tenant's schema, and usable by
-//! sea-orm like a pool (`ConnectionTrait`, `TransactionTrait`).
+//! request's whole life, and usable by sea-orm like a pool (`ConnectionTrait`,
+//! `TransactionTrait`). A schema-mode tenant's statements have their tables
+//! qualified with its schema on the way ([`super::qualify`]); its connection's
+//! empty search path finds nothing they do not qualify.
 //!
 //! When the request is done the connection goes back to its pool, unless it may be
 //! in an unknown state: a query cut short (the request was cancelled), a
@@ -21,6 +23,7 @@ use sqlx_core::transaction::TransactionManager;
 use tokio::sync::{Mutex, OwnedSemaphorePermit};
 
 use super::pool::{Conn, ConnPool, RawConn, exec_err, query_err};
+use super::qualify::qualify;
 
 /// A connection checked out for one request, with the tenant's share of
 /// connections it holds.
@@ -92,7 +95,7 @@ impl Drop for Checkout {
 /// through `$to_db_err`.
 macro_rules! with_conn {
     ($cell:expr, $to_db_err:expr, |$raw:ident| $body:expr) => {{
-        let mut checkout = $cell.lock().await;
+        let mut checkout = $cell.checkout.lock().await;
         checkout.busy = true;
         let outcome = match checkout.raw() {
             Ok($raw) => Ok($body.await),
@@ -110,19 +113,34 @@ macro_rules! with_conn {
     }};
 }
 
-fn values(stmt: Statement) -> (String, SqlxValues) {
-    (
-        stmt.sql,
-        SqlxValues(stmt.values.unwrap_or(Values(Vec::new()))),
-    )
+/// A request's checkout and the schema its statements are qualified with (a
+/// schema-mode tenant's), shared by a [`TenantConn`] and its transactions.
+struct Session {
+    checkout: Mutex<Checkout>,
+    schema: Option<Arc<str>>,
 }
 
-/// Shared by a [`TenantConn`] and its transactions.
-type Cell = Arc<Mutex<Checkout>>;
+impl Session {
+    /// `sql` as it goes to the connection: its tables in the tenant's schema.
+    fn sql(&self, sql: String) -> sqlx::AssertSqlSafe<String> {
+        sqlx::AssertSqlSafe(match &self.schema {
+            Some(schema) => qualify(&sql, schema),
+            None => sql,
+        })
+    }
+
+    fn statement(&self, stmt: Statement) -> (sqlx::AssertSqlSafe<String>, SqlxValues) {
+        (
+            self.sql(stmt.sql),
+            SqlxValues(stmt.values.unwrap_or(Values(Vec::new()))),
+        )
+    }
+}
+
+type Cell = Arc<Session>;
 
 async fn execute(cell: &Cell, stmt: Statement) -> Result<ExecResult, DbErr> {
-    let (sql, args) = values(stmt);
-    let sql = sqlx::AssertSqlSafe(sql);
+    let (sql, args) = cell.statement(stmt);
     with_conn!(cell, exec_err, |raw| async {
         match raw {
             RawConn::Pg(c) => sqlx::query_with(sql, args)
@@ -138,7 +156,7 @@ async fn execute(cell: &Cell, stmt: Statement) -> Result<ExecResult, DbErr> {
 }
 
 async fn execute_unprepared(cell: &Cell, sql: &str) -> Result<ExecResult, DbErr> {
-    let sql = sqlx::AssertSqlSafe(sql.to_owned());
+    let sql = cell.sql(sql.to_owned());
     with_conn!(cell, exec_err, |raw| async {
         match raw {
             RawConn::Pg(c) => c.execute(sql).await.map(ExecResult::from),
@@ -148,8 +166,7 @@ async fn execute_unprepared(cell: &Cell, sql: &str) -> Result<ExecResult, DbErr>
 }
 
 async fn query_one(cell: &Cell, stmt: Statement) -> Result<Option<QueryResult>, DbErr> {
-    let (sql, args) = values(stmt);
-    let sql = sqlx::AssertSqlSafe(sql);
+    let (sql, args) = cell.statement(stmt);
     with_conn!(cell, query_err, |raw| async {
         match raw {
             RawConn::Pg(c) => sqlx::query_with(sql, args)
@@ -165,8 +182,7 @@ async fn query_one(cell: &Cell, stmt: Statement) -> Result<Option<QueryResult>, 
 }
 
 async fn query_all(cell: &Cell, stmt: Statement) -> Result<Vec<QueryResult>, DbErr> {
-    let (sql, args) = values(stmt);
-    let sql = sqlx::AssertSqlSafe(sql);
+    let (sql, args) = cell.statement(stmt);
     with_conn!(cell, query_err, |raw| async {
         match raw {
             RawConn::Pg(c) => sqlx::query_with(sql, args)
@@ -188,7 +204,7 @@ async fn begin(
 ) -> Result<TenantTxn, DbErr> {
     let statement = match (backend, options.sqlite_transaction_mode) {
         (DbBackend::Sqlite, Some(mode)) => {
-            let checkout = cell.lock().await;
+            let checkout = cell.checkout.lock().await;
             let depth = checkout
                 .conn
                 .as_ref()
@@ -245,14 +261,20 @@ impl std::fmt::Debug for TenantConn {
 }
 
 impl TenantConn {
+    /// The connection of a request, for the tenant (and schema) its checkout was
+    /// made for.
     pub fn new(checkout: Checkout) -> Self {
+        let schema = checkout.conn.as_ref().and_then(|c| c.schema().cloned());
         let backend = if checkout.pool.is_postgres() {
             DbBackend::Postgres
         } else {
             DbBackend::Sqlite
         };
         Self {
-            cell: Arc::new(Mutex::new(checkout)),
+            cell: Arc::new(Session {
+                checkout: Mutex::new(checkout),
+                schema,
+            }),
             backend,
         }
     }
@@ -415,7 +437,7 @@ impl Drop for TenantTxn {
         }
         // If an operation of this request holds the connection, it was cut short:
         // the connection is marked busy and will be closed.
-        if let Ok(mut checkout) = self.cell.try_lock() {
+        if let Ok(mut checkout) = self.cell.checkout.try_lock() {
             // Queued now, sent before the connection's next statement; the
             // connection is not reused by another request either way.
             if let Some(conn) = checkout.conn.as_mut() {

@@ -7,6 +7,7 @@ pub mod conn;
 mod errors;
 mod migrate;
 pub mod pool;
+mod qualify;
 mod storage;
 mod urls;
 
@@ -151,24 +152,37 @@ pub(super) async fn connect_one(
 }
 
 /// Rows the connection has inserted, updated or deleted: SQLite's
-/// `total_changes()`; on PostgreSQL the counts of the tables in its schema that
+/// `total_changes()`; on PostgreSQL the counts of the tables in `schema` (a
+/// schema-mode tenant's; else the connection's current schema) that
 /// the session has not yet reported (`pg_stat_xact_user_tables`, which also holds
 /// earlier transactions' counts until the session reports them, never inside a
 /// transaction). Read at the start and the end of one transaction, the difference
 /// is what the transaction wrote.
-pub async fn rows_written_mark(txn: &impl ConnectionTrait) -> Result<i64, DbErr> {
-    let sql = if txn.get_database_backend() == DbBackend::Sqlite {
-        "SELECT total_changes() AS n"
-    } else {
-        "SELECT COALESCE(SUM(n_tup_ins + n_tup_upd + n_tup_del), 0)::bigint AS n \
-         FROM pg_stat_xact_user_tables WHERE schemaname = current_schema()"
+pub async fn rows_written_mark(
+    txn: &impl ConnectionTrait,
+    schema: Option<&str>,
+) -> Result<i64, DbErr> {
+    const PG_SUM: &str = "SELECT COALESCE(SUM(n_tup_ins + n_tup_upd + n_tup_del), 0)::bigint AS n \
+                          FROM pg_stat_xact_user_tables WHERE schemaname = ";
+    let backend = txn.get_database_backend();
+    let statement = match (backend, schema) {
+        (DbBackend::Sqlite, _) => Statement::from_string(backend, "SELECT total_changes() AS n"),
+        // A schema tenant's connection has an empty search path: no current schema.
+        (_, Some(schema)) => {
+            Statement::from_sql_and_values(backend, format!("{PG_SUM}$1"), [schema.into()])
+        }
+        (_, None) => Statement::from_string(backend, format!("{PG_SUM}current_schema()")),
     };
-    count(txn, Statement::from_string(txn.get_database_backend(), sql)).await
+    count(txn, statement).await
 }
 
 /// Rows written in the transaction since [`rows_written_mark`] gave `mark`.
-pub async fn rows_written_since(txn: &impl ConnectionTrait, mark: i64) -> Result<u64, DbErr> {
-    let now = rows_written_mark(txn).await?;
+pub async fn rows_written_since(
+    txn: &impl ConnectionTrait,
+    schema: Option<&str>,
+    mark: i64,
+) -> Result<u64, DbErr> {
+    let now = rows_written_mark(txn, schema).await?;
     Ok(u64::try_from(now - mark).unwrap_or(0))
 }
 

@@ -160,8 +160,9 @@ async fn record_write(state: AppState, request: Request, next: Next) -> Response
         Err(e) => return AppError::from(e).into_response(),
     };
     // For the tenant's usage: the rows this write changes, its audit row aside.
+    let schema = tenant.config.schema_name();
     let rows_mark = match &state.usage {
-        Some(_) => match crate::db::rows_written_mark(&txn).await {
+        Some(_) => match crate::db::rows_written_mark(&txn, schema.as_deref()).await {
             Ok(mark) => Some(mark),
             Err(e) => return AppError::from(e).into_response(),
         },
@@ -185,14 +186,16 @@ async fn record_write(state: AppState, request: Request, next: Next) -> Response
             return response;
         }
         let rows_written = match rows_mark {
-            Some(mark) => match crate::db::rows_written_since(&txn, mark).await {
-                Ok(rows) => rows,
-                Err(e) => {
-                    // Counted as none rather than failing the write.
-                    tracing::warn!(error = %crate::db::redact_error(&e), "cannot count the rows a write changed");
-                    0
+            Some(mark) => {
+                match crate::db::rows_written_since(&txn, schema.as_deref(), mark).await {
+                    Ok(rows) => rows,
+                    Err(e) => {
+                        // Counted as none rather than failing the write.
+                        tracing::warn!(error = %crate::db::redact_error(&e), "cannot count the rows a write changed");
+                        0
+                    }
                 }
-            },
+            }
             None => 0,
         };
         let (entity, action) = describe(&method, &path);

@@ -358,9 +358,9 @@ impl TenantRegistry {
         if let Some(pool) = pools.get(url).and_then(Weak::upgrade) {
             return Ok(pool);
         }
-        let target = Target::parse(url)?;
-        let server = self.server_for(&target);
         let settings = &self.inner.settings;
+        let target = Target::parse(url)?.statement_cache(settings.statement_cache_capacity);
+        let server = self.server_for(&target);
         let pool = ConnPool::new(
             server,
             target,

@@ -47,6 +47,7 @@ pub const ENV_KEYS: &[&str] = &[
     "MAX_CONNECTIONS_PER_TENANT",
     "MAX_CONNECTIONS_PER_SERVER",
     "CONNECTION_IDLE_TIMEOUT_SECS",
+    "PG_STATEMENT_CACHE_CAPACITY",
     "POOL_CONNECT_TIMEOUT_SECS",
     "POOL_ACQUIRE_TIMEOUT_SECS",
     "AUTO_MIGRATE",
@@ -127,6 +128,10 @@ pub struct Settings {
     pub max_connections_per_server: u32,
     /// How long a connection may sit idle in its pool before it is closed.
     pub connection_idle_timeout_secs: u64,
+    /// Prepared statements each PostgreSQL connection keeps. A schema tenant's
+    /// statements name its schema, so a connection serving many schema tenants
+    /// needs room for each one's.
+    pub pg_statement_cache_capacity: usize,
     pub pool_connect_timeout_secs: u64,
     pub pool_acquire_timeout_secs: u64,
     pub auto_migrate: bool,
@@ -238,6 +243,7 @@ impl Settings {
             .and_then(|b| b.set_default("max_open_pools", 10_000))
             .and_then(|b| b.set_default("max_connections_per_server", 0))
             .and_then(|b| b.set_default("connection_idle_timeout_secs", 10))
+            .and_then(|b| b.set_default("pg_statement_cache_capacity", 1024))
             .and_then(|b| b.set_default("pool_connect_timeout_secs", 5))
             .and_then(|b| b.set_default("pool_acquire_timeout_secs", 5))
             .and_then(|b| b.set_default("auto_migrate", true))
@@ -313,6 +319,9 @@ impl Settings {
         }
         if self.connection_idle_timeout_secs == 0 {
             return Err("settings: CONNECTION_IDLE_TIMEOUT_SECS must be at least 1".into());
+        }
+        if !(1..=65_536).contains(&self.pg_statement_cache_capacity) {
+            return Err("settings: PG_STATEMENT_CACHE_CAPACITY must be within 1..=65536".into());
         }
         if self.base_domain.is_empty()
             || !self
@@ -547,6 +556,19 @@ mod tests {
         let err = Settings::from_map(&env(&[("JWT_SECRET", "too-short")])).unwrap_err();
         assert!(err.contains("JWT_SECRET"), "{err}");
         assert!(!err.contains("too-short"), "{err}");
+    }
+
+    #[test]
+    fn the_statement_cache_is_1024_by_default_and_bounded() {
+        let s = Settings::from_map(&env(&[])).unwrap();
+        assert_eq!(s.pools().statement_cache_capacity, 1024);
+        let s = Settings::from_map(&env(&[("PG_STATEMENT_CACHE_CAPACITY", "50")])).unwrap();
+        assert_eq!(s.pools().statement_cache_capacity, 50);
+        for bad in ["0", "65537"] {
+            let err =
+                Settings::from_map(&env(&[("PG_STATEMENT_CACHE_CAPACITY", bad)])).unwrap_err();
+            assert!(err.contains("PG_STATEMENT_CACHE_CAPACITY"), "{err}");
+        }
     }
 
     #[test]

@@ -43,6 +43,7 @@ impl Settings {
             max_connections_per_server: (self.max_connections_per_server > 0)
                 .then_some(self.max_connections_per_server),
             connection_idle_timeout: Duration::from_secs(self.connection_idle_timeout_secs.max(1)),
+            statement_cache_capacity: self.pg_statement_cache_capacity.clamp(1, 65_536),
             connect_timeout: Duration::from_secs(self.pool_connect_timeout_secs.max(1)),
             acquire_timeout: Duration::from_secs(self.pool_acquire_timeout_secs.max(1)),
             auto_migrate: self.auto_migrate,
@@ -87,6 +88,8 @@ pub struct PoolSettings {
     pub max_connections_per_server: Option<u32>,
     /// How long a connection may sit idle in its pool before it is closed.
     pub connection_idle_timeout: Duration,
+    /// Prepared statements each PostgreSQL connection keeps.
+    pub statement_cache_capacity: usize,
     pub connect_timeout: Duration,
     pub acquire_timeout: Duration,
     pub auto_migrate: bool,

@@ -27,6 +27,7 @@ use target::*;
 pub use target::{RawConn, Target};
 
 use std::{
+    collections::HashSet,
     sync::{
         Arc, Mutex,
         atomic::{AtomicBool, AtomicU32, Ordering},
@@ -37,11 +38,13 @@ use std::{
 use sea_orm::{DbErr, RuntimeErr, sqlx};
 use tokio::sync::Notify;
 
-use super::quote_ident;
-
 /// A connection idle longer than this is checked before it is handed out, unless
-/// switching its schema checks it anyway.
+/// switching its search path checks it anyway.
 const CHECK_IF_IDLE_FOR: Duration = Duration::from_secs(5);
+
+/// How many schema tenants a connection remembers having served, for affinity:
+/// once it has served more, it forgets them all and starts again.
+const SERVED_MEMORY: usize = 1024;
 #[derive(Default)]
 struct PoolCounts {
     open: AtomicU32,
@@ -75,9 +78,17 @@ impl Drop for Pending {
     }
 }
 
-/// An open connection, the schema its `search_path` points at now, and its slot.
+/// An open connection, the mode of its session, the schema tenants it served, and
+/// its slot.
 pub struct Conn {
     pub(crate) raw: RawConn,
+    /// On an empty `search_path` with generic plans, for schema tenants' qualified
+    /// statements (see [`super::qualify`]); else on the database's defaults.
+    qualified: bool,
+    /// Schema tenants whose statements this connection has run (and most likely
+    /// still holds prepared), so that a checkout can prefer it for them.
+    served: HashSet<Arc<str>>,
+    /// The schema of the tenant it is checked out for now.
     schema: Option<Arc<str>>,
     idle_since: Instant,
     /// The SQLite file it was opened on.
@@ -87,6 +98,12 @@ pub struct Conn {
 }
 
 impl Conn {
+    /// The schema of the schema-mode tenant the connection is checked out for,
+    /// which its statements must be qualified with.
+    pub fn schema(&self) -> Option<&Arc<str>> {
+        self.schema.as_ref()
+    }
+
     async fn close(self) {
         let Conn {
             raw,
@@ -191,19 +208,24 @@ impl ConnPool {
         (!idle.is_empty()).then(|| idle.remove(0))
     }
 
-    /// The most recently used idle connection already on `schema`, else the most
-    /// recently used one.
+    /// The most recently used idle connection that served `schema` before (its
+    /// statements are likely prepared there), else the most recently used one in
+    /// the mode `schema` needs, else the most recently used one.
     fn pop_idle(&self, schema: &Option<Arc<str>>) -> Option<Conn> {
         let mut idle = self.idle();
-        let index = idle
-            .iter()
-            .rposition(|c| c.schema == *schema)
+        let qualified = schema.is_some();
+        let index = schema
+            .as_ref()
+            .and_then(|s| idle.iter().rposition(|c| c.served.contains(s)))
+            .or_else(|| idle.iter().rposition(|c| c.qualified == qualified))
             .or_else(|| idle.len().checked_sub(1))?;
         Some(idle.remove(index))
     }
 
-    /// A connection pointed at `schema` (`None`: the database's default search
-    /// path), waiting up to `deadline`.
+    /// A connection for a tenant of `schema` (`None`: a database-mode tenant, on
+    /// the database's default search path), waiting up to `deadline`. A schema
+    /// tenant's connection has an empty search path: its statements must name
+    /// their schema ([`super::qualify`]).
     pub async fn checkout(
         self: &Arc<Self>,
         schema: Option<Arc<str>>,
@@ -232,7 +254,7 @@ impl ConnPool {
                     }
                 }
                 match self.make_ready(conn, &schema).await {
-                    Ok(conn) => return Ok(self.hand_out(conn)),
+                    Ok(conn) => return Ok(self.hand_out(conn, schema)),
                     Err(_) => continue,
                 }
             }
@@ -240,15 +262,24 @@ impl ConnPool {
                 biased;
                 slot = &mut slot => {
                     let conn = self.open(slot?, &schema).await?;
-                    return Ok(self.hand_out(conn));
+                    return Ok(self.hand_out(conn, schema));
                 }
                 _ = self.returned.notified() => {}
             }
         }
     }
 
-    fn hand_out(&self, conn: Conn) -> Conn {
+    fn hand_out(&self, mut conn: Conn, schema: Option<Arc<str>>) -> Conn {
         self.counts.in_use.fetch_add(1, Ordering::Relaxed);
+        if let Some(schema) = &schema
+            && !conn.served.contains(schema)
+        {
+            if conn.served.len() >= SERVED_MEMORY {
+                conn.served.clear();
+            }
+            conn.served.insert(schema.clone());
+        }
+        conn.schema = schema;
         conn
     }
 
@@ -269,6 +300,8 @@ impl ConnPool {
         self.counts.open.fetch_add(1, Ordering::Relaxed);
         let conn = Conn {
             raw,
+            qualified: false,
+            served: HashSet::new(),
             schema: None,
             idle_since: Instant::now(),
             file: self.target.sqlite_file().and_then(file_id),
@@ -284,10 +317,10 @@ impl ConnPool {
         }
     }
 
-    /// Checks a connection that sat idle, and points it at `schema`.
+    /// Checks a connection that sat idle, and puts it in the mode `schema` needs.
     async fn make_ready(&self, mut conn: Conn, schema: &Option<Arc<str>>) -> Result<Conn, DbErr> {
-        if conn.schema == *schema && conn.idle_since.elapsed() > CHECK_IF_IDLE_FOR {
-            // Switching the schema is a round trip that checks the connection too.
+        if conn.qualified == schema.is_some() && conn.idle_since.elapsed() > CHECK_IF_IDLE_FOR {
+            // Switching the mode is a round trip that checks the connection too.
             if let Err(e) = conn.raw.ping().await {
                 conn.close_later();
                 return Err(conn_err(e));
@@ -299,25 +332,31 @@ impl ConnPool {
         })
     }
 
+    /// Puts a PostgreSQL connection in the mode `schema` needs: for a schema
+    /// tenant an empty search path (a table its statement does not qualify is found
+    /// nowhere, not in `public`, where a database-mode tenant sharing this database
+    /// keeps its tables) and generic plans (each tenant's statements are planned
+    /// once per connection, not for each of their first five runs); for a
+    /// database-mode tenant the database's defaults.
     async fn switch(
         &self,
         mut conn: Conn,
         schema: &Option<Arc<str>>,
     ) -> Result<Conn, (Conn, DbErr)> {
-        if conn.schema == *schema || !self.is_postgres() {
+        let qualified = schema.is_some();
+        if conn.qualified == qualified || !self.is_postgres() {
             return Ok(conn);
         }
-        let sql = match schema {
-            // Only the tenant's schema: no fallback to `public`, where a
-            // database-mode tenant sharing this database keeps its tables.
-            Some(name) => format!("SET search_path TO {}", quote_ident(name)),
-            None => "SET search_path TO DEFAULT".to_string(),
+        let sql = if qualified {
+            "SET search_path TO ''; SET plan_cache_mode TO force_generic_plan"
+        } else {
+            "SET search_path TO DEFAULT; SET plan_cache_mode TO DEFAULT"
         };
         // Outside any transaction (a connection in one is never pooled), so no
         // rollback can undo it.
-        match conn.raw.execute_simple(&sql).await {
+        match conn.raw.execute_simple(sql).await {
             Ok(()) => {
-                conn.schema = schema.clone();
+                conn.qualified = qualified;
                 Ok(conn)
             }
             Err(e) => Err((conn, query_err(e))),

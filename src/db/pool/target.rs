@@ -42,6 +42,16 @@ impl Target {
         }
     }
 
+    /// Keeps up to `capacity` prepared statements per PostgreSQL connection
+    /// (sqlx's default is 100). A schema tenant's statements name its schema, so
+    /// each tenant a connection serves has statements of its own there.
+    pub fn statement_cache(self, capacity: usize) -> Self {
+        match self {
+            Self::Postgres(o) => Self::Postgres(Box::new(o.statement_cache_capacity(capacity))),
+            other => other,
+        }
+    }
+
     /// The server this target lives on: `host:port`, or `sqlite` for the files of
     /// this process.
     pub fn server(&self) -> String {

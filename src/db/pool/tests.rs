@@ -669,63 +669,57 @@ async fn a_busy_pool_grows_into_a_connection_another_pool_stopped_using() {
 
 /// PostgreSQL: one real connection (a budget of one slot) serves two schemas in
 /// turn, each checkout seeing only its own schema's rows, also after an error
-/// inside a transaction on the other schema.
+/// inside a transaction on the other schema. The connection stays on an empty
+/// search path: a table a statement does not qualify (unquoted) is found nowhere,
+/// not even in `public`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_one_connection_switches_schemas_without_leaking_rows() {
-    let Ok(base) = std::env::var("TEST_DATABASE_URL") else {
-        println!("TEST_DATABASE_URL is not set: skipping the PostgreSQL test");
+    let Some(pg) = PgTestDb::create().await else {
         return;
     };
-    let name = format!(
-        "pooltest_{}",
-        &uuid::Uuid::new_v4().simple().to_string()[..12]
-    );
-    let with_db = |db: &str| {
-        let mut url = url::Url::parse(&base).unwrap();
-        url.set_path(&format!("/{db}"));
-        url.to_string()
-    };
-    let admin = sea_orm::Database::connect(with_db("postgres"))
-        .await
-        .unwrap();
-    admin
-        .execute_unprepared(&format!("CREATE DATABASE \"{name}\""))
-        .await
-        .unwrap();
-    let url = crate::db::prepare_url(&with_db(&name)).unwrap();
-    let setup = sea_orm::Database::connect(url.clone()).await.unwrap();
-    setup
-        .execute_unprepared(
-            "CREATE SCHEMA a; CREATE SCHEMA b; \
-             CREATE TABLE a.t(x int); CREATE TABLE b.t(x int); \
-             INSERT INTO b.t VALUES (2)",
-        )
-        .await
-        .unwrap();
-    setup.close().await.unwrap();
+    pg.setup(
+        "CREATE SCHEMA a; CREATE SCHEMA b; \
+         CREATE TABLE a.t(x int); CREATE TABLE b.t(x int); CREATE TABLE public.t(x int); \
+         INSERT INTO b.t VALUES (2); INSERT INTO public.t VALUES (3)",
+    )
+    .await;
 
-    let target = Target::parse(&url).unwrap();
+    let target = Target::parse(&pg.url).unwrap();
     let server = budget(&target, 1);
     let p = pool(&server, target, PATIENT);
     let pid = "SELECT pg_backend_pid()::int8";
 
     let db = tenant_conn(&p, Some("a")).await;
     let first_pid = int(&db, pid).await;
-    db.execute_unprepared("INSERT INTO t VALUES (1)")
+    db.execute_unprepared(r#"INSERT INTO "t" VALUES (1)"#)
         .await
         .unwrap();
-    assert_eq!(ints(&db, "SELECT x FROM t").await, vec![1]);
+    assert_eq!(ints(&db, r#"SELECT x FROM "t""#).await, vec![1]);
+    let unqualified = db.query_all_raw(Statement::from_string(
+        DbBackend::Postgres,
+        "SELECT x FROM t",
+    ));
+    let err = unqualified
+        .await
+        .expect_err("an unquoted table reached a schema");
+    assert!(err.to_string().contains("does not exist"), "{err}");
     drop(db);
 
     let db = tenant_conn(&p, Some("b")).await;
     assert_eq!(int(&db, pid).await, first_pid, "not the same connection");
-    assert_eq!(ints(&db, "SELECT x FROM t").await, vec![2]);
+    assert_eq!(ints(&db, r#"SELECT x FROM "t""#).await, vec![2]);
+    drop(db);
+
+    // A database-mode tenant of the same database: its default search path.
+    let db = tenant_conn(&p, None).await;
+    assert_eq!(int(&db, pid).await, first_pid, "not the same connection");
+    assert_eq!(ints(&db, r#"SELECT x FROM "t""#).await, vec![3]);
     drop(db);
 
     // An error inside a transaction on A, rolled back.
     let db = tenant_conn(&p, Some("a")).await;
     let txn = db.begin().await.unwrap();
-    txn.execute_unprepared("INSERT INTO t VALUES (10)")
+    txn.execute_unprepared(r#"INSERT INTO "t" VALUES (10)"#)
         .await
         .unwrap();
     assert!(txn.execute_unprepared("SELECT 1 / 0").await.is_err());
@@ -734,13 +728,13 @@ async fn postgres_one_connection_switches_schemas_without_leaking_rows() {
 
     let db = tenant_conn(&p, Some("b")).await;
     assert_eq!(int(&db, pid).await, first_pid, "not the same connection");
-    assert_eq!(ints(&db, "SELECT x FROM t").await, vec![2]);
+    assert_eq!(ints(&db, r#"SELECT x FROM "t""#).await, vec![2]);
     drop(db);
 
     // An error inside a transaction on A, dropped without a rollback.
     let db = tenant_conn(&p, Some("a")).await;
     let txn = db.begin().await.unwrap();
-    txn.execute_unprepared("INSERT INTO t VALUES (11)")
+    txn.execute_unprepared(r#"INSERT INTO "t" VALUES (11)"#)
         .await
         .unwrap();
     assert!(txn.execute_unprepared("SELECT 1 / 0").await.is_err());
@@ -748,19 +742,150 @@ async fn postgres_one_connection_switches_schemas_without_leaking_rows() {
     drop(db);
 
     let db = tenant_conn(&p, Some("b")).await;
-    assert_eq!(ints(&db, "SELECT x FROM t").await, vec![2]);
+    assert_eq!(ints(&db, r#"SELECT x FROM "t""#).await, vec![2]);
     drop(db);
     let db = tenant_conn(&p, Some("a")).await;
-    assert_eq!(ints(&db, "SELECT x FROM t").await, vec![1]);
+    assert_eq!(ints(&db, r#"SELECT x FROM "t""#).await, vec![1]);
     drop(db);
     let stats = server.stats();
     assert!(stats.peak_open <= 1, "{stats:?}");
 
     p.close().await;
     drop(p);
-    admin
-        .execute_unprepared(&format!("DROP DATABASE \"{name}\" WITH (FORCE)"))
+    pg.drop().await;
+}
+
+/// PostgreSQL: a connection serving two schema tenants in turn keeps each one's
+/// statement prepared (its text names the schema), never re-pointing a search
+/// path; a tenant's next checkout prefers an idle connection that served it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_connections_keep_each_tenants_statements_and_go_back_to_their_tenants() {
+    let Some(pg) = PgTestDb::create().await else {
+        return;
+    };
+    pg.setup(
+        "CREATE SCHEMA a; CREATE SCHEMA b; CREATE TABLE a.t(x int); CREATE TABLE b.t(x int); \
+         INSERT INTO a.t VALUES (1); INSERT INTO b.t VALUES (2)",
+    )
+    .await;
+    let target = Target::parse(&pg.url).unwrap();
+    let server = budget(&target, 2);
+    let p = pool(&server, target, PATIENT);
+    let pid = "SELECT pg_backend_pid()::int8";
+    let select = r#"SELECT x FROM "t""#;
+
+    // A on one connection, B on another, both given back: A's is given back last.
+    let on_a = tenant_conn(&p, Some("a")).await;
+    let on_b = tenant_conn(&p, Some("b")).await;
+    let (pid_a, pid_b) = (int(&on_a, pid).await, int(&on_b, pid).await);
+    assert_ne!(pid_a, pid_b);
+    assert_eq!(ints(&on_a, select).await, vec![1]);
+    assert_eq!(ints(&on_b, select).await, vec![2]);
+    drop(on_b);
+    drop(on_a);
+    // B goes back to its own connection, though A's is the most recently used.
+    let again_b = tenant_conn(&p, Some("b")).await;
+    assert_eq!(
+        int(&again_b, pid).await,
+        pid_b,
+        "B did not go back to its connection"
+    );
+    // And A to its own, though B's was given back last.
+    drop(again_b);
+    let again_a = tenant_conn(&p, Some("a")).await;
+    assert_eq!(
+        int(&again_a, pid).await,
+        pid_a,
+        "A did not go back to its connection"
+    );
+
+    // Now B on A's connection too: each tenant has its own prepared statement
+    // there, and the session kept its empty search path and generic plans.
+    let on_a_conn = again_a;
+    let other = tenant_conn(&p, Some("b")).await;
+    drop(on_a_conn);
+    let shared = tenant_conn(&p, Some("b")).await;
+    drop(other);
+    let shared_pid = int(&shared, pid).await;
+    assert_eq!(ints(&shared, select).await, vec![2]);
+    drop(shared);
+    let check = tenant_conn(&p, Some("a")).await;
+    assert_eq!(int(&check, pid).await, shared_pid);
+    assert_eq!(ints(&check, select).await, vec![1]);
+    let prepared = ints(
+        &check,
+        "SELECT count(*)::int4 FROM pg_prepared_statements \
+         WHERE statement LIKE 'SELECT x FROM %'",
+    )
+    .await;
+    assert_eq!(prepared, vec![2], "one prepared statement per tenant");
+    let settings = check
+        .query_one_raw(Statement::from_string(
+            DbBackend::Postgres,
+            "SELECT current_setting('search_path') AS path, \
+             current_setting('plan_cache_mode') AS mode",
+        ))
         .await
+        .unwrap()
         .unwrap();
-    admin.close().await.unwrap();
+    let path: String = settings.try_get("", "path").unwrap();
+    let mode: String = settings.try_get("", "mode").unwrap();
+    assert_eq!(
+        (path.as_str(), mode.as_str()),
+        ("\"\"", "force_generic_plan")
+    );
+    drop(check);
+
+    p.close().await;
+    drop(p);
+    pg.drop().await;
+}
+
+/// A database of its own on the server in TEST_DATABASE_URL, dropped at the end.
+struct PgTestDb {
+    admin: sea_orm::DatabaseConnection,
+    name: String,
+    url: String,
+}
+
+impl PgTestDb {
+    /// `None` (and a note) when TEST_DATABASE_URL is not set.
+    async fn create() -> Option<Self> {
+        let Ok(base) = std::env::var("TEST_DATABASE_URL") else {
+            println!("TEST_DATABASE_URL is not set: skipping the PostgreSQL test");
+            return None;
+        };
+        let name = format!(
+            "pooltest_{}",
+            &uuid::Uuid::new_v4().simple().to_string()[..12]
+        );
+        let with_db = |db: &str| {
+            let mut url = url::Url::parse(&base).unwrap();
+            url.set_path(&format!("/{db}"));
+            url.to_string()
+        };
+        let admin = sea_orm::Database::connect(with_db("postgres"))
+            .await
+            .unwrap();
+        admin
+            .execute_unprepared(&format!("CREATE DATABASE \"{name}\""))
+            .await
+            .unwrap();
+        let url = crate::db::prepare_url(&with_db(&name)).unwrap();
+        Some(Self { admin, name, url })
+    }
+
+    async fn setup(&self, sql: &str) {
+        let setup = sea_orm::Database::connect(self.url.clone()).await.unwrap();
+        setup.execute_unprepared(sql).await.unwrap();
+        setup.close().await.unwrap();
+    }
+
+    async fn drop(self) {
+        self.admin
+            .execute_unprepared(&format!("DROP DATABASE \"{}\" WITH (FORCE)", self.name))
+            .await
+            .unwrap();
+        self.admin.close().await.unwrap();
+    }
 }
