@@ -79,6 +79,9 @@ pub trait RegistryEvents: Send + Sync {
 
 /// A tenant in use: its pool, its schema there, and its share of connections.
 struct TenantHandle {
+    /// The configuration it was built from: a handle whose storage is no longer
+    /// the tenant's is not used.
+    built_for: TenantConfig,
     pool: Arc<ConnPool>,
     schema: Option<Arc<str>>,
     /// Connections the tenant may hold at once.
@@ -117,7 +120,8 @@ struct Inner {
     pools: Mutex<HashMap<String, Weak<ConnPool>>>,
     /// Tenants made ready (storage checked, migrated, seeded) by this process for
     /// their current storage: a handle built again after eviction skips that work.
-    ready: Mutex<std::collections::HashSet<TenantId>>,
+    /// Tenants made ready, with the storage (prepared URL) each was made ready for.
+    ready: Mutex<HashMap<TenantId, String>>,
     /// Budgets by server (`host:port`, or `sqlite`).
     servers: Mutex<HashMap<String, Arc<ServerBudget>>>,
     global: Option<Arc<Semaphore>>,
@@ -166,7 +170,7 @@ impl TenantRegistry {
             table: RwLock::new(Arc::new(TenantTable::new(tenants))),
             handles,
             pools: Mutex::new(HashMap::new()),
-            ready: Mutex::new(std::collections::HashSet::new()),
+            ready: Mutex::new(HashMap::new()),
             servers: Mutex::new(HashMap::new()),
             global,
             counters,
@@ -274,8 +278,30 @@ impl TenantRegistry {
         }
     }
 
-    /// The tenant's handle, built on first use.
+    /// The tenant's handle, built on first use, for the storage the registry has
+    /// for it now. A request may hold a configuration taken before a change (a
+    /// move, a new URL), and a handle built from such a one may have been cached
+    /// after the change dropped the old handle: the registry's configuration wins,
+    /// and a handle built for other storage is dropped and built again.
     async fn handle(&self, tenant: &TenantConfig) -> Result<Arc<TenantHandle>, AppError> {
+        let current = self.get(tenant.id.as_str());
+        let tenant = current.as_deref().unwrap_or(tenant);
+        // A stale handle can come back only from a build that started before the
+        // change, so a second look finds the right one.
+        for _ in 0..3 {
+            let handle = self.handle_once(tenant).await?;
+            if same_storage(&handle.built_for, tenant) {
+                return Ok(handle);
+            }
+            self.invalidate_if_same(&tenant.id, &handle).await;
+        }
+        Err(AppError::TenantUnavailable {
+            retry_after_secs: 1,
+            cause: UnavailableCause::Router,
+        })
+    }
+
+    async fn handle_once(&self, tenant: &TenantConfig) -> Result<Arc<TenantHandle>, AppError> {
         if let Some(handle) = self.inner.handles.get(&tenant.id).await {
             return Ok(handle);
         }
@@ -383,9 +409,9 @@ impl TenantRegistry {
             &db::prepare_url(tenant.database_url.expose()).map_err(OpenError::Db)?,
         );
         let pool = self.pool_for(&url).map_err(OpenError::Db)?;
-        if !self.ready().contains(&tenant.id) {
+        if self.ready().get(&tenant.id) != Some(&url) {
             self.prepare(tenant, &url, &pool).await?;
-            self.ready().insert(tenant.id.clone());
+            self.ready().insert(tenant.id.clone(), url);
         }
         let max_connections = tenant
             .pool
@@ -395,6 +421,7 @@ impl TenantRegistry {
         self.inner.counters.built.fetch_add(1, Ordering::Relaxed);
         self.inner.counters.open.fetch_add(1, Ordering::Relaxed);
         Ok(TenantHandle {
+            built_for: tenant.clone(),
             pool,
             schema: tenant.schema_name().map(Arc::from),
             permits: Arc::new(Semaphore::new(max_connections as usize)),
@@ -453,7 +480,7 @@ impl TenantRegistry {
         prepared.map_err(OpenError::Db)
     }
 
-    fn ready(&self) -> std::sync::MutexGuard<'_, std::collections::HashSet<TenantId>> {
+    fn ready(&self) -> std::sync::MutexGuard<'_, HashMap<TenantId, String>> {
         self.inner.ready.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -561,3 +588,6 @@ fn spawn_janitor(registry: Weak<Inner>) {
         }
     });
 }
+
+#[cfg(test)]
+mod tests;
