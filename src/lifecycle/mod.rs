@@ -57,6 +57,11 @@ pub struct Lifecycle {
     /// `IGNORED_SUBDOMAINS`: labels no tenant may take.
     ignored_subdomains: Vec<String>,
     seen: Mutex<Option<Fingerprint>>,
+    /// Held by a reload of the control rows from reading them to applying them:
+    /// reloads take turns, so one that read the rows before a change never
+    /// applies them after a reload that read the change (the poll and a change
+    /// announcement can start reloads together).
+    refreshing: tokio::sync::Mutex<()>,
     /// Moves this process runs now, by tenant: the step each is at.
     running_moves: Mutex<std::collections::HashMap<String, moves::MoveStep>>,
 }
@@ -127,6 +132,7 @@ impl Lifecycle {
             pools,
             ignored_subdomains,
             seen: Mutex::new(None),
+            refreshing: tokio::sync::Mutex::new(()),
             running_moves: Mutex::new(std::collections::HashMap::new()),
         }
     }
@@ -154,6 +160,12 @@ impl Lifecycle {
 
     /// Reloads the control rows into the registry.
     pub async fn refresh(&self) -> Result<(), DbErr> {
+        let _turn = self.refreshing.lock().await;
+        self.refresh_in_turn().await
+    }
+
+    /// [`Self::refresh`], for a caller holding `refreshing`.
+    async fn refresh_in_turn(&self) -> Result<(), DbErr> {
         let (rows, errors) = self.control.load().await?;
         for e in errors {
             tracing::error!(error = %e, "control database tenant left out");
@@ -165,6 +177,7 @@ impl Lifecycle {
     /// Refreshes when the control database changed since the last look: how a
     /// change made through another replica reaches this one.
     pub async fn poll(&self) -> Result<bool, DbErr> {
+        let _turn = self.refreshing.lock().await;
         let now = self.control.fingerprint().await?;
         let changed = {
             let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
@@ -173,7 +186,7 @@ impl Lifecycle {
             changed
         };
         if changed {
-            self.refresh().await?;
+            self.refresh_in_turn().await?;
         }
         Ok(changed)
     }
@@ -182,8 +195,9 @@ impl Lifecycle {
     /// announced, or may have been missed), and remembers the fingerprint so the
     /// next poll does not reload the same state again.
     pub async fn refresh_now(&self) -> Result<(), DbErr> {
+        let _turn = self.refreshing.lock().await;
         let now = self.control.fingerprint().await?;
-        self.refresh().await?;
+        self.refresh_in_turn().await?;
         *self.seen.lock().unwrap_or_else(|p| p.into_inner()) = Some(now);
         Ok(())
     }
