@@ -206,9 +206,13 @@ impl Drop for Router {
     }
 }
 
-/// A load to put on the database: pgbench on a URL, or wrk on a service.
+/// A load to put on the database: pgbench on a URL (each transaction one of the
+/// scripts, drawn at random), or wrk on a service.
 enum LoadKind {
-    Pgbench(String),
+    Pgbench {
+        url: String,
+        scripts: Vec<String>,
+    },
     Wrk {
         address: String,
         prefix: String,
@@ -308,23 +312,35 @@ fn wrk(
 /// a next page exists), as sea-orm writes it.
 const PRODUCTS_SELECT: &str = r#"SELECT "products"."id", "products"."name", "products"."price_cents", "products"."created_at", "products"."updated_at", "products"."deleted_at" FROM "products" WHERE "products"."deleted_at" IS NULL ORDER BY "products"."created_at" DESC, "products"."id" DESC LIMIT 21 OFFSET 0;"#;
 
-/// pgbench running [`PRODUCTS_SELECT`] on `url` with prepared statements, as fast
-/// as PostgreSQL answers it on this machine: the ceiling for the service.
-fn pgbench(dir: &Path, url: &str, concurrency: u64, seconds: u64) -> Load {
-    let script = dir.join("pgbench.sql");
-    std::fs::write(&script, PRODUCTS_SELECT).expect("pgbench script");
+/// [`PRODUCTS_SELECT`] on the tables of `schema`, as a schema tenant's statement
+/// reaches PostgreSQL.
+fn products_select_in(schema: &str) -> String {
+    PRODUCTS_SELECT.replace(
+        r#"FROM "products""#,
+        &format!(r#"FROM "{schema}"."products""#),
+    )
+}
+
+/// pgbench running `scripts` (one drawn at random per transaction) on `url` with
+/// prepared statements, as fast as PostgreSQL answers them on this machine: with
+/// [`PRODUCTS_SELECT`] alone, the ceiling for the service.
+fn pgbench(dir: &Path, url: &str, scripts: &[String], concurrency: u64, seconds: u64) -> Load {
     let binary = std::env::var("BENCH_PGBENCH").unwrap_or_else(|_| "pgbench".into());
-    let output = Command::new(&binary)
-        .args([
-            "-n",
-            "-M",
-            "prepared",
-            "-j2",
-            &format!("-c{concurrency}"),
-            &format!("-T{seconds}"),
-            "-f",
-        ])
-        .arg(&script)
+    let mut command = Command::new(&binary);
+    command.args([
+        "-n",
+        "-M",
+        "prepared",
+        "-j2",
+        &format!("-c{concurrency}"),
+        &format!("-T{seconds}"),
+    ]);
+    for (i, sql) in scripts.iter().enumerate() {
+        let script = dir.join(format!("pgbench-{i}.sql"));
+        std::fs::write(&script, sql).expect("pgbench script");
+        command.arg("-f").arg(script);
+    }
+    let output = command
         .arg(url)
         .output()
         .unwrap_or_else(|e| panic!("running {binary}: {e}"));
@@ -564,7 +580,22 @@ fn main() {
     let loads: Vec<(String, LoadKind)> = vec![
         (
             "pgbench, same SELECT".into(),
-            LoadKind::Pgbench(fixed.clone()),
+            LoadKind::Pgbench {
+                url: fixed.clone(),
+                scripts: vec![PRODUCTS_SELECT.into()],
+            },
+        ),
+        // What PostgreSQL itself loses when each statement reads another schema's
+        // tables, in the router's way (qualified, prepared once per connection and
+        // schema): pgbench takes at most 128 scripts, so 100 schemas.
+        (
+            format!("pgbench, {} schemas", 100.min(schema_tenants)),
+            LoadKind::Pgbench {
+                url: shared.clone(),
+                scripts: (0..100.min(schema_tenants))
+                    .map(|i| products_select_in(&format!("tenant_sch_{i:05}")))
+                    .collect(),
+            },
         ),
         (
             "fixed pool (single-tenant)".into(),
@@ -585,7 +616,9 @@ fn main() {
         ),
     ];
     let load = |kind: &LoadKind, seconds: u64| match kind {
-        LoadKind::Pgbench(url) => pgbench(dir.path(), url, concurrency, seconds),
+        LoadKind::Pgbench { url, scripts } => {
+            pgbench(dir.path(), url, scripts, concurrency, seconds)
+        }
         LoadKind::Wrk {
             address,
             prefix,
@@ -618,24 +651,30 @@ fn main() {
         .map(|r| median(r.iter().map(|l| l.rate).collect()))
         .collect();
     let errors: u64 = warmup_errors + results.iter().flatten().map(|l| l.errors).sum::<u64>();
+    // Positions in `loads`.
+    let (pgbench_one, pgbench_many, fixed_pool, hundred, all) = (0, 1, 2, 4, 5);
     println!("\n  median rates:");
     for ((name, _), rate) in loads.iter().zip(&medians) {
         println!(
             "    {name:<28} {rate:>8.0} /s   {:>5.1}% of the fixed pool",
-            100.0 * rate / medians[1]
+            100.0 * rate / medians[fixed_pool]
         );
     }
     println!(
         "  fixed pool / pgbench:                 {:>5.1}% (goal 50%)",
-        100.0 * medians[1] / medians[0]
+        100.0 * medians[fixed_pool] / medians[pgbench_one]
     );
     println!(
         "  {schema_tenants} schema tenants / fixed pool:   {:>5.1}% (goal 90%)",
-        100.0 * medians[4] / medians[1]
+        100.0 * medians[all] / medians[fixed_pool]
     );
     println!(
         "  {schema_tenants} / 100 schema tenants:          {:>5.1}% (goal: no fall)",
-        100.0 * medians[4] / medians[3]
+        100.0 * medians[all] / medians[hundred]
+    );
+    println!(
+        "  pgbench, 100 schemas / one schema:    {:>5.1}% (PostgreSQL's own cost of many schemas)",
+        100.0 * medians[pgbench_many] / medians[pgbench_one]
     );
     let (rss, peak) = routed.rss_mib();
     println!("  router memory after the run: {rss:.1} MiB (peak {peak:.1} MiB)");
