@@ -836,6 +836,27 @@ async fn postgres_connections_keep_each_tenants_statements_and_go_back_to_their_
     );
     drop(check);
 
+    // A tenant goes back to the connection that served it most, not merely to the
+    // last one that served it: B's own connection has served it more often than
+    // A's, which is given back last.
+    for _ in 0..3 {
+        let db = tenant_conn(&p, Some("b")).await;
+        assert_eq!(int(&db, pid).await, pid_b, "B left its connection");
+        drop(db);
+    }
+    let held_b = tenant_conn(&p, Some("b")).await;
+    let b_elsewhere = tenant_conn(&p, Some("b")).await;
+    assert_eq!(int(&b_elsewhere, pid).await, pid_a);
+    drop(held_b);
+    drop(b_elsewhere);
+    let home = tenant_conn(&p, Some("b")).await;
+    assert_eq!(
+        int(&home, pid).await,
+        pid_b,
+        "B did not go back to the connection it used most"
+    );
+    drop(home);
+
     p.close().await;
     drop(p);
     pg.drop().await;
