@@ -43,6 +43,9 @@ pub struct UsageMeter {
     default_quota: u64,
     pending: Mutex<Pending>,
     sizes: Mutex<HashMap<String, u64>>,
+    /// Flushes take turns: a report waits for a flush under way, whose sizes and
+    /// counts are already gone from `pending` but not yet in the control database.
+    flushing: tokio::sync::Mutex<()>,
 }
 
 fn today() -> NaiveDate {
@@ -95,6 +98,7 @@ impl UsageMeter {
             default_quota,
             pending: Mutex::default(),
             sizes: Mutex::default(),
+            flushing: tokio::sync::Mutex::default(),
         }
     }
 
@@ -170,6 +174,7 @@ impl UsageMeter {
     /// Measures the tenants written since the last flush, then adds every count to
     /// the control database; on failure the counts wait for the next flush.
     pub async fn flush(&self) {
+        let _turn = self.flushing.lock().await;
         let written = std::mem::take(&mut lock(&self.pending).written);
         for id in written {
             let Some(tenant) = self.registry.get(&id) else {
@@ -313,4 +318,66 @@ pub fn spawn_flusher(meter: std::sync::Weak<UsageMeter>, every: Duration) {
             meter.flush().await;
         }
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{collections::HashMap, sync::Arc};
+
+    use super::{UsageMeter, UsageRange};
+    use crate::{
+        control::ControlStore,
+        registry::TenantRegistry,
+        secret::SecretBox,
+        settings::{Settings, parse_tenants_toml},
+    };
+
+    /// A report asked for while the periodic flush is writing reads what that flush
+    /// measured: the quota refused a write on a size the report must show. Before
+    /// flushes took turns, the report's own flush found nothing left to write and
+    /// read the control database before the periodic one had written to it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_report_shows_the_size_a_flush_under_way_measured() {
+        let dir = tempfile::tempdir().unwrap();
+        let secrets = Arc::new(SecretBox::from_hex(&SecretBox::generate_hex(), None).unwrap());
+        let control = ControlStore::open(
+            &format!("sqlite://{}/control.db?mode=rwc", dir.path().display()),
+            secrets,
+        )
+        .await
+        .unwrap();
+        // Never opened: a SQLite tenant's size is its file's.
+        let file = dir.path().join("t.db");
+        let toml = format!(
+            "[tenants.t]\ndatabase_url = \"sqlite://{}?mode=rwc\"\n",
+            file.display()
+        );
+        let env: HashMap<String, String> = [("SETTINGS_FILE".to_string(), String::new())].into();
+        let registry = TenantRegistry::new(
+            parse_tenants_toml(&toml).unwrap(),
+            Settings::from_map(&env).unwrap().pools(),
+        );
+        let meter = Arc::new(UsageMeter::new(control, registry, 0));
+        let range = UsageRange::parse(None, None).unwrap();
+
+        for round in 1..=20u64 {
+            let size = round * 4096;
+            std::fs::write(&file, vec![0u8; size as usize]).unwrap();
+            meter.write("t", 1);
+            let periodic = tokio::spawn({
+                let meter = meter.clone();
+                async move { meter.flush().await }
+            });
+            while meter.storage_bytes("t") != Some(size) {
+                tokio::task::yield_now().await;
+            }
+            let report = meter.read("t", range).await.unwrap();
+            assert_eq!(
+                report.total.storage_bytes,
+                Some(size),
+                "round {round}: the report missed the size measured before it"
+            );
+            periodic.await.unwrap();
+        }
+    }
 }
