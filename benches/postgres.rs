@@ -206,12 +206,13 @@ impl Drop for Router {
     }
 }
 
-/// A load to put on the database: pgbench on a URL (each transaction one of the
-/// scripts, drawn at random), or wrk on a service.
+/// A load to put on the database: pgbench on a URL (see [`pgbench`]), or wrk on a
+/// service.
 enum LoadKind {
+    /// One pgbench process per group of scripts.
     Pgbench {
         url: String,
-        scripts: Vec<String>,
+        groups: Vec<Vec<String>>,
     },
     Wrk {
         address: String,
@@ -321,57 +322,65 @@ fn products_select_in(schema: &str) -> String {
     )
 }
 
-/// pgbench running `scripts` (one drawn at random per transaction) on `url` with
-/// prepared statements, as fast as PostgreSQL answers them on this machine: with
-/// [`PRODUCTS_SELECT`] alone, the ceiling for the service.
-fn pgbench(dir: &Path, url: &str, scripts: &[String], concurrency: u64, seconds: u64) -> Load {
+/// pgbench with prepared statements on `url`, as fast as PostgreSQL answers on this
+/// machine: one process per group of scripts, all at once, `concurrency` clients
+/// split between them, each transaction one script of its process's group drawn
+/// at random. With [`PRODUCTS_SELECT`] alone, the ceiling for the service.
+fn pgbench(dir: &Path, url: &str, groups: &[Vec<String>], concurrency: u64, seconds: u64) -> Load {
     let binary = std::env::var("BENCH_PGBENCH").unwrap_or_else(|_| "pgbench".into());
-    let mut command = Command::new(&binary);
-    command.args([
-        "-n",
-        "-M",
-        "prepared",
-        "-j2",
-        &format!("-c{concurrency}"),
-        &format!("-T{seconds}"),
-    ]);
-    for (i, sql) in scripts.iter().enumerate() {
-        let script = dir.join(format!("pgbench-{i}.sql"));
-        std::fs::write(&script, sql).expect("pgbench script");
-        command.arg("-f").arg(script);
-    }
-    let output = command
-        .arg(url)
-        .output()
-        .unwrap_or_else(|e| panic!("running {binary}: {e}"));
-    let text = String::from_utf8_lossy(&output.stdout);
+    let processes = groups.len() as u64;
+    let children: Vec<_> = groups
+        .iter()
+        .enumerate()
+        .map(|(g, scripts)| {
+            let clients = concurrency / processes + u64::from((g as u64) < concurrency % processes);
+            let mut command = Command::new(&binary);
+            command.args([
+                "-n",
+                "-M",
+                "prepared",
+                &format!("-j{}", clients.min(2)),
+                &format!("-c{clients}"),
+                &format!("-T{seconds}"),
+            ]);
+            for (i, sql) in scripts.iter().enumerate() {
+                let script = dir.join(format!("pgbench-{g}-{i}.sql"));
+                std::fs::write(&script, sql).expect("pgbench script");
+                command.arg("-f").arg(script);
+            }
+            command
+                .arg(url)
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap_or_else(|e| panic!("running {binary}: {e}"))
+        })
+        .collect();
     let mut load = Load::default();
-    for line in text.lines() {
-        if let Some(rest) = line.strip_prefix("tps = ") {
-            load.rate = rest
-                .split_whitespace()
-                .next()
-                .and_then(|t| t.parse().ok())
-                .unwrap_or(0.0);
-        } else if let Some(rest) = line.strip_prefix("latency average = ") {
-            load.mean_ms = rest
-                .split_whitespace()
-                .next()
-                .and_then(|t| t.parse().ok())
-                .unwrap_or(0.0);
-        } else if let Some(rest) = line.strip_prefix("number of failed transactions: ") {
-            load.errors = rest
-                .split_whitespace()
-                .next()
-                .and_then(|t| t.parse().ok())
-                .unwrap_or(0);
-        }
+    for child in children {
+        let output = child.wait_with_output().expect("pgbench");
+        let text = String::from_utf8_lossy(&output.stdout);
+        let field = |prefix: &str| {
+            text.lines()
+                .find_map(|l| l.strip_prefix(prefix))
+                .and_then(|rest| rest.split_whitespace().next())
+                .map(str::to_string)
+        };
+        let rate: f64 = field("tps = ").and_then(|t| t.parse().ok()).unwrap_or(0.0);
+        assert!(
+            rate > 0.0,
+            "pgbench printed no rate: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        load.rate += rate;
+        load.mean_ms += field("latency average = ")
+            .and_then(|t| t.parse().ok())
+            .unwrap_or(0.0)
+            / processes as f64;
+        load.errors += field("number of failed transactions: ")
+            .and_then(|t| t.parse().ok())
+            .unwrap_or(0);
     }
-    assert!(
-        load.rate > 0.0,
-        "pgbench printed no rate: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
     load
 }
 
@@ -577,12 +586,18 @@ fn main() {
         prefix: prefix.to_string(),
         count,
     };
+    let split_schemas: Vec<Vec<String>> = (0..schema_tenants)
+        .map(|i| products_select_in(&format!("tenant_sch_{i:05}")))
+        .collect::<Vec<_>>()
+        .chunks(125)
+        .map(<[String]>::to_vec)
+        .collect();
     let loads: Vec<(String, LoadKind)> = vec![
         (
             "pgbench, same SELECT".into(),
             LoadKind::Pgbench {
                 url: fixed.clone(),
-                scripts: vec![PRODUCTS_SELECT.into()],
+                groups: vec![vec![PRODUCTS_SELECT.into()]],
             },
         ),
         // What PostgreSQL itself loses when each statement reads another schema's
@@ -592,9 +607,30 @@ fn main() {
             format!("pgbench, {} schemas", 100.min(schema_tenants)),
             LoadKind::Pgbench {
                 url: shared.clone(),
-                scripts: (0..100.min(schema_tenants))
-                    .map(|i| products_select_in(&format!("tenant_sch_{i:05}")))
-                    .collect(),
+                groups: vec![
+                    (0..100.min(schema_tenants))
+                        .map(|i| products_select_in(&format!("tenant_sch_{i:05}")))
+                        .collect(),
+                ],
+            },
+        ),
+        // The same over every schema tenant: one pgbench process per 125 schemas,
+        // so each PostgreSQL backend works on 125 schemas' tables at most (as if
+        // the router's affinity were perfect), beside the same processes on one
+        // schema. The ceiling of the 1,000-tenant goal: what the router cannot
+        // win back.
+        (
+            format!("pgbench, {schema_tenants} schemas, split"),
+            LoadKind::Pgbench {
+                url: shared.clone(),
+                groups: split_schemas.clone(),
+            },
+        ),
+        (
+            "pgbench, 1 schema, alike".into(),
+            LoadKind::Pgbench {
+                url: shared.clone(),
+                groups: vec![vec![products_select_in("tenant_sch_00000")]; split_schemas.len()],
             },
         ),
         (
@@ -616,9 +652,7 @@ fn main() {
         ),
     ];
     let load = |kind: &LoadKind, seconds: u64| match kind {
-        LoadKind::Pgbench { url, scripts } => {
-            pgbench(dir.path(), url, scripts, concurrency, seconds)
-        }
+        LoadKind::Pgbench { url, groups } => pgbench(dir.path(), url, groups, concurrency, seconds),
         LoadKind::Wrk {
             address,
             prefix,
@@ -652,7 +686,8 @@ fn main() {
         .collect();
     let errors: u64 = warmup_errors + results.iter().flatten().map(|l| l.errors).sum::<u64>();
     // Positions in `loads`.
-    let (pgbench_one, pgbench_many, fixed_pool, hundred, all) = (0, 1, 2, 4, 5);
+    let (pgbench_one, pgbench_many, pgbench_split, pgbench_split_one) = (0, 1, 2, 3);
+    let (fixed_pool, hundred, all) = (4, 6, 7);
     println!("\n  median rates:");
     for ((name, _), rate) in loads.iter().zip(&medians) {
         println!(
@@ -675,6 +710,21 @@ fn main() {
     println!(
         "  pgbench, 100 schemas / one schema:    {:>5.1}% (PostgreSQL's own cost of many schemas)",
         100.0 * medians[pgbench_many] / medians[pgbench_one]
+    );
+    let split = medians[pgbench_split] / medians[pgbench_split_one];
+    println!(
+        "  pgbench, {schema_tenants} schemas / one, split:  {:>5.1}% (the same, with affinity as good as it gets)",
+        100.0 * split
+    );
+    // The fixed pool's time per request, plus what PostgreSQL alone spends more
+    // per statement over every schema (from the split pgbench runs, whose
+    // processes compete for the same cores): the best the routed service could
+    // do with no cost of its own for routing.
+    let per_request = 1.0 / medians[fixed_pool];
+    let extra = 1.0 / medians[pgbench_split] - 1.0 / medians[pgbench_split_one];
+    println!(
+        "  {schema_tenants} schema tenants / fixed pool, ceiling: {:>5.1}% (with routing free)",
+        100.0 * per_request / (per_request + extra)
     );
     let (rss, peak) = routed.rss_mib();
     println!("  router memory after the run: {rss:.1} MiB (peak {peak:.1} MiB)");
