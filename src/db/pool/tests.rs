@@ -784,20 +784,10 @@ async fn postgres_connections_keep_each_tenants_statements_and_go_back_to_their_
     drop(on_b);
     drop(on_a);
     // B goes back to its own connection, though A's is the most recently used.
-    let again_b = tenant_conn(&p, Some("b")).await;
-    assert_eq!(
-        int(&again_b, pid).await,
-        pid_b,
-        "B did not go back to its connection"
-    );
+    let again_b = checkout_on(&p, "b", pid_b, "B did not go back to its connection").await;
     // And A to its own, though B's was given back last.
     drop(again_b);
-    let again_a = tenant_conn(&p, Some("a")).await;
-    assert_eq!(
-        int(&again_a, pid).await,
-        pid_a,
-        "A did not go back to its connection"
-    );
+    let again_a = checkout_on(&p, "a", pid_a, "A did not go back to its connection").await;
 
     // Now B on A's connection too: each tenant has its own prepared statement
     // there, and the session kept its empty search path and generic plans.
@@ -849,17 +839,29 @@ async fn postgres_connections_keep_each_tenants_statements_and_go_back_to_their_
     assert_eq!(int(&b_elsewhere, pid).await, pid_a);
     drop(held_b);
     drop(b_elsewhere);
-    let home = tenant_conn(&p, Some("b")).await;
-    assert_eq!(
-        int(&home, pid).await,
+    let home = checkout_on(
+        &p,
+        "b",
         pid_b,
-        "B did not go back to the connection it used most"
-    );
+        "B did not go back to the connection it used most",
+    )
+    .await;
     drop(home);
 
     p.close().await;
     drop(p);
     pg.drop().await;
+}
+
+/// A connection for the tenant of `schema`, asserting it is the backend `pid`.
+async fn checkout_on(pool: &Arc<ConnPool>, schema: &str, pid: i64, failure: &str) -> TenantConn {
+    let db = tenant_conn(pool, Some(schema)).await;
+    assert_eq!(
+        int(&db, "SELECT pg_backend_pid()::int8").await,
+        pid,
+        "{failure}"
+    );
+    db
 }
 
 /// A database of its own on the server in TEST_DATABASE_URL, dropped at the end.
