@@ -44,12 +44,31 @@ impl Drop for Slot {
     }
 }
 
-/// Counts one pool's open connections for as long as it lives.
-pub(super) struct Member(pub(super) Arc<PoolCounts>);
+/// Counts one pool's open connections, and keeps the connection's entry among
+/// the homes of schema tenants, for as long as it lives.
+pub(super) struct Member(pub(super) Arc<PoolCounts>, pub(super) u64);
+
+impl Member {
+    pub(super) fn new(counts: &Arc<PoolCounts>, id: u64, serving: Option<Arc<str>>) -> Self {
+        counts.open.fetch_add(1, Ordering::Relaxed);
+        counts.homes().insert(
+            id,
+            Home {
+                busy: true,
+                serving,
+                waiters: Default::default(),
+            },
+        );
+        Self(counts.clone(), id)
+    }
+}
 
 impl Drop for Member {
     fn drop(&mut self) {
         self.0.open.fetch_sub(1, Ordering::Relaxed);
+        // Checkouts waiting for it as their home stop waiting (their senders drop).
+        let home = self.0.homes().remove(&self.1);
+        drop(home);
     }
 }
 

@@ -17,6 +17,15 @@
 //! pool whose connections are all in use first waits a moment for one of them,
 //! outside the queue: most come back within a millisecond, and taking a slot
 //! instead would close another pool's connection and open a new one.
+//!
+//! Each schema tenant has a home among its pool's open connections, found by
+//! rendezvous hashing of the tenant's schema with each connection's id, and the
+//! rest in the same order after it. A checkout takes the first idle one in that
+//! order; when the home is in use by another tenant it waits a moment for it
+//! ([`HOME_WAIT`]), handed over directly when it comes back. So each PostgreSQL
+//! backend serves a stable share of the tenants, whose statements it holds
+//! prepared and whose tables its caches hold, and a tenant moves to its next
+//! connection only when its home is gone or busy for longer than that moment.
 
 mod budget;
 mod target;
@@ -27,24 +36,39 @@ use target::*;
 pub use target::{RawConn, Target};
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, VecDeque},
     sync::{
-        Arc, Mutex,
-        atomic::{AtomicBool, AtomicU32, Ordering},
+        Arc, Mutex, MutexGuard,
+        atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering},
     },
     time::{Duration, Instant},
 };
 
 use sea_orm::{DbErr, RuntimeErr, sqlx};
-use tokio::sync::Notify;
+use tokio::sync::{Notify, oneshot};
 
 /// A connection idle longer than this is checked before it is handed out, unless
 /// switching its search path checks it anyway.
 const CHECK_IF_IDLE_FOR: Duration = Duration::from_secs(5);
 
-/// How many schema tenants a connection remembers having served, for affinity:
-/// once it has served more, it forgets them all and starts again.
-const SERVED_MEMORY: usize = 1024;
+/// How long a schema tenant's checkout waits for its home connection while
+/// another tenant uses it, before it takes the next idle one in its order. Under
+/// load a connection comes back well within this; the wait costs no CPU, where
+/// another connection would plan the tenant's statement again and read its
+/// tables into another backend's caches.
+const HOME_WAIT: Duration = Duration::from_millis(2);
+
+/// An open connection as the homes of schema tenants see it.
+pub(super) struct Home {
+    /// Checked out (or being opened), not idle.
+    pub(super) busy: bool,
+    /// The schema tenant it is checked out for.
+    pub(super) serving: Option<Arc<str>>,
+    /// Checkouts of tenants whose home it is, waiting for it, first come first
+    /// served.
+    pub(super) waiters: VecDeque<(Arc<str>, oneshot::Sender<Conn>)>,
+}
+
 #[derive(Default)]
 struct PoolCounts {
     open: AtomicU32,
@@ -52,9 +76,17 @@ struct PoolCounts {
     /// Connections of this pool on their way: being opened, or queued for a slot
     /// by a checkout that found the pool without any.
     pending: AtomicU32,
+    /// Every open connection, by id. Locked after the pool's idle list, never
+    /// before it.
+    homes: Mutex<HashMap<u64, Home>>,
+    next_id: AtomicU64,
 }
 
 impl PoolCounts {
+    fn homes(&self) -> MutexGuard<'_, HashMap<u64, Home>> {
+        self.homes.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     /// Whether a connection of this pool is in use or on its way, so that a
     /// checkout can expect one to come to it soon.
     fn busy(&self) -> bool {
@@ -78,17 +110,14 @@ impl Drop for Pending {
     }
 }
 
-/// An open connection, the mode of its session, the schema tenants it served, and
-/// its slot.
+/// An open connection, the mode of its session, and its slot.
 pub struct Conn {
     pub(crate) raw: RawConn,
+    /// Its place among its pool's connections, for schema tenants' homes.
+    id: u64,
     /// On an empty `search_path` with generic plans, for schema tenants' qualified
     /// statements (see [`super::qualify`]); else on the database's defaults.
     qualified: bool,
-    /// Schema tenants whose statements this connection has run (and most likely
-    /// still holds prepared), with how many of their requests it served, so that
-    /// a checkout can prefer it for them.
-    served: HashMap<Arc<str>, u32>,
     /// The schema of the tenant it is checked out for now.
     schema: Option<Arc<str>>,
     idle_since: Instant,
@@ -148,6 +177,49 @@ pub struct PoolStats {
     pub idle: u32,
 }
 
+/// What a checkout found.
+enum Picked {
+    Idle(Conn),
+    /// The tenant's home, in use by another tenant: it comes here when given back.
+    Home(oneshot::Receiver<Conn>),
+    Nothing,
+}
+
+/// A checkout waiting for its home. Dropped (given up, or the request cancelled),
+/// it gives back a connection handed over at that very moment.
+struct HomeWait {
+    rx: oneshot::Receiver<Conn>,
+    pool: Arc<ConnPool>,
+}
+
+impl Drop for HomeWait {
+    fn drop(&mut self) {
+        self.rx.close();
+        if let Ok(conn) = self.rx.try_recv() {
+            self.pool.put_back(conn, true);
+        }
+    }
+}
+
+/// A tenant's schema, hashed once per checkout for [`rank`] (FNV-1a: stable, so
+/// homes do not move when the process restarts).
+fn schema_key(schema: &str) -> u64 {
+    schema.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+/// Where connection `id` stands in the order of the tenant of `key`: its home is
+/// the connection that ranks highest (rendezvous hashing, mixed by splitmix64),
+/// so that a connection opened or closed moves only the tenants whose home it
+/// becomes or was.
+fn rank(key: u64, id: u64) -> u64 {
+    let mut z = key ^ id.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
 /// The idle connections of one database or file.
 pub struct ConnPool {
     server: Arc<ServerBudget>,
@@ -159,6 +231,7 @@ pub struct ConnPool {
     closed: AtomicBool,
     idle_timeout: Duration,
     connect_timeout: Duration,
+    home_wait: Duration,
 }
 
 impl ConnPool {
@@ -168,6 +241,17 @@ impl ConnPool {
         target: Target,
         idle_timeout: Duration,
         connect_timeout: Duration,
+    ) -> Arc<Self> {
+        Self::with_home_wait(server, target, idle_timeout, connect_timeout, HOME_WAIT)
+    }
+
+    /// [`ConnPool::new`] with another [`HOME_WAIT`].
+    fn with_home_wait(
+        server: Arc<ServerBudget>,
+        target: Target,
+        idle_timeout: Duration,
+        connect_timeout: Duration,
+        home_wait: Duration,
     ) -> Arc<Self> {
         let pool = Arc::new(Self {
             database: target.database(),
@@ -179,6 +263,7 @@ impl ConnPool {
             closed: AtomicBool::new(false),
             idle_timeout,
             connect_timeout,
+            home_wait,
         });
         server.register(&pool);
         pool
@@ -209,33 +294,51 @@ impl ConnPool {
         (!idle.is_empty()).then(|| idle.remove(0))
     }
 
-    /// The idle connection that served `schema` most often (its statements are
-    /// prepared there), else the most recently used one in the mode `schema`
-    /// needs, else the most recently used one.
+    /// An idle connection for a tenant of `schema`, marked busy. A schema tenant
+    /// gets the first idle one in its order (its home when idle), or, when its
+    /// home is in use by another tenant and `may_wait`, a place in the home's
+    /// queue. A database-mode tenant (or a SQLite file's) gets the most recently
+    /// used one in the mode it needs, else the most recently used one.
     ///
-    /// Most often, not merely before: under a uniform load every connection
-    /// serves every tenant sooner or later, but a tenant keeps going back to the
-    /// few it served most, so each PostgreSQL backend works on a small share of
-    /// the tenants' plans and tables, which its caches hold. (pgbench over 100
-    /// schemas: 4 × 8 clients each on 25 schemas ran 22 % faster than the same
-    /// clients each on all 100.)
-    fn pop_idle(&self, schema: &Option<Arc<str>>) -> Option<Conn> {
+    /// A tenant's home is not the connection that serves it at the moment: a hot
+    /// tenant whose home is busy with its own request takes the next one in its
+    /// order rather than queue behind itself.
+    fn pick(&self, schema: &Option<Arc<str>>, may_wait: bool) -> Picked {
         let mut idle = self.idle();
-        let qualified = schema.is_some();
-        let mut home: Option<(usize, u32)> = None;
-        if let Some(schema) = schema {
-            for (i, conn) in idle.iter().enumerate().rev() {
-                let served = conn.served.get(schema).copied().unwrap_or(0);
-                if served > home.map_or(0, |(_, n)| n) {
-                    home = Some((i, served));
-                }
+        let index = match schema.as_ref().filter(|_| self.is_postgres()) {
+            None => {
+                let qualified = schema.is_some();
+                idle.iter()
+                    .rposition(|c| c.qualified == qualified)
+                    .or_else(|| idle.len().checked_sub(1))
             }
+            Some(schema) => {
+                let key = schema_key(schema);
+                let mut homes = self.counts.homes();
+                let Some((_, entry)) = homes.iter_mut().max_by_key(|(id, _)| rank(key, **id))
+                else {
+                    return Picked::Nothing;
+                };
+                if may_wait && entry.busy && entry.serving.as_ref() != Some(schema) {
+                    let (tx, rx) = oneshot::channel();
+                    entry.waiters.push_back((schema.clone(), tx));
+                    return Picked::Home(rx);
+                }
+                idle.iter()
+                    .enumerate()
+                    .max_by_key(|(_, c)| rank(key, c.id))
+                    .map(|(i, _)| i)
+            }
+        };
+        let Some(index) = index else {
+            return Picked::Nothing;
+        };
+        let conn = idle.remove(index);
+        if let Some(entry) = self.counts.homes().get_mut(&conn.id) {
+            entry.busy = true;
+            entry.serving = schema.clone();
         }
-        let index = home
-            .map(|(i, _)| i)
-            .or_else(|| idle.iter().rposition(|c| c.qualified == qualified))
-            .or_else(|| idle.len().checked_sub(1))?;
-        Some(idle.remove(index))
+        Picked::Idle(conn)
     }
 
     /// A connection for a tenant of `schema` (`None`: a database-mode tenant, on
@@ -254,8 +357,31 @@ impl ConnPool {
         }
         let slot = self.server.slot(deadline, Some(self.as_ref()));
         tokio::pin!(slot);
+        let mut may_wait = schema.is_some() && !self.home_wait.is_zero();
         loop {
-            if let Some(conn) = self.pop_idle(&schema) {
+            let found = match self.pick(&schema, may_wait) {
+                Picked::Idle(conn) => Some(conn),
+                Picked::Home(rx) => {
+                    // Once: after that, the first idle connection in its order.
+                    may_wait = false;
+                    let mut wait = HomeWait {
+                        rx,
+                        pool: self.clone(),
+                    };
+                    let until = deadline.min(Instant::now() + self.home_wait);
+                    match tokio::time::timeout_at(until.into(), &mut wait.rx).await {
+                        Ok(Ok(conn)) => Some(conn),
+                        // Given up, or the home closed: any connection handed over
+                        // meanwhile goes back to the idle list, where `pick` finds it.
+                        _ => {
+                            drop(wait);
+                            continue;
+                        }
+                    }
+                }
+                Picked::Nothing => None,
+            };
+            if let Some(conn) = found {
                 if let Some(opened_on) = conn.file {
                     let now = self.target.sqlite_file().and_then(file_id);
                     if now != Some(opened_on) {
@@ -287,17 +413,6 @@ impl ConnPool {
 
     fn hand_out(&self, mut conn: Conn, schema: Option<Arc<str>>) -> Conn {
         self.counts.in_use.fetch_add(1, Ordering::Relaxed);
-        if let Some(schema) = &schema {
-            match conn.served.get_mut(schema) {
-                Some(n) => *n = n.saturating_add(1),
-                None => {
-                    if conn.served.len() >= SERVED_MEMORY {
-                        conn.served.clear();
-                    }
-                    conn.served.insert(schema.clone(), 1);
-                }
-            }
-        }
         conn.schema = schema;
         conn
     }
@@ -316,15 +431,15 @@ impl ConnPool {
                 )));
             }
         };
-        self.counts.open.fetch_add(1, Ordering::Relaxed);
+        let id = self.counts.next_id.fetch_add(1, Ordering::Relaxed);
         let conn = Conn {
             raw,
+            id,
             qualified: false,
-            served: HashMap::new(),
             schema: None,
             idle_since: Instant::now(),
             file: self.target.sqlite_file().and_then(file_id),
-            _member: Member(self.counts.clone()),
+            _member: Member::new(&self.counts, id, schema.clone()),
             _slot: slot,
         };
         match self.switch(conn, schema).await {
@@ -385,15 +500,53 @@ impl ConnPool {
     /// Takes back a connection a request is done with. A connection that may be in
     /// an unknown state (a query was cut short, a transaction left open, an error
     /// of the connection itself) is closed instead.
-    pub fn give_back(&self, mut conn: Conn, reusable: bool) {
+    pub fn give_back(&self, conn: Conn, reusable: bool) {
         self.counts.in_use.fetch_sub(1, Ordering::Relaxed);
+        self.put_back(conn, reusable);
+    }
+
+    /// [`ConnPool::give_back`] of a connection not counted in use: handed over to
+    /// the first checkout waiting for it as its home (unless a checkout of another
+    /// pool waits for room on the server), else kept idle.
+    fn put_back(&self, mut conn: Conn, reusable: bool) {
         let reusable = reusable && conn.raw.transaction_depth() == 0;
         if !reusable || self.closed.load(Ordering::Relaxed) {
             conn.close_later();
             return;
         }
         conn.idle_since = Instant::now();
+        loop {
+            let mut idle = self.idle();
+            let mut homes = self.counts.homes();
+            let Some(entry) = homes.get_mut(&conn.id) else {
+                break;
+            };
+            let waiter = match entry.waiters.pop_front() {
+                Some(waiter) if !self.server.needs_room() => waiter,
+                _ => {
+                    entry.busy = false;
+                    entry.serving = None;
+                    drop(homes);
+                    idle.push(conn);
+                    drop(idle);
+                    return self.after_return();
+                }
+            };
+            entry.serving = Some(waiter.0);
+            drop(homes);
+            drop(idle);
+            match waiter.1.send(conn) {
+                Ok(()) => return,
+                // That checkout gave up: the next one, or the idle list.
+                Err(back) => conn = back,
+            }
+        }
+        // Not among the homes: only in a moment of closing; keep it idle anyway.
         self.idle().push(conn);
+        self.after_return();
+    }
+
+    fn after_return(&self) {
         // A checkout whose pool has no connection waits for the server: room for
         // it comes first, from the longest idle connection of the pool with most
         // idle, which may be this one when no other is idle.

@@ -757,9 +757,9 @@ async fn postgres_one_connection_switches_schemas_without_leaking_rows() {
 
 /// PostgreSQL: a connection serving two schema tenants in turn keeps each one's
 /// statement prepared (its text names the schema), never re-pointing a search
-/// path; a tenant's next checkout prefers an idle connection that served it.
+/// path.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn postgres_connections_keep_each_tenants_statements_and_go_back_to_their_tenants() {
+async fn postgres_a_connection_keeps_each_tenants_statements() {
     let Some(pg) = PgTestDb::create().await else {
         return;
     };
@@ -769,39 +769,17 @@ async fn postgres_connections_keep_each_tenants_statements_and_go_back_to_their_
     )
     .await;
     let target = Target::parse(&pg.url).unwrap();
-    let server = budget(&target, 2);
+    let server = budget(&target, 1);
     let p = pool(&server, target, PATIENT);
-    let pid = "SELECT pg_backend_pid()::int8";
     let select = r#"SELECT x FROM "t""#;
 
-    // A on one connection, B on another, both given back: A's is given back last.
-    let on_a = tenant_conn(&p, Some("a")).await;
-    let on_b = tenant_conn(&p, Some("b")).await;
-    let (pid_a, pid_b) = (int(&on_a, pid).await, int(&on_b, pid).await);
-    assert_ne!(pid_a, pid_b);
-    assert_eq!(ints(&on_a, select).await, vec![1]);
-    assert_eq!(ints(&on_b, select).await, vec![2]);
-    drop(on_b);
-    drop(on_a);
-    // B goes back to its own connection, though A's is the most recently used.
-    let again_b = checkout_on(&p, "b", pid_b, "B did not go back to its connection").await;
-    // And A to its own, though B's was given back last.
-    drop(again_b);
-    let again_a = checkout_on(&p, "a", pid_a, "A did not go back to its connection").await;
-
-    // Now B on A's connection too: each tenant has its own prepared statement
-    // there, and the session kept its empty search path and generic plans.
-    let on_a_conn = again_a;
-    let other = tenant_conn(&p, Some("b")).await;
-    drop(on_a_conn);
-    let shared = tenant_conn(&p, Some("b")).await;
-    drop(other);
-    let shared_pid = int(&shared, pid).await;
-    assert_eq!(ints(&shared, select).await, vec![2]);
-    drop(shared);
+    for _ in 0..2 {
+        for (schema, x) in [("a", 1), ("b", 2)] {
+            let db = tenant_conn(&p, Some(schema)).await;
+            assert_eq!(ints(&db, select).await, vec![x]);
+        }
+    }
     let check = tenant_conn(&p, Some("a")).await;
-    assert_eq!(int(&check, pid).await, shared_pid);
-    assert_eq!(ints(&check, select).await, vec![1]);
     let prepared = ints(
         &check,
         "SELECT count(*)::int4 FROM pg_prepared_statements \
@@ -825,42 +803,194 @@ async fn postgres_connections_keep_each_tenants_statements_and_go_back_to_their_
         ("\"\"", "force_generic_plan")
     );
     drop(check);
-
-    // A tenant goes back to the connection that served it most, not merely to the
-    // last one that served it: B's own connection has served it more often than
-    // A's, which is given back last.
-    for _ in 0..3 {
-        let db = tenant_conn(&p, Some("b")).await;
-        assert_eq!(int(&db, pid).await, pid_b, "B left its connection");
-        drop(db);
-    }
-    let held_b = tenant_conn(&p, Some("b")).await;
-    let b_elsewhere = tenant_conn(&p, Some("b")).await;
-    assert_eq!(int(&b_elsewhere, pid).await, pid_a);
-    drop(held_b);
-    drop(b_elsewhere);
-    let home = checkout_on(
-        &p,
-        "b",
-        pid_b,
-        "B did not go back to the connection it used most",
-    )
-    .await;
-    drop(home);
+    assert_eq!(server.stats().peak_open, 1);
 
     p.close().await;
     drop(p);
     pg.drop().await;
 }
 
+const PID: &str = "SELECT pg_backend_pid()::int8";
+
+/// Schema tenants with no tables of their own: their checkouts only ask for the
+/// backend's pid.
+fn schemas(n: usize) -> Vec<String> {
+    (0..n).map(|i| format!("s{i}")).collect()
+}
+
+/// A pool on `pg` with `open` connections open and idle, whose schema tenants
+/// wait `home_wait` for their home.
+async fn pg_pool_with(pg: &PgTestDb, open: usize, home_wait: Duration) -> Arc<ConnPool> {
+    let target = Target::parse(&pg.url).unwrap();
+    let server = budget(&target, open as u32);
+    let p = ConnPool::with_home_wait(server, target, PATIENT, CONNECT, home_wait);
+    let mut held = Vec::new();
+    for _ in 0..open {
+        held.push(p.checkout(None, in_(PATIENT)).await.unwrap());
+    }
+    for conn in held {
+        p.give_back(conn, true);
+    }
+    assert_eq!(p.stats().idle as usize, open);
+    p
+}
+
+/// The backend each of `tenants` lands on when every connection is idle.
+async fn homes_of(p: &Arc<ConnPool>, tenants: &[String]) -> Vec<i64> {
+    let mut pids = Vec::new();
+    for t in tenants {
+        let db = tenant_conn(p, Some(t)).await;
+        pids.push(int(&db, PID).await);
+    }
+    pids
+}
+
+/// Two of `tenants` that share a home, and that home's backend.
+fn sharing_a_home(tenants: &[String], homes: &[i64]) -> (String, String, i64) {
+    for i in 0..tenants.len() {
+        for j in i + 1..tenants.len() {
+            if homes[i] == homes[j] {
+                return (tenants[i].clone(), tenants[j].clone(), homes[i]);
+            }
+        }
+    }
+    panic!("no two tenants share a home: {homes:?}");
+}
+
+/// PostgreSQL: each schema tenant goes back to the same connection (its home)
+/// whenever it is idle, whichever connection was used last, and the tenants'
+/// homes spread over the connections, so that each backend serves a stable share
+/// of them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_schema_tenants_go_back_to_their_home_connections() {
+    let Some(pg) = PgTestDb::create().await else {
+        return;
+    };
+    let p = pg_pool_with(&pg, 3, HOME_WAIT).await;
+    let tenants = schemas(12);
+    let first = homes_of(&p, &tenants).await;
+    let mut reversed = tenants.clone();
+    reversed.reverse();
+    let mut again = homes_of(&p, &reversed).await;
+    again.reverse();
+    assert_eq!(first, again, "a tenant left its home");
+    let mut distinct = first.clone();
+    distinct.sort();
+    distinct.dedup();
+    assert!(
+        distinct.len() > 1,
+        "every tenant on one connection: {first:?}"
+    );
+
+    // Its home given back last or first makes no difference.
+    let (x, y, home) = sharing_a_home(&tenants, &first);
+    let other = tenants[first.iter().position(|&pid| pid != home).unwrap()].clone();
+    let on_other = tenant_conn(&p, Some(&other)).await;
+    let on_y = tenant_conn(&p, Some(&y)).await;
+    drop(on_y);
+    drop(on_other);
+    checkout_on(&p, &x, home, "X did not go back to its home").await;
+
+    p.close().await;
+    drop(p);
+    pg.drop().await;
+}
+
+/// PostgreSQL: a checkout whose home is in use by another tenant waits for it,
+/// though other connections are idle, and gets it as soon as it is given back; a
+/// tenant whose home is busy with its own request takes another connection at
+/// once (a hot tenant does not queue behind itself).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_a_checkout_waits_for_its_home_but_not_behind_its_own_tenant() {
+    let Some(pg) = PgTestDb::create().await else {
+        return;
+    };
+    // Waits this long would make the test time out: it never relies on one ending.
+    let p = pg_pool_with(&pg, 2, PATIENT).await;
+    let tenants = schemas(6);
+    let (x, y, home) = sharing_a_home(&tenants, &homes_of(&p, &tenants).await);
+
+    let on_y = checkout_on(&p, &y, home, "Y not on its home").await;
+    let waiting = tokio::spawn({
+        let (p, x) = (p.clone(), x.clone());
+        async move { int(&tenant_conn(&p, Some(&x)).await, PID).await }
+    });
+    wait_until("X waits for its home", || {
+        p.counts.homes().values().any(|h| !h.waiters.is_empty())
+    })
+    .await;
+    assert_eq!(p.stats().idle, 1, "X took the idle connection");
+    drop(on_y);
+    assert_eq!(waiting.await.unwrap(), home, "X was not handed its home");
+
+    // X's own request holds its home: X's next checkout takes the other one.
+    let on_x = checkout_on(&p, &x, home, "X not on its home").await;
+    let second = tokio::time::timeout(PATIENT / 3, tenant_conn(&p, Some(&x)))
+        .await
+        .expect("a hot tenant queued behind its own request");
+    assert_ne!(int(&second, PID).await, home);
+    drop(second);
+    drop(on_x);
+    let stats = p.stats();
+    assert_eq!((stats.open, stats.in_use, stats.idle), (2, 0, 2));
+
+    p.close().await;
+    drop(p);
+    pg.drop().await;
+}
+
+/// PostgreSQL: a checkout waits for its home only a moment, then takes another
+/// idle connection; one cancelled while it waits loses nothing: the home, given
+/// back, is idle again, and the counts agree.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_a_home_wait_ends_or_is_cancelled_without_losing_the_connection() {
+    let Some(pg) = PgTestDb::create().await else {
+        return;
+    };
+    let p = pg_pool_with(&pg, 2, Duration::from_millis(20)).await;
+    let tenants = schemas(6);
+    let (x, y, home) = sharing_a_home(&tenants, &homes_of(&p, &tenants).await);
+
+    let on_y = checkout_on(&p, &y, home, "Y not on its home").await;
+    let elsewhere = tenant_conn(&p, Some(&x)).await;
+    assert_ne!(int(&elsewhere, PID).await, home, "X waited on");
+    drop(elsewhere);
+    drop(on_y);
+
+    let p = {
+        drop(p);
+        pg_pool_with(&pg, 2, PATIENT).await
+    };
+    let on_y = checkout_on(&p, &y, home_of(&p, &y).await, "Y not on its home").await;
+    let cancelled = tokio::spawn({
+        let (p, x) = (p.clone(), x.clone());
+        async move { tenant_conn(&p, Some(&x)).await }
+    });
+    wait_until("X waits for its home", || {
+        p.counts.homes().values().any(|h| !h.waiters.is_empty())
+    })
+    .await;
+    cancelled.abort();
+    assert!(cancelled.await.unwrap_err().is_cancelled());
+    drop(on_y);
+    let stats = p.stats();
+    assert_eq!((stats.open, stats.in_use, stats.idle), (2, 0, 2));
+    let _ = tenant_conn(&p, Some(&x)).await;
+
+    p.close().await;
+    drop(p);
+    pg.drop().await;
+}
+
+/// The backend `schema`'s tenant lands on with every connection idle.
+async fn home_of(p: &Arc<ConnPool>, schema: &str) -> i64 {
+    homes_of(p, &[schema.to_string()]).await[0]
+}
+
 /// A connection for the tenant of `schema`, asserting it is the backend `pid`.
 async fn checkout_on(pool: &Arc<ConnPool>, schema: &str, pid: i64, failure: &str) -> TenantConn {
     let db = tenant_conn(pool, Some(schema)).await;
-    assert_eq!(
-        int(&db, "SELECT pg_backend_pid()::int8").await,
-        pid,
-        "{failure}"
-    );
+    assert_eq!(int(&db, PID).await, pid, "{failure}");
     db
 }
 
