@@ -17,6 +17,7 @@ pub mod routes;
 pub mod server;
 pub mod stack;
 mod state;
+pub mod timestamp;
 
 pub use state::{AppState, AppStateInner};
 

@@ -40,6 +40,7 @@ pub(crate) struct KeyView {
     name: String,
     role: String,
     created_by: Option<Uuid>,
+    #[serde(serialize_with = "crate::http::timestamp::rfc3339")]
     created_at: chrono::DateTime<Utc>,
     last_used_at: Option<chrono::DateTime<Utc>>,
     revoked_at: Option<chrono::DateTime<Utc>>,

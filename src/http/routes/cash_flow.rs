@@ -62,7 +62,9 @@ pub(crate) struct EntryView {
     tax: f64,
     date: NaiveDate,
     description: Option<String>,
+    #[serde(serialize_with = "crate::http::timestamp::rfc3339")]
     created_at: chrono::DateTime<Utc>,
+    #[serde(serialize_with = "crate::http::timestamp::rfc3339")]
     updated_at: chrono::DateTime<Utc>,
 }
 

@@ -41,7 +41,9 @@ pub(crate) struct ProductView {
     id: uuid::Uuid,
     name: String,
     price: f64,
+    #[serde(serialize_with = "crate::http::timestamp::rfc3339")]
     created_at: chrono::DateTime<Utc>,
+    #[serde(serialize_with = "crate::http::timestamp::rfc3339")]
     updated_at: chrono::DateTime<Utc>,
 }
 

@@ -44,7 +44,9 @@ pub(crate) struct PatientView {
     phone: Option<String>,
     email: Option<String>,
     notes: Option<String>,
+    #[serde(serialize_with = "crate::http::timestamp::rfc3339")]
     created_at: chrono::DateTime<Utc>,
+    #[serde(serialize_with = "crate::http::timestamp::rfc3339")]
     updated_at: chrono::DateTime<Utc>,
 }
 

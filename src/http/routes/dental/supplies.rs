@@ -76,7 +76,9 @@ pub(crate) struct SupplyView {
     reorder_level: f64,
     /// Whether the stock is at or below the reorder level, as `low_stock` filters.
     low_stock: bool,
+    #[serde(serialize_with = "crate::http::timestamp::rfc3339")]
     created_at: chrono::DateTime<Utc>,
+    #[serde(serialize_with = "crate::http::timestamp::rfc3339")]
     updated_at: chrono::DateTime<Utc>,
 }
 

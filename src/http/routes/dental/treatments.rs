@@ -109,7 +109,9 @@ pub(crate) struct TreatmentView {
     status: String,
     cost: f64,
     scheduled_on: Option<NaiveDate>,
+    #[serde(serialize_with = "crate::http::timestamp::rfc3339")]
     created_at: chrono::DateTime<Utc>,
+    #[serde(serialize_with = "crate::http::timestamp::rfc3339")]
     updated_at: chrono::DateTime<Utc>,
 }
 

@@ -52,7 +52,9 @@ pub(crate) struct BomView {
     id: Uuid,
     name: String,
     items: Vec<ItemInput>,
+    #[serde(serialize_with = "crate::http::timestamp::rfc3339")]
     created_at: chrono::DateTime<Utc>,
+    #[serde(serialize_with = "crate::http::timestamp::rfc3339")]
     updated_at: chrono::DateTime<Utc>,
 }
 

@@ -44,7 +44,9 @@ pub(crate) struct MaterialView {
     name: String,
     unit: String,
     stock: f64,
+    #[serde(serialize_with = "crate::http::timestamp::rfc3339")]
     created_at: chrono::DateTime<Utc>,
+    #[serde(serialize_with = "crate::http::timestamp::rfc3339")]
     updated_at: chrono::DateTime<Utc>,
 }
 

@@ -74,7 +74,9 @@ pub(crate) struct OrderView {
     bom_id: Uuid,
     quantity: f64,
     status: String,
+    #[serde(serialize_with = "crate::http::timestamp::rfc3339")]
     created_at: chrono::DateTime<Utc>,
+    #[serde(serialize_with = "crate::http::timestamp::rfc3339")]
     updated_at: chrono::DateTime<Utc>,
 }
 
