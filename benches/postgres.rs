@@ -665,7 +665,12 @@ fn main() {
     for round in 1..=rounds {
         for (i, (name, kind)) in loads.iter().enumerate() {
             if warmup > 0 {
-                warmup_errors += load(kind, warmup).errors;
+                let errors = load(kind, warmup).errors;
+                if errors > 0 {
+                    // Which load failed, and when: a run's total alone does not say.
+                    println!("  round {round}  {name:<28} warm-up: {errors} failed requests");
+                }
+                warmup_errors += errors;
             }
             let l = load(kind, seconds);
             let latency = if l.mean_ms > 0.0 {
