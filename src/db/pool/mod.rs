@@ -305,6 +305,7 @@ impl ConnPool {
     /// order rather than queue behind itself.
     fn pick(&self, schema: &Option<Arc<str>>, may_wait: bool) -> Picked {
         let mut idle = self.idle();
+        let mut homes = self.counts.homes();
         let index = match schema.as_ref().filter(|_| self.is_postgres()) {
             None => {
                 let qualified = schema.is_some();
@@ -314,7 +315,6 @@ impl ConnPool {
             }
             Some(schema) => {
                 let key = schema_key(schema);
-                let mut homes = self.counts.homes();
                 let Some((_, entry)) = homes.iter_mut().max_by_key(|(id, _)| rank(key, **id))
                 else {
                     return Picked::Nothing;
@@ -334,7 +334,7 @@ impl ConnPool {
             return Picked::Nothing;
         };
         let conn = idle.remove(index);
-        if let Some(entry) = self.counts.homes().get_mut(&conn.id) {
+        if let Some(entry) = homes.get_mut(&conn.id) {
             entry.busy = true;
             entry.serving = schema.clone();
         }

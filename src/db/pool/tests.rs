@@ -915,10 +915,7 @@ async fn postgres_a_checkout_waits_for_its_home_but_not_behind_its_own_tenant() 
         let (p, x) = (p.clone(), x.clone());
         async move { int(&tenant_conn(&p, Some(&x)).await, PID).await }
     });
-    wait_until("X waits for its home", || {
-        p.counts.homes().values().any(|h| !h.waiters.is_empty())
-    })
-    .await;
+    waiting_for_a_home(&p).await;
     assert_eq!(p.stats().idle, 1, "X took the idle connection");
     drop(on_y);
     assert_eq!(waiting.await.unwrap(), home, "X was not handed its home");
@@ -966,10 +963,7 @@ async fn postgres_a_home_wait_ends_or_is_cancelled_without_losing_the_connection
         let (p, x) = (p.clone(), x.clone());
         async move { tenant_conn(&p, Some(&x)).await }
     });
-    wait_until("X waits for its home", || {
-        p.counts.homes().values().any(|h| !h.waiters.is_empty())
-    })
-    .await;
+    waiting_for_a_home(&p).await;
     cancelled.abort();
     assert!(cancelled.await.unwrap_err().is_cancelled());
     drop(on_y);
@@ -980,6 +974,14 @@ async fn postgres_a_home_wait_ends_or_is_cancelled_without_losing_the_connection
     p.close().await;
     drop(p);
     pg.drop().await;
+}
+
+/// Until a checkout of `p` waits for its home.
+async fn waiting_for_a_home(p: &Arc<ConnPool>) {
+    wait_until("a checkout waits for its home", || {
+        p.counts.homes().values().any(|h| !h.waiters.is_empty())
+    })
+    .await;
 }
 
 /// The backend `schema`'s tenant lands on with every connection idle.
