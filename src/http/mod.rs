@@ -23,6 +23,7 @@ pub use state::{AppState, AppStateInner};
 
 use axum::{Json, Router, middleware, routing::get};
 use serde_json::{Value, json};
+use tower::ServiceBuilder;
 
 use crate::{
     error::AppError,
@@ -50,46 +51,34 @@ pub fn router(state: AppState, mut stack: stack::StackOptions) -> Router {
         .merge(admin_routes(&state))
         .merge(
             // Tenant-scoped: identified, then authenticated, then audited.
+            // Each group is one `route_layer`: every layer call boxes the route once
+            // more, and each middleware function clones all the boxes below it per
+            // request.
             tenant_routes()
                 .into_router()
-                .route_layer(middleware::from_fn_with_state(
-                    state.clone(),
-                    crate::http::audit::record_writes,
-                ))
-                .route_layer(middleware::from_fn(require_auth))
+                .route_layer(
+                    ServiceBuilder::new()
+                        .layer(middleware::from_fn(require_auth))
+                        .layer(middleware::from_fn_with_state(
+                            state.clone(),
+                            crate::http::audit::record_writes,
+                        )),
+                )
                 .merge(routes::auth::login_router())
-                .route_layer(middleware::from_fn_with_state(
-                    state.clone(),
-                    crate::http::authenticate::limit,
-                ))
-                .route_layer(middleware::from_fn_with_state(state.clone(), authenticate))
-                .route_layer(middleware::from_fn_with_state(state.clone(), identify)),
+                .route_layer(
+                    ServiceBuilder::new()
+                        .layer(middleware::from_fn_with_state(state.clone(), identify))
+                        .layer(middleware::from_fn_with_state(state.clone(), authenticate))
+                        .layer(middleware::from_fn_with_state(
+                            state.clone(),
+                            crate::http::authenticate::limit,
+                        )),
+                ),
         )
         .fallback(|| async { AppError::NotFound("no such route".into()) })
         .method_not_allowed_fallback(|| async { AppError::MethodNotAllowed })
-        .layer(middleware::from_fn(single_host))
         .with_state(state);
     stack::wrap(routes, &stack)
-}
-
-/// Refuses a request with more than one `Host` header (400 `bad_request`): which
-/// one names the tenant would be a guess, and a proxy may have read the other.
-async fn single_host(
-    request: axum::extract::Request,
-    next: middleware::Next,
-) -> axum::response::Response {
-    use axum::response::IntoResponse;
-    if request
-        .headers()
-        .get_all(axum::http::header::HOST)
-        .iter()
-        .nth(1)
-        .is_some()
-    {
-        return AppError::BadRequest("the request has more than one Host header".into())
-            .into_response();
-    }
-    next.run(request).await
 }
 
 /// Alive: answers while the process serves.

@@ -62,49 +62,62 @@ impl Default for StackOptions {
 /// Wraps `router` (every route and its fallback) in the stack, outermost first.
 pub fn wrap(router: Router, options: &StackOptions) -> Router {
     let request_timeout_secs = options.request_timeout.as_secs().max(1);
-    // Each `layer` call boxes the services below it once: the tower-http layers go
-    // in groups, axum's middleware functions (which want axum's own body type) between.
-    router
-        .layer(
-            ServiceBuilder::new()
-                .layer(TimeoutLayer::with_status_code(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    options.request_timeout,
-                ))
-                .layer(CatchPanicLayer::custom(panic_response))
-                .layer(RequestBodyTimeoutLayer::new(options.body_timeout))
-                .layer(RequestBodyLimitLayer::new(MAX_BODY_BYTES)),
-        )
-        .layer(middleware::map_response_with_state(
-            request_timeout_secs,
-            json_errors,
-        ))
-        .layer(
-            ServiceBuilder::new()
-                .option_layer(cors(&options.cors_origins))
-                .layer(CompressionLayer::new().gzip(true)),
-        )
-        .layer(middleware::from_fn_with_state(
-            options.observer.clone(),
-            observe,
-        ))
-        .layer(
-            ServiceBuilder::new()
-                .layer(SetRequestIdLayer::new(
-                    REQUEST_ID_HEADER.clone(),
-                    MakeRequestUuid,
-                ))
-                .layer(
-                    TraceLayer::new_for_http()
-                        .make_span_with(request_span)
-                        .on_request(())
-                        .on_response(log_response)
-                        // Errors are logged where they happen, with their cause.
-                        .on_failure(()),
-                )
-                .layer(PropagateRequestIdLayer::new(REQUEST_ID_HEADER.clone())),
-        )
-        .layer(middleware::map_request(drop_unsafe_request_id))
+    // One `layer` call: each call boxes every route once more, and axum's middleware
+    // functions clone all the boxes below them for each request (a stack of a layer
+    // call each cost about 120 boxed clones per request, an eighth of its work).
+    router.layer(
+        ServiceBuilder::new()
+            .layer(middleware::map_request(drop_unsafe_request_id))
+            .layer(SetRequestIdLayer::new(
+                REQUEST_ID_HEADER.clone(),
+                MakeRequestUuid,
+            ))
+            .layer(
+                TraceLayer::new_for_http()
+                    .make_span_with(request_span)
+                    .on_request(())
+                    .on_response(log_response)
+                    // Errors are logged where they happen, with their cause.
+                    .on_failure(()),
+            )
+            .layer(PropagateRequestIdLayer::new(REQUEST_ID_HEADER.clone()))
+            .layer(middleware::from_fn_with_state(
+                options.observer.clone(),
+                observe,
+            ))
+            .option_layer(cors(&options.cors_origins))
+            .layer(CompressionLayer::new().gzip(true))
+            .layer(middleware::map_response_with_state(
+                request_timeout_secs,
+                json_errors,
+            ))
+            // Above the layers that change the request's body type: a middleware
+            // function takes axum's own.
+            .layer(middleware::from_fn(single_host))
+            .layer(TimeoutLayer::with_status_code(
+                StatusCode::SERVICE_UNAVAILABLE,
+                options.request_timeout,
+            ))
+            .layer(CatchPanicLayer::custom(panic_response))
+            .layer(RequestBodyTimeoutLayer::new(options.body_timeout))
+            .layer(RequestBodyLimitLayer::new(MAX_BODY_BYTES)),
+    )
+}
+
+/// Refuses a request with more than one `Host` header (400 `bad_request`): which
+/// one names the tenant would be a guess, and a proxy may have read the other.
+async fn single_host(request: Request, next: middleware::Next) -> Response {
+    if request
+        .headers()
+        .get_all(header::HOST)
+        .iter()
+        .nth(1)
+        .is_some()
+    {
+        return AppError::BadRequest("the request has more than one Host header".into())
+            .into_response();
+    }
+    next.run(request).await
 }
 
 /// An `X-Request-Id` from the caller is kept only when it is a short token of
@@ -163,16 +176,20 @@ fn cors(origins: &[String]) -> Option<CorsLayer> {
 /// The layers below answer some requests themselves, without a JSON body: a body
 /// over the limit (413) and a request past its deadline (503). Those answers get
 /// the service's error shape; every answer of the service's own is JSON already.
-async fn json_errors(
+async fn json_errors<B>(
     axum::extract::State(request_timeout_secs): axum::extract::State<u64>,
-    response: Response,
-) -> Response {
+    response: Response<B>,
+) -> Response
+where
+    B: axum::body::HttpBody<Data = axum::body::Bytes> + Send + 'static,
+    B::Error: Into<axum::BoxError>,
+{
     let is_json = response
         .headers()
         .get(header::CONTENT_TYPE)
         .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
     if is_json {
-        return response;
+        return response.map(Body::new);
     }
     match response.status() {
         StatusCode::PAYLOAD_TOO_LARGE => AppError::PayloadTooLarge {
@@ -189,7 +206,7 @@ async fn json_errors(
             }
             .into_response()
         }
-        _ => response,
+        _ => response.map(Body::new),
     }
 }
 
