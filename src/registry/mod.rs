@@ -237,7 +237,9 @@ impl TenantRegistry {
                 Some(permit),
             ))),
             Err(CheckoutError::Timeout) => Err(self.budget_timeout()),
-            Err(CheckoutError::Failed(err)) => Err(self.failed(&tenant.id, &handle, &err).await),
+            Err(CheckoutError::Failed(err)) => {
+                Err(Box::pin(self.failed(&tenant.id, &handle, &err)).await)
+            }
         }
     }
 
@@ -293,7 +295,7 @@ impl TenantRegistry {
             if same_storage(&handle.built_for, tenant) {
                 return Ok(handle);
             }
-            self.invalidate_if_same(&tenant.id, &handle).await;
+            Box::pin(self.invalidate_if_same(&tenant.id, &handle)).await;
         }
         Err(AppError::TenantUnavailable {
             retry_after_secs: 1,
@@ -305,6 +307,15 @@ impl TenantRegistry {
         if let Some(handle) = self.inner.handles.get(&tenant.id).await {
             return Ok(handle);
         }
+        // Boxed: building a handle is a future of several KiB (the cache's loader
+        // and the pool's opening), which every request would otherwise carry inside
+        // its own and copy each time the request's future moves.
+        Box::pin(self.build_handle(tenant)).await
+    }
+
+    /// The cold path of [`Self::handle_once`]: the tenant's handle, built once
+    /// however many requests ask for it at the same time.
+    async fn build_handle(&self, tenant: &TenantConfig) -> Result<Arc<TenantHandle>, AppError> {
         self.check_breaker(&tenant.id)?;
         let started = Instant::now();
         let opened_here = AtomicBool::new(false);

@@ -186,18 +186,22 @@ impl ServerBudget {
 
     /// The limit, reading it from the server the first time.
     pub(super) async fn ensure_limit(&self) -> Result<u32, DbErr> {
-        self.limit
-            .get_or_try_init(|| async {
-                let limit = match self.configured {
-                    Some(n) => n.max(1),
-                    None => self.read_limit().await?,
-                };
-                self.slots.add_permits(limit as usize);
-                tracing::info!(server = %self.name, limit, "connection budget");
-                Ok(limit)
-            })
-            .await
-            .copied()
+        if let Some(limit) = self.limit.get() {
+            return Ok(*limit);
+        }
+        // Boxed: reading the limit is a connection's handshake, a future of several
+        // KiB that every checkout would otherwise carry (and copy) for nothing.
+        Box::pin(self.limit.get_or_try_init(|| async {
+            let limit = match self.configured {
+                Some(n) => n.max(1),
+                None => self.read_limit().await?,
+            };
+            self.slots.add_permits(limit as usize);
+            tracing::info!(server = %self.name, limit, "connection budget");
+            Ok(limit)
+        }))
+        .await
+        .copied()
     }
 
     /// `max_connections` less the connections reserved for superusers (and, from

@@ -403,7 +403,9 @@ impl ConnPool {
             tokio::select! {
                 biased;
                 slot = &mut slot => {
-                    let conn = self.open(slot?, &schema).await?;
+                    // Boxed: opening is a future of several KiB (the driver's
+                    // handshake), which every checkout would otherwise carry.
+                    let conn = Box::pin(self.open(slot?, &schema)).await?;
                     return Ok(self.hand_out(conn, schema));
                 }
                 _ = self.returned.notified() => {}
