@@ -8,7 +8,10 @@ mod errors;
 mod migrate;
 pub mod pool;
 mod qualify;
+pub mod rows;
 mod storage;
+#[cfg(test)]
+pub(crate) mod testing;
 mod urls;
 
 pub use errors::*;

@@ -13,7 +13,10 @@ use sea_orm::{
 };
 
 use super::*;
-use crate::db::conn::{Checkout, TenantConn};
+use crate::db::{
+    conn::{Checkout, TenantConn},
+    testing::PgTestDb,
+};
 
 const CONNECT: Duration = Duration::from_secs(5);
 /// Long enough that no checkout meant to succeed runs into it.
@@ -994,53 +997,4 @@ async fn checkout_on(pool: &Arc<ConnPool>, schema: &str, pid: i64, failure: &str
     let db = tenant_conn(pool, Some(schema)).await;
     assert_eq!(int(&db, PID).await, pid, "{failure}");
     db
-}
-
-/// A database of its own on the server in TEST_DATABASE_URL, dropped at the end.
-struct PgTestDb {
-    admin: sea_orm::DatabaseConnection,
-    name: String,
-    url: String,
-}
-
-impl PgTestDb {
-    /// `None` (and a note) when TEST_DATABASE_URL is not set.
-    async fn create() -> Option<Self> {
-        let Ok(base) = std::env::var("TEST_DATABASE_URL") else {
-            println!("TEST_DATABASE_URL is not set: skipping the PostgreSQL test");
-            return None;
-        };
-        let name = format!(
-            "pooltest_{}",
-            &uuid::Uuid::new_v4().simple().to_string()[..12]
-        );
-        let with_db = |db: &str| {
-            let mut url = url::Url::parse(&base).unwrap();
-            url.set_path(&format!("/{db}"));
-            url.to_string()
-        };
-        let admin = sea_orm::Database::connect(with_db("postgres"))
-            .await
-            .unwrap();
-        admin
-            .execute_unprepared(&format!("CREATE DATABASE \"{name}\""))
-            .await
-            .unwrap();
-        let url = crate::db::prepare_url(&with_db(&name)).unwrap();
-        Some(Self { admin, name, url })
-    }
-
-    async fn setup(&self, sql: &str) {
-        let setup = sea_orm::Database::connect(self.url.clone()).await.unwrap();
-        setup.execute_unprepared(sql).await.unwrap();
-        setup.close().await.unwrap();
-    }
-
-    async fn drop(self) {
-        self.admin
-            .execute_unprepared(&format!("DROP DATABASE \"{}\" WITH (FORCE)", self.name))
-            .await
-            .unwrap();
-        self.admin.close().await.unwrap();
-    }
 }

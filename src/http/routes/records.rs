@@ -11,10 +11,13 @@ use sea_orm::{
 use uuid::Uuid;
 
 use super::pagination::PageParams;
-use crate::error::{AppError, Result};
+use crate::{
+    db::{self, rows::FromPgRow},
+    error::{AppError, Result},
+};
 
 /// The columns soft delete and lists need of an entity, and what a row is called.
-pub trait SoftDeletable: EntityTrait {
+pub trait SoftDeletable: EntityTrait<Model: FromPgRow> {
     const ID: Self::Column;
     const CREATED_AT: Self::Column;
     const UPDATED_AT: Self::Column;
@@ -56,13 +59,12 @@ pub async fn newest_first<E: SoftDeletable>(
     page: PageParams,
     db: &impl ConnectionTrait,
 ) -> Result<Vec<E::Model>> {
-    Ok(rows
+    let rows = rows
         .order_by_desc(E::CREATED_AT)
         .order_by_desc(E::ID)
         .limit(page.fetch())
-        .offset(page.offset)
-        .all(db)
-        .await?)
+        .offset(page.offset);
+    Ok(db::rows::all(rows, db).await?)
 }
 
 /// The rows of `E` that are not deleted.
@@ -75,7 +77,7 @@ pub async fn find_live<E: SoftDeletable>(
     db: &impl ConnectionTrait,
     id: Uuid,
 ) -> Result<Option<E::Model>> {
-    Ok(live::<E>().filter(E::ID.eq(id)).one(db).await?)
+    Ok(db::rows::one(live::<E>().filter(E::ID.eq(id)), db).await?)
 }
 
 /// Marks the live row `id` deleted; `false` if there is no such live row.

@@ -1,0 +1,52 @@
+//! What the connection layer's tests share: a PostgreSQL database of their own.
+
+use sea_orm::ConnectionTrait;
+
+/// A database of its own on the server in TEST_DATABASE_URL, dropped at the end.
+pub(crate) struct PgTestDb {
+    admin: sea_orm::DatabaseConnection,
+    name: String,
+    pub(crate) url: String,
+}
+
+impl PgTestDb {
+    /// `None` (and a note) when TEST_DATABASE_URL is not set.
+    pub(crate) async fn create() -> Option<Self> {
+        let Ok(base) = std::env::var("TEST_DATABASE_URL") else {
+            println!("TEST_DATABASE_URL is not set: skipping the PostgreSQL test");
+            return None;
+        };
+        let name = format!(
+            "pooltest_{}",
+            &uuid::Uuid::new_v4().simple().to_string()[..12]
+        );
+        let with_db = |db: &str| {
+            let mut url = url::Url::parse(&base).unwrap();
+            url.set_path(&format!("/{db}"));
+            url.to_string()
+        };
+        let admin = sea_orm::Database::connect(with_db("postgres"))
+            .await
+            .unwrap();
+        admin
+            .execute_unprepared(&format!("CREATE DATABASE \"{name}\""))
+            .await
+            .unwrap();
+        let url = crate::db::prepare_url(&with_db(&name)).unwrap();
+        Some(Self { admin, name, url })
+    }
+
+    pub(crate) async fn setup(&self, sql: &str) {
+        let setup = sea_orm::Database::connect(self.url.clone()).await.unwrap();
+        setup.execute_unprepared(sql).await.unwrap();
+        setup.close().await.unwrap();
+    }
+
+    pub(crate) async fn drop(self) {
+        self.admin
+            .execute_unprepared(&format!("DROP DATABASE \"{}\" WITH (FORCE)", self.name))
+            .await
+            .unwrap();
+        self.admin.close().await.unwrap();
+    }
+}
