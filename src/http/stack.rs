@@ -21,7 +21,7 @@ use tower_http::{
     compression::CompressionLayer,
     cors::{AllowOrigin, CorsLayer},
     limit::RequestBodyLimitLayer,
-    request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer},
+    request_id::{PropagateRequestIdLayer, SetRequestIdLayer},
     timeout::{RequestBodyTimeoutLayer, TimeoutLayer},
     trace::TraceLayer,
 };
@@ -30,7 +30,9 @@ use crate::{
     error::AppError,
     http::{
         extract::MAX_BODY_BYTES,
-        request_span::{Observer, REQUEST_ID_HEADER, log_response, observe, request_span},
+        request_span::{
+            MakeRequestId, Observer, REQUEST_ID_HEADER, log_response, observe, request_span,
+        },
     },
 };
 
@@ -70,7 +72,7 @@ pub fn wrap(router: Router, options: &StackOptions) -> Router {
             .layer(middleware::map_request(drop_unsafe_request_id))
             .layer(SetRequestIdLayer::new(
                 REQUEST_ID_HEADER.clone(),
-                MakeRequestUuid,
+                MakeRequestId,
             ))
             .layer(
                 TraceLayer::new_for_http()
