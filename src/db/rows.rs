@@ -10,14 +10,16 @@
 //! position, once the first row's column names have been checked against the
 //! record's fields, and timestamps from PostgreSQL's binary form directly.
 //! Anything else (SQLite, another column list, a text-format value) goes through
-//! sea-orm or sqlx as before, and gives the same result.
+//! sea-orm or sqlx as before. The records are the same either way; errors (a
+//! value of another type, a null in a required field) are worded differently, and
+//! a timestamp of `infinity`, on which sqlx panics, is an error here.
 
 use chrono::{DateTime, NaiveDate, Utc};
 use sea_orm::{
     ConnectionTrait, DbErr, EntityTrait, FromQueryResult, QueryResult, QuerySelect, QueryTrait,
     Select,
     sqlx::{
-        Column, Decode, Row, Type, ValueRef,
+        Column, Row, Type, ValueRef,
         postgres::{PgRow, PgValueFormat, Postgres},
     },
 };
@@ -122,7 +124,8 @@ impl PgField for DateTime<Utc> {
                 .and_then(DateTime::from_timestamp_micros);
             return micros.ok_or_else(|| decode_error(row, index, "timestamp out of range"));
         }
-        <DateTime<Utc> as Decode<Postgres>>::decode(value).map_err(|e| decode_error(row, index, e))
+        // Anything else (text format, another type): sqlx's own checks and decoding.
+        row.try_get(index).map_err(|e| decode_error(row, index, e))
     }
 }
 
@@ -386,6 +389,14 @@ mod tests {
             .await
             .unwrap();
         assert!(!reads_directly::<entities::product::Model>(&reordered[0]));
+        // A timestamp chrono cannot hold is an error, not a panic.
+        db.execute_unprepared("UPDATE products SET updated_at = 'infinity'")
+            .await
+            .unwrap();
+        let err = all(entities::product::Entity::find(), &db)
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("updated_at"), "{err}");
         db.close().await.unwrap();
         pg.drop().await;
     }

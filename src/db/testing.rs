@@ -17,7 +17,7 @@ impl PgTestDb {
             return None;
         };
         let name = format!(
-            "pooltest_{}",
+            "dbtest_{}",
             &uuid::Uuid::new_v4().simple().to_string()[..12]
         );
         let with_db = |db: &str| {

@@ -68,8 +68,9 @@ fn random_bytes() -> [u8; 16] {
     use std::cell::Cell;
     thread_local! {
         static STATE: Cell<[u64; 4]> = Cell::new({
-            // Two OS-random UUIDs: 256 bits, never all zero in practice (the one
-            // state the generator cannot leave), and forced not to be.
+            // Two OS-random UUIDs: 244 random bits. A version 4 UUID is never
+            // zero, so neither is the state (the one state the generator cannot
+            // leave); the `| 1` says so where it matters.
             let (a, b) = (uuid::Uuid::new_v4().as_u64_pair(), uuid::Uuid::new_v4().as_u64_pair());
             [a.0 | 1, a.1, b.0, b.1]
         });

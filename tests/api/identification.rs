@@ -259,6 +259,21 @@ async fn two_host_headers_are_refused_and_an_absolute_target_names_the_host() {
     )
     .await;
     assert_eq!(status, 400, "every route refuses it");
+    let (status, body) = raw_request(
+        &app.address,
+        "GET /no/such/route HTTP/1.1\r\nHost: a.localhost\r\nHost: b.localhost\r\n",
+    )
+    .await;
+    assert_eq!(status, 400, "and so does the fallback: {body}");
+    assert!(body.contains("bad_request"), "{body}");
+    // Before the body's limit is looked at.
+    let (status, body) = raw_request(
+        &app.address,
+        "POST /api/products HTTP/1.1\r\nHost: a.localhost\r\nHost: b.localhost\r\nContent-Type: application/json\r\nContent-Length: 10000000\r\n",
+    )
+    .await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("bad_request"), "{body}");
 
     // Absolute form: the target's host names the tenant, not the Host header.
     let (status, body) = raw_request(
