@@ -54,7 +54,15 @@ pub async fn open_tenant_storage(
     } else if settings.auto_create_databases {
         ensure_tenant_storage(tenant, settings).await?;
     }
-    let db = open_pool_with(tenant, max_connections, settings, !known).await?;
+    let db = match open_pool_with(tenant, max_connections, settings, !known).await {
+        // Migrating into a schema that was never made fails with PostgreSQL's "no
+        // schema has been selected to create in": say what is missing instead.
+        Err(e) if tenant.schema_name().is_some() && sql_state(&e).as_deref() == Some("3F000") => {
+            tracing::error!(tenant_id = %tenant.id, "the tenant's schema does not exist: provision the tenant, or set AUTO_CREATE_DATABASES=true to create it on first use");
+            return Err(missing_schema());
+        }
+        other => other?,
+    };
     if !known && let Some((ledger, key)) = ledger {
         ledger.record_initialised(key, tenant.id.as_str()).await?;
     }
@@ -66,6 +74,15 @@ pub async fn open_tenant_storage(
 pub fn missing_storage() -> DbErr {
     DbErr::Conn(RuntimeErr::Internal(
         "the tenant's database has disappeared".into(),
+    ))
+}
+
+/// The error of a schema-mode tenant whose schema was never created (not
+/// provisioned, and `AUTO_CREATE_DATABASES` off): a connection error like
+/// [`missing_storage`], so the tenant answers 503 `tenant_unavailable`.
+pub fn missing_schema() -> DbErr {
+    DbErr::Conn(RuntimeErr::Internal(
+        "the tenant's schema does not exist: provision the tenant, or set AUTO_CREATE_DATABASES=true".into(),
     ))
 }
 
@@ -270,4 +287,59 @@ pub async fn server_storage_bytes(
         ),
     };
     Ok(u64::try_from(super::count(conn, statement).await?).unwrap_or(0))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::*;
+    use crate::{
+        db::testing::PgTestDb,
+        settings::{Settings, parse_tenants_toml},
+    };
+
+    fn pool_settings(auto_create: bool) -> PoolSettings {
+        let env = HashMap::from([
+            ("SETTINGS_FILE".to_string(), String::new()),
+            ("AUTO_CREATE_DATABASES".to_string(), auto_create.to_string()),
+        ]);
+        Settings::from_map(&env).unwrap().pools()
+    }
+
+    /// A schema-mode tenant whose schema was never made (not provisioned, nothing
+    /// allowed to create it) is refused with an error that says so, and nothing
+    /// is created; allowed to create it, the same tenant opens.
+    #[tokio::test]
+    async fn a_schema_tenant_without_its_schema_is_refused_by_name() {
+        let Some(pg) = PgTestDb::create().await else {
+            return;
+        };
+        let tenant = parse_tenants_toml(&format!(
+            "[tenants.unmade]\ndatabase_url = \"{}\"\nisolation = \"schema\"\n",
+            pg.url
+        ))
+        .unwrap()
+        .remove(0);
+
+        let err = open_tenant_storage(&tenant, 1, &pool_settings(false), None)
+            .await
+            .expect_err("opened a tenant whose schema does not exist");
+        assert!(
+            err.to_string().contains("schema does not exist"),
+            "unclear error: {err}"
+        );
+        assert!(
+            !storage_exists(&tenant, &pool_settings(false))
+                .await
+                .unwrap()
+        );
+
+        let db = open_tenant_storage(&tenant, 1, &pool_settings(true), None)
+            .await
+            .unwrap();
+        db.close().await.unwrap();
+        assert!(storage_exists(&tenant, &pool_settings(true)).await.unwrap());
+        pg.drop().await;
+    }
 }
