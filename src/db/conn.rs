@@ -5,10 +5,15 @@
 //! empty search path finds nothing they do not qualify.
 //!
 //! When the request is done the connection goes back to its pool, unless it may be
-//! in an unknown state: a query cut short (the request was cancelled), a
-//! transaction still open, or a failure of the connection itself. Those are closed,
+//! in an unknown state: a transaction still open, an operation cut short (the
+//! request was cancelled), or a failure of the connection itself. Those are closed,
 //! so a connection is never handed to the next request in the middle of another's
-//! work or transaction.
+//! work or transaction. Two cases are drained instead, on PostgreSQL: a connection
+//! cut short in a single data statement outside any transaction (a client gone in
+//! the middle of a read), and one whose transaction was dropped without an end (a
+//! handler returning an error from inside it) with no operation cut short, whose
+//! rollback is queued. Each goes back to its pool once the server has answered
+//! everything sent and no transaction is open ([`ConnPool::give_back_drained`]).
 
 use std::{future::Future, pin::Pin, sync::Arc};
 
@@ -33,8 +38,16 @@ pub struct Checkout {
     /// An operation was started and has not finished: if the request is dropped
     /// now, the connection's state is unknown.
     busy: bool,
-    /// The connection failed, or a transaction was dropped without an end.
+    /// The operation under way is one data statement outside any transaction on
+    /// PostgreSQL: cut short, it leaves nothing behind once the server has
+    /// finished it, so the connection can be drained rather than closed.
+    drainable: bool,
+    /// The connection failed.
     broken: bool,
+    /// A transaction was dropped without an end: its rollback is queued, and the
+    /// request may not use the connection any more but to roll back the
+    /// transactions around it.
+    abandoned: bool,
     _tenant_permit: Option<OwnedSemaphorePermit>,
 }
 
@@ -48,13 +61,18 @@ impl Checkout {
             conn: Some(conn),
             pool,
             busy: false,
+            drainable: false,
             broken: false,
+            abandoned: false,
             _tenant_permit: tenant_permit,
         }
     }
 
-    fn raw(&mut self) -> Result<&mut RawConn, DbErr> {
-        if self.broken {
+    /// The connection, for an operation of the request; `rolling_back`: a
+    /// rollback, which may still run after a transaction (a savepoint inside it)
+    /// was abandoned, and only discards more.
+    fn raw(&mut self, rolling_back: bool) -> Result<&mut RawConn, DbErr> {
+        if self.broken || (self.abandoned && !rolling_back) {
             return Err(DbErr::Custom(
                 "the connection was left in an unknown state".into(),
             ));
@@ -83,21 +101,81 @@ impl Checkout {
 
 impl Drop for Checkout {
     fn drop(&mut self) {
-        if let Some(conn) = self.conn.take() {
-            self.pool.give_back(conn, !self.busy && !self.broken);
+        let Some(conn) = self.conn.take() else {
+            return;
+        };
+        // Cut short in a data statement outside any transaction, or idle with a
+        // transaction's rollback queued: once the server has answered everything
+        // sent, the session is as clean as after any request (PostgreSQL only).
+        let drain = !self.broken
+            && matches!(conn.raw, RawConn::Pg(_))
+            && if self.busy {
+                self.drainable
+            } else {
+                self.abandoned
+            };
+        if drain && let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            // The tenant's share is held until the server has let go too, so a
+            // client that abandons slow requests cannot take more of it.
+            let permit = self._tenant_permit.take();
+            runtime.spawn(self.pool.clone().give_back_drained(conn, permit));
+            return;
         }
+        self.pool
+            .give_back(conn, !self.busy && !self.broken && !self.abandoned);
     }
+}
+
+/// Whether `sql` is one statement that reads or writes rows, and nothing else:
+/// outside a transaction it runs in one of its own, which ends with it, and it
+/// changes no setting of the session. Anything else cut short (a `BEGIN` sent but
+/// not answered, a `SET`) could leave the session in a state nobody tracks. A
+/// prepared statement is one statement by PostgreSQL's rule.
+fn is_data_statement(sql: &str) -> bool {
+    let word: String = sql
+        .trim_start()
+        .chars()
+        .take_while(char::is_ascii_alphabetic)
+        .collect();
+    ["SELECT", "INSERT", "UPDATE", "DELETE", "WITH"]
+        .iter()
+        .any(|k| word.eq_ignore_ascii_case(k))
 }
 
 /// Runs `$body` (a future giving `Result<_, sqlx::Error>`) with the checkout's raw
 /// connection bound to `$raw`. The checkout is marked busy meanwhile, so that a
-/// request cancelled during the operation leaves it marked; errors become `DbErr`
-/// through `$to_db_err`.
+/// request cancelled during the operation leaves it marked, and drainable when
+/// `$drain` says the operation is a data statement ([`is_data_statement`]) and no
+/// transaction is open; errors become `DbErr` through `$to_db_err`.
 macro_rules! with_conn {
-    ($cell:expr, $to_db_err:expr, |$raw:ident| $body:expr) => {{
+    ($cell:expr, $to_db_err:expr, |$raw:ident| $body:expr) => {
+        with_conn!(
+            $cell,
+            $to_db_err,
+            drain = false,
+            rolling_back = false,
+            |$raw| $body
+        )
+    };
+    ($cell:expr, $to_db_err:expr, drain = $drain:expr, |$raw:ident| $body:expr) => {
+        with_conn!(
+            $cell,
+            $to_db_err,
+            drain = $drain,
+            rolling_back = false,
+            |$raw| $body
+        )
+    };
+    ($cell:expr, $to_db_err:expr, drain = $drain:expr, rolling_back = $rolling_back:expr,
+     |$raw:ident| $body:expr) => {{
         let mut checkout = $cell.checkout.lock().await;
         checkout.busy = true;
-        let outcome = match checkout.raw() {
+        checkout.drainable = $drain
+            && checkout
+                .conn
+                .as_ref()
+                .is_some_and(|c| matches!(c.raw, RawConn::Pg(_)) && c.raw.transaction_depth() == 0);
+        let outcome = match checkout.raw($rolling_back) {
             Ok($raw) => Ok($body.await),
             Err(e) => Err(e),
         };
@@ -141,7 +219,8 @@ type Cell = Arc<Session>;
 
 async fn execute(cell: &Cell, stmt: Statement) -> Result<ExecResult, DbErr> {
     let (sql, args) = cell.statement(stmt);
-    with_conn!(cell, exec_err, |raw| async {
+    let drain = is_data_statement(&sql.0);
+    with_conn!(cell, exec_err, drain = drain, |raw| async {
         match raw {
             RawConn::Pg(c) => sqlx::query_with(sql, args)
                 .execute(c)
@@ -167,7 +246,8 @@ async fn execute_unprepared(cell: &Cell, sql: &str) -> Result<ExecResult, DbErr>
 
 async fn query_one(cell: &Cell, stmt: Statement) -> Result<Option<QueryResult>, DbErr> {
     let (sql, args) = cell.statement(stmt);
-    with_conn!(cell, query_err, |raw| async {
+    let drain = is_data_statement(&sql.0);
+    with_conn!(cell, query_err, drain = drain, |raw| async {
         match raw {
             RawConn::Pg(c) => sqlx::query_with(sql, args)
                 .fetch_optional(c)
@@ -183,7 +263,8 @@ async fn query_one(cell: &Cell, stmt: Statement) -> Result<Option<QueryResult>, 
 
 async fn query_all(cell: &Cell, stmt: Statement) -> Result<Vec<QueryResult>, DbErr> {
     let (sql, args) = cell.statement(stmt);
-    with_conn!(cell, query_err, |raw| async {
+    let drain = is_data_statement(&sql.0);
+    with_conn!(cell, query_err, drain = drain, |raw| async {
         match raw {
             RawConn::Pg(c) => sqlx::query_with(sql, args)
                 .fetch_all(c)
@@ -390,8 +471,10 @@ impl TransactionTrait for TenantConn {
 }
 
 /// A transaction (or, nested, a savepoint) on a request's connection. Dropped
-/// without `commit` or `rollback`, it is rolled back, and the connection is closed
-/// when the request ends rather than reused.
+/// without `commit` or `rollback`, it is rolled back and the request may not use
+/// the connection any more, but to roll back the transactions it was nested in;
+/// when the request ends the connection is drained of the rollbacks and kept if no
+/// transaction is left open (PostgreSQL), or closed.
 pub struct TenantTxn {
     cell: Cell,
     backend: DbBackend,
@@ -419,14 +502,20 @@ impl TenantTxn {
 
     async fn finish(mut self, commit: bool) -> Result<(), DbErr> {
         self.open = false;
-        with_conn!(self.cell, query_err, |raw| async {
-            match (raw, commit) {
-                (RawConn::Pg(c), true) => PgTransactionManager::commit(c).await,
-                (RawConn::Pg(c), false) => PgTransactionManager::rollback(c).await,
-                (RawConn::Sqlite(c), true) => SqliteTransactionManager::commit(c).await,
-                (RawConn::Sqlite(c), false) => SqliteTransactionManager::rollback(c).await,
+        with_conn!(
+            self.cell,
+            query_err,
+            drain = false,
+            rolling_back = !commit,
+            |raw| async {
+                match (raw, commit) {
+                    (RawConn::Pg(c), true) => PgTransactionManager::commit(c).await,
+                    (RawConn::Pg(c), false) => PgTransactionManager::rollback(c).await,
+                    (RawConn::Sqlite(c), true) => SqliteTransactionManager::commit(c).await,
+                    (RawConn::Sqlite(c), false) => SqliteTransactionManager::rollback(c).await,
+                }
             }
-        })
+        )
     }
 }
 
@@ -435,18 +524,19 @@ impl Drop for TenantTxn {
         if !self.open {
             return;
         }
-        // If an operation of this request holds the connection, it was cut short:
-        // the connection is marked busy and will be closed.
+        // If an operation of this request holds the connection, it was cut short
+        // inside the transaction: the connection is marked busy, not drainable, and
+        // will be closed.
         if let Ok(mut checkout) = self.cell.checkout.try_lock() {
-            // Queued now, sent before the connection's next statement; the
-            // connection is not reused by another request either way.
+            // Queued now, sent when the connection is drained; nothing of this
+            // request runs on it after.
             if let Some(conn) = checkout.conn.as_mut() {
                 match &mut conn.raw {
                     RawConn::Pg(c) => PgTransactionManager::start_rollback(c),
                     RawConn::Sqlite(c) => SqliteTransactionManager::start_rollback(c),
                 }
             }
-            checkout.broken = true;
+            checkout.abandoned = true;
         }
     }
 }
@@ -536,5 +626,39 @@ impl TransactionTrait for TenantTxn {
             .await
             .map_err(TransactionError::Connection)?;
         run(txn, callback).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_data_statement;
+
+    #[test]
+    fn only_one_data_statement_may_be_drained() {
+        for sql in [
+            r#"SELECT "id" FROM "t""#,
+            "  select 1",
+            "INSERT INTO t VALUES (1)",
+            "update t set x = 1",
+            "DELETE FROM t",
+            "WITH a AS (SELECT 1) SELECT * FROM a",
+        ] {
+            assert!(is_data_statement(sql), "{sql}");
+        }
+        for sql in [
+            "BEGIN",
+            "START TRANSACTION",
+            "COMMIT",
+            "ROLLBACK",
+            "SAVEPOINT s",
+            "SET search_path TO a",
+            "CALL p()",
+            "SELECTX 1",
+            "LOCK TABLE t",
+            "",
+            "-- SELECT\nBEGIN",
+        ] {
+            assert!(!is_data_statement(sql), "{sql}");
+        }
     }
 }

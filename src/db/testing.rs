@@ -42,6 +42,22 @@ impl PgTestDb {
         setup.close().await.unwrap();
     }
 
+    /// Statements running now on this database whose text contains `marker`.
+    pub(crate) async fn running(&self, marker: &str) -> i64 {
+        let row = self
+            .admin
+            .query_one_raw(sea_orm::Statement::from_sql_and_values(
+                sea_orm::DbBackend::Postgres,
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = $1 \
+                 AND state = 'active' AND strpos(query, $2) > 0 AND pid <> pg_backend_pid()",
+                [self.name.clone().into(), marker.into()],
+            ))
+            .await
+            .unwrap()
+            .unwrap();
+        row.try_get_by_index::<i64>(0).unwrap()
+    }
+
     pub(crate) async fn drop(self) {
         self.admin
             .execute_unprepared(&format!("DROP DATABASE \"{}\" WITH (FORCE)", self.name))

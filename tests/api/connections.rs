@@ -325,10 +325,23 @@ async fn set_up_plant(app: &TestApp, id: &str) -> Plant {
 /// waiting for a connection or in the middle of its transaction.
 #[derive(Debug, Clone, Copy)]
 enum Step {
-    CreateProduct { cancel_after: Option<Duration> },
-    CreateBom { cancel_after: Option<Duration> },
-    CompletePlanned { cancel_after: Option<Duration> },
-    CompleteShort { cancel_after: Option<Duration> },
+    CreateProduct {
+        cancel_after: Option<Duration>,
+    },
+    CreateBom {
+        cancel_after: Option<Duration>,
+    },
+    CompletePlanned {
+        cancel_after: Option<Duration>,
+    },
+    CompleteShort {
+        cancel_after: Option<Duration>,
+    },
+    /// A read of the products, abandoned or answered with the tenant's own rows
+    /// only: an abandoned one may leave its connection to be drained.
+    ReadProducts {
+        cancel_after: Option<Duration>,
+    },
     CheckProducts,
     CheckMaterials,
 }
@@ -336,7 +349,7 @@ enum Step {
 impl Step {
     fn random(rng: &mut Rng) -> Self {
         let cancel = |rng: &mut Rng| Some(Duration::from_millis(1 + rng.below(25) as u64));
-        match rng.below(12) {
+        match rng.below(14) {
             0 | 1 => Step::CreateProduct { cancel_after: None },
             2 | 3 => Step::CreateProduct {
                 cancel_after: cancel(rng),
@@ -353,6 +366,9 @@ impl Step {
                 cancel_after: cancel(rng),
             },
             10 => Step::CompleteShort { cancel_after: None },
+            11 | 12 => Step::ReadProducts {
+                cancel_after: cancel(rng),
+            },
             _ if rng.below(2) == 0 => Step::CheckProducts,
             _ => Step::CheckMaterials,
         }
@@ -480,6 +496,32 @@ async fn run_step(app: &TestApp, plant: &Plant, step: Step, ledger: &Mutex<Ledge
                 Some(s) if s == 409 => ledger.lock().unwrap().failed_in.push(sent.elapsed()),
                 Some(s) => panic!("{step:?} for {t}: {s}, not 409"),
                 None => ledger.lock().unwrap().cancelled += 1,
+            }
+        }
+        Step::ReadProducts { cancel_after } => {
+            let acknowledged = ledger
+                .lock()
+                .unwrap()
+                .products
+                .get(t)
+                .cloned()
+                .unwrap_or_default();
+            let request = app.as_tenant(Method::GET, t, "/api/products?limit=200");
+            let request = match cancel_after {
+                Some(limit) => request.timeout(limit),
+                None => request,
+            };
+            match request.send().await {
+                Ok(response) => {
+                    assert_eq!(response.status(), 200, "read products for {t}");
+                    // The body may still be cut off by the timeout.
+                    if let Ok(page) = response.json::<Value>().await {
+                        let items = page["items"].as_array().unwrap();
+                        assert_own(t, "products", &names(items), &acknowledged);
+                    }
+                }
+                Err(e) if e.is_timeout() => ledger.lock().unwrap().cancelled += 1,
+                Err(e) => panic!("read products for {t}: {e}"),
             }
         }
         Step::CheckProducts => {

@@ -90,6 +90,9 @@ pub struct ServerStats {
     /// Connections opened and closed since start-up.
     pub opened: u64,
     pub closed: u64,
+    /// Connections whose request was cancelled in the middle of a read or write,
+    /// drained and kept rather than closed.
+    pub drained: u64,
     /// Checkouts that gave up at their deadline.
     pub timeouts: u64,
 }
@@ -122,6 +125,7 @@ pub struct ServerBudget {
     pub(super) peak: AtomicU64,
     pub(super) opened: AtomicU64,
     pub(super) closed: AtomicU64,
+    pub(super) drained: AtomicU64,
     pub(super) timeouts: AtomicU64,
 }
 
@@ -176,6 +180,7 @@ impl ServerBudget {
             peak: AtomicU64::new(0),
             opened: AtomicU64::new(0),
             closed: AtomicU64::new(0),
+            drained: AtomicU64::new(0),
             timeouts: AtomicU64::new(0),
         })
     }
@@ -431,6 +436,7 @@ impl ServerBudget {
             peak_open: self.peak.load(Ordering::Relaxed),
             opened: self.opened.load(Ordering::Relaxed),
             closed: self.closed.load(Ordering::Relaxed),
+            drained: self.drained.load(Ordering::Relaxed),
             timeouts: self.timeouts.load(Ordering::Relaxed),
         }
     }

@@ -58,6 +58,12 @@ const CHECK_IF_IDLE_FOR: Duration = Duration::from_secs(5);
 /// tables into another backend's caches.
 const HOME_WAIT: Duration = Duration::from_millis(2);
 
+/// How long a connection whose request was cancelled in the middle of a data
+/// statement may take to finish it ([`ConnPool::give_back_drained`]) before it is
+/// closed instead. Reads a client gives up on end within milliseconds; one still
+/// running after this is better closed than waited for.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(1);
+
 /// An open connection as the homes of schema tenants see it.
 pub(super) struct Home {
     /// Checked out (or being opened), not idle.
@@ -232,6 +238,7 @@ pub struct ConnPool {
     idle_timeout: Duration,
     connect_timeout: Duration,
     home_wait: Duration,
+    drain_timeout: Duration,
 }
 
 impl ConnPool {
@@ -264,6 +271,7 @@ impl ConnPool {
             idle_timeout,
             connect_timeout,
             home_wait,
+            drain_timeout: DRAIN_TIMEOUT,
         });
         server.register(&pool);
         pool
@@ -505,6 +513,32 @@ impl ConnPool {
     pub fn give_back(&self, conn: Conn, reusable: bool) {
         self.counts.in_use.fetch_sub(1, Ordering::Relaxed);
         self.put_back(conn, reusable);
+    }
+
+    /// Takes back a connection whose request was cancelled in the middle of one
+    /// data statement outside any transaction, or which has a dropped
+    /// transaction's rollback queued: once the server has answered everything
+    /// sent (a sync answered, all before it read and dropped), and no transaction
+    /// is open, the connection is as clean as after any request, and goes back to
+    /// the pool. It stays counted in use until then, and `permit` (the tenant's
+    /// share) held. One that fails, takes longer than [`DRAIN_TIMEOUT`], or is
+    /// still in a transaction is closed, and a SQLite connection is closed at once.
+    ///
+    /// Closing instead would make every client that gives up on a read (a
+    /// timeout, a closed browser tab, a load balancer's limit) and every error
+    /// answered from inside a transaction cost a new connection, and the tenants
+    /// whose home it was their statements prepared again on another.
+    pub async fn give_back_drained<P: Send>(self: Arc<Self>, mut conn: Conn, permit: P) {
+        let drained = matches!(conn.raw, RawConn::Pg(_))
+            && tokio::time::timeout(self.drain_timeout, conn.raw.ping())
+                .await
+                .is_ok_and(|r| r.is_ok())
+            && conn.raw.transaction_depth() == 0;
+        if drained {
+            self.server.drained.fetch_add(1, Ordering::Relaxed);
+        }
+        self.give_back(conn, drained);
+        drop(permit);
     }
 
     /// [`ConnPool::give_back`] of a connection not counted in use: handed over to

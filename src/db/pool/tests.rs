@@ -998,3 +998,262 @@ async fn checkout_on(pool: &Arc<ConnPool>, schema: &str, pid: i64, failure: &str
     assert_eq!(int(&db, PID).await, pid, "{failure}");
     db
 }
+
+/// Until a statement containing `marker` runs on `pg`'s database (at most 30 s).
+async fn until_running(pg: &PgTestDb, marker: &str) {
+    for _ in 0..3000 {
+        if pg.running(marker).await > 0 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("{marker} never ran");
+}
+
+/// Starts `sql` (which must contain `marker`) on `db` and cancels it, as a client
+/// going away does, once PostgreSQL is running it.
+async fn cut_short_while_running(
+    pg: &PgTestDb,
+    db: impl ConnectionTrait + Send + 'static,
+    sql: String,
+    marker: &str,
+) {
+    let running = tokio::spawn(async move {
+        let _ = db
+            .query_all_raw(Statement::from_string(DbBackend::Postgres, sql))
+            .await;
+        unreachable!("the statement finished before it was cut short");
+    });
+    until_running(pg, marker).await;
+    running.abort();
+    assert!(running.await.unwrap_err().is_cancelled());
+}
+
+/// PostgreSQL: a read cut short outside any transaction (the client went away)
+/// does not cost the connection. It is drained, counted in use until the server
+/// has finished the statement, and then serves the next tenant, who sees only its
+/// own rows on it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_a_read_cut_short_is_drained_and_its_connection_kept() {
+    let Some(pg) = PgTestDb::create().await else {
+        return;
+    };
+    pg.setup(
+        "CREATE SCHEMA a; CREATE SCHEMA b; CREATE TABLE a.t(x int); CREATE TABLE b.t(x int); \
+         INSERT INTO a.t VALUES (1); INSERT INTO b.t VALUES (2)",
+    )
+    .await;
+    let target = Target::parse(&pg.url).unwrap();
+    let server = budget(&target, 1);
+    let p = pool(&server, target, PATIENT);
+
+    let db = tenant_conn(&p, Some("a")).await;
+    let pid = int(&db, PID).await;
+    let marker = "drain_me_1";
+    let sql = format!(r#"SELECT x, pg_sleep(0.3) AS {marker} FROM "t""#);
+    cut_short_while_running(&pg, db, sql, marker).await;
+    // The statement still runs on the server: the connection is not back yet.
+    assert_eq!(p.stats().in_use, 1, "{:?}", p.stats());
+    wait_until("the connection is drained", || p.stats().idle == 1).await;
+    let stats = server.stats();
+    assert_eq!(
+        (stats.opened, stats.closed, stats.drained, stats.in_use),
+        (1, 0, 1, 0),
+        "{stats:?}"
+    );
+
+    let db = tenant_conn(&p, Some("b")).await;
+    assert_eq!(int(&db, PID).await, pid, "not the drained connection");
+    assert_eq!(ints(&db, r#"SELECT x FROM "t""#).await, vec![2]);
+    assert_eq!(int(&db, "SELECT count(*) FROM pg_prepared_xacts").await, 0);
+    // Not inside a transaction: now() moves on between two statements.
+    let t1 = int(&db, "SELECT (extract(epoch FROM now()) * 1e6)::int8").await;
+    let t2 = int(
+        &db,
+        "SELECT (extract(epoch FROM clock_timestamp()) * 1e6)::int8",
+    )
+    .await;
+    let t3 = int(&db, "SELECT (extract(epoch FROM now()) * 1e6)::int8").await;
+    assert!(t1 < t2 && t2 <= t3, "a transaction is open: {t1} {t2} {t3}");
+    drop(db);
+
+    p.close().await;
+    drop(p);
+    pg.drop().await;
+}
+
+/// PostgreSQL: what cannot be drained safely is closed, as before: a statement
+/// inside a transaction, an unprepared one (it may hold several statements), and
+/// a read still running after the drain's time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_what_cannot_be_drained_is_closed() {
+    let Some(pg) = PgTestDb::create().await else {
+        return;
+    };
+    pg.setup("CREATE SCHEMA a; CREATE TABLE a.t(x int); INSERT INTO a.t VALUES (1)")
+        .await;
+    let target = Target::parse(&pg.url).unwrap();
+    let server = budget(&target, 1);
+    let p = pool(&server, target, PATIENT);
+    let closed = |n: u64| {
+        let server = server.clone();
+        move || server.stats().closed == n && server.stats().open == 0
+    };
+
+    // Inside a transaction.
+    let db = tenant_conn(&p, Some("a")).await;
+    let txn = db.begin().await.unwrap();
+    let marker = "in_txn_2";
+    cut_short_while_running(
+        &pg,
+        txn,
+        format!(r#"SELECT x, pg_sleep(0.2) AS {marker} FROM "t""#),
+        marker,
+    )
+    .await;
+    drop(db);
+    wait_until("the connection in a transaction is closed", closed(1)).await;
+
+    // Unprepared.
+    let db = tenant_conn(&p, Some("a")).await;
+    let marker = "unprepared_3";
+    let running = tokio::spawn({
+        let db = db.clone();
+        async move {
+            let _ = db
+                .execute_unprepared(&format!("SELECT pg_sleep(0.2) AS {marker}"))
+                .await;
+        }
+    });
+    until_running(&pg, marker).await;
+    running.abort();
+    let _ = running.await;
+    drop(db);
+    wait_until("the unprepared statement's connection is closed", closed(2)).await;
+
+    // Longer than the drain's time.
+    let db = tenant_conn(&p, Some("a")).await;
+    let marker = "too_long_4";
+    let long = DRAIN_TIMEOUT.as_secs_f64() * 5.0;
+    let started = Instant::now();
+    cut_short_while_running(
+        &pg,
+        db,
+        format!(r#"SELECT x, pg_sleep({long}) AS {marker} FROM "t""#),
+        marker,
+    )
+    .await;
+    wait_until("the long statement's connection is closed", closed(3)).await;
+    assert!(
+        started.elapsed() >= DRAIN_TIMEOUT,
+        "closed before the drain's time"
+    );
+    let stats = server.stats();
+    assert_eq!((stats.opened, stats.drained), (3, 0), "{stats:?}");
+
+    // The next checkout opens a connection that works.
+    let db = tenant_conn(&p, Some("a")).await;
+    assert_eq!(ints(&db, r#"SELECT x FROM "t""#).await, vec![1]);
+    drop(db);
+
+    p.close().await;
+    drop(p);
+    pg.drop().await;
+}
+
+/// PostgreSQL: a transaction dropped without an end (a handler answering an error
+/// from inside it) is rolled back, the request cannot use the connection after,
+/// and the connection, drained of the rollback, serves the next tenant. A
+/// savepoint dropped inside a transaction that is then rolled back leaves it clean
+/// too; one whose transaction then cannot be committed leaves it in a
+/// transaction: that one is closed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_a_dropped_transaction_is_rolled_back_and_its_connection_kept() {
+    let Some(pg) = PgTestDb::create().await else {
+        return;
+    };
+    pg.setup(
+        "CREATE SCHEMA a; CREATE SCHEMA b; CREATE TABLE a.t(x int); CREATE TABLE b.t(x int); \
+         INSERT INTO b.t VALUES (2)",
+    )
+    .await;
+    let target = Target::parse(&pg.url).unwrap();
+    let server = budget(&target, 1);
+    let p = pool(&server, target, PATIENT);
+
+    let db = tenant_conn(&p, Some("a")).await;
+    let pid = int(&db, PID).await;
+    let txn = db.begin().await.unwrap();
+    txn.execute_unprepared(r#"INSERT INTO "t" VALUES (1)"#)
+        .await
+        .unwrap();
+    assert!(txn.execute_unprepared("SELECT 1 / 0").await.is_err());
+    drop(txn);
+    let after = db.execute_unprepared(r#"INSERT INTO "t" VALUES (3)"#).await;
+    assert!(after.is_err(), "the request used the connection after");
+    drop(db);
+    wait_until("the connection is drained", || p.stats().idle == 1).await;
+    let stats = server.stats();
+    assert_eq!(
+        (stats.opened, stats.closed, stats.drained),
+        (1, 0, 1),
+        "{stats:?}"
+    );
+
+    let db = tenant_conn(&p, Some("b")).await;
+    assert_eq!(int(&db, PID).await, pid, "not the drained connection");
+    assert_eq!(ints(&db, r#"SELECT x FROM "t""#).await, vec![2]);
+    drop(db);
+    let db = tenant_conn(&p, Some("a")).await;
+    assert_eq!(ints(&db, r#"SELECT x FROM "t""#).await, Vec::<i64>::new());
+
+    // A savepoint dropped; its transaction cannot be committed after.
+    let outer = db.begin().await.unwrap();
+    outer
+        .execute_unprepared(r#"INSERT INTO "t" VALUES (4)"#)
+        .await
+        .unwrap();
+    let inner = outer.begin().await.unwrap();
+    drop(inner);
+    assert!(
+        outer.commit().await.is_err(),
+        "committed after a dropped savepoint"
+    );
+    drop(db);
+    wait_until("the connection in a transaction is closed", || {
+        server.stats().closed == 1 && server.stats().open == 0
+    })
+    .await;
+    let db = tenant_conn(&p, Some("a")).await;
+    assert_eq!(ints(&db, r#"SELECT x FROM "t""#).await, Vec::<i64>::new());
+    let stats = server.stats();
+    assert_eq!((stats.opened, stats.drained), (2, 1), "{stats:?}");
+
+    // A savepoint dropped, its transaction rolled back (as the audit layer does
+    // for a write answered with an error): nothing stays, the connection is kept.
+    let pid = int(&db, PID).await;
+    let outer = db.begin().await.unwrap();
+    outer
+        .execute_unprepared(r#"INSERT INTO "t" VALUES (5)"#)
+        .await
+        .unwrap();
+    let inner = outer.begin().await.unwrap();
+    inner
+        .execute_unprepared(r#"INSERT INTO "t" VALUES (6)"#)
+        .await
+        .unwrap();
+    drop(inner);
+    outer.rollback().await.unwrap();
+    drop(db);
+    wait_until("the connection is drained", || server.stats().drained == 2).await;
+    let db = tenant_conn(&p, Some("a")).await;
+    assert_eq!(int(&db, PID).await, pid, "not the drained connection");
+    assert_eq!(ints(&db, r#"SELECT x FROM "t""#).await, Vec::<i64>::new());
+    let stats = server.stats();
+    assert_eq!((stats.opened, stats.closed), (2, 1), "{stats:?}");
+    drop(db);
+
+    p.close().await;
+    drop(p);
+    pg.drop().await;
+}
