@@ -13,7 +13,7 @@
 //! the middle of a read), and one whose transaction was dropped without an end (a
 //! handler returning an error from inside it) with no operation cut short, whose
 //! rollback is queued. Each goes back to its pool once the server has answered
-//! everything sent and no transaction is open ([`ConnPool::give_back_drained`]).
+//! everything sent and no transaction is open ([`ConnPool::drain`]).
 
 use std::{future::Future, pin::Pin, sync::Arc};
 
@@ -118,7 +118,7 @@ impl Drop for Checkout {
             // The tenant's share is held until the server has let go too, so a
             // client that abandons slow requests cannot take more of it.
             let permit = self._tenant_permit.take();
-            runtime.spawn(self.pool.clone().give_back_drained(conn, permit));
+            runtime.spawn(self.pool.drain(conn).run(permit));
             return;
         }
         self.pool

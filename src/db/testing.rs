@@ -42,20 +42,33 @@ impl PgTestDb {
         setup.close().await.unwrap();
     }
 
-    /// Statements running now on this database whose text contains `marker`.
-    pub(crate) async fn running(&self, marker: &str) -> i64 {
+    /// Statements on this database whose text contains `marker`, waiting now
+    /// for a lock.
+    pub(crate) async fn waiting_on_lock(&self, marker: &str) -> i64 {
         let row = self
             .admin
             .query_one_raw(sea_orm::Statement::from_sql_and_values(
                 sea_orm::DbBackend::Postgres,
                 "SELECT count(*) FROM pg_stat_activity WHERE datname = $1 \
-                 AND state = 'active' AND strpos(query, $2) > 0 AND pid <> pg_backend_pid()",
+                 AND wait_event_type = 'Lock' AND strpos(query, $2) > 0",
                 [self.name.clone().into(), marker.into()],
             ))
             .await
             .unwrap()
             .unwrap();
         row.try_get_by_index::<i64>(0).unwrap()
+    }
+
+    /// A transaction of its own holding `table` locked against everything, until
+    /// it ends.
+    pub(crate) async fn lock(&self, table: &str) -> sea_orm::DatabaseTransaction {
+        use sea_orm::TransactionTrait;
+        let db = sea_orm::Database::connect(self.url.clone()).await.unwrap();
+        let txn = db.begin().await.unwrap();
+        txn.execute_unprepared(&format!("LOCK TABLE {table} IN ACCESS EXCLUSIVE MODE"))
+            .await
+            .unwrap();
+        txn
     }
 
     pub(crate) async fn drop(self) {

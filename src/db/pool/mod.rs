@@ -59,7 +59,7 @@ const CHECK_IF_IDLE_FOR: Duration = Duration::from_secs(5);
 const HOME_WAIT: Duration = Duration::from_millis(2);
 
 /// How long a connection whose request was cancelled in the middle of a data
-/// statement may take to finish it ([`ConnPool::give_back_drained`]) before it is
+/// statement may take to finish it ([`ConnPool::drain`]) before it is
 /// closed instead. Reads a client gives up on end within milliseconds; one still
 /// running after this is better closed than waited for.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(1);
@@ -164,6 +164,47 @@ impl Conn {
     }
 }
 
+/// A connection on its way back to its pool through a drain ([`ConnPool::drain`]).
+/// Dropped before the drain ends (its task never ran, or the runtime is shutting
+/// down), it is given back as not reusable, so that the pool's counts stay right.
+pub struct Draining {
+    pool: Arc<ConnPool>,
+    conn: Option<Conn>,
+}
+
+impl Draining {
+    /// Drains the connection and gives it back, then lets `permit` (the tenant's
+    /// share) go: a client that abandons slow requests cannot take more of it.
+    pub async fn run<P: Send>(mut self, permit: P) {
+        let pool = self.pool.clone();
+        let clean = match self.conn.as_mut() {
+            Some(conn) => {
+                let check = conn.raw.is_clean(conn.qualified);
+                matches!(
+                    tokio::time::timeout(pool.drain_timeout, check).await,
+                    Ok(Ok(true))
+                ) && conn.raw.transaction_depth() == 0
+            }
+            None => false,
+        };
+        if let Some(conn) = self.conn.take() {
+            if clean && !pool.closed.load(Ordering::Relaxed) {
+                pool.server.drained.fetch_add(1, Ordering::Relaxed);
+            }
+            pool.give_back(conn, clean);
+        }
+        drop(permit);
+    }
+}
+
+impl Drop for Draining {
+    fn drop(&mut self) {
+        if let Some(conn) = self.conn.take() {
+            self.pool.give_back(conn, false);
+        }
+    }
+}
+
 /// Why a checkout gave up.
 #[derive(Debug)]
 pub enum CheckoutError {
@@ -260,6 +301,25 @@ impl ConnPool {
         connect_timeout: Duration,
         home_wait: Duration,
     ) -> Arc<Self> {
+        Self::build(
+            server,
+            target,
+            idle_timeout,
+            connect_timeout,
+            home_wait,
+            DRAIN_TIMEOUT,
+        )
+    }
+
+    /// [`ConnPool::new`] with another [`HOME_WAIT`] and [`DRAIN_TIMEOUT`].
+    fn build(
+        server: Arc<ServerBudget>,
+        target: Target,
+        idle_timeout: Duration,
+        connect_timeout: Duration,
+        home_wait: Duration,
+        drain_timeout: Duration,
+    ) -> Arc<Self> {
         let pool = Arc::new(Self {
             database: target.database(),
             server: server.clone(),
@@ -271,7 +331,7 @@ impl ConnPool {
             idle_timeout,
             connect_timeout,
             home_wait,
-            drain_timeout: DRAIN_TIMEOUT,
+            drain_timeout,
         });
         server.register(&pool);
         pool
@@ -517,28 +577,21 @@ impl ConnPool {
 
     /// Takes back a connection whose request was cancelled in the middle of one
     /// data statement outside any transaction, or which has a dropped
-    /// transaction's rollback queued: once the server has answered everything
-    /// sent (a sync answered, all before it read and dropped), and no transaction
-    /// is open, the connection is as clean as after any request, and goes back to
-    /// the pool. It stays counted in use until then, and `permit` (the tenant's
-    /// share) held. One that fails, takes longer than [`DRAIN_TIMEOUT`], or is
-    /// still in a transaction is closed, and a SQLite connection is closed at once.
+    /// transaction's rollback queued: run the returned [`Draining`] to give it
+    /// back once the server has answered everything sent and the session is as
+    /// clean as after any request ([`RawConn::is_clean`]). It stays counted in use
+    /// until then. One that fails, takes longer than [`DRAIN_TIMEOUT`], or is not
+    /// clean is closed, and a SQLite connection is closed at once.
     ///
     /// Closing instead would make every client that gives up on a read (a
     /// timeout, a closed browser tab, a load balancer's limit) and every error
     /// answered from inside a transaction cost a new connection, and the tenants
     /// whose home it was their statements prepared again on another.
-    pub async fn give_back_drained<P: Send>(self: Arc<Self>, mut conn: Conn, permit: P) {
-        let drained = matches!(conn.raw, RawConn::Pg(_))
-            && tokio::time::timeout(self.drain_timeout, conn.raw.ping())
-                .await
-                .is_ok_and(|r| r.is_ok())
-            && conn.raw.transaction_depth() == 0;
-        if drained {
-            self.server.drained.fetch_add(1, Ordering::Relaxed);
+    pub fn drain(self: &Arc<Self>, conn: Conn) -> Draining {
+        Draining {
+            pool: self.clone(),
+            conn: Some(conn),
         }
-        self.give_back(conn, drained);
-        drop(permit);
     }
 
     /// [`ConnPool::give_back`] of a connection not counted in use: handed over to

@@ -162,6 +162,37 @@ impl RawConn {
         }
     }
 
+    /// After a drain: whether a PostgreSQL session is idle and as the pool left
+    /// it. One plain query, sent after everything before it and answered after
+    /// their replies: no transaction open, no advisory lock held, no prepared
+    /// statement the driver does not know of (a `Parse` sent by a prepare cut
+    /// short), and for a connection of schema tenants (`qualified`) the empty
+    /// search path and generic plans they rely on.
+    pub(super) async fn is_clean(&mut self, qualified: bool) -> Result<bool, sqlx::Error> {
+        use sqlx::Row;
+        let Self::Pg(c) = self else {
+            return Ok(false);
+        };
+        let known = sqlx::Connection::cached_statements_size(c) as i64;
+        let row = c
+            .fetch_one(
+                "SELECT now() = statement_timestamp(), \
+                 current_setting('search_path'), current_setting('plan_cache_mode'), \
+                 (SELECT count(*) FROM pg_catalog.pg_prepared_statements), \
+                 (SELECT count(*) FROM pg_catalog.pg_locks \
+                  WHERE pid = pg_backend_pid() AND locktype = 'advisory')",
+            )
+            .await?;
+        let outside_transaction: bool = row.try_get(0)?;
+        let search_path: String = row.try_get(1)?;
+        let plan_cache_mode: String = row.try_get(2)?;
+        let prepared: i64 = row.try_get(3)?;
+        let advisory_locks: i64 = row.try_get(4)?;
+        let mode_kept =
+            !qualified || (search_path == "\"\"" && plan_cache_mode == "force_generic_plan");
+        Ok(outside_transaction && mode_kept && prepared <= known && advisory_locks == 0)
+    }
+
     pub(super) async fn close(self) {
         let _ = match self {
             Self::Pg(c) => c.close().await,

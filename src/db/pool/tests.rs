@@ -999,20 +999,23 @@ async fn checkout_on(pool: &Arc<ConnPool>, schema: &str, pid: i64, failure: &str
     db
 }
 
-/// Until a statement containing `marker` runs on `pg`'s database (at most 30 s).
-async fn until_running(pg: &PgTestDb, marker: &str) {
+/// Until a statement containing `marker` waits for a lock on `pg`'s database (at
+/// most 30 s).
+async fn until_blocked(pg: &PgTestDb, marker: &str) {
     for _ in 0..3000 {
-        if pg.running(marker).await > 0 {
+        if pg.waiting_on_lock(marker).await > 0 {
             return;
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    panic!("{marker} never ran");
+    panic!("{marker} never waited for its lock");
 }
 
 /// Starts `sql` (which must contain `marker`) on `db` and cancels it, as a client
-/// going away does, once PostgreSQL is running it.
-async fn cut_short_while_running(
+/// going away does, while PostgreSQL holds it waiting for a lock the test holds:
+/// the statement cannot finish first, and the drain cannot end before the test
+/// lets go of the lock.
+async fn cut_short_while_blocked(
     pg: &PgTestDb,
     db: impl ConnectionTrait + Send + 'static,
     sql: String,
@@ -1024,15 +1027,31 @@ async fn cut_short_while_running(
             .await;
         unreachable!("the statement finished before it was cut short");
     });
-    until_running(pg, marker).await;
+    until_blocked(pg, marker).await;
     running.abort();
     assert!(running.await.unwrap_err().is_cancelled());
+}
+
+/// A pool of one connection on `pg` whose drains may take `drain_timeout`.
+fn pg_pool_draining(pg: &PgTestDb, drain_timeout: Duration) -> (Arc<ServerBudget>, Arc<ConnPool>) {
+    let target = Target::parse(&pg.url).unwrap();
+    let server = budget(&target, 1);
+    let p = ConnPool::build(
+        server.clone(),
+        target,
+        PATIENT,
+        CONNECT,
+        HOME_WAIT,
+        drain_timeout,
+    );
+    (server, p)
 }
 
 /// PostgreSQL: a read cut short outside any transaction (the client went away)
 /// does not cost the connection. It is drained, counted in use until the server
 /// has finished the statement, and then serves the next tenant, who sees only its
-/// own rows on it.
+/// own rows on it. One cut short while it was being prepared would leave a
+/// statement on the server that the driver does not know of: that one is closed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_a_read_cut_short_is_drained_and_its_connection_kept() {
     let Some(pg) = PgTestDb::create().await else {
@@ -1043,17 +1062,19 @@ async fn postgres_a_read_cut_short_is_drained_and_its_connection_kept() {
          INSERT INTO a.t VALUES (1); INSERT INTO b.t VALUES (2)",
     )
     .await;
-    let target = Target::parse(&pg.url).unwrap();
-    let server = budget(&target, 1);
-    let p = pool(&server, target, PATIENT);
+    let (server, p) = pg_pool_draining(&pg, PATIENT);
 
     let db = tenant_conn(&p, Some("a")).await;
     let pid = int(&db, PID).await;
     let marker = "drain_me_1";
-    let sql = format!(r#"SELECT x, pg_sleep(0.3) AS {marker} FROM "t""#);
-    cut_short_while_running(&pg, db, sql, marker).await;
-    // The statement still runs on the server: the connection is not back yet.
+    let sql = format!(r#"SELECT x AS {marker} FROM "t""#);
+    // Prepared once: cut short, it is in the middle of running, not of preparing.
+    assert_eq!(ints(&db, &sql).await, vec![1]);
+    let lock = pg.lock("a.t").await;
+    cut_short_while_blocked(&pg, db, sql, marker).await;
+    // The statement still waits on the server: the connection is not back yet.
     assert_eq!(p.stats().in_use, 1, "{:?}", p.stats());
+    lock.commit().await.unwrap();
     wait_until("the connection is drained", || p.stats().idle == 1).await;
     let stats = server.stats();
     assert_eq!(
@@ -1065,7 +1086,6 @@ async fn postgres_a_read_cut_short_is_drained_and_its_connection_kept() {
     let db = tenant_conn(&p, Some("b")).await;
     assert_eq!(int(&db, PID).await, pid, "not the drained connection");
     assert_eq!(ints(&db, r#"SELECT x FROM "t""#).await, vec![2]);
-    assert_eq!(int(&db, "SELECT count(*) FROM pg_prepared_xacts").await, 0);
     // Not inside a transaction: now() moves on between two statements.
     let t1 = int(&db, "SELECT (extract(epoch FROM now()) * 1e6)::int8").await;
     let t2 = int(
@@ -1077,14 +1097,36 @@ async fn postgres_a_read_cut_short_is_drained_and_its_connection_kept() {
     assert!(t1 < t2 && t2 <= t3, "a transaction is open: {t1} {t2} {t3}");
     drop(db);
 
+    // Cut short while being prepared (parsing it waits for the lock too).
+    let db = tenant_conn(&p, Some("a")).await;
+    let lock = pg.lock("a.t").await;
+    let marker = "never_prepared_2";
+    let sql = format!(r#"SELECT x AS {marker} FROM "t""#);
+    cut_short_while_blocked(&pg, db, sql, marker).await;
+    lock.commit().await.unwrap();
+    wait_until("the connection with a stray statement is closed", || {
+        server.stats().closed == 1 && server.stats().open == 0
+    })
+    .await;
+    let stats = server.stats();
+    assert_eq!((stats.opened, stats.drained), (1, 1), "{stats:?}");
+    let db = tenant_conn(&p, Some("a")).await;
+    assert_ne!(int(&db, PID).await, pid, "the connection was kept");
+    assert_eq!(
+        int(&db, "SELECT count(*) FROM pg_prepared_statements").await,
+        2,
+        "more than the two statements this connection ran"
+    );
+    drop(db);
+
     p.close().await;
     drop(p);
     pg.drop().await;
 }
 
 /// PostgreSQL: what cannot be drained safely is closed, as before: a statement
-/// inside a transaction, an unprepared one (it may hold several statements), and
-/// a read still running after the drain's time.
+/// inside a transaction, an unprepared one (it may hold several statements), a
+/// read still running after the drain's time, and a session left changed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_what_cannot_be_drained_is_closed() {
     let Some(pg) = PgTestDb::create().await else {
@@ -1092,65 +1134,86 @@ async fn postgres_what_cannot_be_drained_is_closed() {
     };
     pg.setup("CREATE SCHEMA a; CREATE TABLE a.t(x int); INSERT INTO a.t VALUES (1)")
         .await;
-    let target = Target::parse(&pg.url).unwrap();
-    let server = budget(&target, 1);
-    let p = pool(&server, target, PATIENT);
+    let drain_timeout = Duration::from_millis(300);
+    let (server, p) = pg_pool_draining(&pg, drain_timeout);
     let closed = |n: u64| {
         let server = server.clone();
         move || server.stats().closed == n && server.stats().open == 0
     };
+    // Given back as not reusable, not drained: its close is under way (sqlx's
+    // close of a TLS connection waits until the server sends something, so it
+    // ends only once the test lets go of the lock).
+    let given_up = || {
+        let (server, p) = (server.clone(), p.clone());
+        move || {
+            let stats = server.stats();
+            stats.in_use == 0 && p.stats().idle == 0 && stats.drained == 0
+        }
+    };
+    let marked = |marker: &str| format!(r#"SELECT x AS {marker} FROM "t""#);
 
     // Inside a transaction.
     let db = tenant_conn(&p, Some("a")).await;
     let txn = db.begin().await.unwrap();
-    let marker = "in_txn_2";
-    cut_short_while_running(
-        &pg,
-        txn,
-        format!(r#"SELECT x, pg_sleep(0.2) AS {marker} FROM "t""#),
-        marker,
-    )
-    .await;
+    let lock = pg.lock("a.t").await;
+    cut_short_while_blocked(&pg, txn, marked("in_txn_2"), "in_txn_2").await;
     drop(db);
+    wait_until("the connection in a transaction is given up", given_up()).await;
+    lock.commit().await.unwrap();
     wait_until("the connection in a transaction is closed", closed(1)).await;
 
     // Unprepared.
     let db = tenant_conn(&p, Some("a")).await;
-    let marker = "unprepared_3";
+    let lock = pg.lock("a.t").await;
     let running = tokio::spawn({
-        let db = db.clone();
+        let (db, sql) = (db.clone(), marked("unprepared_3"));
         async move {
-            let _ = db
-                .execute_unprepared(&format!("SELECT pg_sleep(0.2) AS {marker}"))
-                .await;
+            let _ = db.execute_unprepared(&sql).await;
+            unreachable!("the statement finished before it was cut short");
         }
     });
-    until_running(&pg, marker).await;
+    until_blocked(&pg, "unprepared_3").await;
     running.abort();
-    let _ = running.await;
+    assert!(running.await.unwrap_err().is_cancelled());
     drop(db);
+    wait_until(
+        "the unprepared statement's connection is given up",
+        given_up(),
+    )
+    .await;
+    lock.commit().await.unwrap();
     wait_until("the unprepared statement's connection is closed", closed(2)).await;
 
     // Longer than the drain's time.
     let db = tenant_conn(&p, Some("a")).await;
-    let marker = "too_long_4";
-    let long = DRAIN_TIMEOUT.as_secs_f64() * 5.0;
+    let sql = marked("too_long_4");
+    assert_eq!(ints(&db, &sql).await, vec![1]);
+    let lock = pg.lock("a.t").await;
     let started = Instant::now();
-    cut_short_while_running(
-        &pg,
-        db,
-        format!(r#"SELECT x, pg_sleep({long}) AS {marker} FROM "t""#),
-        marker,
-    )
-    .await;
-    wait_until("the long statement's connection is closed", closed(3)).await;
+    cut_short_while_blocked(&pg, db, sql, "too_long_4").await;
+    wait_until("the long statement's drain is given up", given_up()).await;
     assert!(
-        started.elapsed() >= DRAIN_TIMEOUT,
-        "closed before the drain's time"
+        started.elapsed() >= drain_timeout,
+        "given up before the drain's time"
     );
-    let stats = server.stats();
-    assert_eq!((stats.opened, stats.drained), (3, 0), "{stats:?}");
+    lock.commit().await.unwrap();
+    wait_until("the long statement's connection is closed", closed(3)).await;
 
+    // A session setting changed by the statement cut short.
+    let db = tenant_conn(&p, Some("a")).await;
+    let marker = "set_config_5";
+    let sql = format!(r#"SELECT x AS {marker}, set_config('search_path', 'a', false) FROM "t""#);
+    // Prepared once, and the setting put back as the pool keeps it.
+    assert_eq!(ints(&db, &sql).await, vec![1]);
+    let put_back = r#"SELECT length(set_config('search_path', '""', false))::int8"#;
+    assert_eq!(int(&db, put_back).await, 2);
+    let lock = pg.lock("a.t").await;
+    cut_short_while_blocked(&pg, db, sql, marker).await;
+    lock.commit().await.unwrap();
+    wait_until("the changed session's connection is closed", closed(4)).await;
+
+    let stats = server.stats();
+    assert_eq!((stats.opened, stats.drained), (4, 0), "{stats:?}");
     // The next checkout opens a connection that works.
     let db = tenant_conn(&p, Some("a")).await;
     assert_eq!(ints(&db, r#"SELECT x FROM "t""#).await, vec![1]);
