@@ -364,7 +364,7 @@ impl Metrics {
             }
             out.register(name, help, family);
         }
-        let counters: [(&str, &str, Read); 3] = [
+        let counters: [(&str, &str, Read); 4] = [
             (
                 "server_connections_opened",
                 "Connections opened on the server",
@@ -374,6 +374,12 @@ impl Metrics {
                 "server_connections_closed",
                 "Connections closed on the server",
                 |s| s.closed,
+            ),
+            (
+                "server_connections_drained",
+                "Connections whose request was cut short or whose transaction was dropped, \
+                 drained and kept instead of closed",
+                |s| s.drained,
             ),
             (
                 "server_checkout_timeouts",

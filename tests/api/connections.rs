@@ -691,6 +691,16 @@ async fn cancelled_and_failed_transactions_leave_no_connection_on_the_wrong_sche
         app.pool_stats().await
     );
     assert!(ledger.cancelled > 0, "no request was abandoned");
+    // Completions refused from inside their transaction (a planned order cannot
+    // complete) kept their connections: drained of the rollback, not closed.
+    let stats = app.pool_stats().await;
+    let drained: u64 = stats["servers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["drained"].as_u64().unwrap())
+        .sum();
+    assert!(drained > 0, "no connection was drained: {stats}");
 }
 
 /// Client backends connected to the server now, other than the one asking.

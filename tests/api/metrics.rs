@@ -116,6 +116,15 @@ async fn metrics_count_each_tenants_requests_by_route_and_status() {
             >= 2.0,
         "{text}"
     );
+    // SQLite connections are never drained, only PostgreSQL's.
+    assert_eq!(
+        sample(
+            &text,
+            "tenant_router_server_connections_drained_total{server=\"sqlite\"}"
+        ),
+        Some(0.0),
+        "{text}"
+    );
     assert_eq!(
         sample(&text, "tenant_router_tenant_pools_open"),
         Some(2.0),
