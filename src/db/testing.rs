@@ -65,6 +65,10 @@ impl PgTestDb {
         use sea_orm::TransactionTrait;
         let db = sea_orm::Database::connect(self.url.clone()).await.unwrap();
         let txn = db.begin().await.unwrap();
+        // A test that left a backend behind fails here, not hangs.
+        txn.execute_unprepared("SET LOCAL lock_timeout = '30s'")
+            .await
+            .unwrap();
         txn.execute_unprepared(&format!("LOCK TABLE {table} IN ACCESS EXCLUSIVE MODE"))
             .await
             .unwrap();

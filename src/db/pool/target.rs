@@ -164,10 +164,12 @@ impl RawConn {
 
     /// After a drain: whether a PostgreSQL session is idle and as the pool left
     /// it. One plain query, sent after everything before it and answered after
-    /// their replies: no transaction open, no advisory lock held, no prepared
-    /// statement the driver does not know of (a `Parse` sent by a prepare cut
-    /// short), and for a connection of schema tenants (`qualified`) the empty
-    /// search path and generic plans they rely on.
+    /// their replies: no transaction open, no advisory lock held, exactly the
+    /// prepared statements the driver knows of (not a `Parse` sent by a prepare
+    /// cut short), no setting changed in the session (`set_config` in a
+    /// statement) but the two the pool sets for schema tenants, and for a
+    /// connection of schema tenants (`qualified`) those two as it set them: the
+    /// empty search path and generic plans.
     pub(super) async fn is_clean(&mut self, qualified: bool) -> Result<bool, sqlx::Error> {
         use sqlx::Row;
         let Self::Pg(c) = self else {
@@ -180,7 +182,11 @@ impl RawConn {
                  current_setting('search_path'), current_setting('plan_cache_mode'), \
                  (SELECT count(*) FROM pg_catalog.pg_prepared_statements), \
                  (SELECT count(*) FROM pg_catalog.pg_locks \
-                  WHERE pid = pg_backend_pid() AND locktype = 'advisory')",
+                  WHERE pid = pg_backend_pid() AND locktype = 'advisory'), \
+                 (SELECT count(*) FILTER (WHERE name NOT IN ('search_path', 'plan_cache_mode')) \
+                  FROM pg_catalog.pg_settings WHERE source = 'session'), \
+                 (SELECT count(*) FILTER (WHERE name IN ('search_path', 'plan_cache_mode')) \
+                  FROM pg_catalog.pg_settings WHERE source = 'session')",
             )
             .await?;
         let outside_transaction: bool = row.try_get(0)?;
@@ -188,9 +194,18 @@ impl RawConn {
         let plan_cache_mode: String = row.try_get(2)?;
         let prepared: i64 = row.try_get(3)?;
         let advisory_locks: i64 = row.try_get(4)?;
-        let mode_kept =
-            !qualified || (search_path == "\"\"" && plan_cache_mode == "force_generic_plan");
-        Ok(outside_transaction && mode_kept && prepared <= known && advisory_locks == 0)
+        let other_settings: i64 = row.try_get(5)?;
+        let mode_settings: i64 = row.try_get(6)?;
+        let mode_kept = if qualified {
+            search_path == "\"\"" && plan_cache_mode == "force_generic_plan"
+        } else {
+            mode_settings == 0
+        };
+        Ok(outside_transaction
+            && mode_kept
+            && other_settings == 0
+            && prepared == known
+            && advisory_locks == 0)
     }
 
     pub(super) async fn close(self) {

@@ -1001,14 +1001,19 @@ async fn checkout_on(pool: &Arc<ConnPool>, schema: &str, pid: i64, failure: &str
 
 /// Until a statement containing `marker` waits for a lock on `pg`'s database (at
 /// most 30 s).
-async fn until_blocked(pg: &PgTestDb, marker: &str) {
-    for _ in 0..3000 {
-        if pg.waiting_on_lock(marker).await > 0 {
-            return;
-        }
+async fn until_blocked(pg: &PgTestDb, marker: &str, running: &tokio::task::JoinHandle<()>) {
+    let deadline = Instant::now() + PATIENT;
+    while pg.waiting_on_lock(marker).await == 0 {
+        assert!(
+            !running.is_finished(),
+            "{marker} ended before it waited for its lock"
+        );
+        assert!(
+            Instant::now() < deadline,
+            "{marker} never waited for its lock"
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    panic!("{marker} never waited for its lock");
 }
 
 /// Starts `sql` (which must contain `marker`) on `db` and cancels it, as a client
@@ -1027,9 +1032,16 @@ async fn cut_short_while_blocked(
             .await;
         unreachable!("the statement finished before it was cut short");
     });
-    until_blocked(pg, marker).await;
+    until_blocked(pg, marker, &running).await;
     running.abort();
     assert!(running.await.unwrap_err().is_cancelled());
+}
+
+/// Until no connection of `server` is in use (a drain under way counts): then
+/// its counts say how the drain ended.
+async fn settled(server: &Arc<ServerBudget>) -> ServerStats {
+    wait_until("no connection is in use", || server.stats().in_use == 0).await;
+    server.stats()
 }
 
 /// A pool of one connection on `pg` whose drains may take `drain_timeout`.
@@ -1075,11 +1087,10 @@ async fn postgres_a_read_cut_short_is_drained_and_its_connection_kept() {
     // The statement still waits on the server: the connection is not back yet.
     assert_eq!(p.stats().in_use, 1, "{:?}", p.stats());
     lock.commit().await.unwrap();
-    wait_until("the connection is drained", || p.stats().idle == 1).await;
-    let stats = server.stats();
+    let stats = settled(&server).await;
     assert_eq!(
-        (stats.opened, stats.closed, stats.drained, stats.in_use),
-        (1, 0, 1, 0),
+        (stats.opened, stats.closed, stats.drained, stats.idle),
+        (1, 0, 1, 1),
         "{stats:?}"
     );
 
@@ -1104,12 +1115,16 @@ async fn postgres_a_read_cut_short_is_drained_and_its_connection_kept() {
     let sql = format!(r#"SELECT x AS {marker} FROM "t""#);
     cut_short_while_blocked(&pg, db, sql, marker).await;
     lock.commit().await.unwrap();
+    let stats = settled(&server).await;
+    assert_eq!(
+        (stats.opened, stats.drained, stats.idle),
+        (1, 1, 0),
+        "{stats:?}"
+    );
     wait_until("the connection with a stray statement is closed", || {
         server.stats().closed == 1 && server.stats().open == 0
     })
     .await;
-    let stats = server.stats();
-    assert_eq!((stats.opened, stats.drained), (1, 1), "{stats:?}");
     let db = tenant_conn(&p, Some("a")).await;
     assert_ne!(int(&db, PID).await, pid, "the connection was kept");
     assert_eq!(
@@ -1140,14 +1155,18 @@ async fn postgres_what_cannot_be_drained_is_closed() {
         let server = server.clone();
         move || server.stats().closed == n && server.stats().open == 0
     };
-    // Given back as not reusable, not drained: its close is under way (sqlx's
-    // close of a TLS connection waits until the server sends something, so it
-    // ends only once the test lets go of the lock).
-    let given_up = || {
-        let (server, p) = (server.clone(), p.clone());
-        move || {
-            let stats = server.stats();
-            stats.in_use == 0 && p.stats().idle == 0 && stats.drained == 0
+    // Once the drain has ended: given back as not reusable, not kept. Its close
+    // may still be under way (sqlx's close of a TLS connection waits until the
+    // server sends something, so not before the test lets go of the lock).
+    let given_up = |what: &'static str| {
+        let server = server.clone();
+        async move {
+            let stats = settled(&server).await;
+            assert_eq!(
+                (stats.drained, stats.idle),
+                (0, 0),
+                "{what} kept: {stats:?}"
+            );
         }
     };
     let marked = |marker: &str| format!(r#"SELECT x AS {marker} FROM "t""#);
@@ -1158,7 +1177,7 @@ async fn postgres_what_cannot_be_drained_is_closed() {
     let lock = pg.lock("a.t").await;
     cut_short_while_blocked(&pg, txn, marked("in_txn_2"), "in_txn_2").await;
     drop(db);
-    wait_until("the connection in a transaction is given up", given_up()).await;
+    given_up("the connection in a transaction").await;
     lock.commit().await.unwrap();
     wait_until("the connection in a transaction is closed", closed(1)).await;
 
@@ -1172,15 +1191,11 @@ async fn postgres_what_cannot_be_drained_is_closed() {
             unreachable!("the statement finished before it was cut short");
         }
     });
-    until_blocked(&pg, "unprepared_3").await;
+    until_blocked(&pg, "unprepared_3", &running).await;
     running.abort();
     assert!(running.await.unwrap_err().is_cancelled());
     drop(db);
-    wait_until(
-        "the unprepared statement's connection is given up",
-        given_up(),
-    )
-    .await;
+    given_up("the unprepared statement's connection").await;
     lock.commit().await.unwrap();
     wait_until("the unprepared statement's connection is closed", closed(2)).await;
 
@@ -1191,7 +1206,7 @@ async fn postgres_what_cannot_be_drained_is_closed() {
     let lock = pg.lock("a.t").await;
     let started = Instant::now();
     cut_short_while_blocked(&pg, db, sql, "too_long_4").await;
-    wait_until("the long statement's drain is given up", given_up()).await;
+    given_up("the long statement's connection").await;
     assert!(
         started.elapsed() >= drain_timeout,
         "given up before the drain's time"
@@ -1199,21 +1214,42 @@ async fn postgres_what_cannot_be_drained_is_closed() {
     lock.commit().await.unwrap();
     wait_until("the long statement's connection is closed", closed(3)).await;
 
-    // A session setting changed by the statement cut short.
-    let db = tenant_conn(&p, Some("a")).await;
-    let marker = "set_config_5";
-    let sql = format!(r#"SELECT x AS {marker}, set_config('search_path', 'a', false) FROM "t""#);
-    // Prepared once, and the setting put back as the pool keeps it.
-    assert_eq!(ints(&db, &sql).await, vec![1]);
-    let put_back = r#"SELECT length(set_config('search_path', '""', false))::int8"#;
-    assert_eq!(int(&db, put_back).await, 2);
-    let lock = pg.lock("a.t").await;
-    cut_short_while_blocked(&pg, db, sql, marker).await;
-    lock.commit().await.unwrap();
-    wait_until("the changed session's connection is closed", closed(4)).await;
+    // A session setting changed by the statement cut short: the search path a
+    // schema tenant's connection relies on, and any other.
+    let cases = [
+        (
+            "search_path",
+            "a",
+            "SET search_path TO ''",
+            "set_search_path_5",
+        ),
+        (
+            "statement_timeout",
+            "5s",
+            "RESET statement_timeout",
+            "set_timeout_6",
+        ),
+    ];
+    for (n, (setting, value, undo, marker)) in cases.into_iter().enumerate() {
+        let db = tenant_conn(&p, Some("a")).await;
+        let sql =
+            format!(r#"SELECT x AS {marker}, set_config('{setting}', '{value}', false) FROM "t""#);
+        // Prepared once, and the setting put back as it was.
+        assert_eq!(ints(&db, &sql).await, vec![1]);
+        db.execute_unprepared(undo).await.unwrap();
+        let lock = pg.lock("a.t").await;
+        cut_short_while_blocked(&pg, db, sql, marker).await;
+        lock.commit().await.unwrap();
+        given_up(marker).await;
+        wait_until(
+            "the changed session's connection is closed",
+            closed(4 + n as u64),
+        )
+        .await;
+    }
 
     let stats = server.stats();
-    assert_eq!((stats.opened, stats.drained), (4, 0), "{stats:?}");
+    assert_eq!((stats.opened, stats.drained), (5, 0), "{stats:?}");
     // The next checkout opens a connection that works.
     let db = tenant_conn(&p, Some("a")).await;
     assert_eq!(ints(&db, r#"SELECT x FROM "t""#).await, vec![1]);
@@ -1240,9 +1276,7 @@ async fn postgres_a_dropped_transaction_is_rolled_back_and_its_connection_kept()
          INSERT INTO b.t VALUES (2)",
     )
     .await;
-    let target = Target::parse(&pg.url).unwrap();
-    let server = budget(&target, 1);
-    let p = pool(&server, target, PATIENT);
+    let (server, p) = pg_pool_draining(&pg, PATIENT);
 
     let db = tenant_conn(&p, Some("a")).await;
     let pid = int(&db, PID).await;
@@ -1255,11 +1289,10 @@ async fn postgres_a_dropped_transaction_is_rolled_back_and_its_connection_kept()
     let after = db.execute_unprepared(r#"INSERT INTO "t" VALUES (3)"#).await;
     assert!(after.is_err(), "the request used the connection after");
     drop(db);
-    wait_until("the connection is drained", || p.stats().idle == 1).await;
-    let stats = server.stats();
+    let stats = settled(&server).await;
     assert_eq!(
-        (stats.opened, stats.closed, stats.drained),
-        (1, 0, 1),
+        (stats.opened, stats.closed, stats.drained, stats.idle),
+        (1, 0, 1, 1),
         "{stats:?}"
     );
 
@@ -1283,6 +1316,8 @@ async fn postgres_a_dropped_transaction_is_rolled_back_and_its_connection_kept()
         "committed after a dropped savepoint"
     );
     drop(db);
+    let stats = settled(&server).await;
+    assert_eq!((stats.drained, stats.idle), (1, 0), "{stats:?}");
     wait_until("the connection in a transaction is closed", || {
         server.stats().closed == 1 && server.stats().open == 0
     })
@@ -1308,7 +1343,8 @@ async fn postgres_a_dropped_transaction_is_rolled_back_and_its_connection_kept()
     drop(inner);
     outer.rollback().await.unwrap();
     drop(db);
-    wait_until("the connection is drained", || server.stats().drained == 2).await;
+    let stats = settled(&server).await;
+    assert_eq!((stats.drained, stats.idle), (2, 1), "{stats:?}");
     let db = tenant_conn(&p, Some("a")).await;
     assert_eq!(int(&db, PID).await, pid, "not the drained connection");
     assert_eq!(ints(&db, r#"SELECT x FROM "t""#).await, Vec::<i64>::new());
