@@ -38,9 +38,9 @@ pub struct Checkout {
     /// An operation was started and has not finished: if the request is dropped
     /// now, the connection's state is unknown.
     busy: bool,
-    /// The operation under way is one data statement outside any transaction on
-    /// PostgreSQL: cut short, it leaves nothing behind once the server has
-    /// finished it, so the connection can be drained rather than closed.
+    /// The operation under way is one data statement outside any transaction:
+    /// cut short, it leaves nothing behind once the server has finished it, so a
+    /// PostgreSQL connection can be drained rather than closed.
     drainable: bool,
     /// The connection failed.
     broken: bool,
@@ -132,11 +132,10 @@ impl Drop for Checkout {
 /// not answered, a `SET`) could leave the session in a state nobody tracks. A
 /// prepared statement is one statement by PostgreSQL's rule.
 fn is_data_statement(sql: &str) -> bool {
-    let word: String = sql
-        .trim_start()
-        .chars()
-        .take_while(char::is_ascii_alphabetic)
-        .collect();
+    let sql = sql.trim_start();
+    let word = &sql[..sql
+        .find(|c: char| !c.is_ascii_alphabetic())
+        .unwrap_or(sql.len())];
     ["SELECT", "INSERT", "UPDATE", "DELETE", "WITH"]
         .iter()
         .any(|k| word.eq_ignore_ascii_case(k))
@@ -174,7 +173,7 @@ macro_rules! with_conn {
             && checkout
                 .conn
                 .as_ref()
-                .is_some_and(|c| matches!(c.raw, RawConn::Pg(_)) && c.raw.transaction_depth() == 0);
+                .is_some_and(|c| c.raw.transaction_depth() == 0);
         let outcome = match checkout.raw($rolling_back) {
             Ok($raw) => Ok($body.await),
             Err(e) => Err(e),

@@ -442,6 +442,12 @@ async fn assert_materials_untouched(app: &TestApp, tenant: &str) {
     }
 }
 
+/// The products acknowledged to `tenant` so far.
+fn acknowledged_products(ledger: &Mutex<Ledger>, tenant: &str) -> HashSet<String> {
+    let ledger = ledger.lock().unwrap();
+    ledger.products.get(tenant).cloned().unwrap_or_default()
+}
+
 async fn run_step(app: &TestApp, plant: &Plant, step: Step, ledger: &Mutex<Ledger>) {
     let t = plant.id.as_str();
     let orders = "/api/manufacturing/production-orders";
@@ -499,13 +505,7 @@ async fn run_step(app: &TestApp, plant: &Plant, step: Step, ledger: &Mutex<Ledge
             }
         }
         Step::ReadProducts { cancel_after } => {
-            let acknowledged = ledger
-                .lock()
-                .unwrap()
-                .products
-                .get(t)
-                .cloned()
-                .unwrap_or_default();
+            let acknowledged = acknowledged_products(ledger, t);
             let request = app.as_tenant(Method::GET, t, "/api/products?limit=200");
             let request = match cancel_after {
                 Some(limit) => request.timeout(limit),
@@ -525,13 +525,7 @@ async fn run_step(app: &TestApp, plant: &Plant, step: Step, ledger: &Mutex<Ledge
             }
         }
         Step::CheckProducts => {
-            let acknowledged = ledger
-                .lock()
-                .unwrap()
-                .products
-                .get(t)
-                .cloned()
-                .unwrap_or_default();
+            let acknowledged = acknowledged_products(ledger, t);
             let names = names(&all_items(app, t, "/api/products").await);
             assert_own(t, "products", &names, &acknowledged);
         }
