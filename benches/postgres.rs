@@ -406,6 +406,30 @@ async fn touch(address: &str, ids: &[String]) {
         .await;
 }
 
+/// The checkouts of schema tenants the service at `address` has counted so far:
+/// served by the tenant's home connection, and by another (none for a service
+/// without schema tenants).
+async fn placements(address: &str) -> (u64, u64) {
+    let stats: serde_json::Value = reqwest::Client::new()
+        .get(format!("{address}/api/admin/pools"))
+        .bearer_auth(common::BENCH_ADMIN_TOKEN)
+        .send()
+        .await
+        .expect("pool stats")
+        .json()
+        .await
+        .unwrap_or_default();
+    let sum = |field: &str| {
+        stats["servers"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|s| s[field].as_u64())
+            .sum()
+    };
+    (sum("home_checkouts"), sum("away_checkouts"))
+}
+
 fn ids(prefix: &str, n: usize) -> Vec<String> {
     (0..n).map(|i| format!("{prefix}_{i:05}")).collect()
 }
@@ -672,14 +696,35 @@ fn main() {
                 }
                 warmup_errors += errors;
             }
+            let service = match kind {
+                LoadKind::Wrk { address, .. } => Some(address.as_str()),
+                LoadKind::Pgbench { .. } => None,
+            };
+            let before = service.map(|a| runtime.block_on(placements(a)));
             let l = load(kind, seconds);
             let latency = if l.mean_ms > 0.0 {
                 format!("mean {:>6.2} ms", l.mean_ms)
             } else {
                 format!("p50 {:>6.2} ms   p99 {:>6.2} ms", l.p50_ms, l.p99_ms)
             };
+            // How many of the schema tenants' requests their home connection served.
+            let home = match (service, before) {
+                (Some(address), Some((home, away))) => {
+                    let (home_after, away_after) = runtime.block_on(placements(address));
+                    let (home, away) = (home_after - home, away_after - away);
+                    if home + away > 0 {
+                        format!(
+                            "   at home {:>5.1}%",
+                            100.0 * home as f64 / (home + away) as f64
+                        )
+                    } else {
+                        String::new()
+                    }
+                }
+                _ => String::new(),
+            };
             println!(
-                "  round {round}  {name:<28} {:>8.0} /s   {latency}   errors {}",
+                "  round {round}  {name:<28} {:>8.0} /s   {latency}   errors {}{home}",
                 l.rate, l.errors
             );
             results[i].push(l);

@@ -364,7 +364,7 @@ impl Metrics {
             }
             out.register(name, help, family);
         }
-        let counters: [(&str, &str, Read); 4] = [
+        let counters: [(&str, &str, Read); 6] = [
             (
                 "server_connections_opened",
                 "Connections opened on the server",
@@ -385,6 +385,16 @@ impl Metrics {
                 "server_checkout_timeouts",
                 "Checkouts that found no connection before their deadline",
                 |s| s.timeouts,
+            ),
+            (
+                "server_schema_checkouts_home",
+                "Checkouts of schema tenants served by the tenant's home connection",
+                |s| s.home_checkouts,
+            ),
+            (
+                "server_schema_checkouts_away",
+                "Checkouts of schema tenants served by another connection than their home",
+                |s| s.away_checkouts,
             ),
         ];
         for (name, help, read) in counters {

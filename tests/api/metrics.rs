@@ -125,6 +125,19 @@ async fn metrics_count_each_tenants_requests_by_route_and_status() {
         Some(0.0),
         "{text}"
     );
+    // Nor have SQLite files schema tenants with homes.
+    for placement in ["home", "away"] {
+        assert_eq!(
+            sample(
+                &text,
+                &format!(
+                    "tenant_router_server_schema_checkouts_{placement}_total{{server=\"sqlite\"}}"
+                )
+            ),
+            Some(0.0),
+            "{text}"
+        );
+    }
     assert_eq!(
         sample(&text, "tenant_router_tenant_pools_open"),
         Some(2.0),

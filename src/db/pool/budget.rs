@@ -95,6 +95,12 @@ pub struct ServerStats {
     pub drained: u64,
     /// Checkouts that gave up at their deadline.
     pub timeouts: u64,
+    /// Checkouts of schema tenants served by the tenant's home connection, where
+    /// its statements are prepared and its tables in that backend's caches ...
+    pub home_checkouts: u64,
+    /// ... and by another connection (its home busy with another request of the
+    /// same tenant, or for longer than a moment, or a connection opened for it).
+    pub away_checkouts: u64,
 }
 
 /// The connections of one server, across its pools.
@@ -127,6 +133,8 @@ pub struct ServerBudget {
     pub(super) closed: AtomicU64,
     pub(super) drained: AtomicU64,
     pub(super) timeouts: AtomicU64,
+    pub(super) home_checkouts: AtomicU64,
+    pub(super) away_checkouts: AtomicU64,
 }
 
 impl ServerBudget {
@@ -182,6 +190,8 @@ impl ServerBudget {
             closed: AtomicU64::new(0),
             drained: AtomicU64::new(0),
             timeouts: AtomicU64::new(0),
+            home_checkouts: AtomicU64::new(0),
+            away_checkouts: AtomicU64::new(0),
         })
     }
 
@@ -438,6 +448,8 @@ impl ServerBudget {
             closed: self.closed.load(Ordering::Relaxed),
             drained: self.drained.load(Ordering::Relaxed),
             timeouts: self.timeouts.load(Ordering::Relaxed),
+            home_checkouts: self.home_checkouts.load(Ordering::Relaxed),
+            away_checkouts: self.away_checkouts.load(Ordering::Relaxed),
         }
     }
 }

@@ -226,7 +226,8 @@ pub struct PoolStats {
 
 /// What a checkout found.
 enum Picked {
-    Idle(Conn),
+    /// An idle connection, and whether it is the schema tenant's home.
+    Idle(Conn, bool),
     /// The tenant's home, in use by another tenant: it comes here when given back.
     Home(oneshot::Receiver<Conn>),
     Nothing,
@@ -374,6 +375,7 @@ impl ConnPool {
     fn pick(&self, schema: &Option<Arc<str>>, may_wait: bool) -> Picked {
         let mut idle = self.idle();
         let mut homes = self.counts.homes();
+        let mut home = None;
         let index = match schema.as_ref().filter(|_| self.is_postgres()) {
             None => {
                 let qualified = schema.is_some();
@@ -383,7 +385,7 @@ impl ConnPool {
             }
             Some(schema) => {
                 let key = schema_key(schema);
-                let Some((_, entry)) = homes.iter_mut().max_by_key(|(id, _)| rank(key, **id))
+                let Some((&id, entry)) = homes.iter_mut().max_by_key(|(id, _)| rank(key, **id))
                 else {
                     return Picked::Nothing;
                 };
@@ -392,6 +394,7 @@ impl ConnPool {
                     entry.waiters.push_back((schema.clone(), tx));
                     return Picked::Home(rx);
                 }
+                home = Some(id);
                 idle.iter()
                     .enumerate()
                     .max_by_key(|(_, c)| rank(key, c.id))
@@ -406,7 +409,8 @@ impl ConnPool {
             entry.busy = true;
             entry.serving = schema.clone();
         }
-        Picked::Idle(conn)
+        let at_home = home == Some(conn.id);
+        Picked::Idle(conn, at_home)
     }
 
     /// A connection for a tenant of `schema` (`None`: a database-mode tenant, on
@@ -428,7 +432,7 @@ impl ConnPool {
         let mut may_wait = schema.is_some() && !self.home_wait.is_zero();
         loop {
             let found = match self.pick(&schema, may_wait) {
-                Picked::Idle(conn) => Some(conn),
+                Picked::Idle(conn, at_home) => Some((conn, at_home)),
                 Picked::Home(rx) => {
                     // Once: after that, the first idle connection in its order.
                     may_wait = false;
@@ -438,7 +442,7 @@ impl ConnPool {
                     };
                     let until = deadline.min(Instant::now() + self.home_wait);
                     match tokio::time::timeout_at(until.into(), &mut wait.rx).await {
-                        Ok(Ok(conn)) => Some(conn),
+                        Ok(Ok(conn)) => Some((conn, true)),
                         // Given up, or the home closed: any connection handed over
                         // meanwhile goes back to the idle list, where `pick` finds it.
                         _ => {
@@ -449,7 +453,7 @@ impl ConnPool {
                 }
                 Picked::Nothing => None,
             };
-            if let Some(conn) = found {
+            if let Some((conn, at_home)) = found {
                 if let Some(opened_on) = conn.file {
                     let now = self.target.sqlite_file().and_then(file_id);
                     if now != Some(opened_on) {
@@ -464,7 +468,10 @@ impl ConnPool {
                     }
                 }
                 match self.make_ready(conn, &schema).await {
-                    Ok(conn) => return Ok(self.hand_out(conn, schema)),
+                    Ok(conn) => {
+                        self.count_placement(&schema, at_home);
+                        return Ok(self.hand_out(conn, schema));
+                    }
                     Err(_) => continue,
                 }
             }
@@ -474,11 +481,27 @@ impl ConnPool {
                     // Boxed: opening is a future of several KiB (the driver's
                     // handshake), which every checkout would otherwise carry.
                     let conn = Box::pin(self.open(slot?, &schema)).await?;
+                    // Opened for it: its statements are prepared there anew.
+                    self.count_placement(&schema, false);
                     return Ok(self.hand_out(conn, schema));
                 }
                 _ = self.returned.notified() => {}
             }
         }
+    }
+
+    /// Counts a PostgreSQL schema tenant's checkout as served by its home or by
+    /// another connection (see [`ServerStats::home_checkouts`]).
+    fn count_placement(&self, schema: &Option<Arc<str>>, at_home: bool) {
+        if schema.is_none() || !self.is_postgres() {
+            return;
+        }
+        let counter = if at_home {
+            &self.server.home_checkouts
+        } else {
+            &self.server.away_checkouts
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
     }
 
     fn hand_out(&self, mut conn: Conn, schema: Option<Arc<str>>) -> Conn {

@@ -933,6 +933,10 @@ async fn postgres_a_checkout_waits_for_its_home_but_not_behind_its_own_tenant() 
     drop(on_x);
     let stats = p.stats();
     assert_eq!((stats.open, stats.in_use, stats.idle), (2, 0, 2));
+    // Counted: the six first checkouts, Y's, X's handed over and X's first on its
+    // home; X's second elsewhere.
+    let server = p.server().stats();
+    assert_eq!((server.home_checkouts, server.away_checkouts), (9, 1));
 
     p.close().await;
     drop(p);
