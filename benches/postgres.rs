@@ -222,7 +222,7 @@ enum LoadKind {
 }
 
 /// What one load run measured.
-#[derive(Clone, Copy, Default)]
+#[derive(Clone, Default)]
 struct Load {
     rate: f64,
     /// pgbench prints a mean latency, wrk percentiles.
@@ -230,6 +230,8 @@ struct Load {
     p50_ms: f64,
     p99_ms: f64,
     errors: u64,
+    /// What wrk said of the failed requests (its socket-error and non-2xx lines).
+    failures: Option<String>,
 }
 
 /// `text`'s duration as wrk prints it (`812.00us`, `1.20ms`, `1.05s`), in ms.
@@ -296,12 +298,19 @@ fn wrk(
             ["Requests/sec:", rate] => load.rate = rate.parse().unwrap_or(0.0),
             ["50%", value] => load.p50_ms = wrk_ms(value),
             ["99%", value] => load.p99_ms = wrk_ms(value),
-            ["Non-2xx", "or", "3xx", "responses:", n] => load.errors += n.parse().unwrap_or(0),
+            ["Non-2xx", "or", "3xx", "responses:", n] => {
+                load.errors += n.parse().unwrap_or(0);
+                load.failures = Some(line.trim().to_string());
+            }
             ["Socket", "errors:", rest @ ..] => {
-                load.errors += rest
+                let n = rest
                     .iter()
                     .filter_map(|w| w.trim_end_matches(',').parse::<u64>().ok())
-                    .sum::<u64>()
+                    .sum::<u64>();
+                if n > 0 {
+                    load.errors += n;
+                    load.failures = Some(line.trim().to_string());
+                }
             }
             _ => {}
         }
@@ -689,12 +698,16 @@ fn main() {
     for round in 1..=rounds {
         for (i, (name, kind)) in loads.iter().enumerate() {
             if warmup > 0 {
-                let errors = load(kind, warmup).errors;
-                if errors > 0 {
+                let warm = load(kind, warmup);
+                if warm.errors > 0 {
                     // Which load failed, and when: a run's total alone does not say.
-                    println!("  round {round}  {name:<28} warm-up: {errors} failed requests");
+                    println!(
+                        "  round {round}  {name:<28} warm-up: {} failed requests ({})",
+                        warm.errors,
+                        warm.failures.as_deref().unwrap_or("")
+                    );
                 }
-                warmup_errors += errors;
+                warmup_errors += warm.errors;
             }
             let service = match kind {
                 LoadKind::Wrk { address, .. } => Some(address.as_str()),
@@ -727,6 +740,9 @@ fn main() {
                 "  round {round}  {name:<28} {:>8.0} /s   {latency}   errors {}{home}",
                 l.rate, l.errors
             );
+            if let Some(failures) = &l.failures {
+                println!("           {failures}");
+            }
             results[i].push(l);
         }
     }
@@ -778,5 +794,90 @@ fn main() {
     );
     let (rss, peak) = routed.rss_mib();
     println!("  router memory after the run: {rss:.1} MiB (peak {peak:.1} MiB)");
+
+    // Each goal's two loads again, alternating in short runs, so that both meet the
+    // machine in the same state: on a shared machine the rate of one load moves by
+    // a fifth between rounds a minute apart, which the medians above carry into
+    // their ratios. Neither load disturbs the other's pools (they are other
+    // processes, or the 100 schema tenants are among the 1,000), so one warm-up
+    // each is enough.
+    let (pairs, pair_seconds) = (env_or("BENCH_PAIRS", 11), env_or("BENCH_PAIR_SECONDS", 3));
+    let goals = [
+        (
+            "fixed pool / pgbench".to_string(),
+            fixed_pool,
+            pgbench_one,
+            50.0,
+        ),
+        (
+            format!("{schema_tenants} schema tenants / fixed pool"),
+            all,
+            fixed_pool,
+            90.0,
+        ),
+        (
+            format!(
+                "{schema_tenants} / {} schema tenants",
+                100.min(schema_tenants)
+            ),
+            all,
+            hundred,
+            100.0,
+        ),
+    ];
+    let mut pair_errors = 0;
+    if pairs > 0 {
+        println!(
+            "\n== The goals in pairs: each goal's two loads alternating, {pairs} pairs of \
+             {pair_seconds} s runs after {warmup} s of each; the ratio of each pair"
+        );
+    }
+    for (goal, over, under, target) in goals.into_iter().filter(|_| pairs > 0) {
+        let (a, b) = (&loads[over].1, &loads[under].1);
+        if warmup > 0 {
+            pair_errors += load(a, warmup).errors + load(b, warmup).errors;
+        }
+        let mut ratios: Vec<f64> = (0..pairs)
+            .map(|i| {
+                // Which goes first alternates too, so a drift favours neither.
+                let (x, y) = if i % 2 == 0 {
+                    let x = load(a, pair_seconds);
+                    (x, load(b, pair_seconds))
+                } else {
+                    let y = load(b, pair_seconds);
+                    (load(a, pair_seconds), y)
+                };
+                pair_errors += x.errors + y.errors;
+                100.0 * x.rate / y.rate
+            })
+            .collect();
+        ratios.sort_by(f64::total_cmp);
+        let at = |q: f64| ratios[((ratios.len() - 1) as f64 * q).round() as usize];
+        let reached = ratios.iter().filter(|r| **r >= target).count();
+        println!(
+            "  {goal:<36} median {:>5.1}%   quartiles {:>5.1}-{:>5.1}%   range {:>5.1}-{:>5.1}%   \
+             {reached} of {pairs} pairs at {target}% or more",
+            at(0.5),
+            at(0.25),
+            at(0.75),
+            ratios[0],
+            ratios[ratios.len() - 1],
+        );
+    }
+    let errors = errors + pair_errors;
     println!("  failed requests: {errors}");
+    if errors > 0 {
+        // What the services said of them (their logs go with the temporary folder).
+        for name in ["routed", "fixed"] {
+            let log =
+                std::fs::read_to_string(dir.path().join(format!("{name}.log"))).unwrap_or_default();
+            for line in log
+                .lines()
+                .filter(|l| l.contains("WARN") || l.contains("ERROR"))
+                .take(20)
+            {
+                println!("  {name}: {line}");
+            }
+        }
+    }
 }
