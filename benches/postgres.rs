@@ -847,6 +847,9 @@ fn main() {
                     let y = load(b, pair_seconds);
                     (load(a, pair_seconds), y)
                 };
+                for failures in [&x.failures, &y.failures].into_iter().flatten() {
+                    println!("  {goal}, pair {}: {failures}", i + 1);
+                }
                 pair_errors += x.errors + y.errors;
                 100.0 * x.rate / y.rate
             })
