@@ -234,6 +234,15 @@ struct Load {
     failures: Option<String>,
 }
 
+/// Adds one of wrk's lines about failed requests to what `load` says of them.
+fn add_failure(load: &mut Load, line: &str) {
+    let line = line.trim();
+    load.failures = Some(match load.failures.take() {
+        Some(before) => format!("{before}; {line}"),
+        None => line.to_string(),
+    });
+}
+
 /// `text`'s duration as wrk prints it (`812.00us`, `1.20ms`, `1.05s`), in ms.
 fn wrk_ms(text: &str) -> f64 {
     let number = |suffix: &str| text.trim_end_matches(suffix).parse::<f64>().unwrap_or(0.0);
@@ -300,7 +309,7 @@ fn wrk(
             ["99%", value] => load.p99_ms = wrk_ms(value),
             ["Non-2xx", "or", "3xx", "responses:", n] => {
                 load.errors += n.parse().unwrap_or(0);
-                load.failures = Some(line.trim().to_string());
+                add_failure(&mut load, line);
             }
             ["Socket", "errors:", rest @ ..] => {
                 let n = rest
@@ -309,7 +318,7 @@ fn wrk(
                     .sum::<u64>();
                 if n > 0 {
                     load.errors += n;
-                    load.failures = Some(line.trim().to_string());
+                    add_failure(&mut load, line);
                 }
             }
             _ => {}
@@ -797,7 +806,7 @@ fn main() {
 
     // Each goal's two loads again, alternating in short runs, so that both meet the
     // machine in the same state: on a shared machine the rate of one load moves by
-    // a fifth between rounds a minute apart, which the medians above carry into
+    // a fifth between rounds about two minutes apart, which the medians above carry into
     // their ratios. Neither load disturbs the other's pools (they are other
     // processes, or the 100 schema tenants are among the 1,000), so one warm-up
     // each is enough.
@@ -835,10 +844,15 @@ fn main() {
     for (goal, over, under, target) in goals.into_iter().filter(|_| pairs > 0) {
         let (a, b) = (&loads[over].1, &loads[under].1);
         if warmup > 0 {
-            pair_errors += load(a, warmup).errors + load(b, warmup).errors;
+            for warm in [load(a, warmup), load(b, warmup)] {
+                if let Some(failures) = &warm.failures {
+                    println!("  {goal}, warm-up: {failures}");
+                }
+                pair_errors += warm.errors;
+            }
         }
         let mut ratios: Vec<f64> = (0..pairs)
-            .map(|i| {
+            .filter_map(|i| {
                 // Which goes first alternates too, so a drift favours neither.
                 let (x, y) = if i % 2 == 0 {
                     let x = load(a, pair_seconds);
@@ -851,20 +865,39 @@ fn main() {
                     println!("  {goal}, pair {}: {failures}", i + 1);
                 }
                 pair_errors += x.errors + y.errors;
-                100.0 * x.rate / y.rate
+                if x.rate <= 0.0 || y.rate <= 0.0 {
+                    // wrk or pgbench printed no rate: no ratio to count.
+                    println!("  {goal}, pair {}: a run without a rate, left out", i + 1);
+                    return None;
+                }
+                Some(100.0 * x.rate / y.rate)
             })
             .collect();
+        if ratios.is_empty() {
+            continue;
+        }
         ratios.sort_by(f64::total_cmp);
-        let at = |q: f64| ratios[((ratios.len() - 1) as f64 * q).round() as usize];
+        // Quantiles interpolated between the two nearest ratios.
+        let at = |q: f64| {
+            let rank = (ratios.len() - 1) as f64 * q;
+            let (low, high) = (rank.floor() as usize, rank.ceil() as usize);
+            ratios[low] + (ratios[high] - ratios[low]) * (rank - low as f64)
+        };
         let reached = ratios.iter().filter(|r| **r >= target).count();
         println!(
             "  {goal:<36} median {:>5.1}%   quartiles {:>5.1}-{:>5.1}%   range {:>5.1}-{:>5.1}%   \
-             {reached} of {pairs} pairs at {target}% or more",
+             {reached} of {} pairs at {target}% or more",
             at(0.5),
             at(0.25),
             at(0.75),
             ratios[0],
             ratios[ratios.len() - 1],
+            ratios.len(),
+        );
+        let each: Vec<String> = ratios.iter().map(|r| format!("{r:.1}")).collect();
+        println!(
+            "    the pairs' ratios, in order of size: {}",
+            each.join(" ")
         );
     }
     let errors = errors + pair_errors;
@@ -874,11 +907,12 @@ fn main() {
         for name in ["routed", "fixed"] {
             let log =
                 std::fs::read_to_string(dir.path().join(format!("{name}.log"))).unwrap_or_default();
-            for line in log
+            // The last 20, leaving out the start-up warning of AUTH_MODE=none.
+            let said: Vec<&str> = log
                 .lines()
-                .filter(|l| l.contains("WARN") || l.contains("ERROR"))
-                .take(20)
-            {
+                .filter(|l| (l.contains("WARN") || l.contains("ERROR")) && !l.contains("AUTH_MODE"))
+                .collect();
+            for line in &said[said.len().saturating_sub(20)..] {
                 println!("  {name}: {line}");
             }
         }
