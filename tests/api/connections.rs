@@ -688,21 +688,23 @@ async fn cancelled_and_failed_transactions_leave_no_connection_on_the_wrong_sche
     // Completions refused from inside their transaction (a planned order cannot
     // complete) kept their connections: drained of the rollback, not closed.
     let stats = app.pool_stats().await;
-    let drained: u64 = stats["servers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|s| s["drained"].as_u64().unwrap())
-        .sum();
-    assert!(drained > 0, "no connection was drained: {stats}");
+    let over_servers = |field: &str| -> u64 {
+        stats["servers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s[field].as_u64().unwrap())
+            .sum()
+    };
+    assert!(
+        over_servers("drained") > 0,
+        "no connection was drained: {stats}"
+    );
     // Schema tenants' checkouts are counted by where they were served.
-    let homed: u64 = stats["servers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|s| s["home_checkouts"].as_u64().unwrap())
-        .sum();
-    assert!(homed > 0, "no checkout was served by its home: {stats}");
+    assert!(
+        over_servers("home_checkouts") > 0,
+        "no checkout was served by its home: {stats}"
+    );
 }
 
 /// Client backends connected to the server now, other than the one asking.
