@@ -21,7 +21,25 @@
 //! sea-query quotes every identifier it writes; hand-written SQL for tenant data
 //! must quote its table names.
 
+use std::{
+    collections::HashMap,
+    sync::{Arc, LazyLock, Mutex},
+};
+
 use super::quote_ident;
+
+/// How many statements' places [`qualify`] remembers. A service sends the same
+/// few hundred statement texts over and over; a text seen after the cache is full
+/// empties it, so that texts made on the fly (an `IN` list of any length) cannot
+/// grow it without end.
+const PLACES_CAPACITY: usize = 2048;
+
+/// Statement texts and the byte offsets of the names to qualify in each.
+type Places = HashMap<Box<str>, Arc<[usize]>>;
+
+/// Where each statement seen takes the schema, which depends on the statement's
+/// text alone, not on the tenant.
+static PLACES: LazyLock<Mutex<Places>> = LazyLock::new(Mutex::default);
 
 /// What a token is, as far as qualifying goes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -237,8 +255,42 @@ struct Group {
 }
 
 /// `sql` with each table name it reaches qualified with `schema`; `sql` itself when
-/// it names no table.
+/// it names no table. Each text is scanned once ([`PLACES`]): scanning cost about
+/// as much as the rest of a schema tenant's checkout.
 pub fn qualify(sql: &str, schema: &str) -> String {
+    let at = places(sql);
+    if at.is_empty() {
+        return sql.to_owned();
+    }
+    let prefix = format!("{}.", quote_ident(schema));
+    let mut out = String::with_capacity(sql.len() + at.len() * prefix.len());
+    let mut from = 0;
+    for &start in at.iter() {
+        out.push_str(&sql[from..start]);
+        out.push_str(&prefix);
+        from = start;
+    }
+    out.push_str(&sql[from..]);
+    out
+}
+
+/// [`scan`]'s answer for `sql`, from [`PLACES`] when it has it.
+fn places(sql: &str) -> Arc<[usize]> {
+    let cache = || PLACES.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(at) = cache().get(sql) {
+        return at.clone();
+    }
+    let at: Arc<[usize]> = scan(sql).into();
+    let mut cache = cache();
+    if cache.len() >= PLACES_CAPACITY {
+        cache.clear();
+    }
+    cache.insert(sql.into(), at.clone());
+    at
+}
+
+/// The byte offsets in `sql` of the table names to qualify, in order.
+fn scan(sql: &str) -> Vec<usize> {
     let toks = tokens(sql);
     let text = |t: &Token| &sql[t.start..t.end];
     let mut at: Vec<usize> = Vec::new();
@@ -320,19 +372,7 @@ pub fn qualify(sql: &str, schema: &str) -> String {
         }
         previous_word = None;
     }
-    if at.is_empty() {
-        return sql.to_owned();
-    }
-    let prefix = format!("{}.", quote_ident(schema));
-    let mut out = String::with_capacity(sql.len() + at.len() * prefix.len());
-    let mut from = 0;
-    for start in at {
-        out.push_str(&sql[from..start]);
-        out.push_str(&prefix);
-        from = start;
-    }
-    out.push_str(&sql[from..]);
-    out
+    at
 }
 
 fn is_join_word(word: &str) -> bool {
@@ -345,7 +385,7 @@ fn is_join_word(word: &str) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use super::qualify;
+    use super::{PLACES, PLACES_CAPACITY, qualify};
 
     fn q(sql: &str) -> String {
         qualify(sql, "tenant_a")
@@ -440,6 +480,35 @@ mod tests {
         assert_eq!(
             q(r#"INSERT INTO "t" ("a", "b") SELECT "a", "b" FROM "u", "v" RETURNING "a", "b""#),
             r#"INSERT INTO "tenant_a"."t" ("a", "b") SELECT "a", "b" FROM "tenant_a"."u", "tenant_a"."v" RETURNING "a", "b""#
+        );
+    }
+
+    #[test]
+    fn a_statement_seen_before_takes_each_tenants_own_schema() {
+        let sql = r#"SELECT "x" FROM "cached_once" JOIN "other" ON true"#;
+        for schema in ["tenant_a", "tenant_b", "tenant_a"] {
+            assert_eq!(
+                qualify(sql, schema),
+                format!(
+                    r#"SELECT "x" FROM "{schema}"."cached_once" JOIN "{schema}"."other" ON true"#
+                )
+            );
+        }
+    }
+
+    #[test]
+    fn the_statements_remembered_stay_bounded() {
+        for n in 0..PLACES_CAPACITY + 10 {
+            let sql = format!(
+                r#"SELECT "a" FROM "t" WHERE "a" IN ({})"#,
+                vec!["1"; n + 1].join(", ")
+            );
+            assert!(q(&sql).contains(r#"FROM "tenant_a"."t""#));
+        }
+        let remembered = PLACES.lock().map(|m| m.len()).unwrap_or(usize::MAX);
+        assert!(
+            remembered <= PLACES_CAPACITY,
+            "{remembered} statements remembered"
         );
     }
 }
