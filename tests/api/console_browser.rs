@@ -249,6 +249,12 @@ async fn an_operator_runs_a_tenants_life_from_the_console() {
         .click()
         .await;
     browser.wait_for_text("main", "sqlite").await;
+    // Only PostgreSQL schema tenants have a home connection: a dash for SQLite.
+    assert!(
+        browser.text("main").await.contains("Served at home"),
+        "the servers table has no home column"
+    );
+    assert_eq!(browser.text("td[data-home]").await, "–");
     browser.screenshot("08-servers").await;
     assert_page_holds_no_secret(&browser, &app, "servers").await;
 

@@ -572,6 +572,13 @@ async function migrationsView(jobId) {
 
 // ---- servers --------------------------------------------------------------------------------
 
+// The share of a server's schema-tenant checkouts served by the tenant's home
+// connection (where its statements are prepared), or a dash where none was made.
+function homeShare(s) {
+  const total = s.home_checkouts + s.away_checkouts;
+  return total > 0 ? `${(100 * s.home_checkouts / total).toFixed(1)} % of ${total}` : "–";
+}
+
 async function serversView() {
   const body = el("div", {}, el("p", { text: "Loading…" }));
   const view = setView("Servers", body);
@@ -581,9 +588,10 @@ async function serversView() {
     if (view !== state.view) return;
     body.replaceChildren(
       section("Servers", p.servers.length === 0 ? el("p", { text: "No connection made yet." }) :
-        table(["Server", "Limit", "Open", "In use", "Idle", "Waiting", "Peak", "Opened", "Timeouts"], p.servers.map((s) => el("tr", {},
+        table(["Server", "Limit", "Open", "In use", "Idle", "Waiting", "Peak", "Opened", "Timeouts", "Served at home"], p.servers.map((s) => el("tr", {},
           el("td", { text: s.server }), el("td", { class: "num", text: s.limit || "not read yet" }),
-          ...[s.open, s.in_use, s.idle, s.waiting, s.peak_open, s.opened, s.timeouts].map((n) => el("td", { class: "num", text: String(n) })))), "Servers")),
+          ...[s.open, s.in_use, s.idle, s.waiting, s.peak_open, s.opened, s.timeouts].map((n) => el("td", { class: "num", text: String(n) })),
+          el("td", { class: "num", dataset: { home: "" }, text: homeShare(s) }))), "Servers")),
       section("Connection pools", p.connection_pools.length === 0 ? el("p", { text: "None open." }) :
         table(Object.keys(p.connection_pools[0]), p.connection_pools.map((c) => el("tr", {},
           Object.values(c).map((v) => el("td", { text: String(v) })))), "Connection pools")),
