@@ -379,9 +379,13 @@ impl TenantRegistry {
         servers
             .entry(target.server())
             .or_insert_with(|| {
+                let limit = match target {
+                    Target::Sqlite(_) => Some(settings.sqlite_max_connections),
+                    Target::Postgres(_) => settings.max_connections_per_server,
+                };
                 ServerBudget::new(
                     target,
-                    settings.max_connections_per_server,
+                    limit,
                     self.inner.global.clone(),
                     settings.connect_timeout,
                 )

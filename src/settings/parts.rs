@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use super::{DEFAULT_MAX_CONNECTIONS_PER_TENANT, Settings};
+use super::{DEFAULT_MAX_CONNECTIONS_PER_TENANT, DEFAULT_SQLITE_MAX_CONNECTIONS, Settings};
 
 impl Settings {
     pub fn auth_mode(&self) -> Result<AuthMode, String> {
@@ -42,6 +42,12 @@ impl Settings {
                 .max(1),
             max_connections_per_server: (self.max_connections_per_server > 0)
                 .then_some(self.max_connections_per_server),
+            sqlite_max_connections: self.sqlite_max_connections.unwrap_or(
+                match self.max_connections_per_server {
+                    0 => DEFAULT_SQLITE_MAX_CONNECTIONS,
+                    set => set,
+                },
+            ),
             connection_idle_timeout: Duration::from_secs(self.connection_idle_timeout_secs.max(1)),
             statement_cache_capacity: self.pg_statement_cache_capacity.clamp(1, 65_536),
             connect_timeout: Duration::from_secs(self.pool_connect_timeout_secs.max(1)),
@@ -86,6 +92,8 @@ pub struct PoolSettings {
     pub max_connections_per_tenant: u32,
     /// `None`: read from each server.
     pub max_connections_per_server: Option<u32>,
+    /// The budget of the SQLite files, which count as one server.
+    pub sqlite_max_connections: u32,
     /// How long a connection may sit idle in its pool before it is closed.
     pub connection_idle_timeout: Duration,
     /// Prepared statements each PostgreSQL connection keeps.

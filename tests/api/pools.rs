@@ -289,3 +289,46 @@ async fn a_write_whose_audit_row_cannot_be_written_is_not_kept() {
         .await;
     assert_eq!(names, ["before"], "the unaudited write was kept");
 }
+
+/// The SQLite "server" of `stats`: every tenant file's connections.
+fn sqlite_server(stats: &Value) -> &Value {
+    stats["servers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["server"] == "sqlite")
+        .unwrap_or_else(|| panic!("no sqlite server in {stats}"))
+}
+
+#[tokio::test]
+async fn sqlite_files_share_128_connections_by_default() {
+    let app = spawn_app().await;
+    app.create_product("demo", "First", 1.0).await;
+    assert_eq!(sqlite_server(&app.pool_stats().await)["limit"], 128);
+}
+
+#[tokio::test]
+async fn sqlite_files_never_hold_more_connections_than_sqlite_max_connections() {
+    let ids: Vec<String> = (0..4).map(|i| format!("file_{i}")).collect();
+    let tenants = ids.iter().map(|id| Tenant::new(id, "default")).collect();
+    let app = spawn_app_with(AppSpec::new(tenants).env("SQLITE_MAX_CONNECTIONS", "2")).await;
+    // Four files, five requests each, all at once: each request needs a
+    // connection to its own file, and there are two for all four.
+    let statuses = futures::future::join_all(ids.iter().cycle().take(20).map(|id| {
+        let app = &app;
+        async move {
+            app.as_tenant(Method::GET, id, "/api/products")
+                .send()
+                .await
+                .unwrap()
+                .status()
+        }
+    }))
+    .await;
+    assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
+    let stats = app.pool_stats().await;
+    let sqlite = sqlite_server(&stats);
+    assert_eq!(sqlite["limit"], 2, "{stats}");
+    assert!(sqlite["peak_open"].as_u64().unwrap() <= 2, "{stats}");
+    assert!(sqlite["opened"].as_u64().unwrap() >= 4, "{stats}");
+}
