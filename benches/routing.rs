@@ -237,7 +237,10 @@ async fn direct_app(dir: &Path, tenants: u64) -> String {
         let url = format!("sqlite://{}/tenant_{i:04}.db", dir.display());
         let target = Target::parse(&db::prepare_url(&url).expect("url")).expect("target");
         let server = budget
-            .get_or_insert_with(|| ServerBudget::new(&target, None, None, pools.connect_timeout))
+            .get_or_insert_with(|| {
+                let limit = Some(pools.sqlite_max_connections);
+                ServerBudget::new(&target, limit, None, pools.connect_timeout)
+            })
             .clone();
         let pool = ConnPool::new(
             server,
