@@ -34,6 +34,10 @@ use super::quote_ident;
 /// grow it without end.
 const PLACES_CAPACITY: usize = 2048;
 
+/// Longer texts are scanned each time instead: a bulk insert of many rows, or SQL
+/// with its values written in, would otherwise keep its whole text in memory.
+const PLACES_MAX_TEXT: usize = 2048;
+
 /// Statement texts and the byte offsets of the names to qualify in each.
 type Places = HashMap<Box<str>, Arc<[usize]>>;
 
@@ -276,6 +280,9 @@ pub fn qualify(sql: &str, schema: &str) -> String {
 
 /// [`scan`]'s answer for `sql`, from [`PLACES`] when it has it.
 fn places(sql: &str) -> Arc<[usize]> {
+    if sql.len() > PLACES_MAX_TEXT {
+        return scan(sql).into();
+    }
     let cache = || PLACES.lock().unwrap_or_else(|p| p.into_inner());
     if let Some(at) = cache().get(sql) {
         return at.clone();
@@ -385,7 +392,9 @@ fn is_join_word(word: &str) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use super::{PLACES, PLACES_CAPACITY, qualify};
+    use std::sync::Arc;
+
+    use super::{PLACES, PLACES_CAPACITY, PLACES_MAX_TEXT, places, qualify};
 
     fn q(sql: &str) -> String {
         qualify(sql, "tenant_a")
@@ -494,6 +503,18 @@ mod tests {
                 )
             );
         }
+    }
+
+    #[test]
+    fn a_statement_text_is_scanned_once_unless_it_is_long() {
+        let sql = r#"SELECT "x" FROM "scanned_once""#;
+        assert!(Arc::ptr_eq(&places(sql), &places(sql)));
+        let long = format!(
+            r#"INSERT INTO "t" ("v") VALUES {}"#,
+            vec!["(1)"; PLACES_MAX_TEXT / 3].join(", ")
+        );
+        assert!(!Arc::ptr_eq(&places(&long), &places(&long)));
+        assert!(qualify(&long, "tenant_a").starts_with(r#"INSERT INTO "tenant_a"."t""#));
     }
 
     #[test]
