@@ -3,7 +3,10 @@
 
 use std::time::Duration;
 
-use super::{DEFAULT_MAX_CONNECTIONS_PER_TENANT, DEFAULT_SQLITE_MAX_CONNECTIONS, Settings};
+use super::{
+    DEFAULT_MAX_CONNECTIONS_PER_TENANT, DEFAULT_SQLITE_MAX_CONNECTIONS, MAX_SQLITE_MAX_CONNECTIONS,
+    Settings,
+};
 
 impl Settings {
     pub fn auth_mode(&self) -> Result<AuthMode, String> {
@@ -45,7 +48,7 @@ impl Settings {
             sqlite_max_connections: self.sqlite_max_connections.unwrap_or(
                 match self.max_connections_per_server {
                     0 => DEFAULT_SQLITE_MAX_CONNECTIONS,
-                    set => set,
+                    set => set.min(MAX_SQLITE_MAX_CONNECTIONS),
                 },
             ),
             connection_idle_timeout: Duration::from_secs(self.connection_idle_timeout_secs.max(1)),

@@ -139,8 +139,9 @@ pub struct ServerBudget {
 
 impl ServerBudget {
     /// A budget of `limit` connections, or of what the server allows when `None`
-    /// (SQLite has no server to ask: `None` means 64 there). `global` is the
-    /// process-wide cap, shared by every server.
+    /// (SQLite has no server to ask: the registry passes `SQLITE_MAX_CONNECTIONS`,
+    /// and `None` means 64 there). `global` is the process-wide cap, shared by
+    /// every server.
     pub fn new(
         target: &Target,
         limit: Option<u32>,
