@@ -90,7 +90,7 @@ const DEFAULT_MAX_CONNECTIONS_PER_TENANT: u32 = 10;
 /// SQLite connections across all tenant files unless set. Fewer than the tenants
 /// active at once make them close and open each other's connections: 100 tenants
 /// under load on 64 ran at 29-48 % of their rate on 128 (2026-12-07).
-const DEFAULT_SQLITE_MAX_CONNECTIONS: u32 = 128;
+pub const DEFAULT_SQLITE_MAX_CONNECTIONS: u32 = 128;
 /// The most `SQLITE_MAX_CONNECTIONS` may be (each connection is a thread).
 const MAX_SQLITE_MAX_CONNECTIONS: u32 = 4096;
 

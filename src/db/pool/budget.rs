@@ -14,6 +14,7 @@ use sea_orm::{DbErr, sqlx};
 use tokio::sync::{OnceCell, OwnedSemaphorePermit, Semaphore};
 
 use super::*;
+use crate::settings::DEFAULT_SQLITE_MAX_CONNECTIONS;
 
 /// How often a waiting checkout asks the server's other pools for room.
 pub(super) const MAKE_ROOM_EVERY: Duration = Duration::from_millis(20);
@@ -140,8 +141,8 @@ pub struct ServerBudget {
 impl ServerBudget {
     /// A budget of `limit` connections, or of what the server allows when `None`
     /// (SQLite has no server to ask: the registry passes `SQLITE_MAX_CONNECTIONS`,
-    /// and `None` means 64 there). `global` is the process-wide cap, shared by
-    /// every server.
+    /// and `None` means its default there). `global` is the process-wide cap,
+    /// shared by every server.
     pub fn new(
         target: &Target,
         limit: Option<u32>,
@@ -168,7 +169,7 @@ impl ServerBudget {
         cold_after: Duration,
     ) -> Arc<Self> {
         let configured = match target {
-            Target::Sqlite(_) => Some(limit.unwrap_or(64)),
+            Target::Sqlite(_) => Some(limit.unwrap_or(DEFAULT_SQLITE_MAX_CONNECTIONS)),
             Target::Postgres(_) => limit,
         };
         Arc::new(Self {
