@@ -1,14 +1,17 @@
 //! The admin console driven in a real headless Chromium (WebDriver): sign in,
 //! provision a tenant, find it in the list, suspend it (its API answers 403), run
 //! a migration of every tenant and watch it finish, delete the tenant. Each page
-//! is saved as a screenshot under `target/console/`.
+//! is saved as a screenshot under `target/console/`. A second test reads the
+//! servers page over PostgreSQL schema tenants, whose home share it shows.
 
 use reqwest::Method;
 use serde_json::Value;
 
 use crate::{
     browser::Browser,
-    helpers::{ADMIN_TOKEN, AppSpec, TestApp, assert_error, spawn_app_with, standard_tenants},
+    helpers::{
+        ADMIN_TOKEN, AppSpec, Backend, TestApp, assert_error, spawn_app_with, standard_tenants,
+    },
 };
 
 const ENTER: &str = "\u{E007}";
@@ -327,5 +330,62 @@ async fn an_operator_runs_a_tenants_life_from_the_console() {
         .await
         .unwrap();
     assert_error(response, 401, "unauthorized").await;
+    browser.quit().await;
+}
+
+#[tokio::test]
+async fn the_servers_page_shows_the_share_of_schema_tenants_checkouts_served_at_home() {
+    let _heavy = crate::helpers::heavy_test().await;
+    let app = spawn_app_with(AppSpec::new(standard_tenants()).on(Backend::PgSchema)).await;
+    for _ in 0..3 {
+        let response = app
+            .as_tenant(Method::GET, "demo", "/api/products")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+    }
+    let stats: Value = app
+        .admin(Method::GET, "/api/admin/pools")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let server = &stats["servers"][0];
+    let (home, away) = (
+        server["home_checkouts"].as_u64().unwrap(),
+        server["away_checkouts"].as_u64().unwrap(),
+    );
+    assert!(home > 0 && home + away >= 3, "{stats}");
+
+    let browser = Browser::start(1280, 900).await;
+    browser
+        .goto(&format!("{}/admin#/servers", app.address))
+        .await;
+    let token = browser.wait_for("#admin-token").await;
+    token.type_text(ADMIN_TOKEN).await;
+    token.type_text(ENTER).await;
+    browser.wait_for_text("#flash", "Signed in").await;
+    browser
+        .find_all("a[data-nav='servers']")
+        .await
+        .remove(0)
+        .click()
+        .await;
+    browser.wait_for("td[data-home]").await;
+    // The page reads the counters again, so they may have grown since: the
+    // share is a percentage of at least the checkouts counted above.
+    let shown = browser.text("td[data-home]").await;
+    let (share, total) = shown
+        .split_once(" % of ")
+        .unwrap_or_else(|| panic!("not a share: {shown:?}"));
+    let (share, total): (f64, u64) = (share.parse().unwrap(), total.parse().unwrap());
+    assert!(total >= home + away, "{shown} against {stats}");
+    assert!((0.0..=100.0).contains(&share) && share > 0.0, "{shown}");
+    browser.screenshot("11-servers-postgres").await;
+    assert_page_holds_no_secret(&browser, &app, "servers on PostgreSQL").await;
+    assert_no_console_errors(&browser, "servers on PostgreSQL").await;
     browser.quit().await;
 }
