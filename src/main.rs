@@ -10,7 +10,9 @@ use tenant_router::{
 };
 
 /// glibc's allocator spent about a tenth of a request's CPU in locks and
-/// consolidation under load (`perf`); mimalloc keeps per-thread heaps.
+/// consolidation under load (`perf`); mimalloc keeps per-thread heaps. Built without
+/// its huge-page advice (`no_thp` in Cargo.toml), so a thread's heap costs pages, not
+/// a 2 MiB huge page.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

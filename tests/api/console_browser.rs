@@ -353,11 +353,19 @@ async fn the_servers_page_shows_the_share_of_schema_tenants_checkouts_served_at_
         .json()
         .await
         .unwrap();
-    let server = &stats["servers"][0];
-    let (home, away) = (
-        server["home_checkouts"].as_u64().unwrap(),
-        server["away_checkouts"].as_u64().unwrap(),
-    );
+    let checkouts = |s: &Value| {
+        (
+            s["home_checkouts"].as_u64().unwrap(),
+            s["away_checkouts"].as_u64().unwrap(),
+        )
+    };
+    let (home, away) = stats["servers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(checkouts)
+        .find(|(home, away)| home + away > 0)
+        .unwrap_or_else(|| panic!("no server has served a schema tenant: {stats}"));
     assert!(home > 0 && home + away >= 3, "{stats}");
 
     let browser = Browser::start(1280, 900).await;

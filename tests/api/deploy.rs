@@ -162,6 +162,26 @@ fn the_dockerfile_builds_in_one_stage_and_runs_the_binary_unprivileged_in_anothe
 }
 
 #[test]
+fn the_systemd_unit_reads_the_shared_env_file_and_turns_huge_pages_off() {
+    let unit = deploy_file("tenant-router@.service");
+    assert!(unit.contains("EnvironmentFile=/etc/tenant-router/tenant-router.env"));
+    let set: Vec<&str> = unit
+        .lines()
+        .filter_map(|l| l.strip_prefix("Environment="))
+        .collect();
+    for pair in &set {
+        let key = pair.split('=').next().unwrap();
+        // MIMALLOC_ALLOW_THP is the allocator's, read before the service starts.
+        assert!(
+            ENV_KEYS.contains(&key) || key == "MIMALLOC_ALLOW_THP",
+            "{key} is not a setting"
+        );
+    }
+    assert!(set.contains(&"MIMALLOC_ALLOW_THP=0"), "{set:?}");
+    assert!(set.contains(&"PORT=%i"), "{set:?}");
+}
+
+#[test]
 fn the_compose_file_runs_two_replicas_on_one_control_database_behind_nginx() {
     let compose = deploy_file("compose.yaml");
     for service in [
