@@ -345,14 +345,7 @@ async fn the_servers_page_shows_the_share_of_schema_tenants_checkouts_served_at_
             .unwrap();
         assert_eq!(response.status(), 200);
     }
-    let stats: Value = app
-        .admin(Method::GET, "/api/admin/pools")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let stats = app.pool_stats().await;
     let checkouts = |s: &Value| {
         (
             s["home_checkouts"].as_u64().unwrap(),
