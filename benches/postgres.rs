@@ -18,7 +18,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{env_or, median, quantile, seed, settings, start_stoppable};
+use common::{env_or, median, print_pairs, quantile, seed, settings, start_stoppable};
 use futures::StreamExt;
 use sea_orm::{ConnectionTrait, Database};
 use tenant_router::{db, settings::parse_tenants_toml, tenant::TenantConfig};
@@ -851,7 +851,7 @@ fn main() {
                 pair_errors += warm.errors;
             }
         }
-        let mut ratios: Vec<f64> = (0..pairs)
+        let ratios: Vec<f64> = (0..pairs)
             .filter_map(|i| {
                 // Which goes first alternates too, so a drift favours neither.
                 let (x, y) = if i % 2 == 0 {
@@ -873,32 +873,7 @@ fn main() {
                 Some(100.0 * x.rate / y.rate)
             })
             .collect();
-        if ratios.is_empty() {
-            continue;
-        }
-        ratios.sort_by(f64::total_cmp);
-        // Quantiles interpolated between the two nearest ratios.
-        let at = |q: f64| {
-            let rank = (ratios.len() - 1) as f64 * q;
-            let (low, high) = (rank.floor() as usize, rank.ceil() as usize);
-            ratios[low] + (ratios[high] - ratios[low]) * (rank - low as f64)
-        };
-        let reached = ratios.iter().filter(|r| **r >= target).count();
-        println!(
-            "  {goal:<36} median {:>5.1}%   quartiles {:>5.1}-{:>5.1}%   range {:>5.1}-{:>5.1}%   \
-             {reached} of {} pairs at {target}% or more",
-            at(0.5),
-            at(0.25),
-            at(0.75),
-            ratios[0],
-            ratios[ratios.len() - 1],
-            ratios.len(),
-        );
-        let each: Vec<String> = ratios.iter().map(|r| format!("{r:.1}")).collect();
-        println!(
-            "    the pairs' ratios, in order of size: {}",
-            each.join(" ")
-        );
+        print_pairs(&goal, ratios, Some(target));
     }
     let errors = errors + pair_errors;
     println!("  failed requests: {errors}");

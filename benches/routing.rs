@@ -22,7 +22,8 @@ use axum::{
     routing::get,
 };
 use common::{
-    env_or, login_token, median, process_threads, seed, seed_as, settings, start, throughput_as,
+    env_or, login_token, median, print_pairs, process_threads, seed, seed_as, settings, start,
+    throughput_as,
 };
 use sea_orm::{QueryOrder, QuerySelect};
 use tenant_router::{
@@ -395,6 +396,48 @@ async fn http_comparison(tenants: u64, concurrency: u64, seconds: u64, rounds: u
             .collect::<Vec<_>>()
             .join(" ")
     );
+
+    // The routing ratios again, their two loads alternating in short runs (as the
+    // PostgreSQL benchmark does): rounds a minute apart meet this shared machine in
+    // different states, which the medians above carry into their ratios.
+    let (pairs, pair_seconds) = (env_or("BENCH_PAIRS", 11), env_or("BENCH_PAIR_SECONDS", 3));
+    if pairs > 0 {
+        println!(
+            "\n== In pairs: each ratio's two loads alternating, {pairs} pairs of {pair_seconds} s \
+             runs; the ratio of each pair"
+        );
+    }
+    let ratios: [(String, usize, usize, Option<f64>); 2] = [
+        (
+            format!("routed over {tenants} tenants / single pool"),
+            0,
+            2,
+            Some(95.0),
+        ),
+        (format!("routed over {tenants} / direct pools"), 0, 4, None),
+    ];
+    for (name, over, under, goal) in ratios.into_iter().filter(|_| pairs > 0) {
+        let run = |k: usize| {
+            let (_, address, ids, token) = targets[k];
+            throughput_as(address, ids, token, concurrency, pair_seconds)
+        };
+        let mut each = Vec::new();
+        for i in 0..pairs {
+            // Which goes first alternates too, so a drift favours neither.
+            let (x, y) = if i % 2 == 0 {
+                let x = run(over).await;
+                (x, run(under).await)
+            } else {
+                let y = run(under).await;
+                (run(over).await, y)
+            };
+            failed += x.1 + y.1;
+            if x.0 > 0.0 && y.0 > 0.0 {
+                each.push(100.0 * x.0 / y.0);
+            }
+        }
+        print_pairs(&name, each, goal);
+    }
     println!("  failed requests: {failed}");
     println!("  threads in this process: {}", process_threads());
 }

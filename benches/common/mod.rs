@@ -186,6 +186,41 @@ pub fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
+/// Prints what pairs of alternating runs say of a ratio: the median of the pairs'
+/// ratios (in %), their quartiles and range, how many reached `goal` if there is
+/// one, and every ratio in order of size.
+pub fn print_pairs(name: &str, mut ratios: Vec<f64>, goal: Option<f64>) {
+    if ratios.is_empty() {
+        return;
+    }
+    ratios.sort_by(f64::total_cmp);
+    // Quantiles interpolated between the two nearest ratios.
+    let at = |q: f64| {
+        let rank = (ratios.len() - 1) as f64 * q;
+        let (low, high) = (rank.floor() as usize, rank.ceil() as usize);
+        ratios[low] + (ratios[high] - ratios[low]) * (rank - low as f64)
+    };
+    let reached = goal
+        .map(|goal| {
+            let n = ratios.iter().filter(|r| **r >= goal).count();
+            format!("   {n} of {} pairs at {goal}% or more", ratios.len())
+        })
+        .unwrap_or_default();
+    println!(
+        "  {name:<36} median {:>5.1}%   quartiles {:>5.1}-{:>5.1}%   range {:>5.1}-{:>5.1}%{reached}",
+        at(0.5),
+        at(0.25),
+        at(0.75),
+        ratios[0],
+        ratios[ratios.len() - 1],
+    );
+    let each: Vec<String> = ratios.iter().map(|r| format!("{r:.1}")).collect();
+    println!(
+        "    the pairs' ratios, in order of size: {}",
+        each.join(" ")
+    );
+}
+
 pub async fn start(settings: Settings) -> String {
     let app = Application::build(settings).await.expect("app builds");
     let address = format!("http://{}", app.local_addr().expect("addr"));
