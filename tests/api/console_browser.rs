@@ -50,6 +50,16 @@ async fn assert_no_console_errors(browser: &Browser, page: &str) {
     assert!(errors.is_empty(), "{page}: console errors {errors:?}");
 }
 
+/// Follows the navigation's link to the servers page.
+async fn open_servers_page(browser: &Browser) {
+    browser
+        .find_all("a[data-nav='servers']")
+        .await
+        .remove(0)
+        .click()
+        .await;
+}
+
 #[tokio::test]
 async fn an_operator_runs_a_tenants_life_from_the_console() {
     // Chromium and the thousand-tenant load starved each other on two cores.
@@ -245,12 +255,7 @@ async fn an_operator_runs_a_tenants_life_from_the_console() {
     browser.screenshot("07-migrations").await;
 
     // The servers with their connections and budgets.
-    browser
-        .find_all("a[data-nav='servers']")
-        .await
-        .remove(0)
-        .click()
-        .await;
+    open_servers_page(&browser).await;
     browser.wait_for_text("main", "sqlite").await;
     // Only PostgreSQL schema tenants have a home connection: a dash for SQLite.
     assert!(
@@ -369,12 +374,7 @@ async fn the_servers_page_shows_the_share_of_schema_tenants_checkouts_served_at_
     token.type_text(ADMIN_TOKEN).await;
     token.type_text(ENTER).await;
     browser.wait_for_text("#flash", "Signed in").await;
-    browser
-        .find_all("a[data-nav='servers']")
-        .await
-        .remove(0)
-        .click()
-        .await;
+    open_servers_page(&browser).await;
     browser.wait_for("td[data-home]").await;
     // The page reads the counters again, so they may have grown since: the
     // share is a percentage of at least the checkouts counted above.

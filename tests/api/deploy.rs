@@ -63,6 +63,15 @@ fn the_shipped_env_file_refuses_to_start_until_its_secrets_are_filled_in() {
     assert!(tenant_router::auth::AuthService::from_settings(&settings).is_ok());
 }
 
+/// `key`, set by a deployment file, is a setting of the service, or the allocator's
+/// `MIMALLOC_ALLOW_THP`, read before the service starts.
+fn assert_read_by_the_process(key: &str) {
+    assert!(
+        ENV_KEYS.contains(&key) || key == "MIMALLOC_ALLOW_THP",
+        "{key} is not a setting"
+    );
+}
+
 fn deploy_file(name: &str) -> String {
     let path = format!("{}/deploy/{name}", env!("CARGO_MANIFEST_DIR"));
     std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"))
@@ -147,12 +156,7 @@ fn the_dockerfile_builds_in_one_stage_and_runs_the_binary_unprivileged_in_anothe
         .collect::<Vec<_>>()
         .join(" ");
     for pair in env_block.split_whitespace().filter(|w| w.contains('=')) {
-        let key = pair.split('=').next().unwrap();
-        // MIMALLOC_ALLOW_THP is the allocator's, read before the service starts.
-        assert!(
-            ENV_KEYS.contains(&key) || key == "MIMALLOC_ALLOW_THP",
-            "{key} is not a setting"
-        );
+        assert_read_by_the_process(pair.split('=').next().unwrap());
     }
     assert!(env_block.contains("MIMALLOC_ALLOW_THP=0"), "{env_block}");
     // The build context leaves out the build output and local data.
@@ -170,12 +174,7 @@ fn the_systemd_unit_reads_the_shared_env_file_and_turns_huge_pages_off() {
         .filter_map(|l| l.strip_prefix("Environment="))
         .collect();
     for pair in &set {
-        let key = pair.split('=').next().unwrap();
-        // MIMALLOC_ALLOW_THP is the allocator's, read before the service starts.
-        assert!(
-            ENV_KEYS.contains(&key) || key == "MIMALLOC_ALLOW_THP",
-            "{key} is not a setting"
-        );
+        assert_read_by_the_process(pair.split('=').next().unwrap());
     }
     assert!(set.contains(&"MIMALLOC_ALLOW_THP=0"), "{set:?}");
     assert!(set.contains(&"PORT=%i"), "{set:?}");
