@@ -2,7 +2,8 @@
 //! throughput the routed service keeps against the same handler on one fixed pool.
 //!
 //! Run: `cargo bench --bench routing` (knobs: BENCH_SECONDS, BENCH_CONCURRENCY,
-//! BENCH_TENANTS, BENCH_ROUNDS). It prints its figures; it asserts nothing.
+//! BENCH_TENANTS, BENCH_ROUNDS, BENCH_PAIRS, BENCH_PAIR_SECONDS; BENCH_PROFILE=N
+//! loads one target alone for a profiler). It prints its figures; it asserts nothing.
 
 use std::{
     hint::black_box,
@@ -22,8 +23,8 @@ use axum::{
     routing::get,
 };
 use common::{
-    env_or, login_token, median, print_pairs, process_threads, seed, seed_as, settings, start,
-    throughput_as,
+    env_or, login_token, median, print_pairs, process_cpu, process_threads, seed, seed_as,
+    settings, start, throughput_as,
 };
 use sea_orm::{QueryOrder, QuerySelect};
 use tenant_router::{
@@ -36,11 +37,14 @@ use tenant_router::{
     entities::product::{self, Entity as Product},
     http::{
         identify::identify_tenant,
+        request_span::Observer,
         routes::{
             pagination::{Page, PageQuery},
             records::live,
         },
+        stack::StackOptions,
     },
+    metrics::Metrics,
     registry::TenantRegistry,
     settings::IdentifySettings,
     settings::parse_tenants_toml,
@@ -228,8 +232,10 @@ async fn direct_list(
 }
 
 /// The routed service's `tenants` files reached through pools picked directly: no
-/// identification, registry, feature gate, request span or tenant permit, but the
-/// same pools (one per file, under one budget of real connections) and handler.
+/// identification, registry, authentication, feature gate, tenant permit or
+/// per-tenant counting, but the same HTTP stack around the same handler (request
+/// id, span, metrics, compression, deadlines), and the same pools: one per file,
+/// under one budget of real connections.
 async fn direct_app(dir: &Path, tenants: u64) -> String {
     let pools = settings(&[]).pools();
     let mut map = HashMap::new();
@@ -251,9 +257,18 @@ async fn direct_app(dir: &Path, tenants: u64) -> String {
         );
         map.insert(format!("tenant_{i:04}"), pool);
     }
-    let app = axum::Router::new()
+    let routes = axum::Router::new()
         .route("/api/products", get(direct_list))
         .with_state(Arc::new(map));
+    let stack = StackOptions {
+        observer: Some(Observer {
+            metrics: Arc::new(Metrics::new(tenants as usize, true)),
+            single_tenant: None,
+            usage: None,
+        }),
+        ..StackOptions::default()
+    };
+    let app = tenant_router::http::stack::wrap(routes, &stack);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");
@@ -339,9 +354,27 @@ async fn http_comparison(tenants: u64, concurrency: u64, seconds: u64, rounds: u
         println!("  profile run, {name}: {rate:.0} req/s");
         return;
     }
+    // A run of target `k`: its rate, failures, and the process's CPU time per
+    // request in µs (every service and the load generator share this process, so
+    // the difference between two targets is what their services do differently;
+    // on two busy cores it varies far less than a rate does).
+    let targets = &targets;
+    let measured = |k: usize, secs: u64| async move {
+        let (_, address, ids, token) = targets[k];
+        let before = process_cpu();
+        let (rate, errors) = throughput_as(address, ids, token, concurrency, secs).await;
+        let cpu = process_cpu().saturating_sub(before).as_secs_f64();
+        let per_request = if rate > 0.0 {
+            cpu * 1e6 / (rate * secs as f64)
+        } else {
+            0.0
+        };
+        (rate, errors, per_request)
+    };
     let mut rates: Vec<Vec<f64>> = vec![Vec::new(); targets.len()];
+    let mut cpus: Vec<Vec<f64>> = vec![Vec::new(); targets.len()];
     let mut failed = 0;
-    for (_, address, ids, token) in &targets {
+    for (_, address, ids, token) in targets {
         throughput_as(address, ids, *token, concurrency, 1).await;
     }
     for round in 1..=rounds {
@@ -352,10 +385,11 @@ async fn http_comparison(tenants: u64, concurrency: u64, seconds: u64, rounds: u
             order.swap(5, 6);
         }
         for i in order {
-            let (name, address, ids, token) = targets[i];
-            let (rate, errors) = throughput_as(address, ids, token, concurrency, seconds).await;
+            let name = targets[i].0;
+            let (rate, errors, cpu) = measured(i, seconds).await;
             failed += errors;
             rates[i].push(rate);
+            cpus[i].push(cpu);
             line.push_str(&format!("  {name} {rate:>7.0}"));
         }
         println!("{line}  req/s");
@@ -371,6 +405,15 @@ async fn http_comparison(tenants: u64, concurrency: u64, seconds: u64, rounds: u
         "  median req/s: {tenants} tenants {:.0}, one tenant {:.0}, single pool {single:.0}",
         medians[0], medians[1]
     );
+    let cpu: Vec<String> = targets
+        .iter()
+        .zip(cpus)
+        .map(|((name, ..), c)| format!("{name} {:.0}", median(c)))
+        .collect();
+    println!(
+        "  median CPU per request, µs (the whole process): {}",
+        cpu.join(", ")
+    );
     println!(
         "  routed over {tenants} tenants / single pool: {:.1}% (goal: at least 95%)",
         100.0 * medians[0] / single
@@ -378,6 +421,10 @@ async fn http_comparison(tenants: u64, concurrency: u64, seconds: u64, rounds: u
     println!(
         "  routed over {tenants} tenants / the same {tenants} files through pools picked directly: {:.1}% (what routing costs)",
         100.0 * medians[0] / medians[4]
+    );
+    println!(
+        "  routed over {tenants} tenants / routed with one tenant: {:.1}% (what serving {tenants} files costs)",
+        100.0 * medians[0] / medians[1]
     );
     println!(
         "  routed with one tenant / single pool: {:.1}% (the routing layer alone)",
@@ -407,7 +454,7 @@ async fn http_comparison(tenants: u64, concurrency: u64, seconds: u64, rounds: u
              runs; the ratio of each pair"
         );
     }
-    let ratios: [(String, usize, usize, Option<f64>); 2] = [
+    let ratios: [(String, usize, usize, Option<f64>); 3] = [
         (
             format!("routed over {tenants} tenants / single pool"),
             0,
@@ -415,13 +462,16 @@ async fn http_comparison(tenants: u64, concurrency: u64, seconds: u64, rounds: u
             Some(95.0),
         ),
         (format!("routed over {tenants} / direct pools"), 0, 4, None),
+        (
+            format!("routed over {tenants} / routed with one"),
+            0,
+            1,
+            None,
+        ),
     ];
     for (name, over, under, goal) in ratios.into_iter().filter(|_| pairs > 0) {
-        let run = |k: usize| {
-            let (_, address, ids, token) = targets[k];
-            throughput_as(address, ids, token, concurrency, pair_seconds)
-        };
-        let mut each = Vec::new();
+        let run = |k: usize| measured(k, pair_seconds);
+        let (mut each, mut each_cpu) = (Vec::new(), Vec::new());
         for i in 0..pairs {
             // Which goes first alternates too, so a drift favours neither.
             let (x, y) = if i % 2 == 0 {
@@ -434,9 +484,12 @@ async fn http_comparison(tenants: u64, concurrency: u64, seconds: u64, rounds: u
             failed += x.1 + y.1;
             if x.0 > 0.0 && y.0 > 0.0 {
                 each.push(100.0 * x.0 / y.0);
+                each_cpu.push(100.0 * x.2 / y.2);
             }
         }
         print_pairs(&name, each, goal);
+        // The same pairs' CPU per request: what the first costs against the second.
+        print_pairs("  CPU per request, the same pairs", each_cpu, None);
     }
     println!("  failed requests: {failed}");
     println!("  threads in this process: {}", process_threads());
