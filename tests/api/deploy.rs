@@ -131,6 +131,12 @@ fn the_dockerfile_builds_in_one_stage_and_runs_the_binary_unprivileged_in_anothe
         "{user}"
     );
     assert!(runtime.contains("HEALTHCHECK") && runtime.contains("/health"));
+    // The build reads the repository's build settings (how SQLite is compiled).
+    let build = dockerfile.split(stages[1]).next().unwrap();
+    assert!(
+        build.lines().any(|l| l == "COPY .cargo .cargo"),
+        "the build stage does not copy .cargo/config.toml"
+    );
     assert!(runtime.contains("COPY --from=build /usr/local/bin/tenant-router"));
     assert!(runtime.contains(r#"ENTRYPOINT ["/usr/local/bin/tenant-router"]"#));
     // What it copies exists, and every setting it sets is one the service reads.

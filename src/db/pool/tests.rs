@@ -77,6 +77,31 @@ async fn ints(db: &impl ConnectionTrait, sql: &str) -> Vec<i64> {
         .collect()
 }
 
+/// SQLite is built without its memory statistics (`.cargo/config.toml`): they put
+/// every allocation of every connection behind one process-wide mutex, and with a
+/// thread per connection over many files those threads queue on it.
+#[tokio::test]
+async fn sqlite_is_built_without_the_process_wide_memory_statistics() {
+    let dir = tempfile::tempdir().unwrap();
+    let target = sqlite_target(dir.path(), "t.db");
+    let p = pool(&budget(&target, 1), target, PATIENT);
+    let db = tenant_conn(&p, None).await;
+    let options: Vec<String> = db
+        .query_all_raw(Statement::from_string(
+            DbBackend::Sqlite,
+            "PRAGMA compile_options",
+        ))
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.try_get_by_index::<String>(0).unwrap())
+        .collect();
+    assert!(
+        options.iter().any(|o| o == "DEFAULT_MEMSTATUS=0"),
+        "SQLite keeps memory statistics; its compile options: {options:?}"
+    );
+}
+
 /// Guarantee 1: however many checkouts run at once across the pools of one
 /// server, no more than its limit of connections is ever open, and every
 /// checkout is served.
