@@ -13,6 +13,11 @@ use std::{
 
 mod common;
 
+/// The binary's allocator (src/main.rs), so that the services measured here
+/// allocate as the shipped one does.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::{collections::HashMap, sync::Arc};
 
 use axum::{
