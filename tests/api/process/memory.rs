@@ -174,36 +174,3 @@ fn the_allocator_never_asks_for_huge_pages() {
     );
     assert!(server.stop());
 }
-
-#[test]
-fn the_c_librarys_malloc_is_the_binarys_allocator() {
-    // SQLite allocates through the C library's malloc. The binary's allocator
-    // (mimalloc, with its `override` feature) defines malloc and free itself, so
-    // the dynamic linker binds every reference to them, the C library's own
-    // included, to the binary: SQLite's allocations take a thread's own heap, not
-    // glibc's shared arenas.
-    let output = std::process::Command::new(BIN)
-        .arg("--help")
-        .env("LD_DEBUG", "bindings")
-        .output()
-        .unwrap();
-    assert!(output.status.success());
-    let log = String::from_utf8_lossy(&output.stderr);
-    let bindings: Vec<&str> = log
-        .lines()
-        .filter(|l| l.contains("normal symbol `malloc'") || l.contains("normal symbol `free'"))
-        .collect();
-    assert!(
-        !bindings.is_empty(),
-        "no malloc binding in the linker's log"
-    );
-    let to_binary = format!(" to {BIN} [0]: ");
-    let elsewhere: Vec<&&str> = bindings
-        .iter()
-        .filter(|l| !l.contains(&to_binary))
-        .collect();
-    assert!(
-        elsewhere.is_empty(),
-        "malloc or free bound outside the binary: {elsewhere:?}"
-    );
-}
