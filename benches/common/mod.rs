@@ -228,7 +228,6 @@ pub async fn start(settings: Settings) -> String {
     address
 }
 
-/// The thread count of this process (sqlx runs one thread per SQLite connection).
 /// The CPU time this process has used so far, user and system, over all its
 /// threads (those that have ended too), from `/proc/self/stat`: in clock ticks of
 /// 10 ms (Linux's `USER_HZ`), so a run of a few seconds reads it within a percent.
@@ -249,6 +248,7 @@ pub fn process_cpu() -> Duration {
     Duration::from_millis(ticks * 10)
 }
 
+/// The thread count of this process (sqlx runs one thread per SQLite connection).
 pub fn process_threads() -> String {
     std::fs::read_to_string("/proc/self/status")
         .ok()
