@@ -16,7 +16,7 @@ use std::{
 };
 
 use common::{env_or, quantile, settings, start_stoppable};
-use sea_orm::{ConnectionTrait, Database};
+use sea_orm::ConnectionTrait;
 
 fn with_database(server: &str, name: &str) -> String {
     let mut url = url::Url::parse(server).expect("BENCH_DATABASE_URL");
@@ -126,7 +126,7 @@ fn main() {
 
         let pg_dir = dir.path().join("pg");
         std::fs::create_dir_all(&pg_dir).expect("dir");
-        let admin = Database::connect(with_database(&server, "postgres"))
+        let admin = tenant_router::db::connect(with_database(&server, "postgres"))
             .await
             .expect("connect");
         let names: Vec<String> = (0..pg_tenants)

@@ -20,7 +20,7 @@ use std::{
 
 use common::{env_or, median, print_pairs, quantile, seed, settings, start_stoppable};
 use futures::StreamExt;
-use sea_orm::{ConnectionTrait, Database};
+use sea_orm::ConnectionTrait;
 use tenant_router::{db, settings::parse_tenants_toml, tenant::TenantConfig};
 
 /// `server` with its database replaced by `name`, and BENCH_PG_SSLMODE (if set) as
@@ -40,7 +40,7 @@ fn phase(name: &str) -> bool {
 }
 
 async fn create_database(server: &str, name: &str) -> String {
-    let admin = Database::connect(with_database(server, "postgres"))
+    let admin = tenant_router::db::connect(with_database(server, "postgres"))
         .await
         .expect("connect");
     admin

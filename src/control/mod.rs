@@ -7,8 +7,8 @@
 use chrono::Utc;
 use migration::control::ControlMigrator;
 use sea_orm::{
-    ActiveModelTrait, ActiveValue::Set, ColumnTrait, ConnectOptions, Database, DatabaseConnection,
-    DbErr, EntityTrait, PaginatorTrait, QueryFilter, QuerySelect, sea_query::Expr,
+    ActiveModelTrait, ActiveValue::Set, ColumnTrait, ConnectOptions, DatabaseConnection, DbErr,
+    EntityTrait, PaginatorTrait, QueryFilter, QuerySelect, sea_query::Expr,
 };
 use serde_json::Value;
 
@@ -151,7 +151,7 @@ impl ControlStore {
             .max_connections(4)
             .min_connections(0)
             .sqlx_logging(false);
-        let db = Database::connect(options).await?;
+        let db = crate::db::connect(options).await?;
         // Replicas starting together on a new control database race to create it.
         crate::db::migrate_with::<ControlMigrator>(&db, "tenant-router:control").await?;
         Ok(Self {

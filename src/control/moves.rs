@@ -212,9 +212,9 @@ impl ControlStore {
                 let mut options = sea_orm::ConnectOptions::new(url.to_string());
                 options
                     .max_connections(1)
-                    .min_connections(1)
+                    .min_connections(0)
                     .sqlx_logging(false);
-                let db = sea_orm::Database::connect(options).await?;
+                let db = crate::db::connect(options).await?;
                 let row = db
                     .query_one_raw(sea_orm::Statement::from_sql_and_values(
                         sea_orm::DbBackend::Postgres,

@@ -28,6 +28,27 @@ use sea_orm::{
 
 use crate::{settings::PoolSettings, tenant::TenantConfig};
 
+/// Opens a sea-orm pool, with sqlx's maintenance task off: no idle timeout and no
+/// maximum lifetime, whatever `options` say. Every sea-orm pool is opened here
+/// (clippy's `disallowed-methods` refuses `Database::connect` elsewhere).
+///
+/// Why: sqlx 0.9.0's pool counts idle connections after making one acquirable,
+/// so a concurrent checkout can wrap the count to `usize::MAX`; its maintenance
+/// task, which a pool runs when it has an idle timeout or a maximum lifetime (sqlx's
+/// defaults: 10 and 30 minutes), then loops that many times without yielding, and
+/// the runtime stalls (transact-rs/sqlx#3645, fixed by #4289 after 0.9.0). These
+/// pools are short-lived or small (migrations, provisioning, the control database,
+/// move locks), so nothing needs reaping; request connections come from [`pool`],
+/// which reaps its own.
+pub async fn connect(options: impl Into<ConnectOptions>) -> Result<DatabaseConnection, DbErr> {
+    let mut options = options.into();
+    options
+        .idle_timeout(None::<Duration>)
+        .max_lifetime(None::<Duration>);
+    #[allow(clippy::disallowed_methods)] // the one place that may
+    Database::connect(options).await
+}
+
 /// Fails at once when nothing listens at a PostgreSQL URL's host and port (the
 /// driver would retry a refused connection until its timeout). Other URLs, and
 /// hosts that are socket directories, pass.
@@ -97,8 +118,6 @@ pub(super) async fn open_pool_with(
         .min_connections(0)
         .connect_timeout(settings.connect_timeout)
         .acquire_timeout(settings.acquire_timeout)
-        // Connections idle for long are returned even while the pool stays open.
-        .idle_timeout(settings.idle_timeout)
         // Statement logging would put tenant data in the log.
         .sqlx_logging(false)
         // A ping before every checkout costs a round trip per request; ping only a
@@ -117,7 +136,7 @@ pub(super) async fn open_pool_with(
     let connect = async {
         let mut tries = 0;
         loop {
-            match Database::connect(options.clone()).await {
+            match connect(options.clone()).await {
                 // Another process (a second replica, the CLI) holds the new SQLite
                 // file while it migrates it, and switching to WAL does not wait.
                 Err(e) if is_sqlite_busy(&e) && tries < 40 => {
@@ -149,7 +168,7 @@ pub(super) async fn connect_one(
         .connect_timeout(settings.connect_timeout)
         .acquire_timeout(settings.connect_timeout)
         .sqlx_logging(false);
-    tokio::time::timeout(settings.connect_timeout, Database::connect(options))
+    tokio::time::timeout(settings.connect_timeout, connect(options))
         .await
         .map_err(|_| DbErr::Custom("connecting to the database server timed out".into()))?
 }
@@ -211,4 +230,49 @@ where
         ..Default::default()
     };
     db.begin_with_options(options).await
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::*;
+    use crate::settings::{Settings, parse_tenants_toml};
+
+    fn assert_unmaintained(db: &DatabaseConnection, what: &str) {
+        let options = db.get_sqlite_connection_pool().options();
+        assert_eq!(
+            (options.get_idle_timeout(), options.get_max_lifetime()),
+            (None, None),
+            "{what}: sqlx runs its pool maintenance task (transact-rs/sqlx#3645)"
+        );
+    }
+
+    /// No sea-orm pool runs sqlx's maintenance task: not one opened from a bare URL
+    /// (sqlx's defaults would reap after 10 and 30 minutes), not one whose options
+    /// ask for reaping, not a tenant's own pool.
+    #[tokio::test]
+    async fn sea_orm_pools_run_without_sqlx_maintenance() {
+        let bare = connect("sqlite::memory:").await.unwrap();
+        assert_unmaintained(&bare, "a pool from a bare URL");
+
+        let mut asking = ConnectOptions::new("sqlite::memory:");
+        asking
+            .idle_timeout(Duration::from_secs(1))
+            .max_lifetime(Duration::from_secs(1));
+        let asking = connect(asking).await.unwrap();
+        assert_unmaintained(&asking, "a pool whose options ask for reaping");
+
+        let dir = tempfile::tempdir().unwrap();
+        let tenant = parse_tenants_toml(&format!(
+            "[tenants.acme]\ndatabase_url = \"sqlite://{}/acme.db?mode=rwc\"\n",
+            dir.path().display()
+        ))
+        .unwrap()
+        .remove(0);
+        let env = HashMap::from([("SETTINGS_FILE".to_string(), String::new())]);
+        let settings = Settings::from_map(&env).unwrap().pools();
+        let own = open_pool(&tenant, 1, &settings).await.unwrap();
+        assert_unmaintained(&own, "a tenant's own pool");
+    }
 }

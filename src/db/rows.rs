@@ -191,8 +191,7 @@ mod tests {
     use chrono::{Duration, TimeZone};
     use migration::{Migrator, MigratorTrait};
     use sea_orm::{
-        ActiveModelTrait, ActiveValue::Set, ColumnTrait, Database, DatabaseConnection, QueryFilter,
-        Statement,
+        ActiveModelTrait, ActiveValue::Set, ColumnTrait, DatabaseConnection, QueryFilter, Statement,
     };
 
     use super::*;
@@ -376,7 +375,7 @@ mod tests {
         let Some(pg) = PgTestDb::create().await else {
             return;
         };
-        let db = Database::connect(pg.url.clone()).await.unwrap();
+        let db = crate::db::connect(pg.url.clone()).await.unwrap();
         Migrator::up(&db, None).await.unwrap();
         fill(&db).await;
         check_every_entity(&db, true).await;
@@ -405,7 +404,7 @@ mod tests {
     async fn sqlite_rows_are_read_by_sea_orm() {
         let dir = tempfile::tempdir().unwrap();
         let url = format!("sqlite://{}/rows.db?mode=rwc", dir.path().display());
-        let db = Database::connect(url).await.unwrap();
+        let db = crate::db::connect(url).await.unwrap();
         Migrator::up(&db, None).await.unwrap();
         fill(&db).await;
         check_every_entity(&db, false).await;

@@ -25,9 +25,7 @@ impl PgTestDb {
             url.set_path(&format!("/{db}"));
             url.to_string()
         };
-        let admin = sea_orm::Database::connect(with_db("postgres"))
-            .await
-            .unwrap();
+        let admin = crate::db::connect(with_db("postgres")).await.unwrap();
         admin
             .execute_unprepared(&format!("CREATE DATABASE \"{name}\""))
             .await
@@ -37,7 +35,7 @@ impl PgTestDb {
     }
 
     pub(crate) async fn setup(&self, sql: &str) {
-        let setup = sea_orm::Database::connect(self.url.clone()).await.unwrap();
+        let setup = crate::db::connect(self.url.clone()).await.unwrap();
         setup.execute_unprepared(sql).await.unwrap();
         setup.close().await.unwrap();
     }
@@ -63,7 +61,7 @@ impl PgTestDb {
     /// it ends.
     pub(crate) async fn lock(&self, table: &str) -> sea_orm::DatabaseTransaction {
         use sea_orm::TransactionTrait;
-        let db = sea_orm::Database::connect(self.url.clone()).await.unwrap();
+        let db = crate::db::connect(self.url.clone()).await.unwrap();
         let txn = db.begin().await.unwrap();
         // A test that left a backend behind fails here, not hangs.
         txn.execute_unprepared("SET LOCAL lock_timeout = '30s'")

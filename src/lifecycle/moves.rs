@@ -18,9 +18,7 @@
 
 use std::time::{Duration, Instant};
 
-use sea_orm::{
-    ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbBackend, DbErr, Statement,
-};
+use sea_orm::{ConnectOptions, ConnectionTrait, DatabaseConnection, DbBackend, DbErr, Statement};
 
 use super::Lifecycle;
 use crate::{
@@ -200,7 +198,7 @@ async fn connect_with(url: &str, connections: u32) -> Result<DatabaseConnection,
         .min_connections(0)
         .connect_timeout(Duration::from_secs(5))
         .sqlx_logging(false);
-    Database::connect(options).await
+    crate::db::connect(options).await
 }
 
 async fn query_i64(db: &DatabaseConnection, sql: &str) -> Result<i64, DbErr> {

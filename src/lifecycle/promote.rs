@@ -12,7 +12,7 @@
 use std::time::Instant;
 
 use sea_orm::{
-    ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbBackend, DbErr, Statement,
+    ConnectOptions, ConnectionTrait, DatabaseConnection, DbBackend, DbErr, Statement,
     TransactionTrait, Value,
 };
 
@@ -39,7 +39,7 @@ async fn open_file(url: &str) -> Result<DatabaseConnection, DbErr> {
         .max_connections(1)
         .min_connections(0)
         .sqlx_logging(false);
-    Database::connect(options).await
+    crate::db::connect(options).await
 }
 
 async fn sqlite_tables(db: &DatabaseConnection) -> Result<Vec<String>, DbErr> {

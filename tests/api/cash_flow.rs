@@ -112,7 +112,7 @@ async fn a_deleted_entry_leaves_lists_and_sums_but_stays_in_the_database() {
     assert_eq!(summary["totals"]["income"], 100.0);
 
     // Soft: the row is still in the tenant's database, marked deleted.
-    let db = sea_orm::Database::connect(format!("sqlite://{}/demo.db", app.data_dir().display()))
+    let db = tenant_router::db::connect(format!("sqlite://{}/demo.db", app.data_dir().display()))
         .await
         .unwrap();
     let row = sea_orm::ConnectionTrait::query_one_raw(

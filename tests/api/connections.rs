@@ -17,7 +17,7 @@ use std::{
 
 use futures::{StreamExt, stream};
 use reqwest::{Method, StatusCode};
-use sea_orm::{ConnectOptions, ConnectionTrait, Database, DbBackend, Statement};
+use sea_orm::{ConnectOptions, ConnectionTrait, DbBackend, Statement};
 use serde_json::{Value, json};
 
 use crate::{
@@ -750,7 +750,7 @@ async fn a_thousand_schema_tenants_and_two_hundred_database_tenants_share_a_serv
     // test's own (opened first: it always has its slot).
     let mut options = ConnectOptions::new(cluster.url.clone());
     options.max_connections(1).sqlx_logging(false);
-    let monitor = Database::connect(options).await.unwrap();
+    let monitor = tenant_router::db::connect(options).await.unwrap();
     let (stop, peak, samples) = (
         Arc::new(AtomicBool::new(false)),
         Arc::new(AtomicU64::new(0)),

@@ -7,7 +7,7 @@ use std::{
     process::{Command, Stdio},
 };
 
-use sea_orm::{ConnectionTrait, Database, DatabaseConnection};
+use sea_orm::{ConnectionTrait, DatabaseConnection};
 
 /// The shared test server. The suite needs one: run it through `scripts/test.sh`.
 pub fn server_url() -> String {
@@ -32,7 +32,7 @@ pub fn unique_name(prefix: &str) -> String {
 }
 
 pub async fn connect(url: &str) -> DatabaseConnection {
-    Database::connect(url)
+    tenant_router::db::connect(url)
         .await
         .expect("connect to test PostgreSQL")
 }

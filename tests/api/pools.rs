@@ -257,7 +257,7 @@ async fn a_write_whose_audit_row_cannot_be_written_is_not_kept() {
     let app = spawn_app().await;
     app.create_product("demo", "before", 1.0).await;
     // The tenant's database refuses audit rows from now on.
-    let db = sea_orm::Database::connect(format!(
+    let db = tenant_router::db::connect(format!(
         "sqlite://{}",
         app.data_dir().join("demo.db").display()
     ))

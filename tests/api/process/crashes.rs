@@ -11,10 +11,10 @@ async fn migration_state(file: &Path) -> (usize, bool) {
 }
 
 async fn migration_state_now(file: &Path) -> (usize, bool) {
-    use sea_orm::{ConnectionTrait, Database, Statement};
+    use sea_orm::{ConnectionTrait, Statement};
     // Read-write: a file whose writer was killed may need its WAL recovered, which
     // a read-only connection cannot do.
-    let db = Database::connect(format!("sqlite://{}", file.display()))
+    let db = tenant_router::db::connect(format!("sqlite://{}", file.display()))
         .await
         .unwrap();
     let count = |sql: &'static str| {
@@ -85,12 +85,12 @@ fn migrate_all_killed_at_any_moment_leaves_each_tenant_before_or_after_and_a_rer
 
 /// Provisioning rows of the control database at `dir/data/control.db`, by state.
 async fn provisioning_rows(dir: &Path) -> Vec<(String, Option<String>)> {
-    use sea_orm::{ConnectionTrait, Database, Statement};
+    use sea_orm::{ConnectionTrait, Statement};
     let file = dir.join("data").join("control.db");
     if !file.exists() {
         return Vec::new();
     }
-    let db = Database::connect(format!("sqlite://{}", file.display()))
+    let db = tenant_router::db::connect(format!("sqlite://{}", file.display()))
         .await
         .unwrap();
     let rows = db

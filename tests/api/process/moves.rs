@@ -307,7 +307,7 @@ enum KillAt {
 /// The first column of `sql`'s first row; 0 while the database does not exist.
 async fn count(url: &str, sql: &str) -> i64 {
     use sea_orm::ConnectionTrait;
-    let Ok(db) = sea_orm::Database::connect(url).await else {
+    let Ok(db) = tenant_router::db::connect(url).await else {
         return 0;
     };
     let n = db
@@ -789,7 +789,7 @@ async fn a_sqlite_tenant_promoted_to_postgres_keeps_its_data_users_keys_and_audi
     );
     // The file is kept, refusing writes, until confirmed.
     assert!(file.exists());
-    let frozen = sea_orm::Database::connect(format!("sqlite://{}", file.display()))
+    let frozen = tenant_router::db::connect(format!("sqlite://{}", file.display()))
         .await
         .unwrap();
     use sea_orm::ConnectionTrait;
@@ -813,7 +813,7 @@ async fn a_sqlite_tenant_promoted_to_postgres_keeps_its_data_users_keys_and_audi
 
 async fn sqlite_count(file: &Path, sql: &str) -> i64 {
     use sea_orm::ConnectionTrait;
-    let Ok(db) = sea_orm::Database::connect(format!("sqlite://{}?mode=ro", file.display())).await
+    let Ok(db) = tenant_router::db::connect(format!("sqlite://{}?mode=ro", file.display())).await
     else {
         return 0;
     };

@@ -7,10 +7,10 @@ use super::*;
 /// Writes an unfinished provisioning of `id` (on `dir/<id>.db`, made by it) into
 /// the control database, claimed by `claimer`.
 async fn insert_unfinished(dir: &Path, id: &str, claimer: &str) {
-    use sea_orm::{ConnectionTrait, Database, DbBackend, Statement};
+    use sea_orm::{ConnectionTrait, DbBackend, Statement};
     let file = dir.join(format!("{id}.db"));
     std::fs::write(&file, b"").unwrap();
-    let db = Database::connect(format!(
+    let db = tenant_router::db::connect(format!(
         "sqlite://{}",
         dir.join("data").join("control.db").display()
     ))
