@@ -64,6 +64,10 @@ pub(crate) async fn login(
     let user = users::find_by_username(&db, &username)
         .await?
         .filter(|u| u.is_active);
+    // The connection goes back before the hashing, which may wait for a slot: a
+    // flood of logins must not hold the tenant's connections from its other
+    // requests.
+    drop(db);
     let stored = user.as_ref().map(|u| u.password_hash.clone());
     // An unknown or inactive user costs the same hashing work as a wrong password.
     let verified = password::verify_blocking(input.password, stored).await;

@@ -278,3 +278,45 @@ async fn guesses_spread_over_many_addresses_meet_the_per_user_ceiling() {
     // Other users are not affected.
     app.login("beta", "bert", OWNER_PASSWORD).await;
 }
+
+/// A flood of logins waits for the hashing slots without holding the tenant's
+/// connections: with one connection for the tenant and a one-second wait for it,
+/// every wrong guess of a flood is answered 401, none 503 for want of the
+/// connection, and the tenant's other requests are served in the middle of it.
+/// (Holding the connection through each hash, the flood needs it for 200 hashes
+/// in a row, seconds even on a fast machine.)
+#[tokio::test]
+async fn a_flood_of_logins_does_not_hold_the_tenants_connections() {
+    const GUESSES: usize = 200;
+    let app = auth_app(|s| {
+        s.env("MAX_CONNECTIONS_PER_TENANT", "1")
+            .env("POOL_ACQUIRE_TIMEOUT_SECS", "1")
+            .env("LOGIN_MAX_FAILURES_PER_ADDRESS", "100000")
+            .env("LOGIN_MAX_FAILURES_PER_USER", "100000")
+    })
+    .await;
+    let token = app.login("alpha", "olivia", OWNER_PASSWORD).await;
+    let guesses = (0..GUESSES).map(|i| {
+        app.as_tenant(Method::POST, "alpha", "/api/auth/login")
+            .json(&json!({ "username": format!("nobody{i}"), "password": "wrong" }))
+            .send()
+    });
+    let flood = tokio::spawn(futures::future::join_all(guesses));
+    // In the middle of the flood: the tenant's other requests get its connection.
+    for _ in 0..5 {
+        let products = app
+            .as_tenant(Method::GET, "alpha", "/api/products")
+            .bearer_auth(&token)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(products.status(), 200, "{}", products.text().await.unwrap());
+    }
+    let mut statuses = std::collections::BTreeMap::<u16, usize>::new();
+    for response in flood.await.unwrap() {
+        *statuses
+            .entry(response.unwrap().status().as_u16())
+            .or_default() += 1;
+    }
+    assert_eq!(statuses, [(401, GUESSES)].into(), "statuses of the flood");
+}

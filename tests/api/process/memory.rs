@@ -45,7 +45,9 @@ fn a_flood_of_failed_logins_keeps_memory_bounded() {
                     .send()
             });
             for response in futures::future::join_all(logins).await {
-                assert_eq!(response.unwrap().status(), 401);
+                let response = response.unwrap();
+                let status = response.status();
+                assert_eq!(status, 401, "{}", response.text().await.unwrap());
             }
         }
     };
