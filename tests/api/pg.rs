@@ -140,7 +140,7 @@ impl PgCluster {
         let options = format!(
             "-c listen_addresses=127.0.0.1 -p {} -k {} -c max_connections={max_connections} \
              -c superuser_reserved_connections=0 -c fsync=off -c synchronous_commit=off \
-             -c wal_level=logical",
+             -c wal_level=logical -c max_wal_size=64MB -c min_wal_size=32MB",
             self.port,
             self.dir.path().display()
         );
