@@ -777,13 +777,13 @@ async fn a_thousand_schema_tenants_and_two_hundred_database_tenants_share_a_serv
     // Bounded however the service behaves: status 0 is a request not answered in
     // time, or not sent because the load ran past its deadline.
     let load_started = Instant::now();
-    let answers: Vec<(&str, u16, Duration, String)> = stream::iter(&plan)
-        .map(|id| {
+    let answers: Vec<(&str, u16, Duration, String, usize)> = stream::iter(plan.iter().enumerate())
+        .map(|(i, id)| {
             let app = &app;
             async move {
                 if load_started.elapsed() > LOAD_DEADLINE {
                     let note = "not sent: the load ran past its deadline".to_string();
-                    return (*id, 0, Duration::ZERO, note);
+                    return (*id, 0, Duration::ZERO, note, i);
                 }
                 let sent = Instant::now();
                 let request = app
@@ -793,9 +793,9 @@ async fn a_thousand_schema_tenants_and_two_hundred_database_tenants_share_a_serv
                     Ok(response) => {
                         let status = response.status().as_u16();
                         let body = response.text().await.unwrap_or_else(|e| e.to_string());
-                        (*id, status, sent.elapsed(), body)
+                        (*id, status, sent.elapsed(), body, i)
                     }
-                    Err(e) => (*id, 0, sent.elapsed(), format!("no answer: {e}")),
+                    Err(e) => (*id, 0, sent.elapsed(), format!("no answer: {e}"), i),
                 }
             }
         })
@@ -807,10 +807,35 @@ async fn a_thousand_schema_tenants_and_two_hundred_database_tenants_share_a_serv
     sampler.await.unwrap();
 
     let mut statuses: BTreeMap<u16, usize> = BTreeMap::new();
-    for (_, status, _, _) in &answers {
+    for (_, status, _, _, _) in &answers {
         *statuses.entry(*status).or_default() += 1;
     }
     let slowest = answers.iter().map(|a| a.2).max().unwrap_or_default();
+    // The slowest requests, and whether each was among its tenant's first (sent
+    // before an earlier request for the tenant was answered: it waited for the
+    // tenant's storage to be made and migrated).
+    let first_sent: HashMap<&str, usize> = plan
+        .iter()
+        .enumerate()
+        .rev()
+        .map(|(i, id)| (*id, i))
+        .collect();
+    let mut by_time: Vec<_> = answers.iter().collect();
+    by_time.sort_by_key(|a| std::cmp::Reverse(a.2));
+    let slow: Vec<String> = by_time
+        .iter()
+        .take(5)
+        .map(|a| {
+            let opening = a.4 < first_sent[a.0] + CLIENTS;
+            format!(
+                "{} {:?} {}{}",
+                a.0,
+                a.2,
+                a.1,
+                if opening { " (opening)" } else { "" }
+            )
+        })
+        .collect();
     let distinct: HashSet<&str> = plan.iter().copied().collect();
     let stats = app.pool_stats().await;
     let peak = peak.load(Ordering::Relaxed);
@@ -818,7 +843,8 @@ async fn a_thousand_schema_tenants_and_two_hundred_database_tenants_share_a_serv
     eprintln!(
         "{REQUESTS} requests over {} tenants in {load:?} (slowest {slowest:?}), statuses \
          {statuses:?}; {refusals} \"too many clients\" in the server's log; peak {peak} \
-         server connections besides the sampler's ({} samples); total {:?}; servers: {}",
+         server connections besides the sampler's ({} samples); total {:?}; slowest: {slow:?}; \
+         servers: {}",
         distinct.len(),
         samples.load(Ordering::Relaxed),
         started.elapsed(),
