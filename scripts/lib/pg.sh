@@ -70,8 +70,10 @@ start_cluster() {
   chmod 600 "$PG_DIR/server.key"
   if is_root; then chown postgres: "$PG_DIR/server.key" "$PG_DIR/server.crt"; fi
   # max_connections is generous: tests run at once, each with tenants of its own.
+  # WAL is kept small: the suite creates a few hundred databases, each a WAL-logged
+  # copy of template1, and machines of this kind can be short of disk.
   as_postgres "$bin/pg_ctl" -D "$PG_DIR/data" -l "$PG_DIR/server.log" -w -t 60 start \
-    -o "-c listen_addresses=127.0.0.1 -p $port -k $PG_DIR -c max_connections=${PG_MAX_CONNECTIONS:-400} -c ssl=on -c ssl_cert_file=$PG_DIR/server.crt -c ssl_key_file=$PG_DIR/server.key -c fsync=off -c synchronous_commit=off -c full_page_writes=off" >/dev/null \
+    -o "-c listen_addresses=127.0.0.1 -p $port -k $PG_DIR -c max_connections=${PG_MAX_CONNECTIONS:-400} -c ssl=on -c ssl_cert_file=$PG_DIR/server.crt -c ssl_key_file=$PG_DIR/server.key -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_wal_size=64MB -c min_wal_size=32MB" >/dev/null \
     || { cat "$PG_DIR/server.log" >&2; exit 1; }
   PG_URL="postgres://router:${password}@127.0.0.1:${port}/postgres"
   log "PostgreSQL $("$bin/postgres" --version | awk '{print $3}') started on 127.0.0.1:$port (data in $PG_DIR)"
