@@ -92,6 +92,7 @@ async fn provisioning(label: &str, address: &str, bodies: Vec<serde_json::Value>
 }
 
 fn main() {
+    let _scratch = common::scratch();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

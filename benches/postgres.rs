@@ -453,6 +453,7 @@ fn ids(prefix: &str, n: usize) -> Vec<String> {
 }
 
 fn main() {
+    let _scratch = common::scratch();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

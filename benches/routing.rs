@@ -501,6 +501,7 @@ async fn http_comparison(tenants: u64, concurrency: u64, seconds: u64, rounds: u
 }
 
 fn main() {
+    let _scratch = common::scratch();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

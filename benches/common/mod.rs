@@ -5,8 +5,9 @@
 
 use std::{
     collections::HashMap,
+    path::{Path, PathBuf},
     sync::{
-        Arc,
+        Arc, OnceLock,
         atomic::{AtomicBool, AtomicU64, Ordering},
     },
     time::{Duration, Instant},
@@ -19,6 +20,28 @@ pub fn env_or(name: &str, default: u64) -> u64 {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(default)
+}
+
+static SCRATCH: OnceLock<PathBuf> = OnceLock::new();
+
+/// The benchmark process's scratch directory (the services' control databases),
+/// removed with everything in it when the guard drops: hold it first in `main`, so
+/// that it outlives the runtime and the services.
+pub fn scratch() -> tempfile::TempDir {
+    let dir = tempfile::Builder::new()
+        .prefix("tenant-router-bench-")
+        .tempdir()
+        .expect("scratch directory");
+    SCRATCH
+        .set(dir.path().to_path_buf())
+        .expect("one scratch directory per process");
+    dir
+}
+
+fn scratch_path() -> &'static Path {
+    SCRATCH
+        .get()
+        .expect("main holds common::scratch() before starting services")
 }
 
 pub const BENCH_ADMIN_TOKEN: &str = "bench-admin-token-0123456789";
@@ -66,8 +89,8 @@ pub fn settings(env: &[(&str, String)]) -> Settings {
         (
             "CONTROL_DATABASE_URL".into(),
             format!(
-                "sqlite://{}/tenant-router-bench-{}/control.db",
-                std::env::temp_dir().display(),
+                "sqlite://{}/{}/control.db",
+                scratch_path().display(),
                 uuid::Uuid::new_v4().simple()
             ),
         ),
