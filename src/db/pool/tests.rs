@@ -77,11 +77,16 @@ async fn ints(db: &impl ConnectionTrait, sql: &str) -> Vec<i64> {
         .collect()
 }
 
-/// SQLite is built without its memory statistics (`.cargo/config.toml`): they put
-/// every allocation of every connection behind one process-wide mutex, and with a
-/// thread per connection over many files those threads queue on it.
+/// SQLite is built with `.cargo/config.toml`'s options:
+/// - without its memory statistics: they put every allocation of every connection
+///   behind one process-wide mutex, and with a thread per connection over many
+///   files those threads queue on it;
+/// - with the query planner stability guarantee on (`ENABLE_QPSG`): otherwise the
+///   planner reads a bound `LIMIT`'s value and marks the statement to be prepared
+///   again whenever it is bound anew, so every list (sea-query binds its `LIMIT`)
+///   was parsed and planned again on every request.
 #[tokio::test]
-async fn sqlite_is_built_without_the_process_wide_memory_statistics() {
+async fn sqlite_is_built_with_the_options_the_router_needs() {
     let dir = tempfile::tempdir().unwrap();
     let target = sqlite_target(dir.path(), "t.db");
     let p = pool(&budget(&target, 1), target, PATIENT);
@@ -96,10 +101,12 @@ async fn sqlite_is_built_without_the_process_wide_memory_statistics() {
         .iter()
         .map(|r| r.try_get_by_index::<String>(0).unwrap())
         .collect();
-    assert!(
-        options.iter().any(|o| o == "DEFAULT_MEMSTATUS=0"),
-        "SQLite keeps memory statistics; its compile options: {options:?}"
-    );
+    for needed in ["DEFAULT_MEMSTATUS=0", "ENABLE_QPSG"] {
+        assert!(
+            options.iter().any(|o| o == needed),
+            "SQLite is built without {needed}; its compile options: {options:?}"
+        );
+    }
 }
 
 /// Guarantee 1: however many checkouts run at once across the pools of one
