@@ -811,9 +811,9 @@ async fn a_thousand_schema_tenants_and_two_hundred_database_tenants_share_a_serv
         *statuses.entry(*status).or_default() += 1;
     }
     let slowest = answers.iter().map(|a| a.2).max().unwrap_or_default();
-    // The slowest requests, and whether each was among its tenant's first (sent
-    // before an earlier request for the tenant was answered: it waited for the
-    // tenant's storage to be made and migrated).
+    // The slowest requests, and whether each was sent within CLIENTS requests of
+    // its tenant's first: then it likely waited for the tenant's storage to be made
+    // and migrated ("opening").
     let first_sent: HashMap<&str, usize> = plan
         .iter()
         .enumerate()
