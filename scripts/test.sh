@@ -37,7 +37,28 @@ if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; the
   apt_install chromium chromium-driver
 fi
 
-cargo test --workspace --locked "$@"
+# The suite's output is also kept in a file, so that when tests fail, the reason each
+# gave is printed again at the very end: a log cut down to its head and its tail (as
+# CI keeps it) otherwise shows the names of the failures and the last backtrace, but
+# not their messages.
+out=$(mktemp)
+set +e
+cargo test --workspace --locked "$@" 2>&1 | tee "$out"
+status=${PIPESTATUS[0]}
+set -e
+if [ "$status" -ne 0 ]; then
+  echo
+  echo "== why each failing test failed (repeated from above; backtraces left out) =="
+  awk '
+    /^---- .* stdout ----$/ { name = $2; next }
+    /panicked at/ { keep = 1; lines = 0; print "* " name ": " $0; next }
+    keep && (/^stack backtrace:/ || /^note: / || ++lines > 15) { keep = 0; print ""; next }
+    keep { print "    " $0 }
+  ' "$out" | head -n 200
+  rm -f "$out"
+  exit "$status"
+fi
+rm -f "$out"
 # The OpenAPI contract against the live service, and the deploy files against the
 # Kubernetes and Compose schemas (both skipped when a test filter is given).
 if [ $# -eq 0 ]; then
