@@ -232,6 +232,9 @@ struct Load {
     errors: u64,
     /// What wrk said of the failed requests (its socket-error and non-2xx lines).
     failures: Option<String>,
+    /// CPU time of every process on the machine per request (µs): what a request
+    /// cost the client, the service and PostgreSQL together.
+    machine_us: f64,
 }
 
 /// Adds one of wrk's lines about failed requests to what `load` says of them.
@@ -694,13 +697,24 @@ fn main() {
             wrk_on(&routed.address, "dbt", database_tenants),
         ),
     ];
-    let load = |kind: &LoadKind, seconds: u64| match kind {
-        LoadKind::Pgbench { url, groups } => pgbench(dir.path(), url, groups, concurrency, seconds),
-        LoadKind::Wrk {
-            address,
-            prefix,
-            count,
-        } => wrk(dir.path(), address, prefix, *count, concurrency, seconds),
+    let load = |kind: &LoadKind, seconds: u64| {
+        let busy = common::machine_busy();
+        let mut load = match kind {
+            LoadKind::Pgbench { url, groups } => {
+                pgbench(dir.path(), url, groups, concurrency, seconds)
+            }
+            LoadKind::Wrk {
+                address,
+                prefix,
+                count,
+            } => wrk(dir.path(), address, prefix, *count, concurrency, seconds),
+        };
+        let requests = load.rate * seconds as f64;
+        if requests > 0.0 {
+            let used = common::machine_busy().saturating_sub(busy);
+            load.machine_us = used.as_secs_f64() * 1e6 / requests;
+        }
+        load
     };
     let mut results: Vec<Vec<Load>> = vec![Vec::new(); loads.len()];
     // Failed requests of the warm-ups count with the rest.
@@ -747,8 +761,8 @@ fn main() {
                 _ => String::new(),
             };
             println!(
-                "  round {round}  {name:<28} {:>8.0} /s   {latency}   errors {}{home}",
-                l.rate, l.errors
+                "  round {round}  {name:<28} {:>8.0} /s   {latency}   errors {}   machine CPU {:>5.1} µs/request{home}",
+                l.rate, l.errors, l.machine_us
             );
             if let Some(failures) = &l.failures {
                 println!("           {failures}");
@@ -852,7 +866,7 @@ fn main() {
                 pair_errors += warm.errors;
             }
         }
-        let ratios: Vec<f64> = (0..pairs)
+        let runs: Vec<(Load, Load)> = (0..pairs)
             .filter_map(|i| {
                 // Which goes first alternates too, so a drift favours neither.
                 let (x, y) = if i % 2 == 0 {
@@ -871,10 +885,34 @@ fn main() {
                     println!("  {goal}, pair {}: a run without a rate, left out", i + 1);
                     return None;
                 }
-                Some(100.0 * x.rate / y.rate)
+                Some((x, y))
             })
             .collect();
-        print_pairs(&goal, ratios, Some(target));
+        print_pairs(
+            &goal,
+            runs.iter().map(|(x, y)| 100.0 * x.rate / y.rate).collect(),
+            Some(target),
+        );
+        // The same pairs by what a request cost the whole machine: the ratio the
+        // rates would show if each load had the machine to itself, read from the
+        // CPU time spent rather than the requests a run happened to finish.
+        let costs: Vec<(f64, f64)> = runs
+            .iter()
+            .filter(|(x, y)| x.machine_us > 0.0 && y.machine_us > 0.0)
+            .map(|(x, y)| (x.machine_us, y.machine_us))
+            .collect();
+        if !costs.is_empty() {
+            print_pairs(
+                &format!("{goal}, by CPU per request"),
+                costs.iter().map(|(x, y)| 100.0 * y / x).collect(),
+                Some(target),
+            );
+            println!(
+                "    the machine's CPU per request, medians: {:.1} µs against {:.1} µs",
+                median(costs.iter().map(|c| c.0).collect()),
+                median(costs.iter().map(|c| c.1).collect()),
+            );
+        }
     }
     let errors = errors + pair_errors;
     println!("  failed requests: {errors}");

@@ -271,6 +271,30 @@ pub fn process_cpu() -> Duration {
     Duration::from_millis(ticks * 10)
 }
 
+/// The CPU time every process on the machine has used so far (user, nice, system,
+/// irq and softirq; not idle, I/O wait or time stolen by a hypervisor), from the
+/// first line of `/proc/stat`, in clock ticks of 10 ms (Linux's `USER_HZ`). Over a
+/// load that keeps the machine busy, its growth per request is what a request costs
+/// every process together: the client, the service and the database server.
+pub fn machine_busy() -> Duration {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let ticks: u64 = stat
+        .lines()
+        .next()
+        .filter(|l| l.starts_with("cpu "))
+        .map(|l| {
+            let fields: Vec<u64> = l
+                .split_whitespace()
+                .skip(1)
+                .filter_map(|v| v.parse().ok())
+                .collect();
+            // user nice system idle iowait irq softirq steal ...
+            [0, 1, 2, 5, 6].iter().filter_map(|&i| fields.get(i)).sum()
+        })
+        .unwrap_or(0);
+    Duration::from_millis(ticks * 10)
+}
+
 /// The thread count of this process (sqlx runs one thread per SQLite connection).
 pub fn process_threads() -> String {
     std::fs::read_to_string("/proc/self/status")
