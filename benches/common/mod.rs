@@ -251,9 +251,15 @@ pub async fn start(settings: Settings) -> String {
     address
 }
 
+/// `ticks` of the kernel's CPU accounting (`/proc`), which counts in Linux's
+/// `USER_HZ`: 100 a second.
+fn clock_ticks(ticks: u64) -> Duration {
+    Duration::from_millis(ticks * 10)
+}
+
 /// The CPU time this process has used so far, user and system, over all its
 /// threads (those that have ended too), from `/proc/self/stat`: in clock ticks of
-/// 10 ms (Linux's `USER_HZ`), so a run of a few seconds reads it within a percent.
+/// 10 ms, so a run of a few seconds reads it within a percent.
 pub fn process_cpu() -> Duration {
     let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
     // After the command name, which ends at the last ')': utime and stime are the
@@ -268,12 +274,12 @@ pub fn process_cpu() -> Duration {
                 .sum()
         })
         .unwrap_or(0);
-    Duration::from_millis(ticks * 10)
+    clock_ticks(ticks)
 }
 
 /// The CPU time every process on the machine has used so far (user, nice, system,
 /// irq and softirq; not idle, I/O wait or time stolen by a hypervisor), from the
-/// first line of `/proc/stat`, in clock ticks of 10 ms (Linux's `USER_HZ`). Over a
+/// first line of `/proc/stat`, in clock ticks of 10 ms. Over a
 /// load that keeps the machine busy, its growth per request is what a request costs
 /// every process together: the client, the service and the database server.
 pub fn machine_busy() -> Duration {
@@ -292,7 +298,7 @@ pub fn machine_busy() -> Duration {
             [0, 1, 2, 5, 6].iter().filter_map(|&i| fields.get(i)).sum()
         })
         .unwrap_or(0);
-    Duration::from_millis(ticks * 10)
+    clock_ticks(ticks)
 }
 
 /// The thread count of this process (sqlx runs one thread per SQLite connection).
