@@ -6,6 +6,9 @@
 # CREATE DATABASE, and have ssl on for the TLS test). Otherwise this script installs
 # PostgreSQL from Debian's packages when it is missing, starts a throwaway cluster on
 # 127.0.0.1 under a temporary directory, runs the tests, and removes the cluster.
+# Either way the suite works as a login role of its own (made by the URL's user, with
+# its attributes) and at the end drops every database that role owns, then the role:
+# a developer's server keeps nothing of the run.
 #
 # The admin console's tests drive Debian's headless Chromium through chromedriver:
 # both are installed when missing.
@@ -23,13 +26,23 @@ cd "$(dirname "$0")/.."
 . scripts/lib/pg.sh
 
 if [ -z "${TEST_DATABASE_URL:-}" ]; then
-  trap stop_cluster EXIT
+  trap 'drop_suite_role || true; stop_cluster' EXIT
   start_cluster
-  export TEST_DATABASE_URL="$PG_URL"
+  # The same path as on a developer's server (below), so that CI proves it.
+  make_suite_role "$PG_URL" || { log "could not create the suite's role on its own cluster"; exit 1; }
+  export TEST_DATABASE_URL="$SUITE_URL"
 else
   log "using the PostgreSQL server in TEST_DATABASE_URL"
   # Some tests start small clusters of their own: they need the server's programs.
   ensure_pg_bin
+  # The suite works as a role of its own there, and drops that role's databases
+  # (every one the suite made) when it ends.
+  trap 'drop_suite_role || true' EXIT
+  if make_suite_role "$TEST_DATABASE_URL"; then
+    export TEST_DATABASE_URL="$SUITE_URL"
+  else
+    log "could not create a role for the suite on that server (it needs CREATEROLE, and pg_hba.conf must let the role in): the suite's databases will be left there"
+  fi
 fi
 
 if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then
@@ -59,6 +72,8 @@ if [ "$status" -ne 0 ]; then
   exit "$status"
 fi
 rm -f "$out"
+# Here rather than on exit, so that a run that would leave databases behind fails.
+drop_suite_role
 # The OpenAPI contract against the live service, and the deploy files against the
 # Kubernetes and Compose schemas (both skipped when a test filter is given).
 if [ $# -eq 0 ]; then
