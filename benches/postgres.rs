@@ -55,6 +55,60 @@ async fn create_database(server: &str, name: &str) -> String {
     with_database(server, name)
 }
 
+/// This run's databases (named `bench_<run>_…`), dropped from the server when the
+/// benchmark ends, after a panic too: a server of one's own in BENCH_DATABASE_URL
+/// would otherwise keep about a gigabyte of them per run. BENCH_KEEP_DATABASES=1
+/// keeps them, for a rig against the same tenants.
+struct RunDatabases {
+    server: String,
+    prefix: String,
+}
+
+impl RunDatabases {
+    async fn drop_all(&self) -> Result<usize, sea_orm::DbErr> {
+        let admin = tenant_router::db::connect(with_database(&self.server, "postgres")).await?;
+        let names: Vec<String> = admin
+            .query_all_raw(sea_orm::Statement::from_sql_and_values(
+                sea_orm::DatabaseBackend::Postgres,
+                "SELECT datname FROM pg_database WHERE starts_with(datname, $1)",
+                [self.prefix.clone().into()],
+            ))
+            .await?
+            .iter()
+            .map(|row| row.try_get_by_index(0))
+            .collect::<Result<_, _>>()?;
+        for name in &names {
+            admin
+                .execute_unprepared(&format!("DROP DATABASE \"{name}\" WITH (FORCE)"))
+                .await?;
+        }
+        admin.close().await?;
+        Ok(names.len())
+    }
+}
+
+impl Drop for RunDatabases {
+    fn drop(&mut self) {
+        if std::env::var_os("BENCH_KEEP_DATABASES").is_some() {
+            println!("\n(this run's databases are kept: {}*)", self.prefix);
+            return;
+        }
+        let dropped = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| sea_orm::DbErr::Custom(e.to_string()))
+            .and_then(|runtime| runtime.block_on(self.drop_all()));
+        match dropped {
+            Ok(n) => println!("\n(dropped this run's {n} databases, {}*)", self.prefix),
+            Err(e) => eprintln!(
+                "could not drop this run's databases ({}*): {}",
+                self.prefix,
+                tenant_router::db::redact_error(&e)
+            ),
+        }
+    }
+}
+
 /// Entries for `n` tenants named `<prefix>_<i>`; `url(i)` gives each its URL lines.
 fn toml_for(prefix: &str, n: usize, extra: &str, url: impl Fn(usize) -> String) -> String {
     (0..n)
@@ -481,6 +535,11 @@ fn main() {
     let router_connections = env_or("BENCH_ROUTER_CONNECTIONS", 125);
     let dir = tempfile::tempdir().expect("temp dir");
     let run = uuid::Uuid::new_v4().simple().to_string()[..8].to_string();
+    // Dropped last: after the services that use them have stopped.
+    let _databases = RunDatabases {
+        server: server.clone(),
+        prefix: format!("bench_{run}_"),
+    };
     let sqlite_dir = dir.path().join("sqlite");
 
     // Storage for every phase.
