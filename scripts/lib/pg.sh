@@ -89,7 +89,6 @@ stop_cluster() {
   fi
 }
 
-
 # A login role of the suite's own on the server of URL $1, with the URL's user's
 # SUPERUSER and REPLICATION attributes (tests of moves use logical replication) and
 # CREATEDB. Every database the suite creates is then owned by that role, so that
