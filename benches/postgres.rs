@@ -66,7 +66,15 @@ struct RunDatabases {
 
 impl RunDatabases {
     async fn drop_all(&self) -> Result<usize, sea_orm::DbErr> {
-        let admin = tenant_router::db::connect(with_database(&self.server, "postgres")).await?;
+        // Not `with_database`, which panics on a URL that does not parse: a panic in
+        // a drop that runs while a panic unwinds aborts the process.
+        let mut url = url::Url::parse(&self.server)
+            .map_err(|_| sea_orm::DbErr::Custom("BENCH_DATABASE_URL does not parse".into()))?;
+        url.set_path("/postgres");
+        if let Ok(mode) = std::env::var("BENCH_PG_SSLMODE") {
+            url.query_pairs_mut().append_pair("sslmode", &mode);
+        }
+        let admin = tenant_router::db::connect(url.to_string()).await?;
         let names: Vec<String> = admin
             .query_all_raw(sea_orm::Statement::from_sql_and_values(
                 sea_orm::DatabaseBackend::Postgres,

@@ -89,6 +89,31 @@ stop_cluster() {
   fi
 }
 
+# psql on the server and database of URL $1, further arguments following. The URL's
+# password goes to psql in PGPASSWORD, not on its command line, where `ps` would show
+# it; psql never prompts for one.
+pg_psql() {
+  local url=$1; shift
+  local scheme=${url%%://*} rest=${url#*://}
+  local authority=${rest%%/*}
+  local tail=${rest:${#authority}} user="" password="" hostport=$authority
+  if [[ $authority == *@* ]]; then
+    user=${authority%@*}
+    hostport=${authority##*@}
+    if [[ $user == *:* ]]; then
+      password=${user#*:}
+      user=${user%%:*}
+    fi
+  fi
+  local plain="$scheme://${user:+$user@}$hostport$tail"
+  if [ -n "$password" ]; then
+    # Percent-encoded in the URL; PGPASSWORD takes it as it is.
+    PGPASSWORD=$(printf '%b' "${password//%/\\x}") "$PG_BIN/psql" -w "$plain" "$@"
+  else
+    "$PG_BIN/psql" -w "$plain" "$@"
+  fi
+}
+
 # A login role of the suite's own on the server of URL $1, with the URL's user's
 # SUPERUSER and REPLICATION attributes (tests of moves use logical replication) and
 # CREATEDB. Every database the suite creates is then owned by that role, so that
@@ -96,43 +121,53 @@ stop_cluster() {
 # developer's server does not keep the suite's databases (about 1.2 GB a run), and a
 # second run against the same server at the same time loses none of its own.
 # Sets SUITE_URL (the URL with the role's name and password in place of its user's)
-# and returns 0; returns 1, changing nothing, when the user may not create roles or
-# the server does not let the new role in (pg_hba.conf).
+# and returns 0; returns 1, leaving no role, when the user may not create roles, the
+# server does not let the new role in (pg_hba.conf), or the URL logs in as someone
+# else whatever its user (a `user=` in its query).
 make_suite_role() {
   local url=$1 role password attrs
   role="tr_suite_$(od -An -N6 -tx1 /dev/urandom | tr -d ' \n')"
   password="$(od -An -N16 -tx1 /dev/urandom | tr -d ' \n')"
-  attrs=$("$PG_BIN/psql" "$url" -XAtq -c "SELECT concat_ws(' ', CASE WHEN rolsuper THEN 'SUPERUSER' END, \
+  attrs=$(pg_psql "$url" -XAtq -c "SELECT concat_ws(' ', CASE WHEN rolsuper THEN 'SUPERUSER' END, \
     CASE WHEN rolreplication THEN 'REPLICATION' END) FROM pg_roles WHERE rolname = current_user" 2>/dev/null) \
     || return 1
-  # On standard input, not the command line: the password stays out of `ps`.
-  "$PG_BIN/psql" "$url" -XAtq -v ON_ERROR_STOP=1 >/dev/null 2>&1 \
-    <<<"CREATE ROLE $role LOGIN CREATEDB $attrs PASSWORD '$password'" || return 1
+  # On standard input, not the command line, and kept out of the server's log where
+  # the user may say so (a superuser).
+  pg_psql "$url" -XAtq >/dev/null 2>&1 <<SQL || return 1
+\\set ON_ERROR_STOP 0
+SET log_statement = 'none';
+SET log_min_error_statement = 'panic';
+\\set ON_ERROR_STOP 1
+CREATE ROLE $role LOGIN CREATEDB $attrs PASSWORD '$password';
+SQL
   local role_url
   role_url=$(printf '%s' "$url" | sed -E "s#^(postgres(ql)?://)([^@/]*@)?#\\1$role:$password@#")
-  if ! "$PG_BIN/psql" "$role_url" -XAtqc 'SELECT 1' >/dev/null 2>&1; then
-    "$PG_BIN/psql" "$url" -XAtqc "DROP ROLE $role" >/dev/null 2>&1 || true
+  if [ "$(pg_psql "$role_url" -XAtqc 'SELECT current_user' 2>/dev/null)" != "$role" ]; then
+    pg_psql "$url" -XAtqc "DROP ROLE $role" >/dev/null 2>&1 || true
     return 1
   fi
   SUITE_ROLE=$role SUITE_ADMIN_URL=$url SUITE_URL=$role_url
 }
 
-# Drops every database owned by the suite's role, then the role (see
-# make_suite_role). Returns 1 when something of the role's is left.
+# Drops every database owned by the suite's role, as that role (a database's owner
+# may drop it; the user that made the role may not, unless a superuser), then the
+# role (see make_suite_role). Returns 1 when something of the role's is left.
 drop_suite_role() {
   [ -n "${SUITE_ROLE:-}" ] || return 0
   local drops count
-  drops=$("$PG_BIN/psql" "$SUITE_ADMIN_URL" -XAtq -c "SELECT format('DROP DATABASE %I WITH (FORCE);', d.datname) \
-    FROM pg_database d JOIN pg_roles r ON r.oid = d.datdba WHERE r.rolname = '$SUITE_ROLE'") \
+  # FORCE (PostgreSQL 13 and later) ends connections a test left open.
+  drops=$(pg_psql "$SUITE_URL" -XAtq -c "SELECT format('DROP DATABASE %I%s;', d.datname, \
+      CASE WHEN current_setting('server_version_num')::int >= 130000 THEN ' WITH (FORCE)' ELSE '' END) \
+    FROM pg_database d JOIN pg_roles r ON r.oid = d.datdba WHERE r.rolname = current_user") \
     || { log "could not list the suite's databases: role $SUITE_ROLE and its databases are left"; return 1; }
   count=$(printf '%s' "$drops" | grep -c . || true)
   if [ "$count" -gt 0 ]; then
-    printf '%s\n' "$drops" | "$PG_BIN/psql" "$SUITE_ADMIN_URL" -XAtq >/dev/null \
+    printf '%s\n' "$drops" | pg_psql "$SUITE_URL" -XAtq >/dev/null \
       || log "some of the suite's databases could not be dropped (owner: $SUITE_ROLE)"
   fi
   local role=$SUITE_ROLE
   SUITE_ROLE=""
-  if "$PG_BIN/psql" "$SUITE_ADMIN_URL" -XAtqc "DROP ROLE $role" >/dev/null 2>&1; then
+  if pg_psql "$SUITE_ADMIN_URL" -XAtqc "DROP ROLE $role" >/dev/null 2>&1; then
     log "dropped the suite's $count databases and its role $role"
   else
     log "the suite's role $role still owns databases or objects, and is left on the server"
