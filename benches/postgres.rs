@@ -26,12 +26,17 @@ use tenant_router::{db, settings::parse_tenants_toml, tenant::TenantConfig};
 /// `server` with its database replaced by `name`, and BENCH_PG_SSLMODE (if set) as
 /// its `sslmode`.
 fn with_database(server: &str, name: &str) -> String {
-    let mut url = url::Url::parse(server).expect("BENCH_DATABASE_URL");
+    try_with_database(server, name).expect("BENCH_DATABASE_URL")
+}
+
+/// [`with_database`], for where a panic must not happen.
+fn try_with_database(server: &str, name: &str) -> Result<String, url::ParseError> {
+    let mut url = url::Url::parse(server)?;
     url.set_path(&format!("/{name}"));
     if let Ok(mode) = std::env::var("BENCH_PG_SSLMODE") {
         url.query_pairs_mut().append_pair("sslmode", &mode);
     }
-    url.to_string()
+    Ok(url.to_string())
 }
 
 /// Whether BENCH_PHASES (default: all) names `phase` (memory, cold, throughput).
@@ -68,13 +73,9 @@ impl RunDatabases {
     async fn drop_all(&self) -> Result<usize, sea_orm::DbErr> {
         // Not `with_database`, which panics on a URL that does not parse: a panic in
         // a drop that runs while a panic unwinds aborts the process.
-        let mut url = url::Url::parse(&self.server)
+        let url = try_with_database(&self.server, "postgres")
             .map_err(|_| sea_orm::DbErr::Custom("BENCH_DATABASE_URL does not parse".into()))?;
-        url.set_path("/postgres");
-        if let Ok(mode) = std::env::var("BENCH_PG_SSLMODE") {
-            url.query_pairs_mut().append_pair("sslmode", &mode);
-        }
-        let admin = tenant_router::db::connect(url.to_string()).await?;
+        let admin = tenant_router::db::connect(url).await?;
         let names: Vec<String> = admin
             .query_all_raw(sea_orm::Statement::from_sql_and_values(
                 sea_orm::DatabaseBackend::Postgres,
