@@ -29,21 +29,60 @@ use std::{
 use super::quote_ident;
 
 /// How many statements' places [`qualify`] remembers. A service sends the same
-/// few hundred statement texts over and over; a text seen after the cache is full
-/// empties it, so that texts made on the fly (an `IN` list of any length) cannot
-/// grow it without end.
+/// few hundred statement texts over and over; texts made on the fly (an `IN` list
+/// of any length) must not grow the cache without end, nor push those out.
 const PLACES_CAPACITY: usize = 2048;
 
 /// Longer texts are scanned each time instead: a bulk insert of many rows, or SQL
 /// with its values written in, would otherwise keep its whole text in memory.
 const PLACES_MAX_TEXT: usize = 2048;
 
-/// Statement texts and the byte offsets of the names to qualify in each.
-type Places = HashMap<Box<str>, Arc<[usize]>>;
+/// Statement texts and the byte offsets of the names to qualify in each, in two
+/// generations of at most half the capacity each. A new text goes into the young
+/// one; when that is full it becomes the old one and the old one is dropped. A
+/// text found in the old generation moves back to the young one, so the texts in
+/// use outlive any number of one-off texts (the cache used to be emptied whenever
+/// it filled, the texts in use with it).
+struct Places {
+    young: HashMap<Box<str>, Arc<[usize]>>,
+    old: HashMap<Box<str>, Arc<[usize]>>,
+    capacity: usize,
+}
+
+impl Places {
+    fn new(capacity: usize) -> Self {
+        Self {
+            young: HashMap::new(),
+            old: HashMap::new(),
+            capacity,
+        }
+    }
+
+    fn get(&mut self, sql: &str) -> Option<Arc<[usize]>> {
+        if let Some(at) = self.young.get(sql) {
+            return Some(at.clone());
+        }
+        let (sql, at) = self.old.remove_entry(sql)?;
+        self.insert(sql, at.clone());
+        Some(at)
+    }
+
+    fn insert(&mut self, sql: Box<str>, at: Arc<[usize]>) {
+        if self.young.len() >= self.capacity.div_ceil(2) {
+            self.old = std::mem::take(&mut self.young);
+        }
+        self.young.insert(sql, at);
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.young.len() + self.old.len()
+    }
+}
 
 /// Where each statement seen takes the schema, which depends on the statement's
 /// text alone, not on the tenant.
-static PLACES: LazyLock<Mutex<Places>> = LazyLock::new(Mutex::default);
+static PLACES: LazyLock<Mutex<Places>> = LazyLock::new(|| Mutex::new(Places::new(PLACES_CAPACITY)));
 
 /// What a token is, as far as qualifying goes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -285,14 +324,10 @@ fn places(sql: &str) -> Arc<[usize]> {
     }
     let cache = || PLACES.lock().unwrap_or_else(|p| p.into_inner());
     if let Some(at) = cache().get(sql) {
-        return at.clone();
+        return at;
     }
     let at: Arc<[usize]> = scan(sql).into();
-    let mut cache = cache();
-    if cache.len() >= PLACES_CAPACITY {
-        cache.clear();
-    }
-    cache.insert(sql.into(), at.clone());
+    cache().insert(sql.into(), at.clone());
     at
 }
 
@@ -394,7 +429,7 @@ fn is_join_word(word: &str) -> bool {
 mod tests {
     use std::sync::Arc;
 
-    use super::{PLACES, PLACES_CAPACITY, PLACES_MAX_TEXT, places, qualify};
+    use super::{PLACES, PLACES_CAPACITY, PLACES_MAX_TEXT, Places, places, qualify};
 
     fn q(sql: &str) -> String {
         qualify(sql, "tenant_a")
@@ -531,5 +566,22 @@ mod tests {
             remembered <= PLACES_CAPACITY,
             "{remembered} statements remembered"
         );
+    }
+
+    #[test]
+    fn the_statements_in_use_outlive_one_off_texts() {
+        // A cache of its own: the shared one meets other tests' texts meanwhile.
+        let mut cache = Places::new(16);
+        let hot: Arc<[usize]> = Arc::from(vec![1usize]);
+        cache.insert("hot".into(), hot.clone());
+        for n in 0..1_000 {
+            cache.insert(format!("one-off {n}").into(), Arc::from(vec![n]));
+            if n % 7 == 0 {
+                let found = cache.get("hot").expect("the text in use is remembered");
+                assert!(Arc::ptr_eq(&found, &hot), "scanned again after {n} texts");
+            }
+            assert!(cache.len() <= 16, "{} texts remembered", cache.len());
+        }
+        assert!(cache.get("one-off 0").is_none());
     }
 }
