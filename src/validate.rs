@@ -1,6 +1,22 @@
 //! Field checks shared by the routes; each failure is a 422 naming the field.
 
+use chrono::{Datelike, NaiveDate};
+
 use crate::error::{AppError, Result};
+
+/// A date of the years 1 to 9999. Dates are stored and compared as `YYYY-MM-DD`
+/// text, which other years (`+10000-06-01`, `-0005-01-01`) do not fit: they would
+/// sort among the others by their text.
+pub fn calendar_date(field: &str, date: NaiveDate) -> Result<NaiveDate> {
+    if (1..=9999).contains(&date.year()) {
+        Ok(date)
+    } else {
+        Err(AppError::validation(
+            field,
+            format!("{field} must be a date from 0001-01-01 to 9999-12-31"),
+        ))
+    }
+}
 
 /// A required text field: trimmed, not empty, at most `max` characters, no control
 /// characters.

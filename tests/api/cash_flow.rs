@@ -77,6 +77,31 @@ async fn lists_filter_by_kind_and_date() {
         .unwrap();
     let error = assert_error(bad_date, 422, "validation_failed").await;
     assert_eq!(error["error"]["field"], "date");
+    // Years past 9999 or before 1 would sort among the others by their text.
+    for date in ["+10000-06-01", "-0005-01-01", "0000-01-01"] {
+        let refused = app
+            .as_tenant(Method::POST, "demo", "/api/cash-flow")
+            .json(&json!({ "kind": "income", "amount": 1, "date": date }))
+            .send()
+            .await
+            .unwrap();
+        let error = assert_error(refused, 422, "validation_failed").await;
+        assert_eq!(error["error"]["field"], "date", "{date}");
+    }
+    for query in ["to=%2B10000-01-01", "from=-0005-01-01", "summary?year=-5"] {
+        let path = match query.strip_prefix("summary") {
+            Some(rest) => format!("/api/cash-flow/summary{rest}"),
+            None => format!("/api/cash-flow?{query}"),
+        };
+        let refused = app
+            .as_tenant(Method::GET, "demo", &path)
+            .send()
+            .await
+            .unwrap();
+        assert_error(refused, 422, "validation_failed").await;
+    }
+    let all = get(&app, "/api/cash-flow").await;
+    assert_eq!(all["items"].as_array().unwrap().len(), 3);
 }
 
 #[tokio::test]

@@ -22,7 +22,7 @@ use crate::{
     http::routes::records::{delete_or_404, live, live_or_404},
     http::routes::{RouteSet, for_role},
     tenant::Feature,
-    validate::{cents_to_money, money_to_cents, optional_text},
+    validate::{calendar_date, cents_to_money, money_to_cents, optional_text},
 };
 
 const KINDS: [&str; 2] = ["income", "expense"];
@@ -118,10 +118,10 @@ pub(crate) async fn list(
         select = select.filter(entry::Column::Kind.eq(kind.as_str()));
     }
     if let Some(from) = query.from {
-        select = select.filter(entry::Column::EntryDate.gte(from));
+        select = select.filter(entry::Column::EntryDate.gte(calendar_date("from", from)?));
     }
     if let Some(to) = query.to {
-        select = select.filter(entry::Column::EntryDate.lte(to));
+        select = select.filter(entry::Column::EntryDate.lte(calendar_date("to", to)?));
     }
     let rows = select
         .order_by_desc(entry::Column::EntryDate)
@@ -145,13 +145,14 @@ pub(crate) async fn create(
         return Err(AppError::validation("amount", "amount must be above 0"));
     }
     let tax_cents = money_to_cents("tax", input.tax)?;
+    let date = calendar_date("date", input.date)?;
     let now = Utc::now();
     let model = entry::ActiveModel {
         id: Set(Uuid::new_v4()),
         kind: Set(input.kind),
         amount_cents: Set(amount_cents),
         tax_cents: Set(tax_cents),
-        entry_date: Set(input.date),
+        entry_date: Set(date),
         description: Set(optional_text(
             "description",
             input.description.as_deref(),
@@ -227,6 +228,9 @@ pub(crate) async fn summary(
     TenantDb(db): TenantDb,
 ) -> Result<Json<serde_json::Value>> {
     let year = query.year.unwrap_or_else(|| Utc::now().year());
+    if !(1..=9999).contains(&year) {
+        return Err(AppError::validation("year", "year must be from 1 to 9999"));
+    }
     let (Some(first), Some(last)) = (
         NaiveDate::from_ymd_opt(year, 1, 1),
         NaiveDate::from_ymd_opt(year, 12, 31),

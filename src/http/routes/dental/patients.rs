@@ -14,7 +14,7 @@ use crate::{
     http::routes::pagination::{Page, PageQuery},
     http::routes::records::{delete_or_404, live, live_or_404, newest_first},
     tenant::Feature,
-    validate::{optional_email, optional_text, required_text},
+    validate::{calendar_date, optional_email, optional_text, required_text},
 };
 
 pub fn router() -> RouteSet {
@@ -83,7 +83,11 @@ pub(crate) async fn create(
     ApiJson(input): ApiJson<PatientInput>,
 ) -> Result<(StatusCode, Json<PatientView>)> {
     let name = required_text("name", &input.name, 200)?;
-    if let Some(dob) = input.date_of_birth
+    let date_of_birth = input
+        .date_of_birth
+        .map(|d| calendar_date("date_of_birth", d))
+        .transpose()?;
+    if let Some(dob) = date_of_birth
         && dob > Utc::now().date_naive()
     {
         return Err(AppError::validation(
@@ -95,7 +99,7 @@ pub(crate) async fn create(
     let model = patient::ActiveModel {
         id: Set(uuid::Uuid::new_v4()),
         name: Set(name),
-        date_of_birth: Set(input.date_of_birth),
+        date_of_birth: Set(date_of_birth),
         phone: Set(optional_text("phone", input.phone.as_deref(), 50)?),
         email: Set(optional_email("email", input.email.as_deref())?),
         notes: Set(optional_text("notes", input.notes.as_deref(), 5000)?),

@@ -17,7 +17,7 @@ use crate::{
     http::routes::pagination::{Page, PageQuery},
     http::routes::records::{delete_or_404, find_live, live, live_or_404, newest_first},
     tenant::Feature,
-    validate::{cents_to_money, money_to_cents, required_text},
+    validate::{calendar_date, cents_to_money, money_to_cents, required_text},
 };
 
 /// Longest description; the column is 500 characters wide.
@@ -173,7 +173,10 @@ pub(crate) async fn create(
         description: Set(description),
         status: Set(input.status.as_str().to_string()),
         cost_cents: Set(cost_cents),
-        scheduled_on: Set(input.scheduled_on),
+        scheduled_on: Set(input
+            .scheduled_on
+            .map(|d| calendar_date("scheduled_on", d))
+            .transpose()?),
         created_at: Set(now),
         updated_at: Set(now),
         deleted_at: Set(None),
@@ -212,6 +215,10 @@ pub(crate) async fn update(
         .map(|d| required_text("description", d, MAX_DESCRIPTION))
         .transpose()?;
     let cost_cents = input.cost.map(|c| money_to_cents("cost", c)).transpose()?;
+    let scheduled_on = input
+        .scheduled_on
+        .map(|d| d.map(|d| calendar_date("scheduled_on", d)).transpose())
+        .transpose()?;
     let existing = live_treatment(&db, id).await?;
     let mut model: treatment::ActiveModel = existing.into();
     if let Some(description) = description {
@@ -223,7 +230,7 @@ pub(crate) async fn update(
     if let Some(status) = input.status {
         model.status = Set(status.as_str().to_string());
     }
-    if let Some(scheduled_on) = input.scheduled_on {
+    if let Some(scheduled_on) = scheduled_on {
         model.scheduled_on = Set(scheduled_on);
     }
     model.updated_at = Set(Utc::now());
