@@ -32,8 +32,10 @@ pub async fn require_admin(
         .headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim);
+        // The scheme's name is case-insensitive (RFC 9110, 11.1).
+        .and_then(|v| v.split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, token)| token.trim());
     let allowed = match presented {
         Some(token) => constant_time_eq(token.as_bytes(), state.admin_token.expose().as_bytes()),
         None => match console_session(&state, &parts.headers) {

@@ -23,6 +23,14 @@ async fn tenant_routes_need_the_admin_token() {
             .await
             .unwrap();
         assert_error(wrong, 401, "unauthorized").await;
+        // The scheme's name is case-insensitive (RFC 9110, 11.1).
+        let lower = app
+            .request(Method::GET, path)
+            .header("Authorization", format!("bearer {ADMIN_TOKEN}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(lower.status(), 200, "{path}");
     }
 }
 
@@ -78,6 +86,15 @@ async fn path_ids_are_validated_and_unknown_ones_are_not_found() {
         .await
         .unwrap();
     assert_error(unknown, 404, "tenant_not_found").await;
+    // A migration run's id that is not even UTF-8 names no run, in JSON too.
+    for job in ["%ff", "abc"] {
+        let response = app
+            .admin(Method::GET, &format!("/api/admin/migrations/{job}"))
+            .send()
+            .await
+            .unwrap();
+        assert_error(response, 404, "not_found").await;
+    }
     let branding = app
         .request(Method::GET, "/api/tenants/nobody/branding")
         .send()

@@ -298,8 +298,10 @@ pub(crate) async fn jobs(State(state): State<AppState>) -> Json<Value> {
     ))]
 pub(crate) async fn job(
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    // A segment that is not even UTF-8 names no run either.
+    id: std::result::Result<Path<String>, axum::extract::rejection::PathRejection>,
 ) -> Result<Json<JobView>> {
+    let id = id.map(|Path(id)| id).unwrap_or_default();
     id.parse::<u64>()
         .ok()
         .and_then(|id| state.fleet.get(id))
