@@ -22,7 +22,10 @@ async fn main() -> ExitCode {
     let settings = match Settings::from_env() {
         Ok(s) => s,
         Err(e) => {
-            eprintln!("tenant-router: {e}");
+            eprintln!(
+                "tenant-router: {}",
+                tenant_router::secret::redact(&e.to_string())
+            );
             return ExitCode::from(2);
         }
     };
@@ -46,7 +49,10 @@ async fn serve(settings: Settings) -> ExitCode {
         Ok(app) => app,
         Err(e) => {
             tracing::error!("start-up failed");
-            eprintln!("tenant-router: {e}");
+            eprintln!(
+                "tenant-router: {}",
+                tenant_router::secret::redact(&e.to_string())
+            );
             return ExitCode::from(2);
         }
     };
@@ -56,7 +62,10 @@ async fn serve(settings: Settings) -> ExitCode {
         Err(e) => tracing::warn!(error = %e, "listening on an unknown address"),
     }
     if let Err(e) = app.run_until(shutdown).await {
-        eprintln!("tenant-router: server error: {e}");
+        eprintln!(
+            "tenant-router: server error: {}",
+            tenant_router::secret::redact(&e.to_string())
+        );
         return ExitCode::FAILURE;
     }
     tracing::info!("stopped");

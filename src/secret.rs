@@ -58,10 +58,10 @@ pub fn redact(text: &str) -> String {
     while let Some(pos) = rest.find("://") {
         let (head, tail) = rest.split_at(pos + 3);
         out.push_str(head);
+        // Not at a quote: `'` may stand in a password as it is, and a quoted URL's
+        // closing quote comes after its `@` anyway.
         let authority_end = tail
-            .find(|c: char| {
-                c == '/' || c == '?' || c == '#' || c.is_whitespace() || c == '"' || c == '\''
-            })
+            .find(|c: char| c == '/' || c == '?' || c == '#' || c.is_whitespace())
             .unwrap_or(tail.len());
         match tail[..authority_end].rfind('@') {
             Some(at) => {
@@ -318,6 +318,19 @@ mod box_tests {
             clean.contains("postgres://***@db.internal:5432/t1"),
             "{clean}"
         );
+    }
+
+    #[test]
+    fn a_password_with_a_quote_in_a_quoted_url_is_redacted() {
+        let text = r#"invalid type: string "postgres://app:it'sZQX56@db1.internal/acme", expected a table"#;
+        let clean = redact(text);
+        assert!(!clean.contains("ZQX56"), "{clean}");
+        assert!(
+            clean.contains("postgres://***@db1.internal/acme"),
+            "{clean}"
+        );
+        let quoted = "url 'postgres://db.internal/x' then a@b";
+        assert_eq!(redact(quoted), quoted);
     }
 
     #[test]

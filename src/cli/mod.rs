@@ -167,7 +167,10 @@ pub struct MigrateArgs {
 }
 
 fn fail(message: impl std::fmt::Display) -> ExitCode {
-    eprintln!("tenant-router: {message}");
+    eprintln!(
+        "tenant-router: {}",
+        crate::secret::redact(&message.to_string())
+    );
     ExitCode::from(2)
 }
 

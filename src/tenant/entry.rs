@@ -68,14 +68,16 @@ impl fmt::Display for ConfigError {
 
 impl std::error::Error for ConfigError {}
 
-/// Shows an untrusted name without control characters or unbounded length.
+/// Shows an untrusted name without control characters or unbounded length, and
+/// without the credentials of a URL given where a name belongs.
 fn printable(raw: &str) -> String {
-    let mut out: String = raw
+    let clean = crate::secret::redact(raw);
+    let mut out: String = clean
         .chars()
         .take(64)
         .map(|c| if c.is_control() { '?' } else { c })
         .collect();
-    if raw.chars().count() > 64 {
+    if clean.chars().count() > 64 {
         out.push('…');
     }
     out
@@ -125,7 +127,37 @@ pub(crate) fn path_error<E: fmt::Display>(err: serde_path_to_error::Error<E>) ->
     } else {
         path
     };
-    (field, err.inner().to_string())
+    (field, without_values(&err.inner().to_string()))
+}
+
+/// A deserializer's message without the strings it quotes (`invalid type: string
+/// "postgres://…", expected …`): an entry put in the wrong place may be a
+/// database URL with its password. Field names, which it quotes with backticks,
+/// stay.
+fn without_values(message: &str) -> String {
+    let mut out = String::with_capacity(message.len());
+    let mut rest = message;
+    while let Some(start) = rest.find('"') {
+        out.push_str(rest[..start].trim_end_matches(' '));
+        // Quoted with Rust's escapes: `\"` does not close.
+        let mut end = None;
+        let mut escaped = false;
+        for (i, c) in rest[start + 1..].char_indices() {
+            if escaped {
+                escaped = false;
+            } else if c == '\\' {
+                escaped = true;
+            } else if c == '"' {
+                end = Some(start + 1 + i + 1);
+                break;
+            }
+        }
+        // Unclosed: drop the rest rather than show part of a value.
+        let Some(end) = end else { return out };
+        rest = &rest[end..];
+    }
+    out.push_str(rest);
+    out
 }
 
 pub(crate) fn validate_entries<'a>(
