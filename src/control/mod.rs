@@ -56,6 +56,9 @@ pub mod tenant_config {
         pub storage_key: Option<String>,
         /// The tenant's incarnation (see `TenantConfig::generation`).
         pub generation: Option<String>,
+        /// The tenant's own limits (`rate_limit_per_sec`, `rate_limit_burst`,
+        /// `max_concurrent_requests`, `storage_quota_bytes`), as in its entry.
+        pub limits: Option<Json>,
         pub created_at: DateTimeUtc,
         pub updated_at: DateTimeUtc,
     }
@@ -442,6 +445,12 @@ fn active_model(config: &TenantConfig, state: &str, sealed_url: String) -> Activ
         storage: Set(None),
         storage_key: Set(config.storage_identity()),
         generation: Set(Some(config.generation.clone())),
+        limits: Set(Some(serde_json::json!({
+            "rate_limit_per_sec": entry["rate_limit_per_sec"],
+            "rate_limit_burst": entry["rate_limit_burst"],
+            "max_concurrent_requests": entry["max_concurrent_requests"],
+            "storage_quota_bytes": entry["storage_quota_bytes"],
+        }))),
         created_at: Set(now),
         updated_at: Set(now),
     }
@@ -449,7 +458,7 @@ fn active_model(config: &TenantConfig, state: &str, sealed_url: String) -> Activ
 
 /// A row as a `TENANT_CONFIGS`-shaped entry, for the shared validator.
 fn entry_of(row: &Model, database_url: String) -> Value {
-    serde_json::json!({
+    let mut entry = serde_json::json!({
         "database_url": database_url,
         "domain": row.domain,
         "subdomain": row.subdomain,
@@ -461,7 +470,22 @@ fn entry_of(row: &Model, database_url: String) -> Value {
         "max_connections": row.max_connections,
         "isolation": row.isolation,
         "demo": row.demo,
-    })
+    });
+    if let (Some(Value::Object(limits)), Value::Object(fields)) = (&row.limits, &mut entry) {
+        for (name, value) in limits {
+            // Only the limits' own fields, whatever else the column holds.
+            if matches!(
+                name.as_str(),
+                "rate_limit_per_sec"
+                    | "rate_limit_burst"
+                    | "max_concurrent_requests"
+                    | "storage_quota_bytes"
+            ) {
+                fields.insert(name.clone(), value.clone());
+            }
+        }
+    }
+    entry
 }
 
 fn is_unique_violation(err: &DbErr) -> bool {

@@ -10,6 +10,7 @@ mod m20261124_100003_create_initialised_storage;
 mod m20261201_100004_create_tenant_usage;
 mod m20261202_100005_notify_tenant_changes;
 mod m20261202_100006_create_tenant_moves;
+mod m20261207_100007_add_tenant_limits;
 
 /// Builds and upgrades the control database.
 pub struct ControlMigrator;
@@ -24,6 +25,7 @@ impl MigratorTrait for ControlMigrator {
             Box::new(m20261201_100004_create_tenant_usage::Migration),
             Box::new(m20261202_100005_notify_tenant_changes::Migration),
             Box::new(m20261202_100006_create_tenant_moves::Migration),
+            Box::new(m20261207_100007_add_tenant_limits::Migration),
         ]
     }
 
