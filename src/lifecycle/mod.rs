@@ -230,11 +230,16 @@ impl Lifecycle {
         // The same tenant, changed: its tokens stay good.
         config.generation = current.generation.clone();
         self.check_free(&config, Some(&current.id))?;
-        self.control
-            .save(&config)
-            .await
-            .map_err(|e| storage_error("save", &e))?;
-        self.registry.upsert(config).await;
+        {
+            // A reload that read the rows before this save must not apply them
+            // after it (it would undo the change here until the next poll).
+            let _turn = self.refreshing.lock().await;
+            self.control
+                .save(&config)
+                .await
+                .map_err(|e| storage_error("save", &e))?;
+            self.registry.upsert(config).await;
+        }
         tracing::info!(tenant_id = %id, "tenant changed");
         self.existing(id)
     }

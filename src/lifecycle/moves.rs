@@ -65,6 +65,10 @@ pub struct MoveOutcome {
 }
 
 pub(super) fn server_of(url: &str) -> String {
+    // As the pools name servers (`GET /api/admin/pools`).
+    if url.starts_with("sqlite") {
+        return "sqlite".into();
+    }
     url::Url::parse(url)
         .ok()
         .map(|u| {
@@ -521,6 +525,9 @@ impl Lifecycle {
             }
             // Frozen: the target has every committed write. Switch.
             let started = Instant::now();
+            // No reload may apply rows read before the switch after it: it would
+            // send the tenant back to its frozen source until the next poll.
+            let turn = self.refreshing.lock().await;
             if !self
                 .switch(
                     target_tenant,
@@ -537,6 +544,7 @@ impl Lifecycle {
             }
             pause_ms += started.elapsed().as_millis() as u64;
             self.registry.upsert(target_tenant.clone()).await;
+            drop(turn);
             tracing::info!(tenant_id = %id, pause_ms, from = %server_of(source_tenant.database_url.expose()), to = %server_of(target_tenant.database_url.expose()), "tenant moved");
             progress(MoveStep::Switched { pause_ms });
         }

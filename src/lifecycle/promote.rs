@@ -357,9 +357,12 @@ impl Lifecycle {
                 tables: tables.len(),
             });
             let copied = copy_rows(&source, &target, &tables).await;
+            let mut turn = None;
             let switch = match copied {
                 Ok(rows) => {
                     tracing::info!(tenant_id = %id, rows, "tenant rows copied to PostgreSQL");
+                    // Held until the registry has the switch (see moves).
+                    turn = Some(self.refreshing.lock().await);
                     match self
                         .switch(
                             target_tenant,
@@ -386,6 +389,7 @@ impl Lifecycle {
             }
             pause_ms = started.elapsed().as_millis() as u64;
             self.registry.upsert(target_tenant.clone()).await;
+            drop(turn);
             tracing::info!(tenant_id = %id, pause_ms, "tenant promoted from SQLite to PostgreSQL");
             progress(MoveStep::Switched { pause_ms });
         }

@@ -93,11 +93,15 @@ impl Lifecycle {
                 return Err(e);
             }
         }
-        self.control
-            .mark_ready(config.id.as_str())
-            .await
-            .map_err(|e| storage_error("register", &e))?;
-        self.registry.upsert(config.clone()).await;
+        {
+            // See `update`: no reload may apply rows read before this.
+            let _turn = self.refreshing.lock().await;
+            self.control
+                .mark_ready(config.id.as_str())
+                .await
+                .map_err(|e| storage_error("register", &e))?;
+            self.registry.upsert(config.clone()).await;
+        }
         tracing::info!(tenant_id = %config.id, "tenant provisioned");
         self.registry
             .get(config.id.as_str())
