@@ -74,6 +74,10 @@ impl Application {
             for e in errors {
                 tracing::error!(error = %e, "control database tenant left out");
             }
+            let hidden = lifecycle::conflicts(&base, &rows);
+            if !hidden.is_empty() {
+                return Err(StartupError::Tenants(hidden));
+            }
             let tenants = lifecycle::merge(&base, rows);
             if tenants.is_empty() {
                 tracing::warn!("no tenants are configured; every tenant request will be refused");

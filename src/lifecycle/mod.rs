@@ -95,6 +95,41 @@ pub fn merge(base: &[TenantConfig], control: Vec<TenantConfig>) -> Vec<TenantCon
     merged
 }
 
+/// The tenants added at run time (`control`) that `base` would hide: each row
+/// whose subdomain or database an entry of `base` that it does not replace has
+/// too. Serving the base entry would hand it the row's data (or its subdomain),
+/// so a start-up or reload that would do so is refused, naming both.
+pub fn conflicts(base: &[TenantConfig], control: &[TenantConfig]) -> Vec<ConfigError> {
+    let overridden: HashSet<&TenantId> = control.iter().map(|t| &t.id).collect();
+    let shown: Vec<&TenantConfig> = base
+        .iter()
+        .filter(|t| !overridden.contains(&t.id))
+        .collect();
+    let mut errors = Vec::new();
+    for row in control {
+        let storage = row.storage_identity();
+        for entry in &shown {
+            let field = if entry.subdomain == row.subdomain {
+                "subdomain"
+            } else if storage.is_some() && entry.storage_identity() == storage {
+                "database_url"
+            } else {
+                continue;
+            };
+            errors.push(ConfigError::new(
+                Some(entry.id.as_str()),
+                field,
+                format!(
+                    "the same {} as tenant '{}', added at run time: change this entry, or remove that tenant first",
+                    if field == "subdomain" { "subdomain" } else { "database" },
+                    row.id
+                ),
+            ));
+        }
+    }
+    errors
+}
+
 fn validation(errors: Vec<ConfigError>) -> AppError {
     let field = errors.first().map(|e| e.field.clone());
     let message = errors
@@ -153,9 +188,18 @@ impl Lifecycle {
         self.control.ping().await
     }
 
-    pub async fn set_base(&self, base: Vec<TenantConfig>) -> Result<(), DbErr> {
-        *self.base.write().unwrap_or_else(|p| p.into_inner()) = base;
-        self.refresh().await
+    /// Serves `base` as the tenants of the file and `TENANT_CONFIGS`, unless it
+    /// would hide a tenant added at run time ([`conflicts`]): then nothing changes
+    /// and the answer lists why.
+    pub async fn set_base(&self, base: Vec<TenantConfig>) -> Result<Vec<ConfigError>, DbErr> {
+        let _turn = self.refreshing.lock().await;
+        let (rows, _) = self.control.load().await?;
+        let refused = conflicts(&base, &rows);
+        if refused.is_empty() {
+            *self.base.write().unwrap_or_else(|p| p.into_inner()) = base;
+            self.refresh_in_turn().await?;
+        }
+        Ok(refused)
     }
 
     /// Reloads the control rows into the registry.

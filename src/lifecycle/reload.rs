@@ -106,7 +106,14 @@ pub fn spawn_reload_on_sighup(
                 };
                 match settings.load_tenants() {
                     Ok(base) => match lifecycle.set_base(base).await {
-                        Ok(()) => tracing::info!("tenants reloaded on SIGHUP"),
+                        Ok(refused) if refused.is_empty() => {
+                            tracing::info!("tenants reloaded on SIGHUP")
+                        }
+                        Ok(refused) => {
+                            for e in refused {
+                                tracing::error!(error = %e, "reload refused: the tenants file would hide a tenant added at run time; keeping the old tenants");
+                            }
+                        }
                         Err(e) => {
                             tracing::error!(error = %db::redact_error(&e), "reload failed; keeping the old tenants")
                         }
