@@ -135,11 +135,15 @@ pub struct ControlStore {
     listen_url: Option<Arc<str>>,
     /// The directory of a SQLite control database (for move locks).
     sqlite_dir: Option<std::path::PathBuf>,
+    /// Where the control database is (see `TenantConfig::storage_identity`): no
+    /// tenant's data may be there.
+    storage_identity: Option<String>,
 }
 
 impl ControlStore {
     /// Opens (creating a SQLite file if needed) and migrates the control database.
     pub async fn open(url: &str, secrets: Arc<SecretBox>) -> Result<Self, DbErr> {
+        let storage_identity = crate::tenant::storage_identity_of(url, None);
         let url = crate::db::prepare_url(url)?;
         crate::db::make_sqlite_dir(&url)?;
         let listen_url = url.starts_with("postgres").then(|| Arc::from(url.as_str()));
@@ -162,7 +166,13 @@ impl ControlStore {
             secrets,
             listen_url,
             sqlite_dir,
+            storage_identity,
         })
+    }
+
+    /// Where the control database is (see `TenantConfig::storage_identity`).
+    pub fn storage_identity(&self) -> Option<&str> {
+        self.storage_identity.as_deref()
     }
 
     /// A round trip to the control database.

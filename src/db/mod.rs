@@ -161,6 +161,8 @@ pub(super) async fn connect_one(
     url: &str,
     settings: &PoolSettings,
 ) -> Result<DatabaseConnection, DbErr> {
+    // A refused connection fails now, not after the driver's retries.
+    check_reachable(url, settings.connect_timeout).await?;
     let mut options = ConnectOptions::new(url.to_string());
     options
         .max_connections(1)

@@ -311,15 +311,63 @@ impl Lifecycle {
                 other.id
             )));
         }
-        self.control
-            .delete(id)
-            .await
-            .map_err(|e| storage_error("delete", &e))?;
-        self.registry.remove(&current.id).await;
+        // A file tenant changed at run time is a control row on top of the file's
+        // entry: removing the row brings the entry back, on the same database.
+        let in_file = self
+            .base
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .any(|t| t.id == current.id);
+        if drop_storage && in_file {
+            return Err(AppError::Conflict(format!(
+                "tenant '{id}' is defined in the tenants file or TENANT_CONFIGS: remove it there before dropping its database"
+            )));
+        }
+        if drop_storage
+            && let Some(e) =
+                crate::settings::control_database_error(&current, self.control.storage_identity())
+        {
+            return Err(AppError::Conflict(format!(
+                "the tenant's database_url {}: remove the tenant without drop_database",
+                e.message
+            )));
+        }
         if drop_storage {
-            self.drop_storage(&current)
+            // Suspended first, its storage dropped next, its row deleted last: a
+            // drop that fails (its server is down) or a crash leaves the tenant
+            // listed and suspended, so the delete can be run again, never a tenant
+            // gone with its database left behind.
+            {
+                let _turn = self.refreshing.lock().await;
+                if current.is_active {
+                    let mut suspended = (*current).clone();
+                    suspended.is_active = false;
+                    self.control
+                        .save(&suspended)
+                        .await
+                        .map_err(|e| storage_error("suspend", &e))?;
+                }
+                // Its pool closes before its storage goes.
+                self.registry.remove(&current.id).await;
+            }
+            if let Err(e) = self.drop_storage(&current).await {
+                let answer = storage_error("drop storage", &e);
+                // Back, suspended.
+                if let Err(e) = self.refresh().await {
+                    tracing::warn!(error = %db::redact_error(&e), "could not reload the tenants");
+                }
+                tracing::warn!(tenant_id = %id, "the tenant's database could not be dropped; the tenant is kept, suspended: run the delete again");
+                return Err(answer);
+            }
+        }
+        {
+            let _turn = self.refreshing.lock().await;
+            self.control
+                .delete(id)
                 .await
-                .map_err(|e| storage_error("drop storage", &e))?;
+                .map_err(|e| storage_error("delete", &e))?;
+            self.registry.remove(&current.id).await;
         }
         // A file tenant that the removed row had overridden comes back.
         self.refresh()

@@ -167,7 +167,9 @@ impl Lifecycle {
         result
     }
 
-    /// A 409 if `config`'s id (when `replacing` is `None`) or subdomain is taken.
+    /// A 409 if `config`'s id (when `replacing` is `None`), database or subdomain is
+    /// taken; a 422 if its subdomain is ignored or its database is the control
+    /// database.
     pub(super) fn check_free(
         &self,
         config: &TenantConfig,
@@ -176,6 +178,11 @@ impl Lifecycle {
         if let Some(e) = crate::settings::ignored_subdomain_error(config, &self.ignored_subdomains)
         {
             return Err(AppError::validation("subdomain", e.message));
+        }
+        if let Some(e) =
+            crate::settings::control_database_error(config, self.control.storage_identity())
+        {
+            return Err(AppError::validation("database_url", e.message));
         }
         if replacing.is_none() && self.registry.get(config.id.as_str()).is_some() {
             return Err(AppError::Conflict(format!(

@@ -18,8 +18,8 @@ mod tenants;
 pub use parts::{AuthMode, IdentifySettings, JWT_SECRET_MIN_LEN, PoolSettings};
 
 pub use tenants::{
-    check_ignored_subdomains, ignored_subdomain_error, load_tenants, parse_tenants_json,
-    parse_tenants_toml,
+    check_against_settings, control_database_error, ignored_subdomain_error, load_tenants,
+    parse_tenants_json, parse_tenants_toml,
 };
 
 /// Environment variables the service reads; each maps to the lowercase field below.
@@ -459,14 +459,20 @@ impl Settings {
     }
 
     /// The tenants of the tenants file and `TENANT_CONFIGS`, checked against these
-    /// settings too (no subdomain that `IGNORED_SUBDOMAINS` hides).
+    /// settings too (no subdomain that `IGNORED_SUBDOMAINS` hides, no database
+    /// that is the control database).
     pub fn load_tenants(
         &self,
     ) -> Result<Vec<crate::tenant::TenantConfig>, Vec<crate::tenant::ConfigError>> {
         let (file, required) = self.tenants_file();
         let env = self.tenant_configs.as_ref().map(|s| s.expose());
         let tenants = load_tenants(Some(&file), required, env)?;
-        check_ignored_subdomains(&tenants, &self.identification().ignored_subdomains)?;
+        let control = crate::tenant::storage_identity_of(self.control_database_url.expose(), None);
+        check_against_settings(
+            &tenants,
+            &self.identification().ignored_subdomains,
+            control.as_deref(),
+        )?;
         Ok(tenants)
     }
 }

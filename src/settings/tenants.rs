@@ -79,19 +79,24 @@ pub fn parse_tenants_json(text: &str) -> Result<Vec<TenantConfig>, Vec<ConfigErr
     )
 }
 
-/// Reads the tenants file (if given or present) and `TENANT_CONFIGS`, lets env
-/// entries replace file entries with the same id, and checks that no two tenants
-/// share a subdomain.
 /// Refuses a tenant whose subdomain is one of `ignored` (such as `www`): requests
 /// for that label are never identified by subdomain, so the tenant could not be
-/// reached that way.
-pub fn check_ignored_subdomains(
+/// reached that way. Refuses a tenant whose data would be in the control
+/// database (whose storage identity is `control`).
+pub fn check_against_settings(
     tenants: &[TenantConfig],
     ignored: &[String],
+    control: Option<&str>,
 ) -> Result<(), Vec<ConfigError>> {
     let errors: Vec<ConfigError> = tenants
         .iter()
-        .filter_map(|t| ignored_subdomain_error(t, ignored))
+        .flat_map(|t| {
+            [
+                ignored_subdomain_error(t, ignored),
+                control_database_error(t, control),
+            ]
+        })
+        .flatten()
         .collect();
     if errors.is_empty() {
         Ok(())
@@ -114,6 +119,27 @@ pub fn ignored_subdomain_error(tenant: &TenantConfig, ignored: &[String]) -> Opt
     })
 }
 
+/// The error for one tenant whose database (or schema) is in the control
+/// database, whose storage identity is `control`: removing the tenant with its
+/// database would remove every tenant added at run time.
+pub fn control_database_error(tenant: &TenantConfig, control: Option<&str>) -> Option<ConfigError> {
+    let control = control?;
+    let storage = tenant.storage_identity()?;
+    let inside = storage
+        .strip_prefix(control)
+        .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'));
+    inside.then(|| {
+        ConfigError::new(
+            Some(tenant.id.as_str()),
+            "database_url",
+            "is the control database (CONTROL_DATABASE_URL): each tenant needs a database of its own",
+        )
+    })
+}
+
+/// Reads the tenants file (if given or present) and `TENANT_CONFIGS`, lets env
+/// entries replace file entries with the same id, and checks that no two tenants
+/// share a subdomain or a database.
 pub fn load_tenants(
     file: Option<&Path>,
     file_required: bool,
@@ -382,12 +408,84 @@ mod tests {
         assert_eq!(errs.len(), 1, "{errs:?}");
         assert_eq!(errs[0].field, "database_url");
         assert!(errs[0].message.contains("tenant 'a'"), "{}", errs[0]);
+        // Through a `..`.
+        let env = r#"{"b": {"database_url": "sqlite://data/../data/a.db"}}"#;
+        let errs = load_tenants(Some(&file), true, Some(env)).unwrap_err();
+        assert!(errs[0].message.contains("tenant 'a'"), "{errs:?}");
+        // Percent-encoded: the driver would decode it, so it is refused outright.
+        let env = r#"{"b": {"database_url": "sqlite://data/%61.db"}}"#;
+        let errs = load_tenants(Some(&file), true, Some(env)).unwrap_err();
+        assert!(errs[0].message.contains("percent-encode"), "{errs:?}");
         // The same database under other credentials.
         let env = r#"{"c": {"database_url": "postgres://x:y@DB.example:5432/shared"}}"#;
         let errs = load_tenants(Some(&file), true, Some(env)).unwrap_err();
         let text = errs[0].to_string();
         assert!(text.contains("'whole'") && text.contains("'c'"), "{text}");
         assert!(!errs[0].to_string().contains("x:y"), "{}", errs[0]);
+        // Under another name, with the driver's parameters that would override
+        // the server, database or user the URL names.
+        for query in [
+            "dbname=shared",
+            "host=db.example",
+            "hostaddr=10.0.0.1",
+            "port=5432",
+            "user=x",
+            "password=secret-in-query",
+        ] {
+            let env = format!(
+                r#"{{"d": {{"database_url": "postgres://x:y@other.example/other?sslmode=require&{query}"}}}}"#
+            );
+            let errs = load_tenants(Some(&file), true, Some(&env)).unwrap_err();
+            let text = errs[0].to_string();
+            assert!(text.contains("query parameter"), "{query}: {text}");
+            assert!(!text.contains("secret-in-query"), "{text}");
+        }
+    }
+
+    #[test]
+    fn a_misplaced_value_is_not_quoted_in_the_error() {
+        let toml = "[tenants]\nacme = \"postgres://app:LeakPw44@db1.internal/acme\"\n";
+        let errs = parse_tenants_toml(toml).unwrap_err();
+        let text = format!("{errs:?}");
+        assert!(
+            !text.contains("LeakPw44") && !text.contains("db1.internal"),
+            "{text}"
+        );
+        assert!(text.contains("invalid type: string, expected"), "{text}");
+        let json = r#"{"acme": "postgres://app:LeakPw45@db1.internal/acme",
+                       "b": {"database_url": "sqlite://b.db", "isolation": "postgres://u:LeakPw46@h/d"},
+                       "c": {"database_url": "sqlite://c.db", "is_active": "postgres://u:Leak\"Pw47@h/d"},
+                       "d": {"database_url": "sqlite://d.db", "colour": 1}}"#;
+        let errs = parse_tenants_json(json).unwrap_err();
+        let text = format!("{errs:?}");
+        assert!(!text.contains("LeakPw") && !text.contains("Pw47"), "{text}");
+        assert!(
+            text.contains("invalid type: string, expected a boolean"),
+            "{text}"
+        );
+        // Field names are the operator's to fix, not secrets.
+        assert!(text.contains("`colour`"), "{text}");
+    }
+
+    #[test]
+    fn a_tenant_on_the_control_database_is_refused() {
+        let control = crate::tenant::storage_identity_of("sqlite://data/control.db?mode=rwc", None);
+        let pg_control =
+            crate::tenant::storage_identity_of("postgres://u:p@db.example/control", None);
+        let env = r#"{"a": {"database_url": "sqlite://./data/../data/control.db"},
+                      "b": {"database_url": "sqlite://data/b.db"},
+                      "c": {"database_url": "postgres://v:q@DB.example:5432/control"},
+                      "d": {"database_url": "postgres://v:q@db.example/control", "isolation": "schema"},
+                      "e": {"database_url": "postgres://v:q@db.example/control_2"}}"#;
+        let tenants = load_tenants(None, false, Some(env)).unwrap();
+        let errs = check_against_settings(&tenants, &[], control.as_deref()).unwrap_err();
+        let refused: Vec<_> = errs.iter().map(|e| e.tenant.clone().unwrap()).collect();
+        assert_eq!(refused, ["a"], "{errs:?}");
+        assert_eq!(errs[0].field, "database_url");
+        let errs = check_against_settings(&tenants, &[], pg_control.as_deref()).unwrap_err();
+        let refused: Vec<_> = errs.iter().map(|e| e.tenant.clone().unwrap()).collect();
+        assert_eq!(refused, ["c", "d"], "{errs:?}");
+        assert!(check_against_settings(&tenants, &[], None).is_ok());
     }
 
     #[test]

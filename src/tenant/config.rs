@@ -157,29 +157,46 @@ impl TenantConfig {
     /// tenant; `None` for an in-memory database. Two tenants with the same identity
     /// would share (and could drop) each other's data.
     pub fn storage_identity(&self) -> Option<String> {
-        let url = self.database_url.expose();
-        if let Some(rest) = url.strip_prefix("sqlite:") {
-            let rest = rest.strip_prefix("//").unwrap_or(rest);
-            let path = rest.split('?').next().unwrap_or(rest);
-            if path.is_empty() || path.starts_with(":memory:") {
-                return None;
-            }
-            let absolute = std::path::absolute(path).ok()?;
-            return Some(format!("sqlite:{}", absolute.display()));
-        }
-        let parsed = url::Url::parse(url).ok()?;
-        let mut key = format!(
-            "postgres:{}:{}/{}",
-            parsed.host_str().unwrap_or_default().to_ascii_lowercase(),
-            parsed.port().unwrap_or(5432),
-            parsed.path().trim_start_matches('/')
-        );
-        if let Some(schema) = self.schema_name() {
-            key.push('/');
-            key.push_str(&schema);
-        }
-        Some(key)
+        storage_identity_of(self.database_url.expose(), self.schema_name().as_deref())
     }
+}
+
+/// The storage identity (see [`TenantConfig::storage_identity`]) of the database
+/// at `url`, or of `schema` in it. A SQLite path is made absolute and its `.` and
+/// `..` taken out by their names alone (not by following links), so that every
+/// spelling of a path gives one identity, and the same one on every start.
+pub fn storage_identity_of(url: &str, schema: Option<&str>) -> Option<String> {
+    if let Some(rest) = url.strip_prefix("sqlite:") {
+        let rest = rest.strip_prefix("//").unwrap_or(rest);
+        let path = rest.split('?').next().unwrap_or(rest);
+        if path.is_empty() || path.starts_with(":memory:") {
+            return None;
+        }
+        let absolute = std::path::absolute(path).ok()?;
+        let mut normal = std::path::PathBuf::new();
+        for part in absolute.components() {
+            match part {
+                std::path::Component::CurDir => {}
+                std::path::Component::ParentDir => {
+                    normal.pop();
+                }
+                other => normal.push(other),
+            }
+        }
+        return Some(format!("sqlite:{}", normal.display()));
+    }
+    let parsed = url::Url::parse(url).ok()?;
+    let mut key = format!(
+        "postgres:{}:{}/{}",
+        parsed.host_str().unwrap_or_default().to_ascii_lowercase(),
+        parsed.port().unwrap_or(5432),
+        parsed.path().trim_start_matches('/')
+    );
+    if let Some(schema) = schema {
+        key.push('/');
+        key.push_str(schema);
+    }
+    Some(key)
 }
 
 /// The error for `tenant`, whose storage is `other`'s too.

@@ -436,11 +436,33 @@ pub fn check_database_url(url: &str) -> Result<(), String> {
     if url.chars().any(|c| c.is_whitespace() || c.is_control()) {
         return Err("must not contain spaces or control characters".into());
     }
+    if scheme == Some("sqlite") {
+        let rest = url["sqlite:".len()..].trim_start_matches('/');
+        // The driver decodes `%xx` in the path and the file checks here would
+        // not: one tenant could reach another's file under another spelling.
+        if rest
+            .split('?')
+            .next()
+            .is_some_and(|path| path.contains('%'))
+        {
+            return Err("must not percent-encode its path: write the file name as it is".into());
+        }
+    }
     if matches!(scheme, Some("postgres" | "postgresql")) {
         let parsed =
             url::Url::parse(url).map_err(|_| "is not a valid postgres:// URL".to_string())?;
         if parsed.host_str().is_none_or(str::is_empty) {
             return Err("names no host".into());
+        }
+        // The driver lets these parameters override the URL's own server,
+        // database and user, which are what tells tenants' databases apart.
+        if let Some((key, _)) = parsed.query_pairs().find(|(k, _)| {
+            ["host", "hostaddr", "port", "dbname", "user", "password"].contains(&k.as_ref())
+        }) {
+            return Err(format!(
+                "must not set '{}' as a query parameter: write the server, database and user in the URL itself",
+                printable(&key)
+            ));
         }
         let name = parsed.path().trim_start_matches('/');
         let plain = !name.is_empty()

@@ -388,7 +388,9 @@ async fn replicas_share_the_control_database(control: String) {
     };
     let a = spawn_app_with(replica("1")).await;
     let b = spawn_app_with(replica("1")).await;
-    let body = provision_body(&a, Backend::Sqlite, "shared_one").await;
+    let mut body = provision_body(&a, Backend::Sqlite, "shared_one").await;
+    body["storage_quota_bytes"] = json!(123_456_789);
+    body["max_concurrent_requests"] = json!(7);
     assert_eq!(provision(&a, &body).await.status(), 201);
     a.create_product("shared_one", "made on A", 1.0).await;
 
@@ -429,7 +431,15 @@ async fn replicas_share_the_control_database(control: String) {
     assert_eq!(suspend.status(), 200);
     wait_for(&b, 403).await;
 
-    // A fresh process on the same control database serves it from the start.
+    // A fresh process on the same control database serves it from the start,
+    // with the limits it was provisioned with and those changed since.
+    let change = a
+        .admin(Method::PATCH, "/api/admin/tenants/shared_one")
+        .json(&json!({ "rate_limit_per_sec": 40 }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(change.status(), 200);
     let c = spawn_app_with(replica("0")).await;
     let request = c
         .as_tenant(Method::GET, "shared_one", "/api/products")
@@ -437,6 +447,136 @@ async fn replicas_share_the_control_database(control: String) {
         .await
         .unwrap();
     assert_error(request, 403, "tenant_inactive").await;
+    let config: Value = c
+        .admin(Method::GET, "/api/tenants/shared_one/config")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        config["limits"],
+        json!({ "storage_quota_bytes": 123_456_789, "max_concurrent_requests": 7, "rate_limit_per_sec": 40 }),
+        "{config}"
+    );
+}
+
+#[tokio::test]
+async fn other_spellings_of_a_database_in_use_and_the_control_database_are_refused() {
+    let app = spawn_app_with(AppSpec::new(standard_tenants())).await;
+    let dir = app.data_dir();
+    let url = |path: String| json!({ "id": "second", "database_url": path });
+    let first =
+        json!({ "id": "first", "database_url": format!("sqlite://{}/first.db", dir.display()) });
+    assert_eq!(provision(&app, &first).await.status(), 201);
+    app.create_product("first", "first's own", 1.0).await;
+    for other in [
+        format!("sqlite://{}/../data/first.db", dir.display()),
+        format!("sqlite://{}/./first.db", dir.display()),
+        format!("sqlite://{}//first.db", dir.display()),
+    ] {
+        let refused = provision(&app, &url(other.clone())).await;
+        assert_eq!(refused.status(), 409, "{other}");
+    }
+    // The driver decodes `%xx`; the checks here would not.
+    let encoded = provision(&app, &url(format!("sqlite://{}/%66irst.db", dir.display()))).await;
+    assert_error(encoded, 422, "validation_failed").await;
+    // Query parameters the driver lets override the URL's database or server.
+    for query in ["dbname=other", "host=127.0.0.1", "port=1", "user=other"] {
+        let refused = provision(
+            &app,
+            &url(format!("postgres://u:p@127.0.0.1:5432/second?{query}")),
+        )
+        .await;
+        assert_error(refused, 422, "validation_failed").await;
+    }
+    // The control database (beside the data directory in these tests): a tenant
+    // there, removed with its database, would take every run-time tenant along.
+    let control = dir.join("../control/control.db");
+    let refused = provision(&app, &url(format!("sqlite://{}", control.display()))).await;
+    assert_error(refused, 422, "validation_failed").await;
+    assert!(control.exists());
+    let names = app
+        .product_names(app.as_tenant(Method::GET, "first", "/api/products"))
+        .await;
+    assert_eq!(names, ["first's own"]);
+}
+
+#[tokio::test]
+async fn a_database_that_cannot_be_dropped_keeps_its_tenant_suspended_for_another_try() {
+    let app = spawn_app_with(AppSpec::new(standard_tenants())).await;
+    let file = app.data_dir().join("stuck.db");
+    let body = json!({ "id": "stuck", "database_url": format!("sqlite://{}", file.display()) });
+    assert_eq!(provision(&app, &body).await.status(), 201);
+    // A directory where the file was: removing it fails.
+    for suffix in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{suffix}", file.display()));
+    }
+    std::fs::create_dir(&file).unwrap();
+    let delete = || {
+        app.admin(
+            Method::DELETE,
+            "/api/admin/tenants/stuck?drop_database=true",
+        )
+        .send()
+    };
+    let failed = delete().await.unwrap();
+    assert!(failed.status().is_server_error(), "{}", failed.status());
+    // Still listed, suspended: the delete can be run again.
+    let config: Value = app
+        .admin(Method::GET, "/api/tenants/stuck/config")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(config["is_active"], false, "{config}");
+    let request = app
+        .as_tenant(Method::GET, "stuck", "/api/products")
+        .send()
+        .await
+        .unwrap();
+    assert_error(request, 403, "tenant_inactive").await;
+    std::fs::remove_dir(&file).unwrap();
+    assert_eq!(delete().await.unwrap().status(), 204);
+    let gone = app
+        .admin(Method::GET, "/api/tenants/stuck/config")
+        .send()
+        .await
+        .unwrap();
+    assert_error(gone, 404, "tenant_not_found").await;
+}
+
+#[tokio::test]
+async fn a_file_tenant_changed_at_run_time_keeps_its_database_when_removed() {
+    let app = spawn_app_with(AppSpec::new(standard_tenants())).await;
+    app.create_product("demo", "kept", 1.0).await;
+    let change = app
+        .admin(Method::PATCH, "/api/admin/tenants/demo")
+        .json(&json!({ "gst_number": "GST1" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(change.status(), 200);
+    let refused = app
+        .admin(Method::DELETE, "/api/admin/tenants/demo?drop_database=true")
+        .send()
+        .await
+        .unwrap();
+    assert_error(refused, 409, "conflict").await;
+    // Without the drop, the change goes and the file's entry is back.
+    let undone = app
+        .admin(Method::DELETE, "/api/admin/tenants/demo")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(undone.status(), 204);
+    let names = app
+        .product_names(app.as_tenant(Method::GET, "demo", "/api/products"))
+        .await;
+    assert!(names.contains(&"kept".to_string()), "{names:?}");
 }
 
 #[tokio::test]

@@ -41,6 +41,18 @@ fn each_kind_of_invalid_entry_stops_start_up_naming_tenant_and_field() {
             "b",
             "database_url",
         ),
+        (
+            "[tenants.a]\ndatabase_url = 'sqlite://data/a.db?mode=rwc'\n[tenants.b]\ndatabase_url = 'sqlite://data/../data/a.db'",
+            "b",
+            "database_url",
+        ),
+        // A URL where a table belongs: the message must not quote it.
+        ("[tenants]\na = 'postgres://u:Pw0rdX@h/db'", "a", "entry"),
+        (
+            "[tenants.a]\ndatabase_url = 'postgres://u:p@h/db?password=Pw0rdX'",
+            "a",
+            "database_url",
+        ),
     ];
     for (toml, tenant, field) in cases {
         let stderr = refused_start(toml);
@@ -205,6 +217,116 @@ fn sighup_reloads_the_tenants_file_under_load_and_refuses_an_invalid_one() {
     let log = server.log();
     assert!(log.contains("reload refused"), "{log}");
     assert!(log.contains("tenant 'broken': field 'domain'"), "{log}");
+}
+
+#[test]
+fn a_reload_or_a_start_that_would_hide_a_tenant_added_at_run_time_is_refused() {
+    let dir = dir_with_sqlite_tenant("demo");
+    let file = dir.path().join("tenants.toml");
+    let demo_entry = std::fs::read_to_string(&file).unwrap();
+    let mut server = Server::start(command(dir.path(), &[]));
+    let address = server.address.clone();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let client = reqwest::Client::new();
+    let status_of = |id: &'static str| {
+        let (client, address) = (client.clone(), address.clone());
+        async move {
+            client
+                .get(format!("{address}/api/products"))
+                .header("X-Tenant-ID", id)
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        }
+    };
+    rt.block_on(async {
+        let provisioned = client
+            .post(format!("{address}/api/admin/tenants"))
+            .bearer_auth(ADMIN)
+            .json(&serde_json::json!({
+                "id": "added",
+                "database_url": format!("sqlite://{}/added.db", dir.path().display()),
+            }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(provisioned.status(), 201);
+        let made = client
+            .post(format!("{address}/api/products"))
+            .header("X-Tenant-ID", "added")
+            .json(&serde_json::json!({ "name": "added's own", "price": 1.0 }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(made.status(), 201);
+    });
+    // The file gains a tenant on that database, spelt another way.
+    std::fs::write(
+        &file,
+        format!(
+            "{demo_entry}[tenants.intruder]\ndatabase_url = 'sqlite://{}/./added.db'\n",
+            dir.path().display()
+        ),
+    )
+    .unwrap();
+    let pid = server.child.id().to_string();
+    let hangup = || {
+        let status = Command::new("kill").args(["-HUP", &pid]).status().unwrap();
+        assert!(status.success());
+    };
+    hangup();
+    // Then a file that is fine, with one more tenant: reloads run one after
+    // another, so once that tenant is served the first reload is done.
+    let extra = format!(
+        "[tenants.extra]\ndatabase_url = 'sqlite://{}/extra.db'\n",
+        dir.path().display()
+    );
+    let with_intruder = std::fs::read_to_string(&file).unwrap();
+    std::fs::write(&file, format!("{demo_entry}{extra}")).unwrap();
+    hangup();
+    rt.block_on(async {
+        let mut served = false;
+        for _ in 0..100 {
+            if status_of("extra").await == 200 {
+                served = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(served, "extra never served after SIGHUP");
+    });
+    rt.block_on(async {
+        assert_eq!(status_of("added").await, 200);
+        assert_eq!(status_of("intruder").await, 404);
+        let listed = client
+            .get(format!("{address}/api/products"))
+            .header("X-Tenant-ID", "added")
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        assert!(listed.contains("added's own"), "{listed}");
+    });
+    assert!(server.stop());
+    let log = server.log();
+    assert!(log.contains("reload refused"), "{log}");
+    assert!(
+        log.contains("tenant 'intruder': field 'database_url'"),
+        "{log}"
+    );
+    // Started with that file, the service refuses, naming the entry.
+    std::fs::write(&file, with_intruder).unwrap();
+    let output = command(dir.path(), &[]).output().unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("tenant 'intruder': field 'database_url'") && stderr.contains("'added'"),
+        "{stderr}"
+    );
 }
 
 #[test]
