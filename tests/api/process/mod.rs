@@ -14,7 +14,7 @@ mod secrets;
 mod startup;
 
 use std::{
-    io::{BufRead, BufReader, Read},
+    io::{BufRead, BufReader},
     path::Path,
     process::{Child, Command, Stdio},
     sync::{Arc, Mutex},
@@ -81,11 +81,17 @@ impl Server {
         let log = Arc::new(Mutex::new(String::new()));
         let stderr = child.stderr.take().unwrap();
         let err_log = log.clone();
-        let err_reader = std::thread::spawn(move || {
-            let mut text = String::new();
-            let _ = BufReader::new(stderr).read_to_string(&mut text);
-            err_log.lock().unwrap().push_str(&text);
-        });
+        // Line by line, so that a test can wait for a line while the server runs.
+        let follow = |mut from: Box<dyn BufRead + Send>, log: Arc<Mutex<String>>| {
+            std::thread::spawn(move || {
+                let mut line = String::new();
+                while from.read_line(&mut line).is_ok_and(|n| n > 0) {
+                    log.lock().unwrap().push_str(&line);
+                    line.clear();
+                }
+            })
+        };
+        let err_reader = follow(Box::new(BufReader::new(stderr)), err_log);
         let mut stdout = BufReader::new(child.stdout.take().unwrap());
         let mut address = None;
         let mut line = String::new();
@@ -103,12 +109,7 @@ impl Server {
                 address = rest.find('"').map(|end| format!("http://{}", &rest[..end]));
             }
         }
-        let out_log = log.clone();
-        let out_reader = std::thread::spawn(move || {
-            let mut rest = String::new();
-            let _ = stdout.read_to_string(&mut rest);
-            out_log.lock().unwrap().push_str(&rest);
-        });
+        let out_reader = follow(Box::new(stdout), log.clone());
         Self {
             child,
             address: address.unwrap(),
@@ -140,6 +141,17 @@ impl Server {
 
     fn log(&self) -> String {
         self.log.lock().unwrap().clone()
+    }
+
+    /// Waits up to 10 s for `text` to appear in the output; whether it did.
+    fn wait_for_log(&self, text: &str) -> bool {
+        for _ in 0..200 {
+            if self.log().contains(text) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        false
     }
 }
 

@@ -114,6 +114,29 @@ fn sigterm_closes_the_server_cleanly() {
     );
 }
 
+/// The status of `GET /api/products` for `tenant`.
+async fn products_status(client: &reqwest::Client, address: &str, tenant: &str) -> u16 {
+    client
+        .get(format!("{address}/api/products"))
+        .header("X-Tenant-ID", tenant)
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
+/// Waits for `tenant` to be served, as it is once a reload that adds it is done.
+async fn served_soon(client: &reqwest::Client, address: &str, tenant: &str) {
+    for _ in 0..100 {
+        if products_status(client, address, tenant).await == 200 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("{tenant} never served after SIGHUP");
+}
+
 #[test]
 fn sighup_reloads_the_tenants_file_under_load_and_refuses_an_invalid_one() {
     let dir = tempfile::tempdir().unwrap();
@@ -157,33 +180,12 @@ fn sighup_reloads_the_tenants_file_under_load_and_refuses_an_invalid_one() {
                 (ok, failed)
             })
         };
-        let status_of = |id: &'static str| {
-            let (client, address) = (client.clone(), address.clone());
-            async move {
-                client
-                    .get(format!("{address}/api/products"))
-                    .header("X-Tenant-ID", id)
-                    .send()
-                    .await
-                    .unwrap()
-                    .status()
-                    .as_u16()
-            }
-        };
-        assert_eq!(status_of("extra").await, 404);
+        assert_eq!(products_status(&client, &address, "extra").await, 404);
 
         // A new tenant in the file is served after SIGHUP, with no restart.
         std::fs::write(&file, format!("{}{}", entry("demo"), entry("extra"))).unwrap();
         hangup();
-        let mut served = false;
-        for _ in 0..50 {
-            if status_of("extra").await == 200 {
-                served = true;
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        assert!(served, "extra never served after SIGHUP");
+        served_soon(&client, &address, "extra").await;
 
         // An invalid file is refused and the old tenants stay.
         std::fs::write(
@@ -197,7 +199,7 @@ fn sighup_reloads_the_tenants_file_under_load_and_refuses_an_invalid_one() {
         hangup();
         tokio::time::sleep(Duration::from_millis(500)).await;
         assert_eq!(
-            status_of("extra").await,
+            products_status(&client, &address, "extra").await,
             200,
             "an invalid reload dropped a tenant"
         );
@@ -228,19 +230,6 @@ fn a_reload_or_a_start_that_would_hide_a_tenant_added_at_run_time_is_refused() {
     let address = server.address.clone();
     let rt = tokio::runtime::Runtime::new().unwrap();
     let client = reqwest::Client::new();
-    let status_of = |id: &'static str| {
-        let (client, address) = (client.clone(), address.clone());
-        async move {
-            client
-                .get(format!("{address}/api/products"))
-                .header("X-Tenant-ID", id)
-                .send()
-                .await
-                .unwrap()
-                .status()
-                .as_u16()
-        }
-    };
     rt.block_on(async {
         let provisioned = client
             .post(format!("{address}/api/admin/tenants"))
@@ -277,8 +266,12 @@ fn a_reload_or_a_start_that_would_hide_a_tenant_added_at_run_time_is_refused() {
         assert!(status.success());
     };
     hangup();
-    // Then a file that is fine, with one more tenant: reloads run one after
-    // another, so once that tenant is served the first reload is done.
+    assert!(
+        server.wait_for_log("reload refused"),
+        "no refusal logged:\n{}",
+        server.log()
+    );
+    // Then a file that is fine, with one more tenant, served once reloaded.
     let extra = format!(
         "[tenants.extra]\ndatabase_url = 'sqlite://{}/extra.db'\n",
         dir.path().display()
@@ -286,20 +279,10 @@ fn a_reload_or_a_start_that_would_hide_a_tenant_added_at_run_time_is_refused() {
     let with_intruder = std::fs::read_to_string(&file).unwrap();
     std::fs::write(&file, format!("{demo_entry}{extra}")).unwrap();
     hangup();
+    rt.block_on(served_soon(&client, &address, "extra"));
     rt.block_on(async {
-        let mut served = false;
-        for _ in 0..100 {
-            if status_of("extra").await == 200 {
-                served = true;
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        assert!(served, "extra never served after SIGHUP");
-    });
-    rt.block_on(async {
-        assert_eq!(status_of("added").await, 200);
-        assert_eq!(status_of("intruder").await, 404);
+        assert_eq!(products_status(&client, &address, "added").await, 200);
+        assert_eq!(products_status(&client, &address, "intruder").await, 404);
         let listed = client
             .get(format!("{address}/api/products"))
             .header("X-Tenant-ID", "added")
