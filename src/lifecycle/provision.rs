@@ -179,10 +179,19 @@ impl Lifecycle {
         {
             return Err(AppError::validation("subdomain", e.message));
         }
-        if let Some(e) =
-            crate::settings::control_database_error(config, self.control.storage_identity())
-        {
-            return Err(AppError::validation("database_url", e.message));
+        // A new database URL (a tenant's first, or a move's target): a row
+        // already in the control database keeps the one it has.
+        let new_url = replacing
+            .and_then(|id| self.registry.get(id.as_str()))
+            .is_none_or(|current| current.database_url != config.database_url);
+        if new_url {
+            crate::tenant::check_tenant_database_url(config.database_url.expose())
+                .map_err(|m| AppError::validation("database_url", format!("database_url {m}")))?;
+            if let Some(e) =
+                crate::settings::control_database_error(config, self.control.storage_identity())
+            {
+                return Err(AppError::validation("database_url", e.message));
+            }
         }
         if replacing.is_none() && self.registry.get(config.id.as_str()).is_some() {
             return Err(AppError::Conflict(format!(

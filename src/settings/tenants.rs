@@ -6,8 +6,8 @@
 use std::{collections::HashMap, path::Path};
 
 use crate::tenant::{
-    ConfigError, RawTenant, TenantConfig, TenantId, TenantSource, path_error, shared_storage_error,
-    validate_entries,
+    ConfigError, RawTenant, TenantConfig, TenantId, TenantSource, check_tenant_database_url,
+    path_error, shared_storage_error, validate_entries,
 };
 
 /// Parses the text of a tenants file: a `[tenants.<id>]` table per tenant.
@@ -119,16 +119,15 @@ pub fn ignored_subdomain_error(tenant: &TenantConfig, ignored: &[String]) -> Opt
     })
 }
 
-/// The error for one tenant whose database (or schema) is in the control
-/// database, whose storage identity is `control`: removing the tenant with its
-/// database would remove every tenant added at run time.
+/// The error for one tenant whose database is the control database, whose
+/// storage identity is `control`: removing the tenant with its database would
+/// remove every tenant added at run time.
 pub fn control_database_error(tenant: &TenantConfig, control: Option<&str>) -> Option<ConfigError> {
     let control = control?;
     let storage = tenant.storage_identity()?;
-    let inside = storage
-        .strip_prefix(control)
-        .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'));
-    inside.then(|| {
+    // The database or file itself: a schema tenant in a PostgreSQL control
+    // database keeps to its schema, and dropping it drops that schema alone.
+    (storage == control).then(|| {
         ConfigError::new(
             Some(tenant.id.as_str()),
             "database_url",
@@ -181,6 +180,15 @@ pub fn load_tenants(
                     "'{}' is already the subdomain of tenant '{other}'",
                     t.subdomain
                 ),
+            ));
+        }
+    }
+    for t in &tenants {
+        if let Err(message) = check_tenant_database_url(t.database_url.expose()) {
+            errors.push(ConfigError::new(
+                Some(t.id.as_str()),
+                "database_url",
+                message,
             ));
         }
     }
@@ -417,7 +425,7 @@ mod tests {
         let errs = load_tenants(Some(&file), true, Some(env)).unwrap_err();
         assert!(errs[0].message.contains("percent-encode"), "{errs:?}");
         // The same database under other credentials.
-        let env = r#"{"c": {"database_url": "postgres://x:y@DB.example:5432/shared"}}"#;
+        let env = r#"{"c": {"database_url": "postgres://x:y@DB.example.:5432/shared"}}"#;
         let errs = load_tenants(Some(&file), true, Some(env)).unwrap_err();
         let text = errs[0].to_string();
         assert!(text.contains("'whole'") && text.contains("'c'"), "{text}");
@@ -484,7 +492,7 @@ mod tests {
         assert_eq!(errs[0].field, "database_url");
         let errs = check_against_settings(&tenants, &[], pg_control.as_deref()).unwrap_err();
         let refused: Vec<_> = errs.iter().map(|e| e.tenant.clone().unwrap()).collect();
-        assert_eq!(refused, ["c", "d"], "{errs:?}");
+        assert_eq!(refused, ["c"], "{errs:?}");
         assert!(check_against_settings(&tenants, &[], None).is_ok());
     }
 

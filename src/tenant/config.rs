@@ -188,7 +188,12 @@ pub fn storage_identity_of(url: &str, schema: Option<&str>) -> Option<String> {
     let parsed = url::Url::parse(url).ok()?;
     let mut key = format!(
         "postgres:{}:{}/{}",
-        parsed.host_str().unwrap_or_default().to_ascii_lowercase(),
+        // `db.example.` is `db.example`.
+        parsed
+            .host_str()
+            .unwrap_or_default()
+            .trim_end_matches('.')
+            .to_ascii_lowercase(),
         parsed.port().unwrap_or(5432),
         parsed.path().trim_start_matches('/')
     );
