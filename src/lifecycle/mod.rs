@@ -351,7 +351,10 @@ impl Lifecycle {
                 // Its pool closes before its storage goes.
                 self.registry.remove(&current.id).await;
             }
-            if let Err(e) = self.drop_storage(&current).await {
+            // The ledger forgets the storage only once the row is gone (below):
+            // a tenant reactivated after a crash here finds its database missing
+            // (503) rather than made again, empty.
+            if let Err(e) = db::drop_storage(&current, &self.pools).await {
                 let answer = storage_error("drop storage", &e);
                 // Back, suspended.
                 if let Err(e) = self.refresh().await {
@@ -361,13 +364,29 @@ impl Lifecycle {
                 return Err(answer);
             }
         }
-        {
+        let deleted = {
             let _turn = self.refreshing.lock().await;
-            self.control
-                .delete(id)
-                .await
-                .map_err(|e| storage_error("delete", &e))?;
-            self.registry.remove(&current.id).await;
+            let deleted = self.control.delete(id).await;
+            if deleted.is_ok() {
+                self.registry.remove(&current.id).await;
+            }
+            deleted
+        };
+        if let Err(e) = deleted {
+            let answer = storage_error("delete", &e);
+            // A suspended tenant removed from the registry above comes back.
+            if let Err(e) = self.refresh().await {
+                tracing::warn!(error = %db::redact_error(&e), "could not reload the tenants");
+            }
+            return Err(answer);
+        }
+        if drop_storage
+            && let Some(key) = db::storage_key(&current).map_err(|e| storage_error("forget", &e))?
+            && let Err(e) = self.control.forget_storage(&key).await
+        {
+            // Harmless: a tenant provisioned there later makes the storage, and
+            // then finds it where the ledger says.
+            tracing::warn!(tenant_id = %id, error = %db::redact_error(&e), "could not forget the dropped storage");
         }
         // A file tenant that the removed row had overridden comes back.
         self.refresh()
