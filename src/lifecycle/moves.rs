@@ -536,7 +536,9 @@ impl Lifecycle {
                 )
                 .await?
             {
-                // Not switched: the source takes writes again.
+                // Not switched: the source takes writes again (reloads need not
+                // wait for that).
+                drop(turn);
                 unfreeze(&source, &schema, &list).await?;
                 return Err(AppError::internal(
                     "the switch failed; the tenant stays on its source",

@@ -384,6 +384,7 @@ impl Lifecycle {
             let _ = target.close().await;
             if let Err(e) = switch {
                 // Not switched: the file takes writes again.
+                drop(turn);
                 unfreeze_file(&source_url).await?;
                 return Err(e);
             }
