@@ -197,7 +197,7 @@ fn sighup_reloads_the_tenants_file_under_load_and_refuses_an_invalid_one() {
         )
         .unwrap();
         hangup();
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert!(server.wait_for_log("reload refused"), "{}", server.log());
         assert_eq!(
             products_status(&client, &address, "extra").await,
             200,
