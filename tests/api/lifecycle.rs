@@ -33,6 +33,17 @@ async fn provision_body(app: &TestApp, backend: Backend, id: &str) -> Value {
     body
 }
 
+/// What `GET /api/tenants/{id}/config` answers.
+async fn config_of(app: &TestApp, id: &str) -> Value {
+    let response = app
+        .admin(Method::GET, &format!("/api/tenants/{id}/config"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200, "config of {id}");
+    response.json().await.unwrap()
+}
+
 async fn provision(app: &TestApp, body: &Value) -> reqwest::Response {
     app.admin(Method::POST, "/api/admin/tenants")
         .json(body)
@@ -447,14 +458,7 @@ async fn replicas_share_the_control_database(control: String) {
         .await
         .unwrap();
     assert_error(request, 403, "tenant_inactive").await;
-    let config: Value = c
-        .admin(Method::GET, "/api/tenants/shared_one/config")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let config = config_of(&c, "shared_one").await;
     assert_eq!(
         config["limits"],
         json!({ "storage_quota_bytes": 123_456_789, "max_concurrent_requests": 7, "rate_limit_per_sec": 40 }),
@@ -524,14 +528,7 @@ async fn a_database_that_cannot_be_dropped_keeps_its_tenant_suspended_for_anothe
     let failed = delete().await.unwrap();
     assert!(failed.status().is_server_error(), "{}", failed.status());
     // Still listed, suspended: the delete can be run again.
-    let config: Value = app
-        .admin(Method::GET, "/api/tenants/stuck/config")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let config = config_of(&app, "stuck").await;
     assert_eq!(config["is_active"], false, "{config}");
     let request = app
         .as_tenant(Method::GET, "stuck", "/api/products")
