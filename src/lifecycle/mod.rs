@@ -193,7 +193,15 @@ impl Lifecycle {
     /// and the answer lists why.
     pub async fn set_base(&self, base: Vec<TenantConfig>) -> Result<Vec<ConfigError>, DbErr> {
         let _turn = self.refreshing.lock().await;
-        let (rows, _) = self.control.load().await?;
+        let (mut rows, _) = self.control.load().await?;
+        // Tenants being provisioned have claimed their database and subdomain too.
+        rows.extend(
+            self.control
+                .unfinished()
+                .await?
+                .into_iter()
+                .filter_map(|u| u.config.ok()),
+        );
         let refused = conflicts(&base, &rows);
         if refused.is_empty() {
             *self.base.write().unwrap_or_else(|p| p.into_inner()) = base;

@@ -84,6 +84,19 @@ impl Lifecycle {
                 ));
             }
         }
+        // Again, under the reload turn: a reload of the tenants file that read the
+        // control rows before the claim may have added an entry on this database
+        // since the first check. One that reads them from now on sees the claim.
+        let again = {
+            let _turn = self.refreshing.lock().await;
+            self.check_free(&config, None)
+        };
+        if let Err(e) = again {
+            if let Err(undo) = self.control.delete(config.id.as_str()).await {
+                tracing::error!(tenant_id = %config.id, error = %db::redact_error(&undo), "could not release the claim");
+            }
+            return Err(e);
+        }
         match self.make_storage(&config, seed, owner).await {
             Ok(()) => {}
             Err(e) => {

@@ -313,6 +313,62 @@ fn a_reload_or_a_start_that_would_hide_a_tenant_added_at_run_time_is_refused() {
 }
 
 #[test]
+fn a_reload_is_refused_while_a_tenant_on_that_database_is_being_provisioned() {
+    let dir = dir_with_sqlite_tenant("demo");
+    let file = dir.path().join("tenants.toml");
+    let demo_entry = std::fs::read_to_string(&file).unwrap();
+    let key = crate::helpers::TEST_SECRET_KEY;
+    let mut server = Server::start(command(dir.path(), &[("SECRET_KEY", key)]));
+    let pending_db = format!("sqlite://{}/pending.db", dir.path().display());
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    // A provisioning under way elsewhere: its claim is in the control database,
+    // its tenant not yet ready.
+    rt.block_on(async {
+        let secrets = tenant_router::secret::SecretBox::from_hex(key, None).unwrap();
+        let control = tenant_router::control::ControlStore::open(
+            &format!("sqlite://{}/data/control.db", dir.path().display()),
+            Arc::new(secrets),
+        )
+        .await
+        .unwrap();
+        let config = tenant_router::tenant::parse_tenant_entry(
+            "pending",
+            &serde_json::json!({ "database_url": pending_db }),
+            tenant_router::tenant::TenantSource::Control,
+        )
+        .unwrap();
+        let claim = control.claim(&config, "elsewhere/1/0000").await.unwrap();
+        assert!(matches!(claim, tenant_router::control::Claim::Claimed));
+    });
+    std::fs::write(
+        &file,
+        format!("{demo_entry}[tenants.intruder]\ndatabase_url = '{pending_db}'\n"),
+    )
+    .unwrap();
+    let hangup = Command::new("kill")
+        .args(["-HUP", &server.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(hangup.success());
+    assert!(
+        server.wait_for_log("reload refused"),
+        "no refusal logged:\n{}",
+        server.log()
+    );
+    let client = reqwest::Client::new();
+    let status = rt.block_on(products_status(&client, &server.address, "intruder"));
+    assert_eq!(status, 404);
+    assert!(server.stop());
+    assert!(
+        server
+            .log()
+            .contains("tenant 'intruder': field 'database_url'"),
+        "{}",
+        server.log()
+    );
+}
+
+#[test]
 fn production_refuses_to_start_without_a_jwt_secret_and_auth_mode_none_warns() {
     let dir = dir_with_sqlite_tenant("a");
     let output = command(
