@@ -224,6 +224,17 @@ impl Lifecycle {
                 other.id
             )));
         }
+        if new_url
+            && let Some(file) = crate::settings::sqlite_file_on_disk(config)
+            && let Some(other) = self.registry.list().into_iter().find(|t| {
+                t.id != config.id && crate::settings::sqlite_file_on_disk(t).as_ref() == Some(&file)
+            })
+        {
+            return Err(AppError::Conflict(format!(
+                "the database is already used by tenant '{}' (through a link): each tenant needs its own database",
+                other.id
+            )));
+        }
         if let Some(owner) = self.registry.by_subdomain(&config.subdomain)
             && owner != config.id
         {

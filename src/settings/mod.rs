@@ -19,7 +19,7 @@ pub use parts::{AuthMode, IdentifySettings, JWT_SECRET_MIN_LEN, PoolSettings};
 
 pub use tenants::{
     check_against_settings, control_database_error, ignored_subdomain_error, load_tenants,
-    parse_tenants_json, parse_tenants_toml,
+    parse_tenants_json, parse_tenants_toml, sqlite_file_on_disk,
 };
 
 /// Environment variables the service reads; each maps to the lowercase field below.

@@ -3,7 +3,10 @@
 //! the same id), each entry validated by [`crate::tenant::parse_tenant_entry`]'s
 //! rules, all errors reported at once.
 
-use std::{collections::HashMap, path::Path};
+use std::{
+    collections::HashMap,
+    path::{Path, PathBuf},
+};
 
 use crate::tenant::{
     ConfigError, RawTenant, TenantConfig, TenantId, TenantSource, check_tenant_database_url,
@@ -200,11 +203,34 @@ pub fn load_tenants(
             errors.push(shared_storage_error(&t.id, other));
         }
     }
+    // The same file reached through a symbolic link: an identity says nothing of
+    // links, the file system does (for files that exist).
+    let mut files: HashMap<PathBuf, (&TenantId, Option<String>)> = HashMap::new();
+    for t in &tenants {
+        if let Some(file) = sqlite_file_on_disk(t)
+            && let Some((other, identity)) = files.insert(file, (&t.id, t.storage_identity()))
+            && identity != t.storage_identity()
+        {
+            errors.push(shared_storage_error(&t.id, other));
+        }
+    }
     if errors.is_empty() {
         Ok(tenants)
     } else {
         Err(errors)
     }
+}
+
+/// The file a SQLite tenant's path leads to, symbolic links followed, if it
+/// exists.
+pub fn sqlite_file_on_disk(tenant: &TenantConfig) -> Option<PathBuf> {
+    let rest = tenant.database_url.expose().strip_prefix("sqlite:")?;
+    let rest = rest.strip_prefix("//").unwrap_or(rest);
+    let path = rest.split('?').next().unwrap_or(rest);
+    if path.is_empty() || path.starts_with(":memory:") {
+        return None;
+    }
+    std::fs::canonicalize(path).ok()
 }
 
 #[cfg(test)]
@@ -473,6 +499,24 @@ mod tests {
         );
         // Field names are the operator's to fix, not secrets.
         assert!(text.contains("`colour`"), "{text}");
+    }
+
+    #[test]
+    fn the_same_file_through_a_symbolic_link_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("data")).unwrap();
+        std::fs::write(dir.path().join("data/a.db"), b"").unwrap();
+        std::os::unix::fs::symlink(dir.path().join("data"), dir.path().join("link")).unwrap();
+        let env = format!(
+            r#"{{"a": {{"database_url": "sqlite://{0}/data/a.db"}},
+                 "b": {{"database_url": "sqlite://{0}/link/a.db"}},
+                 "c": {{"database_url": "sqlite://{0}/link/c.db"}}}}"#,
+            dir.path().display()
+        );
+        let errs = load_tenants(None, false, Some(&env)).unwrap_err();
+        assert_eq!(errs.len(), 1, "{errs:?}");
+        assert_eq!(errs[0].field, "database_url");
+        assert!(errs[0].to_string().contains("tenant 'a'"), "{}", errs[0]);
     }
 
     #[test]

@@ -483,6 +483,17 @@ async fn other_spellings_of_a_database_in_use_and_the_control_database_are_refus
         let refused = provision(&app, &url(other.clone())).await;
         assert_eq!(refused.status(), 409, "{other}");
     }
+    // Through a symbolic link to the data directory.
+    std::os::unix::fs::symlink(&dir, dir.with_file_name("linked")).unwrap();
+    let linked = provision(
+        &app,
+        &url(format!(
+            "sqlite://{}/first.db",
+            dir.with_file_name("linked").display()
+        )),
+    )
+    .await;
+    assert_error(linked, 409, "conflict").await;
     // The driver decodes `%xx`; the checks here would not.
     let encoded = provision(&app, &url(format!("sqlite://{}/%66irst.db", dir.display()))).await;
     assert_error(encoded, 422, "validation_failed").await;
