@@ -7,10 +7,7 @@ use sea_orm::DbErr;
 
 /// The file of a `sqlite:` URL, unless it is in memory.
 pub fn sqlite_path(url: &str) -> Option<String> {
-    let rest = url.strip_prefix("sqlite:")?;
-    let rest = rest.strip_prefix("//").unwrap_or(rest);
-    let path = rest.split('?').next().unwrap_or(rest);
-    (!path.is_empty() && !path.starts_with(":memory:")).then(|| path.to_string())
+    crate::tenant::sqlite_file_of(url).map(str::to_string)
 }
 
 pub(super) fn database_name(url: &str) -> Result<String, DbErr> {

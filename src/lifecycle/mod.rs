@@ -210,6 +210,13 @@ impl Lifecycle {
         Ok(refused)
     }
 
+    /// [`Self::refresh`] on the way out of a failure, which stays the answer.
+    async fn refresh_or_warn(&self) {
+        if let Err(e) = self.refresh().await {
+            tracing::warn!(error = %db::redact_error(&e), "could not reload the tenants");
+        }
+    }
+
     /// Reloads the control rows into the registry.
     pub async fn refresh(&self) -> Result<(), DbErr> {
         let _turn = self.refreshing.lock().await;
@@ -365,9 +372,7 @@ impl Lifecycle {
             if let Err(e) = db::drop_storage(&current, &self.pools).await {
                 let answer = storage_error("drop storage", &e);
                 // Back, suspended.
-                if let Err(e) = self.refresh().await {
-                    tracing::warn!(error = %db::redact_error(&e), "could not reload the tenants");
-                }
+                self.refresh_or_warn().await;
                 tracing::warn!(tenant_id = %id, "the tenant's database could not be dropped; the tenant is kept, suspended: run the delete again");
                 return Err(answer);
             }
@@ -383,9 +388,7 @@ impl Lifecycle {
         if let Err(e) = deleted {
             let answer = storage_error("delete", &e);
             // A suspended tenant removed from the registry above comes back.
-            if let Err(e) = self.refresh().await {
-                tracing::warn!(error = %db::redact_error(&e), "could not reload the tenants");
-            }
+            self.refresh_or_warn().await;
             return Err(answer);
         }
         if drop_storage

@@ -224,13 +224,7 @@ pub fn load_tenants(
 /// The file a SQLite tenant's path leads to, symbolic links followed, if it
 /// exists.
 pub fn sqlite_file_on_disk(tenant: &TenantConfig) -> Option<PathBuf> {
-    let rest = tenant.database_url.expose().strip_prefix("sqlite:")?;
-    let rest = rest.strip_prefix("//").unwrap_or(rest);
-    let path = rest.split('?').next().unwrap_or(rest);
-    if path.is_empty() || path.starts_with(":memory:") {
-        return None;
-    }
-    std::fs::canonicalize(path).ok()
+    std::fs::canonicalize(crate::tenant::sqlite_file_of(tenant.database_url.expose())?).ok()
 }
 
 #[cfg(test)]

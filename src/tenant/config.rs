@@ -161,18 +161,21 @@ impl TenantConfig {
     }
 }
 
+/// The file of a `sqlite:` URL as written (no query), unless it is in memory.
+pub fn sqlite_file_of(url: &str) -> Option<&str> {
+    let rest = url.strip_prefix("sqlite:")?;
+    let rest = rest.strip_prefix("//").unwrap_or(rest);
+    let path = rest.split('?').next().unwrap_or(rest);
+    (!path.is_empty() && !path.starts_with(":memory:")).then_some(path)
+}
+
 /// The storage identity (see [`TenantConfig::storage_identity`]) of the database
 /// at `url`, or of `schema` in it. A SQLite path is made absolute and its `.` and
 /// `..` taken out by their names alone (not by following links), so that every
 /// spelling of a path gives one identity, and the same one on every start.
 pub fn storage_identity_of(url: &str, schema: Option<&str>) -> Option<String> {
-    if let Some(rest) = url.strip_prefix("sqlite:") {
-        let rest = rest.strip_prefix("//").unwrap_or(rest);
-        let path = rest.split('?').next().unwrap_or(rest);
-        if path.is_empty() || path.starts_with(":memory:") {
-            return None;
-        }
-        let absolute = std::path::absolute(path).ok()?;
+    if url.starts_with("sqlite:") {
+        let absolute = std::path::absolute(sqlite_file_of(url)?).ok()?;
         let mut normal = std::path::PathBuf::new();
         for part in absolute.components() {
             match part {

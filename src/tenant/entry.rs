@@ -461,14 +461,10 @@ pub fn check_database_url(url: &str) -> Result<(), String> {
 /// does. (Rows already in the control database load without them.)
 pub fn check_tenant_database_url(url: &str) -> Result<(), String> {
     check_database_url(url)?;
-    if let Some(rest) = url.strip_prefix("sqlite:") {
+    if url.starts_with("sqlite:") {
         // The driver decodes `%xx` in the path and the file checks here would
         // not: one tenant could reach another's file under another spelling.
-        if rest
-            .split('?')
-            .next()
-            .is_some_and(|path| path.contains('%'))
-        {
+        if super::sqlite_file_of(url).is_some_and(|path| path.contains('%')) {
             return Err("must not percent-encode its path: write the file name as it is".into());
         }
         return Ok(());

@@ -6,7 +6,7 @@ mod id;
 
 pub use config::{
     Branding, ContactInfo, Isolation, MAX_SCHEMA_TENANT_ID_LEN, PoolOverrides, RequestLimits,
-    TenantConfig, TenantSource, shared_storage_error, storage_identity_of,
+    TenantConfig, TenantSource, shared_storage_error, sqlite_file_of, storage_identity_of,
 };
 pub use entry::{ConfigError, check_database_url, check_tenant_database_url, parse_tenant_entry};
 pub(crate) use entry::{RawTenant, path_error, validate_entries};
