@@ -17,6 +17,7 @@ pub use reload::{spawn_change_listener, spawn_poller, spawn_reload_on_sighup};
 
 use std::{
     collections::HashSet,
+    path::PathBuf,
     sync::{Arc, Mutex, RwLock},
 };
 
@@ -28,7 +29,7 @@ use crate::{
     db,
     error::{AppError, Result},
     registry::TenantRegistry,
-    settings::PoolSettings,
+    settings::{PoolSettings, sqlite_file_on_disk},
     tenant::{ConfigError, TenantConfig, TenantId, TenantSource, parse_tenant_entry},
 };
 
@@ -98,20 +99,27 @@ pub fn merge(base: &[TenantConfig], control: Vec<TenantConfig>) -> Vec<TenantCon
 /// The tenants added at run time (`control`) that `base` would hide: each row
 /// whose subdomain or database an entry of `base` that it does not replace has
 /// too. Serving the base entry would hand it the row's data (or its subdomain),
-/// so a start-up or reload that would do so is refused, naming both.
+/// so a start-up or reload that would do so is refused, naming both. A SQLite
+/// entry whose path reaches the row's file through a symbolic link counts too.
 pub fn conflicts(base: &[TenantConfig], control: &[TenantConfig]) -> Vec<ConfigError> {
     let overridden: HashSet<&TenantId> = control.iter().map(|t| &t.id).collect();
     let shown: Vec<&TenantConfig> = base
         .iter()
         .filter(|t| !overridden.contains(&t.id))
         .collect();
+    // The file each SQLite entry's path leads to on disk, links followed: the
+    // identity is by name, and a link to the row's file is the same database.
+    let on_disk: Vec<Option<PathBuf>> = shown.iter().map(|t| sqlite_file_on_disk(t)).collect();
     let mut errors = Vec::new();
     for row in control {
         let storage = row.storage_identity();
-        for entry in &shown {
+        let row_file = sqlite_file_on_disk(row);
+        for (entry, entry_file) in shown.iter().zip(&on_disk) {
             let field = if entry.subdomain == row.subdomain {
                 "subdomain"
-            } else if storage.is_some() && entry.storage_identity() == storage {
+            } else if (storage.is_some() && entry.storage_identity() == storage)
+                || (row_file.is_some() && *entry_file == row_file)
+            {
                 "database_url"
             } else {
                 continue;

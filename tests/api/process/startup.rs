@@ -252,14 +252,11 @@ fn a_reload_or_a_start_that_would_hide_a_tenant_added_at_run_time_is_refused() {
         assert_eq!(made.status(), 201);
     });
     // The file gains a tenant on that database, spelt another way.
-    std::fs::write(
-        &file,
-        format!(
-            "{demo_entry}[tenants.intruder]\ndatabase_url = 'sqlite://{}/./added.db'\n",
-            dir.path().display()
-        ),
-    )
-    .unwrap();
+    let with_intruder = format!(
+        "{demo_entry}[tenants.intruder]\ndatabase_url = 'sqlite://{}/./added.db'\n",
+        dir.path().display()
+    );
+    std::fs::write(&file, &with_intruder).unwrap();
     let pid = server.child.id().to_string();
     let hangup = || {
         let status = Command::new("kill").args(["-HUP", &pid]).status().unwrap();
@@ -271,18 +268,32 @@ fn a_reload_or_a_start_that_would_hide_a_tenant_added_at_run_time_is_refused() {
         "no refusal logged:\n{}",
         server.log()
     );
+    // Then one on that database reached through a symbolic link to its directory.
+    let linked = dir.path().join("linked");
+    std::os::unix::fs::symlink(dir.path(), &linked).unwrap();
+    let with_link = format!(
+        "{demo_entry}[tenants.linked]\ndatabase_url = 'sqlite://{}/added.db'\n",
+        linked.display()
+    );
+    std::fs::write(&file, &with_link).unwrap();
+    hangup();
+    assert!(
+        server.wait_for_log("tenant 'linked': field 'database_url'"),
+        "no refusal of the linked entry logged:\n{}",
+        server.log()
+    );
     // Then a file that is fine, with one more tenant, served once reloaded.
     let extra = format!(
         "[tenants.extra]\ndatabase_url = 'sqlite://{}/extra.db'\n",
         dir.path().display()
     );
-    let with_intruder = std::fs::read_to_string(&file).unwrap();
     std::fs::write(&file, format!("{demo_entry}{extra}")).unwrap();
     hangup();
     rt.block_on(served_soon(&client, &address, "extra"));
     rt.block_on(async {
         assert_eq!(products_status(&client, &address, "added").await, 200);
         assert_eq!(products_status(&client, &address, "intruder").await, 404);
+        assert_eq!(products_status(&client, &address, "linked").await, 404);
         let listed = client
             .get(format!("{address}/api/products"))
             .header("X-Tenant-ID", "added")
@@ -301,15 +312,18 @@ fn a_reload_or_a_start_that_would_hide_a_tenant_added_at_run_time_is_refused() {
         log.contains("tenant 'intruder': field 'database_url'"),
         "{log}"
     );
-    // Started with that file, the service refuses, naming the entry.
-    std::fs::write(&file, with_intruder).unwrap();
-    let output = command(dir.path(), &[]).output().unwrap();
-    assert_eq!(output.status.code(), Some(2));
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        stderr.contains("tenant 'intruder': field 'database_url'") && stderr.contains("'added'"),
-        "{stderr}"
-    );
+    // Started with either file, the service refuses, naming the entry.
+    for (contents, entry) in [(with_intruder, "intruder"), (with_link, "linked")] {
+        std::fs::write(&file, contents).unwrap();
+        let output = command(dir.path(), &[]).output().unwrap();
+        assert_eq!(output.status.code(), Some(2));
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(
+            stderr.contains(&format!("tenant '{entry}': field 'database_url'"))
+                && stderr.contains("'added'"),
+            "{stderr}"
+        );
+    }
 }
 
 #[test]
