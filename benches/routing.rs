@@ -269,7 +269,6 @@ async fn direct_app(dir: &Path, tenants: u64) -> String {
         observer: Some(Observer {
             metrics: Arc::new(Metrics::new(tenants as usize, true)),
             single_tenant: None,
-            usage: None,
         }),
         ..StackOptions::default()
     };

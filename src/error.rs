@@ -74,6 +74,12 @@ pub enum AppError {
     TenantMismatch { credential: String, request: String },
     #[error("too many failed attempts; retry in {retry_after_secs} s")]
     TooManyRequests { retry_after_secs: u64 },
+    /// The tenant is over one of its limits (`limit` names it).
+    #[error("the tenant is over its {limit}; retry in {retry_after_secs} s")]
+    OverLimit {
+        limit: &'static str,
+        retry_after_secs: u64,
+    },
     #[error("{0}")]
     Forbidden(String),
     #[error("method not allowed")]
@@ -138,7 +144,7 @@ impl AppError {
             Self::NotFound(_) => "not_found",
             Self::Unauthorized | Self::Unauthenticated | Self::LoginFailed => "unauthorized",
             Self::TenantMismatch { .. } => "tenant_mismatch",
-            Self::TooManyRequests { .. } => "too_many_requests",
+            Self::TooManyRequests { .. } | Self::OverLimit { .. } => "too_many_requests",
             Self::Forbidden(_) => "forbidden",
             Self::MethodNotAllowed => "method_not_allowed",
             Self::Conflict(_) => "conflict",

@@ -101,7 +101,8 @@ impl TenantLimiter {
             .map(|permit| Admitted {
                 _place: Some(permit),
             })
-            .map_err(|_| AppError::TooManyRequests {
+            .map_err(|_| AppError::OverLimit {
+                limit: "concurrent requests",
                 retry_after_secs: 1,
             })
     }
@@ -123,7 +124,8 @@ impl TenantLimiter {
             return Ok(());
         }
         let wait = ((1.0 - bucket.tokens) / rate).ceil().max(1.0);
-        Err(AppError::TooManyRequests {
+        Err(AppError::OverLimit {
+            limit: "request rate",
             retry_after_secs: wait as u64,
         })
     }
@@ -156,7 +158,15 @@ mod tests {
             assert!(limiter.admit(&t).is_ok());
         }
         match limiter.admit(&t) {
-            Err(AppError::TooManyRequests { retry_after_secs }) => assert_eq!(retry_after_secs, 1),
+            Err(
+                e @ AppError::OverLimit {
+                    retry_after_secs: 1,
+                    ..
+                },
+            ) => assert_eq!(
+                e.to_string(),
+                "the tenant is over its request rate; retry in 1 s"
+            ),
             other => panic!("{:?}", other.map(|_| "admitted")),
         }
     }

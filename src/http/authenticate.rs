@@ -28,10 +28,11 @@ use crate::{
 /// The header an API key may come in (besides `Authorization: Bearer`).
 pub static API_KEY_HEADER: HeaderName = HeaderName::from_static("x-api-key");
 
-/// Middleware, right after [`authenticate`]: the tenant's request rate and
-/// concurrency limits (see [`crate::limits`]); a refused request never reaches
-/// its handler nor takes a connection (only the credential check, cached for
-/// tokens, comes before).
+/// Middleware, right after [`require_auth`]: the tenant's request rate and
+/// concurrency limits (see [`crate::limits`]). Only authenticated requests count,
+/// so that nobody without a credential can use up a tenant's allowance. A refused
+/// request never reaches its handler nor takes a connection (only the credential
+/// check, cached for tokens, comes before).
 pub async fn limit(State(state): State<AppState>, request: Request, next: Next) -> Response {
     let admitted = match request.extensions().get::<TenantContext>() {
         Some(tenant) => state.limits.admit(&tenant.config),
@@ -59,8 +60,9 @@ pub async fn limit(State(state): State<AppState>, request: Request, next: Next) 
 
 /// Middleware: settles the request's tenant and caller (see the module's
 /// documentation), records the tenant on the request's log span, tags the
-/// response with `X-Tenant-ID`, and tells the registry when the tenant's database
-/// failed the request.
+/// response with `X-Tenant-ID`, counts the request in the tenant's usage when it
+/// has a caller (a request without a credential is not the tenant's to pay for),
+/// and tells the registry when the tenant's database failed the request.
 pub async fn authenticate(
     State(state): State<AppState>,
     mut request: Request,
@@ -84,12 +86,14 @@ pub async fn authenticate(
         return next.run(request).await;
     }
     tracing::Span::current().record("tenant_id", config.id.as_str());
-    if let (Some(usage), Some(principal)) = (&state.usage, request.extensions().get::<Principal>())
+    let caller = request.extensions().get::<Principal>();
+    if let (Some(usage), Some(principal)) = (&state.usage, caller)
         && principal.kind == crate::auth::ActorKind::User
         && let Some(user) = principal.id
     {
         usage.user(config.id.as_str(), user);
     }
+    let billed = caller.is_some();
     let header_value = HeaderValue::from_str(config.id.as_str()).ok();
     let id = config.id.clone();
     request.extensions_mut().insert(TenantContext { config });
@@ -100,6 +104,9 @@ pub async fn authenticate(
     }
     if let Some(value) = header_value {
         response.headers_mut().insert(TENANT_HEADER.clone(), value);
+    }
+    if let (Some(usage), true) = (&state.usage, billed) {
+        usage.request(id.as_str());
     }
     response
 }

@@ -30,7 +30,7 @@ impl AppError {
             Self::Unauthorized | Self::Unauthenticated | Self::LoginFailed => {
                 StatusCode::UNAUTHORIZED
             }
-            Self::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Self::TooManyRequests { .. } | Self::OverLimit { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::Conflict(_) => StatusCode::CONFLICT,
             Self::BadRequest(_) => StatusCode::BAD_REQUEST,
@@ -75,7 +75,10 @@ impl IntoResponse for AppError {
                     .headers_mut()
                     .insert(header::RETRY_AFTER, HeaderValue::from(1));
             }
-            Self::TooManyRequests { retry_after_secs } => {
+            Self::TooManyRequests { retry_after_secs }
+            | Self::OverLimit {
+                retry_after_secs, ..
+            } => {
                 response
                     .headers_mut()
                     .insert(header::RETRY_AFTER, HeaderValue::from(*retry_after_secs));

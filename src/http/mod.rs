@@ -40,7 +40,6 @@ pub fn router(state: AppState, mut stack: stack::StackOptions) -> Router {
     stack.observer = Some(request_span::Observer {
         metrics: state.metrics.clone(),
         single_tenant: state.single_tenant.as_ref().map(|t| t.id.to_string()),
-        usage: state.usage.clone(),
     });
     let routes = Router::new()
         .route("/health", get(health))
@@ -50,7 +49,10 @@ pub fn router(state: AppState, mut stack: stack::StackOptions) -> Router {
         .merge(console::router())
         .merge(admin_routes(&state))
         .merge(
-            // Tenant-scoped: identified, then authenticated, then audited.
+            // Tenant-scoped: identified, authenticated, held to the tenant's
+            // limits (only a caller with a credential counts: anonymous requests
+            // are refused at once, or are logins, which have throttles of their
+            // own), then audited.
             // Each group is one `route_layer`: every layer call boxes the route once
             // more, and each middleware function clones all the boxes below it per
             // request.
@@ -61,6 +63,10 @@ pub fn router(state: AppState, mut stack: stack::StackOptions) -> Router {
                         .layer(middleware::from_fn(require_auth))
                         .layer(middleware::from_fn_with_state(
                             state.clone(),
+                            crate::http::authenticate::limit,
+                        ))
+                        .layer(middleware::from_fn_with_state(
+                            state.clone(),
                             crate::http::audit::record_writes,
                         )),
                 )
@@ -68,11 +74,7 @@ pub fn router(state: AppState, mut stack: stack::StackOptions) -> Router {
                 .route_layer(
                     ServiceBuilder::new()
                         .layer(middleware::from_fn_with_state(state.clone(), identify))
-                        .layer(middleware::from_fn_with_state(state.clone(), authenticate))
-                        .layer(middleware::from_fn_with_state(
-                            state.clone(),
-                            crate::http::authenticate::limit,
-                        )),
+                        .layer(middleware::from_fn_with_state(state.clone(), authenticate)),
                 ),
         )
         .fallback(|| async { AppError::NotFound("no such route".into()) })

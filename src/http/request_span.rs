@@ -126,8 +126,6 @@ pub fn log_response<B>(response: &axum::http::Response<B>, latency: Duration, _:
 pub struct Observer {
     pub metrics: std::sync::Arc<crate::metrics::Metrics>,
     pub single_tenant: Option<String>,
-    /// Where a tenant's requests are counted for its usage (multi-tenant mode).
-    pub usage: Option<std::sync::Arc<crate::usage::UsageMeter>>,
 }
 
 /// Counts the request for `GET /metrics`: its tenant, route pattern, status and
@@ -153,9 +151,6 @@ pub async fn observe(
         .headers()
         .get(&crate::http::identify::TENANT_HEADER)
         .and_then(|v| v.to_str().ok());
-    if let (Some(usage), Some(tenant)) = (&observer.usage, named) {
-        usage.request(tenant);
-    }
     let tenant = named.or_else(|| {
         observer
             .single_tenant

@@ -206,3 +206,55 @@ async fn a_tenants_limit_changes_at_run_time() {
         .unwrap();
     assert_error(bad, 422, "validation_failed").await;
 }
+
+/// Requests without a credential are refused before the tenant's limits: a
+/// stranger who knows a tenant's id cannot use up its allowance (nor its usage,
+/// which counts only requests with a caller), and the 429 says which limit.
+#[tokio::test]
+async fn requests_without_a_credential_leave_the_tenants_allowance_alone() {
+    let app = spawn_app_with(
+        AppSpec::new(vec![
+            Tenant::new("t1", "default").with("rate_limit_per_sec = 1\nrate_limit_burst = 2"),
+        ])
+        .with_auth(),
+    )
+    .await;
+    app.add_user("t1", "ann", "a long password 1", "admin")
+        .await;
+    let token = app.login("t1", "ann", "a long password 1").await;
+    for _ in 0..10 {
+        let anonymous = app
+            .as_tenant(Method::GET, "t1", "/api/products")
+            .send()
+            .await
+            .unwrap();
+        assert_error(anonymous, 401, "unauthorized").await;
+    }
+    let mut statuses = Vec::new();
+    let mut refusal = None;
+    for _ in 0..4 {
+        let response = app
+            .as_tenant(Method::GET, "t1", "/api/products")
+            .bearer_auth(&token)
+            .send()
+            .await
+            .unwrap();
+        statuses.push(response.status().as_u16());
+        if response.status() == 429 {
+            refusal = Some(assert_error(response, 429, "too_many_requests").await);
+        }
+    }
+    assert_eq!(&statuses[..2], [200, 200], "{statuses:?}");
+    let refusal = refusal.expect("the burst is 2: a later request is refused");
+    let message = refusal["error"]["message"].as_str().unwrap();
+    assert!(message.contains("request rate"), "{message}");
+    let usage: serde_json::Value = app
+        .admin(Method::GET, "/api/admin/tenants/t1/usage")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(usage["total"]["requests"], 4, "{usage}");
+}

@@ -6,7 +6,8 @@ use serde_json::{Value, json};
 
 use crate::helpers::{AppSpec, Backend, Tenant, TestApp, assert_error, spawn_app_with};
 
-/// Counts the responses that name each tenant, as the service should.
+/// Counts the responses to requests with a credential that name each tenant, as
+/// the service should.
 #[derive(Default)]
 struct Seen {
     requests: std::collections::HashMap<String, u64>,
@@ -54,7 +55,7 @@ async fn figures_match_what_the_test_did(backend: Backend) {
             .send()
             .await
             .unwrap();
-        seen.saw(&login);
+        // A login has no caller yet: not counted.
         let body: Value = login.json().await.unwrap();
         tokens.push((tenant, body["access_token"].as_str().unwrap().to_string()));
     }
