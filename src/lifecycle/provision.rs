@@ -65,24 +65,35 @@ impl Lifecycle {
         // A new incarnation: tokens of an earlier tenant with this id are refused.
         config.generation = uuid::Uuid::new_v4().simple().to_string();
         self.check_free(&config, None)?;
-        match self
-            .control
-            .claim(&config, this_process())
-            .await
-            .map_err(|e| storage_error("claim", &e))?
-        {
-            Claim::Claimed => {}
-            Claim::IdTaken => {
-                return Err(AppError::Conflict(format!(
-                    "tenant '{}' already exists",
-                    config.id
-                )));
+        let mut retried = false;
+        loop {
+            let taken = match self
+                .control
+                .claim(&config, this_process())
+                .await
+                .map_err(|e| storage_error("claim", &e))?
+            {
+                Claim::Claimed => break,
+                Claim::IdTaken => {
+                    AppError::Conflict(format!("tenant '{}' already exists", config.id))
+                }
+                Claim::StorageOrSubdomainTaken => {
+                    AppError::Conflict("another tenant has this database or subdomain".into())
+                }
+            };
+            // The holder may be a provisioning whose process died after start-up
+            // rolled back what it found: roll back what is abandoned now, and
+            // try once more, so that a retry after a crash is not refused.
+            if retried
+                || self
+                    .recover()
+                    .await
+                    .map_err(|e| storage_error("roll back", &e))?
+                    .is_empty()
+            {
+                return Err(taken);
             }
-            Claim::StorageOrSubdomainTaken => {
-                return Err(AppError::Conflict(
-                    "another tenant has this database or subdomain".into(),
-                ));
-            }
+            retried = true;
         }
         // Again, under the reload turn: a reload of the tenants file that read the
         // control rows before the claim may have added an entry on this database

@@ -82,8 +82,19 @@ fn claimer_gone(claimer: &str, me: &str) -> Option<bool> {
         return None;
     }
     // A live process with that pid may be another program that reused it: then
-    // the lease decides.
-    Some(!std::path::Path::new(&format!("/proc/{pid}")).exists())
+    // the lease decides. A process that has exited but not yet been reaped by its
+    // parent (a zombie, state `Z`; `X` while it goes) is gone too: a supervisor
+    // may take seconds to reap it, and a restart can come first.
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Err(_) => Some(true),
+        Ok(stat) => {
+            // `pid (name) state …`: the name may hold spaces and parentheses.
+            let state = stat
+                .rsplit_once(')')
+                .and_then(|(_, rest)| rest.trim_start().chars().next());
+            Some(matches!(state, Some('Z' | 'X')))
+        }
+    }
 }
 
 impl Lifecycle {
@@ -190,5 +201,26 @@ mod tests {
         assert_eq!(claimer_gone(&alive, me), Some(false));
         // Pids are below 2^22 on Linux.
         assert_eq!(claimer_gone("host-a/99999999/cccc", me), Some(true));
+    }
+
+    #[test]
+    fn a_process_that_exited_and_was_not_reaped_yet_is_gone() {
+        let me = "host-a/100/aaaa";
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let claimer = format!("host-a/{}/dddd", child.id());
+        let stat = format!("/proc/{}/stat", child.id());
+        // Until it exits it is alive; then a zombie until `wait` reaps it.
+        let zombie = (0..1000).any(|_| {
+            let state = std::fs::read_to_string(&stat).unwrap_or_default();
+            if state.contains(") Z") {
+                return true;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+            false
+        });
+        assert!(zombie, "the child never became a zombie");
+        assert_eq!(claimer_gone(&claimer, me), Some(true));
+        child.wait().unwrap();
+        assert_eq!(claimer_gone(&claimer, me), Some(true));
     }
 }

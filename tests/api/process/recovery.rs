@@ -127,6 +127,52 @@ fn an_operator_sees_unfinished_provisionings_and_rolls_them_back_with_the_cli_an
     assert!(server.stop());
 }
 
+/// A provisioning whose process died after this one started (so start-up did not
+/// see it) is rolled back when its id is asked for again, even while its process
+/// is a zombie that its parent has not reaped yet: the retry is not refused.
+#[test]
+fn a_provisioning_whose_process_died_is_rolled_back_when_its_id_is_asked_for_again() {
+    let dir = dir_with_sqlite_tenant("demo");
+    let mut server = Server::start(command(dir.path(), &[]));
+    let mut dead = Command::new("true").spawn().unwrap();
+    let stat = format!("/proc/{}/stat", dead.id());
+    let zombie = (0..1000).any(|_| {
+        if std::fs::read_to_string(&stat).is_ok_and(|s| s.contains(") Z")) {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+        false
+    });
+    assert!(zombie, "the child never became a zombie");
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(insert_unfinished(
+        dir.path(),
+        "crashed",
+        &format!("{}/{}/dead", host.trim(), dead.id()),
+    ));
+    let created = rt.block_on(async {
+        reqwest::Client::new()
+            .post(format!("{}/api/admin/tenants", server.address))
+            .bearer_auth(ADMIN)
+            .json(&serde_json::json!({
+                "id": "crashed",
+                "database_url": format!("sqlite://{}/crashed.db", dir.path().display()),
+            }))
+            .send()
+            .await
+            .unwrap()
+    });
+    assert_eq!(created.status(), 201);
+    dead.wait().unwrap();
+    assert!(server.stop());
+    assert!(
+        server.log().contains("unfinished provisioning rolled back"),
+        "{}",
+        server.log()
+    );
+}
+
 #[test]
 fn a_vanished_tenant_database_is_reported_not_recreated_even_after_a_restart() {
     let dir = tempfile::tempdir().unwrap();
