@@ -320,6 +320,21 @@ impl Lifecycle {
                 "tenant '{id}' is defined in the tenants file or TENANT_CONFIGS: remove it there"
             )));
         }
+        // A move on record holds the tenant's other storage (the copy, or the
+        // frozen source kept until confirmed): removing the tenant would leave it
+        // behind, and the record stuck for the id's next tenant.
+        let _move_lock = self.hold_move(id).await?;
+        if let Some(record) = self
+            .control
+            .find_move(id)
+            .await
+            .map_err(|e| storage_error("read moves", &e))?
+        {
+            return Err(AppError::Conflict(format!(
+                "tenant '{id}' has a move on record ({}): confirm or abort it first",
+                record.state
+            )));
+        }
         // Dropping a database takes the schemas of other tenants in it along.
         if drop_storage
             && let Some(storage) = current.storage_identity()

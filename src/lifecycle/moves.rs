@@ -331,9 +331,17 @@ impl Lifecycle {
         target: &str,
         progress: &(dyn Fn(MoveStep) + Send + Sync),
     ) -> Result<MoveOutcome> {
+        let prepared = self.prepare_move(id, target).await?;
+        self.run_prepared(prepared, progress).await
+    }
+
+    /// What a move checks and records before it copies anything: the tenant, the
+    /// target, the move on record (a new one is written). Holds the tenant's move
+    /// lock, for [`Self::run_prepared`]. An error here leaves nothing recorded.
+    async fn prepare_move(&self, id: &str, target: &str) -> Result<PreparedMove> {
         self.move_plan(id, target)?;
         // One process at a time moves (or aborts, or confirms) a tenant.
-        let _lock = self.hold_move(id).await?;
+        let lock = self.hold_move(id).await?;
         // The tenant as the control database has it now (another process may
         // have changed it).
         self.refresh_now().await.map_err(|e| storage_error(&e))?;
@@ -374,18 +382,40 @@ impl Lifecycle {
             .map(|r| r.source_url.expose().to_string())
             .unwrap_or(source_url);
         let mut source_tenant = (*tenant).clone();
-        source_tenant.database_url = Secret::new(source_url.clone());
-        let switched = record.as_ref().is_some_and(|r| r.state == "switched");
-        let fresh = record.is_none();
-        let outcome = if source_url.starts_with("sqlite") {
-            target_tenant.isolation = crate::tenant::Isolation::Database;
-            self.run_promotion(&source_tenant, &target_tenant, switched, fresh, progress)
+        source_tenant.database_url = Secret::new(source_url);
+        Ok(PreparedMove {
+            _lock: lock,
+            source: source_tenant,
+            target: target_tenant,
+            switched: record.as_ref().is_some_and(|r| r.state == "switched"),
+            fresh: record.is_none(),
+        })
+    }
+
+    /// Runs a move that [`Self::prepare_move`] recorded; a failure is noted on its
+    /// record and logged.
+    async fn run_prepared(
+        &self,
+        prepared: PreparedMove,
+        progress: &(dyn Fn(MoveStep) + Send + Sync),
+    ) -> Result<MoveOutcome> {
+        let PreparedMove {
+            _lock,
+            source,
+            mut target,
+            switched,
+            fresh,
+        } = prepared;
+        let outcome = if source.database_url.expose().starts_with("sqlite") {
+            target.isolation = crate::tenant::Isolation::Database;
+            self.run_promotion(&source, &target, switched, fresh, progress)
                 .await
         } else {
-            self.run_move(&source_tenant, &target_tenant, switched, fresh, progress)
+            self.run_move(&source, &target, switched, fresh, progress)
                 .await
         };
         if let Err(e) = &outcome {
+            let id = source.id.as_str();
             let error = describe(e);
             let _ = self.control.note_move_error(id, Some(error.clone())).await;
             tracing::warn!(tenant_id = %id, %error, "the move did not finish; run it again to resume");
@@ -790,6 +820,15 @@ fn storage_error(e: &DbErr) -> AppError {
     AppError::internal(format!("control database: {}", db::redact_error(e)))
 }
 
+/// A move checked and recorded, its lock held, ready to run.
+struct PreparedMove {
+    _lock: crate::control::moves::MoveLock,
+    source: TenantConfig,
+    target: TenantConfig,
+    switched: bool,
+    fresh: bool,
+}
+
 /// A recorded move, as operators see it (no URL).
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct MoveView {
@@ -809,20 +848,32 @@ pub struct MoveView {
 
 impl Lifecycle {
     /// Starts moving `id` to `target` in the background, in this process; follow
-    /// it with [`Lifecycle::moves`]. 409 while this process moves it already.
-    pub fn start_move(self: &std::sync::Arc<Self>, id: &str, target: String) -> Result<()> {
+    /// it with [`Lifecycle::moves`]. 409 while this process moves it already. What
+    /// can be checked before the copy (the tenant, the target, a move on record,
+    /// another process moving it) is answered here, not left to the background.
+    pub async fn start_move(self: &std::sync::Arc<Self>, id: &str, target: String) -> Result<()> {
         let (tenant, _) = self.move_plan(id, &target)?;
+        let id = tenant.id.to_string();
         {
             let mut running = self.running_moves.lock().unwrap_or_else(|p| p.into_inner());
-            if running.contains_key(id) {
+            if running.contains_key(&id) {
                 return Err(AppError::Conflict(format!(
                     "tenant '{id}' is being moved already"
                 )));
             }
-            running.insert(id.to_string(), MoveStep::Preparing);
+            running.insert(id.clone(), MoveStep::Preparing);
         }
+        let prepared = match self.prepare_move(&id, &target).await {
+            Ok(prepared) => prepared,
+            Err(e) => {
+                self.running_moves
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .remove(&id);
+                return Err(e);
+            }
+        };
         let lifecycle = self.clone();
-        let id = tenant.id.to_string();
         tokio::spawn(async move {
             let progress = |step: MoveStep| {
                 tracing::info!(tenant_id = %id, ?step, "move");
@@ -832,7 +883,8 @@ impl Lifecycle {
                     .unwrap_or_else(|p| p.into_inner())
                     .insert(id.clone(), step);
             };
-            let _ = lifecycle.move_tenant(&id, &target, &progress).await;
+            // Its error is on the move's record and in the log.
+            let _ = lifecycle.run_prepared(prepared, &progress).await;
             lifecycle
                 .running_moves
                 .lock()

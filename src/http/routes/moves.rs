@@ -44,15 +44,17 @@ pub(crate) struct StartMove {
 /// replica runs it in the background. Follow it with `GET /api/admin/moves`.
 #[utoipa::path(post, path = "/api/admin/tenants/{id}/move", tag = "tenants", params(("id" = String, Path, description = "The tenant id")), request_body = StartMove,
     responses(
-        (status = 202, description = "Started", body = Object),
-        (status = 409, description = "A move of this tenant is under way here (`conflict`)", body = crate::http::openapi::ErrorBody),
+        (status = 202, description = "Started: checked and recorded, copying in the background", body = Object),
+        (status = 404, description = "No such tenant (`tenant_not_found`)", body = crate::http::openapi::ErrorBody),
+        (status = 409, description = "A move of this tenant is under way, or another move is on record (`conflict`)", body = crate::http::openapi::ErrorBody),
+        (status = 422, description = "The target is not a valid place for the tenant: not a `postgres://` URL, the tenant's own database, the control database, a database another tenant has (`validation_failed`)", body = crate::http::openapi::ErrorBody),
     ))]
 pub(crate) async fn start(
     State(state): State<AppState>,
     TenantPath(id): TenantPath,
     ApiJson(body): ApiJson<StartMove>,
 ) -> Result<(StatusCode, Json<Value>)> {
-    lifecycle(&state)?.start_move(id.as_str(), body.to)?;
+    lifecycle(&state)?.start_move(id.as_str(), body.to).await?;
     Ok((
         StatusCode::ACCEPTED,
         Json(json!({ "tenant_id": id, "status": "started" })),

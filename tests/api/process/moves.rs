@@ -521,11 +521,15 @@ async fn a_move_started_through_the_admin_api_is_followed_and_confirmed_there() 
     let (a, b) = (&s.apps[0], &s.apps[1]);
     a.create_product("moving", "made before the move", 2.0)
         .await;
-    // Bad requests change nothing.
+    // Bad requests change nothing, and are answered at once: the tenant's own
+    // database, a URL whose query would name another server, the control database.
     for (body, status) in [
         (json!({ "to": "sqlite://somewhere.db" }), 422),
         (json!({ "to": "not a url" }), 422),
         (json!({ "to": s.target, "extra": 1 }), 422),
+        (json!({ "to": s.source }), 422),
+        (json!({ "to": format!("{}?host=elsewhere", s.target) }), 422),
+        (json!({ "to": s.control }), 422),
     ] {
         let response = a
             .admin(Method::POST, "/api/admin/tenants/moving/move")
@@ -541,6 +545,15 @@ async fn a_move_started_through_the_admin_api_is_followed_and_confirmed_there() 
         .await
         .unwrap();
     crate::helpers::assert_error(response, 404, "not_found").await;
+    let moves: Value = a
+        .admin(Method::GET, "/api/admin/moves")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(moves["moves"], json!([]));
 
     let response = a
         .admin(Method::POST, "/api/admin/tenants/moving/move")
@@ -605,13 +618,29 @@ async fn a_move_started_through_the_admin_api_is_followed_and_confirmed_there() 
             .await
             .contains(&"made after the move".to_string())
     );
-    // Aborting a switched move is refused; confirming it ends it.
+    // Aborting a switched move is refused, as are a move elsewhere and removing
+    // the tenant (its old storage would be left behind); confirming it ends it.
     let response = a
         .admin(Method::POST, "/api/admin/tenants/moving/move/abort")
         .send()
         .await
         .unwrap();
     crate::helpers::assert_error(response, 409, "conflict").await;
+    let elsewhere = pg::url_with_database(&s.target_server.url, "elsewhere");
+    let response = a
+        .admin(Method::POST, "/api/admin/tenants/moving/move")
+        .json(&json!({ "to": elsewhere }))
+        .send()
+        .await
+        .unwrap();
+    crate::helpers::assert_error(response, 409, "conflict").await;
+    for path in [
+        "/api/admin/tenants/moving",
+        "/api/admin/tenants/moving?drop_database=true",
+    ] {
+        let response = a.admin(Method::DELETE, path).send().await.unwrap();
+        crate::helpers::assert_error(response, 409, "conflict").await;
+    }
     // The move's background task may still be removing the replication.
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
