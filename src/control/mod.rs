@@ -337,7 +337,8 @@ impl ControlStore {
     }
 
     /// Seals again every database URL that is plain or sealed with the previous key
-    /// (a key rotation); returns how many rows changed.
+    /// (a key rotation), the tenants' and those of moves on record; returns how
+    /// many URLs changed.
     pub async fn reseal_all(&self) -> Result<usize, DbErr> {
         let rows = TenantConfigs::find().all(&self.db).await?;
         let mut changed = 0;
@@ -356,6 +357,28 @@ impl ControlStore {
                 .exec(&self.db)
                 .await?;
             changed += 1;
+        }
+        // The URLs of moves on record are sealed too: a move left under the old
+        // key could be neither confirmed nor aborted once that key is gone.
+        for row in moves::tenant_move::Entity::find().all(&self.db).await? {
+            let mut update = moves::tenant_move::Entity::update_many()
+                .filter(moves::tenant_move::Column::TenantId.eq(row.tenant_id.as_str()));
+            let mut resealed = false;
+            for (column, stored) in [
+                (moves::tenant_move::Column::SourceUrl, &row.source_url),
+                (moves::tenant_move::Column::TargetUrl, &row.target_url),
+            ] {
+                if self.secrets.needs_reseal(stored) {
+                    let plain = self.secrets.open(stored).map_err(DbErr::Custom)?;
+                    let sealed = self.secrets.seal(&plain).map_err(DbErr::Custom)?;
+                    update = update.col_expr(column, Expr::value(sealed));
+                    resealed = true;
+                    changed += 1;
+                }
+            }
+            if resealed {
+                update.exec(&self.db).await?;
+            }
         }
         Ok(changed)
     }

@@ -628,6 +628,21 @@ async fn the_control_database_holds_no_database_password_and_the_key_can_be_rota
     );
     assert!(raw(&control_file).contains("enc:v1:"));
 
+    // A move on record, its URLs sealed with the old key as well.
+    let target = format!("{url}_target");
+    let old_settings = tenant_router::Settings::from_map(&std::collections::HashMap::from([
+        ("SETTINGS_FILE".to_string(), String::new()),
+        ("SECRET_KEY".to_string(), old_key.clone()),
+    ]))
+    .unwrap();
+    let old_store = tenant_router::control::ControlStore::open(
+        &control,
+        std::sync::Arc::new(old_settings.secret_box().unwrap()),
+    )
+    .await
+    .unwrap();
+    old_store.start_move("sealed", &url, &target).await.unwrap();
+
     // Rotation: the new key with the old one beside it serves the tenant...
     let rotating = spawn_app_with(with_keys(&new_key, Some(&old_key))).await;
     rotating
@@ -646,12 +661,27 @@ async fn the_control_database_holds_no_database_password_and_the_key_can_be_rota
     )
     .await
     .unwrap();
-    assert_eq!(store.reseal_all().await.unwrap(), 1);
+    // The tenant's URL and the move's two.
+    assert_eq!(store.reseal_all().await.unwrap(), 3);
     assert_eq!(
         store.reseal_all().await.unwrap(),
         0,
         "resealing twice changes nothing"
     );
+    let new_settings = tenant_router::Settings::from_map(&std::collections::HashMap::from([
+        ("SETTINGS_FILE".to_string(), String::new()),
+        ("SECRET_KEY".to_string(), new_key.clone()),
+    ]))
+    .unwrap();
+    let new_store = tenant_router::control::ControlStore::open(
+        &control,
+        std::sync::Arc::new(new_settings.secret_box().unwrap()),
+    )
+    .await
+    .unwrap();
+    let record = new_store.find_move("sealed").await.unwrap().unwrap();
+    assert_eq!(record.target_url.expose(), target);
+    new_store.finish_move("sealed").await.unwrap();
     // ...after which the new key alone serves it, and the old one no longer does.
     let new_only = spawn_app_with(with_keys(&new_key, None)).await;
     new_only
