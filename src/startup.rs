@@ -142,6 +142,14 @@ impl Application {
                     tracing::error!(error = %crate::db::redact_error(&e), "cannot read unfinished provisionings")
                 }
             }
+            // Moves whose process died before the switch: their tenants take
+            // writes again (in the background: a source server may be slow).
+            let lifecycle = lifecycle.clone();
+            tokio::spawn(async move {
+                if let Err(e) = lifecycle.release_cut_short_moves().await {
+                    tracing::error!(error = %crate::db::redact_error(&e), "cannot read the moves on record");
+                }
+            });
         }
         let usage = lifecycle.as_ref().map(|lifecycle| {
             let meter = Arc::new(crate::usage::UsageMeter::new(

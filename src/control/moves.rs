@@ -128,6 +128,21 @@ impl ControlStore {
         .map(|_| ())
     }
 
+    /// Notes `error` on the move of `tenant` if it has not switched; whether it
+    /// has not. The update waits for a switch in flight (it holds the row), so a
+    /// `true` means no switch of that move has been or will be committed by a
+    /// process that is gone.
+    pub async fn note_cut_short(&self, tenant: &str, error: &str) -> Result<bool, DbErr> {
+        let updated = tenant_move::Entity::update_many()
+            .col_expr(tenant_move::Column::Error, Expr::value(error))
+            .col_expr(tenant_move::Column::UpdatedAt, Expr::value(Utc::now()))
+            .filter(tenant_move::Column::TenantId.eq(tenant))
+            .filter(tenant_move::Column::State.eq("copying"))
+            .exec(&self.db)
+            .await?;
+        Ok(updated.rows_affected == 1)
+    }
+
     /// The switch: the tenant's row now names `target`'s URL (and isolation and
     /// storage key; nothing else of the row changes, so that a change made during
     /// the move stays) and the move is `switched`, in one transaction, so that no

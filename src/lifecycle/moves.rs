@@ -820,6 +820,69 @@ fn storage_error(e: &DbErr) -> AppError {
     AppError::internal(format!("control database: {}", db::redact_error(e)))
 }
 
+/// What a move cut short before its switch says, once a starting replica has
+/// released the tenant's writes on its source.
+const CUT_SHORT: &str = "cut short before its switch: the tenant's writes were released on its source; run the move again to resume";
+
+impl Lifecycle {
+    /// Moves cut short before their switch by the death of their process (a
+    /// `kill -9`, a crash): no process holds their lock. Their source may be
+    /// frozen (a promotion freezes the file for its whole copy; a move, for the
+    /// moment before its switch), which would refuse the tenant's writes until an
+    /// operator runs the move again: its writes are released, the tenant stays
+    /// on its source, and the record says so. Run at start-up; returns the ids
+    /// whose writes were released.
+    pub async fn release_cut_short_moves(&self) -> Result<Vec<String>, DbErr> {
+        let mut released = Vec::new();
+        for record in self.control.moves().await? {
+            let id = record.tenant_id.as_str();
+            if record.state != "copying" {
+                continue;
+            }
+            // Held by the process running it, if any.
+            let Some(_lock) = self.control.lock_move(id).await? else {
+                continue;
+            };
+            if !self.control.note_cut_short(id, CUT_SHORT).await? {
+                // It switched after all.
+                continue;
+            }
+            let unfrozen = if record.source_url.expose().starts_with("sqlite") {
+                super::promote::unfreeze_file_if_frozen(&db::prepare_url(
+                    record.source_url.expose(),
+                )?)
+                .await
+            } else {
+                let Some(tenant) = self.registry.get(id) else {
+                    continue;
+                };
+                let schema = tenant.schema_name().unwrap_or_else(|| "public".to_string());
+                async {
+                    let source = connect(record.source_url.expose()).await?;
+                    let frozen = is_frozen(&source, &schema).await?;
+                    if frozen {
+                        unfreeze(&source, &schema, &tables(&source, &schema).await?).await?;
+                    }
+                    let _ = source.close().await;
+                    Ok::<_, DbErr>(frozen)
+                }
+                .await
+            };
+            match unfrozen {
+                Ok(true) => {
+                    tracing::warn!(tenant_id = %id, "a move cut short before its switch: the tenant's writes were released on its source; run the move again to resume");
+                    released.push(record.tenant_id);
+                }
+                Ok(false) => {}
+                Err(e) => {
+                    tracing::error!(tenant_id = %id, error = %db::redact_error(&e), "a move cut short before its switch: its source could not be made writable")
+                }
+            }
+        }
+        Ok(released)
+    }
+}
+
 /// A move checked and recorded, its lock held, ready to run.
 struct PreparedMove {
     _lock: crate::control::moves::MoveLock,

@@ -114,6 +114,17 @@ pub(super) async fn unfreeze_file(url: &str) -> Result<(), DbErr> {
     db.close().await
 }
 
+/// Removes the triggers if the file has them; whether it had.
+pub(super) async fn unfreeze_file_if_frozen(url: &str) -> Result<bool, DbErr> {
+    let db = open_file(url).await?;
+    let frozen = is_frozen(&db).await;
+    db.close().await?;
+    if !frozen? {
+        return Ok(false);
+    }
+    unfreeze_file(url).await.map(|()| true)
+}
+
 /// The columns of `table` on the target, with the type each value is cast to.
 async fn target_columns(
     target: &DatabaseConnection,

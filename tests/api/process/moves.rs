@@ -1103,3 +1103,148 @@ async fn a_second_mover_of_the_same_tenant_is_refused_while_the_first_runs() {
         "the first mover finished before the second tried"
     );
 }
+
+/// A promotion whose process (here the server running it) is killed while the
+/// file is frozen for the copy: the next start of a replica releases the
+/// tenant's writes on its file, says so on the move's record, and the move run
+/// again finishes with every row.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_promotion_killed_with_its_server_releases_the_tenants_writes_at_the_next_start() {
+    use super::Server;
+    let _heavy = crate::helpers::heavy_test().await;
+    let pg_server = PgCluster::start(100);
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("tenants.toml"), "").unwrap();
+    let env = [("SECRET_KEY", TEST_SECRET_KEY)];
+    let start = || {
+        let dir = dir.path().to_path_buf();
+        std::thread::spawn(move || Server::start(command(&dir, &env)))
+            .join()
+            .unwrap()
+    };
+    let mut server = start();
+    let file = dir.path().join("big.db");
+    let control = dir.path().join("data").join("control.db");
+    let client = reqwest::Client::new();
+    let admin = |address: &str, method: Method, path: &str| {
+        client
+            .request(method, format!("{address}{path}"))
+            .bearer_auth(super::ADMIN)
+    };
+    let write = |address: &str, name: &str| {
+        client
+            .post(format!("{address}/api/products"))
+            .header("X-Tenant-ID", "big")
+            .json(&json!({ "name": name, "price": 1.0 }))
+            .send()
+    };
+    let response = admin(&server.address, Method::POST, "/api/admin/tenants")
+        .json(&json!({ "id": "big", "domain": "dental", "database_url": format!("sqlite://{}", file.display()) }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 201);
+    assert_eq!(write(&server.address, "first").await.unwrap().status(), 201);
+    // Enough rows that the copy takes a while.
+    {
+        use sea_orm::ConnectionTrait;
+        let db = tenant_router::db::connect(format!("sqlite://{}", file.display()))
+            .await
+            .unwrap();
+        db.execute_unprepared(
+            "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < 50000) \
+             INSERT INTO products (id, name, price_cents, created_at, updated_at) \
+             SELECT randomblob(16), 'bulk ' || x, x, p.created_at, p.updated_at \
+             FROM c, (SELECT created_at, updated_at FROM products LIMIT 1) p",
+        )
+        .await
+        .unwrap();
+        db.close().await.unwrap();
+    }
+    let target = pg::url_with_database(&pg_server.url, "t_big");
+    let response = admin(&server.address, Method::POST, "/api/admin/tenants/big/move")
+        .json(&json!({ "to": target }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 202);
+    let triggers = "SELECT count(*) FROM sqlite_master WHERE type = 'trigger'";
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while sqlite_count(&file, triggers).await == 0 {
+        assert!(Instant::now() < deadline, "the file was never frozen");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    server.child.kill().unwrap();
+    server.child.wait().unwrap();
+    let copying = "SELECT count(*) FROM tenant_moves WHERE state = 'copying'";
+    assert_eq!(
+        sqlite_count(&control, copying).await,
+        1,
+        "killed after the switch: the copy was faster than the watch"
+    );
+    assert!(sqlite_count(&file, triggers).await > 0);
+
+    // A replica starts: the tenant takes writes on its file again.
+    let mut server = start();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let status = write(&server.address, "after the restart")
+            .await
+            .unwrap()
+            .status();
+        if status == 201 {
+            break;
+        }
+        assert_eq!(status, 503);
+        assert!(Instant::now() < deadline, "writes stay refused");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(sqlite_count(&file, triggers).await, 0);
+    let moves: Value = admin(&server.address, Method::GET, "/api/admin/moves")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(moves["moves"][0]["state"], "copying", "{moves}");
+    assert!(
+        moves["moves"][0]["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("cut short")),
+        "{moves}"
+    );
+
+    // Run again, the move finishes with every row, the write after the restart too.
+    let response = admin(&server.address, Method::POST, "/api/admin/tenants/big/move")
+        .json(&json!({ "to": target }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 202);
+    let deadline = Instant::now() + Duration::from_secs(300);
+    loop {
+        let moves: Value = admin(&server.address, Method::GET, "/api/admin/moves")
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if moves["moves"][0]["state"] == "switched" {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the move did not finish: {moves}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        count(&target, "SELECT count(*) FROM products").await,
+        50_002
+    );
+    let names = product_names(&target).await;
+    assert!(names.contains(&"after the restart".to_string()));
+    assert!(server.stop());
+}
