@@ -12,10 +12,7 @@ use crate::{
     registry::TenantRegistry,
     secret::Secret,
     settings::Settings,
-    tenant::{
-        Branding, ConfigError, ContactInfo, Domain, FeatureSet, Isolation, PoolOverrides,
-        TenantConfig, TenantId, TenantSource,
-    },
+    tenant::ConfigError,
 };
 
 /// Why the service could not start.
@@ -84,7 +81,7 @@ impl Application {
             }
             (tenants, None, Some((control, base)))
         } else {
-            let single = single_tenant_config(&settings);
+            let single = settings.single_tenant();
             (vec![single.clone()], Some(Arc::new(single)), None)
         };
         tracing::info!(
@@ -236,27 +233,4 @@ impl Application {
         registry.close_all().await;
         Ok(())
     }
-}
-
-fn single_tenant_config(settings: &Settings) -> TenantConfig {
-    let id = TenantId::parse("default").unwrap_or_else(|_| unreachable!("'default' is a valid id"));
-    TenantConfig {
-        subdomain: id.default_subdomain(),
-        id,
-        database_url: settings.database_url.clone(),
-        domain: Domain::Default,
-        explicit_features: None,
-        features: FeatureSet::all(),
-        branding: Branding::default(),
-        gst_number: None,
-        contact_info: ContactInfo::default(),
-        is_active: true,
-        demo: false,
-        pool: PoolOverrides::default(),
-        limits: Default::default(),
-        isolation: Isolation::Database,
-        source: TenantSource::SingleTenant,
-        generation: String::new(),
-    }
-    .with_derived_generation()
 }

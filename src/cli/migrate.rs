@@ -15,15 +15,23 @@ use crate::{
 /// Runs `migrate`: exit 0 when every tenant is up to date or migrated (or, in a dry
 /// run, checked), 1 when any failed, 2 on bad usage.
 pub async fn migrate(settings: Settings, args: MigrateArgs) -> ExitCode {
-    let ctx = match context(settings).await {
-        Ok(ctx) => ctx,
-        Err(e) => return fail(e),
+    // Single-tenant mode has one tenant, `default`, on DATABASE_URL, and no
+    // control database.
+    let pools = settings.pools();
+    let (mut tenants, ctx) = if settings.multi_tenant_enabled {
+        let ctx = match context(settings).await {
+            Ok(ctx) => ctx,
+            Err(e) => return fail(e),
+        };
+        let tenants: Vec<TenantConfig> =
+            ctx.registry.list().iter().map(|t| (**t).clone()).collect();
+        (tenants, Some(ctx))
+    } else {
+        (vec![settings.single_tenant()], None)
     };
-    let mut tenants: Vec<TenantConfig> =
-        ctx.registry.list().iter().map(|t| (**t).clone()).collect();
     if !args.all {
         for id in &args.tenant {
-            if ctx.registry.get(id).is_none() {
+            if !tenants.iter().any(|t| t.id.as_str() == id) {
                 return fail(format!("no tenant '{id}'"));
             }
         }
@@ -42,12 +50,13 @@ pub async fn migrate(settings: Settings, args: MigrateArgs) -> ExitCode {
     let started = std::time::Instant::now();
     let rows = migrate_fleet(
         tenants,
-        &ctx.settings.pools(),
+        &pools,
         FleetOptions {
             concurrency: args.concurrency,
             dry_run: args.dry_run,
         },
-        Some(&ctx.control),
+        ctx.as_ref()
+            .map(|ctx| &ctx.control as &dyn crate::db::StorageLedger),
         |done, total| {
             bar.set_length(total as u64);
             bar.set_position(done as u64);

@@ -176,7 +176,6 @@ fn fail(message: impl std::fmt::Display) -> ExitCode {
 
 /// Everything the commands need: the merged tenants and the lifecycle.
 struct Context {
-    settings: Settings,
     registry: TenantRegistry,
     lifecycle: Arc<Lifecycle>,
     control: ControlStore,
@@ -221,7 +220,6 @@ async fn context(settings: Settings) -> Result<Context, String> {
         settings.identification().ignored_subdomains,
     ));
     Ok(Context {
-        settings,
         registry,
         lifecycle,
         control,

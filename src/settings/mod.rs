@@ -477,6 +477,38 @@ impl Settings {
     }
 }
 
+impl Settings {
+    /// The one tenant of single-tenant mode (`MULTI_TENANT_ENABLED=false`):
+    /// `default`, on `DATABASE_URL`, with every feature.
+    pub fn single_tenant(&self) -> crate::tenant::TenantConfig {
+        use crate::tenant::{
+            Branding, ContactInfo, Domain, FeatureSet, Isolation, PoolOverrides, TenantConfig,
+            TenantId, TenantSource,
+        };
+        let id =
+            TenantId::parse("default").unwrap_or_else(|_| unreachable!("'default' is a valid id"));
+        TenantConfig {
+            subdomain: id.default_subdomain(),
+            id,
+            database_url: self.database_url.clone(),
+            domain: Domain::Default,
+            explicit_features: None,
+            features: FeatureSet::all(),
+            branding: Branding::default(),
+            gst_number: None,
+            contact_info: ContactInfo::default(),
+            is_active: true,
+            demo: false,
+            pool: PoolOverrides::default(),
+            limits: Default::default(),
+            isolation: Isolation::Database,
+            source: TenantSource::SingleTenant,
+            generation: String::new(),
+        }
+        .with_derived_generation()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

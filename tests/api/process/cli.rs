@@ -77,6 +77,45 @@ fn migrate_dry_run_reports_pending_and_changes_nothing() {
     assert_eq!(code, 2, "{stderr}");
 }
 
+/// Single-tenant mode has one tenant, `default`, on DATABASE_URL: `migrate`
+/// migrates it (the service answers the same through its admin API).
+#[test]
+fn migrate_runs_in_single_tenant_mode_on_its_database() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}/app.db?mode=rwc", dir.path().display());
+    let env = [
+        ("MULTI_TENANT_ENABLED", "false"),
+        ("DATABASE_URL", url.as_str()),
+    ];
+    let report = dir.path().join("report.json");
+    let migrate = |args: &[&str]| {
+        let output = command(dir.path(), &env)
+            .arg("migrate")
+            .args(args)
+            .args(["--report", report.to_str().unwrap()])
+            .output()
+            .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        assert_eq!(output.status.code(), Some(0), "{text}");
+        let rows = report_rows(&report);
+        assert_eq!(rows.len(), 1, "{text}");
+        assert_eq!(rows[0]["tenant_id"], "default");
+        rows[0]["status"].as_str().unwrap().to_string()
+    };
+    assert_eq!(migrate(&["--all", "--dry-run"]), "pending");
+    assert_eq!(migrate(&["--tenant", "default"]), "migrated");
+    assert_eq!(migrate(&["--all"]), "up_to_date");
+    let output = command(dir.path(), &env)
+        .args(["migrate", "--tenant", "nobody"])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+}
+
 #[test]
 fn tenant_commands_manage_the_control_database() {
     let dir = dir_with_sqlite_tenant("from_file");
