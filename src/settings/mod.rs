@@ -339,9 +339,9 @@ impl Settings {
         if !(1..=65_536).contains(&self.pg_statement_cache_capacity) {
             return Err("settings: PG_STATEMENT_CACHE_CAPACITY must be within 1..=65536".into());
         }
-        if self.base_domain.is_empty()
-            || !self
-                .base_domain
+        let base_domain = parts::base_domain_of(&self.base_domain);
+        if base_domain.split('.').any(str::is_empty)
+            || !base_domain
                 .bytes()
                 .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
         {
@@ -543,6 +543,25 @@ mod tests {
         let s = Settings::from_map(&env(&[("TENANTS_FILE", &path), ("IGNORED_SUBDOMAINS", "")]))
             .unwrap();
         assert_eq!(s.load_tenants().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn a_base_domain_is_a_host_name_its_final_dot_allowed() {
+        for good in ["example.com", "example.com.", "localhost"] {
+            let s = Settings::from_map(&env(&[("BASE_DOMAIN", good)])).unwrap();
+            assert_eq!(s.identification().base_domain, good.trim_end_matches('.'));
+        }
+        for bad in [
+            "",
+            ".",
+            ".example.com",
+            "example..com",
+            "example.com..",
+            "exa mple.com",
+        ] {
+            let err = Settings::from_map(&env(&[("BASE_DOMAIN", bad)])).unwrap_err();
+            assert!(err.contains("BASE_DOMAIN"), "{bad}: {err}");
+        }
     }
 
     #[test]

@@ -24,7 +24,8 @@ impl Settings {
             by_subdomain: self.identify_by_subdomain,
             by_header: self.identify_by_header,
             by_query: self.identify_by_query,
-            base_domain: self.base_domain.to_ascii_lowercase(),
+            // `example.com.` is `example.com`, fully qualified.
+            base_domain: base_domain_of(&self.base_domain),
             ignored_subdomains: self
                 .ignored_subdomains
                 .split(',')
@@ -107,4 +108,10 @@ pub struct PoolSettings {
     pub auto_create_databases: bool,
     pub max_total_connections: Option<u32>,
     pub breaker_cooldown: Duration,
+}
+
+/// The base domain as hosts are compared with it: lower case, without the final
+/// dot of a fully qualified name.
+pub(crate) fn base_domain_of(raw: &str) -> String {
+    raw.strip_suffix('.').unwrap_or(raw).to_ascii_lowercase()
 }

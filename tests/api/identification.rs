@@ -210,6 +210,30 @@ async fn a_custom_subdomain_and_base_domain_route_to_the_tenant(backend: Backend
     assert_error(www, 400, "tenant_required").await;
 }
 
+/// `example.com.` (fully qualified) is the same base domain as `example.com`.
+#[tokio::test]
+async fn a_base_domain_written_with_its_final_dot_routes_the_same() {
+    let tenants = vec![Tenant::new("dental_clinic_abc", "dental").with("subdomain = \"abc\"")];
+    let app = spawn_app_with(AppSpec::new(tenants).env("BASE_DOMAIN", "Example.COM.")).await;
+    for host in ["abc.example.com", "abc.example.com."] {
+        let response = app
+            .request(Method::GET, "/api/products")
+            .header("Host", host)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200, "{host}");
+        assert_eq!(response.headers()["x-tenant-id"], "dental_clinic_abc");
+    }
+    let unknown = app
+        .request(Method::GET, "/api/products")
+        .header("Host", "nobody.example.com")
+        .send()
+        .await
+        .unwrap();
+    assert_error(unknown, 404, "tenant_not_found").await;
+}
+
 crate::on_every_backend!(
     each_source_identifies_the_tenant_and_the_response_names_it,
     tenant_scoped_errors_also_carry_the_tenant_header,
