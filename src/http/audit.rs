@@ -242,13 +242,23 @@ async fn record_write(state: AppState, request: Request, next: Next) -> Response
 #[derive(Debug, Clone, Copy)]
 pub struct ForgetUser(pub uuid::Uuid);
 
-/// The `{id}` segment of `actual` where the route pattern `pattern` has one.
+/// The `{id}` segment of `actual` where the route pattern `pattern` has one, as
+/// the record's id reads: decoded, and a UUID in its one spelling (the handlers
+/// also take `URN`, braced, unhyphenated and upper-case forms, and a search by
+/// the id must find every change of the record).
 fn path_id(pattern: &str, actual: &str) -> Option<String> {
     pattern
         .split('/')
         .zip(actual.split('/'))
         .find(|(p, _)| *p == "{id}")
-        .map(|(_, a)| a.to_string())
+        .map(|(_, a)| canonical_id(&percent_encoding::percent_decode_str(a).decode_utf8_lossy()))
+}
+
+/// A UUID in its hyphenated lower-case form; any other id as it is.
+pub fn canonical_id(id: &str) -> String {
+    uuid::Uuid::try_parse(id)
+        .map(|u| u.hyphenated().to_string())
+        .unwrap_or_else(|_| id.to_string())
 }
 
 /// Reads a created record's `id` from the JSON response, and rebuilds the response.
@@ -325,5 +335,19 @@ mod tests {
             Some("abc")
         );
         assert_eq!(path_id("/api/products", "/api/products"), None);
+        let id = "a9a7b6c5-1d2e-4f30-8a4b-5c6d7e8f9012";
+        for spelling in [
+            id.to_string(),
+            id.to_uppercase(),
+            format!("urn:uuid:{id}"),
+            format!("%7B{}%7D", id.to_uppercase()),
+            id.replace('-', ""),
+        ] {
+            assert_eq!(
+                path_id("/api/products/{id}", &format!("/api/products/{spelling}")).as_deref(),
+                Some(id),
+                "{spelling}"
+            );
+        }
     }
 }

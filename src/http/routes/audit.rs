@@ -120,7 +120,8 @@ async fn page(db: &impl sea_orm::ConnectionTrait, query: &AuditQuery) -> Result<
         select = select.filter(entry::Column::Entity.eq(entity.as_str()));
     }
     if let Some(entity_id) = &query.entity_id {
-        select = select.filter(entry::Column::EntityId.eq(entity_id.as_str()));
+        select =
+            select.filter(entry::Column::EntityId.eq(crate::http::audit::canonical_id(entity_id)));
     }
     if let Some(from) = timestamp("from", query.from.as_deref())? {
         select = select.filter(entry::Column::At.gte(from));
