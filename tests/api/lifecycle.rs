@@ -147,6 +147,30 @@ async fn duplicates_and_bad_bodies_are_refused(backend: Backend) {
         assert_eq!(error["error"]["field"], field, "{error}");
         assert!(!error.to_string().contains("mysql://u:p"), "{error}");
     }
+    // A key given twice is refused, as on every other route, not "the last wins".
+    let twice = r#"{"id": "bad_two", "id": "bad_three", "database_url": "sqlite://x.db"}"#;
+    let patch_twice =
+        r#"{"is_active": true, "branding": {"company_name": "A", "company_name": "B"}}"#;
+    for (method, path, text) in [
+        (Method::POST, "/api/admin/tenants", twice),
+        (Method::PATCH, "/api/admin/tenants/twin", patch_twice),
+    ] {
+        let response = app
+            .admin(method, path)
+            .header("Content-Type", "application/json")
+            .body(text)
+            .send()
+            .await
+            .unwrap();
+        let error = assert_error(response, 422, "validation_failed").await;
+        assert!(
+            error["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("duplicate"),
+            "{error}"
+        );
+    }
     let unauthorized = app
         .request(Method::POST, "/api/admin/tenants")
         .json(&body)

@@ -16,7 +16,7 @@ use crate::{
     auth::users::{NewUser, UserView},
     error::{AppError, Result},
     http::AppState,
-    http::extract::{ApiJson, ApiQuery, TenantPath},
+    http::extract::{ApiJson, ApiQuery, StrictJson, TenantPath},
     http::request_span::RequestId,
     http::routes::tenants::{tenant_from_path, tenant_view},
     lifecycle::Lifecycle,
@@ -49,7 +49,7 @@ fn lifecycle(state: &AppState) -> Result<&Lifecycle> {
     responses((status = 201, description = "Provisioned", body = Object)))]
 pub(crate) async fn create(
     State(state): State<AppState>,
-    ApiJson(body): ApiJson<Value>,
+    ApiJson(StrictJson(body)): ApiJson<StrictJson>,
 ) -> Result<(StatusCode, Json<Value>)> {
     let tenant = lifecycle(&state)?.provision(body).await?;
     state.auth.forget_tenant(&tenant.id);
@@ -61,7 +61,7 @@ pub(crate) async fn create(
 pub(crate) async fn update(
     State(state): State<AppState>,
     TenantPath(id): TenantPath,
-    ApiJson(body): ApiJson<Value>,
+    ApiJson(StrictJson(body)): ApiJson<StrictJson>,
 ) -> Result<Json<Value>> {
     let tenant = lifecycle(&state)?.update(id.as_str(), body).await?;
     Ok(Json(tenant_view(&state, &tenant)))
