@@ -102,6 +102,9 @@ async fn lists_filter_by_kind_and_date() {
     }
     let all = get(&app, "/api/cash-flow").await;
     assert_eq!(all["items"].as_array().unwrap().len(), 3);
+    // The earliest year's months read as dates do: four digits.
+    let summary = get(&app, "/api/cash-flow/summary?year=1").await;
+    assert_eq!(summary["months"][0]["month"], "0001-01", "{summary}");
 }
 
 #[tokio::test]

@@ -261,7 +261,7 @@ pub(crate) async fn summary(
         .into_iter()
         .map(|(month, sums)| {
             let mut v = sums.view();
-            v["month"] = serde_json::json!(format!("{year}-{month:02}"));
+            v["month"] = serde_json::json!(format!("{year:04}-{month:02}"));
             v
         })
         .collect();
