@@ -86,14 +86,23 @@ async fn path_ids_are_validated_and_unknown_ones_are_not_found() {
         .await
         .unwrap();
     assert_error(unknown, 404, "tenant_not_found").await;
-    // A migration run's id that is not even UTF-8 names no run, in JSON too.
-    for job in ["%ff", "abc"] {
+    // A migration run's id that is not a number (not even UTF-8) is a bad id,
+    // in JSON too; a number that names no run is not found.
+    for (job, status, code) in [
+        ("%ff", 422, "validation_failed"),
+        ("abc", 422, "validation_failed"),
+        ("-1", 422, "validation_failed"),
+        ("12345", 404, "not_found"),
+    ] {
         let response = app
             .admin(Method::GET, &format!("/api/admin/migrations/{job}"))
             .send()
             .await
             .unwrap();
-        assert_error(response, 404, "not_found").await;
+        let error = assert_error(response, status, code).await;
+        if status == 422 {
+            assert_eq!(error["error"]["field"], "job", "{error}");
+        }
     }
     let branding = app
         .request(Method::GET, "/api/tenants/nobody/branding")

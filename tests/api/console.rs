@@ -728,10 +728,18 @@ async fn a_migration_run_goes_on_in_the_background_and_reports_each_tenant() {
             .unwrap();
         assert_error(response, status, code).await;
     }
-    for path in ["/api/admin/migrations/999", "/api/admin/migrations/x"] {
-        let response = app.admin(Method::GET, path).send().await.unwrap();
-        assert_error(response, 404, "not_found").await;
-    }
+    let response = app
+        .admin(Method::GET, "/api/admin/migrations/999")
+        .send()
+        .await
+        .unwrap();
+    assert_error(response, 404, "not_found").await;
+    let response = app
+        .admin(Method::GET, "/api/admin/migrations/x")
+        .send()
+        .await
+        .unwrap();
+    assert_error(response, 422, "validation_failed").await;
 }
 
 #[tokio::test]

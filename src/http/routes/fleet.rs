@@ -295,16 +295,20 @@ pub(crate) async fn jobs(State(state): State<AppState>) -> Json<Value> {
     responses(
         (status = 200, description = "The run's progress", body = Object),
         (status = 404, description = "No such run on this replica (`not_found`)", body = crate::http::openapi::ErrorBody),
+        (status = 422, description = "The id is not a run's number (`validation_failed`, field `job`)", body = crate::http::openapi::ErrorBody),
     ))]
 pub(crate) async fn job(
     State(state): State<AppState>,
-    // A segment that is not even UTF-8 names no run either.
+    // A segment that is not even UTF-8 is a bad id too, in JSON.
     id: std::result::Result<Path<String>, axum::extract::rejection::PathRejection>,
 ) -> Result<Json<JobView>> {
-    let id = id.map(|Path(id)| id).unwrap_or_default();
-    id.parse::<u64>()
+    let id = id
         .ok()
-        .and_then(|id| state.fleet.get(id))
+        .and_then(|Path(id)| id.parse::<u64>().ok())
+        .ok_or_else(|| AppError::validation("job", "a run's id is a number"))?;
+    state
+        .fleet
+        .get(id)
         .map(Json)
-        .ok_or_else(|| AppError::NotFound(format!("no migration run '{id:.32}'")))
+        .ok_or_else(|| AppError::NotFound(format!("no migration run '{id}'")))
 }
