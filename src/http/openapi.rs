@@ -275,6 +275,12 @@ const ADMIN: &[(&str, &str)] = &[
     ),
 ];
 
+/// What an admin route that writes can answer besides.
+const ADMIN_WRITE: &[(&str, &str)] = &[(
+    "403",
+    "Called with the console's session cookie but without its `X-CSRF-Token` (`forbidden`)",
+)];
+
 impl Modify for CommonAnswers {
     fn modify(&self, openapi: &mut Spec) {
         let components = openapi.components.get_or_insert_with(Components::new);
@@ -316,6 +322,9 @@ impl Modify for CommonAnswers {
                 match kind {
                     Kind::Admin => {
                         add_errors(operation, ADMIN);
+                        if method != "get" {
+                            add_errors(operation, ADMIN_WRITE);
+                        }
                         operation.security = Some(vec![SecurityRequirement::new(
                             "admin_token",
                             Vec::<String>::new(),

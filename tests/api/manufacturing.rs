@@ -213,6 +213,34 @@ async fn a_deleted_material_is_gone_and_cannot_go_into_a_bom(backend: Backend) {
     .await;
     let error = assert_error(bom, 422, "validation_failed").await;
     assert_eq!(error["error"]["field"], "items[0].material_id");
+
+    // A material deleted after an order's BOM took it: the completion says so
+    // (it had said "not enough …, 10 in stock").
+    let (steel, paint) = (
+        material(&app, "Steel", 100.0).await,
+        material(&app, "Paint", 100.0).await,
+    );
+    let order = order_for(&app, &steel, &paint, 2.0).await;
+    let order = format!("/api/manufacturing/production-orders/{order}");
+    post(&app, &format!("{order}/start"), json!({})).await;
+    let deleted = app
+        .as_tenant(
+            Method::DELETE,
+            TENANT,
+            &format!("/api/manufacturing/materials/{paint}"),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(deleted.status(), 204);
+    let refused = post(&app, &format!("{order}/complete"), json!({})).await;
+    let body = assert_error(refused, 409, "conflict").await;
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains(&paint) && message.contains("was deleted"),
+        "{message}"
+    );
+    assert_eq!(stock_of(&app, &steel).await, 100.0);
 }
 
 async fn orders_completed_at_once_share_the_stock_without_errors(backend: Backend) {

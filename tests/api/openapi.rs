@@ -102,6 +102,30 @@ async fn the_contract_names_its_security_schemes_and_every_error_code() {
     assert!(products["responses"]["507"].is_object());
     let admin = &spec["paths"]["/api/admin/tenants"]["post"];
     assert_eq!(admin["security"][0]["admin_token"], serde_json::json!([]));
+    // The answers a handler gives beyond those of its kind are listed too.
+    for (path, method, status) in [
+        ("/api/users", "post", "409"),
+        ("/api/users/{id}", "patch", "409"),
+        (
+            "/api/manufacturing/production-orders/{id}/start",
+            "post",
+            "409",
+        ),
+        (
+            "/api/manufacturing/production-orders/{id}/complete",
+            "post",
+            "409",
+        ),
+        ("/api/tenants/{id}/branding", "get", "403"),
+        ("/api/admin/tenants/{id}", "patch", "403"),
+        ("/api/admin/migrations", "post", "403"),
+        ("/api/admin/tenants/{id}/move", "post", "422"),
+    ] {
+        assert!(
+            spec["paths"][path][method]["responses"][status].is_object(),
+            "{method} {path} does not list {status}"
+        );
+    }
     let text = spec.to_string();
     for code in [
         "tenant_required",

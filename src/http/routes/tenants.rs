@@ -155,7 +155,8 @@ pub(crate) async fn pools(State(state): State<AppState>) -> Json<Value> {
 
 /// Public branding and contact details, for a tenant's login page.
 #[utoipa::path(get, path = "/api/tenants/{id}/branding", tag = "tenants", params(("id" = String, Path, description = "The tenant id")),
-    responses((status = 200, description = "Branding and contact details", body = Object)))]
+    responses((status = 200, description = "Branding and contact details", body = Object),
+        (status = 403, description = "The tenant is suspended (`tenant_inactive`)", body = crate::http::openapi::ErrorBody)))]
 pub(crate) async fn branding(
     State(state): State<AppState>,
     TenantPath(id): TenantPath,

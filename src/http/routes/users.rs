@@ -71,7 +71,8 @@ pub(crate) async fn list(
 }
 
 #[utoipa::path(post, path = "/api/users", tag = "users", request_body = NewUser,
-    responses((status = 201, description = "Created", body = UserView)))]
+    responses((status = 201, description = "Created", body = UserView),
+        (status = 409, description = "The username is taken (`conflict`)", body = crate::http::openapi::ErrorBody)))]
 pub(crate) async fn create(
     principal: Principal,
     TenantDb(db): TenantDb,
@@ -106,7 +107,8 @@ pub(crate) struct UserPatch {
 }
 
 #[utoipa::path(patch, path = "/api/users/{id}", tag = "users", params(("id" = uuid::Uuid, Path, description = "The record's id")), request_body = UserPatch,
-    responses((status = 200, description = "Changed", body = UserView)))]
+    responses((status = 200, description = "Changed", body = UserView),
+        (status = 409, description = "The change would leave the tenant without an active owner (`conflict`)", body = crate::http::openapi::ErrorBody)))]
 pub(crate) async fn update(
     State(state): State<AppState>,
     tenant: TenantContext,

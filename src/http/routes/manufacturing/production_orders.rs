@@ -189,7 +189,8 @@ async fn transition(
 }
 
 #[utoipa::path(post, path = "/api/manufacturing/production-orders/{id}/start", tag = "manufacturing", params(("id" = uuid::Uuid, Path, description = "The record's id")),
-    responses((status = 200, description = "Started (planned → in_progress)", body = OrderView)))]
+    responses((status = 200, description = "Started (planned → in_progress)", body = OrderView),
+        (status = 409, description = "The order is not planned (`conflict`)", body = crate::http::openapi::ErrorBody)))]
 pub(crate) async fn start(IdPath(id): IdPath, TenantDb(db): TenantDb) -> Result<Json<OrderView>> {
     transition(&db, id, PLANNED, IN_PROGRESS).await?;
     Ok(Json(find(&db, id).await?.into()))
@@ -198,7 +199,8 @@ pub(crate) async fn start(IdPath(id): IdPath, TenantDb(db): TenantDb) -> Result<
 /// Consumes the BOM's materials and marks the order done, in one transaction: a
 /// short material refuses the whole completion and consumes nothing.
 #[utoipa::path(post, path = "/api/manufacturing/production-orders/{id}/complete", tag = "manufacturing", params(("id" = uuid::Uuid, Path, description = "The record's id")),
-    responses((status = 200, description = "Completed (in_progress → done), its materials consumed", body = OrderView)))]
+    responses((status = 200, description = "Completed (in_progress → done), its materials consumed", body = OrderView),
+        (status = 409, description = "The order is not in progress, its bill of materials or one of its materials was deleted, or a material is short (`conflict`)", body = crate::http::openapi::ErrorBody)))]
 pub(crate) async fn complete(
     IdPath(id): IdPath,
     TenantDb(db): TenantDb,
@@ -226,15 +228,21 @@ pub(crate) async fn complete(
             .exec(&txn)
             .await?;
         if taken.rows_affected != 1 {
-            let available = material::Entity::find_by_id(item.material_id)
+            let found = material::Entity::find_by_id(item.material_id)
                 .one(&txn)
                 .await?
-                .map_or(0.0, |m| m.stock);
+                .filter(|m| m.deleted_at.is_none());
             txn.rollback().await?;
-            return Err(AppError::Conflict(format!(
-                "not enough of material {}: {needed} needed, {available} in stock",
-                item.material_id
-            )));
+            return Err(AppError::Conflict(match found {
+                Some(m) => format!(
+                    "not enough of material {}: {needed} needed, {} in stock",
+                    item.material_id, m.stock
+                ),
+                None => format!(
+                    "material {} of the bill of materials was deleted",
+                    item.material_id
+                ),
+            }));
         }
     }
     transition(&txn, id, IN_PROGRESS, DONE).await?;
