@@ -44,7 +44,8 @@ pub struct MoveRecord {
     pub tenant_id: String,
     pub source_url: crate::secret::Secret,
     pub target_url: crate::secret::Secret,
-    /// `copying` or `switched`.
+    /// `copying`, `released` (cut short; its source takes writes again) or
+    /// `switched`.
     pub state: String,
     pub pause_ms: Option<i64>,
     pub error: Option<String>,
@@ -128,12 +129,14 @@ impl ControlStore {
         .map(|_| ())
     }
 
-    /// Notes `error` on the move of `tenant` if it has not switched; whether it
-    /// has not. The update waits for a switch in flight (it holds the row), so a
-    /// `true` means no switch of that move has been or will be committed by a
-    /// process that is gone.
-    pub async fn note_cut_short(&self, tenant: &str, error: &str) -> Result<bool, DbErr> {
+    /// Marks the move of `tenant` `released` (its source takes writes again),
+    /// with `error`, if it has not switched; whether it has not. The update waits
+    /// for a switch in flight (it holds the row); and a switch needs the move
+    /// `copying`, so a mover still alive (its lock lost with its connection)
+    /// can no longer switch to a copy that misses the writes made from now on.
+    pub async fn release_move(&self, tenant: &str, error: &str) -> Result<bool, DbErr> {
         let updated = tenant_move::Entity::update_many()
+            .col_expr(tenant_move::Column::State, Expr::value("released"))
             .col_expr(tenant_move::Column::Error, Expr::value(error))
             .col_expr(tenant_move::Column::UpdatedAt, Expr::value(Utc::now()))
             .filter(tenant_move::Column::TenantId.eq(tenant))
@@ -141,6 +144,18 @@ impl ControlStore {
             .exec(&self.db)
             .await?;
         Ok(updated.rows_affected == 1)
+    }
+
+    /// A released move run again: `copying`, so that it may switch.
+    pub async fn resume_move(&self, tenant: &str) -> Result<(), DbErr> {
+        tenant_move::Entity::update_many()
+            .col_expr(tenant_move::Column::State, Expr::value("copying"))
+            .col_expr(tenant_move::Column::UpdatedAt, Expr::value(Utc::now()))
+            .filter(tenant_move::Column::TenantId.eq(tenant))
+            .filter(tenant_move::Column::State.eq("released"))
+            .exec(&self.db)
+            .await
+            .map(|_| ())
     }
 
     /// The switch: the tenant's row now names `target`'s URL (and isolation and

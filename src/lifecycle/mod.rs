@@ -314,16 +314,22 @@ impl Lifecycle {
     /// Removes a tenant added at run time: its row goes, its pool closes, and its
     /// storage is dropped only when `drop_storage` says so.
     pub async fn deprovision(&self, id: &str, drop_storage: bool) -> Result<()> {
+        self.existing(id)?;
+        // A move on record holds the tenant's other storage (the copy, or the
+        // frozen source kept until confirmed): removing the tenant would leave it
+        // behind, and the record stuck for the id's next tenant. Under the move
+        // lock, the tenant is read as the control database has it now: a move
+        // through another replica may have switched its database.
+        let _move_lock = self.hold_move(id).await?;
+        self.refresh_now()
+            .await
+            .map_err(|e| storage_error("refresh", &e))?;
         let current = self.existing(id)?;
         if current.source != TenantSource::Control {
             return Err(AppError::Conflict(format!(
                 "tenant '{id}' is defined in the tenants file or TENANT_CONFIGS: remove it there"
             )));
         }
-        // A move on record holds the tenant's other storage (the copy, or the
-        // frozen source kept until confirmed): removing the tenant would leave it
-        // behind, and the record stuck for the id's next tenant.
-        let _move_lock = self.hold_move(id).await?;
         if let Some(record) = self
             .control
             .find_move(id)

@@ -375,6 +375,12 @@ impl Lifecycle {
                     "tenant '{id}' changed its database during the move; abort the move"
                 )));
             }
+            // Released at a start-up after its process died: copied again.
+            Some(r) if r.state == "released" => self
+                .control
+                .resume_move(id)
+                .await
+                .map_err(|e| storage_error(&e))?,
             Some(_) => {}
         }
         let source_url = record
@@ -843,32 +849,7 @@ impl Lifecycle {
             let Some(_lock) = self.control.lock_move(id).await? else {
                 continue;
             };
-            if !self.control.note_cut_short(id, CUT_SHORT).await? {
-                // It switched after all.
-                continue;
-            }
-            let unfrozen = if record.source_url.expose().starts_with("sqlite") {
-                super::promote::unfreeze_file_if_frozen(&db::prepare_url(
-                    record.source_url.expose(),
-                )?)
-                .await
-            } else {
-                let Some(tenant) = self.registry.get(id) else {
-                    continue;
-                };
-                let schema = tenant.schema_name().unwrap_or_else(|| "public".to_string());
-                async {
-                    let source = connect(record.source_url.expose()).await?;
-                    let frozen = is_frozen(&source, &schema).await?;
-                    if frozen {
-                        unfreeze(&source, &schema, &tables(&source, &schema).await?).await?;
-                    }
-                    let _ = source.close().await;
-                    Ok::<_, DbErr>(frozen)
-                }
-                .await
-            };
-            match unfrozen {
+            match self.release_source(&record).await {
                 Ok(true) => {
                     tracing::warn!(tenant_id = %id, "a move cut short before its switch: the tenant's writes were released on its source; run the move again to resume");
                     released.push(record.tenant_id);
@@ -880,6 +861,61 @@ impl Lifecycle {
             }
         }
         Ok(released)
+    }
+
+    /// Makes a cut-short move's frozen source writable; whether it was frozen. A
+    /// source that is not frozen is left, and so is the record (its last error
+    /// stays what it was).
+    async fn release_source(
+        &self,
+        record: &crate::control::moves::MoveRecord,
+    ) -> Result<bool, DbErr> {
+        let id = record.tenant_id.as_str();
+        if record.source_url.expose().starts_with("sqlite") {
+            let file = db::prepare_url(record.source_url.expose())?;
+            if !super::promote::file_is_frozen(&file).await?
+                || !self.control.release_move(id, CUT_SHORT).await?
+            {
+                return Ok(false);
+            }
+            super::promote::unfreeze_file(&file).await?;
+            return Ok(true);
+        }
+        let Some(tenant) = self.registry.get(id) else {
+            return Ok(false);
+        };
+        let schema = tenant.schema_name().unwrap_or_else(|| "public".to_string());
+        let source = connect(record.source_url.expose()).await?;
+        let released = async {
+            if !is_frozen(&source, &schema).await?
+                || !self.control.release_move(id, CUT_SHORT).await?
+            {
+                return Ok(false);
+            }
+            unfreeze(&source, &schema, &tables(&source, &schema).await?).await?;
+            Ok(true)
+        }
+        .await;
+        let _ = source.close().await;
+        released
+    }
+}
+
+/// A tenant on [`Lifecycle::running_moves`], taken off when dropped.
+struct Listed {
+    lifecycle: std::sync::Arc<Lifecycle>,
+    id: Option<String>,
+}
+
+impl Drop for Listed {
+    fn drop(&mut self) {
+        if let Some(id) = self.id.take() {
+            self.lifecycle
+                .running_moves
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&id);
+        }
     }
 }
 
@@ -898,8 +934,10 @@ pub struct MoveView {
     pub tenant_id: String,
     pub from: String,
     pub to: String,
-    /// `copying` (not switched yet: served from the source) or `switched` (served
-    /// from the target; the source is kept read-only until confirmed).
+    /// `copying` (not switched yet: served from the source), `released` (cut
+    /// short when its process died; served from the source, writable again; run
+    /// the move again to resume) or `switched` (served from the target; the
+    /// source is kept read-only until confirmed).
     pub state: String,
     pub pause_ms: Option<i64>,
     pub error: Option<String>,
@@ -926,18 +964,16 @@ impl Lifecycle {
             }
             running.insert(id.clone(), MoveStep::Preparing);
         }
-        let prepared = match self.prepare_move(&id, &target).await {
-            Ok(prepared) => prepared,
-            Err(e) => {
-                self.running_moves
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .remove(&id);
-                return Err(e);
-            }
+        // Taken off the list however this call ends, a dropped request included,
+        // or, once handed to the move's task, when that ends.
+        let listed = Listed {
+            lifecycle: self.clone(),
+            id: Some(id.clone()),
         };
+        let prepared = self.prepare_move(&id, &target).await?;
         let lifecycle = self.clone();
         tokio::spawn(async move {
+            let _listed = listed;
             let progress = |step: MoveStep| {
                 tracing::info!(tenant_id = %id, ?step, "move");
                 lifecycle
@@ -948,11 +984,6 @@ impl Lifecycle {
             };
             // Its error is on the move's record and in the log.
             let _ = lifecycle.run_prepared(prepared, &progress).await;
-            lifecycle
-                .running_moves
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .remove(&id);
         });
         Ok(())
     }

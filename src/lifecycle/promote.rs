@@ -114,15 +114,12 @@ pub(super) async fn unfreeze_file(url: &str) -> Result<(), DbErr> {
     db.close().await
 }
 
-/// Removes the triggers if the file has them; whether it had.
-pub(super) async fn unfreeze_file_if_frozen(url: &str) -> Result<bool, DbErr> {
+/// Whether the file's tables refuse writes (a promotion froze them).
+pub(super) async fn file_is_frozen(url: &str) -> Result<bool, DbErr> {
     let db = open_file(url).await?;
     let frozen = is_frozen(&db).await;
     db.close().await?;
-    if !frozen? {
-        return Ok(false);
-    }
-    unfreeze_file(url).await.map(|()| true)
+    frozen
 }
 
 /// The columns of `table` on the target, with the type each value is cast to.
