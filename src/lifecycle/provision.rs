@@ -82,14 +82,14 @@ impl Lifecycle {
                 }
             };
             // The holder may be a provisioning whose process died after start-up
-            // rolled back what it found: roll back what is abandoned now, and
-            // try once more, so that a retry after a crash is not refused.
+            // rolled back what it found: roll it back now, and try once more, so
+            // that a retry after a crash is not refused.
             if retried
                 || self
-                    .recover()
+                    .recover_blocking(&config)
                     .await
                     .map_err(|e| storage_error("roll back", &e))?
-                    .is_empty()
+                    == 0
             {
                 return Err(taken);
             }

@@ -142,6 +142,44 @@ impl Lifecycle {
         Ok(done)
     }
 
+    /// Rolls back the unfinished provisionings that hold what `config` claims (its
+    /// id, subdomain or storage) and whose process on this host is gone: what a
+    /// provisioning refused by such a claim does before trying again. A claim
+    /// that is only silent past its lease is left to start-up and operators: its
+    /// process may be alive on another host, or slow here. Returns how many.
+    pub(super) async fn recover_blocking(
+        &self,
+        config: &crate::tenant::TenantConfig,
+    ) -> Result<usize, DbErr> {
+        let storage = config.storage_identity();
+        let mut done = 0;
+        for row in self.control.unfinished().await? {
+            let blocks = row.id == config.id.as_str()
+                || row.config.as_ref().is_ok_and(|other| {
+                    other.subdomain == config.subdomain
+                        || (storage.is_some() && other.storage_identity() == storage)
+                });
+            let gone = row
+                .claimed_by
+                .as_deref()
+                .and_then(|claimer| claimer_gone(claimer, this_process()))
+                == Some(true);
+            if !(blocks && gone) {
+                continue;
+            }
+            match self.roll_back(&row).await {
+                Ok(()) => {
+                    tracing::warn!(tenant_id = %row.id, claimed_by = row.claimed_by.as_deref().unwrap_or(""), "unfinished provisioning rolled back");
+                    done += 1;
+                }
+                Err(e) => {
+                    tracing::error!(tenant_id = %row.id, error = %e, "unfinished provisioning could not be rolled back")
+                }
+            }
+        }
+        Ok(done)
+    }
+
     /// Rolls back the unfinished provisioning of `id` (the operator's clean-up): a
     /// 409 while its process is still alive, unless `force`.
     pub async fn abandon(&self, raw: &str, force: bool) -> Result<()> {
