@@ -354,6 +354,8 @@ impl ControlStore {
             TenantConfigs::update_many()
                 .col_expr(Column::DatabaseUrl, Expr::value(sealed))
                 .filter(Column::Id.eq(row.id))
+                // Unless changed since it was read: a newer URL is not replaced.
+                .filter(Column::DatabaseUrl.eq(row.database_url.as_str()))
                 .exec(&self.db)
                 .await?;
             changed += 1;
@@ -361,8 +363,11 @@ impl ControlStore {
         // The URLs of moves on record are sealed too: a move left under the old
         // key could be neither confirmed nor aborted once that key is gone.
         for row in moves::tenant_move::Entity::find().all(&self.db).await? {
+            // The record as read: a move started since keeps its own URLs.
             let mut update = moves::tenant_move::Entity::update_many()
-                .filter(moves::tenant_move::Column::TenantId.eq(row.tenant_id.as_str()));
+                .filter(moves::tenant_move::Column::TenantId.eq(row.tenant_id.as_str()))
+                .filter(moves::tenant_move::Column::SourceUrl.eq(row.source_url.as_str()))
+                .filter(moves::tenant_move::Column::TargetUrl.eq(row.target_url.as_str()));
             let mut resealed = false;
             for (column, stored) in [
                 (moves::tenant_move::Column::SourceUrl, &row.source_url),
