@@ -246,7 +246,7 @@ const TENANT: &[(&str, &str)] = &[
     ),
     (
         "429",
-        "Over the tenant's request rate or concurrency (`too_many_requests`); has Retry-After",
+        "Over the tenant's request rate or concurrency, or (a login) too many failed logins (`too_many_requests`); has Retry-After",
     ),
 ];
 
