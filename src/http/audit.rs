@@ -26,6 +26,7 @@ use crate::{
     http::AppState,
     http::identify::TenantContext,
     http::request_span::RequestId,
+    http::stack::CommitGate,
 };
 
 /// The audited writes still running, which shutdown waits for: a write whose client
@@ -136,6 +137,7 @@ async fn record_write(state: AppState, request: Request, next: Next) -> Response
         return AppError::internal("audit layer mounted outside tenant resolution").into_response();
     };
     let request_id = RequestId::of(extensions).0;
+    let gate = extensions.get::<CommitGate>().cloned();
     let path_id = path_id(&path, request.uri().path());
     // A tenant at its storage quota may still delete, never add.
     if method != Method::DELETE
@@ -210,9 +212,15 @@ async fn record_write(state: AppState, request: Request, next: Next) -> Response
             action: &action,
             request_id: &request_id,
         };
-        // The write and its audit row commit together, or neither does.
+        // The write and its audit row commit together, or neither does; and
+        // not at all once the client has been answered 503 at the deadline.
         let committed = match record(&txn, event).await {
-            Ok(()) => txn.commit().await,
+            Ok(()) if gate.as_ref().is_none_or(CommitGate::begin_commit) => txn.commit().await,
+            Ok(()) => {
+                let _ = txn.rollback().await;
+                tracing::warn!(%entity, %action, "write rolled back: its request was answered 503 at its deadline");
+                return AppError::Timeout { secs: 0 }.into_response();
+            }
             Err(e) => {
                 let _ = txn.rollback().await;
                 Err(e)

@@ -22,7 +22,7 @@ use tower_http::{
     cors::{AllowOrigin, CorsLayer},
     limit::RequestBodyLimitLayer,
     request_id::{PropagateRequestIdLayer, SetRequestIdLayer},
-    timeout::{RequestBodyTimeoutLayer, TimeoutLayer},
+    timeout::RequestBodyTimeoutLayer,
     trace::TraceLayer,
 };
 
@@ -63,7 +63,6 @@ impl Default for StackOptions {
 
 /// Wraps `router` (every route and its fallback) in the stack, outermost first.
 pub fn wrap(router: Router, options: &StackOptions) -> Router {
-    let request_timeout_secs = options.request_timeout.as_secs().max(1);
     // One `layer` call. Each call boxes every route once more, and each of axum's
     // middleware functions clones, for each request, every box below it: with a
     // call per layer, a request made about 120 boxed clones, an eighth of its work.
@@ -89,22 +88,77 @@ pub fn wrap(router: Router, options: &StackOptions) -> Router {
             ))
             .option_layer(cors(&options.cors_origins))
             .layer(CompressionLayer::new().gzip(true))
-            .layer(middleware::map_response_with_state(
-                request_timeout_secs,
-                json_errors,
-            ))
+            .layer(middleware::map_response(json_errors))
             // Above the layers that change the request's body type: a middleware
             // function takes axum's own. So a request with two Host headers and a
             // body over the limit gets this 400, not the 413.
             .layer(middleware::from_fn(single_host))
-            .layer(TimeoutLayer::with_status_code(
-                StatusCode::SERVICE_UNAVAILABLE,
+            .layer(middleware::from_fn_with_state(
                 options.request_timeout,
+                deadline,
             ))
             .layer(CatchPanicLayer::custom(panic_response))
             .layer(RequestBodyTimeoutLayer::new(options.body_timeout))
             .layer(RequestBodyLimitLayer::new(MAX_BODY_BYTES)),
     )
+}
+
+/// Whether a request's write may still commit: shared by [`deadline`], which
+/// answers 503 at the request's deadline, and the write (`http::audit`), which
+/// runs on in a task of its own and must not commit once its client has been
+/// told it timed out. The first to move the gate wins.
+#[derive(Clone, Default)]
+pub struct CommitGate(std::sync::Arc<std::sync::atomic::AtomicU8>);
+
+const OPEN: u8 = 0;
+const COMMITTING: u8 = 1;
+const TIMED_OUT: u8 = 2;
+
+impl CommitGate {
+    /// The write is about to commit: `false` once the deadline has answered
+    /// (the write must roll back).
+    pub fn begin_commit(&self) -> bool {
+        self.swap(OPEN, COMMITTING)
+    }
+
+    /// The deadline has come: `false` while a commit is under way (its outcome is
+    /// the answer).
+    fn time_out(&self) -> bool {
+        self.swap(OPEN, TIMED_OUT)
+    }
+
+    fn swap(&self, from: u8, to: u8) -> bool {
+        use std::sync::atomic::Ordering;
+        self.0
+            .compare_exchange(from, to, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+    }
+}
+
+/// The deadline of a whole request (`HTTP_REQUEST_TIMEOUT_SECS`): past it, 503
+/// `timeout`, and the request's work is dropped, unless its write has begun to
+/// commit, whose outcome is then the answer.
+async fn deadline(
+    axum::extract::State(limit): axum::extract::State<Duration>,
+    mut request: Request,
+    next: middleware::Next,
+) -> Response {
+    let gate = CommitGate::default();
+    request.extensions_mut().insert(gate.clone());
+    let run = next.run(request);
+    tokio::pin!(run);
+    tokio::select! {
+        response = &mut run => response,
+        () = tokio::time::sleep(limit) => {
+            if gate.time_out() {
+                let secs = limit.as_secs().max(1);
+                tracing::warn!(timeout_secs = secs, "request cancelled at its deadline");
+                AppError::Timeout { secs }.into_response()
+            } else {
+                run.await
+            }
+        }
+    }
 }
 
 /// Refuses a request with more than one `Host` header (400 `bad_request`): which
@@ -176,13 +230,10 @@ fn cors(origins: &[String]) -> Option<CorsLayer> {
     )
 }
 
-/// The layers below answer some requests themselves, without a JSON body: a body
-/// over the limit (413) and a request past its deadline (503). Those answers get
-/// the service's error shape; every answer of the service's own is JSON already.
-async fn json_errors(
-    axum::extract::State(request_timeout_secs): axum::extract::State<u64>,
-    response: Response,
-) -> Response {
+/// The layers below answer a body over the limit (413) themselves, without a
+/// JSON body: that answer gets the service's error shape; every answer of the
+/// service's own is JSON already.
+async fn json_errors(response: Response) -> Response {
     let is_json = response
         .headers()
         .get(header::CONTENT_TYPE)
@@ -195,16 +246,6 @@ async fn json_errors(
             limit: MAX_BODY_BYTES,
         }
         .into_response(),
-        StatusCode::SERVICE_UNAVAILABLE => {
-            tracing::warn!(
-                timeout_secs = request_timeout_secs,
-                "request cancelled at its deadline"
-            );
-            AppError::Timeout {
-                secs: request_timeout_secs,
-            }
-            .into_response()
-        }
         _ => response,
     }
 }

@@ -341,3 +341,79 @@ async fn tls_parameters_in_the_url_pass_through() {
     let tls_sessions: i64 = row.try_get("", "n").unwrap();
     assert!(tls_sessions >= 1, "no TLS session from the router");
 }
+
+/// A write that runs past HTTP_REQUEST_TIMEOUT_SECS (here held by a lock another
+/// session has on its table) is answered 503 `timeout`, and what it wrote never
+/// commits, even though it goes on in a task of its own once the lock is gone:
+/// a client that retries after the 503 must not make a duplicate.
+#[tokio::test]
+async fn a_write_answered_503_at_its_deadline_is_rolled_back() {
+    use sea_orm::{ConnectionTrait, TransactionTrait};
+    let url = pg::fresh_database("tmo").await;
+    let app = spawn_with_toml(
+        &format!("[tenants.slow]\ndatabase_url = \"{url}\"\n"),
+        &[("HTTP_REQUEST_TIMEOUT_SECS", "1")],
+    )
+    .await;
+    let ready = app
+        .as_tenant(Method::GET, "slow", "/api/products")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ready.status(), 200);
+    let locker = pg::connect(&url).await;
+    let held = locker.begin().await.unwrap();
+    held.execute_unprepared("LOCK TABLE products IN ACCESS EXCLUSIVE MODE")
+        .await
+        .unwrap();
+    let late = app
+        .as_tenant(Method::POST, "slow", "/api/products")
+        .json(&serde_json::json!({ "name": "late", "price": 1.0 }))
+        .send()
+        .await
+        .unwrap();
+    assert_error(late, 503, "timeout").await;
+    held.commit().await.unwrap();
+    // The write's task goes on once the lock is gone; wait until no session of
+    // the service is inside a transaction, then look.
+    let count = |sql: &'static str| {
+        let locker = &locker;
+        async move {
+            locker
+                .query_one_raw(sea_orm::Statement::from_string(
+                    sea_orm::DatabaseBackend::Postgres,
+                    sql,
+                ))
+                .await
+                .unwrap()
+                .unwrap()
+                .try_get_by_index::<i64>(0)
+                .unwrap()
+        }
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while count(
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() \
+         AND pid <> pg_backend_pid() AND state <> 'idle'",
+    )
+    .await
+        > 0
+    {
+        assert!(Instant::now() < deadline, "the write never ended");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        count("SELECT count(*) FROM products WHERE name = 'late'").await,
+        0
+    );
+    assert_eq!(count("SELECT count(*) FROM audit_log").await, 0);
+    // The next write is served as usual.
+    let next = app
+        .as_tenant(Method::POST, "slow", "/api/products")
+        .json(&serde_json::json!({ "name": "on time", "price": 1.0 }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(next.status(), 201);
+    locker.close().await.unwrap();
+}
