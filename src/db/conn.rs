@@ -359,12 +359,20 @@ impl TenantConn {
         }
     }
 
-    /// A round trip to the database.
+    /// A round trip to the database; for a schema-mode tenant, one that also
+    /// finds its schema (a schema dropped or renamed underneath fails with
+    /// 3F000, as its statements would).
     pub async fn ping(&self) -> Result<(), DbErr> {
+        let schema = self.cell.schema.clone();
         with_conn!(self.cell, query_err, |raw| async {
-            match raw {
-                RawConn::Pg(c) => sqlx::Connection::ping(c).await,
-                RawConn::Sqlite(c) => sqlx::Connection::ping(c).await,
+            match (raw, schema) {
+                (RawConn::Pg(c), Some(schema)) => sqlx::query("SELECT $1::text::regnamespace")
+                    .bind(schema.as_ref())
+                    .execute(c)
+                    .await
+                    .map(|_| ()),
+                (RawConn::Pg(c), None) => sqlx::Connection::ping(c).await,
+                (RawConn::Sqlite(c), _) => sqlx::Connection::ping(c).await,
             }
         })
     }

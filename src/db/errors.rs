@@ -62,6 +62,7 @@ pub fn is_database_failure(err: &DbErr) -> bool {
                     || code.starts_with("57P")
                     || code == "3D000"
                     || code == "3F000"
+                    || code == "42P01"
             }),
             _ => false,
         },
@@ -89,7 +90,9 @@ pub fn is_unavailable(err: &DbErr) -> bool {
             Some(E::Database(db)) => db.code().is_some_and(|code| {
                 // 08: connection exception; 57P: operator intervention (shutdown,
                 // terminated); 53300: too many connections; 3D000: no such database;
-                // 3F000: no such schema; 25006: read-only (a tenant's old storage,
+                // 3F000: no such schema; 42P01: no such table (a schema tenant's
+                // statements name its schema: dropped or renamed underneath, its
+                // tables are gone); 25006: read-only (a tenant's old storage,
                 // frozen by a move: its new one is being switched to); SQLite 5/6:
                 // busy/locked.
                 code.starts_with("08")
@@ -97,6 +100,7 @@ pub fn is_unavailable(err: &DbErr) -> bool {
                     || code == "53300"
                     || code == "3D000"
                     || code == "3F000"
+                    || code == "42P01"
                     || code == "25006"
                     || code == "5"
                     || code == "6"

@@ -417,3 +417,68 @@ async fn a_write_answered_503_at_its_deadline_is_rolled_back() {
     assert_eq!(next.status(), 201);
     locker.close().await.unwrap();
 }
+
+/// A schema-mode tenant whose schema is renamed under its warm connections (an
+/// operator's mistake, a restore): its requests are 503 `tenant_unavailable`
+/// (not 500), its health check fails, its neighbour in the same database is served
+/// as before, and it recovers once the schema is back.
+#[tokio::test]
+async fn a_schema_renamed_underneath_fails_alone_with_503_and_recovers() {
+    use sea_orm::ConnectionTrait;
+    let url = pg::fresh_database("trn").await;
+    let toml: String = ["gone", "kept"]
+        .iter()
+        .map(|id| format!("[tenants.{id}]\ndatabase_url = \"{url}\"\nisolation = \"schema\"\n"))
+        .collect();
+    let app = spawn_with_toml(
+        &toml,
+        &[
+            ("BREAKER_COOLDOWN_SECS", "1"),
+            ("AUTO_CREATE_DATABASES", "true"),
+        ],
+    )
+    .await;
+    for id in ["gone", "kept"] {
+        app.create_product(id, "before", 1.0).await;
+    }
+    let db = pg::connect(&url).await;
+    db.execute_unprepared("ALTER SCHEMA tenant_gone RENAME TO tenant_gone_away")
+        .await
+        .unwrap();
+    let status = |id: &'static str| {
+        let app = &app;
+        async move {
+            app.as_tenant(Method::GET, id, "/api/products")
+                .send()
+                .await
+                .unwrap()
+        }
+    };
+    let refused = status("gone").await;
+    assert!(refused.headers().contains_key("retry-after"));
+    assert_error(refused, 503, "tenant_unavailable").await;
+    assert_eq!(status("kept").await.status(), 200);
+    let health = app
+        .admin(Method::GET, "/api/tenants/gone/health")
+        .send()
+        .await
+        .unwrap();
+    assert_error(health, 503, "tenant_unavailable").await;
+
+    db.execute_unprepared("ALTER SCHEMA tenant_gone_away RENAME TO tenant_gone")
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let response = status("gone").await;
+        if response.status() == 200 {
+            let body: Value = response.json().await.unwrap();
+            assert_eq!(body["items"][0]["name"], "before", "{body}");
+            break;
+        }
+        assert_eq!(response.status(), 503);
+        assert!(Instant::now() < deadline, "the tenant did not recover");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    db.close().await.unwrap();
+}
