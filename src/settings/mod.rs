@@ -11,6 +11,9 @@ use serde::Deserialize;
 
 use crate::secret::Secret;
 
+/// The longest idle time or window a setting may give (30 days).
+const MAX_WINDOW_SECS: u64 = 30 * 24 * 3600;
+
 mod parts;
 mod secret_key;
 mod tenants;
@@ -310,11 +313,27 @@ impl Settings {
 
     fn validate(&self) -> Result<(), String> {
         self.log_json()?;
+        if self.host != "localhost" && self.host.parse::<std::net::IpAddr>().is_err() {
+            return Err(
+                "settings: HOST must be an IP address (such as 127.0.0.1, 0.0.0.0 or ::) or localhost"
+                    .into(),
+            );
+        }
+        if tracing_subscriber::EnvFilter::try_new(&self.log_level).is_err() {
+            return Err(
+                "settings: LOG_LEVEL must be a tracing filter, such as info, debug or tenant_router=debug,info"
+                    .into(),
+            );
+        }
         if self.max_open_pools == 0 {
             return Err("settings: MAX_OPEN_POOLS must be at least 1".into());
         }
-        if self.pool_idle_timeout_secs == 0 {
-            return Err("settings: POOL_IDLE_TIMEOUT_SECS must be at least 1".into());
+        // A handle's idle time and the throttle's window are cache lifetimes:
+        // bounded, so that no value can overflow a clock.
+        if !(1..=MAX_WINDOW_SECS).contains(&self.pool_idle_timeout_secs) {
+            return Err(format!(
+                "settings: POOL_IDLE_TIMEOUT_SECS must be within 1..={MAX_WINDOW_SECS} (30 days)"
+            ));
         }
         for (name, value) in [
             (
@@ -407,8 +426,10 @@ impl Settings {
         if !(1..=3600).contains(&self.usage_flush_secs) {
             return Err("settings: USAGE_FLUSH_SECS must be within 1..=3600".into());
         }
-        if self.login_throttle_secs == 0 {
-            return Err("settings: LOGIN_THROTTLE_SECS must be at least 1".into());
+        if !(1..=MAX_WINDOW_SECS).contains(&self.login_throttle_secs) {
+            return Err(format!(
+                "settings: LOGIN_THROTTLE_SECS must be within 1..={MAX_WINDOW_SECS} (30 days)"
+            ));
         }
         Ok(())
     }
@@ -629,6 +650,22 @@ mod tests {
         let err = Settings::from_map(&env(&[("JWT_SECRET", "too-short")])).unwrap_err();
         assert!(err.contains("JWT_SECRET"), "{err}");
         assert!(!err.contains("too-short"), "{err}");
+        for (name, value) in [
+            ("HOST", "notanip"),
+            ("HOST", "999.1.1.1"),
+            ("LOG_LEVEL", "[[["),
+            ("LOGIN_THROTTLE_SECS", "40000000000"),
+            ("POOL_IDLE_TIMEOUT_SECS", "99999999999999"),
+        ] {
+            let err = Settings::from_map(&env(&[(name, value)])).unwrap_err();
+            assert!(err.contains(name), "{name}={value}: {err}");
+        }
+        for (name, value) in [("HOST", "0.0.0.0"), ("HOST", "::"), ("HOST", "localhost")] {
+            assert!(
+                Settings::from_map(&env(&[(name, value)])).is_ok(),
+                "{name}={value}"
+            );
+        }
     }
 
     #[test]

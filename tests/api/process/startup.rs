@@ -403,3 +403,23 @@ fn production_refuses_to_start_without_a_jwt_secret_and_auth_mode_none_warns() {
         "AUTH_MODE=none should warn at start-up:\n{log}"
     );
 }
+
+/// Settings out of their range stop start-up with code 2 and a line naming the
+/// variable: before, a huge throttle window or idle time panicked inside the
+/// cache library (code 101), an invalid LOG_LEVEL was ignored, and a HOST that
+/// is no address failed only at bind, without naming it.
+#[test]
+fn out_of_range_settings_stop_start_up_naming_the_variable() {
+    let dir = dir_with_sqlite_tenant("demo");
+    for (name, value) in [
+        ("LOGIN_THROTTLE_SECS", "40000000000"),
+        ("POOL_IDLE_TIMEOUT_SECS", "99999999999999"),
+        ("LOG_LEVEL", "[[["),
+        ("HOST", "notanip"),
+    ] {
+        let output = command(dir.path(), &[(name, value)]).output().unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{name}={value}: {stderr}");
+        assert!(stderr.contains(name), "{name}={value}: {stderr}");
+    }
+}
