@@ -143,14 +143,17 @@ async fn deadline(
     mut request: Request,
     next: middleware::Next,
 ) -> Response {
-    let gate = CommitGate::default();
-    request.extensions_mut().insert(gate.clone());
+    // Only a write can commit: a read needs no gate (nor its allocation).
+    let gate = (!request.method().is_safe()).then(CommitGate::default);
+    if let Some(gate) = &gate {
+        request.extensions_mut().insert(gate.clone());
+    }
     let run = next.run(request);
     tokio::pin!(run);
     tokio::select! {
         response = &mut run => response,
         () = tokio::time::sleep(limit) => {
-            if gate.time_out() {
+            if gate.as_ref().is_none_or(CommitGate::time_out) {
                 let secs = limit.as_secs().max(1);
                 tracing::warn!(timeout_secs = secs, "request cancelled at its deadline");
                 AppError::Timeout { secs }.into_response()
