@@ -216,10 +216,52 @@ impl Session {
 
 type Cell = Arc<Session>;
 
+/// `result`, unless it is a schema tenant's statement that found no table
+/// (42P01) because the tenant's schema is gone (dropped or renamed underneath):
+/// then the error is that (3F000), which makes the tenant unavailable (503, its
+/// breaker) rather than its requests 500. A table missing from a schema that is
+/// there (a pending migration, a bug) stays the statement's own error. Within a
+/// transaction, aborted by the error, the schema cannot be looked up: the error
+/// stays, and the next request outside one finds out.
+async fn schema_checked<T>(cell: &Cell, result: Result<T, DbErr>) -> Result<T, DbErr> {
+    match result {
+        Err(e)
+            if cell.schema.is_some()
+                && super::errors::sql_state(&e).as_deref() == Some("42P01") =>
+        {
+            // Boxed: an error path, kept out of every statement's future.
+            match Box::pin(find_schema(cell)).await {
+                Err(gone) if super::errors::sql_state(&gone).as_deref() == Some("3F000") => {
+                    Err(gone)
+                }
+                _ => Err(e),
+            }
+        }
+        other => other,
+    }
+}
+
+/// A round trip that finds the session's schema (3F000 when it is gone), or a
+/// plain ping without one.
+async fn find_schema(cell: &Cell) -> Result<(), DbErr> {
+    let schema = cell.schema.clone();
+    with_conn!(cell, query_err, |raw| async {
+        match (raw, schema) {
+            (RawConn::Pg(c), Some(schema)) => sqlx::query("SELECT $1::text::regnamespace")
+                .bind(schema.as_ref())
+                .execute(c)
+                .await
+                .map(|_| ()),
+            (RawConn::Pg(c), None) => sqlx::Connection::ping(c).await,
+            (RawConn::Sqlite(c), _) => sqlx::Connection::ping(c).await,
+        }
+    })
+}
+
 async fn execute(cell: &Cell, stmt: Statement) -> Result<ExecResult, DbErr> {
     let (sql, args) = cell.statement(stmt);
     let drain = is_data_statement(&sql.0);
-    with_conn!(cell, exec_err, drain = drain, |raw| async {
+    let result = with_conn!(cell, exec_err, drain = drain, |raw| async {
         match raw {
             RawConn::Pg(c) => sqlx::query_with(sql, args)
                 .execute(c)
@@ -230,23 +272,25 @@ async fn execute(cell: &Cell, stmt: Statement) -> Result<ExecResult, DbErr> {
                 .await
                 .map(ExecResult::from),
         }
-    })
+    });
+    schema_checked(cell, result).await
 }
 
 async fn execute_unprepared(cell: &Cell, sql: &str) -> Result<ExecResult, DbErr> {
     let sql = cell.sql(sql.to_owned());
-    with_conn!(cell, exec_err, |raw| async {
+    let result = with_conn!(cell, exec_err, |raw| async {
         match raw {
             RawConn::Pg(c) => c.execute(sql).await.map(ExecResult::from),
             RawConn::Sqlite(c) => c.execute(sql).await.map(ExecResult::from),
         }
-    })
+    });
+    schema_checked(cell, result).await
 }
 
 async fn query_one(cell: &Cell, stmt: Statement) -> Result<Option<QueryResult>, DbErr> {
     let (sql, args) = cell.statement(stmt);
     let drain = is_data_statement(&sql.0);
-    with_conn!(cell, query_err, drain = drain, |raw| async {
+    let result = with_conn!(cell, query_err, drain = drain, |raw| async {
         match raw {
             RawConn::Pg(c) => sqlx::query_with(sql, args)
                 .fetch_optional(c)
@@ -257,13 +301,14 @@ async fn query_one(cell: &Cell, stmt: Statement) -> Result<Option<QueryResult>, 
                 .await
                 .map(|r| r.map(QueryResult::from)),
         }
-    })
+    });
+    schema_checked(cell, result).await
 }
 
 async fn query_all(cell: &Cell, stmt: Statement) -> Result<Vec<QueryResult>, DbErr> {
     let (sql, args) = cell.statement(stmt);
     let drain = is_data_statement(&sql.0);
-    with_conn!(cell, query_err, drain = drain, |raw| async {
+    let result = with_conn!(cell, query_err, drain = drain, |raw| async {
         match raw {
             RawConn::Pg(c) => sqlx::query_with(sql, args)
                 .fetch_all(c)
@@ -274,7 +319,8 @@ async fn query_all(cell: &Cell, stmt: Statement) -> Result<Vec<QueryResult>, DbE
                 .await
                 .map(|rows| rows.into_iter().map(QueryResult::from).collect()),
         }
-    })
+    });
+    schema_checked(cell, result).await
 }
 
 async fn begin(
@@ -363,18 +409,7 @@ impl TenantConn {
     /// finds its schema (a schema dropped or renamed underneath fails with
     /// 3F000, as its statements would).
     pub async fn ping(&self) -> Result<(), DbErr> {
-        let schema = self.cell.schema.clone();
-        with_conn!(self.cell, query_err, |raw| async {
-            match (raw, schema) {
-                (RawConn::Pg(c), Some(schema)) => sqlx::query("SELECT $1::text::regnamespace")
-                    .bind(schema.as_ref())
-                    .execute(c)
-                    .await
-                    .map(|_| ()),
-                (RawConn::Pg(c), None) => sqlx::Connection::ping(c).await,
-                (RawConn::Sqlite(c), _) => sqlx::Connection::ping(c).await,
-            }
-        })
+        find_schema(&self.cell).await
     }
 }
 

@@ -62,7 +62,6 @@ pub fn is_database_failure(err: &DbErr) -> bool {
                     || code.starts_with("57P")
                     || code == "3D000"
                     || code == "3F000"
-                    || code == "42P01"
             }),
             _ => false,
         },
@@ -90,9 +89,9 @@ pub fn is_unavailable(err: &DbErr) -> bool {
             Some(E::Database(db)) => db.code().is_some_and(|code| {
                 // 08: connection exception; 57P: operator intervention (shutdown,
                 // terminated); 53300: too many connections; 3D000: no such database;
-                // 3F000: no such schema; 42P01: no such table (a schema tenant's
-                // statements name its schema: dropped or renamed underneath, its
-                // tables are gone); 25006: read-only (a tenant's old storage,
+                // 3F000: no such schema (also what a schema tenant's statement that
+                // found no table becomes when its schema is gone: see `db::conn`);
+                // 25006: read-only (a tenant's old storage,
                 // frozen by a move: its new one is being switched to); SQLite 5/6:
                 // busy/locked.
                 code.starts_with("08")
@@ -100,7 +99,6 @@ pub fn is_unavailable(err: &DbErr) -> bool {
                     || code == "53300"
                     || code == "3D000"
                     || code == "3F000"
-                    || code == "42P01"
                     || code == "25006"
                     || code == "5"
                     || code == "6"
