@@ -140,21 +140,11 @@ impl Application {
                 }
             }
             // Moves whose process died before the switch: their tenants take
-            // writes again before this replica serves (bounded: a source server
-            // that does not answer is left for the next start or the operator).
-            let released = tokio::time::timeout(
-                std::time::Duration::from_secs(15),
-                lifecycle.release_cut_short_moves(),
-            )
-            .await;
-            match released {
-                Ok(Ok(_)) => {}
-                Ok(Err(e)) => {
-                    tracing::error!(error = %crate::db::redact_error(&e), "cannot read the moves on record")
-                }
-                Err(_) => tracing::error!(
-                    "releasing the writes of moves cut short took over 15 s; the rest is left for the next start"
-                ),
+            // writes again before this replica serves (each bounded: a source
+            // server that does not answer is left for the next start or the
+            // operator).
+            if let Err(e) = lifecycle.release_cut_short_moves().await {
+                tracing::error!(error = %crate::db::redact_error(&e), "cannot read the moves on record")
             }
         }
         let usage = lifecycle.as_ref().map(|lifecycle| {

@@ -140,7 +140,8 @@ impl ControlStore {
             .col_expr(tenant_move::Column::Error, Expr::value(error))
             .col_expr(tenant_move::Column::UpdatedAt, Expr::value(Utc::now()))
             .filter(tenant_move::Column::TenantId.eq(tenant))
-            .filter(tenant_move::Column::State.eq("copying"))
+            // Released already, by a start-up cut short before it unfroze.
+            .filter(tenant_move::Column::State.is_in(["copying", "released"]))
             .exec(&self.db)
             .await?;
         Ok(updated.rows_affected == 1)

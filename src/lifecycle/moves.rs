@@ -826,6 +826,9 @@ fn storage_error(e: &DbErr) -> AppError {
     AppError::internal(format!("control database: {}", db::redact_error(e)))
 }
 
+/// How long a start-up may spend making one cut-short move's source writable.
+const RELEASE_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// What a move cut short before its switch says, once a starting replica has
 /// released the tenant's writes on its source.
 const CUT_SHORT: &str = "cut short before its switch: the tenant's writes were released on its source; run the move again to resume";
@@ -842,14 +845,21 @@ impl Lifecycle {
         let mut released = Vec::new();
         for record in self.control.moves().await? {
             let id = record.tenant_id.as_str();
-            if record.state != "copying" {
+            // `released` too: a start-up may have marked it and been cut short
+            // before its source was writable again.
+            if record.state == "switched" {
                 continue;
             }
             // Held by the process running it, if any.
             let Some(_lock) = self.control.lock_move(id).await? else {
                 continue;
             };
-            match self.release_source(&record).await {
+            // Each bounded: a source that does not answer is left for the next
+            // start, and does not hold up the others.
+            let outcome = tokio::time::timeout(RELEASE_TIMEOUT, self.release_source(&record))
+                .await
+                .unwrap_or_else(|_| Err(DbErr::Custom("its source did not answer in time".into())));
+            match outcome {
                 Ok(true) => {
                     tracing::warn!(tenant_id = %id, "a move cut short before its switch: the tenant's writes were released on its source; run the move again to resume");
                     released.push(record.tenant_id);
