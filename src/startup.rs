@@ -22,7 +22,12 @@ pub enum StartupError {
     Tenants(Vec<ConfigError>),
     /// The control database could not be opened (the detail is already scrubbed).
     Control(String),
-    Bind(std::io::Error),
+    /// The address (`HOST`, `PORT`) could not be listened on.
+    Bind {
+        host: String,
+        port: u16,
+        error: std::io::Error,
+    },
 }
 
 impl fmt::Display for StartupError {
@@ -40,7 +45,9 @@ impl fmt::Display for StartupError {
                 f,
                 "cannot open the control database (CONTROL_DATABASE_URL): {m}"
             ),
-            Self::Bind(e) => write!(f, "cannot listen: {e}"),
+            Self::Bind { host, port, error } => {
+                write!(f, "cannot listen on HOST={host} PORT={port}: {error}")
+            }
         }
     }
 }
@@ -186,7 +193,11 @@ impl Application {
         });
         let listener = TcpListener::bind((settings.host.as_str(), settings.port))
             .await
-            .map_err(StartupError::Bind)?;
+            .map_err(|error| StartupError::Bind {
+                host: settings.host.clone(),
+                port: settings.port,
+                error,
+            })?;
         let router = crate::http::router(
             state.clone(),
             crate::http::stack::StackOptions {

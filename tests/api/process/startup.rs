@@ -407,7 +407,7 @@ fn production_refuses_to_start_without_a_jwt_secret_and_auth_mode_none_warns() {
 /// Settings out of their range stop start-up with code 2 and a line naming the
 /// variable: before, a huge throttle window or idle time panicked inside the
 /// cache library (code 101), an invalid LOG_LEVEL was ignored, and a HOST that
-/// is no address failed only at bind, without naming it.
+/// cannot be listened on failed without naming it.
 #[test]
 fn out_of_range_settings_stop_start_up_naming_the_variable() {
     let dir = dir_with_sqlite_tenant("demo");
