@@ -123,6 +123,17 @@ async fn product_names_in(url: &str, schema: &str) -> Vec<String> {
         .collect()
 }
 
+/// `GET /api/admin/moves` of `app`.
+async fn moves_of(app: &TestApp) -> Value {
+    app.admin(Method::GET, "/api/admin/moves")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
 struct Setup {
     source_server: PgCluster,
     target_server: PgCluster,
@@ -545,14 +556,7 @@ async fn a_move_started_through_the_admin_api_is_followed_and_confirmed_there() 
         .await
         .unwrap();
     crate::helpers::assert_error(response, 404, "not_found").await;
-    let moves: Value = a
-        .admin(Method::GET, "/api/admin/moves")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let moves = moves_of(a).await;
     assert_eq!(moves["moves"], json!([]));
 
     // A move that fails in the background (no server listens at the target)
@@ -577,14 +581,7 @@ async fn a_move_started_through_the_admin_api_is_followed_and_confirmed_there() 
     assert_eq!(response.status(), 202);
     let deadline = Instant::now() + Duration::from_secs(60);
     let failed = loop {
-        let moves: Value = a
-            .admin(Method::GET, "/api/admin/moves")
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let moves = moves_of(a).await;
         if moves["moves"][0]["running"].is_null() && !moves["moves"][0]["error"].is_null() {
             break moves["moves"][0].clone();
         }
@@ -593,14 +590,7 @@ async fn a_move_started_through_the_admin_api_is_followed_and_confirmed_there() 
     };
     let started =
         spawn_app_with(AppSpec::from_toml("").env("CONTROL_DATABASE_URL", &s.control)).await;
-    let moves: Value = started
-        .admin(Method::GET, "/api/admin/moves")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let moves = moves_of(&started).await;
     assert_eq!(moves["moves"][0]["state"], "copying", "{moves}");
     assert_eq!(moves["moves"][0]["error"], failed["error"], "{moves}");
     let response = a
@@ -620,14 +610,7 @@ async fn a_move_started_through_the_admin_api_is_followed_and_confirmed_there() 
     // Followed from the other replica: the record is in the control database.
     let deadline = Instant::now() + Duration::from_secs(120);
     let record = loop {
-        let moves: Value = b
-            .admin(Method::GET, "/api/admin/moves")
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let moves = moves_of(b).await;
         let text = moves.to_string();
         assert!(
             !text.contains("postgres://") && !text.contains("cluster-pw"),
@@ -699,14 +682,7 @@ async fn a_move_started_through_the_admin_api_is_followed_and_confirmed_there() 
     // The move's background task may still be removing the replication.
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let moves: Value = a
-            .admin(Method::GET, "/api/admin/moves")
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let moves = moves_of(a).await;
         if moves["moves"][0]["running"].is_null() {
             break;
         }
@@ -719,14 +695,7 @@ async fn a_move_started_through_the_admin_api_is_followed_and_confirmed_there() 
         .await
         .unwrap();
     assert_eq!(response.status(), 204);
-    let moves: Value = a
-        .admin(Method::GET, "/api/admin/moves")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let moves = moves_of(a).await;
     assert_eq!(moves["moves"], json!([]));
 }
 
