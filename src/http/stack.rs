@@ -106,18 +106,35 @@ pub fn wrap(router: Router, options: &StackOptions) -> Router {
 /// Whether a request's write may still commit: shared by [`deadline`], which
 /// answers 503 at the request's deadline, and the write (`http::audit`), which
 /// runs on in a task of its own and must not commit once its client has been
-/// told it timed out. The first to move the gate wins.
-#[derive(Clone, Default)]
-pub struct CommitGate(std::sync::Arc<std::sync::atomic::AtomicU8>);
+/// told it timed out, nor, its client gone, past the deadline. The first to
+/// move the gate wins.
+#[derive(Clone)]
+pub struct CommitGate(std::sync::Arc<GateState>);
+
+struct GateState {
+    state: std::sync::atomic::AtomicU8,
+    deadline: tokio::time::Instant,
+}
 
 const OPEN: u8 = 0;
 const COMMITTING: u8 = 1;
 const TIMED_OUT: u8 = 2;
 
 impl CommitGate {
-    /// The write is about to commit: `false` once the deadline has answered
-    /// (the write must roll back).
+    fn new(deadline: tokio::time::Instant) -> Self {
+        Self(std::sync::Arc::new(GateState {
+            state: std::sync::atomic::AtomicU8::new(OPEN),
+            deadline,
+        }))
+    }
+
+    /// The write is about to commit: `false` once the deadline has answered, or
+    /// has passed with no one left to answer (the write must roll back).
     pub fn begin_commit(&self) -> bool {
+        if tokio::time::Instant::now() >= self.0.deadline {
+            self.time_out();
+            return false;
+        }
         self.swap(OPEN, COMMITTING)
     }
 
@@ -130,6 +147,7 @@ impl CommitGate {
     fn swap(&self, from: u8, to: u8) -> bool {
         use std::sync::atomic::Ordering;
         self.0
+            .state
             .compare_exchange(from, to, Ordering::AcqRel, Ordering::Acquire)
             .is_ok()
     }
@@ -143,8 +161,9 @@ async fn deadline(
     mut request: Request,
     next: middleware::Next,
 ) -> Response {
+    let at = tokio::time::Instant::now() + limit;
     // Only a write can commit: a read needs no gate (nor its allocation).
-    let gate = (!request.method().is_safe()).then(CommitGate::default);
+    let gate = (!request.method().is_safe()).then(|| CommitGate::new(at));
     if let Some(gate) = &gate {
         request.extensions_mut().insert(gate.clone());
     }
@@ -152,7 +171,7 @@ async fn deadline(
     tokio::pin!(run);
     tokio::select! {
         response = &mut run => response,
-        () = tokio::time::sleep(limit) => {
+        () = tokio::time::sleep_until(at) => {
             if gate.as_ref().is_none_or(CommitGate::time_out) {
                 let secs = limit.as_secs().max(1);
                 tracing::warn!(timeout_secs = secs, "request cancelled at its deadline");

@@ -373,6 +373,18 @@ async fn a_write_answered_503_at_its_deadline_is_rolled_back() {
         .await
         .unwrap();
     assert_error(late, 503, "timeout").await;
+    // A client that hangs up before the deadline: nobody is left to answer, and
+    // the deadline still holds for its write.
+    let started = tokio::time::Instant::now();
+    let gave_up = app
+        .as_tenant(Method::POST, "slow", "/api/products")
+        .json(&serde_json::json!({ "name": "hung up", "price": 1.0 }))
+        .timeout(Duration::from_millis(300))
+        .send()
+        .await;
+    assert!(gave_up.is_err(), "{gave_up:?}");
+    // The lock goes once the write's deadline (1 s) has passed.
+    tokio::time::sleep_until(started + Duration::from_millis(1500)).await;
     held.commit().await.unwrap();
     // The write's task goes on once the lock is gone; wait until no session of
     // the service is inside a transaction, then look.
@@ -403,7 +415,7 @@ async fn a_write_answered_503_at_its_deadline_is_rolled_back() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert_eq!(
-        count("SELECT count(*) FROM products WHERE name = 'late'").await,
+        count("SELECT count(*) FROM products WHERE name IN ('late', 'hung up')").await,
         0
     );
     assert_eq!(count("SELECT count(*) FROM audit_log").await, 0);
