@@ -747,3 +747,61 @@ async fn replicas_starting_together_on_new_databases_both_come_up_and_serve() {
         }
     }
 }
+
+/// A provisioning whose request is cut short (here by its deadline, while its
+/// database file is locked by another process) runs on to its end: the id is
+/// never left claimed by a provisioning that no longer runs.
+#[tokio::test]
+async fn a_provisioning_cut_short_by_its_deadline_runs_to_its_end() {
+    use sea_orm::ConnectionTrait;
+    let app =
+        spawn_app_with(AppSpec::new(standard_tenants()).env("HTTP_REQUEST_TIMEOUT_SECS", "1"))
+            .await;
+    std::fs::create_dir_all(app.data_dir()).unwrap();
+    let file = app.data_dir().join("held.db");
+    let mut options = sea_orm::ConnectOptions::new(format!("sqlite://{}?mode=rwc", file.display()));
+    options.max_connections(1).min_connections(1);
+    let holder = tenant_router::db::connect(options).await.unwrap();
+    holder
+        .execute_unprepared(
+            "CREATE TABLE held (x INTEGER); BEGIN EXCLUSIVE; INSERT INTO held VALUES (1)",
+        )
+        .await
+        .unwrap();
+    let body = json!({ "id": "held", "database_url": format!("sqlite://{}", file.display()) });
+    let cut_short = provision(&app, &body).await;
+    assert_error(cut_short, 503, "timeout").await;
+    holder.execute_unprepared("COMMIT").await.unwrap();
+    holder.close().await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let pending: Value = app
+            .admin(Method::GET, "/api/admin/provisionings")
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if pending["provisionings"].as_array().unwrap().is_empty() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the provisioning stays claimed: {pending}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // It finished (the lock went before the file's busy timeout), or undid
+    // itself: either way a retry is answered for what is, never "stuck".
+    let config = app
+        .admin(Method::GET, "/api/tenants/held/config")
+        .send()
+        .await
+        .unwrap();
+    if config.status() == 404 {
+        assert_eq!(provision(&app, &body).await.status(), 201);
+    } else {
+        assert_eq!(config.status(), 200);
+    }
+}

@@ -1,6 +1,8 @@
 //! `/api/admin/tenants…` (admin token): provisioning, changes, removal and
 //! migrations of tenants, without a restart.
 
+use std::sync::Arc;
+
 use axum::{
     Json, Router,
     extract::State,
@@ -10,6 +12,7 @@ use axum::{
 use migration::{Migrator, MigratorTrait};
 use serde::Deserialize;
 use serde_json::{Value, json};
+use tracing::Instrument;
 
 use crate::{
     audit,
@@ -38,6 +41,25 @@ pub fn router() -> Router<AppState> {
         )
 }
 
+/// Runs `work` on the lifecycle in a task of its own and waits for it: a request
+/// cut short (its deadline, a client that hangs up) must not stop a change of
+/// several steps half way, which would leave a provisioning claimed by a live
+/// process and its id stuck. The change runs to its end (or undoes itself), and
+/// can be read back.
+async fn to_the_end<T, F>(state: &AppState, work: impl FnOnce(Arc<Lifecycle>) -> F) -> Result<T>
+where
+    T: Send + 'static,
+    F: std::future::Future<Output = Result<T>> + Send + 'static,
+{
+    let lifecycle = state.lifecycle.clone().ok_or_else(|| {
+        AppError::NotFound("tenant management is off in single-tenant mode".into())
+    })?;
+    let task = work(lifecycle).instrument(tracing::Span::current());
+    tokio::spawn(task)
+        .await
+        .map_err(|e| AppError::internal(format!("tenant change failed: {e}")))?
+}
+
 fn lifecycle(state: &AppState) -> Result<&Lifecycle> {
     state
         .lifecycle
@@ -51,7 +73,10 @@ pub(crate) async fn create(
     State(state): State<AppState>,
     ApiJson(StrictJson(body)): ApiJson<StrictJson>,
 ) -> Result<(StatusCode, Json<Value>)> {
-    let tenant = lifecycle(&state)?.provision(body).await?;
+    let tenant = to_the_end(&state, |lifecycle| async move {
+        lifecycle.provision(body).await
+    })
+    .await?;
     state.auth.forget_tenant(&tenant.id);
     Ok((StatusCode::CREATED, Json(tenant_view(&state, &tenant))))
 }
@@ -81,9 +106,12 @@ pub(crate) async fn remove(
     TenantPath(id): TenantPath,
     ApiQuery(query): ApiQuery<RemoveQuery>,
 ) -> Result<StatusCode> {
-    lifecycle(&state)?
-        .deprovision(id.as_str(), query.drop_database)
-        .await?;
+    let drop_database = query.drop_database;
+    let removed = id.clone();
+    to_the_end(&state, move |lifecycle| async move {
+        lifecycle.deprovision(removed.as_str(), drop_database).await
+    })
+    .await?;
     state.auth.forget_tenant(&id);
     Ok(StatusCode::NO_CONTENT)
 }
