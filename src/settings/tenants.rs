@@ -65,14 +65,20 @@ pub fn toml_syntax_error(text: &str, err: &toml::de::Error) -> String {
 
 /// Parses `TENANT_CONFIGS`: a JSON object keyed by tenant id, with the file's fields.
 pub fn parse_tenants_json(text: &str) -> Result<Vec<TenantConfig>, Vec<ConfigError>> {
-    let map: serde_json::Map<String, serde_json::Value> =
-        serde_json::from_str(text).map_err(|e| {
-            vec![ConfigError::new(
-                None,
-                "TENANT_CONFIGS",
-                format!("must be a JSON object keyed by tenant id: {e}"),
-            )]
-        })?;
+    // A key given twice (a tenant, or a field of one) is refused, not "the last
+    // wins", as TOML and the admin API refuse it.
+    let invalid = |e: String| {
+        vec![ConfigError::new(
+            None,
+            "TENANT_CONFIGS",
+            format!("must be a JSON object keyed by tenant id: {e}"),
+        )]
+    };
+    let crate::validate::StrictJson(value) =
+        serde_json::from_str(text).map_err(|e| invalid(e.to_string()))?;
+    let serde_json::Value::Object(map) = value else {
+        return Err(invalid("not an object".into()));
+    };
     validate_entries(
         map.iter().map(|(id, value)| {
             let raw = serde_path_to_error::deserialize::<_, RawTenant>(value);
@@ -493,6 +499,26 @@ mod tests {
         );
         // Field names are the operator's to fix, not secrets.
         assert!(text.contains("`colour`"), "{text}");
+    }
+
+    #[test]
+    fn a_key_given_twice_in_tenant_configs_is_refused() {
+        for json in [
+            r#"{"a": {"database_url": "sqlite://a.db", "is_active": false, "is_active": true}}"#,
+            r#"{"a": {"database_url": "sqlite://a.db", "branding": {"company_name": "A", "company_name": "B"}}}"#,
+            r#"{"b": {"database_url": "sqlite://b1.db"}, "b": {"database_url": "sqlite://b2.db"}}"#,
+        ] {
+            let errs = parse_tenants_json(json).unwrap_err();
+            let text = format!("{errs:?}");
+            assert!(text.contains("duplicate field"), "{json}: {text}");
+            assert!(!text.contains("b2.db"), "{text}");
+        }
+        assert_eq!(
+            parse_tenants_json(r#"{"a": {"database_url": "sqlite://a.db"}}"#)
+                .unwrap()
+                .len(),
+            1
+        );
     }
 
     #[test]
