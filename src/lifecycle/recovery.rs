@@ -124,9 +124,18 @@ impl Lifecycle {
     /// start or an operator.
     pub async fn recover(&self) -> Result<Vec<String>, DbErr> {
         let now = chrono::Utc::now();
+        self.roll_back_where(|row| is_abandoned(row, now)).await
+    }
+
+    /// Rolls back each unfinished provisioning that `chosen` picks, logging each;
+    /// returns the ids rolled back. One that fails is logged and left.
+    async fn roll_back_where(
+        &self,
+        chosen: impl Fn(&crate::control::Unfinished) -> bool,
+    ) -> Result<Vec<String>, DbErr> {
         let mut done = Vec::new();
         for row in self.control.unfinished().await? {
-            if !is_abandoned(&row, now) {
+            if !chosen(&row) {
                 continue;
             }
             match self.roll_back(&row).await {
@@ -152,32 +161,21 @@ impl Lifecycle {
         config: &crate::tenant::TenantConfig,
     ) -> Result<usize, DbErr> {
         let storage = config.storage_identity();
-        let mut done = 0;
-        for row in self.control.unfinished().await? {
-            let blocks = row.id == config.id.as_str()
+        let blocks = |row: &crate::control::Unfinished| {
+            row.id == config.id.as_str()
                 || row.config.as_ref().is_ok_and(|other| {
                     other.subdomain == config.subdomain
                         || (storage.is_some() && other.storage_identity() == storage)
-                });
-            let gone = row
-                .claimed_by
+                })
+        };
+        let gone = |row: &crate::control::Unfinished| {
+            row.claimed_by
                 .as_deref()
                 .and_then(|claimer| claimer_gone(claimer, this_process()))
-                == Some(true);
-            if !(blocks && gone) {
-                continue;
-            }
-            match self.roll_back(&row).await {
-                Ok(()) => {
-                    tracing::warn!(tenant_id = %row.id, claimed_by = row.claimed_by.as_deref().unwrap_or(""), "unfinished provisioning rolled back");
-                    done += 1;
-                }
-                Err(e) => {
-                    tracing::error!(tenant_id = %row.id, error = %e, "unfinished provisioning could not be rolled back")
-                }
-            }
-        }
-        Ok(done)
+                == Some(true)
+        };
+        let done = self.roll_back_where(|row| blocks(row) && gone(row)).await?;
+        Ok(done.len())
     }
 
     /// Rolls back the unfinished provisioning of `id` (the operator's clean-up): a
