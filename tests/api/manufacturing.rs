@@ -279,7 +279,138 @@ async fn orders_completed_at_once_share_the_stock_without_errors(backend: Backen
     assert_eq!(stock_of(&app, &steel).await, 10.0);
 }
 
+async fn an_order_that_takes_exactly_the_stock_left_is_served(backend: Backend) {
+    let app = spawn_app_on(backend).await;
+    // In binary floating point 0.3 - 0.1 - 0.1 is 0.09999999999999998, short of
+    // the third 0.1; counted in millionths, the three orders take the whole stock.
+    let resin = material(&app, "Resin", 0.3).await;
+    let bom = created(
+        &app,
+        "/api/manufacturing/boms",
+        json!({ "name": "Cast", "items": [{ "material_id": resin, "quantity": 0.1 }] }),
+    )
+    .await;
+    for round in 0..3 {
+        let order = created(
+            &app,
+            "/api/manufacturing/production-orders",
+            json!({ "bom_id": bom["id"], "quantity": 1 }),
+        )
+        .await;
+        let path = format!(
+            "/api/manufacturing/production-orders/{}",
+            order["id"].as_str().unwrap()
+        );
+        assert_eq!(
+            post(&app, &format!("{path}/start"), json!({}))
+                .await
+                .status(),
+            200
+        );
+        let done = post(&app, &format!("{path}/complete"), json!({})).await;
+        assert_eq!(
+            done.status(),
+            200,
+            "order {round}: {}",
+            done.text().await.unwrap()
+        );
+    }
+    assert_eq!(stock_of(&app, &resin).await, 0.0);
+    // Three units of 0.1 against 0.3: 0.30000000000000004 in floating point.
+    let resin = material(&app, "Resin", 0.3).await;
+    let bom = created(
+        &app,
+        "/api/manufacturing/boms",
+        json!({ "name": "Cast", "items": [{ "material_id": resin, "quantity": 0.1 }] }),
+    )
+    .await;
+    let order = created(
+        &app,
+        "/api/manufacturing/production-orders",
+        json!({ "bom_id": bom["id"], "quantity": 3 }),
+    )
+    .await;
+    let path = format!(
+        "/api/manufacturing/production-orders/{}",
+        order["id"].as_str().unwrap()
+    );
+    assert_eq!(
+        post(&app, &format!("{path}/start"), json!({}))
+            .await
+            .status(),
+        200
+    );
+    assert_eq!(
+        post(&app, &format!("{path}/complete"), json!({}))
+            .await
+            .status(),
+        200
+    );
+    assert_eq!(stock_of(&app, &resin).await, 0.0);
+    // Below a millionth a quantity is nothing, and a sign of zero is dropped.
+    let dust = post(
+        &app,
+        "/api/manufacturing/boms",
+        json!({ "name": "Dust", "items": [{ "material_id": resin, "quantity": 1e-9 }] }),
+    )
+    .await;
+    assert_error(dust, 422, "validation_failed").await;
+    let zero = created(
+        &app,
+        "/api/manufacturing/materials",
+        json!({ "name": "None", "unit": "kg", "stock": -0.0 }),
+    )
+    .await;
+    assert_eq!(zero["stock"].to_string(), "0.0", "{zero}");
+}
+
+async fn a_bills_items_keep_the_order_they_were_given_in(backend: Backend) {
+    let app = spawn_app_on(backend).await;
+    let mut items = Vec::new();
+    for n in 1..=8 {
+        let id = material(&app, &format!("Part {n}"), 10.0).await;
+        items.push(json!({ "material_id": id, "quantity": n }));
+    }
+    let quantities = |bom: &Value| -> Vec<f64> {
+        bom["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|i| i["quantity"].as_f64().unwrap())
+            .collect()
+    };
+    let given: Vec<f64> = (1..=8).map(f64::from).collect();
+    let bom = created(
+        &app,
+        "/api/manufacturing/boms",
+        json!({ "name": "Kit", "items": items }),
+    )
+    .await;
+    assert_eq!(quantities(&bom), given, "{bom}");
+    let path = format!("/api/manufacturing/boms/{}", bom["id"].as_str().unwrap());
+    let shown: Value = app
+        .as_tenant(Method::GET, TENANT, &path)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(quantities(&shown), given, "{shown}");
+    let listed: Value = app
+        .as_tenant(Method::GET, TENANT, "/api/manufacturing/boms")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(quantities(&listed["items"][0]), given, "{listed}");
+}
+
 crate::on_every_backend!(
+    an_order_that_takes_exactly_the_stock_left_is_served,
+    a_bills_items_keep_the_order_they_were_given_in,
     orders_completed_at_once_share_the_stock_without_errors,
     a_deleted_material_is_gone_and_cannot_go_into_a_bom,
     completing_an_order_consumes_its_materials,

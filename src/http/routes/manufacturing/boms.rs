@@ -21,7 +21,7 @@ use crate::{
     http::routes::pagination::{Page, PageQuery},
     http::routes::records::{delete_or_404, find_live, live, not_found},
     tenant::Feature,
-    validate::required_text,
+    validate::{self, required_text},
 };
 
 pub fn router() -> RouteSet {
@@ -108,6 +108,7 @@ pub(crate) async fn list(
     for header in headers {
         let items = bom_item::Entity::find()
             .filter(bom_item::Column::BomId.eq(header.id))
+            .order_by_asc(bom_item::Column::Id)
             .all(&db)
             .await?;
         rows.push((header, items));
@@ -125,12 +126,7 @@ async fn check_items(db: &impl ConnectionTrait, items: &[ItemInput]) -> Result<(
     let mut seen = HashSet::new();
     for (n, item) in items.iter().enumerate() {
         let field = format!("items[{n}]");
-        if !(item.quantity.is_finite() && item.quantity > 0.0 && item.quantity <= 1e12) {
-            return Err(AppError::validation(
-                format!("{field}.quantity"),
-                "quantity must be above 0",
-            ));
-        }
+        crate::validate::quantity(&format!("{field}.quantity"), item.quantity, 1e12)?;
         if !seen.insert(item.material_id) {
             return Err(AppError::validation(
                 format!("{field}.material_id"),
@@ -172,11 +168,18 @@ pub(crate) async fn create(
     }
     .insert(&txn)
     .await?;
-    bom_item::Entity::insert_many(input.items.iter().map(|item| bom_item::ActiveModel {
-        id: Set(Uuid::new_v4()),
+    // Items are read back in the order of their ids: drawn in ascending order,
+    // they keep the order the client gave.
+    let mut item_ids: Vec<Uuid> = input.items.iter().map(|_| Uuid::new_v4()).collect();
+    item_ids.sort_unstable();
+    let items = input.items.iter().zip(item_ids);
+    bom_item::Entity::insert_many(items.map(|(item, item_id)| bom_item::ActiveModel {
+        id: Set(item_id),
         bom_id: Set(id),
         material_id: Set(item.material_id),
-        quantity: Set(item.quantity),
+        quantity: Set(validate::from_millionths(validate::to_millionths(
+            item.quantity,
+        ))),
     }))
     .exec(&txn)
     .await?;

@@ -10,10 +10,8 @@ use axum::{
 };
 use chrono::Utc;
 use sea_orm::{
-    ActiveModelTrait,
-    ActiveValue::Set,
-    ColumnTrait, EntityTrait, QueryFilter,
-    sea_query::{Expr, ExprTrait},
+    ActiveModelTrait, ActiveValue::Set, ColumnTrait, EntityTrait, QueryFilter, QuerySelect,
+    sea_query::Expr,
 };
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -27,6 +25,7 @@ use crate::{
     http::routes::records::{live, live_or_404, newest_first},
     http::routes::{manufacturing::boms, pagination::PageQuery},
     tenant::Feature,
+    validate,
 };
 
 const PLANNED: &str = "planned";
@@ -128,9 +127,7 @@ pub(crate) async fn create(
     TenantDb(db): TenantDb,
     ApiJson(input): ApiJson<OrderInput>,
 ) -> Result<(StatusCode, Json<OrderView>)> {
-    if !(input.quantity.is_finite() && input.quantity > 0.0 && input.quantity <= 1e9) {
-        return Err(AppError::validation("quantity", "quantity must be above 0"));
-    }
+    let quantity = crate::validate::quantity("quantity", input.quantity, 1e9)?;
     if boms::load(&db, input.bom_id).await?.is_none() {
         return Err(AppError::validation(
             "bom_id",
@@ -141,7 +138,7 @@ pub(crate) async fn create(
     let model = order::ActiveModel {
         id: Set(Uuid::new_v4()),
         bom_id: Set(input.bom_id),
-        quantity: Set(input.quantity),
+        quantity: Set(quantity),
         status: Set(PLANNED.into()),
         created_at: Set(now),
         updated_at: Set(now),
@@ -214,36 +211,41 @@ pub(crate) async fn complete(
     // completions sharing materials queue instead of deadlocking.
     items.sort_by_key(|item| item.material_id);
     for item in &items {
-        let needed = item.quantity * current.quantity;
-        // Takes the stock only if there is enough of it, in the same statement.
-        let taken = material::Entity::update_many()
+        // The material's row, locked until the commit (`FOR UPDATE` on PostgreSQL;
+        // SQLite's write transaction holds the whole file), counted in millionths.
+        let found = material::Entity::find_by_id(item.material_id)
+            .filter(material::Column::DeletedAt.is_null())
+            .lock_exclusive()
+            .one(&txn)
+            .await?;
+        let needed = validate::needed_millionths(item.quantity, current.quantity);
+        let short = match &found {
+            None => Some(format!(
+                "material {} of the bill of materials was deleted",
+                item.material_id
+            )),
+            Some(m) if validate::to_millionths(m.stock) < needed => Some(format!(
+                "not enough of material {}: {} needed, {} in stock",
+                item.material_id,
+                validate::from_millionths(needed),
+                m.stock
+            )),
+            Some(_) => None,
+        };
+        if let Some(why) = short {
+            txn.rollback().await?;
+            return Err(AppError::Conflict(why));
+        }
+        let left = validate::to_millionths(found.map_or(0.0, |m| m.stock)) - needed;
+        material::Entity::update_many()
             .col_expr(
                 material::Column::Stock,
-                Expr::col(material::Column::Stock).sub(needed),
+                Expr::value(validate::from_millionths(left)),
             )
             .col_expr(material::Column::UpdatedAt, Expr::value(Utc::now()))
             .filter(material::Column::Id.eq(item.material_id))
-            .filter(material::Column::DeletedAt.is_null())
-            .filter(material::Column::Stock.gte(needed))
             .exec(&txn)
             .await?;
-        if taken.rows_affected != 1 {
-            let found = material::Entity::find_by_id(item.material_id)
-                .one(&txn)
-                .await?
-                .filter(|m| m.deleted_at.is_none());
-            txn.rollback().await?;
-            return Err(AppError::Conflict(match found {
-                Some(m) => format!(
-                    "not enough of material {}: {needed} needed, {} in stock",
-                    item.material_id, m.stock
-                ),
-                None => format!(
-                    "material {} of the bill of materials was deleted",
-                    item.material_id
-                ),
-            }));
-        }
     }
     transition(&txn, id, IN_PROGRESS, DONE).await?;
     txn.commit().await?;
