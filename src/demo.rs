@@ -283,8 +283,36 @@ pub async fn ensure_demo_user(db: &impl ConnectionTrait) -> Result<(), DbErr> {
     }
 }
 
-/// Removes every business row of the tenant (children before parents).
+/// Removes every business row of the tenant (children before parents). Run it in a
+/// write transaction (`db::begin_write`).
 pub async fn clear(db: &impl ConnectionTrait) -> Result<(), DbErr> {
+    if db.get_database_backend() == sea_orm::DbBackend::Postgres {
+        // Writes running at the same time would otherwise add a row that points at
+        // a parent this is about to delete (the delete fails), or the reverse. The
+        // lock waits for those writes and holds new ones until the reset commits;
+        // reads go on. Parents are locked before their children, in the order the
+        // handlers write them (a material, then the order it goes to), so a write
+        // holding one table never waits on a reset holding the next. SQLite's write
+        // transaction serialises writes already.
+        for table in [
+            "materials",
+            "boms",
+            "bom_items",
+            "production_orders",
+            "patients",
+            "treatments",
+            "dental_supplies",
+            "products",
+            "cash_flow_entries",
+        ] {
+            // One table per statement: the schema qualifier reads one name after
+            // `TABLE`.
+            db.execute_unprepared(&format!(
+                "LOCK TABLE \"{table}\" IN SHARE ROW EXCLUSIVE MODE"
+            ))
+            .await?;
+        }
+    }
     for table in [
         "production_orders",
         "bom_items",

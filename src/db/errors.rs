@@ -143,9 +143,24 @@ impl From<sea_orm::DbErr> for AppError {
                 retry_after_secs: 1,
                 cause: UnavailableCause::of(&err),
             }
+        } else if let Some(what) = lost_race(&err) {
+            Self::Conflict(what.into())
         } else {
             Self::internal(redact_error(&err))
         }
+    }
+}
+
+/// A write that met another one at the same moment, and that the client can only
+/// retry: a record it refers to was removed between its check and its insert (a
+/// foreign key: PostgreSQL 23503, SQLite 787, when `POST /api/data/reset` or a
+/// delete ran meanwhile), or two transactions waited on each other (40P01) or could
+/// not be serialised (40001). 409, not 500: nothing is wrong with the service.
+fn lost_race(err: &DbErr) -> Option<&'static str> {
+    match sql_state(err)?.as_str() {
+        "23503" | "787" => Some("a record this one refers to was removed at the same time"),
+        "40P01" | "40001" => Some("the change met another one at the same time; try again"),
+        _ => None,
     }
 }
 

@@ -52,7 +52,10 @@ async fn a_demo_tenant_is_seeded_on_first_use(backend: Backend) {
     );
 }
 
-crate::on_every_backend!(a_demo_tenant_is_seeded_on_first_use);
+crate::on_every_backend!(
+    a_demo_tenant_is_seeded_on_first_use,
+    a_reset_among_writes_clears_and_refuses_only_what_it_removed,
+);
 
 #[tokio::test]
 async fn reset_clears_business_data_and_reseeds_only_a_demo_tenant() {
@@ -87,5 +90,73 @@ async fn reset_clears_business_data_and_reseeds_only_a_demo_tenant() {
             .values()
             .all(|n| *n == 0),
         "{plain}"
+    );
+}
+
+/// A reset while the tenant's clients write: each answer is the reset's or the
+/// write's (a write whose patient the reset removed is refused), never a 500.
+async fn a_reset_among_writes_clears_and_refuses_only_what_it_removed(backend: Backend) {
+    let app = spawn_app_with(AppSpec::new(vec![Tenant::new("clinic", "dental")]).on(backend)).await;
+    let post = |path: &'static str, body: Value| {
+        app.as_tenant(Method::POST, "clinic", path)
+            .json(&body)
+            .send()
+    };
+    let writer = || async {
+        let mut statuses = Vec::new();
+        for _ in 0..12 {
+            let patient = post("/api/dental/patients", serde_json::json!({ "name": "p" }))
+                .await
+                .unwrap();
+            statuses.push(patient.status().as_u16());
+            let Ok(patient) = patient.json::<Value>().await else {
+                continue;
+            };
+            let Some(id) = patient["id"].as_str() else {
+                continue;
+            };
+            let treatment = post(
+                "/api/dental/treatments",
+                serde_json::json!({ "patient_id": id, "description": "d", "cost": 1 }),
+            )
+            .await
+            .unwrap();
+            statuses.push(treatment.status().as_u16());
+        }
+        statuses
+    };
+    let resetter = || async {
+        let mut statuses = Vec::new();
+        for _ in 0..8 {
+            let reset = post("/api/data/reset", serde_json::json!({}))
+                .await
+                .unwrap();
+            statuses.push(reset.status().as_u16());
+        }
+        statuses
+    };
+    let writers = futures::future::join_all((0..8).map(|_| writer()));
+    let resetters = futures::future::join_all((0..2).map(|_| resetter()));
+    let (writes, resets) = tokio::join!(writers, resetters);
+    let resets: Vec<u16> = resets.into_iter().flatten().collect();
+    assert!(resets.iter().all(|s| *s == 200), "resets: {resets:?}");
+    let writes: Vec<u16> = writes.into_iter().flatten().collect();
+    assert!(
+        writes.iter().all(|s| matches!(s, 201 | 409 | 422)),
+        "writes: {writes:?}"
+    );
+    assert!(writes.contains(&201), "writes: {writes:?}");
+    // After one more reset, nothing is left.
+    assert_eq!(
+        post("/api/data/reset", serde_json::json!({}))
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    let tables = status(&app, "clinic").await;
+    assert!(
+        tables.as_object().unwrap().values().all(|n| *n == 0),
+        "{tables}"
     );
 }
