@@ -81,6 +81,18 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
             ));
         }
         let bytes = read_body(request, state).await?;
+        // Every body of the API is an object. serde would also read a struct from
+        // an array of its fields in order (`["name", 5]`), which the contract
+        // does not offer.
+        let first = bytes
+            .iter()
+            .find(|b| !matches!(b, b' ' | b'\t' | b'\n' | b'\r'));
+        if first.is_some_and(|b| *b != b'{') {
+            return Err(AppError::validation(
+                "body",
+                "the body must be a JSON object",
+            ));
+        }
         let mut de = serde_json::Deserializer::from_slice(&bytes);
         let value = serde_path_to_error::deserialize(&mut de)
             .map_err(|e| serde_error(e.path().to_string(), e.inner()))?;
@@ -246,6 +258,14 @@ mod tests {
         assert!(second.is_err());
         let spaced = ApiJson::<Body>::from_request(request("{\"name\":\"a\"} \n"), &()).await;
         assert!(spaced.is_ok());
+        for not_an_object in [r#"["a"]"#, r#" ["a"]"#, "\"a\"", "null"] {
+            match ApiJson::<Body>::from_request(request(not_an_object), &()).await {
+                Err(AppError::Validation { field, .. }) => {
+                    assert_eq!(field.as_deref(), Some("body"), "{not_an_object}")
+                }
+                other => panic!("{not_an_object}: {:?}", other.map(|_| ())),
+            }
+        }
     }
 
     #[test]
