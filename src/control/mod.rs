@@ -190,28 +190,74 @@ impl ControlStore {
         let mut tenants = Vec::with_capacity(rows.len());
         let mut errors = Vec::new();
         for row in rows {
-            let url = match self.secrets.open(&row.database_url) {
-                Ok(url) => url,
-                Err(why) => {
-                    errors.push(ConfigError {
-                        tenant: Some(row.id.clone()),
-                        field: "database_url".into(),
-                        message: format!("cannot be opened: {why}"),
-                    });
-                    continue;
-                }
-            };
-            match parse_tenant_entry(&row.id, &entry_of(&row, url), TenantSource::Control) {
-                Ok(mut config) => {
-                    if let Some(generation) = row.generation {
-                        config.generation = generation;
-                    }
-                    tenants.push(config)
-                }
+            match self.config_of(&row) {
+                Ok(config) => tenants.push(config),
                 Err(mut e) => errors.append(&mut e),
             }
         }
         Ok((tenants, errors))
+    }
+
+    /// The tenant a row holds, validated as `load` validates it.
+    fn config_of(&self, row: &Model) -> Result<TenantConfig, Vec<ConfigError>> {
+        let url = self.secrets.open(&row.database_url).map_err(|why| {
+            vec![ConfigError {
+                tenant: Some(row.id.clone()),
+                field: "database_url".into(),
+                message: format!("cannot be opened: {why}"),
+            }]
+        })?;
+        let mut config = parse_tenant_entry(&row.id, &entry_of(row, url), TenantSource::Control)?;
+        if let Some(generation) = &row.generation {
+            config.generation = generation.clone();
+        }
+        Ok(config)
+    }
+
+    /// Changes a tenant as its ready row holds it now: `change` gets that tenant
+    /// (`None` without a ready row) and returns the new one, or why not. The row is
+    /// locked from the read to the write (a write transaction; `FOR UPDATE` on
+    /// PostgreSQL), so two changes at once, through any replicas, apply one after
+    /// the other, and a row deleted meanwhile is not written back. Without a ready
+    /// row the new tenant is inserted (a file tenant's first change); a row still
+    /// being provisioned makes that insert a unique violation.
+    pub async fn change<E>(
+        &self,
+        id: &str,
+        change: impl FnOnce(Option<TenantConfig>) -> Result<TenantConfig, E>,
+    ) -> Result<Result<TenantConfig, E>, DbErr> {
+        let txn = crate::db::begin_write(&self.db).await?;
+        let row = TenantConfigs::find_by_id(id)
+            .lock_exclusive()
+            .one(&txn)
+            .await?
+            .filter(|row| row.state == READY);
+        let current = match &row {
+            Some(row) => Some(self.config_of(row).map_err(|errors| {
+                let why: Vec<String> = errors.iter().map(ToString::to_string).collect();
+                DbErr::Custom(format!("the tenant's row is invalid: {}", why.join("; ")))
+            })?),
+            None => None,
+        };
+        let config = match change(current) {
+            Ok(config) => config,
+            Err(refused) => {
+                txn.rollback().await?;
+                return Ok(Err(refused));
+            }
+        };
+        let mut model = self.active_model(&config, READY)?;
+        match row {
+            Some(old) => {
+                model.created_at = Set(old.created_at);
+                model.update(&txn).await?;
+            }
+            None => {
+                TenantConfigs::insert(model).exec(&txn).await?;
+            }
+        }
+        txn.commit().await?;
+        Ok(Ok(config))
     }
 
     /// Claims `config.id` for provisioning by `claimer`. `false` if the id is taken
@@ -308,21 +354,6 @@ impl ControlStore {
             .exec(&self.db)
             .await
             .map(|_| ())
-    }
-
-    /// Writes `config` as a ready row, inserting or replacing.
-    pub async fn save(&self, config: &TenantConfig) -> Result<(), DbErr> {
-        let existing = TenantConfigs::find_by_id(config.id.as_str())
-            .one(&self.db)
-            .await?;
-        let mut row = self.active_model(config, READY)?;
-        match existing {
-            Some(old) => {
-                row.created_at = Set(old.created_at);
-                row.update(&self.db).await.map(|_| ())
-            }
-            None => TenantConfigs::insert(row).exec(&self.db).await.map(|_| ()),
-        }
     }
 
     /// Removes a tenant's row; `false` if there was none.

@@ -160,6 +160,34 @@ fn storage_error(step: &str, err: &DbErr) -> AppError {
     }
 }
 
+/// `current` with the fields of `patch` (already checked to be changeable)
+/// replaced, validated as a whole; the same incarnation, so its tokens stay good.
+fn patched(current: &TenantConfig, patch: Map<String, Value>) -> Result<TenantConfig> {
+    let mut entry: Map<String, Value> = match current.to_entry() {
+        Value::Object(map) => map,
+        _ => return Err(AppError::internal("tenant entry is not an object")),
+    };
+    entry.extend(patch);
+    let mut config = parse_tenant_entry(
+        current.id.as_str(),
+        &Value::Object(entry),
+        TenantSource::Control,
+    )
+    .map_err(validation)?;
+    config.generation = current.generation.clone();
+    Ok(config)
+}
+
+/// A failed write of a tenant's row: a subdomain or database another tenant took
+/// at the same moment is 409, as when it was taken before.
+fn change_error(step: &str, err: &DbErr) -> AppError {
+    if db::is_unique_violation(err) {
+        AppError::Conflict("another tenant has this database or subdomain".into())
+    } else {
+        storage_error(step, err)
+    }
+}
+
 impl Lifecycle {
     pub fn new(
         registry: TenantRegistry,
@@ -271,43 +299,55 @@ impl Lifecycle {
 
     /// Applies a partial change (activate or suspend, features, branding, contact
     /// details, domain, subdomain, pool size); takes effect on the next request.
+    /// The change applies to the tenant as the control database holds it at that
+    /// moment, not as this replica last saw it: two changes at once both apply,
+    /// and a tenant removed meanwhile (through any replica) stays removed (404).
     pub async fn update(&self, id: &str, patch: Value) -> Result<Arc<TenantConfig>> {
-        let current = self.existing(id)?;
+        let known = self.existing(id)?;
         let Value::Object(patch) = patch else {
             return Err(AppError::validation("body", "expected a JSON object"));
         };
-        let mut entry: Map<String, Value> = match current.to_entry() {
-            Value::Object(map) => map,
-            _ => return Err(AppError::internal("tenant entry is not an object")),
-        };
-        for (key, value) in patch {
-            if !PATCHABLE.contains(&key.as_str()) {
-                return Err(AppError::validation(
-                    key.clone(),
-                    format!(
-                        "{key} cannot be changed here (changeable: {})",
-                        PATCHABLE.join(", ")
-                    ),
-                ));
-            }
-            entry.insert(key, value);
+        if let Some(key) = patch.keys().find(|k| !PATCHABLE.contains(&k.as_str())) {
+            return Err(AppError::validation(
+                key.clone(),
+                format!(
+                    "{key} cannot be changed here (changeable: {})",
+                    PATCHABLE.join(", ")
+                ),
+            ));
         }
-        let mut config = parse_tenant_entry(id, &Value::Object(entry), TenantSource::Control)
-            .map_err(validation)?;
-        // The same tenant, changed: its tokens stay good.
-        config.generation = current.generation.clone();
-        self.check_free(&config, Some(&current.id))?;
-        {
-            // A reload that read the rows before this save must not apply them
+        // Without a row of its own, a tenant of the file is changed from its entry.
+        let in_file = self.base().into_iter().find(|t| t.id == known.id);
+        let config = {
+            // A reload that read the rows before this change must not apply them
             // after it (it would undo the change here until the next poll).
             let _turn = self.refreshing.lock().await;
-            self.control
-                .save(&config)
+            let changed = self
+                .control
+                .change(id, |row| {
+                    let current = row
+                        .or(in_file)
+                        .ok_or_else(|| AppError::TenantNotFound(known.id.to_string()))?;
+                    let config = patched(&current, patch)?;
+                    self.check_free(&config, Some(&current.id))?;
+                    Ok(config)
+                })
                 .await
-                .map_err(|e| storage_error("save", &e))?;
-            self.registry.upsert(config).await;
-        }
-        tracing::info!(tenant_id = %id, "tenant changed");
+                .map_err(|e| change_error("save", &e))?;
+            let config = match changed {
+                Ok(config) => config,
+                Err(refused) => {
+                    if matches!(refused, AppError::TenantNotFound(_)) {
+                        // Removed through another replica: this one follows now.
+                        self.registry.remove(&known.id).await;
+                    }
+                    return Err(refused);
+                }
+            };
+            self.registry.upsert(config.clone()).await;
+            config
+        };
+        tracing::info!(tenant_id = %config.id, "tenant changed");
         self.existing(id)
     }
 
@@ -341,19 +381,33 @@ impl Lifecycle {
                 record.state
             )));
         }
-        // Dropping a database takes the schemas of other tenants in it along.
-        if drop_storage
-            && let Some(storage) = current.storage_identity()
-            && let Some(other) = self.registry.list().into_iter().find(|t| {
-                t.id != current.id
-                    && t.storage_identity()
-                        .is_some_and(|s| s.starts_with(&format!("{storage}/")))
-            })
-        {
-            return Err(AppError::Conflict(format!(
-                "tenant '{}' keeps its schema in this database: remove it first, or remove this tenant without drop_database",
-                other.id
-            )));
+        // Dropping a database takes the schemas of other tenants in it along: those
+        // served, and those being provisioned (their claims; they are not served
+        // yet).
+        if drop_storage && let Some(storage) = current.storage_identity() {
+            let provisioning = self
+                .control
+                .unfinished()
+                .await
+                .map_err(|e| storage_error("read provisionings", &e))?
+                .into_iter()
+                .filter_map(|u| u.config.ok().map(Arc::new));
+            let inside = format!("{storage}/");
+            if let Some(other) = self
+                .registry
+                .list()
+                .into_iter()
+                .chain(provisioning)
+                .find(|t| {
+                    t.id != current.id
+                        && t.storage_identity().is_some_and(|s| s.starts_with(&inside))
+                })
+            {
+                return Err(AppError::Conflict(format!(
+                    "tenant '{}' keeps its schema in this database: remove it first, or remove this tenant without drop_database",
+                    other.id
+                )));
+            }
         }
         // A file tenant changed at run time is a control row on top of the file's
         // entry: removing the row brings the entry back, on the same database.
@@ -384,16 +438,19 @@ impl Lifecycle {
             // gone with its database left behind.
             {
                 let _turn = self.refreshing.lock().await;
-                if current.is_active {
-                    let mut suspended = (*current).clone();
-                    suspended.is_active = false;
-                    self.control
-                        .save(&suspended)
-                        .await
-                        .map_err(|e| storage_error("suspend", &e))?;
-                }
-                // Its pool closes before its storage goes.
+                let suspended: Result<TenantConfig> = self
+                    .control
+                    .change(id, |row| {
+                        let mut row = row.ok_or_else(|| AppError::TenantNotFound(id.into()))?;
+                        row.is_active = false;
+                        Ok(row)
+                    })
+                    .await
+                    .map_err(|e| change_error("suspend", &e))?;
+                // Its pool closes before its storage goes (or it is gone already:
+                // removed through another replica).
                 self.registry.remove(&current.id).await;
+                suspended?;
             }
             // The ledger forgets the storage only once the row is gone (below):
             // a tenant reactivated after a crash here finds its database missing

@@ -805,3 +805,81 @@ async fn a_provisioning_cut_short_by_its_deadline_runs_to_its_end() {
         assert_eq!(config.status(), 200);
     }
 }
+
+/// FNV-1a of `name`: the key of the advisory lock a migration of that storage
+/// holds (`db::migrate`).
+fn migration_lock_key(name: &str) -> i64 {
+    let hash = name.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+    });
+    i64::from_ne_bytes(hash.to_ne_bytes())
+}
+
+/// A database tenant's database is not dropped while a schema tenant is being
+/// provisioned in it: that tenant is not served yet, but its claim is on record.
+#[tokio::test]
+async fn a_database_is_not_dropped_under_a_schema_tenant_being_provisioned_in_it() {
+    use sea_orm::{ConnectionTrait, TransactionTrait};
+    let app = spawn_app_with(AppSpec::new(standard_tenants())).await;
+    let database = pg::fresh_database("trclaim").await;
+    let holder = json!({ "id": "holder", "database_url": database });
+    assert_eq!(provision(&app, &holder).await.status(), 201);
+    // The guest's migration waits on its lock, held here.
+    let name = database
+        .rsplit('/')
+        .next()
+        .unwrap()
+        .split('?')
+        .next()
+        .unwrap();
+    let key = migration_lock_key(&format!("tenant-router:{name}:tenant_guest"));
+    let db = pg::connect(&database).await;
+    let held = db.begin().await.unwrap();
+    held.execute_unprepared(&format!("SELECT pg_advisory_xact_lock({key})"))
+        .await
+        .unwrap();
+    let guest = json!({ "id": "guest", "database_url": database, "isolation": "schema" });
+    let guest_app = &app;
+    let provisioning = async move { provision(guest_app, &guest).await.status().as_u16() };
+    let removal = async {
+        // Once the guest's claim is on record:
+        let since = Instant::now();
+        loop {
+            let listed: Value = app
+                .admin(Method::GET, "/api/admin/provisionings")
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            if listed.to_string().contains("\"guest\"") {
+                break;
+            }
+            assert!(since.elapsed() < Duration::from_secs(30), "{listed}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let response = app
+            .admin(
+                Method::DELETE,
+                "/api/admin/tenants/holder?drop_database=true",
+            )
+            .send()
+            .await
+            .unwrap();
+        let status = response.status().as_u16();
+        let text = response.text().await.unwrap();
+        held.commit().await.unwrap();
+        (status, text)
+    };
+    let (provisioned, (removed, why)) = tokio::join!(provisioning, removal);
+    assert_eq!(removed, 409, "{why}");
+    assert!(why.contains("guest"), "{why}");
+    assert_eq!(provisioned, 201);
+    let response = app
+        .as_tenant(Method::GET, "guest", "/api/products")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+}

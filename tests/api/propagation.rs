@@ -269,3 +269,73 @@ async fn a_replica_whose_change_feed_is_cut_connects_again_and_catches_up() {
     let took = seen(b, "next_one", Instant::now(), PROPAGATION, |t| t.is_some()).await;
     eprintln!("after reconnecting: {took:?}");
 }
+
+/// A replica that has not heard of a change yet (here: never, with no change feed
+/// and no polling) still changes the tenant as the control database holds it: its
+/// PATCH keeps another replica's suspension, and a tenant another replica removed
+/// stays removed.
+#[tokio::test]
+async fn a_change_through_a_replica_behind_the_others_applies_to_the_tenant_as_it_is_now() {
+    let shared = tempfile::tempdir().unwrap();
+    let control = format!("sqlite://{}/control.db", shared.path().display());
+    let replica = || {
+        spawn_app_with(
+            AppSpec::from_toml("")
+                .env("CONTROL_DATABASE_URL", &control)
+                .env("CONTROL_POLL_SECS", "0"),
+        )
+    };
+    let a = replica().await;
+    let mut tenant = sqlite_tenant(&a, "lagging");
+    tenant["database_url"] = json!(format!("sqlite://{}/lagging.db", shared.path().display()));
+    let response = a
+        .admin(Method::POST, "/api/admin/tenants")
+        .json(&tenant)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 201);
+    // B loads the tenant at its start, and hears nothing after.
+    let b = replica().await;
+    let patch = |app: &TestApp, body: Value| {
+        app.admin(Method::PATCH, "/api/admin/tenants/lagging")
+            .json(&body)
+            .send()
+    };
+    assert_eq!(
+        patch(&a, json!({ "is_active": false }))
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    let response = patch(&b, json!({ "features": ["patient_management"] }))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let changed: Value = response.json().await.unwrap();
+    assert_eq!(
+        changed["is_active"], false,
+        "the suspension was undone: {changed}"
+    );
+    assert_eq!(
+        changed["features"],
+        json!(["products", "cash_flow", "patient_management"]),
+        "{changed}"
+    );
+
+    let removed = a
+        .admin(Method::DELETE, "/api/admin/tenants/lagging")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(removed.status(), 204);
+    let response = patch(&b, json!({ "branding": { "company_name": "Back" } }))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 404, "{}", response.text().await.unwrap());
+    // B follows, and a replica starting now finds no such tenant.
+    assert!(config(&b, "lagging").await.is_none());
+    let c = replica().await;
+    assert!(config(&c, "lagging").await.is_none());
+}
