@@ -550,9 +550,12 @@ impl TenantRegistry {
     }
 }
 
-/// Whether two configurations of a tenant reach their data the same way.
+/// Whether two configurations of a tenant reach the same data the same way. A new
+/// incarnation (the id removed and provisioned again) is other data, even at the
+/// same URL: its storage was made afresh.
 fn same_storage(a: &TenantConfig, b: &TenantConfig) -> bool {
-    a.database_url == b.database_url
+    a.generation == b.generation
+        && a.database_url == b.database_url
         && a.isolation == b.isolation
         && a.pool.max_connections == b.pool.max_connections
 }

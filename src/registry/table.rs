@@ -34,7 +34,9 @@ impl TenantRegistry {
     }
 
     /// Replaces every tenant at once (a reload). Pools of tenants that are gone, or
-    /// whose database settings changed, are closed; the others stay open.
+    /// whose database settings changed, are closed, and their breakers forgotten
+    /// (a failure of the old database says nothing of the new one); the others
+    /// stay open.
     pub async fn replace_all(&self, tenants: Vec<TenantConfig>) {
         let new = Arc::new(TenantTable::new(tenants));
         let old = self.swap_table(new.clone());
@@ -44,8 +46,7 @@ impl TenantRegistry {
                 .get(id)
                 .is_some_and(|after| same_storage(before, after));
             if !keep {
-                self.ready().remove(id);
-                self.inner.handles.invalidate(id).await;
+                self.forget_storage_of(id).await;
             }
         }
         self.inner.handles.run_pending_tasks().await;
@@ -67,9 +68,16 @@ impl TenantRegistry {
             table.by_id.insert(id.clone(), Arc::new(tenant));
         });
         if changed_storage {
-            self.ready().remove(&id);
-            self.inner.handles.invalidate(&id).await;
+            self.forget_storage_of(&id).await;
         }
+    }
+
+    /// Closes the tenant's pool and forgets its initialisation and its breaker:
+    /// the next request opens its storage afresh.
+    async fn forget_storage_of(&self, id: &TenantId) {
+        self.ready().remove(id);
+        self.inner.handles.invalidate(id).await;
+        self.breakers().remove(id);
     }
 
     /// Removes a tenant and closes its pool; returns its last configuration.
@@ -81,10 +89,8 @@ impl TenantRegistry {
                 table.by_subdomain.remove(&old.subdomain);
             }
         });
-        self.ready().remove(id);
-        self.inner.handles.invalidate(id).await;
+        self.forget_storage_of(id).await;
         self.inner.handles.run_pending_tasks().await;
-        self.breakers().remove(id);
         removed
     }
 

@@ -92,3 +92,25 @@ async fn a_requests_connect_future_stays_small() {
         std::mem::size_of_val(&checkout)
     );
 }
+
+/// A tenant removed and provisioned again (a new generation) through another
+/// replica is new storage, even at the same URL: the breaker tripped by the old
+/// one's failures is forgotten, and its handle is not reused.
+#[tokio::test]
+async fn a_new_incarnation_of_a_tenant_starts_with_its_breaker_closed() {
+    let dir = tempfile::tempdir().unwrap();
+    let old = tenant_on(dir.path(), "a.db");
+    let env: HashMap<String, String> = [("SETTINGS_FILE".to_string(), String::new())].into();
+    let registry =
+        TenantRegistry::new(vec![old.clone()], Settings::from_map(&env).unwrap().pools());
+    registry.trip_breaker(&old.id);
+    assert!(registry.breaker_open(&old.id));
+    // The same tenant reloaded: its breaker stays.
+    registry.replace_all(vec![old.clone()]).await;
+    assert!(registry.breaker_open(&old.id));
+    let mut new = old.clone();
+    new.generation = "another".into();
+    registry.replace_all(vec![new.clone()]).await;
+    assert!(!registry.breaker_open(&new.id));
+    assert_eq!(file_of(&registry, &new).await, "a.db");
+}
