@@ -134,9 +134,16 @@ pub fn ignored_subdomain_error(tenant: &TenantConfig, ignored: &[String]) -> Opt
 pub fn control_database_error(tenant: &TenantConfig, control: Option<&str>) -> Option<ConfigError> {
     let control = control?;
     let storage = tenant.storage_identity()?;
+    // The same file under another path (a link to it, or to a directory on its
+    // way): its tables would be migrated into the control database, and a removal
+    // with `drop_database` would delete it.
+    let same_file = || {
+        let control_file = control.strip_prefix("sqlite:")?;
+        Some(sqlite_file_on_disk(tenant)? == std::fs::canonicalize(control_file).ok()?)
+    };
     // The database or file itself: a schema tenant in a PostgreSQL control
     // database keeps to its schema, and dropping it drops that schema alone.
-    (storage == control).then(|| {
+    (storage == control || same_file() == Some(true)).then(|| {
         ConfigError::new(
             Some(tenant.id.as_str()),
             "database_url",
@@ -558,6 +565,34 @@ mod tests {
         let refused: Vec<_> = errs.iter().map(|e| e.tenant.clone().unwrap()).collect();
         assert_eq!(refused, ["c"], "{errs:?}");
         assert!(check_against_settings(&tenants, &[], None).is_ok());
+    }
+
+    #[test]
+    fn the_control_database_through_a_link_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("data")).unwrap();
+        std::fs::write(dir.path().join("data/control.db"), b"").unwrap();
+        std::os::unix::fs::symlink(dir.path().join("data"), dir.path().join("dirlink")).unwrap();
+        std::os::unix::fs::symlink(
+            dir.path().join("data/control.db"),
+            dir.path().join("data/filelink.db"),
+        )
+        .unwrap();
+        let control = crate::tenant::storage_identity_of(
+            &format!("sqlite://{}/data/control.db", dir.path().display()),
+            None,
+        );
+        for link in ["dirlink/control.db", "data/filelink.db"] {
+            let env = format!(
+                r#"{{"a": {{"database_url": "sqlite://{0}/{link}"}},
+                     "c": {{"database_url": "sqlite://{0}/dirlink/c.db"}}}}"#,
+                dir.path().display()
+            );
+            let tenants = load_tenants(None, false, Some(&env)).unwrap();
+            let errs = check_against_settings(&tenants, &[], control.as_deref()).unwrap_err();
+            let refused: Vec<_> = errs.iter().map(|e| e.tenant.clone().unwrap()).collect();
+            assert_eq!(refused, ["a"], "{link}: {errs:?}");
+        }
     }
 
     #[test]

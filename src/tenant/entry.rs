@@ -436,6 +436,16 @@ pub fn check_database_url(url: &str) -> Result<(), String> {
     if url.chars().any(|c| c.is_whitespace() || c.is_control()) {
         return Err("must not contain spaces or control characters".into());
     }
+    if scheme == Some("sqlite") {
+        // In memory, each connection of the pool would have a database of its own:
+        // migrated on one, queried on another.
+        let in_memory = url
+            .split_once('?')
+            .is_some_and(|(_, query)| query.split('&').any(|p| p == "mode=memory"));
+        if super::sqlite_file_of(url).is_none() || in_memory {
+            return Err("must name a database file (sqlite://path/to/file.db), not memory".into());
+        }
+    }
     if matches!(scheme, Some("postgres" | "postgresql")) {
         let parsed =
             url::Url::parse(url).map_err(|_| "is not a valid postgres:// URL".to_string())?;
@@ -451,8 +461,42 @@ pub fn check_database_url(url: &str) -> Result<(), String> {
         if !plain {
             return Err("must name a database of letters, digits, '_' and '-' (at most 63)".into());
         }
+        // The driver logs a parameter it does not know with its value, which may
+        // be a secret (`sslpassword=…`, `Password=…`): only those it reads pass.
+        if let Some((key, _)) = parsed.query_pairs().find(|(k, _)| !known_parameter(k)) {
+            return Err(format!(
+                "has a query parameter the driver does not read: '{}' (it reads sslmode, sslrootcert, sslcert, sslkey, statement-cache-capacity, application_name and options)",
+                printable(&key)
+            ));
+        }
     }
     Ok(())
+}
+
+/// Whether sqlx reads `key` in a `postgres://` URL's query (the server, database
+/// and user ones are refused for tenants by [`check_tenant_database_url`]).
+fn known_parameter(key: &str) -> bool {
+    matches!(
+        key,
+        "sslmode"
+            | "ssl-mode"
+            | "sslrootcert"
+            | "ssl-root-cert"
+            | "ssl-ca"
+            | "sslcert"
+            | "ssl-cert"
+            | "sslkey"
+            | "ssl-key"
+            | "statement-cache-capacity"
+            | "application_name"
+            | "options"
+            | "host"
+            | "hostaddr"
+            | "port"
+            | "dbname"
+            | "user"
+            | "password"
+    ) || (key.starts_with("options[") && key.ends_with(']'))
 }
 
 /// The further rules for a tenant's database URL, new from a tenants file,

@@ -143,6 +143,35 @@ impl Serialize for FeatureSet {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn urls_that_name_no_file_or_carry_unknown_parameters_are_refused() {
+        for url in [
+            "sqlite::memory:",
+            "sqlite://",
+            "sqlite:",
+            "sqlite://:memory:",
+            "sqlite://data/x.db?mode=memory",
+        ] {
+            let why = check_database_url(url).unwrap_err();
+            assert!(why.contains("database file"), "{url}: {why}");
+        }
+        for url in [
+            "postgres://u@h/db?sslpassword=KeyPassS3cret",
+            "postgres://u@h/db?sslmode=require&Password=KeyPassS3cret",
+            "postgres://u@h/db?connect_timeout=KeyPassS3cret",
+        ] {
+            let why = check_database_url(url).unwrap_err();
+            assert!(why.contains("does not read"), "{url}: {why}");
+            assert!(!why.contains("KeyPassS3cret"), "{why}");
+        }
+        for url in [
+            "sqlite://data/x.db?mode=rwc",
+            "postgres://u:p@h/db?sslmode=require&sslrootcert=/ca.pem&application_name=a&options[search_path]=x",
+        ] {
+            assert_eq!(check_database_url(url), Ok(()), "{url}");
+        }
+    }
+
     use super::*;
 
     #[test]
