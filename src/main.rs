@@ -45,6 +45,7 @@ async fn main() -> ExitCode {
 
 async fn serve(settings: Settings) -> ExitCode {
     telemetry::init(&settings.log_level, settings.log_json().unwrap_or(false));
+    keep_running_on_sighup(settings.multi_tenant_enabled);
     let app = match Application::build(settings).await {
         Ok(app) => app,
         Err(e) => {
@@ -114,5 +115,35 @@ fn shutdown_signal() -> impl std::future::Future<Output = ()> {
             std::future::pending::<()>().await;
         }
         tracing::info!("shutdown signal received; finishing in-flight requests");
+    }
+}
+
+/// SIGHUP reloads the tenants (`systemctl reload`, the shipped unit's
+/// `ExecReload`): a hangup must never end the process, as its default action
+/// does. Taken over before start-up, so that one arriving while the service
+/// starts is ignored; in single-tenant mode, which has no tenants to reload, for
+/// good. (The multi-tenant reload listens from the end of start-up on.)
+fn keep_running_on_sighup(multi_tenant: bool) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut hangups = match signal(SignalKind::hangup()) {
+            Ok(hangups) => hangups,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot take over SIGHUP: a hangup ends the process");
+                return;
+            }
+        };
+        // Dropped in multi-tenant mode: the handler stays installed, the reload's
+        // own listener takes each hangup from then on.
+        if !multi_tenant {
+            tokio::spawn(async move {
+                while hangups.recv().await.is_some() {
+                    tracing::info!(
+                        "SIGHUP ignored: a single-tenant service has no tenants to reload"
+                    );
+                }
+            });
+        }
     }
 }

@@ -423,3 +423,30 @@ fn out_of_range_settings_stop_start_up_naming_the_variable() {
         assert!(stderr.contains(name), "{name}={value}: {stderr}");
     }
 }
+
+/// The shipped unit reloads with SIGHUP; a single-tenant service, which has no
+/// tenants to reload, ignores it instead of dying of it.
+#[test]
+fn a_single_tenant_service_outlives_sighup() {
+    let dir = tempfile::tempdir().unwrap();
+    let database = format!("sqlite://{}/app.db", dir.path().display());
+    let mut server = Server::start(command(
+        dir.path(),
+        &[
+            ("MULTI_TENANT_ENABLED", "false"),
+            ("DATABASE_URL", &database),
+        ],
+    ));
+    let pid = server.child.id().to_string();
+    let status = Command::new("kill").args(["-HUP", &pid]).status().unwrap();
+    assert!(status.success());
+    assert!(server.wait_for_log("SIGHUP ignored"), "{}", server.log());
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let answered = rt.block_on(async {
+        reqwest::get(format!("{}/api/products", server.address))
+            .await
+            .map(|r| r.status().as_u16())
+    });
+    assert_eq!(answered.ok(), Some(200), "{}", server.log());
+    assert!(server.stop(), "{}", server.log());
+}
