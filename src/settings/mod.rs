@@ -313,9 +313,21 @@ impl Settings {
 
     fn validate(&self) -> Result<(), String> {
         self.log_json()?;
-        if tracing_subscriber::EnvFilter::try_new(&self.log_level).is_err() {
+        // A bare word that is not a level parses as a target at every level
+        // (`warning`, `inf`): nothing of this service would be logged, not even
+        // the generated admin token. Targets need `=level`.
+        let bare_word = |d: &str| {
+            !d.contains('=')
+                && !["trace", "debug", "info", "warn", "error", "off"]
+                    .iter()
+                    .any(|level| d.trim().eq_ignore_ascii_case(level))
+        };
+        if self.log_level.trim().is_empty()
+            || self.log_level.split(',').any(bare_word)
+            || tracing_subscriber::EnvFilter::try_new(&self.log_level).is_err()
+        {
             return Err(
-                "settings: LOG_LEVEL must be a tracing filter, such as info, debug or tenant_router=debug,info"
+                "settings: LOG_LEVEL must be a tracing filter: a level (trace, debug, info, warn, error, off) or target=level pairs, such as tenant_router=debug,info"
                     .into(),
             );
         }
@@ -346,8 +358,20 @@ impl Settings {
         {
             return Err("settings: SQLITE_MAX_CONNECTIONS must be within 1..=4096".into());
         }
-        if self.connection_idle_timeout_secs == 0 {
-            return Err("settings: CONNECTION_IDLE_TIMEOUT_SECS must be at least 1".into());
+        if !(1..=MAX_WINDOW_SECS).contains(&self.connection_idle_timeout_secs) {
+            return Err(format!(
+                "settings: CONNECTION_IDLE_TIMEOUT_SECS must be within 1..={MAX_WINDOW_SECS} (30 days)"
+            ));
+        }
+        // Added to the clock for each checkout and connection: bounded, so that no
+        // value can overflow it.
+        for (name, value) in [
+            ("POOL_CONNECT_TIMEOUT_SECS", self.pool_connect_timeout_secs),
+            ("POOL_ACQUIRE_TIMEOUT_SECS", self.pool_acquire_timeout_secs),
+        ] {
+            if value > 3600 {
+                return Err(format!("settings: {name} must be at most 3600"));
+            }
         }
         if !(1..=65_536).contains(&self.pg_statement_cache_capacity) {
             return Err("settings: PG_STATEMENT_CACHE_CAPACITY must be within 1..=65536".into());
@@ -646,13 +670,25 @@ mod tests {
         assert!(!err.contains("too-short"), "{err}");
         for (name, value) in [
             ("LOG_LEVEL", "[[["),
+            ("LOG_LEVEL", "warning"),
+            ("LOG_LEVEL", ""),
+            ("LOG_LEVEL", "inf,tenant_router=debug"),
             ("LOGIN_THROTTLE_SECS", "40000000000"),
             ("POOL_IDLE_TIMEOUT_SECS", "99999999999999"),
+            ("POOL_ACQUIRE_TIMEOUT_SECS", "9223372036854775807"),
+            ("POOL_CONNECT_TIMEOUT_SECS", "9223372036854775807"),
+            ("CONNECTION_IDLE_TIMEOUT_SECS", "9223372036854775807"),
         ] {
             let err = Settings::from_map(&env(&[(name, value)])).unwrap_err();
             assert!(err.contains(name), "{name}={value}: {err}");
         }
-        for (name, value) in [("HOST", "0.0.0.0"), ("HOST", "::"), ("HOST", "localhost")] {
+        for (name, value) in [
+            ("HOST", "0.0.0.0"),
+            ("HOST", "::"),
+            ("HOST", "localhost"),
+            ("LOG_LEVEL", "WARN"),
+            ("LOG_LEVEL", "tenant_router=debug,info"),
+        ] {
             assert!(
                 Settings::from_map(&env(&[(name, value)])).is_ok(),
                 "{name}={value}"
