@@ -53,18 +53,26 @@ pub fn verify_nobody(password: &str) {
 /// Hashes running at once. Each takes 19 MiB and a core for tens of milliseconds, so
 /// a flood of logins waits here instead of filling the blocking pool (up to 512
 /// threads, nearly 10 GiB of hashing memory).
-fn hashing_slots() -> &'static tokio::sync::Semaphore {
-    static SLOTS: OnceLock<tokio::sync::Semaphore> = OnceLock::new();
+fn hashing_slots() -> &'static std::sync::Arc<tokio::sync::Semaphore> {
+    static SLOTS: OnceLock<std::sync::Arc<tokio::sync::Semaphore>> = OnceLock::new();
     SLOTS.get_or_init(|| {
         let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
-        tokio::sync::Semaphore::new(cores * 2)
+        std::sync::Arc::new(tokio::sync::Semaphore::new(cores * 2))
     })
 }
 
-/// Runs `work` on the blocking pool once a hashing slot is free.
+/// Runs `work` on the blocking pool once a hashing slot is free. The slot goes
+/// with the work, not with the request: a client that hangs up does not stop a
+/// hash begun for it, so the hash holds its slot to its end (held by the request,
+/// a flood of logins dropped mid-hash ran any number of hashes at once).
 async fn run_hashing<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> Option<T> {
-    let _slot = hashing_slots().acquire().await.ok()?;
-    tokio::task::spawn_blocking(work).await.ok()
+    let slot = hashing_slots().clone().acquire_owned().await.ok()?;
+    tokio::task::spawn_blocking(move || {
+        let _slot = slot;
+        work()
+    })
+    .await
+    .ok()
 }
 
 /// [`hash`] on the blocking pool.
@@ -90,6 +98,48 @@ pub async fn verify_blocking(password: String, stored: Option<String>) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A hash whose request is dropped keeps its slot until the hash ends.
+    #[tokio::test]
+    async fn a_dropped_request_leaves_its_hash_holding_the_slot() {
+        use std::sync::{
+            Arc,
+            atomic::{AtomicUsize, Ordering},
+        };
+        let slots = hashing_slots().available_permits();
+        let started = Arc::new(AtomicUsize::new(0));
+        let (release, held) = std::sync::mpsc::channel::<()>();
+        let held = Arc::new(std::sync::Mutex::new(held));
+        let requests: Vec<_> = (0..slots)
+            .map(|_| {
+                let (started, held) = (started.clone(), held.clone());
+                tokio::spawn(run_hashing(move || {
+                    started.fetch_add(1, Ordering::SeqCst);
+                    let _ = held.lock().unwrap().recv();
+                }))
+            })
+            .collect();
+        let since = std::time::Instant::now();
+        while started.load(Ordering::SeqCst) < slots {
+            assert!(since.elapsed() < std::time::Duration::from_secs(30));
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        // The clients hang up while their hashes run.
+        for request in &requests {
+            request.abort();
+        }
+        for request in requests {
+            let _ = request.await;
+        }
+        let cap = std::thread::available_parallelism().map_or(2, |n| n.get()) * 2;
+        assert!(
+            hashing_slots().available_permits() + slots <= cap,
+            "the slots came back with the hashes still running"
+        );
+        for _ in 0..slots {
+            let _ = release.send(());
+        }
+    }
 
     #[test]
     fn hashes_are_argon2id_salted_and_verify() {
