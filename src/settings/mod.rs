@@ -396,6 +396,16 @@ impl Settings {
         {
             return Err("settings: ADMIN_TOKEN must be at least 16 characters".into());
         }
+        // Presented tokens are trimmed: one set with a space or a line break at an
+        // end (a secret file's last newline) could never match.
+        if let Some(token) = &self.admin_token
+            && token.expose().trim() != token.expose()
+        {
+            return Err(
+                "settings: ADMIN_TOKEN must not begin or end with white space (a secret file's final newline?)"
+                    .into(),
+            );
+        }
         if !matches!(self.app_env.as_str(), "development" | "production") {
             return Err("settings: APP_ENV must be development or production".into());
         }
@@ -663,6 +673,12 @@ mod tests {
         assert!(err.contains("MAX_OPEN_POOLS"), "{err}");
         let err = Settings::from_map(&env(&[("ADMIN_TOKEN", "short")])).unwrap_err();
         assert!(err.contains("ADMIN_TOKEN"), "{err}");
+        let err =
+            Settings::from_map(&env(&[("ADMIN_TOKEN", "0123456789abcdef0123\n")])).unwrap_err();
+        assert!(
+            err.contains("ADMIN_TOKEN") && !err.contains("0123456789"),
+            "{err}"
+        );
         let err = Settings::from_map(&env(&[("AUTH_MODE", "basic")])).unwrap_err();
         assert!(err.contains("AUTH_MODE"), "{err}");
         let err = Settings::from_map(&env(&[("JWT_SECRET", "too-short")])).unwrap_err();

@@ -503,7 +503,7 @@ function provisionView() {
   field("Tenant id", id, "lowercase letters, digits, _ and -; at most 63"),
   field("Domain", domain), field("Company name", company), field("Storage", storage), sqliteFields, pgFields,
   el("fieldset", {}, el("legend", { text: "First owner (optional)" }),
-    field("Username", owner), field("Password", password, "at least 12 characters")),
+    field("Username", owner), field("Password", password, "at least 8 characters")),
   el("label", { class: "check" }, seed, " Seed demo data"),
   el("button", { type: "submit", id: "provision", text: "Provision" }));
   setView("Provision a tenant", section("New tenant", form));
