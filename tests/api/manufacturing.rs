@@ -279,73 +279,44 @@ async fn orders_completed_at_once_share_the_stock_without_errors(backend: Backen
     assert_eq!(stock_of(&app, &steel).await, 10.0);
 }
 
-async fn an_order_that_takes_exactly_the_stock_left_is_served(backend: Backend) {
-    let app = spawn_app_on(backend).await;
-    // In binary floating point 0.3 - 0.1 - 0.1 is 0.09999999999999998, short of
-    // the third 0.1; counted in millionths, the three orders take the whole stock.
-    let resin = material(&app, "Resin", 0.3).await;
+/// Makes an order of `quantity` units of a BOM taking `per_unit` of `material`,
+/// starts it and completes it; returns the completion's answer.
+async fn produce(app: &TestApp, material: &str, per_unit: f64, quantity: f64) -> reqwest::Response {
     let bom = created(
-        &app,
+        app,
         "/api/manufacturing/boms",
-        json!({ "name": "Cast", "items": [{ "material_id": resin, "quantity": 0.1 }] }),
-    )
-    .await;
-    for round in 0..3 {
-        let order = created(
-            &app,
-            "/api/manufacturing/production-orders",
-            json!({ "bom_id": bom["id"], "quantity": 1 }),
-        )
-        .await;
-        let path = format!(
-            "/api/manufacturing/production-orders/{}",
-            order["id"].as_str().unwrap()
-        );
-        assert_eq!(
-            post(&app, &format!("{path}/start"), json!({}))
-                .await
-                .status(),
-            200
-        );
-        let done = post(&app, &format!("{path}/complete"), json!({})).await;
-        assert_eq!(
-            done.status(),
-            200,
-            "order {round}: {}",
-            done.text().await.unwrap()
-        );
-    }
-    assert_eq!(stock_of(&app, &resin).await, 0.0);
-    // Three units of 0.1 against 0.3: 0.30000000000000004 in floating point.
-    let resin = material(&app, "Resin", 0.3).await;
-    let bom = created(
-        &app,
-        "/api/manufacturing/boms",
-        json!({ "name": "Cast", "items": [{ "material_id": resin, "quantity": 0.1 }] }),
+        json!({ "name": "Cast", "items": [{ "material_id": material, "quantity": per_unit }] }),
     )
     .await;
     let order = created(
-        &app,
+        app,
         "/api/manufacturing/production-orders",
-        json!({ "bom_id": bom["id"], "quantity": 3 }),
+        json!({ "bom_id": bom["id"], "quantity": quantity }),
     )
     .await;
     let path = format!(
         "/api/manufacturing/production-orders/{}",
         order["id"].as_str().unwrap()
     );
-    assert_eq!(
-        post(&app, &format!("{path}/start"), json!({}))
-            .await
-            .status(),
-        200
-    );
-    assert_eq!(
-        post(&app, &format!("{path}/complete"), json!({}))
-            .await
-            .status(),
-        200
-    );
+    let started = post(app, &format!("{path}/start"), json!({})).await;
+    assert_eq!(started.status(), 200);
+    post(app, &format!("{path}/complete"), json!({})).await
+}
+
+async fn an_order_that_takes_exactly_the_stock_left_is_served(backend: Backend) {
+    let app = spawn_app_on(backend).await;
+    // In binary floating point 0.3 - 0.1 - 0.1 is 0.09999999999999998, short of
+    // the third 0.1; counted in millionths, the three orders take the whole stock.
+    let resin = material(&app, "Resin", 0.3).await;
+    for round in 0..3 {
+        let done = produce(&app, &resin, 0.1, 1.0).await;
+        let status = done.status();
+        assert_eq!(status, 200, "order {round}: {}", done.text().await.unwrap());
+    }
+    assert_eq!(stock_of(&app, &resin).await, 0.0);
+    // Three units of 0.1 against 0.3: 0.30000000000000004 in floating point.
+    let resin = material(&app, "Resin", 0.3).await;
+    assert_eq!(produce(&app, &resin, 0.1, 3.0).await.status(), 200);
     assert_eq!(stock_of(&app, &resin).await, 0.0);
     // Below a millionth a quantity is nothing, and a sign of zero is dropped.
     let dust = post(

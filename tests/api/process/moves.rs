@@ -1024,17 +1024,19 @@ async fn a_manufacturing_tenant_is_promoted_with_its_foreign_keys_and_exact_numb
             .json(&body)
             .send()
     };
-    // A stock that 15 significant digits cannot hold exactly.
-    let stock: f64 = 0.1 + 0.2;
+    // A stock that 15 significant digits cannot hold exactly (stock is kept to a
+    // millionth: 17 digits), compared with what the service stored.
     let steel: Value = post(
         "/api/manufacturing/materials",
-        json!({ "name": "steel", "unit": "kg", "stock": stock }),
+        json!({ "name": "steel", "unit": "kg", "stock": 12_345_678_901.234_567 }),
     )
     .await
     .unwrap()
     .json()
     .await
     .unwrap();
+    let stock = steel["stock"].as_f64().unwrap();
+    assert_ne!(format!("{stock:.14e}").parse::<f64>().unwrap(), stock);
     let bom = post(
         "/api/manufacturing/boms",
         json!({ "name": "Cabinet", "items": [{ "material_id": steel["id"], "quantity": 2.5 }] }),
