@@ -344,13 +344,49 @@ impl ControlStore {
         Ok(result.rows_affected > 0)
     }
 
-    /// Marks a claimed tenant ready: from now on it is loaded and served.
-    pub async fn mark_ready(&self, id: &str) -> Result<(), DbErr> {
-        TenantConfigs::update_many()
+    /// Marks the tenant `claimer` claimed ready: from now on it is loaded and
+    /// served. `false` when the claim is no longer `claimer`'s (an operator rolled
+    /// the provisioning back meanwhile): nothing changes.
+    pub async fn mark_ready(&self, id: &str, claimer: &str) -> Result<bool, DbErr> {
+        let result = TenantConfigs::update_many()
             .col_expr(Column::State, Expr::value(READY))
             .col_expr(Column::ClaimedBy, Expr::value(Option::<String>::None))
             .col_expr(Column::UpdatedAt, Expr::value(Utc::now()))
             .filter(Column::Id.eq(id))
+            .filter(Column::State.eq(PROVISIONING))
+            .filter(Column::ClaimedBy.eq(claimer))
+            .exec(&self.db)
+            .await?;
+        Ok(result.rows_affected == 1)
+    }
+
+    /// Takes an unfinished provisioning away from its claimer (`claimed_by` as
+    /// read, `None` for none) before it is rolled back: from then on the claimer
+    /// can no longer mark it ready. `false` when the row is not that claim any
+    /// more (it finished, or another roll-back took it).
+    pub async fn disown(&self, id: &str, claimed_by: Option<&str>) -> Result<bool, DbErr> {
+        let claim = match claimed_by {
+            Some(claimer) => Column::ClaimedBy.eq(claimer),
+            None => Column::ClaimedBy.is_null(),
+        };
+        let result = TenantConfigs::update_many()
+            .col_expr(Column::ClaimedBy, Expr::value(Option::<String>::None))
+            .filter(Column::Id.eq(id))
+            .filter(Column::State.eq(PROVISIONING))
+            .filter(claim)
+            .exec(&self.db)
+            .await?;
+        Ok(result.rows_affected == 1)
+    }
+
+    /// Removes the row of an unfinished provisioning that `claimer` still holds:
+    /// how a provisioning that failed lets its id go (a claim an operator took
+    /// over is that operator's to release).
+    pub async fn release_claim(&self, id: &str, claimer: &str) -> Result<(), DbErr> {
+        TenantConfigs::delete_many()
+            .filter(Column::Id.eq(id))
+            .filter(Column::State.eq(PROVISIONING))
+            .filter(Column::ClaimedBy.eq(claimer))
             .exec(&self.db)
             .await
             .map(|_| ())

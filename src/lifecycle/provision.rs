@@ -103,7 +103,11 @@ impl Lifecycle {
             self.check_free(&config, None)
         };
         if let Err(e) = again {
-            if let Err(undo) = self.control.delete(config.id.as_str()).await {
+            if let Err(undo) = self
+                .control
+                .release_claim(config.id.as_str(), this_process())
+                .await
+            {
                 tracing::error!(tenant_id = %config.id, error = %db::redact_error(&undo), "could not release the claim");
             }
             return Err(e);
@@ -111,7 +115,11 @@ impl Lifecycle {
         match self.make_storage(&config, seed, owner).await {
             Ok(()) => {}
             Err(e) => {
-                if let Err(undo) = self.control.delete(config.id.as_str()).await {
+                if let Err(undo) = self
+                    .control
+                    .release_claim(config.id.as_str(), this_process())
+                    .await
+                {
                     tracing::error!(tenant_id = %config.id, error = %db::redact_error(&undo), "could not release the claim");
                 }
                 return Err(e);
@@ -120,10 +128,18 @@ impl Lifecycle {
         {
             // See `update`: no reload may apply rows read before this.
             let _turn = self.refreshing.lock().await;
-            self.control
-                .mark_ready(config.id.as_str())
+            let still_ours = self
+                .control
+                .mark_ready(config.id.as_str(), this_process())
                 .await
                 .map_err(|e| storage_error("register", &e))?;
+            if !still_ours {
+                // Its roll-back drops what this made (if it made it) and the row.
+                return Err(AppError::Conflict(format!(
+                    "the provisioning of '{}' was rolled back by an operator while it ran",
+                    config.id
+                )));
+            }
             self.registry.upsert(config.clone()).await;
         }
         tracing::info!(tenant_id = %config.id, "tenant provisioned");

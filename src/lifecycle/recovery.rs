@@ -97,6 +97,9 @@ fn claimer_gone(claimer: &str, me: &str) -> Option<bool> {
     }
 }
 
+/// Why [`Lifecycle::roll_back`] left a row: it was no longer the claim read.
+const LOST_CLAIM: &str = "the provisioning finished or was rolled back meanwhile";
+
 impl Lifecycle {
     /// Every provisioning that has not finished, with whether its process is gone.
     pub async fn unfinished(&self) -> Result<Vec<UnfinishedView>> {
@@ -198,7 +201,15 @@ impl Lifecycle {
                 "the provisioning of '{id}' is under way in a live process; pass force to roll it back anyway"
             )));
         }
-        self.roll_back(&row).await.map_err(AppError::internal)?;
+        self.roll_back(&row).await.map_err(|why| {
+            if why == LOST_CLAIM {
+                AppError::Conflict(format!(
+                    "the provisioning of '{id}' finished or was rolled back meanwhile"
+                ))
+            } else {
+                AppError::internal(why)
+            }
+        })?;
         tracing::warn!(tenant_id = %id, forced = force, "unfinished provisioning rolled back by the operator");
         Ok(())
     }
@@ -206,6 +217,17 @@ impl Lifecycle {
     /// Drops the storage `row`'s provisioning made (if it made any), then the row:
     /// in that order, so a crash in between leaves the row for the next attempt.
     pub(super) async fn roll_back(&self, row: &crate::control::Unfinished) -> Result<(), String> {
+        // First the claim is taken from its process: one still alive (a forced
+        // abandon) can then no longer mark the tenant ready on storage dropped
+        // here. A row that is no longer that claim is left alone.
+        let disowned = self
+            .control
+            .disown(&row.id, row.claimed_by.as_deref())
+            .await
+            .map_err(|e| format!("taking over its claim: {}", db::redact_error(&e)))?;
+        if !disowned {
+            return Err(LOST_CLAIM.into());
+        }
         if row.made_storage == Some(true) {
             let config = row.config.as_ref().map_err(Clone::clone)?;
             self.drop_storage(config)

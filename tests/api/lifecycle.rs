@@ -883,3 +883,59 @@ async fn a_database_is_not_dropped_under_a_schema_tenant_being_provisioned_in_it
         .unwrap();
     assert_eq!(response.status(), 200);
 }
+
+/// An operator who rolls back a provisioning still under way (`?force=true`)
+/// wins: the provisioning, when it gets on, finds its claim gone and answers 409,
+/// instead of serving a tenant that the control database no longer holds.
+#[tokio::test]
+async fn a_provisioning_rolled_back_by_force_while_it_runs_does_not_come_back() {
+    use sea_orm::{ConnectionTrait, TransactionTrait};
+    let app = spawn_app_with(AppSpec::new(standard_tenants())).await;
+    // An existing database: the roll-back keeps it (provisioning did not make it).
+    let database = pg::fresh_database("trforce").await;
+    let name = database
+        .rsplit('/')
+        .next()
+        .unwrap()
+        .split('?')
+        .next()
+        .unwrap();
+    let key = migration_lock_key(&format!("tenant-router:{name}:"));
+    let db = pg::connect(&database).await;
+    let held = db.begin().await.unwrap();
+    held.execute_unprepared(&format!("SELECT pg_advisory_xact_lock({key})"))
+        .await
+        .unwrap();
+    let body = json!({ "id": "overtaken", "database_url": database });
+    let provisioning = async { provision(&app, &body).await };
+    let abandon = async {
+        let since = Instant::now();
+        loop {
+            let response = app
+                .admin(
+                    Method::DELETE,
+                    "/api/admin/provisionings/overtaken?force=true",
+                )
+                .send()
+                .await
+                .unwrap();
+            if response.status() == 204 {
+                break;
+            }
+            assert_eq!(response.status(), 404, "{}", response.text().await.unwrap());
+            assert!(since.elapsed() < Duration::from_secs(30));
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        held.commit().await.unwrap();
+    };
+    let (provisioned, ()) = tokio::join!(provisioning, abandon);
+    assert_error(provisioned, 409, "conflict").await;
+    let response = app
+        .admin(Method::GET, "/api/tenants/overtaken/config")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 404);
+    // The id is free again.
+    assert_eq!(provision(&app, &body).await.status(), 201);
+}
