@@ -11,8 +11,9 @@ use axum::{
 
 use crate::{auth::LoginThrottle, error::AppError, http::AppState, secret::constant_time_eq};
 
-/// Lets the request through only with the admin token, compared in constant time.
-/// Wrong tokens count against the client's address: past
+/// Lets the request through only with the admin token, compared in constant time,
+/// or a console session (with its CSRF token for a write). Wrong tokens count
+/// against the client's address: past
 /// `ADMIN_MAX_FAILURES_PER_ADDRESS` within the window, the address gets 429 with
 /// `Retry-After`, the right token included.
 pub async fn require_admin(
@@ -36,21 +37,31 @@ pub async fn require_admin(
         .and_then(|v| v.split_once(' '))
         .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
         .map(|(_, token)| token.trim());
+    // Only a wrong token counts against the address: a request with no
+    // credential (a page elsewhere can make a browser send any number of them)
+    // or a console write without its CSRF token (a stale tab) guesses nothing,
+    // and must not lock the operator out.
     let allowed = match presented {
         Some(token) => constant_time_eq(token.as_bytes(), state.admin_token.expose().as_bytes()),
-        None => match console_session(&state, &parts.headers) {
-            Some(session) => {
-                if !parts.method.is_safe() && !csrf_matches(&state, &session, &parts.headers) {
-                    tracing::warn!(%address, method = %parts.method, "console write refused: no valid CSRF token");
-                    return csrf_refused().into_response();
+        None => {
+            throttle.give_back(&[&key]).await;
+            match console_session(&state, &parts.headers) {
+                Some(session) => {
+                    if !parts.method.is_safe() && !csrf_matches(&state, &session, &parts.headers) {
+                        tracing::warn!(%address, method = %parts.method, "console write refused: no valid CSRF token");
+                        return csrf_refused().into_response();
+                    }
+                    return next.run(Request::from_parts(parts, body)).await;
                 }
-                true
+                None => {
+                    tracing::warn!(%address, "admin request refused: no token");
+                    return AppError::Unauthorized.into_response();
+                }
             }
-            None => false,
-        },
+        }
     };
     if !allowed {
-        tracing::warn!(%address, "admin request refused: wrong or missing token");
+        tracing::warn!(%address, "admin request refused: wrong token");
         return AppError::Unauthorized.into_response();
     }
     throttle.give_back(&[&key]).await;

@@ -195,6 +195,17 @@ async fn wrong_admin_tokens_are_throttled_per_address_and_any_length_is_refused_
             .bearer_auth(token)
             .send()
     };
+    // Requests with no credential at all guess nothing (a page elsewhere can make
+    // an operator's browser send them): 401, and they do not count.
+    for _ in 0..10 {
+        let bare = app
+            .request(Method::GET, "/api/admin/pools")
+            .header("x-forwarded-for", "203.0.113.9")
+            .send()
+            .await
+            .unwrap();
+        assert_error(bare, 401, "unauthorized").await;
+    }
     // Wrong tokens of every length, one byte off included: 401 alike.
     let almost = format!("{}x", &ADMIN_TOKEN[..ADMIN_TOKEN.len() - 1]);
     for wrong in [
