@@ -88,11 +88,10 @@ pub fn wrap(router: Router, options: &StackOptions) -> Router {
             ))
             .option_layer(cors(&options.cors_origins))
             .layer(CompressionLayer::new().gzip(true))
-            .layer(middleware::map_response(json_errors))
             // Above the layers that change the request's body type: a middleware
             // function takes axum's own. So a request with two Host headers and a
             // body over the limit gets this 400, not the 413.
-            .layer(middleware::from_fn(single_host))
+            .layer(middleware::from_fn(shape_answers))
             .layer(middleware::from_fn_with_state(
                 options.request_timeout,
                 deadline,
@@ -183,20 +182,30 @@ async fn deadline(
     }
 }
 
+/// What every answer of the layers below gets, in one middleware (each of axum's
+/// middleware layers costs every request a clone of the stack below it): one
+/// `Host` header at most ([`single_host`]), the service's JSON error shape
+/// ([`json_errors`]), and under `/admin` the console's security headers, whichever
+/// layer answered (a 405, a 413 from the body limit).
+async fn shape_answers(request: Request, next: middleware::Next) -> Response {
+    let console = crate::http::console::is_console_path(request.uri().path());
+    let mut response = match single_host(&request) {
+        Some(refused) => refused,
+        None => json_errors(next.run(request).await),
+    };
+    if console {
+        crate::http::console::secure_headers(response.headers_mut());
+    }
+    response
+}
+
 /// Refuses a request with more than one `Host` header (400 `bad_request`): which
 /// one names the tenant would be a guess, and a proxy may have read the other.
-async fn single_host(request: Request, next: middleware::Next) -> Response {
-    if request
-        .headers()
-        .get_all(header::HOST)
-        .iter()
-        .nth(1)
-        .is_some()
-    {
-        return AppError::BadRequest("the request has more than one Host header".into())
-            .into_response();
-    }
-    next.run(request).await
+fn single_host(request: &Request) -> Option<Response> {
+    let hosts = request.headers().get_all(header::HOST);
+    hosts.iter().nth(1).is_some().then(|| {
+        AppError::BadRequest("the request has more than one Host header".into()).into_response()
+    })
 }
 
 /// An `X-Request-Id` from the caller is kept only when it is a short token of
@@ -255,7 +264,7 @@ fn cors(origins: &[String]) -> Option<CorsLayer> {
 /// The layers below answer a body over the limit (413) themselves, without a
 /// JSON body: that answer gets the service's error shape; every answer of the
 /// service's own is JSON already.
-async fn json_errors(response: Response) -> Response {
+fn json_errors(response: Response) -> Response {
     let is_json = response
         .headers()
         .get(header::CONTENT_TYPE)

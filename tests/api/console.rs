@@ -89,6 +89,28 @@ async fn the_console_is_served_from_the_binary_under_a_strict_policy_and_holds_n
         assert!(!body.contains(ADMIN_TOKEN), "{path}");
         assert!(!body.contains("sqlite://data/"), "{path}");
     }
+    // Its error answers carry the same headers, whichever layer gave them.
+    let big = "x".repeat(300 * 1024);
+    for (method, path, body, status) in [
+        (Method::POST, "/admin", String::new(), 405),
+        (Method::PUT, "/admin/session", String::new(), 405),
+        (Method::POST, "/admin/session", big, 413),
+        (Method::GET, "/admin/nothing-here", String::new(), 404),
+    ] {
+        let response = app.request(method, path).body(body).send().await.unwrap();
+        assert_eq!(response.status(), status, "{path}");
+        let headers = response.headers();
+        assert!(
+            headers.contains_key("content-security-policy"),
+            "{path} {status}"
+        );
+        assert_eq!(headers["x-frame-options"], "DENY", "{path} {status}");
+        assert_eq!(headers["cache-control"], "no-store", "{path} {status}");
+        assert_eq!(
+            headers["x-content-type-options"], "nosniff",
+            "{path} {status}"
+        );
+    }
     // The page loads nothing inline: no script or style in the markup itself.
     let page = app
         .request(Method::GET, "/admin")

@@ -48,13 +48,17 @@ pub fn router() -> Router<AppState> {
             "/admin/session",
             get(session).post(sign_in).delete(sign_out),
         )
-        .layer(axum::middleware::map_response(secure_headers))
 }
 
-/// Headers on every console answer: the policy above, no caching, no sniffing,
-/// no referrer.
-async fn secure_headers(mut response: Response) -> Response {
-    let headers = response.headers_mut();
+/// Whether `path` is the console's (every answer there gets [`secure_headers`]).
+pub fn is_console_path(path: &str) -> bool {
+    path == "/admin" || path.starts_with("/admin/")
+}
+
+/// Headers on every console answer, its errors included (a 405, a 413 from the
+/// body limit): the policy above, no caching, no sniffing, no referrer. Set by
+/// the stack (`http::stack`), around every layer that may answer.
+pub fn secure_headers(headers: &mut axum::http::HeaderMap) {
     for (name, value) in [
         (header::CONTENT_SECURITY_POLICY, CONTENT_SECURITY_POLICY),
         (header::CACHE_CONTROL, "no-store"),
@@ -68,7 +72,6 @@ async fn secure_headers(mut response: Response) -> Response {
     ] {
         headers.insert(name, HeaderValue::from_static(value));
     }
-    response
 }
 
 fn asset(content_type: &'static str, body: &'static str) -> Response {
