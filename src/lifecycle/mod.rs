@@ -208,7 +208,7 @@ impl Lifecycle {
         }
     }
 
-    fn base(&self) -> Vec<TenantConfig> {
+    pub(super) fn base(&self) -> Vec<TenantConfig> {
         self.base.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 

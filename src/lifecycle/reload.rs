@@ -82,6 +82,17 @@ pub fn spawn_change_listener(lifecycle: std::sync::Weak<Lifecycle>) {
     });
 }
 
+/// Whether a reload would drop every tenant of the file that `before` served: a
+/// file removed, or caught empty while it is rewritten in place. Removing every
+/// tenant of the file takes a restart.
+fn lost_the_file(
+    before: &[crate::tenant::TenantConfig],
+    after: &[crate::tenant::TenantConfig],
+) -> bool {
+    use crate::tenant::TenantSource::File;
+    before.iter().any(|t| t.source == File) && !after.iter().any(|t| t.source == File)
+}
+
 /// Reloads the tenants file and `TENANT_CONFIGS` on SIGHUP. The registry is swapped
 /// whole, so requests in flight finish on the configuration they started with and
 /// none is dropped; an invalid file keeps the old configuration and logs why.
@@ -105,6 +116,11 @@ pub fn spawn_reload_on_sighup(
                     break;
                 };
                 match settings.load_tenants() {
+                    Ok(base) if lost_the_file(&lifecycle.base(), &base) => {
+                        tracing::error!(
+                            "reload refused: the tenants file is missing or holds no tenant, and it served some (a file being rewritten?); keeping the old tenants. Restart to serve none from it"
+                        );
+                    }
                     Ok(base) => match lifecycle.set_base(base).await {
                         Ok(refused) if refused.is_empty() => {
                             tracing::info!("tenants reloaded on SIGHUP")

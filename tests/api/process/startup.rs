@@ -204,6 +204,13 @@ fn sighup_reloads_the_tenants_file_under_load_and_refuses_an_invalid_one() {
             "an invalid reload dropped a tenant"
         );
 
+        // A file caught empty while it is rewritten in place is no reason to
+        // drop every tenant: refused too.
+        std::fs::write(&file, "").unwrap();
+        hangup();
+        assert!(server.wait_for_log("holds no tenant"), "{}", server.log());
+        assert_eq!(products_status(&client, &address, "demo").await, 200);
+
         // More reloads while the load runs.
         std::fs::write(&file, format!("{}{}", entry("demo"), entry("extra"))).unwrap();
         for _ in 0..5 {
