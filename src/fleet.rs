@@ -104,12 +104,11 @@ async fn run(
     ledger: Option<&dyn db::StorageLedger>,
     row: &mut TenantMigration,
 ) -> Result<Outcome, sea_orm::DbErr> {
-    // A dry run changes nothing, not even by creating a SQLite file that is not
-    // there yet: such a tenant has every migration pending.
-    if dry_run
-        && !tenant.database_url.expose().starts_with("postgres")
-        && !db::storage_exists(tenant, settings).await?
-    {
+    // A dry run changes nothing, not even by creating storage that is not there
+    // yet (a SQLite file; a PostgreSQL database or schema, which
+    // `AUTO_CREATE_DATABASES` would make): such a tenant has every migration
+    // pending.
+    if dry_run && !db::storage_exists(tenant, settings).await? {
         row.pending = Migrator::migrations()
             .iter()
             .map(|m| m.name().to_string())

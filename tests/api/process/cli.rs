@@ -77,6 +77,64 @@ fn migrate_dry_run_reports_pending_and_changes_nothing() {
     assert_eq!(code, 2, "{stderr}");
 }
 
+/// A dry run on PostgreSQL creates no database and no schema, even with
+/// `AUTO_CREATE_DATABASES=true`: tenants whose storage is missing have every
+/// migration pending.
+#[test]
+fn a_dry_run_creates_no_postgres_database_or_schema() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = crate::pg::server_url();
+    let missing = crate::pg::unique_name("trdry");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let shared = rt.block_on(crate::pg::fresh_database("trdryshared"));
+    std::fs::write(
+        dir.path().join("tenants.toml"),
+        format!(
+            "[tenants.dry_db]\ndatabase_url = '{}'\n[tenants.dry_schema]\ndatabase_url = '{shared}'\nisolation = 'schema'\n",
+            crate::pg::url_with_database(&server, &missing)
+        ),
+    )
+    .unwrap();
+    let report = dir.path().join("dry.json");
+    let output = command(dir.path(), &[("AUTO_CREATE_DATABASES", "true")])
+        .args(["migrate", "--all", "--dry-run", "--report"])
+        .arg(&report)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&output.stderr).into_owned();
+    assert_eq!(output.status.code(), Some(0), "{text}");
+    for row in report_rows(&report) {
+        assert_eq!(row["status"], "pending", "{row}");
+    }
+    rt.block_on(async {
+        use sea_orm::ConnectionTrait;
+        let count = |url: String, sql: String| async move {
+            let db = crate::pg::connect(&url).await;
+            let row = db
+                .query_one_raw(sea_orm::Statement::from_string(
+                    sea_orm::DatabaseBackend::Postgres,
+                    sql,
+                ))
+                .await
+                .unwrap()
+                .unwrap();
+            row.try_get_by_index::<i64>(0).unwrap()
+        };
+        let databases = count(
+            server.clone(),
+            format!("SELECT COUNT(*) FROM pg_database WHERE datname = '{missing}'"),
+        )
+        .await;
+        assert_eq!(databases, 0, "a dry run created the database");
+        let schemas = count(
+            shared.clone(),
+            "SELECT COUNT(*) FROM pg_namespace WHERE nspname = 'tenant_dry_schema'".into(),
+        )
+        .await;
+        assert_eq!(schemas, 0, "a dry run created the schema");
+    });
+}
+
 /// Single-tenant mode has one tenant, `default`, on DATABASE_URL: `migrate`
 /// migrates it (the service answers the same through its admin API).
 #[test]
