@@ -463,6 +463,20 @@ pub fn check_database_url(url: &str) -> Result<(), String> {
         }
         // The driver logs a parameter it does not know with its value, which may
         // be a secret (`sslpassword=…`, `Password=…`): only those it reads pass.
+        // A mode the driver does not know fails every connection later, as if the
+        // server were down (503), instead of here.
+        if let Some((_, mode)) = parsed
+            .query_pairs()
+            .find(|(k, _)| matches!(k.as_ref(), "sslmode" | "ssl-mode"))
+            && !matches!(
+                mode.as_ref(),
+                "disable" | "allow" | "prefer" | "require" | "verify-ca" | "verify-full"
+            )
+        {
+            return Err(
+                "sslmode must be disable, allow, prefer, require, verify-ca or verify-full".into(),
+            );
+        }
         if let Some((key, _)) = parsed.query_pairs().find(|(k, _)| !known_parameter(k)) {
             return Err(format!(
                 "has a query parameter the driver does not read: '{}' (it reads sslmode, sslrootcert, sslcert, sslkey, statement-cache-capacity, application_name and options)",

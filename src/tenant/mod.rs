@@ -164,6 +164,8 @@ mod tests {
             assert!(why.contains("does not read"), "{url}: {why}");
             assert!(!why.contains("KeyPassS3cret"), "{why}");
         }
+        let why = check_database_url("postgres://u@h/db?sslmode=bogus").unwrap_err();
+        assert!(why.contains("sslmode"), "{why}");
         for url in [
             "sqlite://data/x.db?mode=rwc",
             "postgres://u:p@h/db?sslmode=require&sslrootcert=/ca.pem&application_name=a&options[search_path]=x",
