@@ -154,6 +154,13 @@ impl Application {
                 tracing::error!(error = %crate::db::redact_error(&e), "cannot read the moves on record")
             }
         }
+        if lifecycle.is_none() && settings.tenant_storage_quota_bytes > 0 {
+            // Usage is metered into the control database, which single-tenant mode
+            // does not open.
+            tracing::warn!(
+                "TENANT_STORAGE_QUOTA_BYTES has no effect in single-tenant mode: usage and quotas need MULTI_TENANT_ENABLED=true"
+            );
+        }
         let usage = lifecycle.as_ref().map(|lifecycle| {
             let meter = Arc::new(crate::usage::UsageMeter::new(
                 lifecycle.control().clone(),

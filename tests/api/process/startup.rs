@@ -432,7 +432,8 @@ fn out_of_range_settings_stop_start_up_naming_the_variable() {
 }
 
 /// The shipped unit reloads with SIGHUP; a single-tenant service, which has no
-/// tenants to reload, ignores it instead of dying of it.
+/// tenants to reload, ignores it instead of dying of it; and it says which
+/// settings it cannot keep.
 #[test]
 fn a_single_tenant_service_outlives_sighup() {
     let dir = tempfile::tempdir().unwrap();
@@ -442,8 +443,15 @@ fn a_single_tenant_service_outlives_sighup() {
         &[
             ("MULTI_TENANT_ENABLED", "false"),
             ("DATABASE_URL", &database),
+            ("TENANT_STORAGE_QUOTA_BYTES", "1"),
         ],
     ));
+    // A quota it cannot keep (usage is metered in the control database) is named.
+    assert!(
+        server.wait_for_log("TENANT_STORAGE_QUOTA_BYTES has no effect"),
+        "{}",
+        server.log()
+    );
     let pid = server.child.id().to_string();
     let status = Command::new("kill").args(["-HUP", &pid]).status().unwrap();
     assert!(status.success());
