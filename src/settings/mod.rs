@@ -225,12 +225,25 @@ impl Settings {
         // offending line, which may hold a secret.
         if let Some((path, _)) = &file
             && let Ok(text) = std::fs::read_to_string(path)
-            && let Err(e) = toml::from_str::<toml::Table>(&text)
         {
-            return Err(format!(
-                "settings: {path}: {}",
-                tenants::toml_syntax_error(&text, &e)
-            ));
+            let table = toml::from_str::<toml::Table>(&text).map_err(|e| {
+                format!(
+                    "settings: {path}: {}",
+                    tenants::toml_syntax_error(&text, &e)
+                )
+            })?;
+            // A key the service does not read (a typo, or `PORT` spelt as the
+            // variable is) was silently ignored, its default used instead.
+            if let Some(key) = table.keys().find(|key| {
+                !ENV_KEYS
+                    .iter()
+                    .any(|known| known.to_ascii_lowercase() == **key)
+            }) {
+                return Err(format!(
+                    "settings: {path}: unknown setting '{}' (settings are the variables' names in lower case, such as port or log_level)",
+                    key.escape_debug()
+                ));
+            }
         }
         let known: config::Map<String, String> = env
             .iter()
@@ -663,6 +676,19 @@ mod tests {
             Settings::from_map(&env(&[(SETTINGS_FILE_ENV, path.to_str().unwrap())])).unwrap_err();
         assert!(err.contains("line 1"), "{err}");
         assert!(!err.contains("s3cret"), "{err}");
+    }
+
+    #[test]
+    fn a_settings_file_with_a_key_the_service_does_not_read_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("settings.toml");
+        std::fs::write(&path, "PORT = 7000\n").unwrap();
+        let mut vars = env(&[]);
+        vars.insert(SETTINGS_FILE_ENV.into(), path.display().to_string());
+        let err = Settings::from_map(&vars).unwrap_err();
+        assert!(err.contains("unknown setting 'PORT'"), "{err}");
+        std::fs::write(&path, "port = 7000\n").unwrap();
+        assert_eq!(Settings::from_map(&vars).unwrap().port, 7000);
     }
 
     #[test]
