@@ -437,7 +437,7 @@ impl Lifecycle {
             .map_err(|e| storage_error(&e))?
             .ok_or_else(|| {
                 AppError::Conflict(format!(
-                    "another process is moving tenant '{id}' (or aborting or confirming its move) now"
+                    "another process is moving or removing tenant '{id}' (or aborting or confirming its move) now; try again"
                 ))
             })
     }
