@@ -145,6 +145,9 @@ impl ControlStore {
     pub async fn open(url: &str, secrets: Arc<SecretBox>) -> Result<Self, DbErr> {
         let storage_identity = crate::tenant::storage_identity_of(url, None);
         let url = crate::db::prepare_url(url)?;
+        // A server that refuses connections fails start-up at once, saying so;
+        // the driver would retry in silence until its 30 s timeout.
+        crate::db::check_reachable(&url, std::time::Duration::from_secs(5)).await?;
         crate::db::make_sqlite_dir(&url)?;
         let listen_url = url.starts_with("postgres").then(|| Arc::from(url.as_str()));
         let sqlite_dir = crate::db::sqlite_path(&url).map(|p| {

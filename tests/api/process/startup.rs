@@ -431,6 +431,28 @@ fn out_of_range_settings_stop_start_up_naming_the_variable() {
     }
 }
 
+/// A control database whose server refuses connections stops start-up at once,
+/// saying so (and not its password): the driver used to retry in silence for
+/// 30 s.
+#[test]
+fn a_control_database_that_refuses_connections_stops_start_up_at_once() {
+    let dir = dir_with_sqlite_tenant("demo");
+    // A port nothing listens on: bound, then released.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let url = format!("postgres://router:CtlPassS3cret@127.0.0.1:{port}/control");
+    let output = command(dir.path(), &[("CONTROL_DATABASE_URL", &url)])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_ne!(output.status.code(), Some(0), "{stderr}");
+    assert!(stderr.contains("cannot reach"), "{stderr}");
+    assert!(!stderr.contains("CtlPassS3cret"), "{stderr}");
+}
+
 /// The shipped unit reloads with SIGHUP; a single-tenant service, which has no
 /// tenants to reload, ignores it instead of dying of it; and it says which
 /// settings it cannot keep.
