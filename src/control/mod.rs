@@ -281,8 +281,14 @@ impl ControlStore {
 
     /// Records, before any storage is made, whether the claimed tenant's storage
     /// existed already: a roll-back drops only storage that provisioning made.
-    pub async fn record_storage(&self, id: &str, existed: bool) -> Result<(), DbErr> {
-        TenantConfigs::update_many()
+    /// `false` when the claim is no longer `claimer`'s (nothing is written).
+    pub async fn record_storage(
+        &self,
+        id: &str,
+        claimer: &str,
+        existed: bool,
+    ) -> Result<bool, DbErr> {
+        let result = TenantConfigs::update_many()
             .col_expr(
                 Column::Storage,
                 Expr::value(if existed {

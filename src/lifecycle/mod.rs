@@ -326,9 +326,9 @@ impl Lifecycle {
                 .control
                 .change(id, |row| {
                     let current = row
-                        .or(in_file)
+                        .or_else(|| in_file.clone())
                         .ok_or_else(|| AppError::TenantNotFound(known.id.to_string()))?;
-                    let config = patched(&current, patch)?;
+                    let config = patched(&current, patch.clone())?;
                     self.check_free(&config, Some(&current.id))?;
                     Ok(config)
                 })

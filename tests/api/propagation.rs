@@ -339,3 +339,61 @@ async fn a_change_through_a_replica_behind_the_others_applies_to_the_tenant_as_i
     let c = replica().await;
     assert!(config(&c, "lagging").await.is_none());
 }
+
+/// The first changes of a tenant of the file, through two replicas at once on a
+/// PostgreSQL control database: with no row yet there is nothing to lock, and both
+/// insert one; the second tries again on the row the first made, so both apply.
+#[tokio::test]
+async fn first_changes_of_a_file_tenant_through_two_replicas_at_once_both_apply() {
+    let control = pg::fresh_database("trfirst").await;
+    let toml = |app: &TestApp| {
+        format!(
+            "[tenants.filed]\ndatabase_url = 'sqlite://{}/filed.db'\ndomain = 'dental'\n",
+            app.data_dir().display()
+        )
+    };
+    let a = spawn_app_with(AppSpec::from_toml("").env("CONTROL_DATABASE_URL", &control)).await;
+    let file = toml(&a);
+    let b = spawn_app_with(AppSpec::from_toml(&file).env("CONTROL_DATABASE_URL", &control)).await;
+    let a = spawn_app_with(AppSpec::from_toml(&file).env("CONTROL_DATABASE_URL", &control)).await;
+    for round in 0..5 {
+        let (suspended, renamed) = tokio::join!(
+            a.admin(Method::PATCH, "/api/admin/tenants/filed")
+                .json(&json!({ "is_active": false }))
+                .send(),
+            b.admin(Method::PATCH, "/api/admin/tenants/filed")
+                .json(&json!({ "branding": { "company_name": format!("Round {round}") } }))
+                .send(),
+        );
+        let (suspended, renamed) = (suspended.unwrap(), renamed.unwrap());
+        assert_eq!(
+            suspended.status(),
+            200,
+            "{}",
+            suspended.text().await.unwrap()
+        );
+        assert_eq!(renamed.status(), 200, "{}", renamed.text().await.unwrap());
+        // Both changes are in the row: a replica starting now reads them.
+        let c =
+            spawn_app_with(AppSpec::from_toml(&file).env("CONTROL_DATABASE_URL", &control)).await;
+        let now = config(&c, "filed").await.unwrap();
+        assert_eq!(now["is_active"], false, "round {round}: {now}");
+        assert_eq!(
+            now["branding"]["company_name"],
+            format!("Round {round}"),
+            "round {round}: {now}"
+        );
+        // The row removed: the file's entry again, for the next round.
+        let removed = a
+            .admin(Method::DELETE, "/api/admin/tenants/filed")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(removed.status(), 204, "{}", removed.text().await.unwrap());
+        let since = Instant::now();
+        seen(&b, "filed", since, Duration::from_secs(10), |t| {
+            t.is_some_and(|t| t["is_active"] == true && t["source"] == "file")
+        })
+        .await;
+    }
+}
