@@ -227,7 +227,22 @@ impl ControlStore {
     pub async fn change<E>(
         &self,
         id: &str,
-        change: impl FnOnce(Option<TenantConfig>) -> Result<TenantConfig, E>,
+        mut change: impl FnMut(Option<TenantConfig>) -> Result<TenantConfig, E>,
+    ) -> Result<Result<TenantConfig, E>, DbErr> {
+        match self.change_once(id, &mut change).await {
+            // Two first changes of a file tenant at once: with no row there was
+            // nothing to lock, and one insert lost. Once more, on the row the other
+            // made. (Otherwise a subdomain or database taken meanwhile: the same
+            // again, and the answer.)
+            Err(e) if is_unique_violation(&e) => self.change_once(id, &mut change).await,
+            other => other,
+        }
+    }
+
+    async fn change_once<E>(
+        &self,
+        id: &str,
+        change: &mut impl FnMut(Option<TenantConfig>) -> Result<TenantConfig, E>,
     ) -> Result<Result<TenantConfig, E>, DbErr> {
         let txn = crate::db::begin_write(&self.db).await?;
         let row = TenantConfigs::find_by_id(id)
@@ -300,9 +315,10 @@ impl ControlStore {
             .col_expr(Column::UpdatedAt, Expr::value(Utc::now()))
             .filter(Column::Id.eq(id))
             .filter(Column::State.eq(PROVISIONING))
+            .filter(Column::ClaimedBy.eq(claimer))
             .exec(&self.db)
-            .await
-            .map(|_| ())
+            .await?;
+        Ok(result.rows_affected == 1)
     }
 
     /// Every provisioning that has not finished: under way, or cut short by a crash.

@@ -112,8 +112,8 @@ impl Lifecycle {
             }
             return Err(e);
         }
-        match self.make_storage(&config, seed, owner).await {
-            Ok(()) => {}
+        let made = match self.make_storage(&config, seed, owner).await {
+            Ok(made) => made,
             Err(e) => {
                 if let Err(undo) = self
                     .control
@@ -124,7 +124,7 @@ impl Lifecycle {
                 }
                 return Err(e);
             }
-        }
+        };
         {
             // See `update`: no reload may apply rows read before this.
             let _turn = self.refreshing.lock().await;
@@ -134,11 +134,13 @@ impl Lifecycle {
                 .await
                 .map_err(|e| storage_error("register", &e))?;
             if !still_ours {
-                // Its roll-back drops what this made (if it made it) and the row.
-                return Err(AppError::Conflict(format!(
-                    "the provisioning of '{}' was rolled back by an operator while it ran",
-                    config.id
-                )));
+                // An operator rolled the provisioning back meanwhile: its roll-back
+                // dropped what it knew of, and the row. What this call made after
+                // that goes too.
+                if made && let Err(e) = self.drop_storage(&config).await {
+                    tracing::error!(tenant_id = %config.id, error = %db::redact_error(&e), "could not remove the storage of a provisioning rolled back meanwhile");
+                }
+                return Err(rolled_back_meanwhile(&config));
             }
             self.registry.upsert(config.clone()).await;
         }
@@ -149,22 +151,28 @@ impl Lifecycle {
     }
 
     /// Creates and migrates the storage, seeds it and creates its first owner; drops
-    /// what it created if a later step fails.
+    /// what it created if a later step fails. `true` when it made the storage (it
+    /// did not exist).
     pub(super) async fn make_storage(
         &self,
         config: &TenantConfig,
         seed: bool,
         owner: Option<NewUser>,
-    ) -> Result<()> {
+    ) -> Result<bool> {
         let existed = db::storage_exists(config, &self.pools)
             .await
             .map_err(|e| storage_error("check storage", &e))?;
         // Written before anything is made: after a crash, start-up knows whether
-        // the storage is provisioning's to drop.
-        self.control
-            .record_storage(config.id.as_str(), existed)
+        // the storage is provisioning's to drop. A claim taken over by an
+        // operator's roll-back stops here, before anything is made.
+        let ours = self
+            .control
+            .record_storage(config.id.as_str(), this_process(), existed)
             .await
             .map_err(|e| storage_error("record storage", &e))?;
+        if !ours {
+            return Err(rolled_back_meanwhile(config));
+        }
         let result = async {
             db::create_tenant_database(config, &self.pools)
                 .await
@@ -204,7 +212,7 @@ impl Lifecycle {
         {
             tracing::error!(tenant_id = %config.id, error = %db::redact_error(&e), "could not remove half-made storage");
         }
-        result
+        result.map(|()| !existed)
     }
 
     /// A 409 if `config`'s id (when `replacing` is `None`), database or subdomain is
@@ -272,4 +280,12 @@ impl Lifecycle {
         }
         Ok(())
     }
+}
+
+/// The 409 of a provisioning whose claim an operator's roll-back took meanwhile.
+fn rolled_back_meanwhile(config: &TenantConfig) -> AppError {
+    AppError::Conflict(format!(
+        "the provisioning of '{}' was rolled back by an operator while it ran",
+        config.id
+    ))
 }

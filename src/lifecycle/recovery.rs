@@ -171,11 +171,11 @@ impl Lifecycle {
                         || (storage.is_some() && other.storage_identity() == storage)
                 })
         };
-        let gone = |row: &crate::control::Unfinished| {
-            row.claimed_by
-                .as_deref()
-                .and_then(|claimer| claimer_gone(claimer, this_process()))
-                == Some(true)
+        // A claim with no claimer was taken over by a roll-back that did not
+        // finish (its drop failed, or its process died): nothing will finish it.
+        let gone = |row: &crate::control::Unfinished| match row.claimed_by.as_deref() {
+            None => true,
+            Some(claimer) => claimer_gone(claimer, this_process()) == Some(true),
         };
         let done = self.roll_back_where(|row| blocks(row) && gone(row)).await?;
         Ok(done.len())
