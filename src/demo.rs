@@ -290,10 +290,14 @@ pub async fn clear(db: &impl ConnectionTrait) -> Result<(), DbErr> {
         // Writes running at the same time would otherwise add a row that points at
         // a parent this is about to delete (the delete fails), or the reverse. The
         // lock waits for those writes and holds new ones until the reset commits;
-        // reads go on. Parents are locked before their children, in the order the
-        // handlers write them (a material, then the order it goes to), so a write
-        // holding one table never waits on a reset holding the next. SQLite's write
-        // transaction serialises writes already.
+        // reads go on, and so do the foreign-key checks of writes (their row share
+        // locks: a mode that held them would deadlock with an insert, which takes
+        // its child table before the check reads the parent). Tables are locked in
+        // the order the handlers write them (a material, then the order it goes
+        // to; a bill, then its items), so a write holding one table never waits on
+        // a reset holding the next; and no handler locks a row with `FOR UPDATE`
+        // before it writes its table. SQLite's write transaction serialises writes
+        // already.
         for table in [
             "materials",
             "boms",

@@ -96,11 +96,85 @@ async fn reset_clears_business_data_and_reseeds_only_a_demo_tenant() {
 /// A reset while the tenant's clients write: each answer is the reset's or the
 /// write's (a write whose patient the reset removed is refused), never a 500.
 async fn a_reset_among_writes_clears_and_refuses_only_what_it_removed(backend: Backend) {
-    let app = spawn_app_with(AppSpec::new(vec![Tenant::new("clinic", "dental")]).on(backend)).await;
-    let post = |path: &'static str, body: Value| {
+    let clinic = Tenant::new("clinic", "dental").with(
+        r#"features = ["patient_management", "treatment_tracking", "bom_management", "production_tracking", "material_management"]"#,
+    );
+    let app = spawn_app_with(AppSpec::new(vec![clinic]).on(backend)).await;
+    let post = |path: &str, body: Value| {
         app.as_tenant(Method::POST, "clinic", path)
             .json(&body)
             .send()
+    };
+    // A material, a bill of it, an order, started and completed: each step may
+    // find what the one before made removed by a reset (404, 409 or 422).
+    let producer = || async {
+        let mut statuses = Vec::new();
+        for _ in 0..6 {
+            let mut made = |response: reqwest::Response| {
+                statuses.push(response.status().as_u16());
+                response
+            };
+            let material = made(
+                post(
+                    "/api/manufacturing/materials",
+                    serde_json::json!({ "name": "m", "unit": "kg", "stock": 1000 }),
+                )
+                .await
+                .unwrap(),
+            );
+            let Some(material) = material
+                .json::<Value>()
+                .await
+                .ok()
+                .filter(|m| m["id"].is_string())
+            else {
+                continue;
+            };
+            let bom = made(
+                post(
+                    "/api/manufacturing/boms",
+                    serde_json::json!({ "name": "b", "items": [{ "material_id": material["id"], "quantity": 1 }] }),
+                )
+                .await
+                .unwrap(),
+            );
+            let Some(bom) = bom
+                .json::<Value>()
+                .await
+                .ok()
+                .filter(|b| b["id"].is_string())
+            else {
+                continue;
+            };
+            let order = made(
+                post(
+                    "/api/manufacturing/production-orders",
+                    serde_json::json!({ "bom_id": bom["id"], "quantity": 2 }),
+                )
+                .await
+                .unwrap(),
+            );
+            let Some(order) = order
+                .json::<Value>()
+                .await
+                .ok()
+                .filter(|o| o["id"].is_string())
+            else {
+                continue;
+            };
+            let path = format!(
+                "/api/manufacturing/production-orders/{}",
+                order["id"].as_str().unwrap()
+            );
+            for step in ["start", "complete"] {
+                made(
+                    post(&format!("{path}/{step}"), serde_json::json!({}))
+                        .await
+                        .unwrap(),
+                );
+            }
+        }
+        statuses
     };
     let writer = || async {
         let mut statuses = Vec::new();
@@ -135,9 +209,10 @@ async fn a_reset_among_writes_clears_and_refuses_only_what_it_removed(backend: B
         }
         statuses
     };
-    let writers = futures::future::join_all((0..8).map(|_| writer()));
+    let writers = futures::future::join_all((0..6).map(|_| writer()));
+    let producers = futures::future::join_all((0..4).map(|_| producer()));
     let resetters = futures::future::join_all((0..2).map(|_| resetter()));
-    let (writes, resets) = tokio::join!(writers, resetters);
+    let (writes, produced, resets) = tokio::join!(writers, producers, resetters);
     let resets: Vec<u16> = resets.into_iter().flatten().collect();
     assert!(resets.iter().all(|s| *s == 200), "resets: {resets:?}");
     let writes: Vec<u16> = writes.into_iter().flatten().collect();
@@ -145,6 +220,14 @@ async fn a_reset_among_writes_clears_and_refuses_only_what_it_removed(backend: B
         writes.iter().all(|s| matches!(s, 201 | 409 | 422)),
         "writes: {writes:?}"
     );
+    let produced: Vec<u16> = produced.into_iter().flatten().collect();
+    assert!(
+        produced
+            .iter()
+            .all(|s| matches!(s, 200 | 201 | 404 | 409 | 422)),
+        "manufacturing: {produced:?}"
+    );
+    assert!(produced.contains(&200), "manufacturing: {produced:?}");
     assert!(writes.contains(&201), "writes: {writes:?}");
     // After one more reset, nothing is left.
     assert_eq!(
