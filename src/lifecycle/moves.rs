@@ -471,7 +471,9 @@ impl Lifecycle {
     /// valid `postgres://` target. Returns the tenant and the prepared target URL.
     fn move_plan(&self, id: &str, target: &str) -> Result<(std::sync::Arc<TenantConfig>, String)> {
         let tenant = self.existing(id)?;
-        crate::tenant::check_database_url(target).map_err(|m| AppError::validation("to", m))?;
+        crate::tenant::check_database_url(target)
+            .and_then(|()| crate::tenant::check_url_parameters(target))
+            .map_err(|m| AppError::validation("to", m))?;
         let target_url =
             db::prepare_url(target).map_err(|_| AppError::validation("to", "invalid URL"))?;
         if !target_url.starts_with("postgres://") {

@@ -397,13 +397,14 @@ impl Settings {
         {
             return Err("settings: BASE_DOMAIN must be a host name such as example.com".into());
         }
-        if self.multi_tenant_enabled {
-            crate::tenant::check_database_url(self.control_database_url.expose())
-                .map_err(|m| format!("settings: CONTROL_DATABASE_URL {m}"))?;
+        let (name, url) = if self.multi_tenant_enabled {
+            ("CONTROL_DATABASE_URL", &self.control_database_url)
         } else {
-            crate::tenant::check_database_url(self.database_url.expose())
-                .map_err(|m| format!("settings: DATABASE_URL {m}"))?;
-        }
+            ("DATABASE_URL", &self.database_url)
+        };
+        crate::tenant::check_database_url(url.expose())
+            .and_then(|()| crate::tenant::check_url_parameters(url.expose()))
+            .map_err(|m| format!("settings: {name} {m}"))?;
         if let Some(token) = &self.admin_token
             && token.expose().len() < 16
         {

@@ -461,28 +461,45 @@ pub fn check_database_url(url: &str) -> Result<(), String> {
         if !plain {
             return Err("must name a database of letters, digits, '_' and '-' (at most 63)".into());
         }
-        // The driver logs a parameter it does not know with its value, which may
-        // be a secret (`sslpassword=…`, `Password=…`): only those it reads pass.
-        // A mode the driver does not know fails every connection later, as if the
-        // server were down (503), instead of here.
-        if let Some((_, mode)) = parsed
-            .query_pairs()
-            .find(|(k, _)| matches!(k.as_ref(), "sslmode" | "ssl-mode"))
-            && !matches!(
-                mode.as_ref(),
-                "disable" | "allow" | "prefer" | "require" | "verify-ca" | "verify-full"
-            )
-        {
+    }
+    Ok(())
+}
+
+/// The query of a new `postgres://` URL (a tenant's, `CONTROL_DATABASE_URL`,
+/// `DATABASE_URL`): only the parameters the driver reads, and a `sslmode` it
+/// knows. Not applied to URLs already stored in the control database: a tenant
+/// provisioned before these rules keeps loading.
+pub fn check_url_parameters(url: &str) -> Result<(), String> {
+    if !url.starts_with("postgres") {
+        return Ok(());
+    }
+    let Ok(parsed) = url::Url::parse(url) else {
+        return Ok(());
+    };
+    // A mode the driver does not know fails every connection later, as if the
+    // server were down (503), instead of here. The driver reads each occurrence
+    // (the last one wins), in any case.
+    let modes = parsed
+        .query_pairs()
+        .filter(|(k, _)| matches!(k.as_ref(), "sslmode" | "ssl-mode"));
+    for (_, mode) in modes {
+        let mode = mode.to_ascii_lowercase();
+        if !matches!(
+            mode.as_str(),
+            "disable" | "allow" | "prefer" | "require" | "verify-ca" | "verify-full"
+        ) {
             return Err(
                 "sslmode must be disable, allow, prefer, require, verify-ca or verify-full".into(),
             );
         }
-        if let Some((key, _)) = parsed.query_pairs().find(|(k, _)| !known_parameter(k)) {
-            return Err(format!(
-                "has a query parameter the driver does not read: '{}' (it reads sslmode, sslrootcert, sslcert, sslkey, statement-cache-capacity, application_name and options)",
-                printable(&key)
-            ));
-        }
+    }
+    // The driver logs a parameter it does not know with its value, which may be
+    // a secret (`sslpassword=…`, `Password=…`): only those it reads pass.
+    if let Some((key, _)) = parsed.query_pairs().find(|(k, _)| !known_parameter(k)) {
+        return Err(format!(
+            "has a query parameter the driver does not read: '{}' (it reads sslmode, sslrootcert, sslcert, sslkey, statement-cache-capacity, application_name and options)",
+            printable(&key)
+        ));
     }
     Ok(())
 }
@@ -519,6 +536,7 @@ fn known_parameter(key: &str) -> bool {
 /// does. (Rows already in the control database load without them.)
 pub fn check_tenant_database_url(url: &str) -> Result<(), String> {
     check_database_url(url)?;
+    check_url_parameters(url)?;
     if url.starts_with("sqlite:") {
         // The driver decodes `%xx` in the path and the file checks here would
         // not: one tenant could reach another's file under another spelling.

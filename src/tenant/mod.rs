@@ -8,7 +8,10 @@ pub use config::{
     Branding, ContactInfo, Isolation, MAX_SCHEMA_TENANT_ID_LEN, PoolOverrides, RequestLimits,
     TenantConfig, TenantSource, shared_storage_error, sqlite_file_of, storage_identity_of,
 };
-pub use entry::{ConfigError, check_database_url, check_tenant_database_url, parse_tenant_entry};
+pub use entry::{
+    ConfigError, check_database_url, check_tenant_database_url, check_url_parameters,
+    parse_tenant_entry,
+};
 pub(crate) use entry::{RawTenant, path_error, validate_entries};
 pub use id::TenantId;
 
@@ -143,6 +146,8 @@ impl Serialize for FeatureSet {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
     #[test]
     fn urls_that_name_no_file_or_carry_unknown_parameters_are_refused() {
         for url in [
@@ -160,12 +165,23 @@ mod tests {
             "postgres://u@h/db?sslmode=require&Password=KeyPassS3cret",
             "postgres://u@h/db?connect_timeout=KeyPassS3cret",
         ] {
-            let why = check_database_url(url).unwrap_err();
+            let why = check_url_parameters(url).unwrap_err();
             assert!(why.contains("does not read"), "{url}: {why}");
             assert!(!why.contains("KeyPassS3cret"), "{why}");
+            // A row stored before these rules still loads.
+            assert_eq!(check_database_url(url), Ok(()), "{url}");
         }
-        let why = check_database_url("postgres://u@h/db?sslmode=bogus").unwrap_err();
-        assert!(why.contains("sslmode"), "{why}");
+        for url in [
+            "postgres://u@h/db?sslmode=bogus",
+            "postgres://u@h/db?sslmode=require&sslmode=bogus",
+        ] {
+            let why = check_tenant_database_url(url).unwrap_err();
+            assert!(why.contains("sslmode"), "{why}");
+        }
+        assert_eq!(
+            check_url_parameters("postgres://u@h/db?sslmode=Require"),
+            Ok(())
+        );
         for url in [
             "sqlite://data/x.db?mode=rwc",
             "postgres://u:p@h/db?sslmode=require&sslrootcert=/ca.pem&application_name=a&options[search_path]=x",
@@ -173,8 +189,6 @@ mod tests {
             assert_eq!(check_database_url(url), Ok(()), "{url}");
         }
     }
-
-    use super::*;
 
     #[test]
     fn dental_preset_includes_common_features_and_nothing_from_manufacturing() {
