@@ -326,21 +326,28 @@ impl Settings {
 
     fn validate(&self) -> Result<(), String> {
         self.log_json()?;
-        // A bare word that is not a level parses as a target at every level
-        // (`warning`, `inf`): nothing of this service would be logged, not even
-        // the generated admin token. Targets need `=level`.
-        let bare_word = |d: &str| {
-            !d.contains('=')
-                && !["trace", "debug", "info", "warn", "error", "off"]
+        // A misspelt level parses as a target at every level (`warning`, `inf`):
+        // nothing of this service would be logged, not even the generated admin
+        // token. A bare target (`tenant_router`) is fine.
+        let misspelt_level = |directive: &str| {
+            let word = directive.trim().to_ascii_lowercase();
+            const LEVELS: [&str; 6] = ["trace", "debug", "info", "warn", "error", "off"];
+            let bare = !word.is_empty() && !word.contains(['=', ':', '[']);
+            bare && !LEVELS.contains(&word.as_str())
+                && (LEVELS
                     .iter()
-                    .any(|level| d.trim().eq_ignore_ascii_case(level))
+                    .any(|level| level.starts_with(&word) || word.starts_with(level))
+                    || [
+                        "verbose", "fatal", "critical", "notice", "all", "none", "quiet",
+                    ]
+                    .contains(&word.as_str()))
         };
         if self.log_level.trim().is_empty()
-            || self.log_level.split(',').any(bare_word)
+            || self.log_level.split(',').any(misspelt_level)
             || tracing_subscriber::EnvFilter::try_new(&self.log_level).is_err()
         {
             return Err(
-                "settings: LOG_LEVEL must be a tracing filter: a level (trace, debug, info, warn, error, off) or target=level pairs, such as tenant_router=debug,info"
+                "settings: LOG_LEVEL must be a tracing filter: a level (trace, debug, info, warn, error, off), targets and target=level pairs, such as tenant_router=debug,info"
                     .into(),
             );
         }
@@ -731,6 +738,8 @@ mod tests {
             ("HOST", "localhost"),
             ("LOG_LEVEL", "WARN"),
             ("LOG_LEVEL", "tenant_router=debug,info"),
+            ("LOG_LEVEL", "tenant_router"),
+            ("LOG_LEVEL", "info,"),
         ] {
             assert!(
                 Settings::from_map(&env(&[(name, value)])).is_ok(),
