@@ -107,8 +107,11 @@ async fn run(
     // A dry run changes nothing, not even by creating storage that is not there
     // yet (a SQLite file; a PostgreSQL database or schema, which
     // `AUTO_CREATE_DATABASES` would make): such a tenant has every migration
-    // pending.
-    if dry_run && !db::storage_exists(tenant, settings).await? {
+    // pending. (Without that setting a PostgreSQL tenant's storage is never
+    // made here, and is not looked for through the server's `postgres` database.)
+    let could_make =
+        !tenant.database_url.expose().starts_with("postgres") || settings.auto_create_databases;
+    if dry_run && could_make && !db::storage_exists(tenant, settings).await? {
         row.pending = Migrator::migrations()
             .iter()
             .map(|m| m.name().to_string())
