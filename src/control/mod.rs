@@ -359,16 +359,6 @@ impl ControlStore {
             .collect())
     }
 
-    /// Removes the row of an unfinished provisioning (and only such a row).
-    pub async fn release(&self, id: &str) -> Result<bool, DbErr> {
-        let result = TenantConfigs::delete_many()
-            .filter(Column::Id.eq(id))
-            .filter(Column::State.eq(PROVISIONING))
-            .exec(&self.db)
-            .await?;
-        Ok(result.rows_affected > 0)
-    }
-
     /// Marks the tenant `claimer` claimed ready: from now on it is loaded and
     /// served. `false` when the claim is no longer `claimer`'s (an operator rolled
     /// the provisioning back meanwhile): nothing changes.
@@ -386,22 +376,34 @@ impl ControlStore {
     }
 
     /// Takes an unfinished provisioning away from its claimer (`claimed_by` as
-    /// read, `None` for none) before it is rolled back: from then on the claimer
-    /// can no longer mark it ready. `false` when the row is not that claim any
-    /// more (it finished, or another roll-back took it).
-    pub async fn disown(&self, id: &str, claimed_by: Option<&str>) -> Result<bool, DbErr> {
+    /// read, `None` for none) for `taker`, a roll-back, before it drops anything:
+    /// from then on the claimer can neither record its storage nor mark it ready.
+    /// Returns whether the provisioning made its storage, as the row says once
+    /// taken (no one can change that any more); `None` when the row is not that
+    /// claim any more (it finished, or another roll-back took it).
+    pub async fn disown(
+        &self,
+        id: &str,
+        claimed_by: Option<&str>,
+        taker: &str,
+    ) -> Result<Option<Option<bool>>, DbErr> {
         let claim = match claimed_by {
             Some(claimer) => Column::ClaimedBy.eq(claimer),
             None => Column::ClaimedBy.is_null(),
         };
         let result = TenantConfigs::update_many()
-            .col_expr(Column::ClaimedBy, Expr::value(Option::<String>::None))
+            .col_expr(Column::ClaimedBy, Expr::value(taker))
+            .col_expr(Column::UpdatedAt, Expr::value(Utc::now()))
             .filter(Column::Id.eq(id))
             .filter(Column::State.eq(PROVISIONING))
             .filter(claim)
             .exec(&self.db)
             .await?;
-        Ok(result.rows_affected == 1)
+        if result.rows_affected != 1 {
+            return Ok(None);
+        }
+        let row = TenantConfigs::find_by_id(id).one(&self.db).await?;
+        Ok(Some(row.and_then(|r| r.storage).map(|s| s == STORAGE_NEW)))
     }
 
     /// Removes the row of an unfinished provisioning that `claimer` still holds:

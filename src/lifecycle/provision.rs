@@ -136,9 +136,11 @@ impl Lifecycle {
             if !still_ours {
                 // An operator rolled the provisioning back meanwhile: its roll-back
                 // dropped what it knew of, and the row. What this call made after
-                // that goes too.
-                if made && let Err(e) = self.drop_storage(&config).await {
-                    tracing::error!(tenant_id = %config.id, error = %db::redact_error(&e), "could not remove the storage of a provisioning rolled back meanwhile");
+                // that goes too, but only under a claim of its own again: by now a
+                // new provisioning may hold the id and that storage (it found the
+                // storage and adopted it), and must keep it.
+                if made {
+                    self.drop_unclaimed(&config).await;
                 }
                 return Err(rolled_back_meanwhile(&config));
             }
@@ -148,6 +150,32 @@ impl Lifecycle {
         self.registry
             .get(config.id.as_str())
             .ok_or_else(|| AppError::internal("provisioned tenant missing from the registry"))
+    }
+
+    /// Drops the storage a provisioning made after its claim was rolled back, if no
+    /// one has claimed the id or the storage since: claimed again by this process
+    /// while it drops, then released.
+    async fn drop_unclaimed(&self, config: &TenantConfig) {
+        match self.control.claim(config, this_process()).await {
+            Ok(Claim::Claimed) => {
+                if let Err(e) = self.drop_storage(config).await {
+                    tracing::error!(tenant_id = %config.id, error = %db::redact_error(&e), "could not remove the storage of a provisioning rolled back meanwhile");
+                }
+                if let Err(e) = self
+                    .control
+                    .release_claim(config.id.as_str(), this_process())
+                    .await
+                {
+                    tracing::error!(tenant_id = %config.id, error = %db::redact_error(&e), "could not release the claim");
+                }
+            }
+            Ok(_) => {
+                tracing::warn!(tenant_id = %config.id, "the storage of a provisioning rolled back meanwhile is kept: another provisioning holds it now")
+            }
+            Err(e) => {
+                tracing::error!(tenant_id = %config.id, error = %db::redact_error(&e), "could not claim the storage of a provisioning rolled back meanwhile; it is kept")
+            }
+        }
     }
 
     /// Creates and migrates the storage, seeds it and creates its first owner; drops
@@ -206,11 +234,18 @@ impl Lifecycle {
             Ok(())
         }
         .await;
-        if result.is_err()
-            && !existed
-            && let Err(e) = self.drop_storage(config).await
-        {
-            tracing::error!(tenant_id = %config.id, error = %db::redact_error(&e), "could not remove half-made storage");
+        if result.is_err() && !existed {
+            // Still this call's claim (the same record written again answers
+            // that)? A roll-back that took it drops the storage itself, and then a
+            // new provisioning may hold it.
+            let ours = self
+                .control
+                .record_storage(config.id.as_str(), this_process(), existed)
+                .await
+                .unwrap_or(false);
+            if ours && let Err(e) = self.drop_storage(config).await {
+                tracing::error!(tenant_id = %config.id, error = %db::redact_error(&e), "could not remove half-made storage");
+            }
         }
         result.map(|()| !existed)
     }

@@ -67,6 +67,8 @@ fn is_abandoned(row: &crate::control::Unfinished, now: chrono::DateTime<chrono::
 /// `Some(true)` when `claimer` was a process of this host that is gone, `None`
 /// when this host cannot tell (another host, or no `/proc`).
 fn claimer_gone(claimer: &str, me: &str) -> Option<bool> {
+    // A roll-back that took the claim over is judged by its own process.
+    let claimer = claimer.strip_prefix(ROLLBACK).unwrap_or(claimer);
     let mut parts = claimer.splitn(3, '/');
     let (host, pid, nonce) = (parts.next()?, parts.next()?, parts.next()?);
     let mut mine = me.splitn(3, '/');
@@ -99,6 +101,9 @@ fn claimer_gone(claimer: &str, me: &str) -> Option<bool> {
 
 /// Why [`Lifecycle::roll_back`] left a row: it was no longer the claim read.
 const LOST_CLAIM: &str = "the provisioning finished or was rolled back meanwhile";
+
+/// How a roll-back signs the claim it takes over: `rollback:` and its process.
+const ROLLBACK: &str = "rollback:";
 
 impl Lifecycle {
     /// Every provisioning that has not finished, with whether its process is gone.
@@ -171,8 +176,8 @@ impl Lifecycle {
                         || (storage.is_some() && other.storage_identity() == storage)
                 })
         };
-        // A claim with no claimer was taken over by a roll-back that did not
-        // finish (its drop failed, or its process died): nothing will finish it.
+        // A roll-back that took the claim over and died counts as gone too (its
+        // name says whose it was); a live one is left to finish.
         let gone = |row: &crate::control::Unfinished| match row.claimed_by.as_deref() {
             None => true,
             Some(claimer) => claimer_gone(claimer, this_process()) == Some(true),
@@ -217,25 +222,26 @@ impl Lifecycle {
     /// Drops the storage `row`'s provisioning made (if it made any), then the row:
     /// in that order, so a crash in between leaves the row for the next attempt.
     pub(super) async fn roll_back(&self, row: &crate::control::Unfinished) -> Result<(), String> {
-        // First the claim is taken from its process: one still alive (a forced
-        // abandon) can then no longer mark the tenant ready on storage dropped
-        // here. A row that is no longer that claim is left alone.
-        let disowned = self
+        // First the claim is taken from its process, for this roll-back: one still
+        // alive (a forced abandon) can then neither record its storage nor mark
+        // the tenant ready, and the storage it made is known from then on. A row
+        // that is no longer that claim is left alone. The taker is named, so that
+        // a roll-back cut short is judged like any claimer (`claimer_gone`).
+        let taker = format!("{ROLLBACK}{}", this_process());
+        let made_storage = self
             .control
-            .disown(&row.id, row.claimed_by.as_deref())
+            .disown(&row.id, row.claimed_by.as_deref(), &taker)
             .await
-            .map_err(|e| format!("taking over its claim: {}", db::redact_error(&e)))?;
-        if !disowned {
-            return Err(LOST_CLAIM.into());
-        }
-        if row.made_storage == Some(true) {
+            .map_err(|e| format!("taking over its claim: {}", db::redact_error(&e)))?
+            .ok_or_else(|| LOST_CLAIM.to_string())?;
+        if made_storage == Some(true) {
             let config = row.config.as_ref().map_err(Clone::clone)?;
             self.drop_storage(config)
                 .await
                 .map_err(|e| format!("dropping its storage: {}", db::redact_error(&e)))?;
         }
         self.control
-            .release(&row.id)
+            .release_claim(&row.id, &taker)
             .await
             .map_err(|e| format!("removing its row: {}", db::redact_error(&e)))?;
         Ok(())
@@ -255,6 +261,9 @@ mod tests {
         // Another host: only the lease can tell.
         assert_eq!(claimer_gone("host-b/100/aaaa", me), None);
         assert_eq!(claimer_gone("garbage", me), None);
+        // A roll-back's own claim, by its process.
+        assert_eq!(claimer_gone("rollback:host-a/100/aaaa", me), Some(false));
+        assert_eq!(claimer_gone("rollback:host-a/100/bbbb", me), Some(true));
         let alive = format!("host-a/{}/cccc", std::process::id());
         assert_eq!(claimer_gone(&alive, me), Some(false));
         // Pids are below 2^22 on Linux.
