@@ -66,7 +66,29 @@ fn hashing_slots() -> &'static std::sync::Arc<tokio::sync::Semaphore> {
 /// hash begun for it, so the hash holds its slot to its end (held by the request,
 /// a flood of logins dropped mid-hash ran any number of hashes at once).
 async fn run_hashing<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> Option<T> {
-    let slot = hashing_slots().clone().acquire_owned().await.ok()?;
+    run_in_slot(hashing_slot().await?, work).await
+}
+
+/// A hashing slot, taken: see [`hashing_slot`]. Held (not read) until the hash
+/// in it ends.
+pub struct HashingSlot(#[allow(dead_code)] tokio::sync::OwnedSemaphorePermit);
+
+/// Waits for a hashing slot (`None` only if the slots are gone): for a caller
+/// that must know when its hash is about to start (a login counts its attempt
+/// from then on, not while it queues).
+pub async fn hashing_slot() -> Option<HashingSlot> {
+    hashing_slots()
+        .clone()
+        .acquire_owned()
+        .await
+        .ok()
+        .map(HashingSlot)
+}
+
+async fn run_in_slot<T: Send + 'static>(
+    slot: HashingSlot,
+    work: impl FnOnce() -> T + Send + 'static,
+) -> Option<T> {
     tokio::task::spawn_blocking(move || {
         let _slot = slot;
         work()
@@ -84,7 +106,15 @@ pub async fn hash_blocking(password: String) -> Result<String, String> {
 
 /// [`verify`] (or [`verify_nobody`] when `stored` is `None`) on the blocking pool.
 pub async fn verify_blocking(password: String, stored: Option<String>) -> bool {
-    run_hashing(move || match stored {
+    match hashing_slot().await {
+        Some(slot) => verify_in_slot(slot, password, stored).await,
+        None => false,
+    }
+}
+
+/// [`verify_blocking`] in a slot already taken.
+pub async fn verify_in_slot(slot: HashingSlot, password: String, stored: Option<String>) -> bool {
+    run_in_slot(slot, move || match stored {
         Some(stored) => verify(&password, &stored),
         None => {
             verify_nobody(&password);

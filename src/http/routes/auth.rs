@@ -69,13 +69,17 @@ pub(crate) async fn login(
     // requests.
     drop(db);
     let stored = user.as_ref().map(|u| u.password_hash.clone());
-    // From here the attempt stands, whether or not its client waits for the
-    // answer: a hash runs to its end once begun, and a client that hangs up
-    // during it must not get its guess back (a flood of logins dropped mid-hash
-    // would cost the hashing and never trip the throttle).
+    // Once its hash has a slot the attempt stands, whether or not its client
+    // waits for the answer: the hash runs to its end once begun, and a client
+    // that hangs up during it must not get its guess back (a flood of logins
+    // dropped mid-hash would cost the hashing and never trip the throttle). One
+    // dropped while it queues for a slot cost nothing and is given back.
+    let Some(slot) = password::hashing_slot().await else {
+        return Err(AppError::internal("no password hashing slot"));
+    };
     let keys = attempt.settle();
     // An unknown or inactive user costs the same hashing work as a wrong password.
-    let verified = password::verify_blocking(input.password, stored).await;
+    let verified = password::verify_in_slot(slot, input.password, stored).await;
     let Some(user) = user.filter(|_| verified) else {
         tracing::warn!(%address, "login failed");
         state
@@ -111,8 +115,8 @@ pub(crate) async fn login(
 }
 
 /// A login attempt counted before its password was checked. Unless it is settled
-/// (its password is about to be checked), dropping it gives the attempt back: a
-/// database error, or a client that left before the check, is no failed guess.
+/// (its hash has a slot), dropping it gives the attempt back: a database error,
+/// or a client that left before its hash began, is no failed guess.
 struct Attempt {
     throttle: LoginThrottle,
     keys: Option<[String; 3]>,
