@@ -296,7 +296,7 @@ pub async fn clear(db: &impl ConnectionTrait) -> Result<(), DbErr> {
         // the order the handlers write them (a material, then the order it goes
         // to; a bill, then its items), so a write holding one table never waits on
         // a reset holding the next; and no handler locks a row with `FOR UPDATE`
-        // before it writes its table. SQLite's write transaction serialises writes
+        // before it holds its table's write lock. SQLite's write transaction serialises writes
         // already.
         for table in [
             "materials",

@@ -10,7 +10,8 @@ use axum::{
 };
 use chrono::Utc;
 use sea_orm::{
-    ActiveModelTrait, ActiveValue::Set, ColumnTrait, EntityTrait, QueryFilter, sea_query::Expr,
+    ActiveModelTrait, ActiveValue::Set, ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter,
+    QuerySelect, sea_query::Expr,
 };
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -209,26 +210,21 @@ pub(crate) async fn complete(
     // Materials are locked in one order (by id) by every completion, so two
     // completions sharing materials queue instead of deadlocking.
     items.sort_by_key(|item| item.material_id);
-    for item in &items {
-        // The material's row, locked until the commit by a write to it (SQLite's
-        // write transaction holds the whole file), then read; counted in
-        // millionths. A write, not `SELECT … FOR UPDATE`: that would hold the row
-        // without the table's write lock, and a reset taking that lock meanwhile
-        // would wait on the row while this waits on the lock (see `demo::clear`).
-        let touched = material::Entity::update_many()
-            .col_expr(material::Column::UpdatedAt, Expr::value(Utc::now()))
-            .filter(material::Column::Id.eq(item.material_id))
-            .filter(material::Column::DeletedAt.is_null())
-            .exec(&txn)
+    if txn.get_database_backend() == sea_orm::DbBackend::Postgres {
+        // The table's write lock first, then the rows: `FOR UPDATE` alone holds a
+        // row without it, and a reset taking that lock meanwhile would wait on the
+        // row while this waited on the lock (see `demo::clear`).
+        txn.execute_unprepared("LOCK TABLE \"materials\" IN ROW EXCLUSIVE MODE")
             .await?;
-        let found = match touched.rows_affected {
-            1 => {
-                material::Entity::find_by_id(item.material_id)
-                    .one(&txn)
-                    .await?
-            }
-            _ => None,
-        };
+    }
+    for item in &items {
+        // The material's row, locked until the commit (`FOR UPDATE`; SQLite's
+        // write transaction holds the whole file), counted in millionths.
+        let found = material::Entity::find_by_id(item.material_id)
+            .filter(material::Column::DeletedAt.is_null())
+            .lock_exclusive()
+            .one(&txn)
+            .await?;
         let needed = validate::needed_millionths(item.quantity, current.quantity);
         let short = match &found {
             None => Some(format!(
