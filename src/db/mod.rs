@@ -57,6 +57,16 @@ pub async fn check_reachable(url: &str, timeout: Duration) -> Result<(), DbErr> 
         return Ok(());
     }
     let parsed = url::Url::parse(url).map_err(|_| DbErr::Custom("invalid database URL".into()))?;
+    // The driver may reach elsewhere than the URL's host and port says: a `host`,
+    // `hostaddr` or `port` parameter (a socket directory), or `PGPORT` for a URL
+    // without a port. Then it is left to the driver.
+    let elsewhere = parsed
+        .query_pairs()
+        .any(|(k, _)| matches!(k.as_ref(), "host" | "hostaddr" | "port"))
+        || (parsed.port().is_none() && std::env::var_os("PGPORT").is_some());
+    if elsewhere {
+        return Ok(());
+    }
     let Some(host) = parsed
         .host_str()
         .filter(|h| !h.is_empty() && !h.starts_with('%'))
@@ -248,6 +258,30 @@ mod tests {
             (None, None),
             "{what}: sqlx runs its pool maintenance task (transact-rs/sqlx#3645)"
         );
+    }
+
+    /// A refused port fails at once; a URL whose parameters send the driver
+    /// elsewhere (a socket directory, another port) is left to the driver.
+    #[tokio::test]
+    async fn only_the_server_the_driver_would_reach_is_probed() {
+        let closed = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let second = Duration::from_secs(1);
+        let url = format!("postgres://u@127.0.0.1:{closed}/db");
+        assert!(check_reachable(&url, second).await.is_err());
+        for elsewhere in [
+            format!("{url}?host=/var/run/postgresql"),
+            format!("{url}?port=6432"),
+            format!("{url}?hostaddr=10.0.0.5"),
+        ] {
+            assert!(
+                check_reachable(&elsewhere, second).await.is_ok(),
+                "{elsewhere}"
+            );
+        }
     }
 
     /// No sea-orm pool runs sqlx's maintenance task: not one opened from a bare URL
