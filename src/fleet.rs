@@ -107,10 +107,12 @@ async fn run(
     // A dry run changes nothing, not even by creating storage that is not there
     // yet (a SQLite file; a PostgreSQL database or schema, which
     // `AUTO_CREATE_DATABASES` would make): such a tenant has every migration
-    // pending. (Without that setting a PostgreSQL tenant's storage is never
+    // pending. (Without that setting a database-mode tenant's database is never
     // made here, and is not looked for through the server's `postgres` database.)
-    let could_make =
-        !tenant.database_url.expose().starts_with("postgres") || settings.auto_create_databases;
+    // (A schema tenant's schema is looked for in its own database.)
+    let could_make = !tenant.database_url.expose().starts_with("postgres")
+        || tenant.schema_name().is_some()
+        || settings.auto_create_databases;
     if dry_run && could_make && !db::storage_exists(tenant, settings).await? {
         row.pending = Migrator::migrations()
             .iter()

@@ -333,12 +333,23 @@ impl Settings {
             let word = directive.trim().to_ascii_lowercase();
             const LEVELS: [&str; 6] = ["trace", "debug", "info", "warn", "error", "off"];
             let bare = !word.is_empty() && !word.contains(['=', ':', '[']);
+            // A level cut short (`inf`, `deb`) or a level's name in other words.
             bare && !LEVELS.contains(&word.as_str())
-                && (LEVELS
-                    .iter()
-                    .any(|level| level.starts_with(&word) || word.starts_with(level))
+                && (LEVELS.iter().any(|level| level.starts_with(&word))
                     || [
-                        "verbose", "fatal", "critical", "notice", "all", "none", "quiet",
+                        "warning",
+                        "warnings",
+                        "information",
+                        "informational",
+                        "debugging",
+                        "errors",
+                        "verbose",
+                        "fatal",
+                        "critical",
+                        "notice",
+                        "all",
+                        "none",
+                        "quiet",
                     ]
                     .contains(&word.as_str()))
         };
@@ -740,6 +751,7 @@ mod tests {
             ("LOG_LEVEL", "tenant_router=debug,info"),
             ("LOG_LEVEL", "tenant_router"),
             ("LOG_LEVEL", "info,"),
+            ("LOG_LEVEL", "error_chain=debug,tracer"),
         ] {
             assert!(
                 Settings::from_map(&env(&[(name, value)])).is_ok(),
