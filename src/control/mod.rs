@@ -376,7 +376,8 @@ impl ControlStore {
     }
 
     /// Takes an unfinished provisioning away from its claimer (`claimed_by` as
-    /// read, `None` for none) for `taker`, a roll-back, before it drops anything:
+    /// read, `None` for none) for `taker`, a roll-back, before it drops anything
+    /// (`None`: unsigned, for any roll-back to take):
     /// from then on the claimer can neither record its storage nor mark it ready.
     /// Returns whether the provisioning made its storage, as the row says once
     /// taken (no one can change that any more); `None` when the row is not that
@@ -385,14 +386,14 @@ impl ControlStore {
         &self,
         id: &str,
         claimed_by: Option<&str>,
-        taker: &str,
+        taker: Option<&str>,
     ) -> Result<Option<Option<bool>>, DbErr> {
         let claim = match claimed_by {
             Some(claimer) => Column::ClaimedBy.eq(claimer),
             None => Column::ClaimedBy.is_null(),
         };
         let result = TenantConfigs::update_many()
-            .col_expr(Column::ClaimedBy, Expr::value(taker))
+            .col_expr(Column::ClaimedBy, Expr::value(taker.map(str::to_string)))
             .col_expr(Column::UpdatedAt, Expr::value(Utc::now()))
             .filter(Column::Id.eq(id))
             .filter(Column::State.eq(PROVISIONING))

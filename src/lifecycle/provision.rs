@@ -65,11 +65,16 @@ impl Lifecycle {
         // A new incarnation: tokens of an earlier tenant with this id are refused.
         config.generation = uuid::Uuid::new_v4().simple().to_string();
         self.check_free(&config, None)?;
+        // This call's own claim: its process (how recovery judges it) and a token
+        // of the call, so that a later provisioning of the id in this process (a
+        // retry after an operator rolled this one back) holds a claim this one
+        // can neither finish nor release.
+        let me = claim_token(this_process());
         let mut retried = false;
         loop {
             let taken = match self
                 .control
-                .claim(&config, this_process())
+                .claim(&config, &me)
                 .await
                 .map_err(|e| storage_error("claim", &e))?
             {
@@ -103,23 +108,15 @@ impl Lifecycle {
             self.check_free(&config, None)
         };
         if let Err(e) = again {
-            if let Err(undo) = self
-                .control
-                .release_claim(config.id.as_str(), this_process())
-                .await
-            {
+            if let Err(undo) = self.control.release_claim(config.id.as_str(), &me).await {
                 tracing::error!(tenant_id = %config.id, error = %db::redact_error(&undo), "could not release the claim");
             }
             return Err(e);
         }
-        let made = match self.make_storage(&config, seed, owner).await {
+        let made = match self.make_storage(&config, &me, seed, owner).await {
             Ok(made) => made,
             Err(e) => {
-                if let Err(undo) = self
-                    .control
-                    .release_claim(config.id.as_str(), this_process())
-                    .await
-                {
+                if let Err(undo) = self.control.release_claim(config.id.as_str(), &me).await {
                     tracing::error!(tenant_id = %config.id, error = %db::redact_error(&undo), "could not release the claim");
                 }
                 return Err(e);
@@ -130,7 +127,7 @@ impl Lifecycle {
             let _turn = self.refreshing.lock().await;
             let still_ours = self
                 .control
-                .mark_ready(config.id.as_str(), this_process())
+                .mark_ready(config.id.as_str(), &me)
                 .await
                 .map_err(|e| storage_error("register", &e))?;
             if !still_ours {
@@ -153,29 +150,62 @@ impl Lifecycle {
     }
 
     /// Drops the storage a provisioning made after its claim was rolled back, if no
-    /// one has claimed the id or the storage since: claimed again by this process
-    /// while it drops, then released.
+    /// one has claimed the id or the storage since: under a claim of its own again
+    /// (recorded as storage it made, so that a crash here leaves it to recovery),
+    /// released once the storage is gone. The roll-back's own claim may still be
+    /// on record for a moment: it is waited for, a few times.
     async fn drop_unclaimed(&self, config: &TenantConfig) {
-        match self.control.claim(config, this_process()).await {
-            Ok(Claim::Claimed) => {
-                if let Err(e) = self.drop_storage(config).await {
-                    tracing::error!(tenant_id = %config.id, error = %db::redact_error(&e), "could not remove the storage of a provisioning rolled back meanwhile");
+        let me = claim_token(this_process());
+        let mut tries = 0;
+        let claimed = loop {
+            match self.control.claim(config, &me).await {
+                Ok(Claim::Claimed) => break true,
+                Ok(_) if tries < 10 && self.held_by_a_rollback(config).await => {
+                    tries += 1;
+                    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
                 }
-                if let Err(e) = self
-                    .control
-                    .release_claim(config.id.as_str(), this_process())
-                    .await
-                {
+                Ok(_) => {
+                    tracing::warn!(tenant_id = %config.id, "the storage of a provisioning rolled back meanwhile is kept: another provisioning holds it now");
+                    break false;
+                }
+                Err(e) => {
+                    tracing::error!(tenant_id = %config.id, error = %db::redact_error(&e), "could not claim the storage of a provisioning rolled back meanwhile; it is kept");
+                    break false;
+                }
+            }
+        };
+        if !claimed {
+            return;
+        }
+        let recorded = self
+            .control
+            .record_storage(config.id.as_str(), &me, false)
+            .await
+            .unwrap_or(false);
+        match self.drop_storage(config).await {
+            Ok(()) => {
+                if let Err(e) = self.control.release_claim(config.id.as_str(), &me).await {
                     tracing::error!(tenant_id = %config.id, error = %db::redact_error(&e), "could not release the claim");
                 }
             }
-            Ok(_) => {
-                tracing::warn!(tenant_id = %config.id, "the storage of a provisioning rolled back meanwhile is kept: another provisioning holds it now")
-            }
+            // The claim stays, its storage recorded as made: recovery drops it.
             Err(e) => {
-                tracing::error!(tenant_id = %config.id, error = %db::redact_error(&e), "could not claim the storage of a provisioning rolled back meanwhile; it is kept")
+                tracing::error!(tenant_id = %config.id, error = %db::redact_error(&e), recorded, "could not remove the storage of a provisioning rolled back meanwhile; left to recovery")
             }
         }
+    }
+
+    /// Whether the unfinished provisioning holding `config`'s id is a roll-back's.
+    async fn held_by_a_rollback(&self, config: &TenantConfig) -> bool {
+        self.control.unfinished().await.is_ok_and(|rows| {
+            rows.iter().any(|row| {
+                row.id == config.id.as_str()
+                    && row
+                        .claimed_by
+                        .as_deref()
+                        .is_some_and(|c| c.starts_with(super::recovery::ROLLBACK))
+            })
+        })
     }
 
     /// Creates and migrates the storage, seeds it and creates its first owner; drops
@@ -184,6 +214,7 @@ impl Lifecycle {
     pub(super) async fn make_storage(
         &self,
         config: &TenantConfig,
+        me: &str,
         seed: bool,
         owner: Option<NewUser>,
     ) -> Result<bool> {
@@ -195,7 +226,7 @@ impl Lifecycle {
         // operator's roll-back stops here, before anything is made.
         let ours = self
             .control
-            .record_storage(config.id.as_str(), this_process(), existed)
+            .record_storage(config.id.as_str(), me, existed)
             .await
             .map_err(|e| storage_error("record storage", &e))?;
         if !ours {
@@ -236,14 +267,16 @@ impl Lifecycle {
         .await;
         if result.is_err() && !existed {
             // Still this call's claim (the same record written again answers
-            // that)? A roll-back that took it drops the storage itself, and then a
-            // new provisioning may hold it.
+            // that)? Else a roll-back took it, and may have dropped the storage
+            // before this made it: it goes under a claim of its own again.
             let ours = self
                 .control
-                .record_storage(config.id.as_str(), this_process(), existed)
+                .record_storage(config.id.as_str(), me, existed)
                 .await
                 .unwrap_or(false);
-            if ours && let Err(e) = self.drop_storage(config).await {
+            if !ours {
+                self.drop_unclaimed(config).await;
+            } else if let Err(e) = self.drop_storage(config).await {
                 tracing::error!(tenant_id = %config.id, error = %db::redact_error(&e), "could not remove half-made storage");
             }
         }
@@ -323,4 +356,13 @@ fn rolled_back_meanwhile(config: &TenantConfig) -> AppError {
         "the provisioning of '{}' was rolled back by an operator while it ran",
         config.id
     ))
+}
+
+/// A claim of one call in `process`: `process#token`. Recovery judges the process
+/// (`claimer_gone` reads up to the `#`).
+pub(super) fn claim_token(process: &str) -> String {
+    format!(
+        "{process}#{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..8]
+    )
 }

@@ -67,8 +67,10 @@ fn is_abandoned(row: &crate::control::Unfinished, now: chrono::DateTime<chrono::
 /// `Some(true)` when `claimer` was a process of this host that is gone, `None`
 /// when this host cannot tell (another host, or no `/proc`).
 fn claimer_gone(claimer: &str, me: &str) -> Option<bool> {
-    // A roll-back that took the claim over is judged by its own process.
+    // A roll-back that took the claim over is judged by its own process, and a
+    // claim by its process, whatever call in it made it (`#token`).
     let claimer = claimer.strip_prefix(ROLLBACK).unwrap_or(claimer);
+    let claimer = claimer.split('#').next().unwrap_or(claimer);
     let mut parts = claimer.splitn(3, '/');
     let (host, pid, nonce) = (parts.next()?, parts.next()?, parts.next()?);
     let mut mine = me.splitn(3, '/');
@@ -103,7 +105,7 @@ fn claimer_gone(claimer: &str, me: &str) -> Option<bool> {
 const LOST_CLAIM: &str = "the provisioning finished or was rolled back meanwhile";
 
 /// How a roll-back signs the claim it takes over: `rollback:` and its process.
-const ROLLBACK: &str = "rollback:";
+pub(super) const ROLLBACK: &str = "rollback:";
 
 impl Lifecycle {
     /// Every provisioning that has not finished, with whether its process is gone.
@@ -227,24 +229,37 @@ impl Lifecycle {
         // the tenant ready, and the storage it made is known from then on. A row
         // that is no longer that claim is left alone. The taker is named, so that
         // a roll-back cut short is judged like any claimer (`claimer_gone`).
-        let taker = format!("{ROLLBACK}{}", this_process());
+        let taker = format!(
+            "{ROLLBACK}{}",
+            super::provision::claim_token(this_process())
+        );
         let made_storage = self
             .control
-            .disown(&row.id, row.claimed_by.as_deref(), &taker)
+            .disown(&row.id, row.claimed_by.as_deref(), Some(&taker))
             .await
             .map_err(|e| format!("taking over its claim: {}", db::redact_error(&e)))?
             .ok_or_else(|| LOST_CLAIM.to_string())?;
-        if made_storage == Some(true) {
-            let config = row.config.as_ref().map_err(Clone::clone)?;
-            self.drop_storage(config)
+        let undone = async {
+            if made_storage == Some(true) {
+                let config = row.config.as_ref().map_err(Clone::clone)?;
+                self.drop_storage(config)
+                    .await
+                    .map_err(|e| format!("dropping its storage: {}", db::redact_error(&e)))?;
+            }
+            self.control
+                .release_claim(&row.id, &taker)
                 .await
-                .map_err(|e| format!("dropping its storage: {}", db::redact_error(&e)))?;
+                .map_err(|e| format!("removing its row: {}", db::redact_error(&e)))
         }
-        self.control
-            .release_claim(&row.id, &taker)
-            .await
-            .map_err(|e| format!("removing its row: {}", db::redact_error(&e)))?;
-        Ok(())
+        .await;
+        if undone.is_err() {
+            // Left unsigned, so that the next provisioning of the id (or start-up)
+            // rolls it back again at once, rather than wait for this live process.
+            if let Err(e) = self.control.disown(&row.id, Some(&taker), None).await {
+                tracing::warn!(tenant_id = %row.id, error = %db::redact_error(&e), "could not leave a failed roll-back's claim unsigned");
+            }
+        }
+        undone
     }
 }
 
@@ -264,6 +279,13 @@ mod tests {
         // A roll-back's own claim, by its process.
         assert_eq!(claimer_gone("rollback:host-a/100/aaaa", me), Some(false));
         assert_eq!(claimer_gone("rollback:host-a/100/bbbb", me), Some(true));
+        // A call's claim, by its process.
+        assert_eq!(claimer_gone("host-a/100/aaaa#1f2e3d4c", me), Some(false));
+        assert_eq!(
+            claimer_gone("rollback:host-a/100/aaaa#1f2e3d4c", me),
+            Some(false)
+        );
+        assert_eq!(claimer_gone("host-a/100/bbbb#1f2e3d4c", me), Some(true));
         let alive = format!("host-a/{}/cccc", std::process::id());
         assert_eq!(claimer_gone(&alive, me), Some(false));
         // Pids are below 2^22 on Linux.
