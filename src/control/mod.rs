@@ -420,9 +420,21 @@ impl ControlStore {
             .map(|_| ())
     }
 
-    /// Removes a tenant's row; `false` if there was none.
-    pub async fn delete(&self, id: &str) -> Result<bool, DbErr> {
-        let result = TenantConfigs::delete_by_id(id).exec(&self.db).await?;
+    /// Removes a ready tenant's row of `generation` (the incarnation the caller
+    /// removes: a tenant removed and provisioned again through another replica
+    /// meanwhile is another, and stays); `false` if there was none.
+    pub async fn delete(&self, id: &str, generation: &str) -> Result<bool, DbErr> {
+        let result = TenantConfigs::delete_many()
+            .filter(Column::Id.eq(id))
+            .filter(Column::State.eq(READY))
+            // A row from before generations were recorded has none.
+            .filter(
+                sea_orm::Condition::any()
+                    .add(Column::Generation.eq(generation))
+                    .add(Column::Generation.is_null()),
+            )
+            .exec(&self.db)
+            .await?;
         Ok(result.rows_affected > 0)
     }
 

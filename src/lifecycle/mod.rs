@@ -441,7 +441,11 @@ impl Lifecycle {
                 let suspended: Result<TenantConfig> = self
                     .control
                     .change(id, |row| {
-                        let mut row = row.ok_or_else(|| AppError::TenantNotFound(id.into()))?;
+                        // The incarnation being removed, not one provisioned
+                        // again meanwhile through another replica.
+                        let mut row = row
+                            .filter(|row| row.generation == current.generation)
+                            .ok_or_else(|| AppError::TenantNotFound(id.into()))?;
                         row.is_active = false;
                         Ok(row)
                     })
@@ -465,17 +469,26 @@ impl Lifecycle {
         }
         let deleted = {
             let _turn = self.refreshing.lock().await;
-            let deleted = self.control.delete(id).await;
+            let deleted = self.control.delete(id, &current.generation).await;
             if deleted.is_ok() {
                 self.registry.remove(&current.id).await;
             }
             deleted
         };
-        if let Err(e) = deleted {
-            let answer = storage_error("delete", &e);
-            // A suspended tenant removed from the registry above comes back.
-            self.refresh_or_warn().await;
-            return Err(answer);
+        match deleted {
+            Err(e) => {
+                let answer = storage_error("delete", &e);
+                // A suspended tenant removed from the registry above comes back.
+                self.refresh_or_warn().await;
+                return Err(answer);
+            }
+            // Removed meanwhile through another replica (and perhaps provisioned
+            // again there: that tenant stays).
+            Ok(false) => {
+                self.refresh_or_warn().await;
+                return Err(AppError::TenantNotFound(id.into()));
+            }
+            Ok(true) => {}
         }
         if drop_storage
             && let Some(key) = db::storage_key(&current).map_err(|e| storage_error("forget", &e))?
