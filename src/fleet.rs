@@ -107,12 +107,11 @@ async fn run(
     // A dry run changes nothing, not even by creating storage that is not there
     // yet (a SQLite file; a PostgreSQL database or schema, which
     // `AUTO_CREATE_DATABASES` would make): such a tenant has every migration
-    // pending. (Without that setting a database-mode tenant's database is never
-    // made here, and is not looked for through the server's `postgres` database.)
-    // (A schema tenant's schema is looked for in its own database.)
-    let could_make = !tenant.database_url.expose().starts_with("postgres")
-        || tenant.schema_name().is_some()
-        || settings.auto_create_databases;
+    // pending. (Without that setting PostgreSQL storage is never made here, and
+    // a database is not looked for through the server's `postgres` database.)
+    // (Without it, a missing schema fails the dry run as it fails a real run.)
+    let could_make =
+        !tenant.database_url.expose().starts_with("postgres") || settings.auto_create_databases;
     if dry_run && could_make && !db::storage_exists(tenant, settings).await? {
         row.pending = Migrator::migrations()
             .iter()
