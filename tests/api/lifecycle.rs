@@ -806,25 +806,11 @@ async fn a_provisioning_cut_short_by_its_deadline_runs_to_its_end() {
     }
 }
 
-/// FNV-1a of `name`: the key of the advisory lock a migration of that storage
-/// holds (`db::migrate`).
-fn migration_lock_key(name: &str) -> i64 {
-    let hash = name.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
-        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
-    });
-    i64::from_ne_bytes(hash.to_ne_bytes())
-}
-
-/// A database tenant's database is not dropped while a schema tenant is being
-/// provisioned in it: that tenant is not served yet, but its claim is on record.
-#[tokio::test]
-async fn a_database_is_not_dropped_under_a_schema_tenant_being_provisioned_in_it() {
+/// Holds, until the transaction returned ends, the advisory lock that a migration
+/// of `schema` (empty: database mode) in `database` takes (`db::migrate`: the
+/// FNV-1a of its key): a provisioning there waits at its migration.
+async fn hold_migration_lock(database: &str, schema: &str) -> sea_orm::DatabaseTransaction {
     use sea_orm::{ConnectionTrait, TransactionTrait};
-    let app = spawn_app_with(AppSpec::new(standard_tenants())).await;
-    let database = pg::fresh_database("trclaim").await;
-    let holder = json!({ "id": "holder", "database_url": database });
-    assert_eq!(provision(&app, &holder).await.status(), 201);
-    // The guest's migration waits on its lock, held here.
     let name = database
         .rsplit('/')
         .next()
@@ -832,12 +818,29 @@ async fn a_database_is_not_dropped_under_a_schema_tenant_being_provisioned_in_it
         .split('?')
         .next()
         .unwrap();
-    let key = migration_lock_key(&format!("tenant-router:{name}:tenant_guest"));
-    let db = pg::connect(&database).await;
-    let held = db.begin().await.unwrap();
+    let hash = format!("tenant-router:{name}:{schema}")
+        .bytes()
+        .fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+        });
+    let key = i64::from_ne_bytes(hash.to_ne_bytes());
+    let held = pg::connect(database).await.begin().await.unwrap();
     held.execute_unprepared(&format!("SELECT pg_advisory_xact_lock({key})"))
         .await
         .unwrap();
+    held
+}
+
+/// A database tenant's database is not dropped while a schema tenant is being
+/// provisioned in it: that tenant is not served yet, but its claim is on record.
+#[tokio::test]
+async fn a_database_is_not_dropped_under_a_schema_tenant_being_provisioned_in_it() {
+    let app = spawn_app_with(AppSpec::new(standard_tenants())).await;
+    let database = pg::fresh_database("trclaim").await;
+    let holder = json!({ "id": "holder", "database_url": database });
+    assert_eq!(provision(&app, &holder).await.status(), 201);
+    // The guest's migration waits on its lock, held here.
+    let held = hold_migration_lock(&database, "tenant_guest").await;
     let guest = json!({ "id": "guest", "database_url": database, "isolation": "schema" });
     let guest_app = &app;
     let provisioning = async move { provision(guest_app, &guest).await.status().as_u16() };
@@ -891,23 +894,10 @@ async fn a_database_is_not_dropped_under_a_schema_tenant_being_provisioned_in_it
 /// claim (the first can neither finish nor release it).
 #[tokio::test]
 async fn a_provisioning_rolled_back_by_force_while_it_runs_does_not_come_back() {
-    use sea_orm::{ConnectionTrait, TransactionTrait};
     let app = spawn_app_with(AppSpec::new(standard_tenants())).await;
     // An existing database: the roll-back keeps it (provisioning did not make it).
     let database = pg::fresh_database("trforce").await;
-    let name = database
-        .rsplit('/')
-        .next()
-        .unwrap()
-        .split('?')
-        .next()
-        .unwrap();
-    let key = migration_lock_key(&format!("tenant-router:{name}:"));
-    let db = pg::connect(&database).await;
-    let held = db.begin().await.unwrap();
-    held.execute_unprepared(&format!("SELECT pg_advisory_xact_lock({key})"))
-        .await
-        .unwrap();
+    let held = hold_migration_lock(&database, "").await;
     let body = json!({ "id": "overtaken", "database_url": database });
     let provisioning = async { provision(&app, &body).await };
     let listed = || async {
