@@ -313,9 +313,7 @@ impl ControlStore {
                 }),
             )
             .col_expr(Column::UpdatedAt, Expr::value(Utc::now()))
-            .filter(Column::Id.eq(id))
-            .filter(Column::State.eq(PROVISIONING))
-            .filter(Column::ClaimedBy.eq(claimer))
+            .filter(claim_of(id, Some(claimer)))
             .exec(&self.db)
             .await?;
         Ok(result.rows_affected == 1)
@@ -367,9 +365,7 @@ impl ControlStore {
             .col_expr(Column::State, Expr::value(READY))
             .col_expr(Column::ClaimedBy, Expr::value(Option::<String>::None))
             .col_expr(Column::UpdatedAt, Expr::value(Utc::now()))
-            .filter(Column::Id.eq(id))
-            .filter(Column::State.eq(PROVISIONING))
-            .filter(Column::ClaimedBy.eq(claimer))
+            .filter(claim_of(id, Some(claimer)))
             .exec(&self.db)
             .await?;
         Ok(result.rows_affected == 1)
@@ -388,16 +384,10 @@ impl ControlStore {
         claimed_by: Option<&str>,
         taker: Option<&str>,
     ) -> Result<Option<Option<bool>>, DbErr> {
-        let claim = match claimed_by {
-            Some(claimer) => Column::ClaimedBy.eq(claimer),
-            None => Column::ClaimedBy.is_null(),
-        };
         let result = TenantConfigs::update_many()
             .col_expr(Column::ClaimedBy, Expr::value(taker.map(str::to_string)))
             .col_expr(Column::UpdatedAt, Expr::value(Utc::now()))
-            .filter(Column::Id.eq(id))
-            .filter(Column::State.eq(PROVISIONING))
-            .filter(claim)
+            .filter(claim_of(id, claimed_by))
             .exec(&self.db)
             .await?;
         if result.rows_affected != 1 {
@@ -412,9 +402,7 @@ impl ControlStore {
     /// over is that operator's to release).
     pub async fn release_claim(&self, id: &str, claimer: &str) -> Result<(), DbErr> {
         TenantConfigs::delete_many()
-            .filter(Column::Id.eq(id))
-            .filter(Column::State.eq(PROVISIONING))
-            .filter(Column::ClaimedBy.eq(claimer))
+            .filter(claim_of(id, Some(claimer)))
             .exec(&self.db)
             .await
             .map(|_| ())
@@ -631,6 +619,18 @@ fn entry_of(row: &Model, database_url: String) -> Value {
         }
     }
     entry
+}
+
+/// The unfinished provisioning of `id` that `claimer` holds (`None`: unsigned).
+fn claim_of(id: &str, claimer: Option<&str>) -> sea_orm::Condition {
+    let held = match claimer {
+        Some(claimer) => Column::ClaimedBy.eq(claimer),
+        None => Column::ClaimedBy.is_null(),
+    };
+    sea_orm::Condition::all()
+        .add(Column::Id.eq(id))
+        .add(Column::State.eq(PROVISIONING))
+        .add(held)
 }
 
 fn is_unique_violation(err: &DbErr) -> bool {

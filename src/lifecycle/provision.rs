@@ -69,7 +69,7 @@ impl Lifecycle {
         // of the call, so that a later provisioning of the id in this process (a
         // retry after an operator rolled this one back) holds a claim this one
         // can neither finish nor release.
-        let me = claim_token(this_process());
+        let me = claim_token();
         let mut retried = false;
         loop {
             let taken = match self
@@ -108,17 +108,13 @@ impl Lifecycle {
             self.check_free(&config, None)
         };
         if let Err(e) = again {
-            if let Err(undo) = self.control.release_claim(config.id.as_str(), &me).await {
-                tracing::error!(tenant_id = %config.id, error = %db::redact_error(&undo), "could not release the claim");
-            }
+            self.let_go(config.id.as_str(), &me).await;
             return Err(e);
         }
         let made = match self.make_storage(&config, &me, seed, owner).await {
             Ok(made) => made,
             Err(e) => {
-                if let Err(undo) = self.control.release_claim(config.id.as_str(), &me).await {
-                    tracing::error!(tenant_id = %config.id, error = %db::redact_error(&undo), "could not release the claim");
-                }
+                self.let_go(config.id.as_str(), &me).await;
                 return Err(e);
             }
         };
@@ -155,7 +151,7 @@ impl Lifecycle {
     /// released once the storage is gone. The roll-back's own claim may still be
     /// on record for a moment: it is waited for, a few times.
     async fn drop_unclaimed(&self, config: &TenantConfig) {
-        let me = claim_token(this_process());
+        let me = claim_token();
         let mut tries = 0;
         let claimed = loop {
             match self.control.claim(config, &me).await {
@@ -183,15 +179,18 @@ impl Lifecycle {
             .await
             .unwrap_or(false);
         match self.drop_storage(config).await {
-            Ok(()) => {
-                if let Err(e) = self.control.release_claim(config.id.as_str(), &me).await {
-                    tracing::error!(tenant_id = %config.id, error = %db::redact_error(&e), "could not release the claim");
-                }
-            }
+            Ok(()) => self.let_go(config.id.as_str(), &me).await,
             // The claim stays, its storage recorded as made: recovery drops it.
             Err(e) => {
                 tracing::error!(tenant_id = %config.id, error = %db::redact_error(&e), recorded, "could not remove the storage of a provisioning rolled back meanwhile; left to recovery")
             }
+        }
+    }
+
+    /// Releases the claim `me` holds on `id` (logged if it cannot be).
+    async fn let_go(&self, id: &str, me: &str) {
+        if let Err(e) = self.control.release_claim(id, me).await {
+            tracing::error!(tenant_id = %id, error = %db::redact_error(&e), "could not release the claim");
         }
     }
 
@@ -358,11 +357,12 @@ fn rolled_back_meanwhile(config: &TenantConfig) -> AppError {
     ))
 }
 
-/// A claim of one call in `process`: `process#token`. Recovery judges the process
-/// (`claimer_gone` reads up to the `#`).
-pub(super) fn claim_token(process: &str) -> String {
+/// A claim of one call in this process: `host/pid/nonce#token`. Recovery judges
+/// the process (`claimer_gone` reads up to the `#`).
+pub(super) fn claim_token() -> String {
     format!(
-        "{process}#{}",
+        "{}#{}",
+        this_process(),
         &uuid::Uuid::new_v4().simple().to_string()[..8]
     )
 }

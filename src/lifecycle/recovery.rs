@@ -229,10 +229,7 @@ impl Lifecycle {
         // the tenant ready, and the storage it made is known from then on. A row
         // that is no longer that claim is left alone. The taker is named, so that
         // a roll-back cut short is judged like any claimer (`claimer_gone`).
-        let taker = format!(
-            "{ROLLBACK}{}",
-            super::provision::claim_token(this_process())
-        );
+        let taker = format!("{ROLLBACK}{}", super::provision::claim_token());
         let made_storage = self
             .control
             .disown(&row.id, row.claimed_by.as_deref(), Some(&taker))

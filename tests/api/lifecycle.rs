@@ -44,6 +44,17 @@ async fn config_of(app: &TestApp, id: &str) -> Value {
     response.json().await.unwrap()
 }
 
+/// `GET /api/admin/provisionings`: the provisionings not finished.
+async fn provisionings(app: &TestApp) -> Value {
+    app.admin(Method::GET, "/api/admin/provisionings")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
 async fn provision(app: &TestApp, body: &Value) -> reqwest::Response {
     app.admin(Method::POST, "/api/admin/tenants")
         .json(body)
@@ -775,14 +786,7 @@ async fn a_provisioning_cut_short_by_its_deadline_runs_to_its_end() {
     holder.close().await.unwrap();
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let pending: Value = app
-            .admin(Method::GET, "/api/admin/provisionings")
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let pending = provisionings(&app).await;
         if pending["provisionings"].as_array().unwrap().is_empty() {
             break;
         }
@@ -848,14 +852,7 @@ async fn a_database_is_not_dropped_under_a_schema_tenant_being_provisioned_in_it
         // Once the guest's claim is on record:
         let since = Instant::now();
         loop {
-            let listed: Value = app
-                .admin(Method::GET, "/api/admin/provisionings")
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
+            let listed = provisionings(&app).await;
             if listed.to_string().contains("\"guest\"") {
                 break;
             }
@@ -901,15 +898,10 @@ async fn a_provisioning_rolled_back_by_force_while_it_runs_does_not_come_back() 
     let body = json!({ "id": "overtaken", "database_url": database });
     let provisioning = async { provision(&app, &body).await };
     let listed = || async {
-        let list: Value = app
-            .admin(Method::GET, "/api/admin/provisionings")
-            .send()
+        provisionings(&app)
             .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        list.to_string().contains("\"overtaken\"")
+            .to_string()
+            .contains("\"overtaken\"")
     };
     // The operator rolls it back, and the client provisions the id again in the
     // same process while the first provisioning still waits.
