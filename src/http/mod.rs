@@ -12,6 +12,7 @@ pub mod extract;
 pub mod feature_gate;
 pub mod identify;
 pub mod openapi;
+mod parser_errors;
 pub mod request_span;
 pub mod routes;
 pub mod server;

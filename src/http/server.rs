@@ -2,7 +2,8 @@
 //! client is too slow to send its request head or stays idle between requests
 //! (`HTTP_HEADER_TIMEOUT_SECS`), with graceful shutdown. (`axum::serve` has no
 //! timeouts: a client sending a byte every few seconds held its connection open
-//! forever.)
+//! forever.) What hyper answers by itself leaves with the JSON error body
+//! ([`JsonParserErrors`]).
 
 use std::{pin::pin, time::Duration};
 
@@ -11,6 +12,8 @@ use hyper::{body::Incoming, server::conn::http1};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::{net::TcpListener, sync::watch};
 use tower::ServiceExt;
+
+use super::parser_errors::JsonParserErrors;
 
 /// Serves `router` on `listener` until `shutdown` completes, then waits for the
 /// requests in flight to finish (connections stop taking new ones).
@@ -49,7 +52,9 @@ pub async fn serve(
             builder
                 .timer(TokioTimer::new())
                 .header_read_timeout(header_timeout);
-            let mut connection = pin!(builder.serve_connection(TokioIo::new(stream), service));
+            let mut connection = pin!(
+                builder.serve_connection(TokioIo::new(JsonParserErrors::new(stream)), service)
+            );
             tokio::select! {
                 _ = connection.as_mut() => return,
                 _ = closing_rx.changed() => {}

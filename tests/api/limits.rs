@@ -74,6 +74,58 @@ async fn a_request_past_its_deadline_gets_503_timeout_even_while_its_body_keeps_
     );
 }
 
+#[tokio::test]
+async fn requests_the_parser_refuses_get_the_json_error_and_the_server_goes_on() {
+    let app = app_with_timeouts().await;
+    let too_many_headers: String = (0..120).map(|i| format!("X-H{i}: v\r\n")).collect();
+    for (request, status, code) in [
+        (
+            "GET /health HTTP/1.1\r\nHost: localhost\r\nBad Header: y\r\n\r\n".to_string(),
+            "400",
+            "bad_request",
+        ),
+        (
+            "GET /health HTTP/1.1\r\nHost: localhost\r\n\0\r\n\r\n".to_string(),
+            "400",
+            "bad_request",
+        ),
+        (
+            format!(
+                "GET /{} HTTP/1.1\r\nHost: localhost\r\n\r\n",
+                "a".repeat(70_000)
+            ),
+            "414",
+            "uri_too_long",
+        ),
+        (
+            format!("GET /health HTTP/1.1\r\nHost: localhost\r\n{too_many_headers}\r\n"),
+            "431",
+            "header_too_large",
+        ),
+    ] {
+        let mut stream = connect(&app).await;
+        stream.write_all(request.as_bytes()).await.unwrap();
+        let answer = read_until_closed(&mut stream).await;
+        assert!(
+            answer.starts_with(&format!("HTTP/1.1 {status} ")),
+            "{answer}"
+        );
+        let (head, body) = answer.split_once("\r\n\r\n").unwrap();
+        assert!(
+            head.to_ascii_lowercase()
+                .contains("content-type: application/json"),
+            "{head}"
+        );
+        let body: serde_json::Value = serde_json::from_str(body).unwrap();
+        assert_eq!(body["error"]["code"], code, "{answer}");
+    }
+    // The service's own answers are untouched, on a connection of its own.
+    let health = reqwest::get(format!("{}/health", app.address))
+        .await
+        .unwrap();
+    assert_eq!(health.status(), 200);
+}
+
 async fn connect(app: &TestApp) -> TcpStream {
     TcpStream::connect(app.address.trim_start_matches("http://"))
         .await
