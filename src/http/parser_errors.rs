@@ -3,7 +3,8 @@
 //! its limit, too many headers) never reaches the service: hyper answers it with a
 //! status line, `connection: close`, `content-length: 0` and a date, then closes.
 //! [`JsonParserErrors`] wraps the connection's socket and puts the service's
-//! `{"error": {"code", "message"}}` in place of such an answer as it is written.
+//! `{"error": {"code", "message"}}` in place of such an answer as it is written,
+//! with a request id as every answer has.
 //!
 //! Nothing else is touched: every answer of the service's own carries a request id
 //! and a content type, so an answer with only those three headers is hyper's.
@@ -149,8 +150,9 @@ fn json_answer(written: &[u8]) -> Option<Vec<u8>> {
     }
     let body = serde_json::json!({ "error": { "code": code, "message": message } }).to_string();
     let mut answer = format!(
-        "{status_line}\r\nconnection: close\r\ncontent-type: application/json\r\ncontent-length: {}\r\n",
-        body.len()
+        "{status_line}\r\nconnection: close\r\ncontent-type: application/json\r\ncontent-length: {}\r\nx-request-id: {}\r\n",
+        body.len(),
+        uuid::Uuid::new_v4()
     );
     if let Some(date) = date {
         answer.push_str("date: ");
@@ -195,6 +197,7 @@ mod tests {
                 "{head}"
             );
             assert!(head.contains("\r\nconnection: close\r\n"), "{head}");
+            assert!(head.contains("\r\nx-request-id: "), "{head}");
             let body: serde_json::Value = serde_json::from_str(body).unwrap();
             assert_eq!(body["error"]["code"], code);
             assert!(body["error"]["message"].is_string());
