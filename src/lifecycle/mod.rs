@@ -411,16 +411,26 @@ impl Lifecycle {
         }
         // A file tenant changed at run time is a control row on top of the file's
         // entry: removing the row brings the entry back, on the same database.
-        let in_file = self
+        let file_storage = self
             .base
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .iter()
-            .any(|t| t.id == current.id);
-        if drop_storage && in_file {
-            return Err(AppError::Conflict(format!(
-                "tenant '{id}' is defined in the tenants file or TENANT_CONFIGS: remove it there before dropping its database"
-            )));
+            .find(|t| t.id == current.id)
+            .map(|t| t.storage_identity());
+        if let Some(file_storage) = file_storage {
+            if drop_storage {
+                return Err(AppError::Conflict(format!(
+                    "tenant '{id}' is defined in the tenants file or TENANT_CONFIGS: remove it there before dropping its database"
+                )));
+            }
+            // Moved since: the file's entry would come back on storage the tenant
+            // has left (a move's confirm drops it), empty.
+            if file_storage != current.storage_identity() {
+                return Err(AppError::Conflict(format!(
+                    "tenant '{id}' is defined in the tenants file or TENANT_CONFIGS on other storage than it uses now (it was moved): point that entry at its new database_url, or remove the entry there"
+                )));
+            }
         }
         if drop_storage
             && let Some(e) =

@@ -622,6 +622,55 @@ async fn a_file_tenant_changed_at_run_time_keeps_its_database_when_removed() {
     assert!(names.contains(&"kept".to_string()), "{names:?}");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_tenant_moved_elsewhere_is_not_removed_back_onto_the_storage_it_left() {
+    let app = spawn_app_with(AppSpec::new(standard_tenants())).await;
+    app.create_product("demo", "kept", 1.0).await;
+    let target = pg::fresh_database("moved_file_tenant").await;
+    let moved = app
+        .admin(Method::POST, "/api/admin/tenants/demo/move")
+        .json(&json!({ "to": target }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(moved.status(), 202);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let moves: Value = app
+            .admin(Method::GET, "/api/admin/moves")
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let record = &moves["moves"][0];
+        if record["state"] == "switched" && record["running"].is_null() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the move did not end: {moves}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let confirmed = app
+        .admin(Method::POST, "/api/admin/tenants/demo/move/confirm")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(confirmed.status(), 204);
+    // Removing the run-time copy would bring back the file's entry, on the SQLite
+    // file the confirm dropped: a new, empty database.
+    let refused = app
+        .admin(Method::DELETE, "/api/admin/tenants/demo")
+        .send()
+        .await
+        .unwrap();
+    assert_error(refused, 409, "conflict").await;
+    let names = app
+        .product_names(app.as_tenant(Method::GET, "demo", "/api/products"))
+        .await;
+    assert!(names.contains(&"kept".to_string()), "{names:?}");
+}
+
 #[tokio::test]
 async fn the_control_database_holds_no_database_password_and_the_key_can_be_rotated() {
     let (old_key, new_key) = (
