@@ -457,6 +457,21 @@ impl Settings {
             }
             None => {}
         }
+        // Made up when unset, as development does, they would differ from replica
+        // to replica (each would refuse the URLs the others sealed) and the token
+        // would be written to the log.
+        if self.is_production() && self.admin_token.is_none() {
+            return Err(
+                "settings: ADMIN_TOKEN is required when APP_ENV=production (at least 16 characters)"
+                    .into(),
+            );
+        }
+        if self.is_production() && self.multi_tenant_enabled && self.secret_key.is_none() {
+            return Err(
+                "settings: SECRET_KEY is required when APP_ENV=production (64 hex characters, the same on every replica)"
+                    .into(),
+            );
+        }
         if !(60..=86_400).contains(&self.jwt_ttl_secs) {
             return Err("settings: JWT_TTL_SECS must be within 60..=86400".into());
         }
@@ -803,16 +818,50 @@ mod tests {
     }
 
     #[test]
-    fn production_needs_a_jwt_secret() {
-        let err = Settings::from_map(&env(&[("APP_ENV", "production")])).unwrap_err();
+    fn production_needs_a_jwt_secret_an_admin_token_and_a_secret_key() {
+        let (token, secret_key) = ("t".repeat(16), "ab".repeat(32));
+        let production = |extra: &[(&str, &str)]| {
+            let mut pairs = vec![
+                ("APP_ENV", "production"),
+                ("ADMIN_TOKEN", token.as_str()),
+                ("SECRET_KEY", secret_key.as_str()),
+            ];
+            pairs.extend_from_slice(extra);
+            Settings::from_map(&env(&pairs))
+        };
+        let err = production(&[]).unwrap_err();
         assert!(err.contains("JWT_SECRET"), "{err}");
         let key = "k".repeat(32);
-        assert!(
-            Settings::from_map(&env(&[("APP_ENV", "production"), ("JWT_SECRET", &key)])).is_ok()
-        );
+        assert!(production(&[("JWT_SECRET", &key)]).is_ok());
         // Behind a gateway no tokens are signed, so no key is needed.
+        assert!(production(&[("AUTH_MODE", "none")]).is_ok());
+        // Each of the other two, left unset.
+        let err = Settings::from_map(&env(&[
+            ("APP_ENV", "production"),
+            ("AUTH_MODE", "none"),
+            ("SECRET_KEY", &secret_key),
+        ]))
+        .unwrap_err();
+        assert!(err.contains("ADMIN_TOKEN"), "{err}");
+        let err = Settings::from_map(&env(&[
+            ("APP_ENV", "production"),
+            ("AUTH_MODE", "none"),
+            ("ADMIN_TOKEN", &token),
+        ]))
+        .unwrap_err();
+        assert!(err.contains("SECRET_KEY"), "{err}");
+        // A single-tenant service seals nothing: no key needed.
         assert!(
-            Settings::from_map(&env(&[("APP_ENV", "production"), ("AUTH_MODE", "none")])).is_ok()
+            Settings::from_map(&env(&[
+                ("APP_ENV", "production"),
+                ("AUTH_MODE", "none"),
+                ("ADMIN_TOKEN", &token),
+                ("MULTI_TENANT_ENABLED", "false"),
+                ("DATABASE_URL", "sqlite://app.db"),
+            ]))
+            .is_ok()
         );
+        // Development makes both up.
+        assert!(Settings::from_map(&env(&[("AUTH_MODE", "none")])).is_ok());
     }
 }
