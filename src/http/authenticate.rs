@@ -73,9 +73,13 @@ pub async fn authenticate(
     };
     // Boxed: finding the caller's principal in the tenant's database is a large
     // future, which would otherwise be copied with this layer's on every request.
+    let named_id = match &named {
+        Named::Tenant(id) => Some(id.clone()),
+        _ => None,
+    };
     let (config, principal) = match Box::pin(settle(&state, named, request.headers())).await {
         Ok(found) => found,
-        Err(e) => return e.into_response(),
+        Err(e) => return refused(&state, named_id, e),
     };
     if let Some(principal) = principal {
         request.extensions_mut().insert(principal);
@@ -107,6 +111,26 @@ pub async fn authenticate(
     }
     if let (Some(usage), true) = (&state.usage, billed) {
         usage.request(id.as_str());
+    }
+    response
+}
+
+/// The answer to a request refused before it reached its tenant. It still carries
+/// `X-Tenant-ID` when the request named a tenant this service has (suspended, or
+/// not the credential's, or a credential it refused), as every answer of a tenant
+/// does; that is also the tenant its metrics count it under. A tenant the registry
+/// does not know is not named back.
+fn refused(state: &AppState, named: Option<TenantId>, error: AppError) -> Response {
+    let tenant = match &error {
+        AppError::TenantInactive(id) => Some(id.clone()),
+        _ => named,
+    };
+    let header = tenant
+        .filter(|id| state.single_tenant.is_none() && state.registry.get(id.as_str()).is_some())
+        .and_then(|id| HeaderValue::from_str(id.as_str()).ok());
+    let mut response = error.into_response();
+    if let Some(value) = header {
+        response.headers_mut().insert(TENANT_HEADER.clone(), value);
     }
     response
 }

@@ -28,6 +28,62 @@ fn sample(text: &str, name_and_labels: &str) -> Option<f64> {
 }
 
 #[tokio::test]
+async fn a_request_refused_before_it_reaches_a_known_tenant_is_still_that_tenants() {
+    let mut tenants = crate::helpers::standard_tenants();
+    tenants.push(Tenant::new("closed_clinic", "dental").with("is_active = false"));
+    let app = spawn_app_with(AppSpec::new(tenants).with_auth()).await;
+    app.add_user("demo", "dora", "a long enough password", "staff")
+        .await;
+    let demo = app.login("demo", "dora", "a long enough password").await;
+    let suspended = app
+        .as_tenant(Method::GET, "closed_clinic", "/api/products")
+        .send()
+        .await
+        .unwrap();
+    let mismatch = app
+        .as_tenant(Method::GET, "acme_manufacturing", "/api/products")
+        .bearer_auth(&demo)
+        .send()
+        .await
+        .unwrap();
+    let no_credential = app
+        .as_tenant(Method::GET, "dental_clinic_abc", "/api/products")
+        .send()
+        .await
+        .unwrap();
+    let unknown = app
+        .as_tenant(Method::GET, "no_such_tenant", "/api/products")
+        .send()
+        .await
+        .unwrap();
+    for (response, status, tenant) in [
+        (&suspended, 403, Some("closed_clinic")),
+        (&mismatch, 403, Some("acme_manufacturing")),
+        (&no_credential, 401, Some("dental_clinic_abc")),
+        (&unknown, 404, None),
+    ] {
+        assert_eq!(response.status(), status, "{tenant:?}");
+        let header = response
+            .headers()
+            .get("x-tenant-id")
+            .map(|v| v.to_str().unwrap());
+        assert_eq!(header, tenant, "{status}");
+    }
+    let text = scrape(&app).await;
+    for tenant in [
+        "closed_clinic",
+        "acme_manufacturing",
+        "dental_clinic_abc",
+        "none",
+    ] {
+        let series = format!(
+            "tenant_router_requests_total{{tenant=\"{tenant}\",route=\"/api/products\",status=\"4xx\"}}"
+        );
+        assert_eq!(sample(&text, &series), Some(1.0), "{series}\n{text}");
+    }
+}
+
+#[tokio::test]
 async fn metrics_count_each_tenants_requests_by_route_and_status() {
     let app = spawn_app().await;
     for _ in 0..3 {
