@@ -251,6 +251,14 @@ fn the_compose_file_runs_two_replicas_on_one_control_database_behind_nginx() {
     let nginx = deploy_file("compose.nginx.conf");
     assert!(nginx.contains("server router1:8000") && nginx.contains("server router2:8000"));
     assert!(compose.contains("./compose.nginx.conf:/etc/nginx/conf.d/default.conf:ro"));
+    // Each replica has a volume of its own: its tenants file lists none, which a
+    // SQLite tenant would be a different database on each (tenants go to
+    // PostgreSQL through the admin API).
+    let mount = "- ./compose.tenants.toml:/etc/tenant-router/tenants.toml:ro";
+    assert_eq!(compose.matches(mount).count(), 2, "both routers mount it");
+    let tenants = tenant_router::settings::parse_tenants_toml(&deploy_file("compose.tenants.toml"))
+        .expect("the compose tenants file parses");
+    assert!(tenants.is_empty(), "{} tenants", tenants.len());
 }
 
 #[test]
