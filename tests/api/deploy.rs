@@ -186,6 +186,33 @@ fn the_systemd_unit_reads_the_shared_env_file_and_turns_huge_pages_off() {
     assert!(set.contains(&"PORT=%i"), "{set:?}");
 }
 
+/// The value in seconds of an nginx directive written `name Ns;`.
+fn nginx_seconds(conf: &str, directive: &str) -> u64 {
+    conf.lines()
+        .find_map(|l| l.trim().strip_prefix(directive)?.strip_prefix(' '))
+        .and_then(|v| v.strip_suffix("s;"))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no `{directive} Ns;`"))
+}
+
+#[test]
+fn nginx_waits_longer_than_a_request_may_take_and_drops_idle_connections_first() {
+    let settings = settings_from(&[]).expect("the defaults are valid");
+    for file in ["nginx.conf", "compose.nginx.conf"] {
+        let conf = deploy_file(file);
+        // Otherwise a slow request gets nginx's own 504 page, not the service's 503.
+        assert!(
+            nginx_seconds(&conf, "proxy_read_timeout") > settings.http_request_timeout_secs,
+            "{file}"
+        );
+        // Otherwise nginx reuses connections the replica has just closed.
+        assert!(
+            nginx_seconds(&conf, "keepalive_timeout") < settings.http_header_timeout_secs,
+            "{file}"
+        );
+    }
+}
+
 #[test]
 fn the_compose_file_runs_two_replicas_on_one_control_database_behind_nginx() {
     let compose = deploy_file("compose.yaml");
