@@ -245,12 +245,16 @@ impl<S: Send + Sync> FromRequestParts<S> for Principal {
 }
 
 /// The client's address, for throttling: the last `X-Forwarded-For` hop behind a
-/// trusted load balancer (`TRUST_FORWARDED_FOR`), else the peer's address.
+/// trusted load balancer (`TRUST_FORWARDED_FOR`), else the peer's address. The
+/// last hop of the last line: a balancer that adds a line of its own puts it
+/// after whatever lines the client sent.
 pub fn client_address(auth: &AuthService, parts: &Parts) -> String {
     if auth.trust_forwarded_for
         && let Some(last) = parts
             .headers
-            .get("x-forwarded-for")
+            .get_all("x-forwarded-for")
+            .iter()
+            .next_back()
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.rsplit(',').next())
             .map(str::trim)

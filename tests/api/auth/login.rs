@@ -256,6 +256,29 @@ async fn a_guesser_at_another_address_cannot_lock_the_user_out() {
 }
 
 #[tokio::test]
+async fn a_guesser_cannot_choose_the_address_it_is_counted_at() {
+    let app = auth_app(|s| {
+        s.env("LOGIN_MAX_FAILURES", "3")
+            .env("TRUST_FORWARDED_FOR", "true")
+    })
+    .await;
+    // The client's own line first, the load balancer's line last.
+    let login = |own: String, password: &str| {
+        app.as_tenant(Method::POST, "alpha", "/api/auth/login")
+            .header("x-forwarded-for", own)
+            .header("x-forwarded-for", "203.0.113.9")
+            .json(&json!({ "username": "olivia", "password": password }))
+            .send()
+    };
+    for i in 0..3 {
+        let wrong = login(format!("10.9.9.{i}"), "wrong").await.unwrap();
+        assert_error(wrong, 401, "unauthorized").await;
+    }
+    let refused = login("10.9.9.200".into(), OWNER_PASSWORD).await.unwrap();
+    assert_error(refused, 429, "too_many_requests").await;
+}
+
+#[tokio::test]
 async fn guesses_spread_over_many_addresses_meet_the_per_user_ceiling() {
     let app = auth_app(|s| {
         s.env("LOGIN_MAX_FAILURES", "3")
