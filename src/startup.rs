@@ -60,6 +60,7 @@ pub struct Application {
     router: Router,
     state: AppState,
     header_timeout: std::time::Duration,
+    answer_timeout: std::time::Duration,
 }
 
 impl Application {
@@ -216,6 +217,7 @@ impl Application {
         );
         Ok(Self {
             header_timeout: std::time::Duration::from_secs(settings.http_header_timeout_secs),
+            answer_timeout: std::time::Duration::from_secs(settings.http_send_timeout_secs),
             listener,
             router,
             state,
@@ -239,7 +241,14 @@ impl Application {
     ) -> std::io::Result<()> {
         let registry = self.state.registry.clone();
         let writes = self.state.writes.clone();
-        crate::http::server::serve(self.listener, self.router, self.header_timeout, shutdown).await;
+        crate::http::server::serve(
+            self.listener,
+            self.router,
+            self.header_timeout,
+            self.answer_timeout,
+            shutdown,
+        )
+        .await;
         // Writes whose clients left run on detached; let them finish with their
         // audit rows before the pools close.
         writes.wait_idle(std::time::Duration::from_secs(30)).await;

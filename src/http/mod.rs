@@ -17,6 +17,7 @@ pub mod request_span;
 pub mod routes;
 pub mod server;
 pub mod stack;
+mod stalled_writes;
 mod state;
 pub mod timestamp;
 

@@ -2,8 +2,9 @@
 //! client is too slow to send its request head or stays idle between requests
 //! (`HTTP_HEADER_TIMEOUT_SECS`), with graceful shutdown. (`axum::serve` has no
 //! timeouts: a client sending a byte every few seconds held its connection open
-//! forever.) What hyper answers by itself leaves with the JSON error body
-//! ([`JsonParserErrors`]).
+//! forever.) A client that reads nothing of its answers for `answer_timeout` is
+//! disconnected too ([`StalledWrites`]), and what hyper answers by itself leaves
+//! with the JSON error body ([`JsonParserErrors`]).
 
 use std::{pin::pin, time::Duration};
 
@@ -13,7 +14,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::{net::TcpListener, sync::watch};
 use tower::ServiceExt;
 
-use super::parser_errors::JsonParserErrors;
+use super::{parser_errors::JsonParserErrors, stalled_writes::StalledWrites};
 
 /// Serves `router` on `listener` until `shutdown` completes, then waits for the
 /// requests in flight to finish (connections stop taking new ones).
@@ -21,6 +22,7 @@ pub async fn serve(
     listener: TcpListener,
     router: Router,
     header_timeout: Duration,
+    answer_timeout: Duration,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) {
     // Each connection holds a receiver: when every one is dropped, all are closed.
@@ -52,9 +54,13 @@ pub async fn serve(
             builder
                 .timer(TokioTimer::new())
                 .header_read_timeout(header_timeout);
-            let mut connection = pin!(
-                builder.serve_connection(TokioIo::new(JsonParserErrors::new(stream)), service)
-            );
+            let mut connection = pin!(builder.serve_connection(
+                TokioIo::new(JsonParserErrors::new(StalledWrites::new(
+                    stream,
+                    answer_timeout
+                ))),
+                service,
+            ));
             tokio::select! {
                 _ = connection.as_mut() => return,
                 _ = closing_rx.changed() => {}

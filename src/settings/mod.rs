@@ -76,6 +76,7 @@ pub const ENV_KEYS: &[&str] = &[
     "LOGIN_MAX_FAILURES_PER_USER",
     "HTTP_HEADER_TIMEOUT_SECS",
     "HTTP_BODY_TIMEOUT_SECS",
+    "HTTP_SEND_TIMEOUT_SECS",
     "HTTP_REQUEST_TIMEOUT_SECS",
     "CORS_ALLOWED_ORIGINS",
     "ADMIN_MAX_FAILURES_PER_ADDRESS",
@@ -189,6 +190,9 @@ pub struct Settings {
     pub http_header_timeout_secs: u64,
     /// Seconds a client may leave a request's body without sending more of it.
     pub http_body_timeout_secs: u64,
+    /// Seconds an answer may wait for the client to read any of it before the
+    /// connection is closed.
+    pub http_send_timeout_secs: u64,
     /// Seconds a whole request may take, body and handler, before it is answered
     /// 503 `timeout` (and its work cancelled).
     pub http_request_timeout_secs: u64,
@@ -293,6 +297,7 @@ impl Settings {
             .and_then(|b| b.set_default("login_max_failures_per_user", 50))
             .and_then(|b| b.set_default("http_header_timeout_secs", 30))
             .and_then(|b| b.set_default("http_body_timeout_secs", 30))
+            .and_then(|b| b.set_default("http_send_timeout_secs", 30))
             .and_then(|b| b.set_default("http_request_timeout_secs", 60))
             .and_then(|b| b.set_default("cors_allowed_origins", ""))
             .and_then(|b| b.set_default("admin_max_failures_per_address", 20))
@@ -490,10 +495,11 @@ impl Settings {
         }
         if !(1..=3600).contains(&self.http_header_timeout_secs)
             || !(1..=3600).contains(&self.http_body_timeout_secs)
+            || !(1..=3600).contains(&self.http_send_timeout_secs)
             || !(1..=3600).contains(&self.http_request_timeout_secs)
         {
             return Err(
-                "settings: HTTP_HEADER_TIMEOUT_SECS, HTTP_BODY_TIMEOUT_SECS and HTTP_REQUEST_TIMEOUT_SECS must be within 1..=3600"
+                "settings: HTTP_HEADER_TIMEOUT_SECS, HTTP_BODY_TIMEOUT_SECS, HTTP_SEND_TIMEOUT_SECS and HTTP_REQUEST_TIMEOUT_SECS must be within 1..=3600"
                     .into(),
             );
         }

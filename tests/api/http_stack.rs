@@ -194,6 +194,7 @@ async fn a_panicking_handler_gets_a_json_500_and_the_server_goes_on() {
         listener,
         app,
         std::time::Duration::from_secs(5),
+        std::time::Duration::from_secs(5),
         async {
             let _ = stopped.await;
         },

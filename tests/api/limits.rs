@@ -25,7 +25,7 @@ async fn a_request_past_its_deadline_gets_503_timeout_even_while_its_body_keeps_
     let app = spawn_app_with(
         AppSpec::new(standard_tenants())
             .env("HTTP_REQUEST_TIMEOUT_SECS", "1")
-            .env("HTTP_BODY_TIMEOUT_SECS", "30"),
+            .env("HTTP_BODY_TIMEOUT_SECS", "3"),
     )
     .await;
     let mut stream = connect(&app).await;
@@ -120,6 +120,53 @@ async fn requests_the_parser_refuses_get_the_json_error_and_the_server_goes_on()
         assert_eq!(body["error"]["code"], code, "{answer}");
     }
     // The service's own answers are untouched, on a connection of its own.
+    let health = reqwest::get(format!("{}/health", app.address))
+        .await
+        .unwrap();
+    assert_eq!(health.status(), 200);
+}
+
+#[tokio::test]
+async fn a_client_that_reads_nothing_of_its_answers_is_disconnected() {
+    // The other timeouts well past the test: they are not what ends it.
+    let app = spawn_app_with(
+        AppSpec::new(standard_tenants())
+            .env("HTTP_HEADER_TIMEOUT_SECS", "60")
+            .env("HTTP_BODY_TIMEOUT_SECS", "60")
+            .env("HTTP_SEND_TIMEOUT_SECS", "1"),
+    )
+    .await;
+    // A small receive window, and more answers asked for than the two sockets'
+    // buffers hold: the server's writes wait on the client.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut stream = socket
+        .connect(app.address.trim_start_matches("http://").parse().unwrap())
+        .await
+        .unwrap();
+    let request = b"GET /docs/swagger-ui-bundle.js HTTP/1.1\r\nHost: localhost\r\n\r\n";
+    let one = reqwest::get(format!("{}/docs/swagger-ui-bundle.js", app.address))
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap()
+        .len();
+    let asked = 16;
+    assert!(
+        one * asked > 16 << 20,
+        "answers of {one} bytes fit the buffers"
+    );
+    for _ in 0..asked {
+        stream.write_all(request).await.unwrap();
+    }
+    // Reading nothing for five times HTTP_SEND_TIMEOUT_SECS (1 s)...
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    // ...the server has given up: what it had sent, then the end, not every answer
+    // on a connection kept open (which `read_until_closed` fails on).
+    let received = read_until_closed(&mut stream).await;
+    assert!(received.len() < one * asked, "{} bytes", received.len());
+    // Everyone else is served.
     let health = reqwest::get(format!("{}/health", app.address))
         .await
         .unwrap();
