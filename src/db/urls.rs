@@ -16,7 +16,7 @@ pub(super) fn database_name(url: &str) -> Result<String, DbErr> {
 }
 
 /// The same server's maintenance database, `postgres`.
-pub(super) fn maintenance_url(url: &str) -> Result<String, DbErr> {
+pub fn maintenance_url(url: &str) -> Result<String, DbErr> {
     let mut parsed =
         url::Url::parse(url).map_err(|_| DbErr::Custom("invalid database URL".into()))?;
     parsed.set_path("/postgres");

@@ -1050,11 +1050,18 @@ impl Lifecycle {
         let mut source = (*tenant).clone();
         source.database_url = record.source_url.clone();
         if !record.source_url.expose().starts_with("sqlite") {
-            // What a cut-short clean-up may have left.
-            let (from, to) = (
-                connect(record.source_url.expose()).await?,
-                connect_one(record.target_url.expose()).await?,
-            );
+            // What a cut-short clean-up may have left. A confirm cut short after
+            // its drop below finds the source database gone: its slot, a
+            // server-wide object, is looked for from the server's maintenance
+            // database (it went before the drop, which its presence refuses).
+            let from = match connect(record.source_url.expose()).await {
+                Ok(from) => from,
+                Err(e) if db::sql_state(&e).as_deref() == Some("3D000") => {
+                    connect(&db::maintenance_url(record.source_url.expose())?).await?
+                }
+                Err(e) => return Err(e.into()),
+            };
+            let to = connect_one(record.target_url.expose()).await?;
             drop_replication(&from, &to, &replication_name(&tenant)).await?;
             let _ = from.close().await;
             let _ = to.close().await;

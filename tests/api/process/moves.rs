@@ -472,6 +472,82 @@ async fn a_move_killed_at_any_point_and_run_again_loses_and_duplicates_nothing()
     eprintln!("{report:#?}");
 }
 
+/// A confirm killed between dropping the source database and forgetting the move
+/// used to leave the record behind for good: every later confirm tried to reach
+/// the database it had dropped (503), abort and removal were refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_confirm_killed_after_dropping_the_source_is_finished_by_the_next() {
+    use sea_orm::{ConnectionTrait, TransactionTrait};
+    let _heavy = crate::helpers::heavy_test().await;
+    let s = setup(1).await;
+    s.apps[0]
+        .create_product("moving", "made before the move", 2.0)
+        .await;
+    let (dir, control, target) = (
+        s.dir.path().to_path_buf(),
+        s.control.clone(),
+        s.target.clone(),
+    );
+    let (code, stdout, stderr) =
+        tokio::task::spawn_blocking(move || run_move(&dir, &control, &["--to", &target]))
+            .await
+            .unwrap();
+    assert_eq!(code, 0, "{stdout}\n{stderr}");
+    // The confirm's first write to the control database after its drop waits on
+    // this lock: it is killed there, its source dropped, its record kept.
+    let ledger = pg::connect(&s.control).await;
+    let held = ledger.begin().await.unwrap();
+    held.execute_unprepared("LOCK TABLE initialised_storage IN EXCLUSIVE MODE")
+        .await
+        .unwrap();
+    let mut confirming = command(s.dir.path(), &control_env(&s.control))
+        .args(["tenants", "move", "moving", "--confirm"])
+        .spawn()
+        .unwrap();
+    let server = pg::connect(&s.source_server.url).await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while server
+        .query_one_raw(sea_orm::Statement::from_string(
+            sea_orm::DatabaseBackend::Postgres,
+            "SELECT 1 FROM pg_database WHERE datname = 't_moving'",
+        ))
+        .await
+        .unwrap()
+        .is_some()
+    {
+        assert!(
+            confirming.try_wait().unwrap().is_none(),
+            "the confirm ended before dropping the source"
+        );
+        assert!(Instant::now() < deadline, "the source was never dropped");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    confirming.kill().unwrap();
+    confirming.wait().unwrap();
+    server.close().await.unwrap();
+    held.rollback().await.unwrap();
+    ledger.close().await.unwrap();
+    assert_eq!(moves_of(&s.apps[0]).await["moves"][0]["state"], "switched");
+
+    let (dir, control) = (s.dir.path().to_path_buf(), s.control.clone());
+    let (code, stdout, stderr) =
+        tokio::task::spawn_blocking(move || run_move(&dir, &control, &["--confirm"]))
+            .await
+            .unwrap();
+    assert_eq!(code, 0, "{stdout}\n{stderr}");
+    assert_eq!(moves_of(&s.apps[0]).await["moves"], json!([]));
+    // The tenant, on its new server, can now be removed like any other.
+    let response = s.apps[0]
+        .admin(
+            Method::DELETE,
+            "/api/admin/tenants/moving?drop_database=true",
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 204);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_schema_tenant_moves_into_the_shared_database_of_another_server() {
     let _heavy = crate::helpers::heavy_test().await;
