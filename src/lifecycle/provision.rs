@@ -79,9 +79,10 @@ impl Lifecycle {
                 .map_err(|e| storage_error("claim", &e))?
             {
                 Claim::Claimed => break,
-                Claim::IdTaken => {
-                    AppError::Conflict(format!("tenant '{}' already exists", config.id))
-                }
+                Claim::IdTaken => AppError::Conflict(format!(
+                    "tenant '{}' already exists, or is being provisioned",
+                    config.id
+                )),
                 Claim::StorageOrSubdomainTaken => {
                     AppError::Conflict("another tenant has this database or subdomain".into())
                 }

@@ -162,10 +162,11 @@ impl Lifecycle {
     }
 
     /// Rolls back the unfinished provisionings that hold what `config` claims (its
-    /// id, subdomain or storage) and whose process on this host is gone: what a
-    /// provisioning refused by such a claim does before trying again. A claim
-    /// that is only silent past its lease is left to start-up and operators: its
-    /// process may be alive on another host, or slow here. Returns how many.
+    /// id, subdomain or storage) and are gone: their process on this host has
+    /// exited, or, on another host, they have recorded no step for the lease. What
+    /// a provisioning refused by such a claim does before trying again. A claim
+    /// whose process lives on this host is left to finish, however slow. Returns
+    /// how many.
     pub(super) async fn recover_blocking(
         &self,
         config: &crate::tenant::TenantConfig,
@@ -180,9 +181,14 @@ impl Lifecycle {
         };
         // A roll-back that took the claim over and died counts as gone too (its
         // name says whose it was); a live one is left to finish.
+        let now = chrono::Utc::now();
         let gone = |row: &crate::control::Unfinished| match row.claimed_by.as_deref() {
             None => true,
-            Some(claimer) => claimer_gone(claimer, this_process()) == Some(true),
+            Some(claimer) => match claimer_gone(claimer, this_process()) {
+                Some(gone) => gone,
+                // Another host: only the lease can tell.
+                None => now - row.updated_at > PROVISIONING_LEASE,
+            },
         };
         let done = self.roll_back_where(|row| blocks(row) && gone(row)).await?;
         Ok(done.len())

@@ -37,6 +37,26 @@ async fn insert_unfinished(dir: &Path, id: &str, claimer: &str) {
     db.close().await.unwrap();
 }
 
+/// Sets `id`'s unfinished provisioning's last step `minutes` back.
+async fn age_unfinished(dir: &Path, id: &str, minutes: i64) {
+    use sea_orm::ConnectionTrait;
+    let db = tenant_router::db::connect(format!(
+        "sqlite://{}",
+        dir.join("data").join("control.db").display()
+    ))
+    .await
+    .unwrap();
+    let then = chrono::Utc::now() - chrono::TimeDelta::minutes(minutes);
+    db.execute_raw(sea_orm::Statement::from_sql_and_values(
+        sea_orm::DbBackend::Sqlite,
+        "UPDATE tenant_configs SET updated_at = ? WHERE id = ?",
+        [then.into(), id.into()],
+    ))
+    .await
+    .unwrap();
+    db.close().await.unwrap();
+}
+
 #[test]
 fn an_operator_sees_unfinished_provisionings_and_rolls_them_back_with_the_cli_and_the_api() {
     let dir = dir_with_sqlite_tenant("demo");
@@ -207,6 +227,38 @@ fn a_provisioning_whose_process_died_is_rolled_back_when_its_id_is_asked_for_aga
         dir.path().join("slow.db").exists(),
         "its storage was dropped"
     );
+    // A claim of another host's is gone once silent past its lease (2 minutes),
+    // and not before: this host cannot see that process.
+    let provision = |id: &str| {
+        let body = serde_json::json!({
+            "id": id,
+            "database_url": format!("sqlite://{}/{id}.db", dir.path().display()),
+        });
+        rt.block_on(async {
+            reqwest::Client::new()
+                .post(format!("{}/api/admin/tenants", server.address))
+                .bearer_auth(ADMIN)
+                .json(&body)
+                .send()
+                .await
+                .unwrap()
+                .status()
+        })
+    };
+    rt.block_on(insert_unfinished(
+        dir.path(),
+        "remotequiet",
+        "elsewhere/1/gone",
+    ));
+    rt.block_on(age_unfinished(dir.path(), "remotequiet", 3));
+    rt.block_on(insert_unfinished(
+        dir.path(),
+        "remotebusy",
+        "elsewhere/1/busy",
+    ));
+    rt.block_on(age_unfinished(dir.path(), "remotebusy", 1));
+    assert_eq!(provision("remotequiet"), 201, "{}", server.log());
+    assert_eq!(provision("remotebusy"), 409);
     assert!(server.stop());
     assert!(
         server.log().contains("unfinished provisioning rolled back"),
