@@ -79,7 +79,20 @@ pub(crate) async fn login(
     };
     let keys = attempt.settle();
     // An unknown or inactive user costs the same hashing work as a wrong password.
-    let verified = password::verify_in_slot(slot, input.password, stored).await;
+    // The outcome is settled where the hash runs, so that a right password whose
+    // client hangs up during the hash takes its attempt back all the same: it was
+    // no failed guess, and must not lock its user out.
+    let settled = {
+        let throttle = throttle.clone();
+        tokio::spawn(async move {
+            let verified = password::verify_in_slot(slot, input.password, stored).await;
+            if verified {
+                throttle.succeeded(&key_refs(&keys)).await;
+            }
+            verified
+        })
+    };
+    let verified = settled.await.unwrap_or(false);
     let Some(user) = user.filter(|_| verified) else {
         tracing::warn!(%address, "login failed");
         state
@@ -87,7 +100,6 @@ pub(crate) async fn login(
             .login(tenant.config.id.as_str(), LoginOutcome::Failed);
         return Err(AppError::LoginFailed);
     };
-    throttle.succeeded(&key_refs(&keys)).await;
     state
         .metrics
         .login(tenant.config.id.as_str(), LoginOutcome::Succeeded);

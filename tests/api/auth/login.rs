@@ -278,6 +278,52 @@ async fn a_guesser_cannot_choose_the_address_it_is_counted_at() {
     assert_error(refused, 429, "too_many_requests").await;
 }
 
+/// Clients that hang up at every point of a login with the right password, the
+/// middle of its hash included, take no failure with them: the user can still log
+/// in from that address however many there were.
+#[tokio::test]
+async fn a_right_password_whose_client_hangs_up_is_no_failed_login() {
+    use tokio::io::AsyncWriteExt;
+    let app = auth_app(|s| s.env("LOGIN_MAX_FAILURES", "2")).await;
+    let body = json!({ "username": "olivia", "password": OWNER_PASSWORD }).to_string();
+    let request = format!(
+        "POST /api/auth/login HTTP/1.1\r\nHost: localhost\r\nX-Tenant-ID: alpha\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    // How long a whole login takes here: the hang-ups spread over it.
+    let started = std::time::Instant::now();
+    app.login("alpha", "olivia", OWNER_PASSWORD).await;
+    let whole = started.elapsed();
+    for i in 1..=8u32 {
+        let mut stream = tokio::net::TcpStream::connect(app.address.trim_start_matches("http://"))
+            .await
+            .unwrap();
+        stream.write_all(request.as_bytes()).await.unwrap();
+        tokio::time::sleep(whole * i / 8).await;
+        drop(stream);
+    }
+    // Attempts still hashing count until they settle (429 meanwhile); once they
+    // have, the login is served. Counted as failures, they would hold it at 429
+    // for the whole lock-out.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let response = app
+            .as_tenant(Method::POST, "alpha", "/api/auth/login")
+            .body(body.clone())
+            .header("content-type", "application/json")
+            .send()
+            .await
+            .unwrap();
+        if response.status() == 200 {
+            break;
+        }
+        assert_eq!(response.status(), 429);
+        assert!(std::time::Instant::now() < deadline, "still refused");
+        tokio::time::sleep(whole).await;
+    }
+}
+
 #[tokio::test]
 async fn guesses_spread_over_many_addresses_meet_the_per_user_ceiling() {
     let app = auth_app(|s| {
