@@ -29,9 +29,16 @@ impl TenantInitialiser for DemoSeed {
         tenant: &'a TenantConfig,
     ) -> InitFuture<'a> {
         Box::pin(async move {
-            if tenant.demo && is_empty(db).await? {
-                seed(db, tenant).await?;
-                tracing::info!("demo tenant seeded");
+            // One transaction: a first use cut short (its client gone, a failure)
+            // leaves no half of the sample data, which `is_empty` would then take
+            // for a visitor's and never complete.
+            if tenant.demo {
+                let txn = crate::db::begin_write(db).await?;
+                if is_empty(&txn).await? {
+                    seed(&txn, tenant).await?;
+                    txn.commit().await?;
+                    tracing::info!("demo tenant seeded");
+                }
             }
             if tenant.demo && self.demo_login {
                 ensure_demo_user(db).await?;
@@ -364,4 +371,39 @@ pub async fn status(
         counts.insert(table.into(), n.into());
     }
     Ok(counts)
+}
+
+#[cfg(test)]
+mod tests {
+    use migration::{Migrator, MigratorTrait};
+    use sea_orm::{ConnectionTrait, EntityTrait, PaginatorTrait};
+
+    use super::*;
+
+    #[tokio::test]
+    async fn a_seed_that_fails_partway_leaves_nothing_and_the_next_use_seeds_all() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}/demo.db?mode=rwc", dir.path().display());
+        let db = crate::db::connect(url.clone()).await.unwrap();
+        Migrator::up(&db, None).await.unwrap();
+        let tenant = crate::settings::parse_tenants_toml(&format!(
+            "[tenants.demo]\ndatabase_url = \"{url}\"\ndemo = true\n"
+        ))
+        .unwrap()
+        .remove(0);
+        // The cash flow, inserted after the products, fails.
+        db.execute_unprepared(
+            "CREATE TRIGGER refuse BEFORE INSERT ON cash_flow_entries \
+             BEGIN SELECT RAISE(ABORT, 'refused'); END",
+        )
+        .await
+        .unwrap();
+        let seeding = DemoSeed { demo_login: false };
+        assert!(seeding.initialise(&db, &tenant).await.is_err());
+        assert_eq!(product::Entity::find().count(&db).await.unwrap(), 0);
+        db.execute_unprepared("DROP TRIGGER refuse").await.unwrap();
+        seeding.initialise(&db, &tenant).await.unwrap();
+        assert_eq!(product::Entity::find().count(&db).await.unwrap(), 5);
+        assert!(cash_flow_entry::Entity::find().count(&db).await.unwrap() > 0);
+    }
 }
