@@ -18,8 +18,22 @@ pub const MAX_BODY_BYTES: usize = 256 * 1024;
 
 /// Reads a whole request body: 413 `payload_too_large` past [`MAX_BODY_BYTES`],
 /// 408 `request_timeout` when the client stops sending it for
-/// `HTTP_BODY_TIMEOUT_SECS` (the stack's body timeout), 422 for any other failure.
+/// `HTTP_BODY_TIMEOUT_SECS` (the stack's body timeout), 422 for any other failure,
+/// and for a body sent with a `Content-Encoding` (none is decoded: read as it
+/// came, a compressed body would mean one thing here and another to a proxy that
+/// decodes it).
 async fn read_body<S: Send + Sync>(request: Request, state: &S) -> Result<Bytes, AppError> {
+    let encoded = request
+        .headers()
+        .get_all(header::CONTENT_ENCODING)
+        .iter()
+        .any(|v| !v.as_bytes().eq_ignore_ascii_case(b"identity"));
+    if encoded {
+        return Err(AppError::validation(
+            "body",
+            "a Content-Encoding is not accepted: send the body as it is",
+        ));
+    }
     match Bytes::from_request(request, state).await {
         Ok(bytes) => Ok(bytes),
         Err(rejection) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => {
@@ -266,6 +280,35 @@ mod tests {
                 other => panic!("{not_an_object}: {:?}", other.map(|_| ())),
             }
         }
+    }
+
+    #[tokio::test]
+    async fn an_encoded_body_is_refused_and_identity_is_plain() {
+        #[derive(serde::Deserialize, Debug)]
+        #[allow(dead_code)]
+        struct Body {
+            name: String,
+        }
+        let request = |encoding: &str| {
+            Request::builder()
+                .header(header::CONTENT_TYPE, "application/json")
+                .header(header::CONTENT_ENCODING, encoding)
+                .body(axum::body::Body::from(r#"{"name":"a"}"#))
+                .unwrap()
+        };
+        for encoding in ["gzip", "deflate", "br", "x-anything"] {
+            match ApiJson::<Body>::from_request(request(encoding), &()).await {
+                Err(AppError::Validation { field, .. }) => {
+                    assert_eq!(field.as_deref(), Some("body"), "{encoding}")
+                }
+                other => panic!("{encoding}: {:?}", other.map(|_| ())),
+            }
+        }
+        assert!(
+            ApiJson::<Body>::from_request(request("identity"), &())
+                .await
+                .is_ok()
+        );
     }
 
     #[test]
