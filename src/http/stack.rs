@@ -262,8 +262,9 @@ fn cors(origins: &[String]) -> Option<CorsLayer> {
 }
 
 /// The layers below answer a body over the limit (413) themselves, without a
-/// JSON body: that answer gets the service's error shape; every answer of the
-/// service's own is JSON already.
+/// JSON body, and so does the docs page's file server for a file it does not have
+/// (404) or a path it cannot read (400): those answers get the service's error
+/// shape; every answer of the service's own is JSON already.
 fn json_errors(response: Response) -> Response {
     let is_json = response
         .headers()
@@ -277,6 +278,10 @@ fn json_errors(response: Response) -> Response {
             limit: MAX_BODY_BYTES,
         }
         .into_response(),
+        StatusCode::NOT_FOUND => AppError::NotFound("no such route".into()).into_response(),
+        StatusCode::BAD_REQUEST => {
+            AppError::BadRequest("the request's path cannot be read".into()).into_response()
+        }
         _ => response,
     }
 }

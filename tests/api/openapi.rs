@@ -169,4 +169,12 @@ async fn the_docs_page_is_served_from_the_binary() {
         .unwrap();
     assert_eq!(config.status(), 200);
     assert!(config.text().await.unwrap().contains("/openapi.json"));
+    // What the page's file server refuses leaves in the service's error shape.
+    for (path, status, code) in [
+        ("/docs/no-such-file.js", 404, "not_found"),
+        ("/docs/%ff", 400, "bad_request"),
+    ] {
+        let response = app.request(Method::GET, path).send().await.unwrap();
+        crate::helpers::assert_error(response, status, code).await;
+    }
 }
