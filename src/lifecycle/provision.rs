@@ -80,7 +80,7 @@ impl Lifecycle {
             {
                 Claim::Claimed => break,
                 Claim::IdTaken => AppError::Conflict(format!(
-                    "tenant '{}' already exists, or is being provisioned",
+                    "tenant '{}' already exists, or is being provisioned (GET /api/admin/provisionings)",
                     config.id
                 )),
                 Claim::StorageOrSubdomainTaken => {

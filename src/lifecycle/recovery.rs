@@ -162,10 +162,11 @@ impl Lifecycle {
     }
 
     /// Rolls back the unfinished provisionings that hold what `config` claims (its
-    /// id, subdomain or storage) and are gone: their process on this host has
-    /// exited, or, on another host, they have recorded no step for the lease. What
-    /// a provisioning refused by such a claim does before trying again. A claim
-    /// whose process lives on this host is left to finish, however slow. Returns
+    /// id, subdomain or storage) and whose process on this host is gone: what a
+    /// provisioning refused by such a claim does before trying again. A claim
+    /// that is only silent past its lease is left to start-up and operators: its
+    /// process may be alive on another host (the lease is not renewed during a
+    /// long step, and is read against this host's clock), or slow here. Returns
     /// how many.
     pub(super) async fn recover_blocking(
         &self,
@@ -181,14 +182,9 @@ impl Lifecycle {
         };
         // A roll-back that took the claim over and died counts as gone too (its
         // name says whose it was); a live one is left to finish.
-        let now = chrono::Utc::now();
         let gone = |row: &crate::control::Unfinished| match row.claimed_by.as_deref() {
             None => true,
-            Some(claimer) => match claimer_gone(claimer, this_process()) {
-                Some(gone) => gone,
-                // Another host: only the lease can tell.
-                None => now - row.updated_at > PROVISIONING_LEASE,
-            },
+            Some(claimer) => claimer_gone(claimer, this_process()) == Some(true),
         };
         let done = self.roll_back_where(|row| blocks(row) && gone(row)).await?;
         Ok(done.len())

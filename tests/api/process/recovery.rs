@@ -227,38 +227,32 @@ fn a_provisioning_whose_process_died_is_rolled_back_when_its_id_is_asked_for_aga
         dir.path().join("slow.db").exists(),
         "its storage was dropped"
     );
-    // A claim of another host's is gone once silent past its lease (2 minutes),
-    // and not before: this host cannot see that process.
-    let provision = |id: &str| {
-        let body = serde_json::json!({
-            "id": id,
-            "database_url": format!("sqlite://{}/{id}.db", dir.path().display()),
-        });
-        rt.block_on(async {
-            reqwest::Client::new()
-                .post(format!("{}/api/admin/tenants", server.address))
-                .bearer_auth(ADMIN)
-                .json(&body)
-                .send()
-                .await
-                .unwrap()
-                .status()
-        })
-    };
+    // Nor one of another host's, however long silent: this host cannot see that
+    // process, and its lease (not renewed during a step, on that host's clock) is
+    // for start-up and operators to judge.
     rt.block_on(insert_unfinished(
         dir.path(),
         "remotequiet",
-        "elsewhere/1/gone",
+        "elsewhere/1/quiet",
     ));
     rt.block_on(age_unfinished(dir.path(), "remotequiet", 3));
-    rt.block_on(insert_unfinished(
-        dir.path(),
-        "remotebusy",
-        "elsewhere/1/busy",
-    ));
-    rt.block_on(age_unfinished(dir.path(), "remotebusy", 1));
-    assert_eq!(provision("remotequiet"), 201, "{}", server.log());
-    assert_eq!(provision("remotebusy"), 409);
+    let refused = rt.block_on(async {
+        reqwest::Client::new()
+            .post(format!("{}/api/admin/tenants", server.address))
+            .bearer_auth(ADMIN)
+            .json(&serde_json::json!({
+                "id": "remotequiet",
+                "database_url": format!("sqlite://{}/remotequiet.db", dir.path().display()),
+            }))
+            .send()
+            .await
+            .unwrap()
+    });
+    assert_eq!(refused.status(), 409);
+    assert!(
+        dir.path().join("remotequiet.db").exists(),
+        "its storage was dropped"
+    );
     assert!(server.stop());
     assert!(
         server.log().contains("unfinished provisioning rolled back"),
