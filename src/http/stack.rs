@@ -280,7 +280,7 @@ fn json_errors(response: Response) -> Response {
         .into_response(),
         StatusCode::NOT_FOUND => AppError::NotFound("no such route".into()).into_response(),
         StatusCode::BAD_REQUEST => {
-            AppError::BadRequest("the request's path cannot be read".into()).into_response()
+            AppError::BadRequest("the request could not be read".into()).into_response()
         }
         _ => response,
     }
