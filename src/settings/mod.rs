@@ -462,18 +462,12 @@ impl Settings {
             }
             None => {}
         }
-        // Made up when unset, as development does, they would differ from replica
-        // to replica (each would refuse the URLs the others sealed) and the token
-        // would be written to the log.
+        // Made up when unset, as development does, it would differ from replica to
+        // replica and be written to the log. (`SECRET_KEY` is checked where it is
+        // read: a key file made earlier may hold it.)
         if self.is_production() && self.admin_token.is_none() {
             return Err(
                 "settings: ADMIN_TOKEN is required when APP_ENV=production (at least 16 characters)"
-                    .into(),
-            );
-        }
-        if self.is_production() && self.multi_tenant_enabled && self.secret_key.is_none() {
-            return Err(
-                "settings: SECRET_KEY is required when APP_ENV=production (64 hex characters, the same on every replica)"
                     .into(),
             );
         }
@@ -825,13 +819,9 @@ mod tests {
 
     #[test]
     fn production_needs_a_jwt_secret_an_admin_token_and_a_secret_key() {
-        let (token, secret_key) = ("t".repeat(16), "ab".repeat(32));
+        let token = "t".repeat(16);
         let production = |extra: &[(&str, &str)]| {
-            let mut pairs = vec![
-                ("APP_ENV", "production"),
-                ("ADMIN_TOKEN", token.as_str()),
-                ("SECRET_KEY", secret_key.as_str()),
-            ];
+            let mut pairs = vec![("APP_ENV", "production"), ("ADMIN_TOKEN", token.as_str())];
             pairs.extend_from_slice(extra);
             Settings::from_map(&env(&pairs))
         };
@@ -841,33 +831,33 @@ mod tests {
         assert!(production(&[("JWT_SECRET", &key)]).is_ok());
         // Behind a gateway no tokens are signed, so no key is needed.
         assert!(production(&[("AUTH_MODE", "none")]).is_ok());
-        // Each of the other two, left unset.
-        let err = Settings::from_map(&env(&[
-            ("APP_ENV", "production"),
+        let err = Settings::from_map(&env(&[("APP_ENV", "production"), ("AUTH_MODE", "none")]))
+            .unwrap_err();
+        assert!(err.contains("ADMIN_TOKEN"), "{err}");
+
+        // SECRET_KEY, or a key file made earlier; production makes none.
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("secret.key");
+        let file_setting = file.display().to_string();
+        let settings =
+            production(&[("AUTH_MODE", "none"), ("SECRET_KEY_FILE", &file_setting)]).unwrap();
+        let err = settings.secret_box().err().unwrap();
+        assert!(err.contains("SECRET_KEY"), "{err}");
+        assert!(!file.exists(), "production made a key");
+        std::fs::write(&file, crate::secret::SecretBox::generate_hex()).unwrap();
+        assert!(settings.secret_box().is_ok());
+        let secret_key = "ab".repeat(32);
+        let settings = production(&[
             ("AUTH_MODE", "none"),
             ("SECRET_KEY", &secret_key),
-        ]))
-        .unwrap_err();
-        assert!(err.contains("ADMIN_TOKEN"), "{err}");
-        let err = Settings::from_map(&env(&[
-            ("APP_ENV", "production"),
-            ("AUTH_MODE", "none"),
-            ("ADMIN_TOKEN", &token),
-        ]))
-        .unwrap_err();
-        assert!(err.contains("SECRET_KEY"), "{err}");
-        // A single-tenant service seals nothing: no key needed.
-        assert!(
-            Settings::from_map(&env(&[
-                ("APP_ENV", "production"),
-                ("AUTH_MODE", "none"),
-                ("ADMIN_TOKEN", &token),
-                ("MULTI_TENANT_ENABLED", "false"),
-                ("DATABASE_URL", "sqlite://app.db"),
-            ]))
-            .is_ok()
-        );
-        // Development makes both up.
-        assert!(Settings::from_map(&env(&[("AUTH_MODE", "none")])).is_ok());
+            ("SECRET_KEY_FILE", "/nonexistent/secret.key"),
+        ])
+        .unwrap();
+        assert!(settings.secret_box().is_ok());
+        // Development makes one.
+        let made = dir.path().join("made.key").display().to_string();
+        let settings =
+            Settings::from_map(&env(&[("AUTH_MODE", "none"), ("SECRET_KEY_FILE", &made)])).unwrap();
+        assert!(settings.secret_box().is_ok());
     }
 }

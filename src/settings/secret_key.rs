@@ -20,6 +20,14 @@ impl Settings {
         let path = &self.secret_key_file;
         let key = match std::fs::read_to_string(path) {
             Ok(key) => key,
+            // Made up in production, the key would differ from replica to replica:
+            // each would refuse the URLs the others sealed.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && self.is_production() => {
+                return Err(format!(
+                    "settings: SECRET_KEY is required when APP_ENV=production (64 hex characters, the same on every replica), unless {} holds the key already",
+                    path.display()
+                ));
+            }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 let key = SecretBox::generate_hex();
                 match write_private_once(path, &key) {
