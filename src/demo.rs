@@ -32,8 +32,19 @@ impl TenantInitialiser for DemoSeed {
             // One transaction: a first use cut short (its client gone, a failure)
             // leaves no half of the sample data, which `is_empty` would then take
             // for a visitor's and never complete.
-            if tenant.demo {
+            if tenant.demo && is_empty(db).await? {
                 let txn = crate::db::begin_write(db).await?;
+                // Two replicas' first uses at once: one seeds, the other then
+                // finds its rows (SQLite's write lock, taken at `BEGIN`, does the
+                // same there).
+                if txn.get_database_backend() == sea_orm::DbBackend::Postgres {
+                    txn.execute_raw(sea_orm::Statement::from_sql_and_values(
+                        sea_orm::DbBackend::Postgres,
+                        "SELECT pg_advisory_xact_lock(hashtext($1))",
+                        [format!("tenant-router demo seed {}", tenant.id).into()],
+                    ))
+                    .await?;
+                }
                 if is_empty(&txn).await? {
                     seed(&txn, tenant).await?;
                     txn.commit().await?;
