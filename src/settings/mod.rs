@@ -464,7 +464,7 @@ impl Settings {
         }
         // Made up when unset, as development does, it would differ from replica to
         // replica and be written to the log. (`SECRET_KEY` is checked where it is
-        // read: a key file made earlier may hold it.)
+        // read, in multi-tenant mode: `secret_box`.)
         if self.is_production() && self.admin_token.is_none() {
             return Err(
                 "settings: ADMIN_TOKEN is required when APP_ENV=production (at least 16 characters)"
@@ -835,7 +835,8 @@ mod tests {
             .unwrap_err();
         assert!(err.contains("ADMIN_TOKEN"), "{err}");
 
-        // SECRET_KEY, or a key file made earlier; production makes none.
+        // SECRET_KEY only: production makes no key file, nor reads one (each
+        // replica may have made its own), but names one it finds.
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("secret.key");
         let file_setting = file.display().to_string();
@@ -844,8 +845,10 @@ mod tests {
         let err = settings.secret_box().err().unwrap();
         assert!(err.contains("SECRET_KEY"), "{err}");
         assert!(!file.exists(), "production made a key");
-        std::fs::write(&file, crate::secret::SecretBox::generate_hex()).unwrap();
-        assert!(settings.secret_box().is_ok());
+        let kept = crate::secret::SecretBox::generate_hex();
+        std::fs::write(&file, &kept).unwrap();
+        let err = settings.secret_box().err().unwrap();
+        assert!(err.contains(&file_setting) && !err.contains(&kept), "{err}");
         let secret_key = "ab".repeat(32);
         let settings = production(&[
             ("AUTH_MODE", "none"),

@@ -18,16 +18,22 @@ impl Settings {
                 .map_err(|e| format!("settings: {e}"));
         }
         let path = &self.secret_key_file;
+        // In production the key comes from SECRET_KEY only. Made up, or read from
+        // a file each replica may have made for itself, it could differ from
+        // replica to replica, each refusing the URLs the others sealed.
+        if self.is_production() {
+            let required = "settings: SECRET_KEY is required when APP_ENV=production (64 hex characters, the same on every replica)";
+            return Err(if path.exists() {
+                format!(
+                    "{required}; this install's key so far is in {}: set SECRET_KEY to it, on every replica",
+                    path.display()
+                )
+            } else {
+                required.to_string()
+            });
+        }
         let key = match std::fs::read_to_string(path) {
             Ok(key) => key,
-            // Made up in production, the key would differ from replica to replica:
-            // each would refuse the URLs the others sealed.
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound && self.is_production() => {
-                return Err(format!(
-                    "settings: SECRET_KEY is required when APP_ENV=production (64 hex characters, the same on every replica), unless {} holds the key already",
-                    path.display()
-                ));
-            }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 let key = SecretBox::generate_hex();
                 match write_private_once(path, &key) {
