@@ -33,22 +33,13 @@ impl TenantInitialiser for DemoSeed {
             // leaves no half of the sample data, which `is_empty` would then take
             // for a visitor's and never complete.
             if tenant.demo && is_empty(db).await? {
-                let txn = crate::db::begin_write(db).await?;
-                // Two replicas' first uses at once: one seeds, the other then
-                // finds its rows (SQLite's write lock, taken at `BEGIN`, does the
-                // same there).
-                if txn.get_database_backend() == sea_orm::DbBackend::Postgres {
-                    txn.execute_raw(sea_orm::Statement::from_sql_and_values(
-                        sea_orm::DbBackend::Postgres,
-                        "SELECT pg_advisory_xact_lock(hashtext($1))",
-                        [format!("tenant-router demo seed {}", tenant.id).into()],
-                    ))
-                    .await?;
-                }
+                let txn = begin_seed(db, tenant).await?;
                 if is_empty(&txn).await? {
                     seed(&txn, tenant).await?;
                     txn.commit().await?;
                     tracing::info!("demo tenant seeded");
+                } else {
+                    txn.rollback().await?;
                 }
             }
             if tenant.demo && self.demo_login {
@@ -57,6 +48,36 @@ impl TenantInitialiser for DemoSeed {
             Ok(())
         })
     }
+}
+
+/// The transaction a demo tenant's seed runs in, its lock taken: two replicas'
+/// first uses at once seed once, the second finding the first's rows. On SQLite
+/// it is `BEGIN IMMEDIATE` (the database's write lock); on PostgreSQL an advisory
+/// lock of the tenant's, at READ COMMITTED whatever the server's default, so that
+/// a read after the wait sees what the first committed.
+async fn begin_seed(
+    db: &sea_orm::DatabaseConnection,
+    tenant: &TenantConfig,
+) -> Result<sea_orm::DatabaseTransaction, DbErr> {
+    use sea_orm::{DbBackend, IsolationLevel, Statement, TransactionTrait};
+    if db.get_database_backend() != DbBackend::Postgres {
+        return crate::db::begin_write(db).await;
+    }
+    let txn = db
+        .begin_with_config(Some(IsolationLevel::ReadCommitted), None)
+        .await?;
+    txn.execute_raw(Statement::from_sql_and_values(
+        DbBackend::Postgres,
+        "SELECT pg_advisory_xact_lock(hashtext($1))",
+        [seed_lock_key(tenant).into()],
+    ))
+    .await?;
+    Ok(txn)
+}
+
+/// The name of the advisory lock a tenant's demo seed holds.
+fn seed_lock_key(tenant: &TenantConfig) -> String {
+    format!("tenant-router demo seed {}", tenant.id)
 }
 
 /// Whether the tenant's database holds no business data yet: a demo tenant is
@@ -416,5 +437,90 @@ mod tests {
         seeding.initialise(&db, &tenant).await.unwrap();
         assert_eq!(product::Entity::find().count(&db).await.unwrap(), 5);
         assert!(cash_flow_entry::Entity::find().count(&db).await.unwrap() > 0);
+    }
+
+    /// A first use that meets another replica's seed in progress waits for it,
+    /// then finds its rows, even where the server's default isolation is
+    /// REPEATABLE READ.
+    #[tokio::test]
+    async fn a_first_use_on_postgres_waits_for_a_seed_in_progress_and_finds_its_rows() {
+        use sea_orm::TransactionTrait;
+        let Some(pg) = crate::db::testing::PgTestDb::create().await else {
+            return;
+        };
+        let other = crate::db::connect(pg.url.clone()).await.unwrap();
+        Migrator::up(&other, None).await.unwrap();
+        other
+            .execute_unprepared(
+                "DO $$ BEGIN EXECUTE format('ALTER DATABASE %I SET \
+                 default_transaction_isolation = %L', current_database(), 'repeatable read'); \
+                 END $$",
+            )
+            .await
+            .unwrap();
+        // Connected since: its sessions start at REPEATABLE READ.
+        let db = crate::db::connect(pg.url.clone()).await.unwrap();
+        let tenant = crate::settings::parse_tenants_toml(&format!(
+            "[tenants.demo]\ndatabase_url = \"{}\"\ndemo = true\n",
+            pg.url
+        ))
+        .unwrap()
+        .remove(0);
+        // The other replica's seed: its lock held, one row written, not committed.
+        let seeding = other.begin().await.unwrap();
+        seeding
+            .execute_raw(sea_orm::Statement::from_sql_and_values(
+                sea_orm::DbBackend::Postgres,
+                "SELECT pg_advisory_xact_lock(hashtext($1))",
+                [seed_lock_key(&tenant).into()],
+            ))
+            .await
+            .unwrap();
+        seeding
+            .execute_unprepared(
+                "INSERT INTO products (id, name, price_cents, created_at, updated_at) \
+                 VALUES (gen_random_uuid(), 'theirs', 1, now(), now())",
+            )
+            .await
+            .unwrap();
+        let first_use = tokio::spawn(async move {
+            DemoSeed { demo_login: false }
+                .initialise(&db, &tenant)
+                .await
+                .map(|()| db)
+        });
+        // Until this first use waits on the lock (with no lock, it never does,
+        // and seeds at once).
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        loop {
+            let waiting = other
+                .query_one_raw(sea_orm::Statement::from_string(
+                    sea_orm::DbBackend::Postgres,
+                    "SELECT count(*) AS n FROM pg_locks WHERE locktype = 'advisory' AND NOT granted",
+                ))
+                .await
+                .unwrap()
+                .unwrap()
+                .try_get::<i64>("", "n")
+                .unwrap();
+            if waiting > 0 {
+                break;
+            }
+            assert!(
+                !first_use.is_finished(),
+                "the first use did not wait for the seed"
+            );
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the first use never waited"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        seeding.commit().await.unwrap();
+        let db = first_use.await.unwrap().unwrap();
+        assert_eq!(product::Entity::find().count(&db).await.unwrap(), 1);
+        db.close().await.unwrap();
+        other.close().await.unwrap();
+        pg.drop().await;
     }
 }
