@@ -71,12 +71,13 @@ pub async fn authenticate(
     let Some(named) = request.extensions_mut().remove::<Named>() else {
         return AppError::internal("tenant route mounted without identify").into_response();
     };
-    // Boxed: finding the caller's principal in the tenant's database is a large
-    // future, which would otherwise be copied with this layer's on every request.
+    // Named back on an answer refused before the tenant is settled.
     let named_id = match &named {
         Named::Tenant(id) => Some(id.clone()),
         _ => None,
     };
+    // Boxed: finding the caller's principal in the tenant's database is a large
+    // future, which would otherwise be copied with this layer's on every request.
     let (config, principal) = match Box::pin(settle(&state, named, request.headers())).await {
         Ok(found) => found,
         Err(e) => return refused(&state, named_id, e),
