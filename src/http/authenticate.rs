@@ -71,16 +71,11 @@ pub async fn authenticate(
     let Some(named) = request.extensions_mut().remove::<Named>() else {
         return AppError::internal("tenant route mounted without identify").into_response();
     };
-    // Named back on an answer refused before the tenant is settled.
-    let named_id = match &named {
-        Named::Tenant(id) => Some(id.clone()),
-        _ => None,
-    };
     // Boxed: finding the caller's principal in the tenant's database is a large
     // future, which would otherwise be copied with this layer's on every request.
-    let (config, principal) = match Box::pin(settle(&state, named, request.headers())).await {
+    let (config, principal) = match Box::pin(settle(&state, &named, request.headers())).await {
         Ok(found) => found,
-        Err(e) => return refused(&state, named_id, e),
+        Err(e) => return refused(&state, &named, e),
     };
     if let Some(principal) = principal {
         request.extensions_mut().insert(principal);
@@ -121,10 +116,10 @@ pub async fn authenticate(
 /// not the credential's, or a credential it refused), as every answer of a tenant
 /// does; that is also the tenant its metrics count it under. A tenant the registry
 /// does not know is not named back.
-fn refused(state: &AppState, named: Option<TenantId>, error: AppError) -> Response {
-    let tenant = match &error {
-        AppError::TenantInactive(id) => Some(id.clone()),
-        _ => named,
+fn refused(state: &AppState, named: &Named, error: AppError) -> Response {
+    let tenant = match (&error, named) {
+        (AppError::TenantInactive(id), _) | (_, Named::Tenant(id)) => Some(id),
+        _ => None,
     };
     let header = tenant
         .filter(|id| state.single_tenant.is_none() && state.registry.get(id.as_str()).is_some())
@@ -141,16 +136,18 @@ fn refused(state: &AppState, named: Option<TenantId>, error: AppError) -> Respon
 /// credential was presented (the route decides whether that is allowed).
 async fn settle(
     state: &AppState,
-    named: Named,
+    named: &Named,
     headers: &HeaderMap,
 ) -> Result<(Arc<TenantConfig>, Option<Principal>), AppError> {
     if state.auth.mode == AuthMode::None {
         let id = match named {
             Named::Tenant(id) => id,
             Named::Nothing => return Err(AppError::TenantRequired),
-            Named::UnknownSubdomain(label) => return Err(AppError::UnknownSubdomain(label)),
+            Named::UnknownSubdomain(label) => {
+                return Err(AppError::UnknownSubdomain(label.clone()));
+            }
         };
-        return Ok((tenant_config(state, &id)?, Some(Principal::gateway())));
+        return Ok((tenant_config(state, id)?, Some(Principal::gateway())));
     }
     let credential = match presented(headers)? {
         Some(presented) => Some(state.auth.read_credential(presented)?),
@@ -161,20 +158,22 @@ async fn settle(
         Named::Nothing => None,
         // A host such as api.example.com that is no tenant's: the credential decides.
         Named::UnknownSubdomain(_) if credential.is_some() => None,
-        Named::UnknownSubdomain(label) => return Err(AppError::UnknownSubdomain(label)),
+        Named::UnknownSubdomain(label) => {
+            return Err(AppError::UnknownSubdomain(label.clone()));
+        }
     };
     let id = match (named, credential.as_ref().map(Credential::tenant)) {
-        (Some(named), Some(own)) if named != *own => {
+        (Some(named), Some(own)) if named != own => {
             return Err(AppError::TenantMismatch {
                 credential: own.to_string(),
                 request: named.to_string(),
             });
         }
         (Some(named), _) => named,
-        (None, Some(own)) => own.clone(),
+        (None, Some(own)) => own,
         (None, None) => return Err(AppError::TenantRequired),
     };
-    let config = tenant_config(state, &id)?;
+    let config = tenant_config(state, id)?;
     let principal = match credential {
         Some(credential) => Some(
             state
