@@ -186,73 +186,35 @@ fn a_provisioning_whose_process_died_is_rolled_back_when_its_id_is_asked_for_aga
     assert_eq!(created.status(), 201);
     dead.wait().unwrap();
     // A claim whose process lives (this test) is not rolled back by a request,
-    // even once it has been silent past its lease: it may be slow.
-    rt.block_on(insert_unfinished(
-        dir.path(),
-        "slow",
-        &format!("{}/{}/live", host.trim(), std::process::id()),
-    ));
-    rt.block_on(async {
-        use sea_orm::ConnectionTrait;
-        let db = tenant_router::db::connect(format!(
-            "sqlite://{}",
-            dir.path().join("data").join("control.db").display()
-        ))
-        .await
-        .unwrap();
-        let long_ago = chrono::Utc::now() - chrono::TimeDelta::minutes(10);
-        db.execute_raw(sea_orm::Statement::from_sql_and_values(
-            sea_orm::DbBackend::Sqlite,
-            "UPDATE tenant_configs SET updated_at = ? WHERE id = 'slow'",
-            [long_ago.into()],
-        ))
-        .await
-        .unwrap();
-        db.close().await.unwrap();
-    });
-    let refused = rt.block_on(async {
-        reqwest::Client::new()
-            .post(format!("{}/api/admin/tenants", server.address))
-            .bearer_auth(ADMIN)
-            .json(&serde_json::json!({
-                "id": "slow",
-                "database_url": format!("sqlite://{}/slow.db", dir.path().display()),
-            }))
-            .send()
-            .await
-            .unwrap()
-    });
-    assert_eq!(refused.status(), 409);
-    assert!(
-        dir.path().join("slow.db").exists(),
-        "its storage was dropped"
-    );
-    // Nor one of another host's, however long silent: this host cannot see that
-    // process, and its lease (not renewed during a step, on that host's clock) is
-    // for start-up and operators to judge.
-    rt.block_on(insert_unfinished(
-        dir.path(),
-        "remotequiet",
-        "elsewhere/1/quiet",
-    ));
-    rt.block_on(age_unfinished(dir.path(), "remotequiet", 3));
-    let refused = rt.block_on(async {
-        reqwest::Client::new()
-            .post(format!("{}/api/admin/tenants", server.address))
-            .bearer_auth(ADMIN)
-            .json(&serde_json::json!({
-                "id": "remotequiet",
-                "database_url": format!("sqlite://{}/remotequiet.db", dir.path().display()),
-            }))
-            .send()
-            .await
-            .unwrap()
-    });
-    assert_eq!(refused.status(), 409);
-    assert!(
-        dir.path().join("remotequiet.db").exists(),
-        "its storage was dropped"
-    );
+    // even once it has been silent past its lease: it may be slow. Nor one of
+    // another host's, however long silent: this host cannot see that process,
+    // and its lease (not renewed during a step, on that host's clock) is for
+    // start-up and operators to judge.
+    let live = format!("{}/{}/live", host.trim(), std::process::id());
+    for (id, claimer, silent_minutes) in [
+        ("slow", live.as_str(), 10),
+        ("remotequiet", "elsewhere/1/quiet", 3),
+    ] {
+        rt.block_on(insert_unfinished(dir.path(), id, claimer));
+        rt.block_on(age_unfinished(dir.path(), id, silent_minutes));
+        let refused = rt.block_on(async {
+            reqwest::Client::new()
+                .post(format!("{}/api/admin/tenants", server.address))
+                .bearer_auth(ADMIN)
+                .json(&serde_json::json!({
+                    "id": id,
+                    "database_url": format!("sqlite://{}/{id}.db", dir.path().display()),
+                }))
+                .send()
+                .await
+                .unwrap()
+        });
+        assert_eq!(refused.status(), 409, "{id}");
+        assert!(
+            dir.path().join(format!("{id}.db")).exists(),
+            "{id}: its storage was dropped"
+        );
+    }
     assert!(server.stop());
     assert!(
         server.log().contains("unfinished provisioning rolled back"),
