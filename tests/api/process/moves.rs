@@ -103,6 +103,21 @@ fn run_move_of(id: &str, dir: &Path, control: &str, args: &[&str]) -> (i32, Stri
     )
 }
 
+/// `tenants move moving ARGS` for `s`, on a blocking thread (the test's runtime
+/// goes on serving its replicas meanwhile); it must exit 0. What it printed.
+async fn run_move_to_the_end(s: &Setup, args: &[&str]) -> (String, String) {
+    let (dir, control) = (s.dir.path().to_path_buf(), s.control.clone());
+    let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+    let (code, stdout, stderr) = tokio::task::spawn_blocking(move || {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        run_move(&dir, &control, &args)
+    })
+    .await
+    .unwrap();
+    assert_eq!(code, 0, "{stdout}\n{stderr}");
+    (stdout, stderr)
+}
+
 async fn product_names(url: &str) -> Vec<String> {
     product_names_in(url, "public").await
 }
@@ -212,16 +227,7 @@ async fn a_tenant_moves_to_another_server_while_a_writer_keeps_writing_through_t
     // Some writes land before the move starts.
     tokio::time::sleep(Duration::from_millis(300)).await;
 
-    let (dir, control, target) = (
-        s.dir.path().to_path_buf(),
-        s.control.clone(),
-        s.target.clone(),
-    );
-    let (code, stdout, stderr) =
-        tokio::task::spawn_blocking(move || run_move(&dir, &control, &["--to", &target]))
-            .await
-            .unwrap();
-    assert_eq!(code, 0, "{stdout}\n{stderr}");
+    let (stdout, stderr) = run_move_to_the_end(&s, &["--to", &s.target]).await;
     assert!(
         !stdout.contains("postgres://") && !stderr.contains("cluster-pw"),
         "{stdout}{stderr}"
@@ -274,12 +280,7 @@ async fn a_tenant_moves_to_another_server_while_a_writer_keeps_writing_through_t
     );
 
     // Confirming drops the old storage and forgets the move.
-    let (dir, control) = (s.dir.path().to_path_buf(), s.control.clone());
-    let (code, stdout, stderr) =
-        tokio::task::spawn_blocking(move || run_move(&dir, &control, &["--confirm"]))
-            .await
-            .unwrap();
-    assert_eq!(code, 0, "{stdout}\n{stderr}");
+    run_move_to_the_end(&s, &["--confirm"]).await;
     let db = pg::connect(&pg::url_with_database(&s.source_server.url, "postgres")).await;
     let row = db
         .query_one_raw(sea_orm::Statement::from_string(
@@ -483,16 +484,7 @@ async fn a_confirm_killed_after_dropping_the_source_is_finished_by_the_next() {
     s.apps[0]
         .create_product("moving", "made before the move", 2.0)
         .await;
-    let (dir, control, target) = (
-        s.dir.path().to_path_buf(),
-        s.control.clone(),
-        s.target.clone(),
-    );
-    let (code, stdout, stderr) =
-        tokio::task::spawn_blocking(move || run_move(&dir, &control, &["--to", &target]))
-            .await
-            .unwrap();
-    assert_eq!(code, 0, "{stdout}\n{stderr}");
+    run_move_to_the_end(&s, &["--to", &s.target]).await;
     // The confirm's first write to the control database after its drop waits on
     // this lock: it is killed there, its source dropped, its record kept.
     let ledger = pg::connect(&s.control).await;
@@ -529,12 +521,7 @@ async fn a_confirm_killed_after_dropping_the_source_is_finished_by_the_next() {
     ledger.close().await.unwrap();
     assert_eq!(moves_of(&s.apps[0]).await["moves"][0]["state"], "switched");
 
-    let (dir, control) = (s.dir.path().to_path_buf(), s.control.clone());
-    let (code, stdout, stderr) =
-        tokio::task::spawn_blocking(move || run_move(&dir, &control, &["--confirm"]))
-            .await
-            .unwrap();
-    assert_eq!(code, 0, "{stdout}\n{stderr}");
+    run_move_to_the_end(&s, &["--confirm"]).await;
     assert_eq!(moves_of(&s.apps[0]).await["moves"], json!([]));
     // The tenant, on its new server, can now be removed like any other.
     let response = s.apps[0]
@@ -556,16 +543,7 @@ async fn a_schema_tenant_moves_into_the_shared_database_of_another_server() {
     let addresses: Vec<String> = s.apps.iter().map(|a| a.address.clone()).collect();
     let writing = tokio::spawn(writer(addresses, stop.clone(), 5000));
     tokio::time::sleep(Duration::from_millis(200)).await;
-    let (dir, control, target) = (
-        s.dir.path().to_path_buf(),
-        s.control.clone(),
-        s.target.clone(),
-    );
-    let (code, stdout, stderr) =
-        tokio::task::spawn_blocking(move || run_move(&dir, &control, &["--to", &target]))
-            .await
-            .unwrap();
-    assert_eq!(code, 0, "{stdout}\n{stderr}");
+    run_move_to_the_end(&s, &["--to", &s.target]).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let writes = writing.await.unwrap();
@@ -580,12 +558,7 @@ async fn a_schema_tenant_moves_into_the_shared_database_of_another_server() {
     }
     // Confirmed: the schema is dropped from the source's shared database, which
     // stays.
-    let (dir, control) = (s.dir.path().to_path_buf(), s.control.clone());
-    let (code, stdout, stderr) =
-        tokio::task::spawn_blocking(move || run_move(&dir, &control, &["--confirm"]))
-            .await
-            .unwrap();
-    assert_eq!(code, 0, "{stdout}\n{stderr}");
+    run_move_to_the_end(&s, &["--confirm"]).await;
     assert_eq!(
         count(
             &s.source,
