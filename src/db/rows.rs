@@ -21,7 +21,7 @@
 use chrono::{DateTime, NaiveDate, Utc};
 use sea_orm::{
     ConnectionTrait, DbErr, EntityTrait, FromQueryResult, QueryResult, QuerySelect, QueryTrait,
-    Select,
+    Select, Statement,
     sqlx::{
         Column, Row, Type, ValueRef,
         postgres::{PgColumn, PgRow, PgTypeInfo, PgValueFormat, Postgres},
@@ -49,10 +49,16 @@ where
     E: EntityTrait,
     E::Model: FromPgRow,
 {
-    let rows = db
-        .query_all_raw(select.build(db.get_database_backend()))
-        .await?;
-    let direct = rows.first().is_some_and(reads_directly::<E::Model>);
+    all_of(select.build(db.get_database_backend()), db).await
+}
+
+/// Every row `statement` (a select of `M`'s columns) finds, as records.
+pub async fn all_of<M: FromPgRow>(
+    statement: Statement,
+    db: &impl ConnectionTrait,
+) -> Result<Vec<M>, DbErr> {
+    let rows = db.query_all_raw(statement).await?;
+    let direct = rows.first().is_some_and(reads_directly::<M>);
     rows.iter().map(|row| record(row, direct)).collect()
 }
 
@@ -62,10 +68,16 @@ where
     E: EntityTrait,
     E::Model: FromPgRow,
 {
-    let row = db
-        .query_one_raw(select.limit(1).build(db.get_database_backend()))
-        .await?;
-    row.map(|row| record(&row, reads_directly::<E::Model>(&row)))
+    one_of(select.limit(1).build(db.get_database_backend()), db).await
+}
+
+/// The first row `statement` (a select of `M`'s columns) finds, as a record.
+pub async fn one_of<M: FromPgRow>(
+    statement: Statement,
+    db: &impl ConnectionTrait,
+) -> Result<Option<M>, DbErr> {
+    let row = db.query_one_raw(statement).await?;
+    row.map(|row| record(&row, reads_directly::<M>(&row)))
         .transpose()
 }
 
@@ -232,7 +244,7 @@ mod tests {
     use chrono::{Duration, TimeZone};
     use migration::{Migrator, MigratorTrait};
     use sea_orm::{
-        ActiveModelTrait, ActiveValue::Set, ColumnTrait, DatabaseConnection, QueryFilter, Statement,
+        ActiveModelTrait, ActiveValue::Set, ColumnTrait, DatabaseConnection, QueryFilter,
     };
 
     use super::*;

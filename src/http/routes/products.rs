@@ -12,7 +12,7 @@ use crate::{
     http::extract::{ApiJson, ApiQuery, IdPath, TenantDb},
     http::feature_gate::gate,
     http::routes::RouteSet,
-    http::routes::records::{delete_or_404, live, live_or_404, newest_first},
+    http::routes::records::{delete_or_404, live_or_404, live_page},
     tenant::Feature,
     validate::{cents_to_money, money_to_cents, required_text},
 };
@@ -66,7 +66,7 @@ pub(crate) async fn list(
     TenantDb(db): TenantDb,
 ) -> Result<Json<Page<ProductView>>> {
     let page = query.checked()?;
-    let rows = newest_first(live::<Product>(), page, &db).await?;
+    let rows = live_page::<Product>(page, &db).await?;
     Ok(Json(Page::from_rows(rows, page, ProductView::from)))
 }
 

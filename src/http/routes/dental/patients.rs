@@ -12,7 +12,7 @@ use crate::{
     http::feature_gate::gate,
     http::routes::RouteSet,
     http::routes::pagination::{Page, PageQuery},
-    http::routes::records::{delete_or_404, live, live_or_404, newest_first},
+    http::routes::records::{delete_or_404, live_or_404, live_page},
     tenant::Feature,
     validate::{calendar_date, optional_email, optional_text, required_text},
 };
@@ -72,7 +72,7 @@ pub(crate) async fn list(
     TenantDb(db): TenantDb,
 ) -> Result<Json<Page<PatientView>>> {
     let page = query.checked()?;
-    let rows = newest_first(live::<Patient>(), page, &db).await?;
+    let rows = live_page::<Patient>(page, &db).await?;
     Ok(Json(Page::from_rows(rows, page, PatientView::from)))
 }
 
