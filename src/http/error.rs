@@ -3,13 +3,15 @@
 //! `WWW-Authenticate` where the error calls for one.
 
 use axum::{
-    Json,
     http::{HeaderValue, StatusCode, header},
     response::{IntoResponse, Response},
 };
 use serde_json::json;
 
-use crate::error::{AppError, UnavailableCause};
+use crate::{
+    error::{AppError, UnavailableCause},
+    http::json::Json,
+};
 
 impl AppError {
     /// The HTTP status the error answers with.

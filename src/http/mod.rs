@@ -11,6 +11,7 @@ mod error;
 pub mod extract;
 pub mod feature_gate;
 pub mod identify;
+pub mod json;
 pub mod openapi;
 mod parser_errors;
 pub mod request_span;
@@ -23,12 +24,13 @@ pub mod timestamp;
 
 pub use state::{AppState, AppStateInner};
 
-use axum::{Json, Router, middleware, routing::get};
+use axum::{Router, middleware, routing::get};
 use serde_json::{Value, json};
 use tower::ServiceBuilder;
 
 use crate::{
     error::AppError,
+    http::json::Json,
     http::{
         authenticate::{authenticate, require_auth},
         identify::identify,

@@ -7,7 +7,7 @@
 //! `/api/tenants…`), which accepts the session in place of the token.
 
 use axum::{
-    Json, Router,
+    Router,
     extract::{FromRequest, Request, State},
     http::{HeaderMap, HeaderValue, StatusCode, header},
     response::{IntoResponse, Response},
@@ -19,6 +19,7 @@ use serde_json::json;
 use crate::{
     auth::{LoginThrottle, console::COOKIE_NAME},
     error::AppError,
+    http::json::Json,
     http::{
         AppState,
         admin::{console_session, csrf_matches, csrf_refused},

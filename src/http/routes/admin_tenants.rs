@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use axum::{
-    Json, Router,
+    Router,
     extract::State,
     http::StatusCode,
     routing::{get, post},
@@ -20,6 +20,7 @@ use crate::{
     error::{AppError, Result},
     http::AppState,
     http::extract::{ApiJson, ApiQuery, StrictJson, TenantPath},
+    http::json::Json,
     http::request_span::RequestId,
     http::routes::tenants::{tenant_from_path, tenant_view},
     lifecycle::Lifecycle,

@@ -2,7 +2,7 @@
 //! the tenant and a role no higher than their creator's. The key is shown once, at
 //! creation; only its hash is stored. Revoking is immediate.
 
-use axum::{Json, http::StatusCode, routing::get};
+use axum::{http::StatusCode, routing::get};
 use chrono::Utc;
 use sea_orm::{
     ActiveModelTrait, ActiveValue::Set, ColumnTrait, EntityTrait, QueryFilter, QueryOrder,
@@ -18,6 +18,7 @@ use crate::{
     error::{AppError, Result},
     http::extract::{ApiJson, ApiQuery, IdPath, TenantDb},
     http::identify::TenantContext,
+    http::json::Json,
     http::routes::{
         RouteSet, for_role,
         pagination::{Page, PageQuery},

@@ -1,7 +1,7 @@
 //! `GET /api/audit` (admins and owners): the tenant's audit log, newest first,
 //! filtered by `entity` and a time range (`from`, `to`: RFC 3339).
 
-use axum::{Json, routing::get};
+use axum::routing::get;
 use chrono::{DateTime, Utc};
 use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect};
 use serde::{Deserialize, Serialize};
@@ -12,6 +12,7 @@ use crate::{
     entities::audit_entry as entry,
     error::{AppError, Result},
     http::extract::{ApiQuery, TenantDb},
+    http::json::Json,
     http::routes::{
         RouteSet, for_role,
         pagination::{Page, PageQuery},

@@ -1,7 +1,7 @@
 //! `/api/auth/…`: logging in to a tenant, and who the caller is.
 
 use axum::{
-    Json, Router,
+    Router,
     extract::State,
     routing::{get, post},
 };
@@ -17,6 +17,7 @@ use crate::{
     http::authenticate::ClientAddress,
     http::extract::{ApiJson, TenantDb},
     http::identify::TenantContext,
+    http::json::Json,
     http::routes::RouteSet,
 };
 

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use axum::{Json, http::StatusCode, routing::get};
+use axum::{http::StatusCode, routing::get};
 use chrono::{Datelike, NaiveDate, Utc};
 use sea_orm::{
     ActiveModelTrait, ActiveValue::Set, ColumnTrait, EntityTrait, QueryFilter, QueryOrder,
@@ -18,6 +18,7 @@ use crate::{
     error::{AppError, Result},
     http::extract::{ApiJson, ApiQuery, IdPath, TenantDb},
     http::feature_gate::gate,
+    http::json::Json,
     http::routes::pagination::{Page, PageQuery},
     http::routes::records::{delete_or_404, live, live_or_404},
     http::routes::{RouteSet, for_role},

@@ -3,10 +3,7 @@
 //! (admins and owners) clears the tenant's business data and, for a demo tenant,
 //! seeds it again.
 
-use axum::{
-    Json,
-    routing::{get, post},
-};
+use axum::routing::{get, post};
 use serde_json::{Value, json};
 
 use crate::{
@@ -15,6 +12,7 @@ use crate::{
     error::Result,
     http::extract::TenantDb,
     http::identify::TenantContext,
+    http::json::Json,
     http::routes::{RouteSet, for_role},
 };
 

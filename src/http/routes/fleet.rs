@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use axum::{
-    Json, Router,
+    Router,
     extract::{Path, State},
     http::StatusCode,
     routing::get,
@@ -19,6 +19,7 @@ use crate::{
     fleet::{JobView, StartError},
     http::AppState,
     http::extract::{ApiJson, ApiQuery},
+    http::json::Json,
     tenant::{Domain, Isolation, TenantConfig, TenantId},
 };
 

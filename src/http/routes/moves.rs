@@ -3,7 +3,7 @@
 //! URL comes in the body and is never returned or logged.
 
 use axum::{
-    Json, Router,
+    Router,
     extract::State,
     http::StatusCode,
     routing::{get, post},
@@ -15,6 +15,7 @@ use crate::{
     error::{AppError, Result},
     http::AppState,
     http::extract::{ApiJson, TenantPath},
+    http::json::Json,
     lifecycle::Lifecycle,
 };
 

@@ -1,6 +1,6 @@
 //! `/api/products`: the common catalogue, stored in the tenant's own database.
 
-use axum::{Json, http::StatusCode, routing::get};
+use axum::{http::StatusCode, routing::get};
 use chrono::Utc;
 use sea_orm::{ActiveModelTrait, ActiveValue::Set};
 use serde::{Deserialize, Serialize};
@@ -11,6 +11,7 @@ use crate::{
     error::Result,
     http::extract::{ApiJson, ApiQuery, IdPath, TenantDb},
     http::feature_gate::gate,
+    http::json::Json,
     http::routes::RouteSet,
     http::routes::records::{delete_or_404, live_or_404, live_page},
     tenant::Feature,

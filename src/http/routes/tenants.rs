@@ -3,7 +3,7 @@
 
 use std::time::Instant;
 
-use axum::{Json, Router, extract::State, routing::get};
+use axum::{Router, extract::State, routing::get};
 use serde::Serialize;
 use serde_json::{Value, json};
 
@@ -11,6 +11,7 @@ use crate::{
     error::{AppError, Result},
     http::AppState,
     http::extract::TenantPath,
+    http::json::Json,
     registry::PoolStats,
     tenant::{
         Branding, ContactInfo, Domain, FeatureSet, Isolation, PoolOverrides, TenantConfig,

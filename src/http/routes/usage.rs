@@ -2,12 +2,13 @@
 //! per day, for billing (see `crate::usage`). Also answers for a deleted tenant
 //! whose usage is on record.
 
-use axum::{Json, Router, extract::State, routing::get};
+use axum::{Router, extract::State, routing::get};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::{
     error::{AppError, Result},
+    http::json::Json,
     http::{
         AppState,
         extract::{ApiQuery, TenantPath},

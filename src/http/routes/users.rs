@@ -1,7 +1,7 @@
 //! `/api/users` (admins and owners): the tenant's users. Nobody grants a role above
 //! their own or changes a user who outranks them, and the last active owner stays.
 
-use axum::{Json, extract::State, http::StatusCode, routing::get};
+use axum::{extract::State, http::StatusCode, routing::get};
 use chrono::Utc;
 use sea_orm::{
     ActiveModelTrait, ActiveValue::Set, ColumnTrait, Condition, ConnectionTrait, DbBackend,
@@ -19,6 +19,7 @@ use crate::{
     http::AppState,
     http::extract::{ApiJson, ApiQuery, IdPath, TenantDb},
     http::identify::TenantContext,
+    http::json::Json,
     http::routes::{
         RouteSet, for_role,
         pagination::{Page, PageQuery},

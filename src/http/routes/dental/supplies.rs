@@ -1,6 +1,6 @@
 //! `/api/dental/supplies` (feature `dental_supplies`).
 
-use axum::{Json, http::StatusCode, routing::get};
+use axum::{http::StatusCode, routing::get};
 use chrono::Utc;
 use sea_orm::{
     ActiveModelTrait, ActiveValue::Set, ColumnTrait, ConnectionTrait, QueryFilter,
@@ -13,6 +13,7 @@ use crate::{
     error::Result,
     http::extract::{ApiJson, ApiQuery, IdPath, TenantDb},
     http::feature_gate::gate,
+    http::json::Json,
     http::routes::RouteSet,
     http::routes::pagination::{Page, PageQuery},
     http::routes::records::{delete_or_404, live, live_or_404, newest_first},

@@ -1,6 +1,6 @@
 //! `/api/dental/treatments` (feature `treatment_tracking`).
 
-use axum::{Json, http::StatusCode, routing::get};
+use axum::{http::StatusCode, routing::get};
 use chrono::{NaiveDate, Utc};
 use sea_orm::{ActiveModelTrait, ActiveValue::Set, ColumnTrait, ConnectionTrait, QueryFilter};
 use serde::{Deserialize, Deserializer, Serialize};
@@ -13,6 +13,7 @@ use crate::{
     error::{AppError, Result},
     http::extract::{ApiJson, ApiQuery, IdPath, TenantDb},
     http::feature_gate::gate,
+    http::json::Json,
     http::routes::RouteSet,
     http::routes::pagination::{Page, PageQuery},
     http::routes::records::{delete_or_404, find_live, live, live_or_404, newest_first},

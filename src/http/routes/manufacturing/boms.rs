@@ -3,7 +3,7 @@
 
 use std::collections::HashSet;
 
-use axum::{Json, http::StatusCode, routing::get};
+use axum::{http::StatusCode, routing::get};
 use chrono::Utc;
 use sea_orm::{
     ActiveModelTrait, ActiveValue::Set, ColumnTrait, ConnectionTrait, EntityTrait, PaginatorTrait,
@@ -17,6 +17,7 @@ use crate::{
     error::{AppError, Result},
     http::extract::{ApiJson, ApiQuery, IdPath, TenantDb},
     http::feature_gate::gate,
+    http::json::Json,
     http::routes::RouteSet,
     http::routes::pagination::{Page, PageQuery},
     http::routes::records::{delete_or_404, find_live, live, not_found},

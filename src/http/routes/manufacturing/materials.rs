@@ -1,6 +1,6 @@
 //! `/api/manufacturing/materials` (feature `material_management`).
 
-use axum::{Json, http::StatusCode, routing::get};
+use axum::{http::StatusCode, routing::get};
 use chrono::Utc;
 use sea_orm::{ActiveModelTrait, ActiveValue::Set};
 use serde::{Deserialize, Serialize};
@@ -10,6 +10,7 @@ use crate::{
     error::Result,
     http::extract::{ApiJson, ApiQuery, IdPath, TenantDb},
     http::feature_gate::gate,
+    http::json::Json,
     http::routes::RouteSet,
     http::routes::pagination::{Page, PageQuery},
     http::routes::records::{delete_or_404, live_or_404, live_page},

@@ -4,7 +4,6 @@
 //! (409) when any material is short.
 
 use axum::{
-    Json,
     http::StatusCode,
     routing::{get, post},
 };
@@ -21,6 +20,7 @@ use crate::{
     error::{AppError, Result},
     http::extract::{ApiJson, ApiQuery, IdPath, TenantDb},
     http::feature_gate::gate,
+    http::json::Json,
     http::routes::RouteSet,
     http::routes::records::{live, live_or_404, newest_first},
     http::routes::{manufacturing::boms, pagination::PageQuery},
