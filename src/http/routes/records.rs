@@ -2,10 +2,10 @@
 //! `deleted_at` set, and leaves every list, lookup and sum), a live row or 404, and
 //! a page of live rows, newest first.
 
-use axum::http::StatusCode;
-use chrono::Utc;
 use std::sync::OnceLock;
 
+use axum::http::StatusCode;
+use chrono::Utc;
 use sea_orm::{
     ColumnTrait, ConnectionTrait, DbBackend, EntityTrait, QueryFilter, QueryOrder, QuerySelect,
     QueryTrait, Select, Statement, Value, Values, sea_query::Expr,
