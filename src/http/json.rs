@@ -160,6 +160,38 @@ fn write_integer(out: &mut Vec<u8>, value: impl itoa::Integer) {
     out.extend_from_slice(itoa::Buffer::new().format(value).as_bytes());
 }
 
+/// A finite number as serde_json writes it; `null` for NaN and the infinities.
+fn write_float(out: &mut Vec<u8>, finite: bool, value: impl zmij::Float) {
+    if finite {
+        out.extend_from_slice(zmij::Buffer::new().format_finite(value).as_bytes());
+    } else {
+        out.extend_from_slice(b"null");
+    }
+}
+
+/// `Serializer` methods that write an integer.
+macro_rules! integers {
+    ($($method:ident: $ty:ty),* $(,)?) => {
+        $(
+            fn $method(self, v: $ty) -> Result {
+                write_integer(self.out, v);
+                Ok(())
+            }
+        )*
+    };
+}
+
+/// `Serializer` methods for what a map key cannot be here: left to serde_json.
+macro_rules! not_keys {
+    ($($method:ident($($arg:ty),*)),* $(,)?) => {
+        $(
+            fn $method(self, $(_: $arg),*) -> Result {
+                Err(Unwritten)
+            }
+        )*
+    };
+}
+
 impl<'a, 'w> ser::Serializer for &'a mut Writer<'w> {
     type Ok = ();
     type Error = Unwritten;
@@ -177,75 +209,26 @@ impl<'a, 'w> ser::Serializer for &'a mut Writer<'w> {
         Ok(())
     }
 
-    fn serialize_i8(self, v: i8) -> Result {
-        write_integer(self.out, v);
-        Ok(())
-    }
-
-    fn serialize_i16(self, v: i16) -> Result {
-        write_integer(self.out, v);
-        Ok(())
-    }
-
-    fn serialize_i32(self, v: i32) -> Result {
-        write_integer(self.out, v);
-        Ok(())
-    }
-
-    fn serialize_i64(self, v: i64) -> Result {
-        write_integer(self.out, v);
-        Ok(())
-    }
-
-    fn serialize_i128(self, v: i128) -> Result {
-        write_integer(self.out, v);
-        Ok(())
-    }
-
-    fn serialize_u8(self, v: u8) -> Result {
-        write_integer(self.out, v);
-        Ok(())
-    }
-
-    fn serialize_u16(self, v: u16) -> Result {
-        write_integer(self.out, v);
-        Ok(())
-    }
-
-    fn serialize_u32(self, v: u32) -> Result {
-        write_integer(self.out, v);
-        Ok(())
-    }
-
-    fn serialize_u64(self, v: u64) -> Result {
-        write_integer(self.out, v);
-        Ok(())
-    }
-
-    fn serialize_u128(self, v: u128) -> Result {
-        write_integer(self.out, v);
-        Ok(())
+    integers! {
+        serialize_i8: i8,
+        serialize_i16: i16,
+        serialize_i32: i32,
+        serialize_i64: i64,
+        serialize_i128: i128,
+        serialize_u8: u8,
+        serialize_u16: u16,
+        serialize_u32: u32,
+        serialize_u64: u64,
+        serialize_u128: u128,
     }
 
     fn serialize_f32(self, v: f32) -> Result {
-        if v.is_finite() {
-            let mut buffer = zmij::Buffer::new();
-            self.out
-                .extend_from_slice(buffer.format_finite(v).as_bytes());
-        } else {
-            self.out.extend_from_slice(b"null");
-        }
+        write_float(self.out, v.is_finite(), v);
         Ok(())
     }
 
     fn serialize_f64(self, v: f64) -> Result {
-        if v.is_finite() {
-            let mut buffer = zmij::Buffer::new();
-            self.out
-                .extend_from_slice(buffer.format_finite(v).as_bytes());
-        } else {
-            self.out.extend_from_slice(b"null");
-        }
+        write_float(self.out, v.is_finite(), v);
         Ok(())
     }
 
@@ -410,56 +393,38 @@ impl<'a, 'w> Compound<'a, 'w> {
     }
 }
 
-impl ser::SerializeSeq for Compound<'_, '_> {
-    type Ok = ();
-    type Error = Unwritten;
+/// The compound traits, each item written as [`Compound::element`] or
+/// [`Compound::field`] writes it, and closed by [`Compound::close`].
+macro_rules! compounds {
+    ($($trait:ident::$method:ident($($key:ident),*) => $write:ident),* $(,)?) => {
+        $(
+            impl ser::$trait for Compound<'_, '_> {
+                type Ok = ();
+                type Error = Unwritten;
 
-    fn serialize_element<T: Serialize + ?Sized>(&mut self, value: &T) -> Result {
-        self.element(value)
-    }
+                fn $method<T: Serialize + ?Sized>(
+                    &mut self,
+                    $($key: &'static str,)*
+                    value: &T,
+                ) -> Result {
+                    self.$write($($key,)* value)
+                }
 
-    fn end(self) -> Result {
-        self.close()
-    }
+                fn end(self) -> Result {
+                    self.close()
+                }
+            }
+        )*
+    };
 }
 
-impl ser::SerializeTuple for Compound<'_, '_> {
-    type Ok = ();
-    type Error = Unwritten;
-
-    fn serialize_element<T: Serialize + ?Sized>(&mut self, value: &T) -> Result {
-        self.element(value)
-    }
-
-    fn end(self) -> Result {
-        self.close()
-    }
-}
-
-impl ser::SerializeTupleStruct for Compound<'_, '_> {
-    type Ok = ();
-    type Error = Unwritten;
-
-    fn serialize_field<T: Serialize + ?Sized>(&mut self, value: &T) -> Result {
-        self.element(value)
-    }
-
-    fn end(self) -> Result {
-        self.close()
-    }
-}
-
-impl ser::SerializeTupleVariant for Compound<'_, '_> {
-    type Ok = ();
-    type Error = Unwritten;
-
-    fn serialize_field<T: Serialize + ?Sized>(&mut self, value: &T) -> Result {
-        self.element(value)
-    }
-
-    fn end(self) -> Result {
-        self.close()
-    }
+compounds! {
+    SerializeSeq::serialize_element() => element,
+    SerializeTuple::serialize_element() => element,
+    SerializeTupleStruct::serialize_field() => element,
+    SerializeTupleVariant::serialize_field() => element,
+    SerializeStruct::serialize_field(key) => field,
+    SerializeStructVariant::serialize_field(key) => field,
 }
 
 impl ser::SerializeMap for Compound<'_, '_> {
@@ -475,32 +440,6 @@ impl ser::SerializeMap for Compound<'_, '_> {
 
     fn serialize_value<T: Serialize + ?Sized>(&mut self, value: &T) -> Result {
         value.serialize(&mut *self.writer)
-    }
-
-    fn end(self) -> Result {
-        self.close()
-    }
-}
-
-impl ser::SerializeStruct for Compound<'_, '_> {
-    type Ok = ();
-    type Error = Unwritten;
-
-    fn serialize_field<T: Serialize + ?Sized>(&mut self, key: &'static str, value: &T) -> Result {
-        self.field(key, value)
-    }
-
-    fn end(self) -> Result {
-        self.close()
-    }
-}
-
-impl ser::SerializeStructVariant for Compound<'_, '_> {
-    type Ok = ();
-    type Error = Unwritten;
-
-    fn serialize_field<T: Serialize + ?Sized>(&mut self, key: &'static str, value: &T) -> Result {
-        self.field(key, value)
     }
 
     fn end(self) -> Result {
@@ -550,67 +489,25 @@ impl ser::Serializer for KeyWriter<'_> {
         value.serialize(self)
     }
 
-    fn serialize_bool(self, _v: bool) -> Result {
-        Err(Unwritten)
-    }
-
-    fn serialize_i8(self, _v: i8) -> Result {
-        Err(Unwritten)
-    }
-
-    fn serialize_i16(self, _v: i16) -> Result {
-        Err(Unwritten)
-    }
-
-    fn serialize_i32(self, _v: i32) -> Result {
-        Err(Unwritten)
-    }
-
-    fn serialize_i64(self, _v: i64) -> Result {
-        Err(Unwritten)
-    }
-
-    fn serialize_u8(self, _v: u8) -> Result {
-        Err(Unwritten)
-    }
-
-    fn serialize_u16(self, _v: u16) -> Result {
-        Err(Unwritten)
-    }
-
-    fn serialize_u32(self, _v: u32) -> Result {
-        Err(Unwritten)
-    }
-
-    fn serialize_u64(self, _v: u64) -> Result {
-        Err(Unwritten)
-    }
-
-    fn serialize_f32(self, _v: f32) -> Result {
-        Err(Unwritten)
-    }
-
-    fn serialize_f64(self, _v: f64) -> Result {
-        Err(Unwritten)
-    }
-
-    fn serialize_bytes(self, _v: &[u8]) -> Result {
-        Err(Unwritten)
-    }
-
-    fn serialize_none(self) -> Result {
-        Err(Unwritten)
+    not_keys! {
+        serialize_bool(bool),
+        serialize_i8(i8),
+        serialize_i16(i16),
+        serialize_i32(i32),
+        serialize_i64(i64),
+        serialize_u8(u8),
+        serialize_u16(u16),
+        serialize_u32(u32),
+        serialize_u64(u64),
+        serialize_f32(f32),
+        serialize_f64(f64),
+        serialize_bytes(&[u8]),
+        serialize_none(),
+        serialize_unit(),
+        serialize_unit_struct(&'static str),
     }
 
     fn serialize_some<T: Serialize + ?Sized>(self, _value: &T) -> Result {
-        Err(Unwritten)
-    }
-
-    fn serialize_unit(self) -> Result {
-        Err(Unwritten)
-    }
-
-    fn serialize_unit_struct(self, _name: &'static str) -> Result {
         Err(Unwritten)
     }
 
