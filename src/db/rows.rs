@@ -126,7 +126,9 @@ macro_rules! by_sqlx {
                 }
 
                 fn get(row: &PgRow, index: usize) -> Result<Self, DbErr> {
-                    // The decoding still refuses a null and a value of the wrong size.
+                    // Only once the column's type has been checked: the decoding
+                    // refuses a null, but some of sqlx's decoders read a fixed
+                    // number of bytes without checking the value's size.
                     row.try_get_unchecked(index)
                         .map_err(|e| decode_error(row, index, e))
                 }

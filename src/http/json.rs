@@ -330,7 +330,12 @@ impl<'a, 'w> ser::Serializer for &'a mut Writer<'w> {
         Ok(Compound::new(self, b"}"))
     }
 
-    fn serialize_struct(self, _name: &'static str, _len: usize) -> Result<Compound<'a, 'w>> {
+    fn serialize_struct(self, name: &'static str, _len: usize) -> Result<Compound<'a, 'w>> {
+        // serde_json's own values in disguise (a `RawValue`, an arbitrary-precision
+        // `Number`): serde_json writes them as they are, not as a struct.
+        if name.starts_with("$serde_json::private::") {
+            return Err(Unwritten);
+        }
         self.out.push(b'{');
         Ok(Compound::new(self, b"}"))
     }
@@ -575,9 +580,17 @@ mod tests {
 
     use super::*;
 
-    /// Writes `value` both ways and expects the same bytes.
+    /// Writes `value` both ways and expects the same bytes, written by this
+    /// serializer itself (not by its fallback).
     #[track_caller]
     fn same<T: Serialize + ?Sized>(value: &T) {
+        assert!(written_here(value), "left to serde_json");
+        same_either_way(value);
+    }
+
+    /// [`same`], whoever writes it.
+    #[track_caller]
+    fn same_either_way<T: Serialize + ?Sized>(value: &T) {
         let theirs = serde_json::to_vec(value).expect("serde_json writes it");
         let ours = to_vec(value).expect("written");
         assert_eq!(
@@ -803,7 +816,24 @@ mod tests {
         // serde_json quotes number and boolean keys; this writer leaves them.
         let by_number: BTreeMap<i64, &str> = [(-1, "a"), (2, "b")].into_iter().collect();
         assert!(!written_here(&by_number));
-        same(&by_number);
+        same_either_way(&by_number);
+        // serde_json's raw values (`RawValue` serializes as this struct, written
+        // verbatim when serde_json's `raw_value` feature is on) are left to it.
+        struct Raw;
+        impl Serialize for Raw {
+            fn serialize<S: ser::Serializer>(
+                &self,
+                serializer: S,
+            ) -> std::result::Result<S::Ok, S::Error> {
+                use ser::SerializeStruct;
+                const TOKEN: &str = "$serde_json::private::RawValue";
+                let mut raw = serializer.serialize_struct(TOKEN, 1)?;
+                raw.serialize_field(TOKEN, "[1, 2]")?;
+                raw.end()
+            }
+        }
+        assert!(!written_here(&Raw));
+        same_either_way(&vec![Raw]);
         let by_bool: BTreeMap<bool, u8> = [(true, 1)].into_iter().collect();
         assert!(!written_here(&by_bool));
         assert_eq!(
